@@ -1,0 +1,107 @@
+"""structlog, configured once: JSON when stderr is not a terminal, console when it is.
+
+`redact_card_data` runs before any renderer: it drops every field that may hold a PIN, PIN block,
+track or ICC data or key material, and masks anything that looks like a card number (13–19
+digits) to its first 6 and last 4 digits, wherever it appears in a value.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from switch.iso8583.message import mask_pan
+from switch.settings import LoggingSettings
+
+SENSITIVE_KEYS: frozenset[str] = frozenset(
+    {
+        "pin",
+        "pin_block",
+        "track",
+        "track1",
+        "track2",
+        "track3",
+        "icc",
+        "clear_key",
+        "key",
+        "lmk",
+        "tmk",
+        "tpk",
+        "tak",
+        "pvk",
+        "bdk",
+        "zpk",
+        "field_35",
+        "field_36",
+        "field_45",
+        "field_52",
+        "field_55",
+    }
+)
+_PAN_LIKE = re.compile(r"(?<![0-9])[0-9]{13,19}(?![0-9])")
+_REDACTED = "<redacted>"
+
+
+def mask_pans(text: str) -> str:
+    return _PAN_LIKE.sub(lambda match: mask_pan(match.group(0)), text)
+
+
+def _scrub(value: object) -> object:
+    if isinstance(value, str):
+        return mask_pans(value)
+    if isinstance(value, dict):
+        return {k: _REDACTED if k in SENSITIVE_KEYS else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10**12:
+        return mask_pans(str(value))
+    return value
+
+
+def redact_card_data(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in [k for k in event_dict if k in SENSITIVE_KEYS]:
+        del event_dict[key]
+    for key, value in event_dict.items():
+        event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def _mask_exception(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # A traceback renders late; mask it after formatting, before the renderer writes it.
+    exception = event_dict.get("exception")
+    if isinstance(exception, str):
+        event_dict["exception"] = mask_pans(exception)
+    return event_dict
+
+
+def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -> None:
+    out = stream if stream is not None else sys.stderr
+    console = settings.format == "console" or (settings.format == "auto" and out.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_card_data,
+        structlog.processors.format_exc_info,
+        _mask_exception,
+        structlog.dev.ConsoleRenderer(colors=False)
+        if console
+        else structlog.processors.JSONRenderer(),
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[settings.level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,357 @@
+"""The asyncio TCP server: a thin adapter between sockets and the sans-I/O wire layer.
+
+Per connection: bytes → FrameBuffer → decode → route (in arrival order, no I/O) → either an
+immediate reply or an async handler task. Responses go out as they complete, so a pipelined
+connection may see them out of order (terminals match them by STAN). Every limit is enforced
+here: connections, in-flight requests per connection, frame size, idle time, write backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+import structlog
+
+from switch.dispatch import route
+from switch.iso8583.codec import DecodeError, EncodeError, decode, encode
+from switch.iso8583.framing import FrameBuffer, FramingError, LengthHeader, frame
+from switch.iso8583.message import Message
+from switch.response_codes import ResponseCode
+from switch.responses import format_error, is_request_mti, respond
+from switch.session import Session
+from switch.settings import ListenerSettings
+from switch.tls import server_ssl_context
+
+log = structlog.get_logger("switch.server")
+
+# A peer that stops reading gets this much response data buffered before we stop reading it.
+WRITE_BUFFER_HIGH_BYTES = 64 * 1024
+
+
+class Link:
+    """What a handler may see of the connection a request came in on."""
+
+    session: Session
+    peer: str
+
+
+Handler = Callable[[Message, Link], Awaitable[Message | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    connections: int
+    in_flight: int
+    refused_connections: int
+
+
+class TerminalConnection(asyncio.Protocol, Link):
+    def __init__(self, server: SwitchServer) -> None:
+        self._server = server
+        listener = server.settings
+        self._framer = FrameBuffer(
+            LengthHeader.of(listener.dialect.length_header), listener.max_frame_bytes
+        )
+        self._header = LengthHeader.of(listener.dialect.length_header)
+        self._transport: asyncio.Transport | None = None
+        self._pending: collections.deque[tuple[bytes, float]] = collections.deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reading_paused = False
+        self._writing_paused = False
+        self._closing = False
+        self._last_activity = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.session = Session()
+        self.peer = "?"
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not self._server.admit(self):
+            log.warning("connection_refused", peer=self.peer, reason="max_connections reached")
+            transport.abort()
+            return
+        self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
+        self._last_activity = self._server.clock()
+        self._arm_idle_timer(self._server.settings.idle_timeout_ms / 1000)
+        log.debug("connection_open", peer=self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self._server.clock()
+        try:
+            frames = self._framer.feed(data)
+        except FramingError as exc:
+            self.close(f"framing: {exc}")
+            return
+        now = self._server.clock()
+        self._pending.extend((payload, now) for payload in frames)
+        self._drain_pending()
+
+    def eof_received(self) -> bool | None:
+        self.close("peer closed its side")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._server.release(self)
+        # In-flight handlers finish on their own (a posting is never cut in half); their
+        # responses are dropped because there is nobody left to read them.
+        log.debug(
+            "connection_closed",
+            peer=self.peer,
+            terminal_id=self.session.terminal_id,
+            error=str(exc) if exc else None,
+        )
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    # request flow
+    def _drain_pending(self) -> None:
+        limit = self._server.settings.max_in_flight_per_connection
+        while self._pending and len(self._tasks) < limit and not self._closing:
+            payload, received = self._pending.popleft()
+            self._on_frame(payload, received)
+        self._update_reading()
+
+    def _on_frame(self, payload: bytes, received: float) -> None:
+        dialect = self._server.settings.dialect
+        try:
+            request = decode(payload, dialect)
+        except DecodeError as exc:
+            self._on_decode_error(exc, received)
+            return
+        routing = route(self.session, request)
+        self.session = routing.session
+        if routing.reply is not None:
+            self._send(routing.reply, request, received, reason=routing.reason)
+        elif routing.forward:
+            task = asyncio.get_running_loop().create_task(self._handle(request, received))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        else:
+            log.warning("message_dropped", peer=self.peer, mti=request.mti, reason=routing.reason)
+
+    def _on_decode_error(self, exc: DecodeError, received: float) -> None:
+        if exc.mti is None or not is_request_mti(exc.mti):
+            self.close(f"undecodable frame: {exc}")
+            return
+        reply = format_error(exc.mti, exc.echo, exc.tpdu)
+        self._write(reply)
+        self._server.on_message(self, reply, exc.mti, received, reason=str(exc))
+
+    async def _handle(self, request: Message, received: float) -> None:
+        try:
+            response = await self._server.handler(request, self)
+        except Exception:
+            log.exception(
+                "handler_failed",
+                terminal_id=request.terminal_id,
+                stan=request.stan,
+                mti=request.mti,
+            )
+            response = respond(request, ResponseCode.SYSTEM_MALFUNCTION)
+        if response is not None:
+            self._send(response, request, received)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._drain_pending()
+
+    def _send(
+        self, response: Message, request: Message, received: float, reason: str | None = None
+    ) -> None:
+        self._write(response)
+        self._server.on_message(
+            self, response, request.mti, received, reason=reason, request=request
+        )
+
+    def _write(self, response: Message) -> None:
+        if self._closing or self._transport is None:
+            return
+        try:
+            payload = encode(response, self._server.settings.dialect)
+        except EncodeError as exc:
+            log.error("response_unencodable", peer=self.peer, mti=response.mti, error=str(exc))
+            return
+        self._transport.write(frame(payload, self._header))
+
+    # limits
+    def _update_reading(self) -> None:
+        if self._transport is None or self._closing:
+            return
+        limit = self._server.settings.max_in_flight_per_connection
+        should_pause = self._writing_paused or len(self._tasks) >= limit or bool(self._pending)
+        if should_pause and not self._reading_paused:
+            self._transport.pause_reading()
+        elif not should_pause and self._reading_paused:
+            self._transport.resume_reading()
+        self._reading_paused = should_pause
+
+    def _arm_idle_timer(self, delay_s: float) -> None:
+        self._idle_timer = asyncio.get_running_loop().call_later(delay_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        timeout_s = self._server.settings.idle_timeout_ms / 1000
+        idle_s = self._server.clock() - self._last_activity
+        if idle_s >= timeout_s and not self._tasks:
+            self.close(f"idle for {idle_s:.1f}s")
+        elif not self._closing:
+            self._arm_idle_timer(max(timeout_s - idle_s, 0.05))
+
+    # shutdown
+    def close(self, reason: str) -> None:
+        if self._closing or self._transport is None:
+            return
+        log.info(
+            "connection_closing",
+            peer=self.peer,
+            terminal_id=self.session.terminal_id,
+            reason=reason,
+        )
+        self._closing = True
+        self._pending.clear()
+        self._transport.close()
+
+    def stop_reading(self) -> None:
+        """Take no new requests; in-flight ones still get their responses."""
+        self._pending.clear()
+        if self._transport is not None and not self._reading_paused and not self._closing:
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def cancel_in_flight(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+class SwitchServer:
+    """One listener. `start()` binds; `shutdown()` stops accepting, lets in-flight work finish
+    within the grace period, then closes every connection."""
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        handler: Handler,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_message: MessageObserver | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.clock = clock
+        self._observer = on_message
+        self._connections: set[TerminalConnection] = set()
+        self._refused_connections = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        assert self._server.sockets
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def stats(self) -> Stats:
+        return Stats(
+            connections=len(self._connections),
+            in_flight=sum(c.in_flight for c in self._connections),
+            refused_connections=self._refused_connections,
+        )
+
+    async def start(self) -> None:
+        tls = self.settings.tls
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: TerminalConnection(self),
+            host=self.settings.host,
+            port=self.settings.port,
+            ssl=server_ssl_context(tls) if tls is not None else None,
+            ssl_handshake_timeout=tls.handshake_timeout_ms / 1000 if tls is not None else None,
+            backlog=min(self.settings.max_connections, 4096),
+            reuse_address=True,
+        )
+        log.info("listening", host=self.settings.host, port=self.port, tls=tls is not None)
+
+    def admit(self, connection: TerminalConnection) -> bool:
+        if len(self._connections) >= self.settings.max_connections:
+            self._refused_connections += 1
+            return False
+        self._connections.add(connection)
+        return True
+
+    def release(self, connection: TerminalConnection) -> None:
+        self._connections.discard(connection)
+
+    def on_message(
+        self,
+        connection: TerminalConnection,
+        response: Message,
+        request_mti: str,
+        received: float,
+        *,
+        reason: str | None = None,
+        request: Message | None = None,
+    ) -> None:
+        latency_ms = (self.clock() - received) * 1000
+        log.info(
+            "message",
+            terminal_id=(request.terminal_id if request else None)
+            or connection.session.terminal_id,
+            stan=response.stan,
+            mti=request_mti,
+            processing_code=response.get(3),
+            network_code=response.network_code,
+            response_code=response.response_code,
+            latency_ms=round(latency_ms, 3),
+            reason=reason,
+        )
+        if self._observer is not None:
+            self._observer(request_mti, response, latency_ms)
+
+    async def shutdown(self, grace_ms: int) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self._connections):
+            connection.stop_reading()
+        in_flight = [c.wait_idle() for c in self._connections if c.in_flight]
+        if in_flight:
+            log.info("draining", in_flight=self.stats().in_flight, grace_ms=grace_ms)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*in_flight), grace_ms / 1000)
+        unfinished = self.stats().in_flight
+        for connection in list(self._connections):
+            # Past the grace period: cancelling rolls back any database transaction not yet
+            # committed, so nothing is left half-posted.
+            connection.cancel_in_flight()
+            connection.close("switch shutting down")
+        await self._server.wait_closed()
+        log.info("stopped", unfinished=unfinished)
+
+
+MessageObserver = Callable[[str, Message, float], None]

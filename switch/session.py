@@ -1,0 +1,92 @@
+"""A terminal connection's session as a transition table: connected → signed on → signed off.
+
+Pure: `advance` takes the session and a request's event and returns the next session, or the
+response code that refuses the request. A transition missing from the table is a refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+
+from switch.iso8583.message import Message
+from switch.response_codes import ResponseCode
+
+
+class SessionState(StrEnum):
+    CONNECTED = "connected"
+    SIGNED_ON = "signed_on"
+    SIGNED_OFF = "signed_off"
+
+
+class SessionEvent(StrEnum):
+    SIGN_ON = "sign_on"
+    SIGN_OFF = "sign_off"
+    ECHO = "echo"
+    KEY_CHANGE = "key_change"
+    FINANCIAL = "financial"
+
+
+_S, _E = SessionState, SessionEvent
+TRANSITIONS: Mapping[tuple[SessionState, SessionEvent], SessionState] = MappingProxyType(
+    {
+        (_S.CONNECTED, _E.SIGN_ON): _S.SIGNED_ON,
+        (_S.CONNECTED, _E.SIGN_OFF): _S.SIGNED_OFF,
+        (_S.CONNECTED, _E.ECHO): _S.CONNECTED,
+        (_S.SIGNED_ON, _E.SIGN_ON): _S.SIGNED_ON,
+        (_S.SIGNED_ON, _E.SIGN_OFF): _S.SIGNED_OFF,
+        (_S.SIGNED_ON, _E.ECHO): _S.SIGNED_ON,
+        (_S.SIGNED_ON, _E.KEY_CHANGE): _S.SIGNED_ON,
+        (_S.SIGNED_ON, _E.FINANCIAL): _S.SIGNED_ON,
+        (_S.SIGNED_OFF, _E.SIGN_ON): _S.SIGNED_ON,
+        (_S.SIGNED_OFF, _E.SIGN_OFF): _S.SIGNED_OFF,
+        (_S.SIGNED_OFF, _E.ECHO): _S.SIGNED_OFF,
+    }
+)
+
+# 0800 field 70 network management codes.
+NETWORK_EVENTS: Mapping[str, SessionEvent] = MappingProxyType(
+    {"001": _E.SIGN_ON, "002": _E.SIGN_OFF, "301": _E.ECHO, "161": _E.KEY_CHANGE}
+)
+FINANCIAL_CLASSES: frozenset[str] = frozenset({"010", "020", "042"})
+
+
+def classify(request: Message) -> SessionEvent | None:
+    """The session event a request is, or None when the switch does not handle it."""
+    if request.message_class == "080":
+        return NETWORK_EVENTS.get(request.network_code or "")
+    if request.message_class in FINANCIAL_CLASSES:
+        return _E.FINANCIAL
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    state: SessionState = SessionState.CONNECTED
+    # The terminal that signed on over this connection; a connection serves one terminal.
+    terminal_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    session: Session
+    refusal: ResponseCode | None
+    reason: str | None = None
+
+
+def advance(session: Session, event: SessionEvent, terminal_id: str | None) -> Admission:
+    """Apply one request's event. Echo needs no terminal id; everything else names this
+    connection's terminal in field 41, and sign-on binds it."""
+    next_state = TRANSITIONS.get((session.state, event))
+    if next_state is None:
+        return Admission(
+            session, ResponseCode.NOT_PERMITTED_TO_TERMINAL, f"{event} while {session.state}"
+        )
+    if event is _E.ECHO:
+        return Admission(Session(next_state, session.terminal_id), None)
+    bound = session.terminal_id
+    if bound is not None and terminal_id != bound:
+        return Admission(session, ResponseCode.NOT_PERMITTED_TO_TERMINAL, "terminal id mismatch")
+    return Admission(Session(next_state, bound or terminal_id), None)

@@ -1,0 +1,272 @@
+"""Settings: read once from a TOML file plus environment overrides into frozen dataclasses.
+
+Every key has a default (the same values `config/switch.toml` documents), so no file is needed
+for development. An override is `SWITCH__<TABLE>__<KEY>=<value>`, e.g.
+`SWITCH__LISTENER__PORT=9000`; the value is read as a TOML value when it parses as one
+(`true`, `42`, `"text"`), else as a string. Any invalid or unknown key is a `SettingsError` that
+names the file (or variable), the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar, cast
+
+from switch.iso8583.spec import (
+    BINARY_FIELD_ENCODINGS,
+    BITMAP_ENCODINGS,
+    LENGTH_HEADER_KINDS,
+    Dialect,
+)
+
+ENV_PREFIX = "SWITCH__"
+LogFormat = Literal["auto", "json", "console"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_C = TypeVar("_C", bound=str)
+
+
+class SettingsError(Exception):
+    """A configuration value is missing, unknown or invalid; says where and what was expected."""
+
+    def __init__(self, source: str, key: str, expected: str) -> None:
+        self.source = source
+        self.key = key
+        self.expected = expected
+        super().__init__(f"{source}: {key}: expected {expected}")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cert_file: Path
+    key_file: Path
+    # With a client CA, terminals must present a certificate it signed (mutual TLS).
+    client_ca_file: Path | None
+    handshake_timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    host: str
+    port: int
+    dialect: Dialect
+    max_connections: int
+    max_in_flight_per_connection: int
+    max_frame_bytes: int
+    idle_timeout_ms: int
+    tls: TlsSettings | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    format: LogFormat
+    level: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listener: ListenerSettings
+    logging: LoggingSettings
+    shutdown_grace_ms: int
+    source: str
+
+
+class _Table:
+    """One TOML table being read; remembers which keys were used so leftovers are reported."""
+
+    def __init__(self, data: Mapping[str, object], prefix: str, source: str) -> None:
+        self._data = data
+        self._prefix = prefix
+        self.source = source
+        self._used: set[str] = set()
+
+    def key_name(self, key: str) -> str:
+        return f"{self._prefix}{key}"
+
+    def _get(self, key: str) -> object:
+        self._used.add(key)
+        return self._data.get(key)
+
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise SettingsError(
+                self.source,
+                self.key_name(key),
+                f"an integer from {minimum} to {maximum}, got {value!r}",
+            )
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise SettingsError(
+                self.source, self.key_name(key), f"a non-empty string, got {value!r}"
+            )
+        return value
+
+    def choice(self, key: str, default: _C, choices: tuple[_C, ...]) -> _C:
+        value = self._get(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise SettingsError(
+                self.source, self.key_name(key), f"one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise SettingsError(self.source, self.key_name(key), f"true or false, got {value!r}")
+        return value
+
+    def path(self, key: str, base: Path) -> Path | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise SettingsError(self.source, self.key_name(key), f"a file path, got {value!r}")
+        return base / value
+
+    def table(self, key: str) -> _Table:
+        value = self._get(key)
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise SettingsError(self.source, self.key_name(key), f"a table, got {value!r}")
+        return _Table(cast(Mapping[str, object], value), f"{self.key_name(key)}.", self.source)
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._data) - self._used)
+        if unknown:
+            raise SettingsError(
+                self.source, self.key_name(unknown[0]), "no such key (check its spelling)"
+            )
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (or only defaults), apply `SWITCH__…` overrides from `env`, validate."""
+    data: dict[str, object] = {}
+    source = "built-in defaults"
+    base = Path.cwd()
+    if path is not None:
+        source = str(path)
+        base = path.parent
+        data = _read_toml(path)
+    overridden = _apply_env(data, env or {})
+    return _parse(_Table(data, "", source if not overridden else f"{source} + environment"), base)
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(str(path), "(file)", "an existing TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(str(path), "(file)", f"valid TOML: {exc}") from None
+
+
+def _apply_env(data: dict[str, object], env: Mapping[str, str]) -> bool:
+    overridden = False
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(keys):
+            raise SettingsError(name, "(variable name)", "SWITCH__TABLE__KEY")
+        table = data
+        for key in keys[:-1]:
+            child = table.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise SettingsError(name, ".".join(keys), "a key inside a table")
+            table = child
+        table[keys[-1]] = _env_value(raw)
+        overridden = True
+    return overridden
+
+
+def _env_value(raw: str) -> object:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _parse(root: _Table, base: Path) -> Settings:
+    listener = _parse_listener(root.table("listener"), base)
+    logs = root.table("logging")
+    logging = LoggingSettings(
+        format=logs.choice("format", "auto", LOG_FORMATS),
+        level=logs.choice("level", "info", LOG_LEVELS),
+    )
+    logs.finish()
+    shutdown = root.table("shutdown")
+    grace_ms = shutdown.integer("grace_ms", 5_000, minimum=0, maximum=600_000)
+    shutdown.finish()
+    root.finish()
+    return Settings(listener, logging, grace_ms, root.source)
+
+
+def _parse_listener(table: _Table, base: Path) -> ListenerSettings:
+    dialect = Dialect(
+        bitmap=table.choice("bitmap", "binary", BITMAP_ENCODINGS),
+        binary_fields=table.choice("binary_fields", "raw", BINARY_FIELD_ENCODINGS),
+        length_header=table.choice("length_header", "2b", LENGTH_HEADER_KINDS),
+        tpdu=table.flag("tpdu", False),
+    )
+    settings = ListenerSettings(
+        host=table.text("host", "127.0.0.1"),
+        port=table.integer("port", 8583, minimum=0, maximum=65535),
+        dialect=dialect,
+        max_connections=table.integer("max_connections", 2_000, minimum=1, maximum=100_000),
+        max_in_flight_per_connection=table.integer(
+            "max_in_flight_per_connection", 16, minimum=1, maximum=1_024
+        ),
+        max_frame_bytes=table.integer("max_frame_bytes", 4_096, minimum=64, maximum=65_535),
+        idle_timeout_ms=table.integer("idle_timeout_ms", 300_000, minimum=100, maximum=86_400_000),
+        tls=_parse_tls(table.table("tls"), base) if table.has("tls") else None,
+    )
+    table.finish()
+    return settings
+
+
+def _parse_tls(table: _Table, base: Path) -> TlsSettings:
+    cert_file = table.path("cert_file", base)
+    key_file = table.path("key_file", base)
+    for key, value in (("cert_file", cert_file), ("key_file", key_file)):
+        if value is None or not value.is_file():
+            raise SettingsError(
+                table.source, table.key_name(key), f"a readable PEM file, got {value}"
+            )
+    client_ca_file = table.path("client_ca_file", base)
+    if client_ca_file is not None and not client_ca_file.is_file():
+        raise SettingsError(
+            table.source,
+            table.key_name("client_ca_file"),
+            f"a readable PEM file, got {client_ca_file}",
+        )
+    settings = TlsSettings(
+        cert_file=cast(Path, cert_file),
+        key_file=cast(Path, key_file),
+        client_ca_file=client_ca_file,
+        handshake_timeout_ms=table.integer(
+            "handshake_timeout_ms", 10_000, minimum=100, maximum=120_000
+        ),
+    )
+    table.finish()
+    return settings
