@@ -35,7 +35,7 @@ def start_switch(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SWITCH__LOGGING__FORMAT": '"json"'}
     with log_path.open("wb") as log_file:
-        return subprocess.Popen(
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "switch", "serve", "--host", "127.0.0.1", "--port", str(port)],
             stdout=log_file,
             stderr=subprocess.STDOUT,

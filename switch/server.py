@@ -78,7 +78,7 @@ class TerminalConnection(asyncio.Protocol, Link):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if not self._server.admit(self):
             log.warning("connection_refused", peer=self.peer, reason="max_connections reached")
-            transport.abort()
+            self._transport.abort()
             return
         self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
         self._last_activity = self._server.clock()
@@ -318,18 +318,18 @@ class SwitchServer:
         request: Message | None = None,
     ) -> None:
         latency_ms = (self.clock() - received) * 1000
-        log.info(
-            "message",
-            terminal_id=(request.terminal_id if request else None)
+        event = {
+            "terminal_id": (request.terminal_id if request else None)
             or connection.session.terminal_id,
-            stan=response.stan,
-            mti=request_mti,
-            processing_code=response.get(3),
-            network_code=response.network_code,
-            response_code=response.response_code,
-            latency_ms=round(latency_ms, 3),
-            reason=reason,
-        )
+            "stan": response.stan,
+            "mti": request_mti,
+            "processing_code": response.get(3),
+            "network_code": response.network_code,
+            "response_code": response.response_code,
+            "latency_ms": round(latency_ms, 3),
+            "reason": reason,
+        }
+        log.info("message", **{k: v for k, v in event.items() if v is not None})
         if self._observer is not None:
             self._observer(request_mti, response, latency_ms)
 
