@@ -77,6 +77,8 @@ class TerminalClient:
         stan = message.stan
         assert stan is not None, "a request carries a STAN"
         assert stan not in self._waiting, f"STAN {stan} already in flight"
+        if self._receiver.done():
+            raise SwitchConnectionClosed("the switch closed the connection")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[stan] = future
         try:

@@ -112,7 +112,6 @@ def run_demo(say: Callable[[str], None] = print) -> int:
         stop_switch(process, say)
         return 1
     code = stop_switch(process, say)
-    say(
-        f"the switch logged {sum(1 for _ in log_path.open())} events, one per message; see {log_path}"
-    )
+    events = len(log_path.read_text().splitlines())
+    say(f"the switch logged {events} events (JSON lines, one per message) to {log_path}")
     return 0 if code == 0 else 1

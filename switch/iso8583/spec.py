@@ -67,7 +67,8 @@ def _lllvar(content: Literal["n", "an", "ans", "b"], size: int, desc: str) -> Fi
 _RESERVED = "Reserved"
 
 # ISO 8583:1987 data elements. "xn" is a C/D sign followed by digits. Field 1 (secondary bitmap)
-# is handled by the codec, not listed here.
+# is handled by the codec; field 65 (extended bitmap) is refused, since no terminal sends it and
+# pyiso8583 would read it as a tertiary bitmap.
 FIELDS: Mapping[int, FieldDef] = MappingProxyType(
     {
         2: _llvar("n", 19, "Primary account number"),
@@ -127,7 +128,6 @@ FIELDS: Mapping[int, FieldDef] = MappingProxyType(
         56: _lllvar("ans", 999, _RESERVED),
         **{n: _lllvar("ans", 999, _RESERVED) for n in range(57, 64)},
         64: _fixed("b", 8, "Message authentication code"),
-        65: _fixed("b", 8, "Bitmap, tertiary"),
         66: _fixed("n", 1, "Settlement code"),
         67: _fixed("n", 2, "Extended payment code"),
         68: _fixed("n", 3, "Receiving institution country code"),
