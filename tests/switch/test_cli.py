@@ -1,0 +1,92 @@
+"""`python -m switch serve` as an operator runs it: help, bad config, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from kiosk_sim.client import TerminalClient, network_request
+
+NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "switch", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_help_explains_every_option() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    for option in ("--config", "--host", "--port", "SWITCH__", "SIGTERM"):
+        assert option in result.stdout
+
+
+def test_bad_config_file_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "switch.toml"
+    path.write_text("[listener]\nmax_connections = 0\n")
+    result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert f"{path}: listener.max_connections: expected an integer from 1" in result.stderr
+
+
+def test_bad_environment_override_names_the_key() -> None:
+    result = run_cli("serve", env={"SWITCH__LISTENER__BITMAP": "bcd"})
+    assert result.returncode == 2
+    assert "listener.bitmap: expected one of binary, hex" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _wait_connect(port: int) -> TerminalClient:
+    for _ in range(100):
+        try:
+            return await TerminalClient.connect("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("the switch never listened")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_stops_the_switch_cleanly(signum: signal.Signals) -> None:
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "switch", "serve", "--port", str(port)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "SWITCH__LOGGING__FORMAT": '"json"'},
+    )
+    try:
+        client = await _wait_connect(port)
+        echo = await client.request(network_request("301", stan="000001", now=NOW))
+        assert echo.response_code == "00"
+        process.send_signal(signum)
+        await client.wait_closed_by_peer(timeout_ms=10_000)
+        await client.close()
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        output = (await process.communicate())[0].decode()
+    assert '"event": "shutdown_requested"' in output
+    assert '"event": "stopped"' in output
