@@ -31,9 +31,13 @@ def free_port() -> int:
         return port
 
 
-def start_switch(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_switch(port: int, admin_port: int, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "SWITCH__LOGGING__FORMAT": '"json"'}
+    env = {
+        **os.environ,
+        "SWITCH__LOGGING__FORMAT": '"json"',
+        "SWITCH__ADMIN__PORT": str(admin_port),
+    }
     with log_path.open("wb") as log_file:
         return subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "switch", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -100,9 +104,10 @@ def stop_switch(process: subprocess.Popen[bytes], say: Callable[[str], None]) ->
 
 def run_demo(say: Callable[[str], None] = print) -> int:
     log_path = Path(".var/demo/switch.log")
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     say(f"starting the switch on 127.0.0.1:{port} (log: {log_path})")
-    process = start_switch(port, log_path)
+    say(f"operations app: http://127.0.0.1:{admin_port}/ (development token in config/switch.toml)")
+    process = start_switch(port, admin_port, log_path)
     try:
         asyncio.run(wait_listening(port, process))
         say("switch is listening; one terminal signs on, echoes and signs off:")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
+from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import structlog
+from aiohttp import web
 
+from switch.admin import create_admin_app
 from switch.iso8583.message import Message
+from switch.monitor import Monitor
 from switch.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link, SwitchServer
@@ -29,10 +34,27 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+async def listener_ready() -> Mapping[str, bool]:
+    return {"listener": True}
+
+
+async def start_admin(settings: Settings, monitor: Monitor, server: SwitchServer) -> web.AppRunner:
+    app = create_admin_app(
+        token=settings.admin.token, monitor=monitor, stats=server.stats, readiness=listener_ready
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.admin.host, settings.admin.port).start()
+    log.info("admin_listening", host=settings.admin.host, port=settings.admin.port)
+    return runner
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     raise_open_file_limit()
-    server = SwitchServer(settings.listener, decline_unsupported)
+    monitor = Monitor(lambda: datetime.now(UTC))
+    server = SwitchServer(settings.listener, decline_unsupported, observer=monitor)
     await server.start()
+    admin = await start_admin(settings, monitor, server) if settings.admin.enabled else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -46,3 +68,5 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await server.shutdown(settings.shutdown_grace_ms)
+        if admin is not None:
+            await admin.cleanup()

@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import structlog
 
@@ -42,6 +42,16 @@ class Link:
 
 
 Handler = Callable[[Message, Link], Awaitable[Message | None]]
+
+
+class Observer(Protocol):
+    """Told of every answered message and every closed connection (metrics, fleet status)."""
+
+    def message(
+        self, terminal_id: str | None, request_mti: str, response: Message, latency_ms: float
+    ) -> None: ...
+
+    def disconnected(self, terminal_id: str | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,12 +269,12 @@ class SwitchServer:
         handler: Handler,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_message: MessageObserver | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.handler = handler
         self.clock = clock
-        self._observer = on_message
+        self._observer = observer
         self._connections: set[TerminalConnection] = set()
         self._refused_connections = 0
         self._server: asyncio.Server | None = None
@@ -305,6 +315,8 @@ class SwitchServer:
         return True
 
     def release(self, connection: TerminalConnection) -> None:
+        if connection in self._connections and self._observer is not None:
+            self._observer.disconnected(connection.session.terminal_id)
         self._connections.discard(connection)
 
     def on_message(
@@ -318,9 +330,9 @@ class SwitchServer:
         request: Message | None = None,
     ) -> None:
         latency_ms = (self.clock() - received) * 1000
+        terminal_id = (request.terminal_id if request else None) or connection.session.terminal_id
         event = {
-            "terminal_id": (request.terminal_id if request else None)
-            or connection.session.terminal_id,
+            "terminal_id": terminal_id,
             "stan": response.stan,
             "mti": request_mti,
             "processing_code": response.get(3),
@@ -331,7 +343,7 @@ class SwitchServer:
         }
         log.info("message", **{k: v for k, v in event.items() if v is not None})
         if self._observer is not None:
-            self._observer(request_mti, response, latency_ms)
+            self._observer.message(terminal_id, request_mti, response, latency_ms)
 
     async def shutdown(self, grace_ms: int) -> None:
         if self._server is None:
@@ -352,6 +364,3 @@ class SwitchServer:
             connection.close("switch shutting down")
         await self._server.wait_closed()
         log.info("stopped", unfinished=unfinished)
-
-
-MessageObserver = Callable[[str, Message, float], None]

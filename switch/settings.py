@@ -26,6 +26,10 @@ ENV_PREFIX = "SWITCH__"
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+Environment = Literal["development", "production"]
+ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
+# Development-only secrets. The switch refuses to start with any of them in production.
+DEVELOPMENT_ADMIN_TOKEN = "development-only-admin-token"  # noqa: S105 - refused in production
 
 _C = TypeVar("_C", bound=str)
 
@@ -68,8 +72,19 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSettings:
+    enabled: bool
+    host: str
+    port: int
+    # Bearer token for everything but /health and /ready.
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
+    environment: Environment
     listener: ListenerSettings
+    admin: AdminSettings
     logging: LoggingSettings
     shutdown_grace_ms: int
     source: str
@@ -208,7 +223,9 @@ def _env_value(raw: str) -> object:
 
 
 def _parse(root: _Table, base: Path) -> Settings:
+    environment = root.choice("environment", "development", ENVIRONMENTS)
     listener = _parse_listener(root.table("listener"), base)
+    admin = _parse_admin(root.table("admin"), environment)
     logs = root.table("logging")
     logging = LoggingSettings(
         format=logs.choice("format", "auto", LOG_FORMATS),
@@ -219,7 +236,22 @@ def _parse(root: _Table, base: Path) -> Settings:
     grace_ms = shutdown.integer("grace_ms", 5_000, minimum=0, maximum=600_000)
     shutdown.finish()
     root.finish()
-    return Settings(listener, logging, grace_ms, root.source)
+    return Settings(environment, listener, admin, logging, grace_ms, root.source)
+
+
+def _parse_admin(table: _Table, environment: Environment) -> AdminSettings:
+    settings = AdminSettings(
+        enabled=table.flag("enabled", True),
+        host=table.text("host", "127.0.0.1"),
+        port=table.integer("port", 8584, minimum=0, maximum=65535),
+        token=table.text("token", DEVELOPMENT_ADMIN_TOKEN),
+    )
+    if environment == "production" and settings.token == DEVELOPMENT_ADMIN_TOKEN:
+        raise SettingsError(
+            table.source, table.key_name("token"), "a token of your own in production"
+        )
+    table.finish()
+    return settings
 
 
 def _parse_listener(table: _Table, base: Path) -> ListenerSettings:

@@ -74,7 +74,7 @@ async def test_signal_stops_the_switch_cleanly(signum: signal.Signals) -> None:
         *("-m", "switch", "serve", "--port", str(port)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "SWITCH__LOGGING__FORMAT": '"json"'},
+        env={**os.environ, "SWITCH__LOGGING__FORMAT": '"json"', "SWITCH__ADMIN__PORT": "0"},
     )
     try:
         client = await _wait_connect(port)

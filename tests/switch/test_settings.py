@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_development_file_equals_the_built_in_defaults() -> None:
     from_file = load_settings(REPO / "config" / "switch.toml")
     defaults = load_settings()
+    assert from_file.environment == defaults.environment
     assert from_file.listener == defaults.listener
+    assert from_file.admin == defaults.admin
     assert from_file.logging == defaults.logging
     assert from_file.shutdown_grace_ms == defaults.shutdown_grace_ms
 
@@ -71,6 +73,12 @@ BAD_FILES = [
         id="tls",
     ),
     pytest.param("[listener\n", "(file)", "valid TOML", id="syntax"),
+    pytest.param(
+        'environment = "prod"\n', "environment", "one of development, production", id="env"
+    ),
+    pytest.param(
+        'environment = "production"\n', "admin.token", "a token of your own", id="dev-token-in-prod"
+    ),
 ]
 
 

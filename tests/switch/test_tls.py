@@ -96,6 +96,17 @@ def client_context(ca: Issued, own: Issued | None) -> ssl.SSLContext:
     return context
 
 
+class Seen:
+    def __init__(self) -> None:
+        self.mtis: list[str] = []
+
+    def message(self, _terminal: str | None, mti: str, _response: Message, _ms: float) -> None:
+        self.mtis.append(mti)
+
+    def disconnected(self, _terminal: str | None) -> None:
+        pass
+
+
 async def approve(request: Message, _link: Link) -> Message:
     return respond(request, ResponseCode.APPROVED)
 
@@ -115,13 +126,11 @@ def pki(tmp_path: Path) -> dict[str, Issued]:
 async def test_mutual_tls_admits_only_terminals_with_a_certificate_from_the_ca(
     pki: dict[str, Issued],
 ) -> None:
-    seen: list[str] = []
+    seen = Seen()
     tls = TlsSettings(
         pki["server"].cert, pki["server"].key, pki["ca"].cert, handshake_timeout_ms=2_000
     )
-    server = SwitchServer(
-        replace(LISTENER, tls=tls), approve, on_message=lambda mti, _r, _ms: seen.append(mti)
-    )
+    server = SwitchServer(replace(LISTENER, tls=tls), approve, observer=seen)
     await server.start()
     try:
         good = await TerminalClient.connect(
@@ -130,13 +139,13 @@ async def test_mutual_tls_admits_only_terminals_with_a_certificate_from_the_ca(
         echo = network_request("301", stan="000001", now=NOW)
         assert (await good.request(echo)).response_code == "00"
         await good.close()
-        assert seen == ["0800"]
+        assert seen.mtis == ["0800"]
 
         for own in (None, pki["stranger"]):
             with pytest.raises((ssl.SSLError, ConnectionError, SwitchConnectionClosed)):
                 await _echo_with(server.port, client_context(pki["ca"], own))
         await asyncio.sleep(0.1)
-        assert seen == ["0800"]
+        assert seen.mtis == ["0800"]
     finally:
         await server.shutdown(1_000)
 
