@@ -1,0 +1,124 @@
+"""Composite data elements: the fixed layouts inside fields 48, 54, 90 and 95. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+# ISO 4217 numeric (field 49) to alphabetic codes for the currencies the switch is set up for.
+CURRENCY_ALPHA: Mapping[str, str] = MappingProxyType(
+    {"978": "EUR", "840": "USD", "826": "GBP", "756": "CHF", "752": "SEK", "985": "PLN"}
+)
+CURRENCY_NUMERIC: Mapping[str, str] = MappingProxyType({a: n for n, a in CURRENCY_ALPHA.items()})
+
+# Field 54 amount types.
+LEDGER_BALANCE = "01"
+AVAILABLE_BALANCE = "02"
+_AMOUNT_DIGITS = 12
+_F54_ENTRY = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{3})([CD])([0-9]{12})")
+
+
+class ElementFormatError(ValueError):
+    """A composite field's content does not follow its layout (answered with format error 30)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdditionalAmount:
+    """One 20-character field 54 entry: account type, amount type, currency, sign, amount."""
+
+    account_type: str
+    amount_type: str
+    currency_numeric: str
+    amount_minor: int
+
+    def encode(self) -> str:
+        sign = "C" if self.amount_minor >= 0 else "D"
+        magnitude = abs(self.amount_minor)
+        assert magnitude < 10**_AMOUNT_DIGITS, "amount does not fit field 54"
+        return f"{self.account_type}{self.amount_type}{self.currency_numeric}{sign}{magnitude:012d}"
+
+
+def encode_additional_amounts(amounts: Sequence[AdditionalAmount]) -> str:
+    assert 0 < len(amounts) <= 6, "field 54 holds one to six amounts"
+    return "".join(a.encode() for a in amounts)
+
+
+def decode_additional_amounts(text: str) -> list[AdditionalAmount]:
+    if not text or len(text) % 20:
+        raise ElementFormatError("field 54 is a multiple of 20 characters")
+    amounts = []
+    for start in range(0, len(text), 20):
+        match = _F54_ENTRY.fullmatch(text[start : start + 20])
+        if match is None:
+            raise ElementFormatError(f"field 54 entry at character {start} is malformed")
+        account, kind, currency, sign, amount = match.groups()
+        value = int(amount) * (1 if sign == "C" else -1)
+        amounts.append(AdditionalAmount(account, kind, currency, value))
+    return amounts
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalData:
+    """Field 90: the original request a reversal refers to."""
+
+    mti: str
+    stan: str
+    transmission_time: str
+    acquirer_id: str = "0" * 11
+    forwarder_id: str = "0" * 11
+
+    @classmethod
+    def parse(cls, text: str) -> OriginalData:
+        if len(text) != 42 or not text.isdigit():
+            raise ElementFormatError("field 90 is 42 digits")
+        return cls(text[0:4], text[4:10], text[10:20], text[20:31], text[31:42])
+
+    def encode(self) -> str:
+        text = self.mti + self.stan + self.transmission_time + self.acquirer_id + self.forwarder_id
+        assert len(text) == 42, "field 90 is 42 digits"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacementAmounts:
+    """Field 95: for a partial reversal, the amount actually dispensed (field 95's first part)."""
+
+    actual_amount_minor: int
+
+    @classmethod
+    def parse(cls, text: str) -> ReplacementAmounts:
+        if len(text) != 42 or not text[:24].isdigit():
+            raise ElementFormatError("field 95 is 42 characters starting with two 12-digit amounts")
+        return cls(int(text[0:12]))
+
+    def encode(self) -> str:
+        assert 0 <= self.actual_amount_minor < 10**_AMOUNT_DIGITS
+        amount = f"{self.actual_amount_minor:012d}"
+        return amount + amount + "C00000000" + "C00000000"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChangeData:
+    """Field 48 of an 0810 key change: each session key under the terminal's TMK, with its KCV.
+
+    Layout: TPK under TMK (32 hex) + TPK KCV (6 hex) + TAK under TMK (32 hex) + TAK KCV (6 hex).
+    """
+
+    tpk_under_tmk: str
+    tpk_kcv: str
+    tak_under_tmk: str
+    tak_kcv: str
+
+    def encode(self) -> str:
+        text = self.tpk_under_tmk + self.tpk_kcv + self.tak_under_tmk + self.tak_kcv
+        assert re.fullmatch(r"[0-9A-F]{76}", text), "field 48 key change is 76 upper-case hex"
+        return text
+
+    @classmethod
+    def parse(cls, text: str) -> KeyChangeData:
+        if not re.fullmatch(r"[0-9A-Fa-f]{76}", text):
+            raise ElementFormatError("field 48 key change is 76 hex characters")
+        text = text.upper()
+        return cls(text[0:32], text[32:38], text[38:70], text[70:76])
