@@ -1,0 +1,147 @@
+"""From a decoded financial request to a typed, validated transaction. Pure.
+
+`parse_transaction` is the pipeline's first step: it either returns a `Transaction` whose fields
+are all present and well-formed, or the response code that refuses the request (30 format
+error, 12 invalid transaction, 13 invalid amount, 14 invalid card).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+
+from switch.iso8583.elements import (
+    CURRENCY_ALPHA,
+    ElementFormatError,
+    OriginalData,
+    ReplacementAmounts,
+)
+from switch.iso8583.message import Message
+from switch.response_codes import ResponseCode
+
+
+class Kind(StrEnum):
+    WITHDRAWAL = "withdrawal"
+    BALANCE_INQUIRY = "balance_inquiry"
+    TRANSFER = "transfer"
+    REVERSAL = "reversal"
+
+
+# Field 3 transaction type digits of an 0200.
+KIND_BY_TRANSACTION_TYPE: Mapping[str, Kind] = MappingProxyType(
+    {"01": Kind.WITHDRAWAL, "31": Kind.BALANCE_INQUIRY, "40": Kind.TRANSFER}
+)
+# Account type digits: 00 default (the card's primary account), 10 savings, 20 checking, 30 credit.
+ACCOUNT_TYPES = frozenset({"00", "10", "20", "30"})
+REQUIRED_FIELDS: Mapping[Kind, tuple[int, ...]] = MappingProxyType(
+    {
+        Kind.WITHDRAWAL: (2, 3, 4, 7, 11, 41, 49, 52),
+        Kind.BALANCE_INQUIRY: (2, 3, 7, 11, 41, 52),
+        Kind.TRANSFER: (2, 3, 4, 7, 11, 41, 49, 52),
+        Kind.REVERSAL: (2, 3, 4, 7, 11, 41, 49, 90),
+    }
+)
+_PAN_DIGITS = range(12, 20)
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    kind: Kind
+    request: Message
+    terminal_id: str
+    stan: str
+    transmission_time: str
+    pan: str
+    from_account_type: str
+    to_account_type: str
+    amount_minor: int
+    # ISO 4217 alphabetic; None only for a balance inquiry without field 49.
+    currency: str | None
+    pin_block: bytes | None
+    original: OriginalData | None = None
+    # For a partial reversal: the amount the terminal actually dispensed.
+    dispensed_minor: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Transaction({self.kind}, terminal={self.terminal_id}, stan={self.stan})"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: ResponseCode
+    reason: str
+
+
+def luhn_valid(pan: str) -> bool:
+    total = 0
+    for index, digit in enumerate(reversed(pan)):
+        value = int(digit) * (2 if index % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def kind_of(request: Message) -> Kind | None:
+    if request.message_class == "042":
+        return Kind.REVERSAL
+    if request.mti != "0200" or request.processing_code is None:
+        return None
+    return KIND_BY_TRANSACTION_TYPE.get(request.processing_code.transaction_type)
+
+
+def parse_transaction(request: Message) -> Transaction | Refusal:
+    kind = kind_of(request)
+    if kind is None:
+        return Refusal(
+            ResponseCode.INVALID_TRANSACTION, f"{request.mti} {request.get(3)} not handled"
+        )
+    missing = [n for n in REQUIRED_FIELDS[kind] if n not in request]
+    if missing:
+        return Refusal(ResponseCode.FORMAT_ERROR, f"missing fields {missing}")
+    code = request.processing_code
+    assert code is not None, "field 3 is required for every kind"
+    if code.from_account_type not in ACCOUNT_TYPES or code.to_account_type not in ACCOUNT_TYPES:
+        return Refusal(ResponseCode.INVALID_TRANSACTION, f"account types in {code}")
+    pan = request.pan or ""
+    if len(pan) not in _PAN_DIGITS or not luhn_valid(pan):
+        return Refusal(ResponseCode.INVALID_CARD, "PAN fails length or check digit")
+    amount = _amount(request, kind)
+    if isinstance(amount, Refusal):
+        return amount
+    numeric_currency = request.get(49)
+    currency = CURRENCY_ALPHA.get(numeric_currency) if numeric_currency else None
+    if numeric_currency is not None and currency is None:
+        return Refusal(ResponseCode.INVALID_AMOUNT, f"currency {numeric_currency} not supported")
+    try:
+        original = OriginalData.parse(request.fields[90]) if kind is Kind.REVERSAL else None
+        replacement = ReplacementAmounts.parse(request.fields[95]) if 95 in request else None
+    except ElementFormatError as exc:
+        return Refusal(ResponseCode.FORMAT_ERROR, str(exc))
+    dispensed = replacement.actual_amount_minor if replacement else None
+    if dispensed is not None and dispensed > amount:
+        return Refusal(ResponseCode.INVALID_AMOUNT, "dispensed more than the original amount")
+    return Transaction(
+        kind=kind,
+        request=request,
+        terminal_id=request.terminal_id or "",
+        stan=request.stan or "",
+        transmission_time=request.transmission_time or "",
+        pan=pan,
+        from_account_type=code.from_account_type,
+        to_account_type=code.to_account_type,
+        amount_minor=amount,
+        currency=currency,
+        pin_block=request.pin_block,
+        original=original,
+        dispensed_minor=dispensed,
+    )
+
+
+def _amount(request: Message, kind: Kind) -> int | Refusal:
+    amount = request.amount_minor or 0
+    if kind is Kind.BALANCE_INQUIRY:
+        return 0
+    if amount <= 0:
+        return Refusal(ResponseCode.INVALID_AMOUNT, "amount must be above zero")
+    return amount
