@@ -1,0 +1,7 @@
+"""Payment HSM: the only place a clear PIN or key exists.
+
+Modules: ``api`` (the async HSM interface and its values), ``local`` (in-process backend),
+``client``/``server``/``wire``/``commands`` (networked HSM), ``keys`` (LMK and stored keys),
+``engine`` (the operations, sans I/O), and the pure primitives ``crypto``, ``pinblock``,
+``pinverify``, ``mac``, ``dukpt``, ``tr31``. See docs/hsm.md.
+"""

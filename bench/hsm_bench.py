@@ -1,0 +1,118 @@
+"""HSM throughput: PIN and MAC verifications per second, in-process and over the networked HSM.
+
+The networked figures talk to a `python -m hsm serve` subprocess over loopback (its own process,
+as in production), with concurrent callers sharing the client's connection pool.
+
+    python -m bench.hsm_bench [duration_s]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from hsm import mac, pinblock
+from hsm.api import HSM, VisaPvv, VisaPvvMethod
+from hsm.client import NetworkHSM
+from hsm.crypto import Algorithm
+from hsm.devkeys import make_dev_keys
+from hsm.keys import DEVELOPMENT_LMK, DEVELOPMENT_LMK_HEX, KeyRole, Lmk
+from hsm.local import LocalHSM
+from hsm.pinblock import PinBlockFormat
+
+REPO = Path(__file__).parents[1]
+NETWORK_CONCURRENCY = 16
+NETWORK_POOL_SIZE = 8
+_STARTUP_LINES_MAX = 50
+PAN = "4012345678909"
+MAC_DATA = bytes(range(200))  # about the size of a financial request
+
+
+async def _rate(call: Callable[[], Awaitable[bool]], duration_s: float, workers: int) -> float:
+    """Calls per second over ``duration_s``; every call must succeed."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + duration_s
+    counts = [0] * workers
+
+    async def worker(index: int) -> None:
+        while loop.time() < end:
+            assert await call(), "a benchmark verification failed"
+            counts[index] += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(workers)))
+    return sum(counts) / (time.perf_counter() - start)
+
+
+async def _figures(hsm: HSM, duration_s: float, workers: int) -> tuple[float, float]:
+    lmk = Lmk(DEVELOPMENT_LMK)
+    keys = make_dev_keys(lmk, b"bench")
+    tpk_clear, tak_clear = bytes(range(16)), bytes(range(16, 32))
+    tpk = lmk.wrap(KeyRole.TPK, Algorithm.TDES, tpk_clear)
+    tak = lmk.wrap(KeyRole.TAK, Algorithm.TDES, tak_clear)
+    pvv = await hsm.derive_pin_verification_data(keys.pvk, PAN, "1234", VisaPvvMethod("1"))
+    verification = VisaPvv(keys.pvk, "1", pvv)
+    block = pinblock.encrypt_pin_block(tpk_clear, "1234", PAN, PinBlockFormat.ISO0)
+    tag = mac.iso9797_alg3(tak_clear, MAC_DATA)
+
+    def verify_pin() -> Awaitable[bool]:
+        return hsm.verify_pin(block, PAN, tpk, PinBlockFormat.ISO0, verification)
+
+    def verify_mac() -> Awaitable[bool]:
+        return hsm.verify_mac(tak, MAC_DATA, tag)
+
+    return (
+        await _rate(verify_pin, duration_s, workers),
+        await _rate(verify_mac, duration_s, workers),
+    )
+
+
+async def _spawn_server() -> tuple[asyncio.subprocess.Process, int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "hsm", "serve", "--host", "127.0.0.1", "--port", "0"),
+        cwd=REPO,
+        env={**os.environ, "HSM_LMK": DEVELOPMENT_LMK_HEX},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    for _ in range(_STARTUP_LINES_MAX):
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        if line.startswith(b"HSM listening on"):
+            return proc, int(line.rsplit(b":", 1)[1])
+        if not line:
+            break
+    proc.kill()
+    raise RuntimeError("the HSM server did not start")
+
+
+async def run(duration_s: float = 2.0) -> dict[str, float]:
+    """Four figures, each measured for ``duration_s / 4``."""
+    slice_s = duration_s / 4
+    pin_local, mac_local = await _figures(LocalHSM(Lmk(DEVELOPMENT_LMK)), slice_s, 1)
+    proc, port = await _spawn_server()
+    try:
+        async with NetworkHSM(
+            [("127.0.0.1", port)], pool_size=NETWORK_POOL_SIZE, timeout_ms=5000
+        ) as client:
+            pin_net, mac_net = await _figures(client, slice_s, NETWORK_CONCURRENCY)
+    finally:
+        proc.kill()
+        await proc.wait()
+    return {
+        "pin_verify_local_per_s": round(pin_local, 1),
+        "mac_verify_local_per_s": round(mac_local, 1),
+        "pin_verify_network_per_s": round(pin_net, 1),
+        "mac_verify_network_per_s": round(mac_net, 1),
+    }
+
+
+if __name__ == "__main__":
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
+    print(json.dumps(asyncio.run(run(seconds)), indent=2))

@@ -1,0 +1,220 @@
+"""Host commands: how each HSM operation maps to wire fields, for both sides.
+
+The client side turns typed arguments into text fields (``*_fields``) and reply fields back into
+typed results; the server side (``execute``) turns fields into a ``SoftHsm`` call. Both live
+here so a command's layout is defined once. The layout table is in docs/hsm.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from hsm.api import (
+    DeliveredKey,
+    Dukpt,
+    Ibm3624Method,
+    Ibm3624Offset,
+    PinKey,
+    PinMethod,
+    SessionKeys,
+    Verification,
+    VisaPvv,
+    VisaPvvMethod,
+)
+from hsm.crypto import Algorithm
+from hsm.engine import SoftHsm
+from hsm.errors import HsmError, RequestError, UnknownCommandError
+from hsm.keys import KeyRole, StoredKey
+from hsm.pinblock import PinBlockFormat
+from hsm.wire import Message
+
+log = structlog.get_logger("hsm.commands")
+
+HEALTH = "NO"
+VERIFY_PIN = "PV"
+DERIVE_PIN_DATA = "PD"
+TRANSLATE_PIN = "PT"
+GENERATE_MAC = "MG"
+VERIFY_MAC = "MV"
+SESSION_KEYS = "SK"
+GENERATE_KEY = "GK"
+CHECK_VALUE = "KC"
+IMPORT_KEY = "KI"
+EXPORT_KEY = "KE"
+
+Fields = tuple[str, ...]
+
+
+def hex_of(data: bytes) -> str:
+    return data.hex().upper()
+
+
+def bytes_of(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise RequestError("a binary field is not hex") from None
+
+
+def yes_no(value: bool) -> Fields:
+    return ("Y" if value else "N",)
+
+
+def is_yes(fields: Fields) -> bool:
+    return fields == ("Y",)
+
+
+# --- typed values <-> fields ----------------------------------------------------------------
+
+
+def pin_key_fields(key: PinKey) -> Fields:
+    if isinstance(key, Dukpt):
+        return ("D", key.bdk.to_text(), hex_of(key.ksn))
+    return ("K", key.to_text(), "")
+
+
+def _pin_key(kind: str, text: str, ksn: str) -> PinKey:
+    if kind == "D":
+        return Dukpt(StoredKey.from_text(text), bytes_of(ksn))
+    if kind == "K":
+        return StoredKey.from_text(text)
+    raise RequestError("PIN key kind must be K or D")
+
+
+def verification_fields(v: Verification) -> Fields:
+    if isinstance(v, VisaPvv):
+        return ("V", v.pvk.to_text(), v.pvki, v.pvv, "", "")
+    tail = (v.offset, v.decimalization_table, v.validation_data, str(v.pin_length))
+    return ("I", v.pvk.to_text(), *tail)
+
+
+def _verification(f: Fields) -> Verification:
+    kind, pvk = f[0], StoredKey.from_text(f[1])
+    if kind == "V":
+        return VisaPvv(pvk, f[2], f[3])
+    if kind == "I" and f[5].isdigit():
+        return Ibm3624Offset(pvk, f[2], f[3], f[4], int(f[5]))
+    raise RequestError("verification kind must be I or V, with a decimal PIN length")
+
+
+def method_fields(method: PinMethod) -> Fields:
+    if isinstance(method, VisaPvvMethod):
+        return ("V", method.pvki, "")
+    return ("I", method.decimalization_table, method.validation_data)
+
+
+def _method(f: Fields) -> PinMethod:
+    if f[0] == "V":
+        return VisaPvvMethod(f[1])
+    if f[0] == "I":
+        return Ibm3624Method(f[1], f[2])
+    raise RequestError("method kind must be I or V")
+
+
+def _format(text: str) -> PinBlockFormat:
+    try:
+        return PinBlockFormat(int(text))
+    except ValueError:
+        raise RequestError("PIN block format must be 0, 1, 3 or 4") from None
+
+
+def session_keys_of(f: Fields) -> SessionKeys:
+    tpk = DeliveredKey(StoredKey.from_text(f[0]), f[1], f[2])
+    tak = DeliveredKey(StoredKey.from_text(f[3]), f[4], f[5])
+    return SessionKeys(tpk, tak)
+
+
+def _session_key_fields(keys: SessionKeys) -> Fields:
+    return tuple(
+        text for d in (keys.tpk, keys.tak) for text in (d.stored.to_text(), d.under_tmk, d.kcv)
+    )
+
+
+def _role(text: str) -> KeyRole:
+    if text not in KeyRole.__members__:
+        raise RequestError("unknown key role")
+    return KeyRole[text]
+
+
+def _algorithm(text: str) -> Algorithm:
+    try:
+        return Algorithm(text)
+    except ValueError:
+        raise RequestError("algorithm must be T or A") from None
+
+
+# --- server side ----------------------------------------------------------------------------
+
+Handler = Callable[[SoftHsm, Fields], Fields]
+
+
+def _verify_pin(hsm: SoftHsm, f: Fields) -> Fields:
+    key = _pin_key(f[3], f[4], f[5])
+    return yes_no(hsm.verify_pin(bytes_of(f[0]), f[1], key, _format(f[2]), _verification(f[6:])))
+
+
+def _derive(hsm: SoftHsm, f: Fields) -> Fields:
+    return (hsm.derive_pin_verification_data(StoredKey(f[0]), f[1], f[2], _method(f[3:])),)
+
+
+def _translate(hsm: SoftHsm, f: Fields) -> Fields:
+    source = _pin_key(f[3], f[4], f[5])
+    out = hsm.translate_pin(
+        bytes_of(f[0]),
+        f[1],
+        source=source,
+        source_format=_format(f[2]),
+        destination=StoredKey(f[6]),
+        destination_format=_format(f[7]),
+    )
+    return (hex_of(out),)
+
+
+# Command code -> (request field count, handler).
+COMMANDS: dict[str, tuple[int, Handler]] = {
+    HEALTH: (0, lambda hsm, f: (hsm.lmk_kcv,)),
+    VERIFY_PIN: (12, _verify_pin),
+    DERIVE_PIN_DATA: (6, _derive),
+    TRANSLATE_PIN: (8, _translate),
+    GENERATE_MAC: (2, lambda hsm, f: (hex_of(hsm.generate_mac(StoredKey(f[0]), bytes_of(f[1]))),)),
+    VERIFY_MAC: (
+        3,
+        lambda hsm, f: yes_no(hsm.verify_mac(StoredKey(f[0]), bytes_of(f[1]), bytes_of(f[2]))),
+    ),
+    SESSION_KEYS: (
+        1,
+        lambda hsm, f: _session_key_fields(hsm.generate_session_keys(StoredKey(f[0]))),
+    ),
+    GENERATE_KEY: (
+        3,
+        lambda hsm, f: (hsm.generate_key(_role(f[0]), _algorithm(f[1]), _int(f[2])).to_text(),),
+    ),
+    CHECK_VALUE: (1, lambda hsm, f: (hsm.key_check_value(StoredKey(f[0])),)),
+    IMPORT_KEY: (3, lambda hsm, f: (hsm.import_key(f[0], StoredKey(f[1]), _role(f[2])).to_text(),)),
+    EXPORT_KEY: (3, lambda hsm, f: (hsm.export_key(StoredKey(f[0]), StoredKey(f[1]), f[2]),)),
+}
+
+
+def _int(text: str) -> int:
+    if not text.isdigit():
+        raise RequestError("a numeric field is not decimal")
+    return int(text)
+
+
+def execute(hsm: SoftHsm, request: Message) -> Message:
+    """Run one request; every failure becomes an error reply with a safe message."""
+    try:
+        if request.command not in COMMANDS:
+            raise UnknownCommandError(f"unknown command {request.command}")
+        count, handler = COMMANDS[request.command]
+        if len(request.fields) != count:
+            raise RequestError(f"command {request.command} takes {count} fields")
+        return Message(request.command, request.request_id, fields=handler(hsm, request.fields))
+    except HsmError as exc:
+        log.info("hsm_command_refused", command=request.command, error=exc.code)
+        return Message(request.command, request.request_id, exc.code, (str(exc),))
+    except Exception as exc:  # a bug must not kill the connection; tracebacks may hold keys
+        log.error("hsm_command_failed", command=request.command, exc_type=type(exc).__name__)
+        return Message(request.command, request.request_id, HsmError.code, ("internal error",))

@@ -1,0 +1,194 @@
+"""Block-cipher building blocks: TDES and AES in ECB/CBC, CMAC, key check values.
+
+Pure functions over bytes. TDES comes from ``cryptography.hazmat.decrepit``; single- and
+double-length keys are expanded to three-key form (K1|K2|K1) because the library deprecates
+short TDES keys, and an expanded key computes exactly the same function.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from enum import Enum
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import cmac as _cmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from hsm.errors import KeyLengthError
+
+TDES_BLOCK = 8
+AES_BLOCK = 16
+TDES_KEY_LENGTHS = (8, 16, 24)
+AES_KEY_LENGTHS = (16, 24, 32)
+_CACHE_KEYS_MAX = 4096
+
+Rng = Callable[[int], bytes]
+
+
+class Algorithm(Enum):
+    """Key algorithm; the value is the TR-31 algorithm letter."""
+
+    TDES = "T"
+    AES = "A"
+
+    @property
+    def block_size(self) -> int:
+        return TDES_BLOCK if self is Algorithm.TDES else AES_BLOCK
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    assert len(a) == len(b), "xor operands differ in length"
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+def expand_tdes_key(key: bytes) -> bytes:
+    """Return the 24-byte form of a 8-, 16- or 24-byte TDES key."""
+    if len(key) == 8:
+        return key * 3
+    if len(key) == 16:
+        return key + key[:8]
+    if len(key) == 24:
+        return key
+    raise KeyLengthError(f"TDES key must be 8, 16 or 24 bytes, got {len(key)}")
+
+
+def check_aes_key(key: bytes) -> bytes:
+    if len(key) not in AES_KEY_LENGTHS:
+        raise KeyLengthError(f"AES key must be 16, 24 or 32 bytes, got {len(key)}")
+    return key
+
+
+def with_odd_parity(key: bytes) -> bytes:
+    """Set each byte's low bit so the byte has odd parity (DES key convention)."""
+    return bytes((b & 0xFE) | ((bin(b >> 1).count("1") + 1) & 1) for b in key)
+
+
+# Cipher objects are reused per key (building one costs more than a block operation).
+@functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
+def _tdes_ecb(key: bytes) -> Cipher[modes.ECB]:
+    # ECB is what the standards specify for single-block PIN, KCV and key-under-KEK operations.
+    return Cipher(TripleDES(expand_tdes_key(key)), modes.ECB())  # noqa: S305
+
+
+@functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
+def _aes_ecb(key: bytes) -> Cipher[modes.ECB]:
+    return Cipher(algorithms.AES(check_aes_key(key)), modes.ECB())  # noqa: S305
+
+
+def _whole_blocks(data: bytes, block: int) -> None:
+    if len(data) % block:
+        raise ValueError(f"data length {len(data)} is not a multiple of {block}")
+
+
+def tdes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
+    _whole_blocks(data, TDES_BLOCK)
+    enc = _tdes_ecb(key).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
+    _whole_blocks(data, TDES_BLOCK)
+    dec = _tdes_ecb(key).decryptor()
+    return dec.update(data) + dec.finalize()
+
+
+def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    _whole_blocks(data, TDES_BLOCK)
+    enc = Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv)).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+def tdes_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    _whole_blocks(data, TDES_BLOCK)
+    dec = Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv)).decryptor()
+    return dec.update(data) + dec.finalize()
+
+
+def aes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
+    _whole_blocks(data, AES_BLOCK)
+    enc = _aes_ecb(key).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+def aes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
+    _whole_blocks(data, AES_BLOCK)
+    dec = _aes_ecb(key).decryptor()
+    return dec.update(data) + dec.finalize()
+
+
+def aes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    _whole_blocks(data, AES_BLOCK)
+    enc = Cipher(algorithms.AES(check_aes_key(key)), modes.CBC(iv)).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+def aes_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    _whole_blocks(data, AES_BLOCK)
+    dec = Cipher(algorithms.AES(check_aes_key(key)), modes.CBC(iv)).decryptor()
+    return dec.update(data) + dec.finalize()
+
+
+def ecb_encrypt(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
+    if algorithm is Algorithm.TDES:
+        return tdes_ecb_encrypt(key, data)
+    return aes_ecb_encrypt(key, data)
+
+
+def ecb_decrypt(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
+    if algorithm is Algorithm.TDES:
+        return tdes_ecb_decrypt(key, data)
+    return aes_ecb_decrypt(key, data)
+
+
+def aes_cmac(key: bytes, data: bytes) -> bytes:
+    mac = _cmac.CMAC(algorithms.AES(check_aes_key(key)))
+    mac.update(data)
+    return mac.finalize()
+
+
+def _cmac_subkey(block: bytes) -> bytes:
+    """Double in GF(2^n) (NIST SP 800-38B)."""
+    rb = 0x1B if len(block) == TDES_BLOCK else 0x87
+    n = int.from_bytes(block, "big") << 1
+    if n >> (8 * len(block)):
+        n ^= rb
+    return (n & ((1 << (8 * len(block))) - 1)).to_bytes(len(block), "big")
+
+
+def tdes_cmac(key: bytes, data: bytes) -> bytes:
+    """CMAC over TDES (64-bit block), as TR-31 version B uses for MAC and key derivation."""
+    k1 = _cmac_subkey(tdes_ecb_encrypt(key, bytes(TDES_BLOCK)))
+    k2 = _cmac_subkey(k1)
+    if data and len(data) % TDES_BLOCK == 0:
+        last = xor(data[-TDES_BLOCK:], k1)
+        head = data[:-TDES_BLOCK]
+    else:
+        whole = len(data) - len(data) % TDES_BLOCK
+        tail = data[whole:] + b"\x80" + bytes(TDES_BLOCK - 1 - len(data) % TDES_BLOCK)
+        last = xor(tail, k2)
+        head = data[:whole]
+    chain = tdes_cbc_encrypt(key, bytes(TDES_BLOCK), head)[-TDES_BLOCK:] if head else b""
+    return tdes_ecb_encrypt(key, xor(last, chain or bytes(TDES_BLOCK)))
+
+
+def cmac(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
+    if algorithm is Algorithm.TDES:
+        return tdes_cmac(key, data)
+    return aes_cmac(key, data)
+
+
+def kcv_tdes(key: bytes, length: int = 3) -> bytes:
+    """Legacy KCV: encrypt a zero block, keep the leftmost bytes."""
+    return tdes_ecb_encrypt(key, bytes(TDES_BLOCK))[:length]
+
+
+def kcv_aes(key: bytes, length: int = 3) -> bytes:
+    """AES KCV, CMAC style (X9.24-1:2017): CMAC of a zero block, leftmost bytes."""
+    return aes_cmac(key, bytes(AES_BLOCK))[:length]
+
+
+def key_check_value(algorithm: Algorithm, key: bytes, length: int = 3) -> bytes:
+    if algorithm is Algorithm.TDES:
+        return kcv_tdes(key, length)
+    return kcv_aes(key, length)

@@ -1,0 +1,73 @@
+"""Development key material for demos and fixtures. DEVELOPMENT ONLY.
+
+``make_dev_keys`` wraps a TMK, a PVK and a BDK under the given (normally the development) LMK
+and also returns the clear TMK, which the terminal simulator needs and a real deployment never
+has in software. A seed makes the output reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import os
+from dataclasses import dataclass
+
+from hsm import crypto
+from hsm.crypto import Algorithm
+from hsm.keys import KeyRole, Lmk, StoredKey, kcv_hex
+
+_DEV_KEY_LENGTH = 16
+
+
+def seeded_rng(seed: bytes) -> crypto.Rng:
+    """A deterministic byte stream (HMAC-SHA256 in counter mode) for reproducible fixtures."""
+    counter = itertools.count()
+
+    def rng(count: int) -> bytes:
+        out = b""
+        while len(out) < count:
+            out += hmac.new(seed, next(counter).to_bytes(8, "big"), hashlib.sha256).digest()
+        return out[:count]
+
+    return rng
+
+
+@dataclass(frozen=True)
+class DevKeys:
+    lmk_kcv: str
+    tmk: StoredKey
+    tmk_clear_hex: str  # DEVELOPMENT ONLY: for the terminal simulator
+    pvk: StoredKey
+    bdk: StoredKey
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "warning": "DEVELOPMENT ONLY - demo keys under a public LMK",
+            "lmk_kcv": self.lmk_kcv,
+            "tmk": self.tmk.to_text(),
+            "tmk_kcv": self.tmk.kcv,
+            "tmk_clear": self.tmk_clear_hex,
+            "pvk": self.pvk.to_text(),
+            "pvk_kcv": self.pvk.kcv,
+            "bdk": self.bdk.to_text(),
+            "bdk_kcv": self.bdk.kcv,
+        }
+
+
+def make_dev_keys(lmk: Lmk, seed: bytes | None = None) -> DevKeys:
+    rng = seeded_rng(seed) if seed is not None else os.urandom
+
+    def new_key() -> bytes:
+        return crypto.with_odd_parity(rng(_DEV_KEY_LENGTH))
+
+    tmk = new_key()
+    stored_tmk = lmk.wrap(KeyRole.TMK, Algorithm.TDES, tmk, rng=rng)
+    assert stored_tmk.kcv == kcv_hex(Algorithm.TDES, tmk), "KCV block must match the key"
+    return DevKeys(
+        lmk_kcv=lmk.kcv,
+        tmk=stored_tmk,
+        tmk_clear_hex=tmk.hex().upper(),
+        pvk=lmk.wrap(KeyRole.PVK, Algorithm.TDES, new_key(), rng=rng),
+        bdk=lmk.wrap(KeyRole.BDK, Algorithm.TDES, new_key(), rng=rng),
+    )

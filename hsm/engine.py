@@ -1,0 +1,190 @@
+"""The software HSM: every operation as a synchronous function of the LMK and its arguments.
+
+No I/O. ``LocalHSM`` calls it in-process; the networked server calls it per command. Each
+operation unwraps the keys it is given (refusing a wrong role, usage or mode of use), works on
+clear values in local variables only, and returns cryptograms, check values or verdicts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hsm import crypto, dukpt, mac, pinblock, pinverify, tr31
+from hsm.api import (
+    DeliveredKey,
+    Dukpt,
+    Ibm3624Method,
+    Ibm3624Offset,
+    PinKey,
+    PinMethod,
+    SessionKeys,
+    Verification,
+    VisaPvv,
+)
+from hsm.crypto import Algorithm
+from hsm.errors import KeyLengthError, KeyUsageError, RequestError
+from hsm.keys import ROLE_SPECS, KeyRole, Lmk, StoredKey, kcv_hex
+from hsm.pinblock import PinBlockFormat
+
+_PIN_KEY_ROLES = (KeyRole.TPK, KeyRole.ZPK)
+_MAC_KEY_ROLES = (KeyRole.TAK, KeyRole.ZAK)
+_KEK_ROLES = (KeyRole.TMK, KeyRole.ZMK)
+_KEY_LENGTHS = {Algorithm.TDES: (16, 24), Algorithm.AES: (16, 24, 32)}
+_SESSION_KEY_LENGTH = 16
+_MAC_USAGE = {"M3": Algorithm.TDES, "M6": Algorithm.AES}
+_PVK_USAGES_IBM, _PVK_USAGES_VISA = ("V0", "V1"), ("V0", "V2")
+
+
+class SoftHsm:
+    def __init__(self, lmk: Lmk, *, rng: crypto.Rng = os.urandom) -> None:
+        self._lmk = lmk
+        self._rng = rng
+
+    @property
+    def lmk_kcv(self) -> str:
+        return self._lmk.kcv
+
+    # --- PIN -------------------------------------------------------------------------------
+
+    def _pin_key(self, key: PinKey, fmt: PinBlockFormat) -> bytes:
+        if isinstance(key, Dukpt):
+            return self._dukpt_pin_key(key, fmt)
+        clear = self._lmk.unwrap(key, _PIN_KEY_ROLES)
+        if key.algorithm is not fmt.algorithm:
+            raise KeyUsageError(f"PIN block format {fmt.value} needs a {fmt.algorithm.name} key")
+        return clear
+
+    def _dukpt_pin_key(self, key: Dukpt, fmt: PinBlockFormat) -> bytes:
+        bdk = self._lmk.unwrap(key.bdk, (KeyRole.BDK,))
+        if key.bdk.algorithm is Algorithm.TDES:
+            if fmt.algorithm is not Algorithm.TDES:
+                raise KeyUsageError("a TDES BDK cannot protect an AES PIN block")
+            return dukpt.tdes_working_key(bdk, key.ksn, dukpt.TdesVariant.PIN)
+        kind = dukpt.AesDukptKeyType.AES128
+        if fmt.algorithm is Algorithm.TDES:
+            kind = dukpt.AesDukptKeyType.TDES2
+        return dukpt.aes_working_key(bdk, key.ksn, dukpt.AesKeyUsage.PIN_ENCRYPTION, kind)
+
+    def _pvk(self, pvk: StoredKey, usages: tuple[str, ...]) -> bytes:
+        clear = self._lmk.unwrap(pvk, (KeyRole.PVK,))
+        if pvk.usage not in usages or pvk.algorithm is not Algorithm.TDES:
+            raise KeyUsageError(f"PVK usage {pvk.usage} does not allow this method")
+        return clear
+
+    def verify_pin(
+        self,
+        pin_block: bytes,
+        pan: str,
+        key: PinKey,
+        pin_block_format: PinBlockFormat,
+        verification: Verification,
+    ) -> bool:
+        clear_key = self._pin_key(key, pin_block_format)
+        pin = pinblock.decrypt_pin_block(clear_key, pin_block, pan, pin_block_format)
+        if isinstance(verification, VisaPvv):
+            pvk = self._pvk(verification.pvk, _PVK_USAGES_VISA)
+            return pinverify.visa_pvv_verify(pvk, pan, verification.pvki, pin, verification.pvv)
+        return self._verify_ibm(verification, pan, pin)
+
+    def _verify_ibm(self, verification: Ibm3624Offset, pan: str, pin: str) -> bool:
+        pvk = self._pvk(verification.pvk, _PVK_USAGES_IBM)
+        block = pinverify.validation_block(verification.validation_data, pan)
+        if len(verification.offset) != verification.pin_length:
+            raise RequestError("IBM 3624 offset length differs from the PIN length")
+        table = verification.decimalization_table
+        return pinverify.ibm3624_verify(pvk, block, table, pin, verification.offset)
+
+    def derive_pin_verification_data(
+        self, pvk: StoredKey, pan: str, clear_pin: str, method: PinMethod
+    ) -> str:
+        if isinstance(method, Ibm3624Method):
+            clear = self._pvk(pvk, _PVK_USAGES_IBM)
+            block = pinverify.validation_block(method.validation_data, pan)
+            return pinverify.ibm3624_offset(clear, block, method.decimalization_table, clear_pin)
+        clear = self._pvk(pvk, _PVK_USAGES_VISA)
+        return pinverify.visa_pvv(clear, pan, method.pvki, clear_pin)
+
+    def translate_pin(
+        self,
+        pin_block: bytes,
+        pan: str,
+        *,
+        source: PinKey,
+        source_format: PinBlockFormat,
+        destination: StoredKey,
+        destination_format: PinBlockFormat,
+    ) -> bytes:
+        pin = pinblock.decrypt_pin_block(
+            self._pin_key(source, source_format), pin_block, pan, source_format
+        )
+        out_key = self._pin_key(destination, destination_format)
+        return pinblock.encrypt_pin_block(out_key, pin, pan, destination_format, rng=self._rng)
+
+    # --- MAC -------------------------------------------------------------------------------
+
+    def _mac_key(self, tak: StoredKey, modes: str) -> bytes:
+        clear = self._lmk.unwrap(tak, _MAC_KEY_ROLES, modes)
+        if _MAC_USAGE.get(tak.usage) is not tak.algorithm:
+            raise KeyUsageError(f"MAC key usage {tak.usage} does not fit its algorithm")
+        if tak.algorithm is Algorithm.TDES and len(clear) != _SESSION_KEY_LENGTH:
+            raise KeyLengthError("a retail MAC key is double-length TDES")
+        return clear
+
+    def generate_mac(self, tak: StoredKey, data: bytes) -> bytes:
+        return mac.generate_mac(tak.algorithm, self._mac_key(tak, "CG"), data)
+
+    def verify_mac(self, tak: StoredKey, data: bytes, mac_value: bytes) -> bool:
+        return mac.verify_mac(tak.algorithm, self._mac_key(tak, "CV"), data, mac_value)
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def _new_key(self, algorithm: Algorithm, length: int) -> bytes:
+        if length not in _KEY_LENGTHS[algorithm]:
+            raise KeyLengthError(f"{algorithm.name} keys are {_KEY_LENGTHS[algorithm]} bytes")
+        raw = self._rng(length)
+        return crypto.with_odd_parity(raw) if algorithm is Algorithm.TDES else raw
+
+    def generate_key(self, role: KeyRole, algorithm: Algorithm, length: int) -> StoredKey:
+        return self._lmk.wrap(role, algorithm, self._new_key(algorithm, length), rng=self._rng)
+
+    def generate_session_keys(self, tmk: StoredKey) -> SessionKeys:
+        """New TPK and TAK of the TMK's algorithm, each under the LMK and under the TMK."""
+        tmk_clear = self._lmk.unwrap(tmk, (KeyRole.TMK,), "BE")
+        algorithm = tmk.algorithm
+
+        def deliver(role: KeyRole) -> DeliveredKey:
+            key = self._new_key(algorithm, _SESSION_KEY_LENGTH)
+            under_tmk = crypto.ecb_encrypt(algorithm, tmk_clear, key).hex().upper()
+            stored = self._lmk.wrap(role, algorithm, key, rng=self._rng)
+            return DeliveredKey(stored, under_tmk, kcv_hex(algorithm, key))
+
+        return SessionKeys(tpk=deliver(KeyRole.TPK), tak=deliver(KeyRole.TAK))
+
+    def key_check_value(self, key: StoredKey) -> str:
+        return kcv_hex(key.algorithm, self._lmk.unwrap(key, tuple(KeyRole)))
+
+    def export_key(self, key: StoredKey, kbpk: StoredKey, version: str) -> str:
+        """Export ``key`` as a TR-31 block under a TMK/ZMK (usage, mode, exportability kept)."""
+        kek = self._lmk.unwrap(kbpk, _KEK_ROLES, "BE")
+        clear = self._lmk.unwrap(key, tuple(KeyRole))
+        header, _ = tr31.parse_header(key.text)
+        if header.exportability != "E":
+            raise KeyUsageError("the key is not exportable")
+        if version not in ("A", "B", "C", "D"):
+            raise RequestError("TR-31 version must be A, B, C or D")
+        out = tr31.Header(version, key.usage, key.algorithm.value, key.mode, "00", "E")
+        return tr31.wrap(kek, out, clear, rng=self._rng)
+
+    def import_key(self, key_block: str, kbpk: StoredKey, role: KeyRole) -> StoredKey:
+        """Import a TR-31 block under a TMK/ZMK as a ``role`` key; its usage must fit the role."""
+        kek = self._lmk.unwrap(kbpk, _KEK_ROLES, "BD")
+        header, clear = tr31.unwrap(kek, key_block, usages=ROLE_SPECS[role].usages)
+        algorithm = tr31.algorithm_of(header)
+        return self._lmk.wrap(
+            role,
+            algorithm,
+            clear,
+            usage=header.usage,
+            exportability=header.exportability,
+            rng=self._rng,
+        )

@@ -1,0 +1,117 @@
+"""Typed HSM errors. Each carries a two-digit wire code so the networked HSM can carry it.
+
+Messages never hold a clear PIN, a PIN block or key material: callers build them from
+lengths, formats and key usages only.
+"""
+
+from __future__ import annotations
+
+
+class HsmError(Exception):
+    """Base of every HSM error."""
+
+    code = "99"
+
+
+class KeyMaterialError(HsmError):
+    """Base of key-related errors."""
+
+    code = "10"
+
+
+class KeyUsageError(KeyMaterialError):
+    """A key was given to an operation its usage or mode of use does not allow."""
+
+    code = "11"
+
+
+class KeyBlockError(KeyMaterialError):
+    """A stored key or TR-31 block is malformed or failed its integrity check."""
+
+    code = "12"
+
+
+class KeyLengthError(KeyMaterialError):
+    """A key has a length its algorithm does not allow."""
+
+    code = "13"
+
+
+class DevelopmentLmkError(KeyMaterialError):
+    """The development LMK was loaded in production mode."""
+
+    code = "14"
+
+
+class PinError(HsmError):
+    """Base of PIN-related errors."""
+
+    code = "20"
+
+
+class PinBlockFormatError(PinError):
+    """A PIN block does not decode under its format (or was enciphered under another key)."""
+
+    code = "21"
+
+
+class PinFormatError(PinError):
+    """A clear PIN has the wrong length or holds non-digits."""
+
+    code = "22"
+
+
+class PanError(PinError):
+    """A PAN has the wrong length or holds non-digits."""
+
+    code = "23"
+
+
+class DukptError(HsmError):
+    """A KSN is malformed or its counter is invalid."""
+
+    code = "30"
+
+
+class RequestError(HsmError):
+    """A request is malformed (wrong field count, bad hex, unknown option)."""
+
+    code = "40"
+
+
+class UnknownCommandError(RequestError):
+    code = "41"
+
+
+class HsmUnavailable(HsmError):
+    """No HSM answered (connection refused, reset, or every address down)."""
+
+    code = "90"
+
+
+class HsmTimeout(HsmUnavailable):
+    """No answer within the call's deadline."""
+
+    code = "91"
+
+
+ERRORS_BY_CODE: dict[str, type[HsmError]] = {
+    cls.code: cls
+    for cls in (
+        HsmError,
+        KeyMaterialError,
+        KeyUsageError,
+        KeyBlockError,
+        KeyLengthError,
+        DevelopmentLmkError,
+        PinError,
+        PinBlockFormatError,
+        PinFormatError,
+        PanError,
+        DukptError,
+        RequestError,
+        UnknownCommandError,
+        HsmUnavailable,
+        HsmTimeout,
+    )
+}

@@ -1,0 +1,128 @@
+"""``LocalHSM``: the HSM interface served in-process by ``SoftHsm``.
+
+The operations are microseconds of CPU with no I/O, so they run inline on the event loop;
+``timeout_ms`` is accepted for interface parity and cannot be exceeded by a blocking wait.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hsm import crypto
+from hsm.api import (
+    DEFAULT_TIMEOUT_MS,
+    PinKey,
+    PinMethod,
+    SessionKeys,
+    Verification,
+)
+from hsm.crypto import Algorithm
+from hsm.engine import SoftHsm
+from hsm.errors import DevelopmentLmkError
+from hsm.keys import KeyRole, Lmk, StoredKey
+from hsm.pinblock import PinBlockFormat
+
+
+class LocalHSM:
+    def __init__(self, lmk: Lmk, *, production: bool = False, rng: crypto.Rng = os.urandom):
+        if production and lmk.is_development:
+            raise DevelopmentLmkError("the development LMK is refused in production")
+        self._core = SoftHsm(lmk, rng=rng)
+
+    @property
+    def lmk_kcv(self) -> str:
+        return self._core.lmk_kcv
+
+    async def verify_pin(
+        self,
+        pin_block: bytes,
+        pan: str,
+        key: PinKey,
+        pin_block_format: PinBlockFormat,
+        verification: Verification,
+        *,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> bool:
+        return self._core.verify_pin(pin_block, pan, key, pin_block_format, verification)
+
+    async def derive_pin_verification_data(
+        self,
+        pvk: StoredKey,
+        pan: str,
+        clear_pin: str,
+        method: PinMethod,
+        *,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> str:
+        return self._core.derive_pin_verification_data(pvk, pan, clear_pin, method)
+
+    async def translate_pin(
+        self,
+        pin_block: bytes,
+        pan: str,
+        *,
+        source: PinKey,
+        source_format: PinBlockFormat,
+        destination: StoredKey,
+        destination_format: PinBlockFormat,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> bytes:
+        return self._core.translate_pin(
+            pin_block,
+            pan,
+            source=source,
+            source_format=source_format,
+            destination=destination,
+            destination_format=destination_format,
+        )
+
+    async def generate_mac(
+        self, tak: StoredKey, data: bytes, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    ) -> bytes:
+        return self._core.generate_mac(tak, data)
+
+    async def verify_mac(
+        self, tak: StoredKey, data: bytes, mac: bytes, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    ) -> bool:
+        return self._core.verify_mac(tak, data, mac)
+
+    async def generate_session_keys(
+        self, tmk: StoredKey, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    ) -> SessionKeys:
+        return self._core.generate_session_keys(tmk)
+
+    async def generate_key(
+        self,
+        role: KeyRole,
+        algorithm: Algorithm = Algorithm.TDES,
+        length: int = 16,
+        *,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> StoredKey:
+        return self._core.generate_key(role, algorithm, length)
+
+    async def key_check_value(self, key: StoredKey, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> str:
+        return self._core.key_check_value(key)
+
+    async def import_key(
+        self,
+        key_block: str,
+        kbpk: StoredKey,
+        role: KeyRole,
+        *,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> StoredKey:
+        return self._core.import_key(key_block, kbpk, role)
+
+    async def export_key(
+        self,
+        key: StoredKey,
+        kbpk: StoredKey,
+        version: str = "B",
+        *,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> str:
+        return self._core.export_key(key, kbpk, version)
+
+    async def close(self) -> None:
+        return None

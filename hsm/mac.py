@@ -1,0 +1,57 @@
+"""MACs: ISO/IEC 9797-1 algorithm 1 (CBC-MAC) and algorithm 3 (retail MAC) over DES/TDES, and
+AES-CMAC. Pure functions; a MAC here is the full block, callers truncate.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from hsm import crypto
+from hsm.crypto import Algorithm
+from hsm.errors import KeyLengthError, RequestError
+
+ISO8583_MAC_LENGTH = 8
+MAC_LENGTH_MIN = 4
+
+
+def pad_iso9797(data: bytes, method: int, block: int = crypto.TDES_BLOCK) -> bytes:
+    """Padding method 1 (zeros; empty data becomes one zero block) or 2 (0x80 then zeros)."""
+    if method == 1:
+        if not data:
+            return bytes(block)
+        return data + bytes(-len(data) % block)
+    if method == 2:
+        data += b"\x80"
+        return data + bytes(-len(data) % block)
+    raise RequestError("ISO 9797-1 padding method must be 1 or 2")
+
+
+def iso9797_alg1(key: bytes, data: bytes, padding: int = 1) -> bytes:
+    """CBC-MAC with the whole (single, double or triple length) key on every block."""
+    padded = pad_iso9797(data, padding)
+    return crypto.tdes_cbc_encrypt(key, bytes(crypto.TDES_BLOCK), padded)[-crypto.TDES_BLOCK :]
+
+
+def iso9797_alg3(key: bytes, data: bytes, padding: int = 1) -> bytes:
+    """Retail MAC: single-DES CBC under K1, then decrypt under K2, encrypt under K1."""
+    if len(key) != 16:
+        raise KeyLengthError("retail MAC needs a double-length key")
+    k1, k2 = key[:8], key[8:]
+    padded = pad_iso9797(data, padding)
+    chained = crypto.tdes_cbc_encrypt(k1, bytes(crypto.TDES_BLOCK), padded)[-crypto.TDES_BLOCK :]
+    # Output transformation 3: E_K1(D_K2(H_q)) on the last chain value.
+    return crypto.tdes_ecb_encrypt(k1, crypto.tdes_ecb_decrypt(k2, chained))
+
+
+def generate_mac(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
+    """The switch's MAC: retail MAC for TDES keys, AES-CMAC for AES keys (8 bytes each)."""
+    if algorithm is Algorithm.TDES:
+        return iso9797_alg3(key, data)
+    return crypto.aes_cmac(key, data)[:ISO8583_MAC_LENGTH]
+
+
+def verify_mac(algorithm: Algorithm, key: bytes, data: bytes, mac: bytes) -> bool:
+    """True when ``mac`` equals the leftmost bytes of the MAC; at least 4 bytes are compared."""
+    if not (MAC_LENGTH_MIN <= len(mac) <= ISO8583_MAC_LENGTH):
+        raise RequestError(f"MAC length must be {MAC_LENGTH_MIN}..{ISO8583_MAC_LENGTH} bytes")
+    return hmac.compare_digest(generate_mac(algorithm, key, data)[: len(mac)], mac)
