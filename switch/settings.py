@@ -9,9 +9,11 @@ names the file (or variable), the key and what was expected.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import time
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 
@@ -32,6 +34,7 @@ ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
 DEVELOPMENT_ADMIN_TOKEN = "development-only-admin-token"  # noqa: S105 - refused in production
 
 _C = TypeVar("_C", bound=str)
+_ADDRESS = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 
 
 class SettingsError(Exception):
@@ -80,11 +83,52 @@ class AdminSettings:
     token: str
 
 
+HsmBackend = Literal["local", "network"]
+HSM_BACKENDS: tuple[HsmBackend, ...] = ("local", "network")
+
+
+@dataclass(frozen=True, slots=True)
+class HsmSettings:
+    backend: HsmBackend
+    # Local backend: the LMK file (64 hex, owner-only); none = $HSM_LMK, else the development LMK.
+    lmk_file: Path | None
+    # Network backend: "host:port" of each HSM, tried in order with failover.
+    addresses: tuple[str, ...]
+    pool_size: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSection:
+    """The `[ledger]` table; the PAN hash key and a DSN with a password come from the
+    environment ($LEDGER_PAN_HASH_KEY, $LEDGER_DSN), never from a file."""
+
+    dsn: str | None
+    data_dir: Path
+    pool_size_min: int
+    pool_size_max: int
+    pin_tries_max: int
+    business_day_cutover: time
+    cross_customer_transfers: bool
+    statement_timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    # One budget per request across HSM and ledger; well under a terminal's own timeout.
+    request_deadline_ms: int
+    # Verify F64/F128 on every request after key change, and MAC every response.
+    require_mac: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     environment: Environment
     listener: ListenerSettings
     admin: AdminSettings
+    hsm: HsmSettings
+    ledger: LedgerSection
+    pipeline: PipelineSettings
     logging: LoggingSettings
     shutdown_grace_ms: int
     source: str
@@ -154,6 +198,35 @@ class _Table:
             raise SettingsError(self.source, self.key_name(key), f"a file path, got {value!r}")
         return base / value
 
+    def optional_text(self, key: str) -> str | None:
+        return None if self._data.get(key) is None else self.text(key, "")
+
+    def addresses(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return default
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and _ADDRESS.fullmatch(v) for v in value)
+        ):
+            raise SettingsError(
+                self.source, self.key_name(key), f'a list of "host:port" strings, got {value!r}'
+            )
+        return tuple(value)
+
+    def time_of_day(self, key: str, default: time) -> time:
+        value = self._get(key)
+        if value is None:
+            return default
+        expected = f'a time of day "HH:MM", got {value!r}'
+        if not isinstance(value, str):
+            raise SettingsError(self.source, self.key_name(key), expected)
+        try:
+            return time.fromisoformat(value)
+        except ValueError:
+            raise SettingsError(self.source, self.key_name(key), expected) from None
+
     def table(self, key: str) -> _Table:
         value = self._get(key)
         if value is None:
@@ -183,7 +256,8 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
         base = path.parent
         data = _read_toml(path)
     overridden = _apply_env(data, env or {})
-    return _parse(_Table(data, "", source if not overridden else f"{source} + environment"), base)
+    table = _Table(data, "", source if not overridden else f"{source} + environment")
+    return _parse(table, base, env or {})
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -222,10 +296,20 @@ def _env_value(raw: str) -> object:
         return raw
 
 
-def _parse(root: _Table, base: Path) -> Settings:
+def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
     environment = root.choice("environment", "development", ENVIRONMENTS)
     listener = _parse_listener(root.table("listener"), base)
     admin = _parse_admin(root.table("admin"), environment)
+    hsm = _parse_hsm(root.table("hsm"), base)
+    ledger = _parse_ledger(root.table("ledger"), env)
+    pipeline_table = root.table("pipeline")
+    pipeline = PipelineSettings(
+        request_deadline_ms=pipeline_table.integer(
+            "request_deadline_ms", 2_000, minimum=50, maximum=60_000
+        ),
+        require_mac=pipeline_table.flag("require_mac", True),
+    )
+    pipeline_table.finish()
     logs = root.table("logging")
     logging = LoggingSettings(
         format=logs.choice("format", "auto", LOG_FORMATS),
@@ -236,7 +320,44 @@ def _parse(root: _Table, base: Path) -> Settings:
     grace_ms = shutdown.integer("grace_ms", 5_000, minimum=0, maximum=600_000)
     shutdown.finish()
     root.finish()
-    return Settings(environment, listener, admin, logging, grace_ms, root.source)
+    return Settings(
+        environment, listener, admin, hsm, ledger, pipeline, logging, grace_ms, root.source
+    )
+
+
+def _parse_hsm(table: _Table, base: Path) -> HsmSettings:
+    backend = table.choice("backend", "local", HSM_BACKENDS)
+    addresses = table.addresses("addresses", ("127.0.0.1:1500",))
+    settings = HsmSettings(
+        backend=backend,
+        lmk_file=table.path("lmk_file", base),
+        addresses=addresses,
+        pool_size=table.integer("pool_size", 4, minimum=1, maximum=256),
+        timeout_ms=table.integer("timeout_ms", 1_000, minimum=10, maximum=60_000),
+    )
+    table.finish()
+    return settings
+
+
+def _parse_ledger(table: _Table, env: Mapping[str, str]) -> LedgerSection:
+    # Relative to the working directory, as for `python -m ledger --data-dir`.
+    data_dir = Path(table.optional_text("data_dir") or ".var/pg")
+    settings = LedgerSection(
+        dsn=env.get("LEDGER_DSN") or table.optional_text("dsn"),
+        data_dir=data_dir,
+        pool_size_min=table.integer("pool_size_min", 2, minimum=1, maximum=1_000),
+        pool_size_max=table.integer("pool_size_max", 16, minimum=1, maximum=1_000),
+        pin_tries_max=table.integer("pin_tries_max", 3, minimum=1, maximum=99),
+        business_day_cutover=table.time_of_day("business_day_cutover", time(0, 0)),
+        cross_customer_transfers=table.flag("cross_customer_transfers", False),
+        statement_timeout_ms=table.integer(
+            "statement_timeout_ms", 5_000, minimum=100, maximum=600_000
+        ),
+    )
+    if settings.pool_size_min > settings.pool_size_max:
+        raise SettingsError(table.source, table.key_name("pool_size_min"), "at most pool_size_max")
+    table.finish()
+    return settings
 
 
 def _parse_admin(table: _Table, environment: Environment) -> AdminSettings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_development_file_equals_the_built_in_defaults() -> None:
     from_file = load_settings(REPO / "config" / "switch.toml")
     defaults = load_settings()
-    assert from_file.environment == defaults.environment
-    assert from_file.listener == defaults.listener
-    assert from_file.admin == defaults.admin
-    assert from_file.logging == defaults.logging
-    assert from_file.shutdown_grace_ms == defaults.shutdown_grace_ms
+    assert replace(from_file, source="") == replace(defaults, source="")
 
 
 def test_defaults() -> None:
@@ -73,6 +70,26 @@ BAD_FILES = [
         id="tls",
     ),
     pytest.param("[listener\n", "(file)", "valid TOML", id="syntax"),
+    pytest.param('[hsm]\nbackend = "cloud"\n', "hsm.backend", "one of local, network", id="hsm"),
+    pytest.param('[hsm]\naddresses = ["nohost"]\n', "hsm.addresses", "host:port", id="hsm-address"),
+    pytest.param(
+        '[ledger]\nbusiness_day_cutover = "25:00"\n',
+        "ledger.business_day_cutover",
+        "HH:MM",
+        id="cutover",
+    ),
+    pytest.param(
+        "[ledger]\npool_size_min = 9\npool_size_max = 4\n",
+        "ledger.pool_size_min",
+        "at most",
+        id="pool",
+    ),
+    pytest.param(
+        "[pipeline]\nrequest_deadline_ms = 1\n",
+        "pipeline.request_deadline_ms",
+        "from 50",
+        id="deadline",
+    ),
     pytest.param(
         'environment = "prod"\n', "environment", "one of development, production", id="env"
     ),
