@@ -10,7 +10,7 @@ from pathlib import Path
 
 import uvloop
 
-from switch.app import serve
+from switch.app import StartupError, serve
 from switch.logging import configure_logging
 from switch.settings import Settings, SettingsError, load_settings
 
@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"switch: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.logging)
-    uvloop.run(serve(settings))
+    try:
+        uvloop.run(serve(settings))
+    except StartupError as exc:
+        print(f"switch: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,30 +1,42 @@
-"""Builds the running switch from settings and runs it until SIGTERM or SIGINT."""
+"""Builds the running switch from settings and runs it until SIGTERM or SIGINT.
+
+Start-up order: HSM, ledger (starting the private PostgreSQL cluster when no DSN is set), the
+terminal listener, the operations app. Shutdown runs in reverse, each part closed only if it
+started.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import signal
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
 
+from hsm.api import HSM
+from hsm.client import NetworkHSM
+from hsm.errors import HsmError
+from hsm.keys import load_lmk
+from hsm.local import LocalHSM
+from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings, pan_hash_key_from_env
+from ledger.store import LedgerStore, open_store
 from switch.admin import create_admin_app
-from switch.iso8583.message import Message
+from switch.flows import Flows
 from switch.monitor import Monitor
-from switch.response_codes import ResponseCode
-from switch.responses import respond
-from switch.server import Link, SwitchServer
+from switch.server import SwitchServer
 from switch.settings import Settings
 
 log = structlog.get_logger("switch")
+READY_PROBE_TIMEOUT_MS = 1_000
 
 
-async def decline_unsupported(request: Message, _link: Link) -> Message:
-    """Key change and financial messages are admitted by the session but not handled yet."""
-    return respond(request, ResponseCode.INVALID_TRANSACTION)
+class StartupError(Exception):
+    """The switch cannot start: says what is wrong and what to do."""
 
 
 def raise_open_file_limit() -> None:
@@ -34,39 +46,126 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def listener_ready() -> Mapping[str, bool]:
-    return {"listener": True}
+def ledger_settings(settings: Settings) -> LedgerSettings:
+    section = settings.ledger
+    pan_hash_key = pan_hash_key_from_env()
+    if settings.environment == "production" and pan_hash_key == DEVELOPMENT_PAN_HASH_KEY:
+        raise StartupError("production needs $LEDGER_PAN_HASH_KEY (the development key is refused)")
+    return LedgerSettings(
+        dsn=section.dsn,
+        data_dir=section.data_dir,
+        pool_size_min=section.pool_size_min,
+        pool_size_max=section.pool_size_max,
+        pan_hash_key=pan_hash_key,
+        pin_tries_max=section.pin_tries_max,
+        business_day_cutover=section.business_day_cutover,
+        cross_customer_transfers=section.cross_customer_transfers,
+        statement_timeout_ms=section.statement_timeout_ms,
+    )
 
 
-async def start_admin(settings: Settings, monitor: Monitor, server: SwitchServer) -> web.AppRunner:
+@contextlib.asynccontextmanager
+async def open_hsm(settings: Settings) -> AsyncIterator[HSM]:
+    production = settings.environment == "production"
+    section = settings.hsm
+    if section.backend == "local":
+        try:
+            lmk = load_lmk(lmk_file=section.lmk_file, production=production)
+        except (HsmError, OSError) as exc:
+            raise StartupError(f"HSM: {exc}") from None
+        log.info("hsm_local", lmk_kcv=lmk.kcv, development_lmk=lmk.is_development)
+        yield LocalHSM(lmk, production=production)
+        return
+    addresses = [
+        (host, int(port)) for host, _, port in (a.rpartition(":") for a in section.addresses)
+    ]
+    async with NetworkHSM(
+        addresses, pool_size=section.pool_size, timeout_ms=section.timeout_ms
+    ) as hsm:
+        log.info("hsm_network", addresses=list(section.addresses))
+        yield hsm
+
+
+@contextlib.asynccontextmanager
+async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
+    try:
+        store = await open_store(ledger_settings(settings))
+    except LedgerError as exc:
+        raise StartupError(f"ledger: {exc}") from None
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def readiness(hsm: HSM, ledger: LedgerStore) -> Mapping[str, bool]:
+    checks = {"database": True, "hsm": True}
+    try:
+        await ledger.terminal_keys("", timeout_ms=READY_PROBE_TIMEOUT_MS)
+    except LedgerUnavailable:
+        checks["database"] = False
+    if isinstance(hsm, NetworkHSM):
+        try:
+            await hsm.health(timeout_ms=READY_PROBE_TIMEOUT_MS)
+        except HsmError:
+            checks["hsm"] = False
+    return checks
+
+
+@contextlib.asynccontextmanager
+async def running_admin(
+    settings: Settings, monitor: Monitor, server: SwitchServer, hsm: HSM, ledger: LedgerStore
+) -> AsyncIterator[None]:
+    if not settings.admin.enabled:
+        yield
+        return
     app = create_admin_app(
-        token=settings.admin.token, monitor=monitor, stats=server.stats, readiness=listener_ready
+        token=settings.admin.token,
+        monitor=monitor,
+        stats=server.stats,
+        readiness=lambda: readiness(hsm, ledger),
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.admin.host, settings.admin.port).start()
-    log.info("admin_listening", host=settings.admin.host, port=settings.admin.port)
-    return runner
+    try:
+        site = web.TCPSite(runner, settings.admin.host, settings.admin.port)
+        await site.start()
+        log.info("admin_listening", host=settings.admin.host, port=runner.addresses[0][1])
+        yield
+    finally:
+        await runner.cleanup()
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings) -> None:
     raise_open_file_limit()
     monitor = Monitor(lambda: datetime.now(UTC))
-    server = SwitchServer(settings.listener, decline_unsupported, observer=monitor)
-    await server.start()
-    admin = await start_admin(settings, monitor, server) if settings.admin.enabled else None
+    async with open_hsm(settings) as hsm, open_ledger(settings) as ledger:
+        flows = Flows(
+            hsm=hsm,
+            ledger=ledger,
+            settings=settings.pipeline,
+            dialect=settings.listener.dialect,
+            wall_clock=lambda: datetime.now(UTC),
+            count_error=monitor.metrics.count_error,
+            write_timeout_ms=settings.ledger.statement_timeout_ms + 1_000,
+        )
+        server = SwitchServer(settings.listener, flows, observer=monitor)
+        await server.start()
+        try:
+            async with running_admin(settings, monitor, server, hsm, ledger):
+                await _wait_for_signal()
+                log.info("shutdown_requested", grace_ms=settings.shutdown_grace_ms)
+        finally:
+            await server.shutdown(settings.shutdown_grace_ms)
+
+
+async def _wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if ready is not None:
-        ready.set()
     try:
         await stop.wait()
-        log.info("shutdown_requested", grace_ms=settings.shutdown_grace_ms)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await server.shutdown(settings.shutdown_grace_ms)
-        if admin is not None:
-            await admin.cleanup()

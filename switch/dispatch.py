@@ -1,7 +1,8 @@
 """What to do with one decoded request, decided in arrival order before any I/O. Pure.
 
-Network management (sign-on, sign-off, echo) is answered here. Key change and financial
-messages are admitted (or refused) against the session and handed to the async handler.
+Sign-off and echo are answered here. Sign-on (which reads the terminal's record), key change
+and financial messages are admitted (or refused) against the session and handed to the async
+handler; sign-on only changes the session once the handler has found the terminal.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from switch.session import Session, SessionEvent, advance, classify
 ROUTING_FIELDS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     {"080": (7, 11, 70), "010": (3, 7, 11, 41), "020": (3, 7, 11, 41), "042": (3, 7, 11, 41, 90)}
 )
-_ANSWERED_HERE = frozenset({SessionEvent.SIGN_ON, SessionEvent.SIGN_OFF, SessionEvent.ECHO})
+_ANSWERED_HERE = frozenset({SessionEvent.SIGN_OFF, SessionEvent.ECHO})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ def route(session: Session, request: Message) -> Routing:
         return _refuse(session, request, admission.refusal, admission.reason)
     if event in _ANSWERED_HERE:
         return Routing(admission.session, reply=respond(request, ResponseCode.APPROVED))
+    if event is SessionEvent.SIGN_ON:
+        return Routing(session, forward=True)
     return Routing(admission.session, forward=True)
 
 

@@ -7,10 +7,11 @@ response code that refuses the request. A transition missing from the table is a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
 
+from hsm.keys import StoredKey
 from switch.iso8583.message import Message
 from switch.response_codes import ResponseCode
 
@@ -62,11 +63,24 @@ def classify(request: Message) -> SessionEvent | None:
     return None
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class TerminalKeys:
+    """The terminal's keys as LMK cryptograms, read at sign-on and replaced at key change."""
+
+    tmk: StoredKey | None
+    tpk: StoredKey | None
+    tak: StoredKey | None
+
+    def __repr__(self) -> str:
+        return f"TerminalKeys(session_keys={self.tpk is not None and self.tak is not None})"
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     state: SessionState = SessionState.CONNECTED
     # The terminal that signed on over this connection; a connection serves one terminal.
     terminal_id: str | None = None
+    keys: TerminalKeys | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +99,8 @@ def advance(session: Session, event: SessionEvent, terminal_id: str | None) -> A
             session, ResponseCode.NOT_PERMITTED_TO_TERMINAL, f"{event} while {session.state}"
         )
     if event is _E.ECHO:
-        return Admission(Session(next_state, session.terminal_id), None)
+        return Admission(replace(session, state=next_state), None)
     bound = session.terminal_id
     if bound is not None and terminal_id != bound:
         return Admission(session, ResponseCode.NOT_PERMITTED_TO_TERMINAL, "terminal id mismatch")
-    return Admission(Session(next_state, bound or terminal_id), None)
+    return Admission(replace(session, state=next_state, terminal_id=bound or terminal_id), None)

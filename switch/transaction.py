@@ -7,6 +7,7 @@ error, 12 invalid transaction, 13 invalid amount, 14 invalid card).
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -82,6 +83,16 @@ def luhn_valid(pan: str) -> bool:
     return total % 10 == 0
 
 
+def valid_transmission_time(text: str) -> bool:
+    """Field 7, MMDDhhmmss: a month and day that exist in a leap year, and a time of day."""
+    if len(text) != 10 or not text.isdigit():
+        return False
+    month, day, hour, minute, second = (int(text[i : i + 2]) for i in range(0, 10, 2))
+    if not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 59:
+        return False
+    return 1 <= day <= calendar.monthrange(2000, month)[1]
+
+
 def kind_of(request: Message) -> Kind | None:
     if request.message_class == "042":
         return Kind.REVERSAL
@@ -103,6 +114,8 @@ def parse_transaction(request: Message) -> Transaction | Refusal:
     assert code is not None, "field 3 is required for every kind"
     if code.from_account_type not in ACCOUNT_TYPES or code.to_account_type not in ACCOUNT_TYPES:
         return Refusal(ResponseCode.INVALID_TRANSACTION, f"account types in {code}")
+    if not valid_transmission_time(request.transmission_time or ""):
+        return Refusal(ResponseCode.FORMAT_ERROR, "field 7 is not a date and time MMDDhhmmss")
     pan = request.pan or ""
     if len(pan) not in _PAN_DIGITS or not luhn_valid(pan):
         return Refusal(ResponseCode.INVALID_CARD, "PAN fails length or check digit")

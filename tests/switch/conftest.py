@@ -8,8 +8,10 @@ from dataclasses import replace
 from typing import Any
 
 from switch.iso8583 import Dialect
-from switch.server import Handler, SwitchServer
+from switch.iso8583.message import Message
+from switch.server import Handler, Link, SwitchServer
 from switch.settings import ListenerSettings
+from switch.signon import complete_sign_on
 
 LISTENER = ListenerSettings(
     host="127.0.0.1",
@@ -23,11 +25,22 @@ LISTENER = ListenerSettings(
 )
 
 
+def signing_on(handler: Handler) -> Handler:
+    """`handler` behind a sign-on that admits any terminal (the real one reads the ledger)."""
+
+    async def handle(request: Message, link: Link) -> Message | None:
+        if request.mti == "0800" and request.network_code == "001":
+            return complete_sign_on(request, link, keys=None)
+        return await handler(request, link)
+
+    return handle
+
+
 @contextlib.asynccontextmanager
 async def running_switch(
     handler: Handler, *, grace_ms: int = 2_000, **overrides: Any
 ) -> AsyncIterator[SwitchServer]:
-    server = SwitchServer(replace(LISTENER, **overrides), handler)
+    server = SwitchServer(replace(LISTENER, **overrides), signing_on(handler))
     await server.start()
     try:
         yield server

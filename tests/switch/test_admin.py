@@ -16,7 +16,7 @@ from switch.monitor import Monitor
 from switch.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link, SwitchServer
-from tests.switch.conftest import LISTENER
+from tests.switch.conftest import LISTENER, signing_on
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,7 +43,7 @@ class Stack:
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
     monitor = Monitor(lambda: SEEN_AT)
-    server = SwitchServer(LISTENER, approve_small, observer=monitor)
+    server = SwitchServer(LISTENER, signing_on(approve_small), observer=monitor)
     await server.start()
     holder: dict[str, Stack] = {}
 

@@ -67,7 +67,10 @@ FINANCIAL = Message("0200", {**NOW, 3: "310000", 11: "000007", 41: "KIOSK001"})
 
 ROUTES = [
     # (session, request, expected reply MTI, F39 or None for "forwarded", session after)
-    pytest.param(Session(), net("001"), "0810", "00", SIGNED_ON, id="sign-on"),
+    pytest.param(Session(), net("001"), None, None, Session(), id="sign-on-forwarded"),
+    pytest.param(
+        SIGNED_ON, net("001", terminal="KIOSK002"), "0810", "58", SIGNED_ON, id="sign-on-as-other"
+    ),
     pytest.param(
         Session(), net("301", terminal=None), "0810", "00", Session(), id="echo-before-sign-on"
     ),

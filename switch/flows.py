@@ -1,0 +1,307 @@
+"""The switch's request handler: the pipeline steps that call the HSM and the ledger.
+
+Per financial request: validate → verify MAC → look up (duplicate check, card, terminal) →
+verify PIN → post → respond → MAC the response. Each step either hands the context on or ends
+the request with an outcome; nothing after a decline posts anything. The deadline covers every
+call up to the posting; once the ledger write has started it runs to completion (bounded by the
+ledger's statement timeout), so a terminal is never told "declined" about money that moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from types import MappingProxyType
+
+import structlog
+
+from hsm.api import HSM
+from hsm.crypto import Algorithm
+from hsm.errors import HsmUnavailable, PinError
+from hsm.keys import StoredKey
+from hsm.pinblock import PinBlockFormat
+from ledger.errors import LedgerUnavailable
+from ledger.model import Outcome as LedgerOutcome
+from ledger.model import Result
+from ledger.store import LedgerStore, Lookup
+from switch.iso8583.codec import mac_input
+from switch.iso8583.elements import KeyChangeData
+from switch.iso8583.message import Message
+from switch.iso8583.spec import Dialect
+from switch.pipeline import (
+    Deadline,
+    DeadlinePassed,
+    Outcome,
+    PinDataError,
+    ledger_request,
+    response_code,
+    result_fields,
+    retrieval_reference,
+    run_steps,
+    verification_from_pin_data,
+)
+from switch.response_codes import ResponseCode
+from switch.responses import respond
+from switch.server import Link
+from switch.session import TerminalKeys
+from switch.settings import PipelineSettings
+from switch.signon import complete_sign_on
+from switch.transaction import Kind, Refusal, Transaction, parse_transaction
+
+log = structlog.get_logger("switch.flows")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    request: Message
+    link: Link
+    deadline: Deadline
+    transaction: Transaction
+    rrn: str
+    lookup: Lookup | None = None
+
+
+StepMethod = Callable[["Flows", Context], Awaitable[Context | Outcome]]
+
+
+class Flows:
+    """Everything between a decoded request and its response; called by the server."""
+
+    def __init__(
+        self,
+        *,
+        hsm: HSM,
+        ledger: LedgerStore,
+        settings: PipelineSettings,
+        dialect: Dialect,
+        wall_clock: Callable[[], datetime],
+        count_error: Callable[[str], None],
+        write_timeout_ms: int,
+    ) -> None:
+        self._hsm = hsm
+        self._ledger = ledger
+        self._settings = settings
+        self._dialect = dialect
+        self._now = wall_clock
+        self._count_error = count_error
+        self._write_timeout_ms = write_timeout_ms
+
+    async def __call__(self, request: Message, link: Link) -> Message | None:
+        deadline = Deadline(self._settings.request_deadline_ms)
+        try:
+            if request.message_class == "080":
+                return await self._network(request, link, deadline)
+            outcome = await self._financial(request, link, deadline)
+        except HsmUnavailable as exc:
+            self._count_error("hsm")
+            outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason=f"HSM: {exc}")
+        except LedgerUnavailable as exc:
+            self._count_error("database")
+            outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason=f"ledger: {exc}")
+        except DeadlinePassed:
+            outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason="deadline passed")
+        if outcome.code in (ResponseCode.ISSUER_UNAVAILABLE, ResponseCode.SYSTEM_MALFUNCTION):
+            log.warning(
+                "request_failed",
+                terminal_id=link.session.terminal_id,
+                stan=request.stan,
+                reason=outcome.reason,
+            )
+        return await self._mac_response(
+            respond(request, outcome.code, outcome.fields), link, deadline
+        )
+
+    # financial messages
+
+    async def _financial(self, request: Message, link: Link, deadline: Deadline) -> Outcome:
+        parsed = parse_transaction(request)
+        if isinstance(parsed, Refusal):
+            return Outcome(parsed.code, reason=parsed.reason)
+        context = Context(request, link, deadline, parsed, retrieval_reference(parsed, self._now()))
+        steps = [lambda c, step=step: step(self, c) for step in STEPS[parsed.kind]]
+        outcome = await run_steps(steps, context)
+        return replace(outcome, fields={37: context.rrn, **outcome.fields})
+
+    async def check_mac(self, context: Context) -> Context | Outcome:
+        if not self._settings.require_mac:
+            return context
+        tak = _session_key(context.link, "tak")
+        if tak is None:
+            return Outcome(
+                ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TAK: key change first"
+            )
+        mac = context.request.mac
+        if mac is None:
+            return Outcome(ResponseCode.FORMAT_ERROR, reason="MAC required")
+        data = mac_input(context.request, self._dialect)
+        if await self._hsm.verify_mac(tak, data, mac, timeout_ms=context.deadline.remaining_ms()):
+            return context
+        log.warning(
+            "security_event",
+            event_kind="mac_failure",
+            terminal_id=context.transaction.terminal_id,
+            stan=context.transaction.stan,
+        )
+        lookup = await self._lookup(context)
+        result = await self._ledger.record_decline(
+            lookup, LedgerOutcome.DO_NOT_HONOUR, now=self._now(), timeout_ms=self._write_timeout_ms
+        )
+        return self._answer(context, result, reason="MAC verification failed")
+
+    async def look_up(self, context: Context) -> Context | Outcome:
+        lookup = await self._lookup(context)
+        if lookup.answered is not None:
+            return self._answer(context, lookup.answered, reason="repeat: stored response")
+        return replace(context, lookup=lookup)
+
+    async def verify_pin(self, context: Context) -> Context | Outcome:
+        lookup = context.lookup
+        assert lookup is not None, "look_up runs first"
+        card = lookup.card
+        if card is None or card.status != "active":
+            return context  # the ledger's decision declines it, PIN or not
+        tpk = _session_key(context.link, "tpk")
+        if tpk is None:
+            return Outcome(
+                ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TPK: key change first"
+            )
+        try:
+            verification = verification_from_pin_data(card.pin_data)
+        except PinDataError as exc:
+            result = await self._ledger.record_decline(
+                lookup,
+                LedgerOutcome.DO_NOT_HONOUR,
+                now=self._now(),
+                timeout_ms=self._write_timeout_ms,
+            )
+            return self._answer(context, result, reason=str(exc))
+        pin_block = context.transaction.pin_block
+        assert pin_block is not None, "field 52 is required where a PIN is verified"
+        block_format = (
+            PinBlockFormat.ISO4 if tpk.algorithm is Algorithm.AES else PinBlockFormat.ISO0
+        )
+        try:
+            matches = await self._hsm.verify_pin(
+                pin_block,
+                context.transaction.pan,
+                tpk,
+                block_format,
+                verification,
+                timeout_ms=context.deadline.remaining_ms(),
+            )
+        except PinError:
+            matches = False  # a block that does not decrypt to a PIN is a wrong PIN
+        if matches:
+            return context
+        result = await self._ledger.record_pin_failure(
+            lookup, now=self._now(), timeout_ms=self._write_timeout_ms
+        )
+        return self._answer(context, result, reason="wrong PIN")
+
+    async def post(self, context: Context) -> Context | Outcome:
+        lookup = context.lookup
+        assert lookup is not None, "look_up runs first"
+        # Never cut short by the request deadline: see the module docstring.
+        result = await self._ledger.execute(
+            lookup, now=self._now(), timeout_ms=self._write_timeout_ms
+        )
+        return self._answer(context, result)
+
+    async def _lookup(self, context: Context) -> Lookup:
+        if context.lookup is not None:
+            return context.lookup
+        request = ledger_request(context.transaction, context.rrn)
+        return await self._ledger.lookup(request, timeout_ms=context.deadline.remaining_ms())
+
+    def _answer(self, context: Context, result: Result, reason: str | None = None) -> Outcome:
+        fields = result_fields(context.transaction, result)
+        return Outcome(response_code(result.outcome), MappingProxyType(fields), reason)
+
+    # network management
+
+    async def _network(self, request: Message, link: Link, deadline: Deadline) -> Message:
+        if request.network_code == "001":
+            return await self._sign_on(request, link, deadline)
+        return await self._key_change(request, link, deadline)
+
+    async def _sign_on(self, request: Message, link: Link, deadline: Deadline) -> Message:
+        terminal_id = request.terminal_id or ""
+        record = await self._ledger.terminal_keys(terminal_id, timeout_ms=deadline.remaining_ms())
+        if record is None or record.status != "active":
+            log.warning(
+                "security_event",
+                event_kind="sign_on_refused",
+                terminal_id=terminal_id,
+                reason="unknown" if record is None else record.status,
+            )
+            return respond(request, ResponseCode.NOT_PERMITTED_TO_TERMINAL)
+        keys = TerminalKeys(*(_stored(text) for text in (record.tmk, record.tpk, record.tak)))
+        return complete_sign_on(request, link, keys)
+
+    async def _key_change(self, request: Message, link: Link, deadline: Deadline) -> Message:
+        session = link.session
+        tmk = _session_key(link, "tmk")
+        if tmk is None or session.terminal_id is None:
+            return respond(request, ResponseCode.NOT_PERMITTED_TO_TERMINAL)
+        keys = await self._hsm.generate_session_keys(tmk, timeout_ms=deadline.remaining_ms())
+        await self._ledger.set_terminal_keys(
+            session.terminal_id,
+            tpk=keys.tpk.stored.to_text(),
+            tak=keys.tak.stored.to_text(),
+            timeout_ms=deadline.remaining_ms(),
+        )
+        link.session = replace(session, keys=TerminalKeys(tmk, keys.tpk.stored, keys.tak.stored))
+        delivered = KeyChangeData(
+            keys.tpk.under_tmk, keys.tpk.kcv, keys.tak.under_tmk, keys.tak.kcv
+        )
+        return respond(request, ResponseCode.APPROVED, {48: delivered.encode()})
+
+    async def _mac_response(self, response: Message, link: Link, deadline: Deadline) -> Message:
+        tak = _session_key(link, "tak")
+        if not self._settings.require_mac or tak is None or response.message_class == "081":
+            return response
+        placeholder = response.replace({response.mac_field: "00" * 8})
+        try:
+            mac = await self._hsm.generate_mac(
+                tak,
+                mac_input(placeholder, self._dialect),
+                timeout_ms=max(deadline_left(deadline), 100),
+            )
+        except HsmUnavailable as exc:
+            self._count_error("hsm")
+            log.error(
+                "response_not_maced",
+                terminal_id=link.session.terminal_id,
+                stan=response.stan,
+                reason=str(exc),
+            )
+            return response
+        return response.replace({response.mac_field: mac.hex().upper()})
+
+
+def deadline_left(deadline: Deadline) -> int:
+    with contextlib.suppress(DeadlinePassed):
+        return deadline.remaining_ms()
+    return 0
+
+
+def _session_key(link: Link, name: str) -> StoredKey | None:
+    keys = link.session.keys
+    return None if keys is None else getattr(keys, name)
+
+
+def _stored(text: str | None) -> StoredKey | None:
+    return None if text is None else StoredKey.from_text(text)
+
+
+_FINANCIAL: Sequence[StepMethod] = (Flows.check_mac, Flows.look_up, Flows.verify_pin, Flows.post)
+STEPS: Mapping[Kind, Sequence[StepMethod]] = MappingProxyType(
+    {
+        Kind.WITHDRAWAL: _FINANCIAL,
+        Kind.BALANCE_INQUIRY: _FINANCIAL,
+        Kind.TRANSFER: _FINANCIAL,
+        Kind.REVERSAL: (Flows.check_mac, Flows.look_up, Flows.post),
+    }
+)

@@ -1,0 +1,20 @@
+"""Completing a sign-on once the terminal's record is known. Pure apart from the session."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from switch.iso8583.message import Message
+from switch.response_codes import ResponseCode
+from switch.responses import respond
+from switch.server import Link
+from switch.session import SessionEvent, TerminalKeys, advance
+
+
+def complete_sign_on(request: Message, link: Link, keys: TerminalKeys | None) -> Message:
+    """Bind the connection to the terminal in F41 and hold its keys for the session."""
+    admission = advance(link.session, SessionEvent.SIGN_ON, request.terminal_id)
+    if admission.refusal is not None:
+        return respond(request, admission.refusal)
+    link.session = replace(admission.session, keys=keys)
+    return respond(request, ResponseCode.APPROVED)
