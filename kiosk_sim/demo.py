@@ -1,27 +1,56 @@
-"""`make demo`: start the switch as its own process and drive it with a scripted terminal.
+"""`make demo`: the whole product on one machine, the way an operator runs it.
 
-Everything the demo starts, it stops; it finishes on its own in well under a minute.
+A fresh private PostgreSQL cluster under .var/demo/pg is migrated and loaded with
+config/demo-fixtures.toml by `python -m ledger`; `python -m hsm serve` and `python -m switch
+serve` run as their own processes (the switch starts the embedded cluster itself, since no DSN
+is configured). Scripted terminals then walk through every flow and a short load phase runs;
+the switch is stopped and `python -m ledger audit verify` checks the journal. Everything the
+demo starts, it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiosk_sim.client import TerminalClient, network_request
-from switch.iso8583 import Message
+import aiohttp
 
-DEMO_TERMINAL_ID = "KIOSK001"
-STARTUP_TIMEOUT_S = 15.0
-NETWORK_NAMES = {"001": "sign-on", "002": "sign-off", "301": "echo", "161": "key change"}
+from hsm.devkeys import make_dev_keys
+from hsm.keys import DEVELOPMENT_LMK, Lmk
+from kiosk_sim.client import TerminalClient
+from kiosk_sim.epp import Epp
+from kiosk_sim.report import Report
+from kiosk_sim.terminal import Exchange, Terminal
+
+Say = Callable[[str], None]
+WORK_DIR = Path(".var/demo")
+STARTUP_TIMEOUT_S = 60.0
+LOAD_SECONDS = 12.0
+
+# Demo cards and their PINs (config/demo-fixtures.toml; development only).
+ADA_CARD, ADA_PIN = "4111111111111111", "1234"
+BOB_CARD, BOB_PIN = "5555555555554444", "4321"
+CHEN_CARD, CHEN_PIN = "4000056655665556", "1111"
+BLOCKED_CARD, BLOCKED_PIN = "4012888888881881", "2222"
+EUR, USD = "978", "840"
+
+
+def demo_tmk(terminal_id: str) -> bytes:
+    """A demo terminal's clear TMK, as its EPP would hold it (DEVELOPMENT ONLY)."""
+    keys = make_dev_keys(Lmk(DEVELOPMENT_LMK), seed=f"demo {terminal_id}".encode())
+    return bytes.fromhex(keys.tmk_clear_hex)
 
 
 def free_port() -> int:
@@ -31,27 +60,55 @@ def free_port() -> int:
         return port
 
 
-def start_switch(port: int, admin_port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "SWITCH__LOGGING__FORMAT": '"json"',
-        "SWITCH__ADMIN__PORT": str(admin_port),
-    }
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Ports:
+    switch: int
+    admin: int
+    hsm: int
+
+
+def run_step(say: Say, title: str, args: list[str]) -> str:
+    say(f"$ python -m {' '.join(args)}")
+    result = subprocess.run(  # noqa: S603 - our own interpreter and modules
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    output = (result.stdout + result.stderr).strip()
+    for line in output.splitlines()[-8:]:
+        say(f"    {line}")
+    if result.returncode != 0:
+        raise RuntimeError(f"{title} failed with exit code {result.returncode}")
+    return output
+
+
+@contextlib.contextmanager
+def process(
+    args: list[str], log_path: Path, env: dict[str, str], say: Say
+) -> Iterator[subprocess.Popen[bytes]]:
     with log_path.open("wb") as log_file:
-        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "switch", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
+        child = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+            [sys.executable, "-m", *args], stdout=log_file, stderr=subprocess.STDOUT, env=env
         )
+    try:
+        yield child
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            code = child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code = child.wait()
+        say(f"stopped {args[0]} (exit code {code}; log {log_path})")
 
 
-async def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+async def wait_listening(port: int, child: subprocess.Popen[bytes], name: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the switch exited with code {process.returncode} during start-up")
+        if child.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {child.returncode} during start-up")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
@@ -59,64 +116,246 @@ async def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
             continue
         writer.close()
         return
-    raise RuntimeError(f"the switch did not listen on port {port} within {STARTUP_TIMEOUT_S:.0f}s")
+    raise RuntimeError(f"{name} did not listen on port {port} within {STARTUP_TIMEOUT_S:.0f}s")
 
 
-async def exchange(client: TerminalClient, request: Message, say: Callable[[str], None]) -> Message:
-    name = NETWORK_NAMES.get(request.network_code or "", request.mti)
-    started = time.perf_counter()
-    response = await client.request(request)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    say(
-        f"  {DEMO_TERMINAL_ID}  {request.mti} {name:<10} STAN {request.stan}"
-        f"  ->  {response.mti} F39={response.response_code}  ({elapsed_ms:.1f} ms)"
-    )
-    return response
+class Narrator:
+    def __init__(self, say: Say) -> None:
+        self.say = say
+
+    def show(self, terminal: Terminal, what: str, exchange: Exchange, note: str = "") -> Exchange:
+        code = exchange.code
+        extra = f"  auth {exchange.response.get(38)}" if exchange.response.get(38) else ""
+        mac = {True: "MAC ok", False: "MAC BAD", None: "no MAC"}[exchange.response_mac_ok]
+        outcome = f"{exchange.response.mti} {code} {DESCRIPTIONS.get(code, '')}{extra}"
+        self.say(f"  {terminal.terminal_id}  {what:<38} -> {outcome}  [{mac}]{note}")
+        return exchange
 
 
-async def drive(port: int, say: Callable[[str], None]) -> None:
+DESCRIPTIONS = {
+    "00": "approved",
+    "05": "do not honour",
+    "51": "insufficient funds",
+    "55": "incorrect PIN",
+    "58": "not permitted to terminal",
+    "61": "exceeds amount limit",
+    "62": "restricted card",
+    "65": "exceeds frequency limit",
+    "75": "PIN tries exceeded",
+    "91": "unavailable",
+}
+
+
+async def connect(terminal_id: str, port: int, seed: int) -> Terminal:
     client = await TerminalClient.connect("127.0.0.1", port)
+    return Terminal(
+        terminal_id, Epp(demo_tmk(terminal_id)), client, clock=now, rng=random.Random(seed)
+    )
+
+
+async def scripted(port: int, say: Say) -> None:
+    """Every flow once, narrated."""
+    n = Narrator(say)
+    kiosk = await connect("KIOSK001", port, seed=1)
     try:
-        now = datetime.now(UTC)
-        script = [
-            network_request("001", stan="000001", now=now, terminal_id=DEMO_TERMINAL_ID),
-            network_request("301", stan="000002", now=now, terminal_id=DEMO_TERMINAL_ID),
-            network_request("002", stan="000003", now=now, terminal_id=DEMO_TERMINAL_ID),
-        ]
-        for request in script:
-            response = await exchange(client, request, say)
-            if response.response_code != "00":
-                raise RuntimeError(f"{request.mti} was declined with {response.response_code}")
+        n.show(kiosk, "sign-on (0800, F70 001)", await kiosk.sign_on())
+        change = await kiosk.change_keys()
+        data = change.response.get(48) or ""
+        n.show(
+            kiosk,
+            "key change (0800, F70 161)",
+            change,
+            f"  TPK KCV {data[32:38]}, TAK KCV {data[70:76]}",
+        )
+        n.show(
+            kiosk,
+            "balance inquiry, Ada",
+            await kiosk.send(kiosk.balance_inquiry(ADA_CARD, ADA_PIN)),
+        )
+        withdrawal = kiosk.withdrawal(ADA_CARD, ADA_PIN, 10_000)
+        first = n.show(kiosk, "withdraw EUR 100.00, Ada", await kiosk.send(withdrawal))
+        again = await kiosk.send(withdrawal)
+        n.show(
+            kiosk,
+            "same 0200 again (duplicate)",
+            again,
+            "  same auth code: stored response"
+            if again.response.get(38) == first.response.get(38)
+            else "",
+        )
+        n.show(
+            kiosk,
+            "withdraw EUR 60.00, Ada, wrong PIN",
+            await kiosk.send(kiosk.withdrawal(ADA_CARD, "9999", 6_000)),
+        )
+        partial = await kiosk.send(kiosk.withdrawal(ADA_CARD, ADA_PIN, 8_000))
+        n.show(kiosk, "withdraw EUR 80.00, Ada", partial)
+        n.show(
+            kiosk,
+            "reversal 0420: only EUR 50.00 dispensed",
+            await kiosk.send(kiosk.reversal(partial.request, dispensed_minor=5_000)),
+        )
+        n.show(
+            kiosk,
+            "transfer EUR 250.00 savings->checking",
+            await kiosk.send(
+                kiosk.transfer(ADA_CARD, ADA_PIN, 25_000, from_account="10", to_account="20")
+            ),
+        )
+        n.show(
+            kiosk,
+            "withdraw EUR 600.00, Ada (limit 500)",
+            await kiosk.send(kiosk.withdrawal(ADA_CARD, ADA_PIN, 60_000)),
+        )
+        n.show(
+            kiosk,
+            "withdraw, blocked card",
+            await kiosk.send(kiosk.withdrawal(BLOCKED_CARD, BLOCKED_PIN, 2_000)),
+        )
+        n.show(
+            kiosk,
+            "balance inquiry, Ada",
+            await kiosk.send(kiosk.balance_inquiry(ADA_CARD, ADA_PIN)),
+        )
+        tampered = kiosk.withdrawal(ADA_CARD, ADA_PIN, 1_000).replace({4: "000000100000"})
+        n.show(
+            kiosk,
+            "0200 altered after MACing",
+            await kiosk.send(tampered),
+            "  (security event, audited)",
+        )
     finally:
-        await client.close()
-
-
-def stop_switch(process: subprocess.Popen[bytes], say: Callable[[str], None]) -> int:
-    process.send_signal(signal.SIGTERM)
+        await kiosk.client.close()
+    usd = await connect("KIOSK003", port, seed=3)
     try:
-        code = process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        code = process.wait()
-    say(f"switch stopped (exit code {code})")
-    return code
+        await usd.sign_on()
+        await usd.change_keys()
+        n.show(
+            usd,
+            "withdraw USD 200.00, Bob",
+            await usd.send(usd.withdrawal(BOB_CARD, BOB_PIN, 20_000, currency=USD)),
+        )
+    finally:
+        await usd.client.close()
 
 
-def run_demo(say: Callable[[str], None] = print) -> int:
-    log_path = Path(".var/demo/switch.log")
-    port, admin_port = free_port(), free_port()
-    say(f"starting the switch on 127.0.0.1:{port} (log: {log_path})")
-    say(f"operations app: http://127.0.0.1:{admin_port}/ (development token in config/switch.toml)")
-    process = start_switch(port, admin_port, log_path)
+async def load(port: int, seconds: float, say: Say) -> Report:
+    """Two EUR kiosks and one USD kiosk in a closed loop of random customer sessions."""
+    report = Report(terminals=3)
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    kiosks = [
+        await connect(t, port, seed=10 + i)
+        for i, t in enumerate(("KIOSK001", "KIOSK002", "KIOSK003"))
+    ]
+    for kiosk in kiosks:
+        await kiosk.sign_on()
+        await kiosk.change_keys()
+
+    async def drive(kiosk: Terminal, rng: random.Random) -> None:
+        cards = (
+            [(BOB_CARD, BOB_PIN, USD)]
+            if kiosk.terminal_id == "KIOSK003"
+            else [(ADA_CARD, ADA_PIN, EUR), (CHEN_CARD, CHEN_PIN, EUR)]
+        )
+        while time.monotonic() < deadline:
+            pan, pin, currency = rng.choice(cards)
+            kind = rng.choices(["balance", "withdrawal", "transfer"], [6, 3, 1])[0]
+            if kind == "balance":
+                request = kiosk.balance_inquiry(pan, pin)
+            elif kind == "withdrawal":
+                request = kiosk.withdrawal(pan, pin, rng.choice([2_000, 5_000]), currency=currency)
+            else:
+                request = kiosk.transfer(
+                    pan,
+                    pin,
+                    100,
+                    from_account="20",
+                    to_account="10" if pan != CHEN_CARD else "30",
+                    currency=currency,
+                )
+            sent = time.perf_counter()
+            exchange = await kiosk.send(request)
+            report.latency.record(int((time.perf_counter() - sent) * 1e6))
+            report.response_codes[exchange.code] += 1
+            report.kinds[kind] += 1
+
+    async def progress() -> None:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(2.0)
+            elapsed = time.monotonic() - started
+            rate = report.answered / elapsed
+            p99_ms = report.latency.percentile_us(99) / 1000
+            answered = report.answered
+            say(f"  {elapsed:4.1f}s  {answered:6d} answered  {rate:7.1f}/s  p99 {p99_ms:.1f} ms")
+
+    await asyncio.gather(progress(), *(drive(k, random.Random(i)) for i, k in enumerate(kiosks)))
+    report.duration_s = time.monotonic() - started
+    for kiosk in kiosks:
+        await kiosk.sign_off()
+        await kiosk.client.close()
+    return report
+
+
+async def admin_view(port: int, say: Say) -> None:
+    token = "development-only-admin-token"  # noqa: S105 - the documented development default
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.get(f"http://127.0.0.1:{port}/terminals") as reply:
+            fleet = await reply.json()
+        async with http.get(f"http://127.0.0.1:{port}/ready") as reply:
+            ready = await reply.json()
+    say(f"  /ready: {ready['checks']}")
+    for t in fleet["terminals"]:
+        rate = t["approval_rate"]
+        say(f"  /terminals: {t['terminal_id']}  requests {t['requests']:5d}  approval rate {rate}")
+
+
+def run_demo(say: Say = print) -> int:
+    shutil.rmtree(WORK_DIR, ignore_errors=True)
+    WORK_DIR.mkdir(parents=True)
+    data_dir = str(WORK_DIR / "pg")
+    ports = Ports(free_port(), free_port(), free_port())
+    started = time.monotonic()
     try:
-        asyncio.run(wait_listening(port, process))
-        say("switch is listening; one terminal signs on, echoes and signs off:")
-        asyncio.run(drive(port, say))
+        say("== provisioning: a fresh private PostgreSQL cluster, migrated and loaded")
+        run_step(say, "migrate", ["ledger", "migrate", "--data-dir", data_dir])
+        run_step(
+            say, "load", ["ledger", "load", "config/demo-fixtures.toml", "--data-dir", data_dir]
+        )
+        env = {
+            **os.environ,
+            "SWITCH__LOGGING__FORMAT": '"json"',
+            "SWITCH__LISTENER__PORT": str(ports.switch),
+            "SWITCH__ADMIN__PORT": str(ports.admin),
+            "SWITCH__HSM__BACKEND": '"network"',
+            "SWITCH__HSM__ADDRESSES": f'["127.0.0.1:{ports.hsm}"]',
+            "SWITCH__LEDGER__DATA_DIR": f'"{data_dir}"',
+        }
+        say(f"== starting the HSM (port {ports.hsm}) and the switch (port {ports.switch})")
+        say(f"   operations app: http://127.0.0.1:{ports.admin}/ (token in config/switch.toml)")
+        with process(
+            ["hsm", "serve", "--port", str(ports.hsm)], WORK_DIR / "hsm.log", env, say
+        ) as hsm:
+            asyncio.run(wait_listening(ports.hsm, hsm, "the HSM"))
+            with process(["switch", "serve"], WORK_DIR / "switch.log", env, say) as switch:
+                asyncio.run(wait_listening(ports.switch, switch, "the switch"))
+                say("== every flow, one terminal at a time")
+                asyncio.run(scripted(ports.switch, say))
+                say(f"== load: three kiosks for {LOAD_SECONDS:.0f} s")
+                report = asyncio.run(load(ports.switch, LOAD_SECONDS, say))
+                say(report.to_text())
+                say("== the operations app")
+                asyncio.run(admin_view(ports.admin, say))
+        say("== auditors: the journal and the books")
+        run_step(say, "audit verify", ["ledger", "audit", "verify", "--data-dir", data_dir])
+        today = datetime.now(UTC).date().isoformat()
+        run_step(
+            say,
+            "report",
+            ["ledger", "report", "terminals", "--business-date", today, "--data-dir", data_dir],
+        )
     except Exception as exc:
         say(f"demo failed: {exc}")
-        stop_switch(process, say)
         return 1
-    code = stop_switch(process, say)
-    events = len(log_path.read_text().splitlines())
-    say(f"the switch logged {events} events (JSON lines, one per message) to {log_path}")
-    return 0 if code == 0 else 1
+    say(f"demo finished in {time.monotonic() - started:.0f} s; logs in {WORK_DIR}/")
+    return 0

@@ -100,8 +100,8 @@ class HsmSettings:
 
 @dataclass(frozen=True, slots=True)
 class LedgerSection:
-    """The `[ledger]` table; the PAN hash key and a DSN with a password come from the
-    environment ($LEDGER_PAN_HASH_KEY, $LEDGER_DSN), never from a file."""
+    """The `[ledger]` table. The PAN hash key comes from $LEDGER_PAN_HASH_KEY, never a file; a
+    DSN with a password belongs in the environment too (SWITCH__LEDGER__DSN)."""
 
     dsn: str | None
     data_dir: Path
@@ -257,7 +257,7 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
         data = _read_toml(path)
     overridden = _apply_env(data, env or {})
     table = _Table(data, "", source if not overridden else f"{source} + environment")
-    return _parse(table, base, env or {})
+    return _parse(table, base)
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -296,12 +296,12 @@ def _env_value(raw: str) -> object:
         return raw
 
 
-def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
+def _parse(root: _Table, base: Path) -> Settings:
     environment = root.choice("environment", "development", ENVIRONMENTS)
     listener = _parse_listener(root.table("listener"), base)
     admin = _parse_admin(root.table("admin"), environment)
     hsm = _parse_hsm(root.table("hsm"), base)
-    ledger = _parse_ledger(root.table("ledger"), env)
+    ledger = _parse_ledger(root.table("ledger"))
     pipeline_table = root.table("pipeline")
     pipeline = PipelineSettings(
         request_deadline_ms=pipeline_table.integer(
@@ -339,11 +339,11 @@ def _parse_hsm(table: _Table, base: Path) -> HsmSettings:
     return settings
 
 
-def _parse_ledger(table: _Table, env: Mapping[str, str]) -> LedgerSection:
+def _parse_ledger(table: _Table) -> LedgerSection:
     # Relative to the working directory, as for `python -m ledger --data-dir`.
     data_dir = Path(table.optional_text("data_dir") or ".var/pg")
     settings = LedgerSection(
-        dsn=env.get("LEDGER_DSN") or table.optional_text("dsn"),
+        dsn=table.optional_text("dsn"),
         data_dir=data_dir,
         pool_size_min=table.integer("pool_size_min", 2, minimum=1, maximum=1_000),
         pool_size_max=table.integer("pool_size_max", 16, minimum=1, maximum=1_000),

@@ -1,0 +1,173 @@
+"""A simulated kiosk: builds the requests a real terminal sends and checks what comes back.
+
+It signs on, runs key change (its EPP decrypts and checks the new TPK and TAK), sends PIN blocks
+under its TPK, MACs every financial request and verifies every response MAC, and builds
+reversals from the requests they undo. Time and randomness are injected, so a run replays.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from kiosk_sim.client import TerminalClient, network_request, transmission_time
+from kiosk_sim.epp import Epp
+from switch.iso8583 import Dialect, Message, mac_input
+from switch.iso8583.elements import KeyChangeData, OriginalData, ReplacementAmounts
+
+MAC_PLACEHOLDER = "00" * 8
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    request: Message
+    response: Message
+    # None: the response carried no MAC; False: it carried a wrong one.
+    response_mac_ok: bool | None
+
+    @property
+    def code(self) -> str:
+        return self.response.response_code or ""
+
+    @property
+    def approved(self) -> bool:
+        return self.code == "00"
+
+
+class Terminal:
+    def __init__(
+        self,
+        terminal_id: str,
+        epp: Epp,
+        client: TerminalClient,
+        *,
+        clock: Callable[[], datetime],
+        rng: random.Random,
+        dialect: Dialect | None = None,
+        mac: bool = True,
+        timeout_ms: int = 5_000,
+    ) -> None:
+        assert len(terminal_id) <= 8, "F41 holds 8 characters"
+        self.terminal_id = terminal_id
+        self.epp = epp
+        self.client = client
+        self._clock = clock
+        self._rng = rng
+        self._dialect = dialect or Dialect()
+        self._mac = mac
+        self._timeout_ms = timeout_ms
+        self._stan = rng.randrange(1, 999_999)
+
+    def next_stan(self) -> str:
+        self._stan = self._stan % 999_999 + 1
+        return f"{self._stan:06d}"
+
+    async def sign_on(self) -> Exchange:
+        return await self._network("001")
+
+    async def echo(self) -> Exchange:
+        return await self._network("301")
+
+    async def sign_off(self) -> Exchange:
+        return await self._network("002")
+
+    async def change_keys(self) -> Exchange:
+        """Key change: on approval the EPP installs the TPK and TAK from F48 (KCVs checked)."""
+        exchange = await self._network("161")
+        if exchange.approved:
+            self.epp = self.epp.install_session_keys(
+                KeyChangeData.parse(exchange.response.get(48) or "")
+            )
+        return exchange
+
+    async def _network(self, code: str) -> Exchange:
+        request = network_request(
+            code, stan=self.next_stan(), now=self._clock(), terminal_id=self.terminal_id
+        )
+        response = await self.client.request(request, timeout_ms=self._timeout_ms)
+        return Exchange(request, response, None)
+
+    def financial(self, mti: str, fields: Mapping[int, str]) -> Message:
+        """A request with this terminal's F7, F11 and F41, MACed when MACs are on."""
+        base = {
+            7: transmission_time(self._clock()),
+            11: self.next_stan(),
+            41: self.terminal_id.ljust(8),
+        }
+        return self.sign(Message(mti, {**base, **fields}))
+
+    def sign(self, message: Message) -> Message:
+        if not self._mac:
+            return message
+        placeholder = message.replace({message.mac_field: MAC_PLACEHOLDER})
+        mac = self.epp.mac(mac_input(placeholder, self._dialect))
+        return placeholder.replace({message.mac_field: mac.hex().upper()})
+
+    def withdrawal(
+        self, pan: str, pin: str, amount_minor: int, *, currency: str = "978", account: str = "00"
+    ) -> Message:
+        return self.financial(
+            "0200",
+            {
+                2: pan,
+                3: f"01{account}00",
+                4: f"{amount_minor:012d}",
+                49: currency,
+                52: self._pin_block(pin, pan),
+            },
+        )
+
+    def balance_inquiry(self, pan: str, pin: str, *, account: str = "00") -> Message:
+        return self.financial("0200", {2: pan, 3: f"31{account}00", 52: self._pin_block(pin, pan)})
+
+    def transfer(
+        self,
+        pan: str,
+        pin: str,
+        amount_minor: int,
+        *,
+        from_account: str,
+        to_account: str = "00",
+        to_account_number: str | None = None,
+        currency: str = "978",
+    ) -> Message:
+        fields = {
+            2: pan,
+            3: f"40{from_account}{to_account}",
+            4: f"{amount_minor:012d}",
+            49: currency,
+            52: self._pin_block(pin, pan),
+        }
+        if to_account_number is not None:
+            fields[103] = to_account_number
+        return self.financial("0200", fields)
+
+    def reversal(self, original: Message, *, dispensed_minor: int | None = None) -> Message:
+        """An 0420 undoing `original`; a partial one says what was actually dispensed."""
+        assert original.stan is not None
+        assert original.transmission_time is not None
+        fields = {n: original.fields[n] for n in (2, 3, 4, 49) if n in original.fields}
+        fields[90] = OriginalData(original.mti, original.stan, original.transmission_time).encode()
+        if dispensed_minor is not None:
+            fields[95] = ReplacementAmounts(dispensed_minor).encode()
+        return self.financial("0420", fields)
+
+    def repeat_of(self, request: Message) -> Message:
+        """The same request sent again: 0201 or 0421, same F7 and STAN, MACed anew."""
+        return self.sign(Message(request.mti[:3] + "1", request.fields))
+
+    async def send(self, request: Message) -> Exchange:
+        response = await self.client.request(request, timeout_ms=self._timeout_ms)
+        return Exchange(request, response, self._check_mac(response))
+
+    def _check_mac(self, response: Message) -> bool | None:
+        mac = response.mac
+        if mac is None or self.epp.tak is None:
+            return None
+        placeholder = response.replace({response.mac_field: MAC_PLACEHOLDER})
+        return self.epp.verify_mac(mac_input(placeholder, self._dialect), mac)
+
+    def _pin_block(self, pin: str, pan: str) -> str:
+        return self.epp.pin_block(pin, pan, rng=self._rng.randbytes).hex().upper()

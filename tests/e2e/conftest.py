@@ -1,0 +1,176 @@
+"""The whole switch for end-to-end tests: real PostgreSQL, the HSM over its own TCP protocol,
+the switch on loopback, simulated terminals with their own EPPs.
+
+Each test gets fresh customers and terminals (the cluster is shared; the audit journal cannot be
+truncated). The switch reaches PostgreSQL through a proxy the test can cut.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from hsm.api import Ibm3624Method
+from hsm.client import NetworkHSM
+from hsm.devkeys import DevKeys, make_dev_keys
+from hsm.engine import SoftHsm
+from hsm.keys import DEVELOPMENT_LMK, Lmk
+from hsm.local import LocalHSM
+from hsm.server import HsmServer, ServerConfig
+from kiosk_sim.client import TerminalClient
+from kiosk_sim.epp import Epp
+from kiosk_sim.terminal import Terminal
+from ledger.fixtures import load_fixtures
+from ledger.postgres import DATABASE, SWITCH_ROLE
+from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings
+from ledger.store import LedgerStore, open_store
+from switch.flows import Flows
+from switch.iso8583 import Dialect
+from switch.monitor import Monitor
+from switch.server import SwitchServer
+from switch.settings import PipelineSettings
+from tests.conftest import PgCluster
+from tests.e2e.proxy import CuttableProxy
+from tests.ledger.factory import Customer, World
+from tests.switch.conftest import LISTENER
+
+PIN = "1234"
+LMK = Lmk(DEVELOPMENT_LMK)
+DEADLINE_MS = 1_500
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Stack:
+    server: SwitchServer
+    monitor: Monitor
+    store: LedgerStore
+    owner: asyncpg.Connection
+    world: World
+    keys: DevKeys
+    hsm_server: HsmServer
+    db_proxy: CuttableProxy
+    seed: int = 7
+    _clients: list[TerminalClient] = field(default_factory=list)
+
+    @property
+    def customers(self) -> list[Customer]:
+        return self.world.customers
+
+    async def terminal(
+        self, index: int = 0, *, sign_on: bool = True, keys: bool = True
+    ) -> Terminal:
+        client = await TerminalClient.connect("127.0.0.1", self.server.port)
+        self._clients.append(client)
+        terminal_id = self.world.terminals[index]
+        terminal = Terminal(
+            terminal_id,
+            Epp(bytes.fromhex(self.keys.tmk_clear_hex)),
+            client,
+            clock=now,
+            rng=random.Random(self.seed + len(self._clients)),
+        )
+        if sign_on:
+            assert (await terminal.sign_on()).approved
+        if keys:
+            assert (await terminal.change_keys()).approved
+        return terminal
+
+    async def balance(self, account_number: str) -> int:
+        value = await self.owner.fetchval(
+            "SELECT balance_minor FROM ledger.accounts WHERE account_number = $1", account_number
+        )
+        assert isinstance(value, int)
+        return value
+
+    async def close_clients(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+
+async def pin_data(pan: str, keys: DevKeys) -> dict[str, Any]:
+    offset = await LocalHSM(LMK).derive_pin_verification_data(keys.pvk, pan, PIN, Ibm3624Method())
+    return {"method": "ibm3624", "pvk": keys.pvk.to_text(), "offset": offset, "pin_length": 4}
+
+
+async def load_world(
+    owner: asyncpg.Connection, keys: DevKeys, customers: int, terminals: int, **card: Any
+) -> World:
+    world = World()
+    data = world.fixtures(customers, terminals, card=card or None)
+    for entry in data["customers"]:
+        for card_entry in entry["cards"]:
+            card_entry["pin"] = await pin_data(card_entry["pan"], keys)
+    for terminal in data["terminals"]:
+        terminal["tmk"] = keys.tmk.to_text()
+    await load_fixtures(owner, data, pan_hash_key=DEVELOPMENT_PAN_HASH_KEY, timeout_ms=30_000)
+    return world
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture(scope="session")
+def dev_keys() -> DevKeys:
+    return make_dev_keys(LMK, seed=b"e2e tests")
+
+
+@pytest.fixture
+async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[StackFactory]:
+    """Builds a stack; `customers`, `terminals`, card overrides and ledger settings vary."""
+    built: list[tuple[Stack, NetworkHSM]] = []
+
+    async def build(
+        customers: int = 2, terminals: int = 1, *, cross_customer: bool = False, **card: Any
+    ) -> Stack:
+        owner = await asyncpg.connect(pg_cluster.owner_dsn)
+        world = await load_world(owner, dev_keys, customers, terminals, **card)
+        hsm_server = HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=0))
+        await hsm_server.start()
+        hsm = NetworkHSM([("127.0.0.1", hsm_server.port)], timeout_ms=500, attempt_timeout_ms=300)
+        proxy = CuttableProxy("127.0.0.1", pg_cluster.info.port)
+        await proxy.start()
+        store = await open_store(
+            LedgerSettings(
+                dsn=f"postgresql://{SWITCH_ROLE}@127.0.0.1:{proxy.port}/{DATABASE}",
+                pool_size_max=8,
+                cross_customer_transfers=cross_customer,
+                statement_timeout_ms=3_000,
+                connect_timeout_ms=1_000,
+            ),
+            timeout_ms=30_000,
+        )
+        monitor = Monitor(now)
+        flows = Flows(
+            hsm=hsm,
+            ledger=store,
+            settings=PipelineSettings(request_deadline_ms=DEADLINE_MS, require_mac=True),
+            dialect=Dialect(),
+            wall_clock=now,
+            count_error=monitor.metrics.count_error,
+            write_timeout_ms=4_000,
+        )
+        server = SwitchServer(LISTENER, flows, observer=monitor)
+        await server.start()
+        stack = Stack(server, monitor, store, owner, world, dev_keys, hsm_server, proxy)
+        built.append((stack, hsm))
+        return stack
+
+    yield build
+    for stack, hsm in built:
+        await stack.close_clients()
+        await stack.server.shutdown(2_000)
+        await stack.store.close(timeout_ms=5_000)
+        await hsm.close()
+        await stack.hsm_server.close()
+        await stack.db_proxy.close()
+        await stack.owner.close()

@@ -1,0 +1,271 @@
+"""Every ATM flow end to end: terminal → TCP → switch → HSM (TCP) → PostgreSQL, and back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from kiosk_sim.terminal import Terminal
+from switch.iso8583.elements import decode_additional_amounts
+from tests.e2e.conftest import PIN, StackFactory, now
+
+START_MINOR = 100_000  # each test customer's checking and savings balance
+
+
+async def test_sign_on_key_change_withdrawal_with_macs(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    exchange = await terminal.send(terminal.withdrawal(customer.pan, PIN, 2_000))
+    response = exchange.response
+    assert exchange.code == "00"
+    assert exchange.response_mac_ok is True
+    assert response.mti == "0210"
+    assert response.get(38) is not None
+    assert len(response.get(37) or "") == 12
+    balances = decode_additional_amounts(response.get(54) or "")
+    assert [(a.amount_type, a.currency_numeric, a.amount_minor) for a in balances] == [
+        ("01", "978", START_MINOR - 2_000),
+        ("02", "978", START_MINOR - 2_000),
+    ]
+    assert await stack.balance(customer.checking) == START_MINOR - 2_000
+
+
+async def test_balance_inquiry_and_transfer_between_own_accounts(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    moved = await terminal.send(
+        terminal.transfer(customer.pan, PIN, 7_500, from_account="20", to_account="10")
+    )
+    assert moved.code == "00"
+    inquiry = await terminal.send(terminal.balance_inquiry(customer.pan, PIN, account="10"))
+    assert inquiry.code == "00"
+    assert (
+        decode_additional_amounts(inquiry.response.get(54) or "")[0].amount_minor
+        == START_MINOR + 7_500
+    )
+    assert await stack.balance(customer.checking) == START_MINOR - 7_500
+
+
+async def test_wrong_pin_then_tries_exceeded_blocks_the_card(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    pan = stack.customers[0].pan
+    codes = [(await terminal.send(terminal.withdrawal(pan, "9999", 1_000))).code for _ in range(3)]
+    assert codes == ["55", "55", "75"]
+    after = await terminal.send(terminal.withdrawal(pan, PIN, 1_000))
+    assert after.code == "75"
+    status = await stack.owner.fetchval(
+        "SELECT status FROM ledger.cards WHERE customer_id = $1", stack.customers[0].customer_id
+    )
+    assert status == "blocked"
+
+
+async def test_card_declines(make_stack: StackFactory) -> None:
+    expired = await make_stack(customers=1, expiry="2001")
+    terminal = await expired.terminal()
+    assert (
+        await terminal.send(terminal.withdrawal(expired.customers[0].pan, PIN, 100))
+    ).code == "54"
+
+    blocked = await make_stack(customers=1, status="lost")
+    terminal = await blocked.terminal()
+    assert (
+        await terminal.send(terminal.withdrawal(blocked.customers[0].pan, PIN, 100))
+    ).code == "62"
+
+    unknown = "4000000000000002"
+    assert (await terminal.send(terminal.withdrawal(unknown, PIN, 100))).code == "14"
+
+
+async def test_limits_and_funds(make_stack: StackFactory) -> None:
+    stack = await make_stack(customers=2, max_per_txn_minor=30_000, daily_count=2)
+    terminal = await stack.terminal()
+    first, second = stack.customers
+    assert (await terminal.send(terminal.withdrawal(first.pan, PIN, 30_001))).code == "61"
+    assert (await terminal.send(terminal.withdrawal(first.pan, PIN, 100))).code == "00"
+    assert (await terminal.send(terminal.withdrawal(first.pan, PIN, 100))).code == "00"
+    assert (await terminal.send(terminal.withdrawal(first.pan, PIN, 100))).code == "65"
+    # Savings has no overdraft: more than the balance is insufficient funds.
+    assert (
+        await terminal.send(terminal.withdrawal(second.pan, PIN, 30_000, account="10"))
+    ).code == "00"
+    for _ in range(2):
+        await terminal.send(
+            terminal.transfer(second.pan, PIN, 30_000, from_account="10", to_account="20")
+        )
+    assert (
+        await terminal.send(terminal.withdrawal(second.pan, PIN, 20_000, account="10"))
+    ).code == "51"
+    assert await stack.balance(second.savings) == START_MINOR - 30_000 - 60_000
+
+
+async def test_bad_mac_is_declined_and_audited(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    request = terminal.withdrawal(stack.customers[0].pan, PIN, 1_000)
+    tampered = request.replace({4: "000000100000"})  # the MAC was over 1,000
+    exchange = await terminal.send(tampered)
+    assert exchange.code == "05"
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR
+    recorded = await stack.owner.fetchval(
+        "SELECT count(*) FROM ledger.audit"
+        " WHERE terminal_id = $1 AND body::jsonb->>'response_code' = '05'",
+        terminal.terminal_id,
+    )
+    assert recorded == 1
+
+
+async def test_terminal_must_act_as_itself_and_be_known(make_stack: StackFactory) -> None:
+    stack = await make_stack(customers=1, terminals=2)
+    terminal = await stack.terminal(0)
+    other_id = stack.world.terminals[1]
+    impostor = terminal.sign(
+        terminal.withdrawal(stack.customers[0].pan, PIN, 100).replace({41: other_id})
+    )
+    assert (await terminal.send(impostor)).code == "58"
+
+    stranger = await stack.terminal(1, sign_on=False, keys=False)
+    stranger.terminal_id = "NOBODY01"
+    assert (await stranger.sign_on()).code == "58"
+    unsigned = impostor.replace({41: "NOBODY01", 11: stranger.next_stan()})
+    assert (await stranger.client.request(unsigned)).response_code == "58"
+
+
+async def test_reversal_full_partial_and_repeated(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    full = await terminal.send(terminal.withdrawal(customer.pan, PIN, 5_000))
+    reversal = terminal.reversal(full.request)
+    answered = await terminal.send(reversal)
+    assert (answered.response.mti, answered.code) == ("0430", "00")
+    assert (await terminal.send(terminal.repeat_of(reversal))).code == "00"
+    assert await stack.balance(customer.checking) == START_MINOR
+
+    partial = await terminal.send(terminal.withdrawal(customer.pan, PIN, 10_000))
+    assert (
+        await terminal.send(terminal.reversal(partial.request, dispensed_minor=4_000))
+    ).code == "00"
+    assert await stack.balance(customer.checking) == START_MINOR - 4_000
+
+
+async def test_reversal_before_its_original_declines_the_late_original(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    original = terminal.withdrawal(customer.pan, PIN, 3_000)
+    # Not seen yet: "original not found", but the reversal is kept...
+    assert (await terminal.send(terminal.reversal(original))).code == "25"
+    # ...so the original, arriving late, is declined and moves no money.
+    assert (await terminal.send(original)).code == "05"
+    assert await stack.balance(customer.checking) == START_MINOR
+
+
+async def test_repeated_request_gets_the_stored_response_and_posts_once(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    request = terminal.withdrawal(customer.pan, PIN, 2_500)
+    first = await terminal.send(request)
+    again = await terminal.send(request)
+    assert first.code == again.code == "00"
+    assert again.response.get(38) == first.response.get(38)
+    assert again.response.get(37) == first.response.get(37)
+    assert await stack.balance(customer.checking) == START_MINOR - 2_500
+
+
+async def test_transfers_both_ways_between_two_customers_at_once(make_stack: StackFactory) -> None:
+    stack = await make_stack(customers=2, terminals=2, cross_customer=True)
+    left, right = await stack.terminal(0), await stack.terminal(1)
+    ada, bob = stack.customers
+
+    async def send_many(terminal: Terminal, payer: str, payee_account: str) -> list[str]:
+        requests = [
+            terminal.transfer(payer, PIN, 100, from_account="20", to_account_number=payee_account)
+            for _ in range(10)
+        ]
+        return [e.code for e in await asyncio.gather(*(terminal.send(r) for r in requests))]
+
+    ada_codes, bob_codes = await asyncio.gather(
+        send_many(left, ada.pan, bob.checking), send_many(right, bob.pan, ada.checking)
+    )
+    assert ada_codes == bob_codes == ["00"] * 10
+    assert await stack.balance(ada.checking) == START_MINOR
+    assert await stack.balance(bob.checking) == START_MINOR
+
+
+async def test_pipelined_requests_on_one_connection(make_stack: StackFactory) -> None:
+    stack = await make_stack(customers=4)
+    terminal = await stack.terminal()
+    requests = [terminal.balance_inquiry(c.pan, PIN) for c in stack.customers]
+    requests += [terminal.withdrawal(c.pan, PIN, 100) for c in stack.customers]
+    exchanges = await asyncio.gather(*(terminal.send(r) for r in requests))
+    assert [e.code for e in exchanges] == ["00"] * 8
+    assert all(e.response.stan == e.request.stan for e in exchanges)
+
+
+async def test_fifty_terminals_at_once(make_stack: StackFactory) -> None:
+    stack = await make_stack(customers=10, terminals=50)
+    terminals = await asyncio.gather(*(stack.terminal(i) for i in range(50)))
+    exchanges = await asyncio.gather(
+        *(
+            t.send(t.withdrawal(stack.customers[i % 10].pan, PIN, 100))
+            for i, t in enumerate(terminals)
+        )
+    )
+    assert [e.code for e in exchanges] == ["00"] * 50
+    for customer in stack.customers:
+        assert await stack.balance(customer.checking) == START_MINOR - 500
+
+
+async def test_ledger_unreachable_answers_91_within_the_deadline_then_recovers(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    pan = stack.customers[0].pan
+    await stack.db_proxy.cut()
+    started = time.monotonic()
+    down = await terminal.send(terminal.withdrawal(pan, PIN, 1_000))
+    assert down.code == "91"
+    assert time.monotonic() - started < 3.0
+    await stack.db_proxy.restore()
+    for _ in range(50):
+        up = await terminal.send(terminal.withdrawal(pan, PIN, 1_000))
+        if up.code == "00":
+            break
+        await asyncio.sleep(0.1)
+    assert up.code == "00"
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR - 1_000
+    assert stack.monitor.metrics.errors["database"] >= 1
+
+
+async def test_hsm_unreachable_answers_91(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    await stack.hsm_server.close()
+    started = time.monotonic()
+    exchange = await terminal.send(terminal.withdrawal(stack.customers[0].pan, PIN, 1_000))
+    assert exchange.code == "91"
+    assert time.monotonic() - started < 3.0
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR
+
+
+async def test_key_change_replaces_the_keys_for_the_next_request(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    old_epp = terminal.epp
+    assert (await terminal.change_keys()).approved
+    assert terminal.epp.tak != old_epp.tak
+    stale = Terminal(
+        terminal.terminal_id, old_epp, terminal.client, clock=now, rng=random.Random(1)
+    )
+    assert (await stale.send(stale.withdrawal(stack.customers[0].pan, PIN, 100))).code == "05"
+    assert (await terminal.send(terminal.withdrawal(stack.customers[0].pan, PIN, 100))).code == "00"
