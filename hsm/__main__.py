@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -89,10 +90,15 @@ async def _serve(args: argparse.Namespace) -> None:
     server = HsmServer(SoftHsm(lmk), config)
     await server.start()
     print(f"HSM listening on {config.host}:{server.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await server.serve_forever()
+        await stop.wait()
     finally:
         await server.close()
+        log.info("hsm_stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,10 +51,6 @@ class HsmServer:
             lmk_kcv=self._core.lmk_kcv,
         )
 
-    async def serve_forever(self) -> None:
-        assert self._server is not None, "server not started"
-        await self._server.serve_forever()
-
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -24,7 +24,8 @@ class Report:
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     timeouts: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
-    differences: list[str] = field(default_factory=list)
+    # None until an end-state check has run.
+    differences: list[str] | None = None
 
     @property
     def answered(self) -> int:
@@ -56,7 +57,7 @@ class Report:
             "kinds": dict(sorted(self.kinds.items())),
             "timeouts": self.timeouts,
             "errors": dict(sorted(self.errors.items())),
-            "end_state_differences": len(self.differences),
+            "end_state_differences": None if self.differences is None else len(self.differences),
         }
 
     def to_json(self) -> str:
@@ -72,9 +73,10 @@ class Report:
             f"latency   {latency}",
             f"codes     {codes or '-'}",
             f"timeouts  {self.timeouts}   errors {sum(self.errors.values())}",
-            f"end state {len(self.differences)} differences",
         ]
-        lines += [f"  - {difference}" for difference in self.differences[:20]]
+        if self.differences is not None:
+            lines.append(f"end state {len(self.differences)} differences")
+            lines += [f"  - {difference}" for difference in self.differences[:20]]
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -87,6 +89,7 @@ class Report:
             *((f"latency {name}", f"{value:.1f} ms") for name, value in latency.items()),
             ("timeouts", str(self.timeouts)),
             ("errors", str(sum(self.errors.values()))),
-            ("end-state differences", str(len(self.differences))),
         ]
+        if self.differences is not None:
+            rows.append(("end-state differences", str(len(self.differences))))
         return "\n".join(["| figure | value |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiosk_sim.client import TerminalClient, network_request
+from tests.conftest import PgCluster
 
 NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
 
@@ -67,14 +68,21 @@ async def _wait_connect(port: int) -> TerminalClient:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_signal_stops_the_switch_cleanly(signum: signal.Signals) -> None:
+async def test_signal_stops_the_switch_cleanly(
+    signum: signal.Signals, pg_cluster: PgCluster
+) -> None:
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "switch", "serve", "--port", str(port)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "SWITCH__LOGGING__FORMAT": '"json"', "SWITCH__ADMIN__PORT": "0"},
+        env={
+            **os.environ,
+            "SWITCH__LOGGING__FORMAT": '"json"',
+            "SWITCH__ADMIN__PORT": "0",
+            "SWITCH__LEDGER__DSN": f'"{pg_cluster.switch_dsn}"',
+        },
     )
     try:
         client = await _wait_connect(port)

@@ -1,0 +1,164 @@
+"""Ledger throughput: withdrawals per second through the async API, next to pgbench's TPC-B.
+
+Both run against the same PostgreSQL cluster in the same run, with durable commits (fsync and
+synchronous_commit on). pgbench's built-in TPC-B-like script (`-M prepared -c 8 -j 2`) is the
+ceiling for one bank debit/credit per commit; the ledger figure is a full withdrawal as the
+switch runs it: the read (card, accounts, request key) then the write (lock, re-check, post,
+stored outcome, audit record), each one round trip, distinct customers and terminals per task.
+
+    python -m bench.ledger_bench [duration_s]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import uvloop
+
+from ledger.fixtures import load_fixtures
+from ledger.migrations import migrate
+from ledger.model import AuditFields, Outcome, RequestKey, Withdrawal
+from ledger.pan import luhn_valid
+from ledger.postgres import SUPERUSER, ClusterInfo, LocalCluster, find_binary
+from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings
+from ledger.store import LedgerStore, open_store
+
+CONCURRENCY = (8, 32)
+PGBENCH_SCALE = 10
+AUDIT = AuditFields(mti="0200", processing_code="012000", rrn="000000000000")
+_TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+def _pan(n: int) -> str:
+    body = f"52000{n:010d}"
+    return next(body + str(d) for d in range(10) if luhn_valid(body + str(d)))
+
+
+def _fixtures(customers: int, base_id: int) -> dict[str, Any]:
+    big = 10**12
+    return {
+        "customers": [
+            {
+                "id": base_id + i, "name": f"bench {i}",
+                "accounts": [{"number": f"BENCH-{base_id + i}", "type": "20", "currency": "EUR",
+                              "opening_balance_minor": big}],
+                "cards": [{"pan": _pan(base_id + i), "expiry": "9912", "currency": "EUR",
+                           "max_per_txn_minor": big, "daily_amount_minor": big,
+                           "daily_count": 2**31 - 1, "accounts": {"20": f"BENCH-{base_id + i}"}}],
+            }
+            for i in range(customers)
+        ],
+        "terminals": [
+            {"id": f"BENCH{base_id + i}", "location": "bench", "currency": "EUR"}
+            for i in range(customers)
+        ],
+    }  # fmt: skip
+
+
+def pgbench_tps(info: ClusterInfo, cluster: LocalCluster, duration_s: int) -> float:
+    """pgbench TPC-B-like, prepared statements, 8 clients on 2 threads."""
+    cluster.create_database("pgbench_tpcb")
+    pgbench = shutil.which("pgbench") or str(find_binary("pgbench"))
+    where = ["-h", str(info.socket_dir), "-p", str(info.port), "-U", SUPERUSER]
+    subprocess.run(
+        [pgbench, "-i", "-q", "-s", str(PGBENCH_SCALE), *where, "pgbench_tpcb"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    done = subprocess.run(
+        [pgbench, "-M", "prepared", "-c", "8", "-j", "2", "-T", str(duration_s), "-n",
+         *where, "pgbench_tpcb"],
+        check=True, capture_output=True, text=True, timeout=duration_s + 120,
+    )  # fmt: skip
+    match = _TPS.search(done.stdout)
+    assert match is not None, done.stdout
+    return float(match[1])
+
+
+async def _withdrawals_per_s(
+    store: LedgerStore, tasks: int, base_id: int, duration_s: float
+) -> float:
+    stans = itertools.count(1)
+    end = time.monotonic() + duration_s
+
+    async def worker(i: int) -> int:
+        pan, terminal = _pan(base_id + i), f"BENCH{base_id + i}"
+        approved = 0
+        while time.monotonic() < end:
+            stan = next(stans)
+            request_key = RequestKey(terminal, f"{stan:010d}", f"{stan % 1_000_000:06d}", "0200")
+            request = Withdrawal(pan, request_key, AUDIT, "20", 100, "EUR")
+            lookup = await store.lookup(request, timeout_ms=30_000)
+            result = await store.execute(lookup, timeout_ms=30_000)
+            assert result.outcome is Outcome.APPROVED, result
+            approved += 1
+        return approved
+
+    started = time.monotonic()
+    counts = await asyncio.gather(*(worker(i) for i in range(tasks)))
+    return sum(counts) / (time.monotonic() - started)
+
+
+async def _ledger_figures(info: ClusterInfo, duration_s: float) -> dict[str, float]:
+    conn = await asyncpg.connect(info.owner_dsn)
+    try:
+        await migrate(conn, timeout_ms=120_000)
+        base_id = int(time.time()) % 1_000_000 * 1_000
+        data = _fixtures(max(CONCURRENCY), base_id)
+        await load_fixtures(conn, data, pan_hash_key=DEVELOPMENT_PAN_HASH_KEY, timeout_ms=120_000)
+    finally:
+        await conn.close()
+    figures = {}
+    for tasks in CONCURRENCY:
+        settings = LedgerSettings(dsn=info.switch_dsn, pool_size_min=tasks, pool_size_max=tasks)
+        store = await open_store(settings, timeout_ms=60_000)
+        try:
+            figures[f"ledger_withdrawals_per_s_c{tasks}"] = await _withdrawals_per_s(
+                store, tasks, base_id, duration_s
+            )
+        finally:
+            await store.close()
+    return figures
+
+
+def run(duration_s: float = 10.0, data_dir: Path | None = None) -> dict[str, float]:
+    """Start (or reuse) a private cluster under `data_dir` (a temporary one if None).
+
+    Runs on uvloop, as the switch does.
+    """
+    return uvloop.run(_run(duration_s, data_dir))
+
+
+async def _run(duration_s: float, data_dir: Path | None) -> dict[str, float]:
+    scratch = data_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="ledger-bench-")) if scratch else data_dir
+    assert directory is not None
+    cluster = LocalCluster(directory)
+    try:
+        info = await asyncio.to_thread(cluster.start, timeout_ms=120_000)
+        tps = await asyncio.to_thread(pgbench_tps, info, cluster, int(duration_s))
+        figures = {"pgbench_tpcb_tps_c8": tps, **await _ledger_figures(info, duration_s)}
+    finally:
+        await asyncio.to_thread(cluster.stop, timeout_ms=60_000)
+        if scratch:
+            shutil.rmtree(directory, ignore_errors=True)
+    best = max(figures[f"ledger_withdrawals_per_s_c{c}"] for c in CONCURRENCY)
+    figures["ratio_c8"] = figures["ledger_withdrawals_per_s_c8"] / tps
+    figures["ratio_c32"] = figures["ledger_withdrawals_per_s_c32"] / tps
+    figures["ratio_best"] = best / tps
+    return {name: round(value, 3) for name, value in figures.items()}
+
+
+if __name__ == "__main__":
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+    print(json.dumps(run(seconds), indent=2))

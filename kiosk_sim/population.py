@@ -1,0 +1,144 @@
+"""A seeded population of customers, cards and terminals, provisioned through the ledger.
+
+Everything is derived from the seed: PANs, PINs, balances and each terminal's TMK, so two runs
+with one seed meet the same world. PIN verification data comes from the HSM (the development
+LMK); the terminals' clear TMKs stay with the simulator, as they would in each kiosk's EPP.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from hsm.api import Ibm3624Method
+from hsm.devkeys import make_dev_keys
+from hsm.keys import DEVELOPMENT_LMK, Lmk
+from hsm.local import LocalHSM
+from ledger.fixtures import load_fixtures
+from ledger.settings import pan_hash_key_from_env
+
+LMK = Lmk(DEVELOPMENT_LMK)
+OPENING_MINOR = 10_000_000  # EUR 100,000.00 per account: load runs decline on limits, not funds
+CUSTOMER_ID_BASE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class SimCard:
+    pan: str
+    pin: str
+    customer_id: int
+    checking: str  # account numbers
+    savings: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimTerminal:
+    terminal_id: str
+    tmk: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Population:
+    seed: int
+    cards: tuple[SimCard, ...]
+    terminals: tuple[SimTerminal, ...]
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        return tuple(a for c in self.cards for a in (c.checking, c.savings))
+
+
+def luhn_complete(body: str) -> str:
+    total = 0
+    for index, char in enumerate(reversed(body)):
+        digit = int(char) * (1 if index % 2 else 2)
+        total += digit - 9 if digit > 9 else digit
+    return body + str((10 - total % 10) % 10)
+
+
+def build(seed: int, customers: int, terminals: int) -> Population:
+    """The population for `seed`; ids are offset by the seed so runs can share a database."""
+    rng = random.Random(seed)
+    base = CUSTOMER_ID_BASE + (seed % 10_000) * 10_000
+    assert customers < 10_000, "ids of one seed stay in their own range"
+    cards = []
+    for n in range(customers):
+        customer_id = base + n
+        pan = luhn_complete(f"49{customer_id:013d}")
+        pin = f"{rng.randrange(10_000):04d}"
+        cards.append(
+            SimCard(pan, pin, customer_id, f"SIM-{customer_id}-20", f"SIM-{customer_id}-10")
+        )
+    sims = []
+    for n in range(terminals):
+        terminal_id = f"S{seed % 1000:03d}{n:04d}"
+        keys = make_dev_keys(LMK, seed=f"sim {seed} {terminal_id}".encode())
+        sims.append(SimTerminal(terminal_id, bytes.fromhex(keys.tmk_clear_hex)))
+    return Population(seed, tuple(cards), tuple(sims))
+
+
+async def fixtures(population: Population) -> dict[str, Any]:
+    """The population in `python -m ledger load`'s format, with real PIN data and TMKs."""
+    hsm = LocalHSM(LMK)
+    pvk = make_dev_keys(LMK, seed=f"sim {population.seed} bank".encode()).pvk
+    customers = []
+    for card in population.cards:
+        offset = await hsm.derive_pin_verification_data(pvk, card.pan, card.pin, Ibm3624Method())
+        customers.append(
+            {
+                "id": card.customer_id,
+                "name": f"Simulated {card.customer_id}",
+                "accounts": [
+                    {"number": card.checking, "type": "20", "currency": "EUR",
+                     "opening_balance_minor": OPENING_MINOR, "floor_minor": 0},
+                    {"number": card.savings, "type": "10", "currency": "EUR",
+                     "opening_balance_minor": OPENING_MINOR, "floor_minor": 0},
+                ],
+                "cards": [
+                    {"pan": card.pan, "expiry": "3012", "status": "active", "currency": "EUR",
+                     "max_per_txn_minor": 100_000, "daily_amount_minor": 10**12,
+                     "daily_count": 10**6, "accounts": {"20": card.checking, "10": card.savings},
+                     "pin": {"method": "ibm3624", "pvk": pvk.to_text(), "offset": offset,
+                             "pin_length": 4}},
+                ],
+            }
+        )  # fmt: skip
+    terminals = []
+    for terminal in population.terminals:
+        stored = make_dev_keys(LMK, seed=f"sim {population.seed} {terminal.terminal_id}".encode())
+        terminals.append(
+            {
+                "id": terminal.terminal_id,
+                "location": "simulated",
+                "currency": "EUR",
+                "tmk": stored.tmk.to_text(),
+            }
+        )
+    return {"customers": customers, "terminals": terminals}
+
+
+async def provision(owner_dsn: str, population: Population, *, timeout_ms: int = 120_000) -> None:
+    """Load the population through the ledger's own provisioning (an idempotent upsert)."""
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        data = await fixtures(population)
+        await load_fixtures(conn, data, pan_hash_key=pan_hash_key_from_env(), timeout_ms=timeout_ms)
+    finally:
+        await conn.close()
+
+
+async def read_balances(owner_dsn: str, accounts: tuple[str, ...]) -> dict[str, int]:
+    """The ledger's balances for these accounts (read-only)."""
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT account_number, balance_minor FROM ledger.accounts"
+            " WHERE account_number = ANY($1::text[])",
+            list(accounts),
+        )
+    finally:
+        await conn.close()
+    return {row["account_number"]: row["balance_minor"] for row in rows}

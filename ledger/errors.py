@@ -1,0 +1,30 @@
+"""Typed failures of the ledger. Business declines are never exceptions: they are outcomes."""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """The ledger could not complete a request; nothing was posted."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The database could not be reached or did not answer in time (response code 91)."""
+
+
+class SchemaTooOld(LedgerError):
+    """The database schema is older than this code; run `python -m ledger migrate`."""
+
+    def __init__(self, applied: int, required: int) -> None:
+        self.applied = applied
+        self.required = required
+        super().__init__(
+            f"schema version {applied} is older than {required}: run `python -m ledger migrate`"
+        )
+
+
+class ProvisioningError(LedgerError):
+    """The private PostgreSQL cluster could not be created, started or stopped."""
+
+
+class FixtureError(LedgerError):
+    """A fixtures file is malformed; the message names the entry and the field."""

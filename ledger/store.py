@@ -1,0 +1,336 @@
+"""The asyncpg edge of the ledger: one read (ledger.snapshot) and one write (ledger.apply).
+
+Per request the switch calls `lookup` (one round trip, no locks), verifies the PIN at the HSM
+outside any transaction, then calls `execute` or `record_pin_failure` (one round trip, one
+transaction). The write re-checks under lock that the snapshot the decision was made on is
+still current; if another request of the same customer committed first, the SQL function
+returns a fresh snapshot in the same round trip and the decision is made again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from ledger import codec, rules
+from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.migrations import Connection, require_current
+from ledger.model import (
+    RESPONSE_CODES,
+    Card,
+    Decision,
+    Outcome,
+    Request,
+    Result,
+    Snapshot,
+)
+from ledger.pan import mask_pan, pan_hash
+from ledger.postgres import LocalCluster
+from ledger.settings import LedgerSettings
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The read for one request. `answered` is set when the request key was already answered."""
+
+    request: Request
+    pan_hash_hex: str
+    snapshot: Snapshot
+
+    @property
+    def card(self) -> Card | None:
+        return self.snapshot.card
+
+    @property
+    def answered(self) -> Result | None:
+        stored = self.snapshot.answered
+        return None if stored is None else codec.parse_result(stored, repeated=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalKeys:
+    terminal_id: str
+    status: str
+    tmk: str | None
+    tpk: str | None
+    tak: str | None
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool release hook: nothing to reset, so no extra round trip per call.
+
+    The store sets no session state: the admitted customer ids are transaction-local, and an
+    open transaction is rolled back by the pool before this hook runs.
+    """
+
+
+class _Deadline:
+    """One time budget across the steps of a call."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        assert timeout_ms > 0, "timeout_ms"
+        self._end = time.monotonic() + timeout_ms / 1000
+
+    def left_ms(self) -> int:
+        return max(1, int(self.left_s() * 1000))
+
+    def left_s(self) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise LedgerUnavailable("ledger deadline passed")
+        return left
+
+
+class LedgerStore:
+    """The async API the switch calls. Build it with `open_store`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: LedgerSettings,
+        *,
+        response_codes: Mapping[Outcome, str],
+        cluster: LocalCluster | None,
+    ) -> None:
+        self._pool = pool
+        self.settings = settings
+        self.policy = rules.Policy(
+            pin_tries_max=settings.pin_tries_max,
+            business_day_cutover=settings.business_day_cutover,
+            cross_customer_transfers=settings.cross_customer_transfers,
+        )
+        self._response_codes = response_codes
+        self._cluster = cluster
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, deadline: _Deadline) -> AsyncIterator[Connection]:
+        try:
+            async with self._pool.acquire(timeout=deadline.left_s()) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from exc
+        except asyncpg.PostgresError as exc:
+            raise LedgerError(f"ledger error: {exc.sqlstate} {exc}") from exc
+
+    async def _call(self, function: str, payload: Mapping[str, Any], deadline: _Deadline) -> Any:
+        async with self._connection(deadline) as conn:
+            return await conn.fetchval(
+                f"SELECT ledger.{function}($1::jsonb)", payload, timeout=deadline.left_s()
+            )
+
+    async def lookup(self, request: Request, *, timeout_ms: int) -> Lookup:
+        """Read the card context by PAN and whether this request key was already answered."""
+        hash_hex = pan_hash(request.pan, self.settings.pan_hash_key).hex()
+        params = codec.lookup_params(
+            request, hash_hex, admit_other=self.settings.cross_customer_transfers
+        )
+        state = await self._call("snapshot", params, _Deadline(timeout_ms))
+        return Lookup(request, hash_hex, codec.parse_snapshot(state))
+
+    async def execute(
+        self, lookup: Lookup, *, now: datetime | None = None, timeout_ms: int
+    ) -> Result:
+        """Run the request whose PIN (if any) was verified; a repeat returns the stored outcome."""
+        return await self._decide_and_apply(
+            lookup,
+            lambda snapshot, at: rules.decide(snapshot, lookup.request, at, self.policy),
+            now=now,
+            timeout_ms=timeout_ms,
+        )
+
+    async def record_pin_failure(
+        self, lookup: Lookup, *, now: datetime | None = None, timeout_ms: int
+    ) -> Result:
+        """Count a wrong PIN (blocking the card at the limit) and record the decline."""
+        return await self._decide_and_apply(
+            lookup,
+            lambda snapshot, _at: rules.decide_pin_failure(snapshot, self.policy),
+            now=now,
+            timeout_ms=timeout_ms,
+        )
+
+    async def record_decline(
+        self, lookup: Lookup, outcome: Outcome, *, now: datetime | None = None, timeout_ms: int
+    ) -> Result:
+        """Record a decline made outside the ledger (e.g. a bad MAC): audited, idempotent."""
+        assert outcome is not Outcome.APPROVED, "only declines are recorded this way"
+        return await self._decide_and_apply(
+            lookup, lambda _snapshot, _at: Decision(outcome, "decline"), now=now,
+            timeout_ms=timeout_ms,
+        )  # fmt: skip
+
+    async def process(
+        self, request: Request, *, now: datetime | None = None, timeout_ms: int
+    ) -> Result:
+        """Lookup then execute: for requests with no PIN to verify (reversals, tools, tests)."""
+        deadline = _Deadline(timeout_ms)
+        lookup = await self.lookup(request, timeout_ms=deadline.left_ms())
+        return await self.execute(lookup, now=now, timeout_ms=deadline.left_ms())
+
+    async def _decide_and_apply(
+        self,
+        lookup: Lookup,
+        decide: Callable[[Snapshot, datetime], Decision],
+        *,
+        now: datetime | None,
+        timeout_ms: int,
+    ) -> Result:
+        if lookup.answered is not None:
+            return lookup.answered
+        deadline = _Deadline(timeout_ms)
+        at = now or datetime.now(UTC)
+        snapshot = lookup.snapshot
+        for _attempt in range(self.settings.stale_retries_max):
+            decision = decide(snapshot, at)
+            payload = self._payload(lookup, snapshot, decision, at)
+            reply = await self._call("apply", payload, deadline)
+            if reply["status"] == "stale":
+                snapshot = codec.parse_snapshot(reply["state"])
+                continue
+            return codec.parse_result(reply["result"], repeated=reply["status"] == "answered")
+        raise LedgerError("the customer's state kept changing; request not applied")
+
+    def _payload(
+        self, lookup: Lookup, snapshot: Snapshot, decision: Decision, at: datetime
+    ) -> dict[str, Any]:
+        request = lookup.request
+        day = rules.business_day(at, self.policy.business_day_cutover)
+        result = codec.result_json(decision, day)
+        card = snapshot.card
+        update = decision.card_update
+        mark = decision.reversal_mark
+        return {
+            "customer_id": snapshot.customer_id,
+            "admitted": list(snapshot.admitted),
+            "versions": dict(snapshot.versions),
+            "key": request.key.as_json(),
+            "lookup": codec.lookup_params(
+                request, lookup.pan_hash_hex, admit_other=self.policy.cross_customer_transfers
+            ),
+            "recorded_at": at.isoformat(),
+            "kind": decision.kind,
+            "business_date": day.isoformat(),
+            "postings": result["postings"],
+            "card": None
+            if update is None or card is None
+            else {
+                "card_id": card.card_id,
+                "status": update.status,
+                "pin_tries": update.pin_tries,
+                "usage_day": update.usage_day.isoformat() if update.usage_day else None,
+                "usage_amount_minor": update.usage_amount_minor,
+                "usage_count": update.usage_count,
+            },
+            "reversal": None if mark is None else {**mark[0].as_json(), "state": mark[1]},
+            "result": result,
+            "audit": codec.audit_body(
+                request,
+                decision,
+                customer_id=snapshot.customer_id,
+                pan_masked=card.pan_masked if card else mask_pan(request.pan),
+                recorded_at=at,
+                response_code=self._response_codes.get(decision.outcome, ""),
+            ),
+        }
+
+    async def terminal_keys(self, terminal_id: str, *, timeout_ms: int) -> TerminalKeys | None:
+        """The terminal's status and key cryptograms (read at sign-on)."""
+        deadline = _Deadline(timeout_ms)
+        async with self._connection(deadline) as conn:
+            row = await conn.fetchrow(
+                "SELECT terminal_id, status, tmk, tpk, tak FROM ledger.terminals"
+                " WHERE terminal_id = $1",
+                terminal_id,
+                timeout=deadline.left_s(),
+            )
+        return None if row is None else TerminalKeys(**dict(row))
+
+    async def set_terminal_keys(
+        self, terminal_id: str, *, tpk: str, tak: str, tmk: str | None = None, timeout_ms: int
+    ) -> None:
+        """Store new key cryptograms after a key change (the TMK only when given)."""
+        deadline = _Deadline(timeout_ms)
+        async with self._connection(deadline) as conn:
+            status = await conn.execute(
+                "UPDATE ledger.terminals SET tpk = $2, tak = $3, tmk = coalesce($4, tmk)"
+                " WHERE terminal_id = $1",
+                terminal_id, tpk, tak, tmk,
+                timeout=deadline.left_s(),
+            )  # fmt: skip
+        if status != "UPDATE 1":
+            raise LedgerError(f"unknown terminal {terminal_id!r}")
+
+    async def close(self, *, timeout_ms: int = 10_000) -> None:
+        """Drain the pool (terminate what is left at the deadline); stop a cluster we started."""
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout_ms / 1000)
+        except TimeoutError:
+            self._pool.terminate()
+        finally:
+            if self._cluster is not None:
+                await asyncio.to_thread(self._cluster.stop, timeout_ms=timeout_ms)
+
+
+async def open_store(
+    settings: LedgerSettings,
+    *,
+    timeout_ms: int = 60_000,
+    response_codes: Mapping[Outcome, str] = RESPONSE_CODES,
+) -> LedgerStore:
+    """Connect as the switch role (starting the private cluster when no DSN is set).
+
+    Raises SchemaTooOld when `python -m ledger migrate` has not been run for this code.
+    """
+    deadline = _Deadline(timeout_ms)
+    cluster = None
+    dsn = settings.dsn
+    if dsn is None:
+        cluster = LocalCluster(settings.data_dir)
+        info = await asyncio.to_thread(cluster.start, timeout_ms=deadline.left_ms())
+        dsn = info.switch_dsn
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=settings.pool_size_min,
+            max_size=settings.pool_size_max,
+            init=_init_connection,
+            reset=_keep_session,
+            timeout=min(deadline.left_s(), settings.connect_timeout_ms / 1000),
+            server_settings={
+                "statement_timeout": str(settings.statement_timeout_ms),
+                # The ledger's statements are primary-key lookups: a generic plan is always
+                # right, and re-planning each call was a large share of the server's CPU.
+                "plan_cache_mode": "force_generic_plan",
+            },
+        )
+        async with pool.acquire(timeout=deadline.left_s()) as conn:
+            await require_current(conn, timeout_ms=deadline.left_ms())
+    except BaseException:
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
+        raise
+    return LedgerStore(pool, settings, response_codes=response_codes, cluster=cluster)

@@ -1,0 +1,229 @@
+"""The audit journal, the auditors' CLI, terminal reports and provisioning from fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ledger import audit
+from ledger.__main__ import build_parser, main
+from ledger.errors import FixtureError
+from ledger.model import Reversal, Withdrawal
+from ledger.store import LedgerStore
+from tests.conftest import PgCluster
+from tests.ledger.factory import AUDIT, NOW, World, key
+from tests.ledger.helpers import balance, run
+
+DEMO = Path(__file__).resolve().parents[2] / "config" / "demo-fixtures.toml"
+
+
+async def _activity(store: LedgerStore, conn: asyncpg.Connection) -> World:
+    world = World()
+    await world.load(conn, 1)
+    customer, terminal = world.customers[0], world.terminals[0]
+    first = Withdrawal(customer.pan, key(terminal), AUDIT, "20", 2_000, "EUR")
+    await run(store, first)
+    await run(store, Withdrawal(customer.pan, key(terminal), AUDIT, "20", 3_000, "EUR"))
+    await run(store, Withdrawal(customer.pan, key(terminal), AUDIT, "20", 0, "EUR"))
+    await run(store, Reversal(customer.pan, key(terminal, "0420"), AUDIT, first.key, 500))
+    return world
+
+
+async def test_records_chain_and_mask(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection
+) -> None:
+    world = await _activity(ledger_store, owner_conn)
+    terminal = world.terminals[0]
+    rows = await owner_conn.fetch(
+        "SELECT seq, body, prev_hash, hash FROM ledger.audit WHERE terminal_id = $1 ORDER BY seq",
+        terminal,
+    )
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4]
+    prev = audit.GENESIS_HASH
+    for row in rows:
+        assert row["prev_hash"] == prev
+        assert row["hash"] == audit.record_hash(prev, terminal, row["seq"], row["body"])
+        prev = row["hash"]
+    bodies = [json.loads(r["body"]) for r in rows]
+    assert [b["response_code"] for b in bodies] == ["00", "00", "13", "00"]
+    assert (
+        bodies[0]["pan_masked"]
+        == world.customers[0].pan[:6] + "******" + world.customers[0].pan[-4:]
+    )
+    assert all(world.customers[0].pan not in r["body"] for r in rows)
+    report = await audit.verify(owner_conn, timeout_ms=60_000)
+    assert report.ok, (report.damage, report.books)
+
+
+async def _tampered(pg_cluster: PgCluster, statement: str, *args: object) -> None:
+    conn = await asyncpg.connect(pg_cluster.superuser_dsn)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(statement, *args)
+    finally:
+        await conn.close()
+
+
+async def test_verify_names_an_altered_record(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
+) -> None:
+    world = await _activity(ledger_store, owner_conn)
+    terminal = world.terminals[0]
+    body = await owner_conn.fetchval(
+        "SELECT body FROM ledger.audit WHERE terminal_id = $1 AND seq = 2", terminal
+    )
+    forged = body.replace('"amount_minor":3000', '"amount_minor":300')
+    assert forged != body
+    update = "UPDATE ledger.audit SET body = $3 WHERE terminal_id = $1 AND seq = $2"
+    await _tampered(pg_cluster, update, terminal, 2, forged)
+    try:
+        report = await audit.verify(owner_conn, timeout_ms=60_000)
+        assert report.damage[0] == audit.Damage(terminal, 2, "hash does not match its contents")
+        code, out = await asyncio.to_thread(_cli, "audit", "verify", "--dsn", pg_cluster.owner_dsn)
+        assert code == 1
+        assert f"FIRST BAD RECORD: audit record {terminal}#2" in out
+    finally:
+        await _tampered(pg_cluster, update, terminal, 2, body)
+    assert (await audit.verify(owner_conn, timeout_ms=60_000)).ok
+
+
+async def test_verify_finds_a_removed_tail_and_bad_books(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
+) -> None:
+    world = await _activity(ledger_store, owner_conn)
+    terminal = world.terminals[0]
+    last = await owner_conn.fetchrow(
+        "SELECT * FROM ledger.audit WHERE terminal_id = $1 AND seq = 4", terminal
+    )
+    assert last is not None
+    await _tampered(
+        pg_cluster, "DELETE FROM ledger.audit WHERE terminal_id = $1 AND seq = 4", terminal
+    )
+    checking = world.customers[0].checking
+    await _tampered(
+        pg_cluster,
+        "UPDATE ledger.accounts SET balance_minor = balance_minor + 1 WHERE account_number = $1",
+        checking,
+    )
+    try:
+        report = await audit.verify(owner_conn, timeout_ms=60_000)
+        assert report.damage == [audit.Damage(terminal, 4, "missing: the head is at #4")]
+        assert report.books == [f"account {checking}: balance 96501 but postings sum to 96500"]
+    finally:
+        await owner_conn.execute(
+            "INSERT INTO ledger.audit VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *last.values()
+        )
+        await _tampered(
+            pg_cluster,
+            "UPDATE ledger.accounts SET balance_minor = balance_minor - 1"
+            " WHERE account_number = $1",
+            checking,
+        )
+    assert (await audit.verify(owner_conn, timeout_ms=60_000)).ok
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize("output_format", ["csv", "jsonl"])
+async def test_export(
+    ledger_store: LedgerStore,
+    owner_conn: asyncpg.Connection,
+    pg_cluster: PgCluster,
+    output_format: str,
+) -> None:
+    world = await _activity(ledger_store, owner_conn)
+    terminal = world.terminals[0]
+    code, out = await asyncio.to_thread(
+        _cli, "audit", "export", "--dsn", pg_cluster.owner_dsn,
+        "--from", (NOW - timedelta(minutes=1)).isoformat(),
+        "--to", (NOW + timedelta(minutes=1)).isoformat(),
+        "--terminal", terminal, "--format", output_format,
+    )  # fmt: skip
+    assert code == 0
+    if output_format == "csv":
+        records = list(csv.DictReader(io.StringIO(out)))
+    else:
+        records = [json.loads(line) for line in out.splitlines()]
+    assert [str(r["seq"]) for r in records] == ["1", "2", "3", "4"]
+    assert [r["outcome"] for r in records] == ["approved", "approved", "invalid_amount", "approved"]
+    assert world.customers[0].pan not in out
+    assert records[0]["pan_masked"].startswith("400000")
+
+
+async def test_terminal_report_reconciles(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
+) -> None:
+    world = await _activity(ledger_store, owner_conn)
+    days = await audit.terminal_report(owner_conn, NOW.date(), timeout_ms=60_000)
+    mine = [d for d in days if d.terminal_id == world.terminals[0]]
+    assert mine == [audit.TerminalDay(world.terminals[0], "EUR", 2, 5_000, 1, 1_500, 3_500, 3_500)]
+    assert all(d.reconciled for d in days)
+    code, out = await asyncio.to_thread(
+        _cli, "report", "terminals", "--dsn", pg_cluster.owner_dsn,
+        "--business-date", NOW.date().isoformat(),
+    )  # fmt: skip
+    assert code == 0
+    assert f"{world.terminals[0]},EUR,2,5000,1,1500,3500,3500,yes" in out
+
+
+async def test_demo_fixtures_load_idempotently(
+    owner_conn: asyncpg.Connection, pg_cluster: PgCluster
+) -> None:
+    for _ in range(2):
+        code, out = await asyncio.to_thread(_cli, "load", str(DEMO), "--dsn", pg_cluster.owner_dsn)
+        assert code == 0
+        assert "loaded 3 customers, 6 accounts, 4 cards, 3 terminals" in out
+    assert await balance(owner_conn, "EUR-0001-20") == 250_000
+    assert await balance(owner_conn, "CASH-KIOSK003") == 0
+    masked = await owner_conn.fetchval("SELECT pan_masked FROM ledger.cards WHERE customer_id = 1")
+    assert masked == "411111******1111"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"pan": "4111111111111112"}, "Luhn"),
+        ({"accounts": {"20": "NOPE"}}, "no 20 account NOPE"),
+        ({"daily_count": "5"}, "daily_count"),
+    ],
+)
+async def test_bad_fixtures_are_named(
+    owner_conn: asyncpg.Connection, bad: dict[str, object], message: str
+) -> None:
+    with pytest.raises(FixtureError, match=message):
+        await World().load(owner_conn, 1, card=bad)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["migrate"], ["load"], ["audit", "verify"], ["audit", "export"],
+        ["report", "terminals"],
+    ],
+)  # fmt: skip
+def test_every_subcommand_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*argv, "--help"])
+    assert exit_info.value.code == 0
+    assert "--data-dir" in capsys.readouterr().out
+
+
+def test_export_time_arguments_default_to_utc() -> None:
+    args = build_parser().parse_args(
+        ["audit", "export", "--from", "2026-11-23", "--to", "2026-11-24T06:00"]
+    )
+    assert args.start == datetime(2026, 11, 23, tzinfo=UTC)
+    assert args.end == datetime(2026, 11, 24, 6, tzinfo=UTC)

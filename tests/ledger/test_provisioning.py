@@ -1,0 +1,49 @@
+"""Provisioning and migrations: the private cluster, the schema version gate."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ledger import postgres
+from ledger.errors import ProvisioningError, SchemaTooOld
+from ledger.migrations import applied_version, migrate, required_version
+from ledger.settings import LedgerSettings
+from ledger.store import open_store
+from tests.conftest import PgCluster
+
+
+async def test_migrations_are_recorded_and_idempotent(owner_conn: asyncpg.Connection) -> None:
+    assert await applied_version(owner_conn, timeout_ms=5_000) == required_version()
+    assert await migrate(owner_conn, timeout_ms=60_000) == []
+    names = [r[0] for r in await owner_conn.fetch(
+        "SELECT name FROM ledger.schema_migrations ORDER BY version")]  # fmt: skip
+    assert names == ["tables", "security", "functions"]
+
+
+async def test_switch_refuses_an_old_schema(
+    pg_cluster: PgCluster, ledger_settings: LedgerSettings
+) -> None:
+    cluster = postgres.LocalCluster(pg_cluster.data_dir)
+    cluster.info = pg_cluster.info
+    dsn = cluster.create_database("empty_schema")
+    with pytest.raises(SchemaTooOld, match="python -m ledger migrate"):
+        await open_store(replace(ledger_settings, dsn=dsn), timeout_ms=10_000)
+
+
+def test_missing_binaries_name_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ledger.postgres.glob.glob", lambda _pattern: [])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ProvisioningError, match="apt-get install postgresql"):
+        postgres.find_binary("initdb")
+
+
+def test_a_running_cluster_is_reused_not_stopped(pg_cluster: PgCluster) -> None:
+    again = postgres.LocalCluster(Path(pg_cluster.data_dir))
+    info = again.start(timeout_ms=30_000)
+    assert info.port == pg_cluster.info.port
+    again.stop(timeout_ms=30_000)
+    assert (pg_cluster.data_dir / "postmaster.pid").exists()
