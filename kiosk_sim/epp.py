@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from hsm import crypto, mac, pinblock
+from hsm import crypto, dukpt, mac, pinblock
 from hsm.crypto import Algorithm
 from hsm.pinblock import PinBlockFormat
 from switch.iso8583.elements import KeyChangeData
@@ -26,6 +26,10 @@ class Epp:
     tpk: bytes | None = None
     tak: bytes | None = None
     algorithm: Algorithm = Algorithm.TDES
+    # A DUKPT PIN pad (TDES, ANSI X9.24-1): its initial key and initial KSN, injected at the
+    # key-loading facility. PIN blocks then go under a new key per transaction, not the TPK.
+    ipek: bytes | None = None
+    initial_ksn: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Epp(algorithm={self.algorithm.name}, session_keys={self.tpk is not None})"
@@ -46,6 +50,20 @@ class Epp:
         assert self.tpk is not None, "no TPK: run key change first"
         fmt = PinBlockFormat.ISO4 if self.algorithm is Algorithm.AES else PinBlockFormat.ISO0
         return pinblock.encrypt_pin_block(self.tpk, pin, pan, fmt, rng=rng)
+
+    def dukpt_pin_block(
+        self, pin: str, pan: str, counter: int, *, rng: crypto.Rng = os.urandom
+    ) -> tuple[bytes, bytes]:
+        """Format 0 under transaction `counter`'s PIN key; returns the block and its KSN."""
+        assert self.ipek is not None, "not a DUKPT PIN pad"
+        assert self.initial_ksn is not None, "not a DUKPT PIN pad"
+        assert 0 < counter < 1 << 21, "the DUKPT counter is 21 bits"
+        base = int.from_bytes(self.initial_ksn, "big") & ~((1 << 21) - 1)
+        ksn = (base | counter).to_bytes(len(self.initial_ksn), "big")
+        key = crypto.xor(
+            dukpt.tdes_transaction_key_from_ipek(self.ipek, ksn), dukpt.TdesVariant.PIN.value
+        )
+        return pinblock.encrypt_pin_block(key, pin, pan, PinBlockFormat.ISO0, rng=rng), ksn
 
     def mac(self, data: bytes) -> bytes:
         assert self.tak is not None, "no TAK: run key change first"

@@ -59,6 +59,7 @@ class Terminal:
         self._mac = mac
         self._timeout_ms = timeout_ms
         self._stan = rng.randrange(1, 999_999)
+        self._dukpt_counter = 0
 
     def next_stan(self) -> str:
         self._stan = self._stan % 999_999 + 1
@@ -115,12 +116,12 @@ class Terminal:
                 3: f"01{account}00",
                 4: f"{amount_minor:012d}",
                 49: currency,
-                52: self._pin_block(pin, pan),
+                **self._pin(pin, pan),
             },
         )
 
     def balance_inquiry(self, pan: str, pin: str, *, account: str = "00") -> Message:
-        return self.financial("0200", {2: pan, 3: f"31{account}00", 52: self._pin_block(pin, pan)})
+        return self.financial("0200", {2: pan, 3: f"31{account}00", **self._pin(pin, pan)})
 
     def transfer(
         self,
@@ -138,7 +139,7 @@ class Terminal:
             3: f"40{from_account}{to_account}",
             4: f"{amount_minor:012d}",
             49: currency,
-            52: self._pin_block(pin, pan),
+            **self._pin(pin, pan),
         }
         if to_account_number is not None:
             fields[103] = to_account_number
@@ -169,5 +170,14 @@ class Terminal:
         placeholder = response.replace({response.mac_field: MAC_PLACEHOLDER})
         return self.epp.verify_mac(mac_input(placeholder, self._dialect), mac)
 
-    def _pin_block(self, pin: str, pan: str) -> str:
-        return self.epp.pin_block(pin, pan, rng=self._rng.randbytes).hex().upper()
+    def _pin(self, pin: str, pan: str) -> dict[int, str]:
+        """F52, and for a DUKPT PIN pad F53 with the transaction's KSN."""
+        if self.epp.ipek is None:
+            block = self.epp.pin_block(pin, pan, rng=self._rng.randbytes).hex().upper()
+            # A 16-byte AES (format 4) block does not fit F52: it goes in F120 as hex.
+            return {52 if len(block) == 16 else 120: block}
+        self._dukpt_counter += 1
+        sealed, ksn = self.epp.dukpt_pin_block(
+            pin, pan, self._dukpt_counter, rng=self._rng.randbytes
+        )
+        return {52: sealed.hex().upper(), 53: ksn.hex().upper()}

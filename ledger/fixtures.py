@@ -171,12 +171,12 @@ async def _load_terminal(conn: Connection, entry: Mapping[str, Any], timeout_s: 
         timeout=timeout_s,
     )  # fmt: skip
     await conn.execute(
-        "INSERT INTO ledger.terminals (terminal_id, location, status, tmk, cash_account_id)"
-        " VALUES ($1, $2, $3, $4, $5)"
+        "INSERT INTO ledger.terminals (terminal_id, location, status, tmk, bdk, cash_account_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
         " ON CONFLICT (terminal_id) DO UPDATE SET location = EXCLUDED.location,"
-        "  status = EXCLUDED.status, tmk = EXCLUDED.tmk",
+        "  status = EXCLUDED.status, tmk = EXCLUDED.tmk, bdk = EXCLUDED.bdk",
         terminal_id, _field(entry, "location", str, where), entry.get("status", "active"),
-        entry.get("tmk"), cash_id,
+        entry.get("tmk"), entry.get("bdk"), cash_id,
         timeout=timeout_s,
     )  # fmt: skip
 

@@ -72,6 +72,7 @@ class TerminalKeys:
     terminal_id: str
     status: str
     tmk: str | None
+    bdk: str | None
     tpk: str | None
     tak: str | None
 
@@ -262,7 +263,7 @@ class LedgerStore:
         deadline = _Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
             row = await conn.fetchrow(
-                "SELECT terminal_id, status, tmk, tpk, tak FROM ledger.terminals"
+                "SELECT terminal_id, status, tmk, bdk, tpk, tak FROM ledger.terminals"
                 " WHERE terminal_id = $1",
                 terminal_id,
                 timeout=deadline.left_s(),

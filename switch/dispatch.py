@@ -8,7 +8,7 @@ handler; sign-on only changes the session once the handler has found the termina
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from switch.iso8583.message import Message
@@ -32,6 +32,7 @@ class Routing:
     reply: Message | None = None
     forward: bool = False
     reason: str | None = None
+    security_event: bool = False
 
 
 def route(session: Session, request: Message) -> Routing:
@@ -54,7 +55,8 @@ def route(session: Session, request: Message) -> Routing:
         return _refuse(session, request, ResponseCode.FORMAT_ERROR, "sign-on without field 41")
     admission = advance(session, event, request.terminal_id)
     if admission.refusal is not None:
-        return _refuse(session, request, admission.refusal, admission.reason)
+        refused = _refuse(session, request, admission.refusal, admission.reason)
+        return replace(refused, security_event=admission.security_event)
     if event in _ANSWERED_HERE:
         return Routing(admission.session, reply=respond(request, ResponseCode.APPROVED))
     if event is SessionEvent.SIGN_ON:

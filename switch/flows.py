@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 import structlog
 
-from hsm.api import HSM
+from hsm.api import HSM, Dukpt, PinKey
 from hsm.crypto import Algorithm
 from hsm.errors import HsmUnavailable, PinError
 from hsm.keys import StoredKey
@@ -51,6 +51,7 @@ from switch.signon import complete_sign_on
 from switch.transaction import Kind, Refusal, Transaction, parse_transaction
 
 log = structlog.get_logger("switch.flows")
+AES_KSN_BYTES = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +163,10 @@ class Flows:
         card = lookup.card
         if card is None or card.status != "active":
             return context  # the ledger's decision declines it, PIN or not
-        tpk = _session_key(context.link, "tpk")
-        if tpk is None:
-            return Outcome(
-                ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TPK: key change first"
-            )
+        pin_key = _pin_key(context)
+        if isinstance(pin_key, Outcome):
+            return pin_key
+        key, block_format = pin_key
         try:
             verification = verification_from_pin_data(card.pin_data)
         except PinDataError as exc:
@@ -179,14 +179,11 @@ class Flows:
             return self._answer(context, result, reason=str(exc))
         pin_block = context.transaction.pin_block
         assert pin_block is not None, "field 52 is required where a PIN is verified"
-        block_format = (
-            PinBlockFormat.ISO4 if tpk.algorithm is Algorithm.AES else PinBlockFormat.ISO0
-        )
         try:
             matches = await self._hsm.verify_pin(
                 pin_block,
                 context.transaction.pan,
-                tpk,
+                key,
                 block_format,
                 verification,
                 timeout_ms=context.deadline.remaining_ms(),
@@ -237,7 +234,12 @@ class Flows:
                 reason="unknown" if record is None else record.status,
             )
             return respond(request, ResponseCode.NOT_PERMITTED_TO_TERMINAL)
-        keys = TerminalKeys(*(_stored(text) for text in (record.tmk, record.tpk, record.tak)))
+        keys = TerminalKeys(
+            tmk=_stored(record.tmk),
+            tpk=_stored(record.tpk),
+            tak=_stored(record.tak),
+            bdk=_stored(record.bdk),
+        )
         return complete_sign_on(request, link, keys)
 
     async def _key_change(self, request: Message, link: Link, deadline: Deadline) -> Message:
@@ -252,7 +254,11 @@ class Flows:
             tak=keys.tak.stored.to_text(),
             timeout_ms=deadline.remaining_ms(),
         )
-        link.session = replace(session, keys=TerminalKeys(tmk, keys.tpk.stored, keys.tak.stored))
+        held = session.keys
+        assert held is not None, "a terminal with a TMK has keys"
+        link.session = replace(
+            session, keys=replace(held, tpk=keys.tpk.stored, tak=keys.tak.stored)
+        )
         delivered = KeyChangeData(
             keys.tpk.under_tmk, keys.tpk.kcv, keys.tak.under_tmk, keys.tak.kcv
         )
@@ -285,6 +291,24 @@ def deadline_left(deadline: Deadline) -> int:
     with contextlib.suppress(DeadlinePassed):
         return deadline.remaining_ms()
     return 0
+
+
+def _pin_key(context: Context) -> tuple[PinKey, PinBlockFormat] | Outcome:
+    """The key F52 is under: the session TPK, or for a DUKPT terminal (F53) its BDK and the KSN.
+    AES keys (and AES DUKPT's 12-byte KSNs) mean ISO format 4, TDES ones format 0."""
+    ksn = context.transaction.ksn
+    if ksn is not None:
+        bdk = _session_key(context.link, "bdk")
+        if bdk is None:
+            return Outcome(
+                ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="F53 from a non-DUKPT terminal"
+            )
+        aes = len(ksn) == AES_KSN_BYTES
+        return Dukpt(bdk, ksn), PinBlockFormat.ISO4 if aes else PinBlockFormat.ISO0
+    tpk = _session_key(context.link, "tpk")
+    if tpk is None:
+        return Outcome(ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TPK: key change first")
+    return tpk, PinBlockFormat.ISO4 if tpk.algorithm is Algorithm.AES else PinBlockFormat.ISO0
 
 
 def _session_key(link: Link, name: str) -> StoredKey | None:

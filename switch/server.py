@@ -149,6 +149,15 @@ class TerminalConnection(asyncio.Protocol, Link):
             return
         routing = route(self.session, request)
         self.session = routing.session
+        if routing.security_event:
+            log.warning(
+                "security_event",
+                event_kind=routing.reason,
+                peer=self.peer,
+                terminal_id=self.session.terminal_id,
+                claimed_terminal_id=request.terminal_id,
+                stan=request.stan,
+            )
         if routing.reply is not None:
             self._send(routing.reply, request, received, reason=routing.reason)
         elif routing.forward:

@@ -70,6 +70,8 @@ class TerminalKeys:
     tmk: StoredKey | None
     tpk: StoredKey | None
     tak: StoredKey | None
+    # A DUKPT terminal's BDK: its PIN blocks come under a per-transaction key derived from it.
+    bdk: StoredKey | None = None
 
     def __repr__(self) -> str:
         return f"TerminalKeys(session_keys={self.tpk is not None and self.tak is not None})"
@@ -88,6 +90,8 @@ class Admission:
     session: Session
     refusal: ResponseCode | None
     reason: str | None = None
+    # A terminal acting for another: refused, and logged as a security event.
+    security_event: bool = False
 
 
 def advance(session: Session, event: SessionEvent, terminal_id: str | None) -> Admission:
@@ -102,5 +106,7 @@ def advance(session: Session, event: SessionEvent, terminal_id: str | None) -> A
         return Admission(replace(session, state=next_state), None)
     bound = session.terminal_id
     if bound is not None and terminal_id != bound:
-        return Admission(session, ResponseCode.NOT_PERMITTED_TO_TERMINAL, "terminal id mismatch")
+        return Admission(
+            session, ResponseCode.NOT_PERMITTED_TO_TERMINAL, "terminal id mismatch", True
+        )
     return Admission(replace(session, state=next_state, terminal_id=bound or terminal_id), None)

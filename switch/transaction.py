@@ -8,6 +8,7 @@ error, 12 invalid transaction, 13 invalid amount, 14 invalid card).
 from __future__ import annotations
 
 import calendar
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,13 +39,19 @@ KIND_BY_TRANSACTION_TYPE: Mapping[str, Kind] = MappingProxyType(
 ACCOUNT_TYPES = frozenset({"00", "10", "20", "30"})
 REQUIRED_FIELDS: Mapping[Kind, tuple[int, ...]] = MappingProxyType(
     {
-        Kind.WITHDRAWAL: (2, 3, 4, 7, 11, 41, 49, 52),
-        Kind.BALANCE_INQUIRY: (2, 3, 7, 11, 41, 52),
-        Kind.TRANSFER: (2, 3, 4, 7, 11, 41, 49, 52),
+        Kind.WITHDRAWAL: (2, 3, 4, 7, 11, 41, 49),
+        Kind.BALANCE_INQUIRY: (2, 3, 7, 11, 41),
+        Kind.TRANSFER: (2, 3, 4, 7, 11, 41, 49),
         Kind.REVERSAL: (2, 3, 4, 7, 11, 41, 49, 90),
     }
 )
+PIN_KINDS = frozenset({Kind.WITHDRAWAL, Kind.BALANCE_INQUIRY, Kind.TRANSFER})
+# F52 holds an 8-byte (TDES) PIN block. A 16-byte ISO format 4 block (AES terminals) does not
+# fit it, so it travels in private field 120 as 32 hex characters instead.
+AES_PIN_BLOCK_FIELD = 120
+_AES_PIN_BLOCK = re.compile(r"[0-9A-Fa-f]{32}")
 _PAN_DIGITS = range(12, 20)
+_KSN = re.compile(r"[0-9A-Fa-f]{20}|[0-9A-Fa-f]{24}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,8 @@ class Transaction:
     original: OriginalData | None = None
     # For a partial reversal: the amount the terminal actually dispensed.
     dispensed_minor: int | None = None
+    # A DUKPT terminal's key serial number (F53): 10 bytes for TDES DUKPT, 12 for AES.
+    ksn: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Transaction({self.kind}, terminal={self.terminal_id}, stan={self.stan})"
@@ -110,6 +119,9 @@ def parse_transaction(request: Message) -> Transaction | Refusal:
     missing = [n for n in REQUIRED_FIELDS[kind] if n not in request]
     if missing:
         return Refusal(ResponseCode.FORMAT_ERROR, f"missing fields {missing}")
+    pin_block = _pin_block(request, kind)
+    if isinstance(pin_block, Refusal):
+        return pin_block
     code = request.processing_code
     assert code is not None, "field 3 is required for every kind"
     if code.from_account_type not in ACCOUNT_TYPES or code.to_account_type not in ACCOUNT_TYPES:
@@ -132,6 +144,9 @@ def parse_transaction(request: Message) -> Transaction | Refusal:
     except ElementFormatError as exc:
         return Refusal(ResponseCode.FORMAT_ERROR, str(exc))
     dispensed = replacement.actual_amount_minor if replacement else None
+    ksn_hex = request.get(53)
+    if ksn_hex is not None and not _KSN.fullmatch(ksn_hex):
+        return Refusal(ResponseCode.FORMAT_ERROR, "field 53 is a KSN of 20 or 24 hex digits")
     if dispensed is not None and dispensed > amount:
         return Refusal(ResponseCode.INVALID_AMOUNT, "dispensed more than the original amount")
     return Transaction(
@@ -145,10 +160,25 @@ def parse_transaction(request: Message) -> Transaction | Refusal:
         to_account_type=code.to_account_type,
         amount_minor=amount,
         currency=currency,
-        pin_block=request.pin_block,
+        pin_block=pin_block,
         original=original,
         dispensed_minor=dispensed,
+        ksn=bytes.fromhex(ksn_hex) if ksn_hex else None,
     )
+
+
+def _pin_block(request: Message, kind: Kind) -> bytes | Refusal | None:
+    """The PIN block from F52 (8 bytes) or F120 (16 bytes, hex); exactly one where a PIN is due."""
+    aes_block = request.get(AES_PIN_BLOCK_FIELD)
+    if kind not in PIN_KINDS:
+        return None
+    if (52 in request) == (aes_block is not None):
+        return Refusal(ResponseCode.FORMAT_ERROR, "a PIN block in F52 or F120, one of them")
+    if aes_block is None:
+        return request.pin_block
+    if not _AES_PIN_BLOCK.fullmatch(aes_block):
+        return Refusal(ResponseCode.FORMAT_ERROR, "F120 is a 16-byte PIN block in hex")
+    return bytes.fromhex(aes_block)
 
 
 def _amount(request: Message, kind: Kind) -> int | Refusal:

@@ -122,7 +122,9 @@ FIELDS: Mapping[int, FieldDef] = MappingProxyType(
         50: _fixed("an", 3, "Currency code, settlement"),
         51: _fixed("an", 3, "Currency code, cardholder billing"),
         52: _fixed("b", 8, "Personal identification number data"),
-        53: _fixed("n", 16, "Security related control information"),
+        # 1987 makes F53 n16; a DUKPT KSN is 20 (TDES) or 24 (AES) hex digits, so here it is an
+        # LLVAR of up to 48 characters holding the KSN in hex.
+        53: _llvar("ans", 48, "Security related control information (DUKPT KSN, hex)"),
         54: _lllvar("an", 120, "Additional amounts"),
         55: _lllvar("b", 255, "ICC data"),
         56: _lllvar("ans", 999, _RESERVED),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from hsm import crypto
+from hsm import crypto, dukpt
 from hsm.api import Ibm3624Method, Ibm3624Offset
 from hsm.crypto import Algorithm
 from hsm.keys import KeyRole, Lmk
@@ -14,6 +17,7 @@ from kiosk_sim.epp import Epp, KeyCheckError
 from switch.iso8583.elements import KeyChangeData
 
 PAN = "4761739001010119"
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "payment_crypto.json"
 
 
 LMK = Lmk(bytes(range(32)))
@@ -50,3 +54,13 @@ def test_repr_shows_no_key() -> None:
         repr(Epp(bytes.fromhex("0123456789ABCDEF" * 2)))
         == "Epp(algorithm=TDES, session_keys=False)"
     )
+
+
+def test_dukpt_pin_pad_matches_the_published_x9_24_vectors() -> None:
+    vectors = json.loads(VECTORS.read_text())["tdes_dukpt_x9_24_1"]
+    bdk, initial_ksn = bytes.fromhex(vectors["bdk"]), bytes.fromhex(vectors["initial_ksn"])
+    epp = Epp(bytes(16), ipek=dukpt.tdes_ipek(bdk, initial_ksn), initial_ksn=initial_ksn)
+    for counter, transaction in enumerate(vectors["transactions"], start=1):
+        block, ksn = epp.dukpt_pin_block(vectors["pin"], vectors["pan"], counter)
+        assert ksn.hex().upper() == transaction["ksn"]
+        assert block.hex().upper() == transaction["encrypted_pin_block"]

@@ -21,7 +21,7 @@ async def test_migrations_are_recorded_and_idempotent(owner_conn: asyncpg.Connec
     assert await migrate(owner_conn, timeout_ms=60_000) == []
     names = [r[0] for r in await owner_conn.fetch(
         "SELECT name FROM ledger.schema_migrations ORDER BY version")]  # fmt: skip
-    assert names == ["tables", "security", "functions"]
+    assert names == ["tables", "security", "functions", "terminal_bdk"]
 
 
 async def test_switch_refuses_an_old_schema(
@@ -47,3 +47,22 @@ def test_a_running_cluster_is_reused_not_stopped(pg_cluster: PgCluster) -> None:
     assert info.port == pg_cluster.info.port
     again.stop(timeout_ms=30_000)
     assert (pg_cluster.data_dir / "postmaster.pid").exists()
+
+
+async def test_an_older_schema_is_refused_by_name(
+    pg_cluster: PgCluster, ledger_settings: LedgerSettings
+) -> None:
+    """A database whose recorded schema is older than the code's is refused, not used."""
+    cluster = postgres.LocalCluster(pg_cluster.data_dir)
+    cluster.info = pg_cluster.info
+    dsn = cluster.create_database("older_schema")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn, timeout_ms=60_000)
+        await conn.execute(
+            "DELETE FROM ledger.schema_migrations WHERE version = $1", required_version()
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaTooOld, match="python -m ledger migrate"):
+        await open_store(replace(ledger_settings, dsn=dsn), timeout_ms=10_000)

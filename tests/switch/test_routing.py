@@ -128,6 +128,12 @@ def test_route(
     assert routing.reply.stan == request_.stan
 
 
+def test_acting_for_another_terminal_is_a_security_event() -> None:
+    routing = route(SIGNED_ON, FINANCIAL.replace({41: "KIOSK002"}))
+    assert routing.security_event
+    assert not route(Session(), FINANCIAL).security_event
+
+
 def test_a_response_mti_sent_to_the_switch_is_dropped_with_a_reason() -> None:
     routing = route(SIGNED_ON, Message("0810", {**NOW, 11: "000001", 39: "00"}))
     assert routing.reply is None

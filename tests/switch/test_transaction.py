@@ -51,6 +51,12 @@ def test_accepted(
     assert (parsed.terminal_id, parsed.pan) == ("KIOSK001", PAN)
 
 
+def test_an_aes_pin_block_comes_in_f120() -> None:
+    parsed = parse_transaction(WITHDRAWAL.replace({120: "AB" * 16}, drop=[52]))
+    assert isinstance(parsed, Transaction)
+    assert parsed.pin_block == bytes.fromhex("AB" * 16)
+
+
 def test_reversal_carries_original_and_dispensed_amount() -> None:
     parsed = parse_transaction(REVERSAL.replace({95: ReplacementAmounts(500).encode()}))
     assert isinstance(parsed, Transaction)
@@ -62,6 +68,8 @@ def test_reversal_carries_original_and_dispensed_amount() -> None:
     ("request_", "code"),
     [
         (WITHDRAWAL.replace(drop=[52]), ResponseCode.FORMAT_ERROR),
+        (WITHDRAWAL.replace({120: "00" * 16}), ResponseCode.FORMAT_ERROR),
+        (WITHDRAWAL.replace({120: "00" * 15}, drop=[52]), ResponseCode.FORMAT_ERROR),
         (WITHDRAWAL.replace(drop=[4]), ResponseCode.FORMAT_ERROR),
         (BALANCE.replace(drop=[2]), ResponseCode.FORMAT_ERROR),
         (REVERSAL.replace(drop=[90]), ResponseCode.FORMAT_ERROR),
