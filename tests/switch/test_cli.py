@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kiosk_sim.client import TerminalClient, network_request
+from kiosk_sim.demo import free_port
 from tests.conftest import PgCluster
 
 NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
@@ -51,13 +51,6 @@ def test_bad_environment_override_names_the_key() -> None:
     assert "listener.bitmap: expected one of binary, hex" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def _wait_connect(port: int) -> TerminalClient:
     for _ in range(100):
         try:
@@ -71,7 +64,7 @@ async def _wait_connect(port: int) -> TerminalClient:
 async def test_signal_stops_the_switch_cleanly(
     signum: signal.Signals, pg_cluster: PgCluster
 ) -> None:
-    port = _free_port()
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "switch", "serve", "--port", str(port)),
