@@ -1,11 +1,20 @@
-"""`python -m kiosk_sim`: the terminal simulator."""
+"""`python -m kiosk_sim`: the terminal simulator (also installed as `kiosk-sim`)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+from kiosk_sim import load
 from kiosk_sim.demo import run_demo
+from kiosk_sim.population import build, provision, read_balances
+from kiosk_sim.report import Report
+from ledger.postgres import running_cluster
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,17 +24,163 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "demo",
-        help="start the switch and drive it with scripted terminals (what `make demo` runs)",
-        description="Start the switch as its own process, drive it with a scripted terminal "
-        "over TCP, print each exchange, then stop everything it started.",
+        help=(
+            "start PostgreSQL, the HSM and the switch and walk through every flow (what `make demo`"
+            " runs)"
+        ),
+        description=(
+            "Provision a fresh private PostgreSQL cluster, start the HSM and the switch as their"
+            " own processes, drive them with simulated kiosks through every flow and a short"
+            " load, verify the audit journal, then stop everything it started."
+        ),
+    )
+    run = commands.add_parser(
+        "run",
+        help="load-test a running switch with simulated kiosks",
+        description=(
+            "Provision a seeded population (customers, cards, terminals with their own TMKs)"
+            " through the ledger, drive the switch at --host/--port with it, then compare every"
+            " account with what the answers said it should hold. The same --seed gives the same"
+            " run."
+        ),
+    )
+    run.add_argument(
+        "--host", default="127.0.0.1", help="the switch's terminal listener (default 127.0.0.1)"
+    )
+    run.add_argument("--port", type=int, default=8583, help="its port (default 8583)")
+    run.add_argument(
+        "--terminals", type=int, default=8, metavar="N", help="simulated kiosks (default 8)"
+    )
+    run.add_argument(
+        "--duration", type=float, default=10.0, metavar="S", help="seconds to run (default 10)"
+    )
+    run.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="stop after N sessions (with --duration: first of both)",
+    )
+    run.add_argument(
+        "--rate",
+        type=float,
+        metavar="R",
+        help="open loop: R sessions/s in all (default: closed loop)",
+    )
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        metavar="K",
+        help="seed for the population and the run (default 1)",
+    )
+    run.add_argument(
+        "--mix",
+        default=",".join(f"{k}={v}" for k, v in load.DEFAULT_MIX.items()),
+        help=(
+            f"session weights, e.g. withdrawal=5,balance=3; sessions: {', '.join(load.SESSIONS)} "
+            f"(default: %(default)s)"
+        ),
+    )
+    run.add_argument(
+        "--customers",
+        type=int,
+        metavar="N",
+        help="customers, one card each (default 4 per terminal)",
+    )
+    run.add_argument(
+        "--timeout-ms",
+        type=int,
+        default=5_000,
+        help="a response slower than this is reversed (default 5000)",
+    )
+    run.add_argument(
+        "--dsn",
+        default=os.environ.get("LEDGER_DSN"),
+        help="ledger owner-role DSN for provisioning and the end-state check (default $LEDGER_DSN)",
+    )
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".var/pg"),
+        help="without --dsn: the private cluster (default .var/pg)",
+    )
+    run.add_argument(
+        "--no-verify", action="store_true", help="skip the end-state check against the ledger"
+    )
+    run.add_argument(
+        "--report", type=Path, metavar="FILE", help="also write the report: .json, .md, or text"
     )
     return parser
 
 
+@contextlib.contextmanager
+def owner_dsn(args: argparse.Namespace) -> Iterator[str]:
+    if args.dsn:
+        yield args.dsn
+        return
+    with running_cluster(args.data_dir) as info:
+        yield info.owner_dsn
+
+
+def show_progress(report: Report, elapsed_s: float) -> None:
+    rate = report.answered / elapsed_s if elapsed_s else 0.0
+    p99_ms = report.latency.percentile_us(99) / 1000
+    errors = sum(report.errors.values()) + report.timeouts
+    print(
+        (
+            f"\r{elapsed_s:6.1f}s {report.answered:8d} answered {rate:9.1f}/s  p99 {p99_ms:7.1f} ms"
+            f"  errors {errors}"
+        ),
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def run_load(args: argparse.Namespace, dsn: str) -> Report:
+    customers = args.customers or 4 * args.terminals
+    population = build(args.seed, customers, args.terminals)
+    await provision(dsn, population)
+    plan = load.Plan(
+        terminals=args.terminals,
+        seed=args.seed,
+        mix=load.parse_mix(args.mix),
+        duration_s=args.duration,
+        count=args.count,
+        rate_per_s=args.rate,
+        timeout_ms=args.timeout_ms,
+    )
+
+    async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
+        return await read_balances(dsn, accounts)
+
+    reader = None if args.no_verify else balances
+    return await load.run(
+        plan, population, args.host, args.port, read_balances=reader, progress=show_progress
+    )
+
+
+def write_report(report: Report, path: Path) -> None:
+    text = {".json": report.to_json, ".md": report.to_markdown}.get(path.suffix, report.to_text)()
+    path.write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    assert args.command == "demo"
-    return run_demo()
+    if args.command == "demo":
+        return run_demo()
+    try:
+        load.parse_mix(args.mix)
+    except load.MixError as exc:
+        print(f"kiosk_sim: --mix: {exc}", file=sys.stderr)
+        return 2
+    with owner_dsn(args) as dsn:
+        report = asyncio.run(run_load(args, dsn))
+    print(file=sys.stderr)
+    print(report.to_text())
+    if args.report is not None:
+        write_report(report, args.report)
+    return 0 if not report.differences else 1
 
 
 if __name__ == "__main__":

@@ -29,15 +29,19 @@ import aiohttp
 
 from hsm.devkeys import make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
+from kiosk_sim import load
 from kiosk_sim.client import TerminalClient
 from kiosk_sim.epp import Epp
+from kiosk_sim.population import build, provision, read_balances
 from kiosk_sim.report import Report
 from kiosk_sim.terminal import Exchange, Terminal
+from ledger.postgres import running_cluster
 
 Say = Callable[[str], None]
 WORK_DIR = Path(".var/demo")
 STARTUP_TIMEOUT_S = 60.0
 LOAD_SECONDS = 12.0
+LOAD_TERMINALS = 6
 
 # Demo cards and their PINs (config/demo-fixtures.toml; development only).
 ADA_CARD, ADA_PIN = "4111111111111111", "1234"
@@ -239,62 +243,27 @@ async def scripted(port: int, say: Say) -> None:
         await usd.client.close()
 
 
-async def load(port: int, seconds: float, say: Say) -> Report:
-    """Two EUR kiosks and one USD kiosk in a closed loop of random customer sessions."""
-    report = Report(terminals=3)
-    deadline = time.monotonic() + seconds
-    started = time.monotonic()
-    kiosks = [
-        await connect(t, port, seed=10 + i)
-        for i, t in enumerate(("KIOSK001", "KIOSK002", "KIOSK003"))
-    ]
-    for kiosk in kiosks:
-        await kiosk.sign_on()
-        await kiosk.change_keys()
+async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
+    """Simulated kiosks with a seeded population of their own, end state checked after."""
+    population = build(seed=2026, customers=24, terminals=LOAD_TERMINALS)
+    plan = load.Plan(terminals=LOAD_TERMINALS, seed=2026, duration_s=LOAD_SECONDS)
+    with running_cluster(data_dir) as cluster:  # the switch's: reused, left running
+        await provision(cluster.owner_dsn, population)
 
-    async def drive(kiosk: Terminal, rng: random.Random) -> None:
-        cards = (
-            [(BOB_CARD, BOB_PIN, USD)]
-            if kiosk.terminal_id == "KIOSK003"
-            else [(ADA_CARD, ADA_PIN, EUR), (CHEN_CARD, CHEN_PIN, EUR)]
+        async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
+            return await read_balances(cluster.owner_dsn, accounts)
+
+        def progress(report: Report, elapsed_s: float) -> None:
+            if int(elapsed_s) % 3 == 0:
+                rate = report.answered / elapsed_s
+                p99_ms = report.latency.percentile_us(99) / 1000
+                answered = report.answered
+                line = f"{elapsed_s:4.1f}s  {answered:6d} answered  {rate:7.1f}/s"
+                say(f"  {line}  p99 {p99_ms:.1f} ms")
+
+        return await load.run(
+            plan, population, "127.0.0.1", port, read_balances=balances, progress=progress
         )
-        while time.monotonic() < deadline:
-            pan, pin, currency = rng.choice(cards)
-            kind = rng.choices(["balance", "withdrawal", "transfer"], [6, 3, 1])[0]
-            if kind == "balance":
-                request = kiosk.balance_inquiry(pan, pin)
-            elif kind == "withdrawal":
-                request = kiosk.withdrawal(pan, pin, rng.choice([2_000, 5_000]), currency=currency)
-            else:
-                request = kiosk.transfer(
-                    pan,
-                    pin,
-                    100,
-                    from_account="20",
-                    to_account="10" if pan != CHEN_CARD else "30",
-                    currency=currency,
-                )
-            sent = time.perf_counter()
-            exchange = await kiosk.send(request)
-            report.latency.record(int((time.perf_counter() - sent) * 1e6))
-            report.response_codes[exchange.code] += 1
-            report.kinds[kind] += 1
-
-    async def progress() -> None:
-        while time.monotonic() < deadline:
-            await asyncio.sleep(2.0)
-            elapsed = time.monotonic() - started
-            rate = report.answered / elapsed
-            p99_ms = report.latency.percentile_us(99) / 1000
-            answered = report.answered
-            say(f"  {elapsed:4.1f}s  {answered:6d} answered  {rate:7.1f}/s  p99 {p99_ms:.1f} ms")
-
-    await asyncio.gather(progress(), *(drive(k, random.Random(i)) for i, k in enumerate(kiosks)))
-    report.duration_s = time.monotonic() - started
-    for kiosk in kiosks:
-        await kiosk.sign_off()
-        await kiosk.client.close()
-    return report
 
 
 async def admin_view(port: int, say: Say) -> None:
@@ -341,11 +310,13 @@ def run_demo(say: Say = print) -> int:
                 asyncio.run(wait_listening(ports.switch, switch, "the switch"))
                 say("== every flow, one terminal at a time")
                 asyncio.run(scripted(ports.switch, say))
-                say(f"== load: three kiosks for {LOAD_SECONDS:.0f} s")
-                report = asyncio.run(load(ports.switch, LOAD_SECONDS, say))
+                say(f"== load: {LOAD_TERMINALS} simulated kiosks for {LOAD_SECONDS:.0f} s")
+                report = asyncio.run(load_phase(ports.switch, Path(data_dir), say))
                 say(report.to_text())
                 say("== the operations app")
                 asyncio.run(admin_view(ports.admin, say))
+        if report.differences:
+            raise RuntimeError(f"{len(report.differences)} end-state differences")
         say("== auditors: the journal and the books")
         run_step(say, "audit verify", ["ledger", "audit", "verify", "--data-dir", data_dir])
         today = datetime.now(UTC).date().isoformat()

@@ -1,0 +1,370 @@
+"""The load generator: simulated kiosks running seeded customer sessions against a live switch.
+
+Each terminal serves its own cards (a cardholder stands at one kiosk at a time), picks a session
+from the mix with its own seeded generator, and keeps a model of what every account should hold
+after the answers it got. A request that times out is reversed, as a real kiosk would; after the
+run the model is compared with the ledger. Closed loop: each kiosk sends its next session when
+the last is answered. Open loop: sessions start on a fixed schedule (the target rate) and
+latency counts from the scheduled start, so a slow switch cannot hide behind its own backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from kiosk_sim.client import SwitchConnectionClosed, TerminalClient
+from kiosk_sim.epp import Epp
+from kiosk_sim.population import Population, SimCard, SimTerminal
+from kiosk_sim.report import Report
+from kiosk_sim.terminal import Exchange, Terminal
+from switch.iso8583 import Message
+
+SESSIONS = ("balance", "withdrawal", "transfer", "wrong_pin", "partial", "duplicate", "reversal")
+DEFAULT_MIX: Mapping[str, int] = {
+    "balance": 4,
+    "withdrawal": 4,
+    "transfer": 1,
+    "wrong_pin": 1,
+    "partial": 1,
+    "duplicate": 1,
+    "reversal": 1,
+}
+AMOUNTS_MINOR = (2_000, 5_000, 10_000)
+REVERSAL_ATTEMPTS_MAX = 5
+
+
+class MixError(ValueError):
+    """A --mix that does not parse: names what is wrong."""
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """`withdrawal=5,balance=3` → weights; sessions not named get weight 0."""
+    mix = dict.fromkeys(SESSIONS, 0)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        if name not in mix:
+            raise MixError(f"unknown session {name!r}; known: {', '.join(SESSIONS)}")
+        if not weight.isdigit():
+            raise MixError(f"weight of {name!r} must be a whole number, got {weight!r}")
+        mix[name] = int(weight)
+    if not any(mix.values()):
+        raise MixError("the mix needs at least one session with a weight above 0")
+    return mix
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    terminals: int
+    seed: int
+    mix: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    duration_s: float | None = 10.0
+    count: int | None = None  # sessions in all; with a duration, whichever comes first
+    rate_per_s: float | None = None  # open loop: sessions per second across all terminals
+    timeout_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        assert self.terminals > 0, "at least one terminal"
+        assert self.duration_s is not None or self.count is not None, "a duration or a count"
+
+
+@dataclass
+class Model:
+    """What each account should hold relative to the start, from the answers received."""
+
+    deltas: Counter[str] = field(default_factory=Counter)
+    unresolved: list[str] = field(default_factory=list)
+
+    def differences(self, before: Mapping[str, int], after: Mapping[str, int]) -> list[str]:
+        expected = {account: before[account] + self.deltas[account] for account in before}
+        found = [
+            f"{account}: expected {expected[account]}, ledger has {after.get(account)}"
+            for account in sorted(expected)
+            if after.get(account) != expected[account]
+        ]
+        return found + self.unresolved
+
+
+class Budget:
+    """Shared stop condition: a deadline and/or a number of sessions."""
+
+    def __init__(self, plan: Plan) -> None:
+        self._deadline = time.monotonic() + plan.duration_s if plan.duration_s else None
+        self._left = plan.count
+
+    def take(self) -> bool:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return False
+        if self._left is not None:
+            if self._left <= 0:
+                return False
+            self._left -= 1
+        return True
+
+
+class Kiosk:
+    """One simulated terminal running sessions for its own cards."""
+
+    def __init__(
+        self,
+        terminal: Terminal,
+        cards: list[SimCard],
+        report: Report,
+        model: Model,
+        rng: random.Random,
+    ) -> None:
+        self.terminal, self.cards, self.report, self.model, self.rng = (
+            terminal,
+            cards,
+            report,
+            model,
+            rng,
+        )
+
+    async def send(self, request: Message, started: float | None = None) -> Exchange | None:
+        begin = time.perf_counter() if started is None else started
+        try:
+            exchange = await self.terminal.send(request)
+        except TimeoutError:
+            self.report.timeouts += 1
+            await self.reverse_unanswered(request)
+            return None
+        self.report.latency.record(int((time.perf_counter() - begin) * 1e6))
+        self.report.response_codes[exchange.code] += 1
+        if exchange.response_mac_ok is False:
+            self.report.errors["response_mac_wrong"] += 1
+        return exchange
+
+    async def reverse_unanswered(self, request: Message) -> None:
+        """No answer: send the reversal (then its repeats) until the switch acknowledges it."""
+        moves_money = (request.get(3) or "")[:2] in ("01", "40")
+        if request.mti != "0200" or not moves_money:
+            return
+        reversal = self.terminal.reversal(request)
+        for attempt in range(REVERSAL_ATTEMPTS_MAX):
+            try:
+                answer = await self.terminal.send(
+                    reversal if attempt == 0 else self.terminal.repeat_of(reversal)
+                )
+            except TimeoutError:
+                continue
+            if answer.code in ("00", "25"):
+                return  # reversed, or never posted and now kept so the original stays out
+        self.model.unresolved.append(
+            f"{self.terminal.terminal_id} STAN {request.stan}: unanswered, reversal unanswered"
+        )
+
+    async def session(self, kind: str, started: float | None = None) -> None:
+        card = self.rng.choice(self.cards)
+        self.report.kinds[kind] += 1
+        handler = getattr(self, f"_{kind}")
+        await handler(card, started)
+
+    async def _balance(self, card: SimCard, started: float | None) -> None:
+        await self.send(self.terminal.balance_inquiry(card.pan, card.pin), started)
+
+    async def _withdraw(
+        self, card: SimCard, started: float | None
+    ) -> tuple[Message, Exchange | None, int]:
+        amount = self.rng.choice(AMOUNTS_MINOR)
+        request = self.terminal.withdrawal(card.pan, card.pin, amount)
+        exchange = await self.send(request, started)
+        if exchange is not None and exchange.approved:
+            self.model.deltas[card.checking] -= amount
+        return request, exchange, amount
+
+    async def _withdrawal(self, card: SimCard, started: float | None) -> None:
+        await self._withdraw(card, started)
+
+    async def _transfer(self, card: SimCard, started: float | None) -> None:
+        amount = self.rng.choice(AMOUNTS_MINOR)
+        exchange = await self.send(
+            self.terminal.transfer(card.pan, card.pin, amount, from_account="20", to_account="10"),
+            started,
+        )
+        if exchange is not None and exchange.approved:
+            self.model.deltas[card.checking] -= amount
+            self.model.deltas[card.savings] += amount
+
+    async def _wrong_pin(self, card: SimCard, started: float | None) -> None:
+        """A mistyped PIN, then the right one (which resets the card's try counter)."""
+        wrong = f"{(int(card.pin) + 1) % 10_000:04d}"
+        await self.send(self.terminal.balance_inquiry(card.pan, wrong), started)
+        await self._balance(card, None)
+
+    async def _partial(self, card: SimCard, started: float | None) -> None:
+        """The dispenser jams part-way: an 0420 with F95 says what came out."""
+        request, exchange, amount = await self._withdraw(card, started)
+        if exchange is None or not exchange.approved:
+            return
+        dispensed = amount // 2
+        answer = await self.send(self.terminal.reversal(request, dispensed_minor=dispensed))
+        if answer is not None and answer.approved:
+            self.model.deltas[card.checking] += amount - dispensed
+
+    async def _duplicate(self, card: SimCard, started: float | None) -> None:
+        """The same 0200 sent twice: the switch answers the repeat from its store."""
+        request, first, _amount = await self._withdraw(card, started)
+        again = await self.send(request)
+        if (
+            first is not None
+            and again is not None
+            and again.response.get(38) != first.response.get(38)
+        ):
+            self.model.unresolved.append(
+                f"{self.terminal.terminal_id} STAN {request.stan}: repeat answered differently"
+            )
+
+    async def _reversal(self, card: SimCard, started: float | None) -> None:
+        """The customer cancels after approval: the whole amount goes back."""
+        request, exchange, amount = await self._withdraw(card, started)
+        if exchange is None or not exchange.approved:
+            return
+        answer = await self.send(self.terminal.reversal(request))
+        if answer is not None and answer.approved:
+            self.model.deltas[card.checking] += amount
+
+
+def _kind_picker(mix: Mapping[str, int], rng: random.Random) -> Callable[[], str]:
+    kinds = [k for k in SESSIONS if mix.get(k)]
+    weights = [mix[k] for k in kinds]
+    return lambda: rng.choices(kinds, weights)[0]
+
+
+async def start_kiosk(
+    sim: SimTerminal,
+    cards: list[SimCard],
+    address: tuple[str, int],
+    plan: Plan,
+    *,
+    report: Report,
+    model: Model,
+    seed: int,
+) -> Kiosk:
+    host, port = address
+    client = await TerminalClient.connect(host, port, timeout_ms=plan.timeout_ms)
+    rng = random.Random(seed)
+    terminal = Terminal(
+        sim.terminal_id,
+        Epp(sim.tmk),
+        client,
+        clock=lambda: datetime.now(UTC),
+        rng=rng,
+        timeout_ms=plan.timeout_ms,
+    )
+    for step in (terminal.sign_on, terminal.change_keys):
+        exchange = await step()
+        if not exchange.approved:
+            raise SwitchConnectionClosed(
+                f"{sim.terminal_id}: {step.__name__} answered {exchange.code}"
+            )
+    return Kiosk(terminal, cards, report, model, rng)
+
+
+async def closed_loop(kiosk: Kiosk, budget: Budget, pick: Callable[[], str]) -> None:
+    try:
+        while budget.take():
+            await kiosk.session(pick())
+    except SwitchConnectionClosed:
+        kiosk.report.errors["connection_closed"] += 1
+
+
+async def open_loop(
+    kiosk: Kiosk, budget: Budget, pick: Callable[[], str], interval_s: float, outstanding_max: int
+) -> None:
+    """Sessions on a fixed schedule; at most `outstanding_max` in flight on this terminal."""
+    slots = asyncio.Semaphore(outstanding_max)
+    tasks: set[asyncio.Task[None]] = set()
+    next_at = time.perf_counter() + kiosk.rng.random() * interval_s
+    while budget.take():
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        scheduled = next_at
+        next_at += interval_s
+        await slots.acquire()
+
+        async def one(kind: str = pick(), at: float = scheduled) -> None:
+            try:
+                await kiosk.session(kind, started=at)
+            finally:
+                slots.release()
+
+        task = asyncio.ensure_future(one())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        kiosk.report.errors["connection_closed"] += sum(
+            isinstance(r, SwitchConnectionClosed) for r in results
+        )
+
+
+BalanceReader = Callable[[tuple[str, ...]], Awaitable[dict[str, int]]]
+
+
+async def run(
+    plan: Plan,
+    population: Population,
+    host: str,
+    port: int,
+    *,
+    read_balances: BalanceReader | None = None,
+    progress: Callable[[Report, float], None] | None = None,
+) -> Report:
+    """Drive the switch with `plan`; with `read_balances`, check the end state against it."""
+    assert len(population.terminals) >= plan.terminals, "provision at least as many terminals"
+    assert len(population.cards) >= plan.terminals, "at least one card per terminal"
+    report = Report(terminals=plan.terminals, target_rate_per_s=plan.rate_per_s)
+    model = Model()
+    before = await read_balances(population.accounts) if read_balances else None
+    sims = population.terminals[: plan.terminals]
+    kiosks = [
+        await start_kiosk(
+            sim,
+            list(population.cards[i :: plan.terminals]),
+            (host, port),
+            plan,
+            report=report,
+            model=model,
+            seed=plan.seed * 7919 + i,
+        )
+        for i, sim in enumerate(sims)
+    ]
+    budget = Budget(plan)
+    started = time.monotonic()
+    picks = [
+        _kind_picker(plan.mix, random.Random(plan.seed * 104729 + i)) for i in range(len(kiosks))
+    ]
+    if plan.rate_per_s:
+        interval_s = len(kiosks) / plan.rate_per_s
+        drivers = [
+            open_loop(k, budget, p, interval_s, 16) for k, p in zip(kiosks, picks, strict=True)
+        ]
+    else:
+        drivers = [closed_loop(k, budget, p) for k, p in zip(kiosks, picks, strict=True)]
+    reporter = (
+        asyncio.ensure_future(_report_progress(report, started, progress)) if progress else None
+    )
+    try:
+        await asyncio.gather(*drivers)
+    finally:
+        report.duration_s = time.monotonic() - started
+        if reporter is not None:
+            reporter.cancel()
+        for kiosk in kiosks:
+            await kiosk.terminal.client.close()
+    if read_balances is not None and before is not None:
+        report.differences = model.differences(before, await read_balances(population.accounts))
+    return report
+
+
+async def _report_progress(
+    report: Report, started: float, progress: Callable[[Report, float], None]
+) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        progress(report, time.monotonic() - started)

@@ -1,0 +1,73 @@
+"""The load generator against the whole switch: every session kind, end state checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiosk_sim import load
+from kiosk_sim.population import build, provision, read_balances
+from tests.conftest import PgCluster
+from tests.e2e.conftest import StackFactory
+
+
+async def test_closed_loop_every_session_kind_and_no_end_state_difference(
+    make_stack: StackFactory, pg_cluster: PgCluster
+) -> None:
+    stack = await make_stack(customers=1)
+    population = build(seed=11, customers=8, terminals=4)
+    await provision(pg_cluster.owner_dsn, population)
+    plan = load.Plan(terminals=4, seed=11, duration_s=None, count=120)
+
+    async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
+        return await read_balances(pg_cluster.owner_dsn, accounts)
+
+    report = await load.run(
+        plan, population, "127.0.0.1", stack.server.port, read_balances=balances
+    )
+    assert sum(report.kinds.values()) == 120
+    assert set(report.kinds) == set(load.SESSIONS)
+    assert report.differences == []
+    assert report.timeouts == 0
+    assert not report.errors
+    assert report.response_codes["55"] == report.kinds["wrong_pin"]
+    assert set(report.response_codes) <= {"00", "55"}
+
+
+async def test_the_same_seed_gives_the_same_sessions(
+    make_stack: StackFactory, pg_cluster: PgCluster
+) -> None:
+    stack = await make_stack(customers=1)
+    population = build(seed=12, customers=4, terminals=2)
+    await provision(pg_cluster.owner_dsn, population)
+    plan = load.Plan(terminals=2, seed=12, duration_s=None, count=40)
+    first = await load.run(plan, population, "127.0.0.1", stack.server.port)
+    second = await load.run(plan, population, "127.0.0.1", stack.server.port)
+    assert first.kinds == second.kinds
+    assert first.response_codes == second.response_codes
+
+
+async def test_open_loop_holds_the_rate(make_stack: StackFactory, pg_cluster: PgCluster) -> None:
+    stack = await make_stack(customers=1)
+    population = build(seed=13, customers=4, terminals=2)
+    await provision(pg_cluster.owner_dsn, population)
+    plan = load.Plan(terminals=2, seed=13, duration_s=2.0, rate_per_s=40, mix={"balance": 1})
+    report = await load.run(plan, population, "127.0.0.1", stack.server.port)
+    assert 60 <= report.answered <= 82
+    assert report.response_codes == {"00": report.answered}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cash=1", "unknown session 'cash'"),
+        ("balance=x", "whole number"),
+        ("balance=0", "at least one"),
+    ],
+)
+def test_bad_mix_says_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(load.MixError, match=message):
+        load.parse_mix(text)
+
+
+def test_mix_parses() -> None:
+    assert load.parse_mix("withdrawal=5, balance=2")["withdrawal"] == 5
