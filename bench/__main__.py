@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SUITES = ("bench.codec_bench", "bench.hsm_bench", "bench.ledger_bench")
+SUITES = ("bench.codec_bench", "bench.hsm_bench", "bench.ledger_bench", "bench.switch_bench")
 RESULTS_DIR = Path(__file__).parent / "results"
 
 

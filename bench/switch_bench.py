@@ -1,0 +1,211 @@
+"""The switch end to end, next to PostgreSQL's own ceiling, in one run on one private cluster.
+
+1. pgbench's TPC-B-like script (`-M prepared -c 8 -j 2`, durable commits): the ceiling for one
+   bank posting per commit on this machine.
+2. `python -m switch serve` as its own process (in-process HSM, JSON logs at info level as in
+   production), driven by kiosk_sim in closed loop at several terminal counts with approved
+   withdrawals only: approved withdrawals/s and its ratio to (1), latency percentiles.
+3. Open loop at 80% of the best closed-loop rate: p99 at a fixed load.
+4. 10,000 idle terminal connections, each echoed once: the switch's memory per connection.
+
+The load generator shares the machine's cores with the switch and PostgreSQL. Figures are
+measured, never asserted.
+
+    python -m bench.switch_bench [seconds per step]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import uvloop
+
+from bench.ledger_bench import pgbench_tps
+from kiosk_sim import load
+from kiosk_sim.client import TerminalClient, network_request
+from kiosk_sim.demo import free_port
+from kiosk_sim.population import Population, build, provision
+from ledger.migrations import migrate
+from ledger.postgres import ClusterInfo, LocalCluster
+
+TERMINAL_COUNTS = (4, 16, 48)
+IDLE_CONNECTIONS = 10_000
+WITHDRAWALS_ONLY = {"withdrawal": 1}
+
+
+@contextlib.contextmanager
+def switch_process(
+    info: ClusterInfo, port: int, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "SWITCH__LISTENER__PORT": str(port),
+        "SWITCH__LISTENER__MAX_CONNECTIONS": str(IDLE_CONNECTIONS + 1_000),
+        "SWITCH__LEDGER__DSN": f'"{info.switch_dsn}"',
+        "SWITCH__LEDGER__POOL_SIZE_MAX": "16",
+        "SWITCH__ADMIN__ENABLED": "false",
+        "SWITCH__LOGGING__FORMAT": '"json"',
+    }
+    with log_path.open("wb") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "switch", "serve"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        yield child
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+async def wait_listening(port: int, child: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if child.poll() is not None:
+            raise RuntimeError(f"the switch exited with {child.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return
+    raise RuntimeError("the switch did not start")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def closed_loops(population: Population, port: int, duration_s: float) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for count in TERMINAL_COUNTS:
+        plan = load.Plan(terminals=count, seed=count, mix=WITHDRAWALS_ONLY, duration_s=duration_s)
+        report = await load.run(plan, population, "127.0.0.1", port)
+        latency = report.latency_ms()
+        figures[f"approved_withdrawals_per_s_t{count}"] = round(
+            report.rate_per_s(report.approved), 1
+        )
+        figures[f"p50_ms_t{count}"] = latency["p50"]
+        figures[f"p99_ms_t{count}"] = latency["p99"]
+        print(
+            f"switch_bench: {count} terminals: {report.to_text().splitlines()[1]}", file=sys.stderr
+        )
+    return figures
+
+
+async def open_loop(
+    population: Population, port: int, rate_per_s: float, duration_s: float
+) -> dict[str, float]:
+    terminals = max(TERMINAL_COUNTS)
+    plan = load.Plan(
+        terminals=terminals,
+        seed=7,
+        mix=WITHDRAWALS_ONLY,
+        duration_s=duration_s,
+        rate_per_s=rate_per_s,
+    )
+    report = await load.run(plan, population, "127.0.0.1", port)
+    latency = report.latency_ms()
+    return {
+        "open_loop_target_per_s": round(rate_per_s, 1),
+        "open_loop_achieved_per_s": round(report.rate_per_s(report.answered), 1),
+        "open_loop_p50_ms": latency["p50"],
+        "open_loop_p99_ms": latency["p99"],
+    }
+
+
+async def idle_connections(port: int, pid: int) -> dict[str, float]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    before = rss_bytes(pid)
+    clients: list[TerminalClient] = []
+    now = datetime.now(UTC)
+    try:
+        for start in range(0, IDLE_CONNECTIONS, 500):
+            batch = await asyncio.gather(
+                *(TerminalClient.connect("127.0.0.1", port) for _ in range(500))
+            )
+            clients += batch
+            await asyncio.gather(
+                *(
+                    c.request(network_request("301", stan=f"{start + i + 1:06d}", now=now))
+                    for i, c in enumerate(batch)
+                )
+            )
+        await asyncio.sleep(1.0)
+        after = rss_bytes(pid)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return {
+        "idle_connections": float(len(clients)),
+        "switch_rss_mb_before": round(before / 2**20, 1),
+        "switch_rss_mb_with_idle": round(after / 2**20, 1),
+        "bytes_per_idle_connection": round((after - before) / len(clients)),
+    }
+
+
+async def _prepare(info: ClusterInfo, population: Population) -> None:
+    conn = await asyncpg.connect(info.owner_dsn)
+    try:
+        await migrate(conn, timeout_ms=120_000)
+    finally:
+        await conn.close()
+    await provision(info.owner_dsn, population)
+
+
+def run(duration_s: float = 8.0) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="switch-bench-"))
+    # Its own top-level temporary directory: the cluster handles its ownership (it may run as
+    # another OS user), as the test fixture does.
+    pg_dir = Path(tempfile.mkdtemp(prefix="switch-bench-pg-"))
+    cluster = LocalCluster(pg_dir)
+    population = build(seed=99, customers=4 * max(TERMINAL_COUNTS), terminals=max(TERMINAL_COUNTS))
+    try:
+        info = cluster.start(timeout_ms=120_000)
+        uvloop.run(_prepare(info, population))
+        figures: dict[str, float] = {
+            "pgbench_tpcb_tps": round(pgbench_tps(info, cluster, int(duration_s) + 2), 1)
+        }
+        port = free_port()
+        with switch_process(info, port, work / "switch.log") as child:
+            uvloop.run(wait_listening(port, child))
+            figures |= uvloop.run(closed_loops(population, port, duration_s))
+            best = max(figures[f"approved_withdrawals_per_s_t{n}"] for n in TERMINAL_COUNTS)
+            figures["approved_withdrawals_per_s_best"] = best
+            figures["ratio_to_pgbench"] = round(best / figures["pgbench_tpcb_tps"], 3)
+            figures |= uvloop.run(open_loop(population, port, 0.8 * best, duration_s))
+            figures |= uvloop.run(idle_connections(port, child.pid))
+        return figures
+    finally:
+        cluster.stop(timeout_ms=60_000)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
+    for name, value in run(seconds).items():
+        print(f"{name}: {value:,}")
+    print(f"({time.monotonic() - started:.0f} s)")
