@@ -8,6 +8,7 @@ stores can be re-labelled without the HSM noticing.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from hsm.crypto import Algorithm
 from hsm.errors import DevelopmentLmkError, KeyBlockError, KeyMaterialError, KeyUsageError
 
 LMK_LENGTH = 32
+# Open key blocks kept per HSM process: a fleet's session keys and PVKs, a few MB at most.
+OPEN_BLOCKS_MAX = 16_384
 ROLE_BLOCK_ID = "10"  # numeric optional-block IDs are reserved for proprietary use
 KCV_BLOCK_ID = "KC"
 _KCV_LEGACY, _KCV_CMAC = "00", "01"
@@ -149,7 +152,7 @@ class Lmk:
 
     def unwrap(self, stored: StoredKey, roles: tuple[KeyRole, ...], modes: str = "") -> bytes:
         """Return the clear key if ``stored`` is intact and has one of ``roles``."""
-        header, key = tr31.unwrap(self.key, stored.text)
+        header, key = _open_block(self.key, stored.text)
         if stored.role not in roles:
             wanted = "/".join(r.value for r in roles)
             raise KeyUsageError(f"a {stored.role.value} key was given where {wanted} is needed")
@@ -158,6 +161,14 @@ class Lmk:
         if modes and header.mode not in modes:
             raise KeyUsageError(f"mode of use {header.mode} does not allow this operation")
         return key
+
+
+@functools.lru_cache(maxsize=OPEN_BLOCKS_MAX)
+def _open_block(lmk: bytes, text: str) -> tuple[tr31.Header, bytes]:
+    """A verified, decrypted key block. Like a hardware HSM's key slots, recently used keys stay
+    open inside the HSM, so a terminal's TPK and TAK are not re-verified on every request; a
+    block that fails verification raises and is never cached."""
+    return tr31.unwrap(lmk, text)
 
 
 def _check_owner_only(path: Path) -> None:

@@ -221,3 +221,20 @@ def test_pvv_set_then_verified_for_that_pin_only(pin: str, other: str) -> None:
     assume(other[:4] != pin[:4])  # a PVV covers the first four PIN digits by definition
     other_block = pinblock.encrypt_pin_block(_TPK_CLEAR, other, pan, F.ISO0)
     assert not _ENGINE.verify_pin(other_block, pan, _TPK, F.ISO0, verification)
+
+
+def test_open_blocks_stay_checked_per_lmk_and_per_text() -> None:
+    """The open-block cache never lets a tampered block, or a block under another LMK, through."""
+    lmk = Lmk(bytes(range(32)))
+    other = Lmk(bytes(range(1, 33)))
+    stored = lmk.wrap(KeyRole.TAK, Algorithm.TDES, bytes(range(16)))
+    assert (
+        lmk.unwrap(stored, (KeyRole.TAK,)) == lmk.unwrap(stored, (KeyRole.TAK,)) == bytes(range(16))
+    )
+    with pytest.raises(KeyBlockError):
+        other.unwrap(stored, (KeyRole.TAK,))
+    tampered = stored.text[:-1] + ("0" if stored.text[-1] != "0" else "1")
+    with pytest.raises(KeyBlockError):
+        lmk.unwrap(StoredKey(tampered), (KeyRole.TAK,))
+    with pytest.raises(KeyUsageError):
+        lmk.unwrap(stored, (KeyRole.TPK,))
