@@ -82,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
+        "--faults",
+        default="",
+        help=(
+            "chance per session of each fault, e.g. drop=0.01,garbage=0.005; faults: "
+            + ", ".join(load.FAULTS)
+            + " (drop: hang up mid-request; no_read: stop reading; garbage: an unreadable frame;"
+            " slow: dribble the request out). The kiosk then reconnects and reverses what was"
+            " left unanswered (default: none)"
+        ),
+    )
+    run.add_argument(
         "--customers",
         type=int,
         metavar="N",
@@ -149,6 +160,7 @@ async def run_load(args: argparse.Namespace, dsn: str) -> Report:
         count=args.count,
         rate_per_s=args.rate,
         timeout_ms=args.timeout_ms,
+        faults=load.parse_faults(args.faults),
     )
 
     async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
@@ -171,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo()
     try:
         load.parse_mix(args.mix)
+        faults = load.parse_faults(args.faults)
     except load.MixError as exc:
-        print(f"kiosk_sim: --mix: {exc}", file=sys.stderr)
+        print(f"kiosk_sim: {exc}", file=sys.stderr)
+        return 2
+    if args.rate and any(faults.values()):
+        print("kiosk_sim: --faults run in closed loop (leave out --rate)", file=sys.stderr)
         return 2
     with owner_dsn(args) as dsn:
         report = asyncio.run(run_load(args, dsn))

@@ -65,27 +65,47 @@ class TerminalClient:
         )
         return cls(reader, writer, dialect or Dialect(), max_frame_bytes=max_frame_bytes)
 
+    def framed(self, message: Message) -> bytes:
+        return frame(encode(message, self._dialect), self._header)
+
     async def send(self, message: Message) -> None:
-        self._writer.write(frame(encode(message, self._dialect), self._header))
-        await self._writer.drain()
+        await self.send_raw(self.framed(message))
 
     async def send_raw(self, data: bytes) -> None:
         self._writer.write(data)
         await self._writer.drain()
 
-    async def request(self, message: Message, *, timeout_ms: int = 5000) -> Message:
-        stan = message.stan
-        assert stan is not None, "a request carries a STAN"
+    def stop_reading(self) -> None:
+        """Behave like a terminal that no longer reads its socket (a fault on purpose)."""
+        transport = self._writer.transport
+        assert isinstance(transport, asyncio.ReadTransport), "a TCP transport reads too"
+        transport.pause_reading()
+
+    def expect(self, stan: str) -> asyncio.Future[Message]:
+        """Register for the response carrying `stan` before sending its request."""
         assert stan not in self._waiting, f"STAN {stan} already in flight"
         if self._receiver.done():
             raise SwitchConnectionClosed("the switch closed the connection")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[stan] = future
+        return future
+
+    async def wait(self, stan: str, future: asyncio.Future[Message], *, timeout_ms: int) -> Message:
         try:
-            await self.send(message)
             return await asyncio.wait_for(future, timeout_ms / 1000)
         finally:
             self._waiting.pop(stan, None)
+
+    async def request(self, message: Message, *, timeout_ms: int = 5000) -> Message:
+        stan = message.stan
+        assert stan is not None, "a request carries a STAN"
+        future = self.expect(stan)
+        try:
+            await self.send(message)
+        except BaseException:
+            self._waiting.pop(stan, None)
+            raise
+        return await self.wait(stan, future, timeout_ms=timeout_ms)
 
     async def _receive(self) -> None:
         error: Exception = SwitchConnectionClosed("the switch closed the connection")

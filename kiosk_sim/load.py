@@ -37,6 +37,30 @@ DEFAULT_MIX: Mapping[str, int] = {
 }
 AMOUNTS_MINOR = (2_000, 5_000, 10_000)
 REVERSAL_ATTEMPTS_MAX = 5
+# Faults a kiosk can inject instead of sending a session's first request normally.
+FAULTS = ("drop", "no_read", "garbage", "slow")
+SLOW_WRITE_DELAY_S = 0.002
+SLOW_WRITE_CHUNK_BYTES = 7
+NO_READ_PAUSE_S = 0.05
+GARBAGE_FRAME = b"\x00\x06\x00\xffjunk"  # a whole frame whose MTI cannot be read
+
+
+def parse_faults(text: str) -> dict[str, float]:
+    """`drop=0.01,garbage=0.005` → the chance per session of each fault."""
+    faults = dict.fromkeys(FAULTS, 0.0)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, chance = part.partition("=")
+        if name not in faults:
+            raise MixError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+        try:
+            faults[name] = float(chance)
+        except ValueError:
+            raise MixError(
+                f"chance of {name!r} must be a number from 0 to 1, got {chance!r}"
+            ) from None
+        if not 0 <= faults[name] <= 1:
+            raise MixError(f"chance of {name!r} must be from 0 to 1, got {chance}")
+    return faults
 
 
 class MixError(ValueError):
@@ -67,9 +91,13 @@ class Plan:
     count: int | None = None  # sessions in all; with a duration, whichever comes first
     rate_per_s: float | None = None  # open loop: sessions per second across all terminals
     timeout_ms: int = 5_000
+    faults: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.terminals > 0, "at least one terminal"
+        # A fault reconnects its kiosk, which would cut the other sessions an open-loop kiosk
+        # has in flight on the same connection.
+        assert not (self.rate_per_s and any(self.faults.values())), "faults run in closed loop"
         assert self.duration_s is not None or self.count is not None, "a duration or a count"
 
 
@@ -91,11 +119,12 @@ class Model:
 
 
 class Budget:
-    """Shared stop condition: a deadline and/or a number of sessions."""
+    """One kiosk's stop condition: the run's deadline and/or its own share of the session count
+    (fixed per kiosk, so the same seed runs the same sessions whatever the timing)."""
 
-    def __init__(self, plan: Plan) -> None:
-        self._deadline = time.monotonic() + plan.duration_s if plan.duration_s else None
-        self._left = plan.count
+    def __init__(self, deadline: float | None, sessions: int | None) -> None:
+        self._deadline = deadline
+        self._left = sessions
 
     def take(self) -> bool:
         if self._deadline is not None and time.monotonic() >= self._deadline:
@@ -117,16 +146,41 @@ class Kiosk:
         report: Report,
         model: Model,
         rng: random.Random,
+        *,
+        address: tuple[str, int],
+        faults: Mapping[str, float],
     ) -> None:
-        self.terminal, self.cards, self.report, self.model, self.rng = (
-            terminal,
-            cards,
-            report,
-            model,
-            rng,
+        self.terminal, self.cards, self.report, self.model = terminal, cards, report, model
+        self.rng = rng
+        self._address = address
+        self._faults = faults
+        self._fault_rng = random.Random(rng.random())
+        self._fault_due: str | None = None
+
+    async def reconnect(self) -> None:
+        """A new connection and sign-on; the session keys from the last key change still hold."""
+        await self.terminal.client.close()
+        self.terminal.client = await TerminalClient.connect(
+            *self._address, timeout_ms=self.terminal.timeout_ms
         )
+        signed_on = await self.terminal.sign_on()
+        if not signed_on.approved:
+            raise SwitchConnectionClosed(
+                f"{self.terminal.terminal_id}: sign-on answered {signed_on.code}"
+            )
+        self.report.errors["reconnects"] += 1
+
+    def _fault(self) -> str | None:
+        for name in FAULTS:
+            if self._fault_rng.random() < self._faults.get(name, 0.0):
+                return name
+        return None
 
     async def send(self, request: Message, started: float | None = None) -> Exchange | None:
+        # Only a session's first request may be faulted: later ones build on what it was told.
+        fault, self._fault_due = self._fault_due, None
+        if fault is not None:
+            return await self._send_with_fault(fault, request)
         begin = time.perf_counter() if started is None else started
         try:
             exchange = await self.terminal.send(request)
@@ -138,6 +192,47 @@ class Kiosk:
         self.report.response_codes[exchange.code] += 1
         if exchange.response_mac_ok is False:
             self.report.errors["response_mac_wrong"] += 1
+        return exchange
+
+    async def _send_with_fault(self, fault: str, request: Message) -> Exchange | None:
+        """Misbehave on purpose, then recover as a real kiosk would: reconnect, sign on, and
+        reverse the request whose answer never arrived. Returns what was answered, if anything."""
+        self.report.errors[f"fault_{fault}"] += 1
+        client = self.terminal.client
+        if fault == "slow":
+            return await self._send_slowly(request)
+        if fault == "garbage":
+            await client.send_raw(GARBAGE_FRAME)
+            await client.wait_closed_by_peer(timeout_ms=self.terminal.timeout_ms)
+        elif fault == "drop":
+            await client.send(request)  # and hang up without waiting for the answer
+        else:  # no_read: the request goes out, the kiosk stops reading, then goes away
+            await client.send(request)
+            client.stop_reading()
+            await asyncio.sleep(NO_READ_PAUSE_S)
+        await self.reconnect()
+        if fault != "garbage":
+            await self.reverse_unanswered(request)
+            return None
+        return await self.send(request)
+
+    async def _send_slowly(self, request: Message) -> Exchange | None:
+        """The request dribbles out a few bytes at a time; the switch must wait for all of it."""
+        client = self.terminal.client
+        stan = request.stan or ""
+        future = client.expect(stan)
+        data = client.framed(request)
+        for start in range(0, len(data), SLOW_WRITE_CHUNK_BYTES):
+            await client.send_raw(data[start : start + SLOW_WRITE_CHUNK_BYTES])
+            await asyncio.sleep(SLOW_WRITE_DELAY_S)
+        try:
+            response = await client.wait(stan, future, timeout_ms=self.terminal.timeout_ms)
+        except TimeoutError:
+            self.report.timeouts += 1
+            await self.reverse_unanswered(request)
+            return None
+        exchange = self.terminal.exchange(request, response)
+        self.report.response_codes[exchange.code] += 1
         return exchange
 
     async def reverse_unanswered(self, request: Message) -> None:
@@ -160,6 +255,7 @@ class Kiosk:
         )
 
     async def session(self, kind: str, started: float | None = None) -> None:
+        self._fault_due = self._fault()
         card = self.rng.choice(self.cards)
         self.report.kinds[kind] += 1
         handler = getattr(self, f"_{kind}")
@@ -230,6 +326,10 @@ class Kiosk:
             self.model.deltas[card.checking] += amount
 
 
+def _share(count: int | None, kiosks: int, index: int) -> int | None:
+    return None if count is None else count // kiosks + (index < count % kiosks)
+
+
 def _kind_picker(mix: Mapping[str, int], rng: random.Random) -> Callable[[], str]:
     kinds = [k for k in SESSIONS if mix.get(k)]
     weights = [mix[k] for k in kinds]
@@ -263,7 +363,7 @@ async def start_kiosk(
             raise SwitchConnectionClosed(
                 f"{sim.terminal_id}: {step.__name__} answered {exchange.code}"
             )
-    return Kiosk(terminal, cards, report, model, rng)
+    return Kiosk(terminal, cards, report, model, rng, address=address, faults=plan.faults)
 
 
 async def closed_loop(kiosk: Kiosk, budget: Budget, pick: Callable[[], str]) -> None:
@@ -334,18 +434,20 @@ async def run(
         )
         for i, sim in enumerate(sims)
     ]
-    budget = Budget(plan)
     started = time.monotonic()
+    deadline = started + plan.duration_s if plan.duration_s else None
+    budgets = [Budget(deadline, _share(plan.count, len(kiosks), i)) for i in range(len(kiosks))]
     picks = [
         _kind_picker(plan.mix, random.Random(plan.seed * 104729 + i)) for i in range(len(kiosks))
     ]
     if plan.rate_per_s:
         interval_s = len(kiosks) / plan.rate_per_s
         drivers = [
-            open_loop(k, budget, p, interval_s, 16) for k, p in zip(kiosks, picks, strict=True)
+            open_loop(k, b, p, interval_s, 16)
+            for k, b, p in zip(kiosks, budgets, picks, strict=True)
         ]
     else:
-        drivers = [closed_loop(k, budget, p) for k, p in zip(kiosks, picks, strict=True)]
+        drivers = [closed_loop(k, b, p) for k, b, p in zip(kiosks, budgets, picks, strict=True)]
     reporter = (
         asyncio.ensure_future(_report_progress(report, started, progress)) if progress else None
     )

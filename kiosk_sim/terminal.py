@@ -57,7 +57,7 @@ class Terminal:
         self._rng = rng
         self._dialect = dialect or Dialect()
         self._mac = mac
-        self._timeout_ms = timeout_ms
+        self.timeout_ms = timeout_ms
         self._stan = rng.randrange(1, 999_999)
         self._dukpt_counter = 0
 
@@ -87,7 +87,7 @@ class Terminal:
         request = network_request(
             code, stan=self.next_stan(), now=self._clock(), terminal_id=self.terminal_id
         )
-        response = await self.client.request(request, timeout_ms=self._timeout_ms)
+        response = await self.client.request(request, timeout_ms=self.timeout_ms)
         return Exchange(request, response, None)
 
     def financial(self, mti: str, fields: Mapping[int, str]) -> Message:
@@ -160,7 +160,10 @@ class Terminal:
         return self.sign(Message(request.mti[:3] + "1", request.fields))
 
     async def send(self, request: Message) -> Exchange:
-        response = await self.client.request(request, timeout_ms=self._timeout_ms)
+        response = await self.client.request(request, timeout_ms=self.timeout_ms)
+        return self.exchange(request, response)
+
+    def exchange(self, request: Message, response: Message) -> Exchange:
         return Exchange(request, response, self._check_mac(response))
 
     def _check_mac(self, response: Message) -> bool | None:

@@ -56,6 +56,29 @@ async def test_open_loop_holds_the_rate(make_stack: StackFactory, pg_cluster: Pg
     assert report.response_codes == {"00": report.answered}
 
 
+async def test_faults_leave_no_end_state_difference(
+    make_stack: StackFactory, pg_cluster: PgCluster
+) -> None:
+    stack = await make_stack(customers=1)
+    population = build(seed=14, customers=8, terminals=4)
+    await provision(pg_cluster.owner_dsn, population)
+    faults = {"drop": 0.08, "no_read": 0.08, "garbage": 0.05, "slow": 0.08}
+    plan = load.Plan(
+        terminals=4, seed=14, duration_s=None, count=160, faults=faults, timeout_ms=3_000
+    )
+
+    async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
+        return await read_balances(pg_cluster.owner_dsn, accounts)
+
+    report = await load.run(
+        plan, population, "127.0.0.1", stack.server.port, read_balances=balances
+    )
+    assert report.differences == []
+    assert all(report.errors[f"fault_{name}"] > 0 for name in load.FAULTS)
+    assert report.errors["reconnects"] > 0
+    assert report.response_codes["00"] > 100
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -71,3 +94,12 @@ def test_bad_mix_says_what_is_wrong(text: str, message: str) -> None:
 
 def test_mix_parses() -> None:
     assert load.parse_mix("withdrawal=5, balance=2")["withdrawal"] == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("fire=0.1", "unknown fault 'fire'"), ("drop=x", "a number"), ("drop=2", "from 0 to 1")],
+)
+def test_bad_faults_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(load.MixError, match=message):
+        load.parse_faults(text)
