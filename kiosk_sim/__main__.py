@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kiosk_sim import load
 from kiosk_sim.demo import run_demo
-from kiosk_sim.population import build, provision, read_balances
+from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.report import Report
 from ledger.postgres import running_cluster
 
@@ -163,12 +163,9 @@ async def run_load(args: argparse.Namespace, dsn: str) -> Report:
         faults=load.parse_faults(args.faults),
     )
 
-    async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
-        return await read_balances(dsn, accounts)
-
-    reader = None if args.no_verify else balances
+    view = None if args.no_verify else LedgerView(dsn)
     return await load.run(
-        plan, population, args.host, args.port, read_balances=reader, progress=show_progress
+        plan, population, args.host, args.port, ledger=view, progress=show_progress
     )
 
 

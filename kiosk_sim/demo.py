@@ -32,7 +32,7 @@ from hsm.keys import DEVELOPMENT_LMK, Lmk
 from kiosk_sim import load
 from kiosk_sim.client import TerminalClient
 from kiosk_sim.epp import Epp
-from kiosk_sim.population import build, provision, read_balances
+from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.report import Report
 from kiosk_sim.terminal import Exchange, Terminal
 from ledger.postgres import running_cluster
@@ -250,9 +250,6 @@ async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
     with running_cluster(data_dir) as cluster:  # the switch's: reused, left running
         await provision(cluster.owner_dsn, population)
 
-        async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
-            return await read_balances(cluster.owner_dsn, accounts)
-
         def progress(report: Report, elapsed_s: float) -> None:
             if int(elapsed_s) % 3 == 0:
                 rate = report.answered / elapsed_s
@@ -262,7 +259,12 @@ async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
                 say(f"  {line}  p99 {p99_ms:.1f} ms")
 
         return await load.run(
-            plan, population, "127.0.0.1", port, read_balances=balances, progress=progress
+            plan,
+            population,
+            "127.0.0.1",
+            port,
+            ledger=LedgerView(cluster.owner_dsn),
+            progress=progress,
         )
 
 

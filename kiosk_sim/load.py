@@ -14,13 +14,13 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kiosk_sim.client import SwitchConnectionClosed, TerminalClient
 from kiosk_sim.epp import Epp
-from kiosk_sim.population import Population, SimCard, SimTerminal
+from kiosk_sim.population import LedgerView, Population, SimCard, SimTerminal
 from kiosk_sim.report import Report
 from kiosk_sim.terminal import Exchange, Terminal
 from switch.iso8583 import Message
@@ -403,24 +403,21 @@ async def open_loop(
         )
 
 
-BalanceReader = Callable[[tuple[str, ...]], Awaitable[dict[str, int]]]
-
-
 async def run(
     plan: Plan,
     population: Population,
     host: str,
     port: int,
     *,
-    read_balances: BalanceReader | None = None,
+    ledger: LedgerView | None = None,
     progress: Callable[[Report, float], None] | None = None,
 ) -> Report:
-    """Drive the switch with `plan`; with `read_balances`, check the end state against it."""
+    """Drive the switch with `plan`; with a `ledger` view, check the end state against it."""
     assert len(population.terminals) >= plan.terminals, "provision at least as many terminals"
     assert len(population.cards) >= plan.terminals, "at least one card per terminal"
     report = Report(terminals=plan.terminals, target_rate_per_s=plan.rate_per_s)
     model = Model()
-    before = await read_balances(population.accounts) if read_balances else None
+    before = await ledger.balances(population.accounts) if ledger else None
     sims = population.terminals[: plan.terminals]
     kiosks = [
         await start_kiosk(
@@ -459,8 +456,12 @@ async def run(
             reporter.cancel()
         for kiosk in kiosks:
             await kiosk.terminal.client.close()
-    if read_balances is not None and before is not None:
-        report.differences = model.differences(before, await read_balances(population.accounts))
+    if ledger is not None and before is not None:
+        after = await ledger.balances(population.accounts)
+        unconserved = await ledger.unconserved()
+        report.differences = model.differences(before, after) + [
+            f"{currency}: accounts sum to {total}, not 0" for currency, total in unconserved.items()
+        ]
     return report
 
 

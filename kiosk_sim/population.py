@@ -130,15 +130,33 @@ async def provision(owner_dsn: str, population: Population, *, timeout_ms: int =
         await conn.close()
 
 
-async def read_balances(owner_dsn: str, accounts: tuple[str, ...]) -> dict[str, int]:
-    """The ledger's balances for these accounts (read-only)."""
-    conn = await asyncpg.connect(owner_dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT account_number, balance_minor FROM ledger.accounts"
-            " WHERE account_number = ANY($1::text[])",
-            list(accounts),
-        )
-    finally:
-        await conn.close()
-    return {row["account_number"]: row["balance_minor"] for row in rows}
+class LedgerView:
+    """What the simulator may see of the ledger after provisioning: read-only figures."""
+
+    def __init__(self, owner_dsn: str) -> None:
+        self._dsn = owner_dsn
+
+    async def balances(self, accounts: tuple[str, ...]) -> dict[str, int]:
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT account_number, balance_minor FROM ledger.accounts"
+                " WHERE account_number = ANY($1::text[])",
+                list(accounts),
+            )
+        finally:
+            await conn.close()
+        return {row["account_number"]: row["balance_minor"] for row in rows}
+
+    async def unconserved(self) -> dict[str, int]:
+        """Currencies whose accounts do not sum to zero. Every posting sums to zero, so every
+        currency's accounts (the house's included) must too: money is neither made nor lost."""
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT currency, sum(balance_minor)::bigint AS total FROM ledger.accounts"
+                " GROUP BY currency HAVING sum(balance_minor) <> 0"
+            )
+        finally:
+            await conn.close()
+        return {row["currency"]: row["total"] for row in rows}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from kiosk_sim import load
-from kiosk_sim.population import build, provision, read_balances
+from kiosk_sim.population import LedgerView, build, provision
 from tests.conftest import PgCluster
 from tests.e2e.conftest import StackFactory
 
@@ -18,11 +20,8 @@ async def test_closed_loop_every_session_kind_and_no_end_state_difference(
     await provision(pg_cluster.owner_dsn, population)
     plan = load.Plan(terminals=4, seed=11, duration_s=None, count=120)
 
-    async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
-        return await read_balances(pg_cluster.owner_dsn, accounts)
-
     report = await load.run(
-        plan, population, "127.0.0.1", stack.server.port, read_balances=balances
+        plan, population, "127.0.0.1", stack.server.port, ledger=LedgerView(pg_cluster.owner_dsn)
     )
     assert sum(report.kinds.values()) == 120
     assert set(report.kinds) == set(load.SESSIONS)
@@ -31,6 +30,12 @@ async def test_closed_loop_every_session_kind_and_no_end_state_difference(
     assert not report.errors
     assert report.response_codes["55"] == report.kinds["wrong_pin"]
     assert set(report.response_codes) <= {"00", "55"}
+    # What the simulator counted is what the switch says it answered.
+    switch_counts: Counter[str] = Counter()
+    for (mti, code), count in stack.monitor.metrics.requests.items():
+        if mti != "0800":
+            switch_counts[code] += count
+    assert switch_counts == report.response_codes
 
 
 async def test_the_same_seed_gives_the_same_sessions(
@@ -67,11 +72,8 @@ async def test_faults_leave_no_end_state_difference(
         terminals=4, seed=14, duration_s=None, count=160, faults=faults, timeout_ms=3_000
     )
 
-    async def balances(accounts: tuple[str, ...]) -> dict[str, int]:
-        return await read_balances(pg_cluster.owner_dsn, accounts)
-
     report = await load.run(
-        plan, population, "127.0.0.1", stack.server.port, read_balances=balances
+        plan, population, "127.0.0.1", stack.server.port, ledger=LedgerView(pg_cluster.owner_dsn)
     )
     assert report.differences == []
     assert all(report.errors[f"fault_{name}"] > 0 for name in load.FAULTS)
