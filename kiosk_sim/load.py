@@ -42,6 +42,7 @@ FAULTS = ("drop", "no_read", "garbage", "slow")
 SLOW_WRITE_DELAY_S = 0.002
 SLOW_WRITE_CHUNK_BYTES = 7
 NO_READ_PAUSE_S = 0.05
+ECHO_IDLE_S = 30.0  # well inside the switch's default idle timeout of 300 s
 GARBAGE_FRAME = b"\x00\x06\x00\xffjunk"  # a whole frame whose MTI cannot be read
 
 
@@ -156,6 +157,15 @@ class Kiosk:
         self._faults = faults
         self._fault_rng = random.Random(rng.random())
         self._fault_due: str | None = None
+
+    async def idle_until(self, moment: float) -> None:
+        """Wait for `moment` (perf_counter); echo every ECHO_IDLE_S meanwhile, as a kiosk does
+        to keep its connection open past the switch's idle timeout."""
+        while (wait_s := moment - time.perf_counter()) > ECHO_IDLE_S:
+            await asyncio.sleep(ECHO_IDLE_S)
+            self.report.kinds["idle_echo"] += 1
+            await self.terminal.echo()
+        await asyncio.sleep(max(0.0, wait_s))
 
     async def reconnect(self) -> None:
         """A new connection and sign-on; the session keys from the last key change still hold."""
@@ -382,7 +392,7 @@ async def open_loop(
     tasks: set[asyncio.Task[None]] = set()
     next_at = time.perf_counter() + kiosk.rng.random() * interval_s
     while budget.take():
-        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        await kiosk.idle_until(next_at)
         scheduled = next_at
         next_at += interval_s
         await slots.acquire()

@@ -105,3 +105,18 @@ def test_mix_parses() -> None:
 def test_bad_faults_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(load.MixError, match=message):
         load.parse_faults(text)
+
+
+async def test_an_idle_kiosk_echoes(
+    make_stack: StackFactory, pg_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(load, "ECHO_IDLE_S", 0.1)
+    stack = await make_stack(customers=1)
+    population = build(seed=15, customers=1, terminals=1)
+    await provision(pg_cluster.owner_dsn, population)
+    plan = load.Plan(
+        terminals=1, seed=15, duration_s=None, count=3, rate_per_s=2.0, mix={"balance": 1}
+    )
+    report = await load.run(plan, population, "127.0.0.1", stack.server.port)
+    assert report.kinds["idle_echo"] >= 2
+    assert stack.monitor.metrics.requests[("0800", "00")] >= 2 + report.kinds["idle_echo"]
