@@ -19,8 +19,8 @@ from switch.iso8583 import (
     LengthHeader,
     Message,
     decode,
-    encode,
     frame,
+    wire_of,
 )
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -66,7 +66,7 @@ class TerminalClient:
         return cls(reader, writer, dialect or Dialect(), max_frame_bytes=max_frame_bytes)
 
     def framed(self, message: Message) -> bytes:
-        return frame(encode(message, self._dialect), self._header)
+        return frame(wire_of(message, self._dialect), self._header)
 
     async def send(self, message: Message) -> None:
         await self.send_raw(self.framed(message))

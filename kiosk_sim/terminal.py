@@ -14,10 +14,8 @@ from datetime import datetime
 
 from kiosk_sim.client import TerminalClient, network_request, transmission_time
 from kiosk_sim.epp import Epp
-from switch.iso8583 import Dialect, Message, mac_input
+from switch.iso8583 import Dialect, Message, mac_input, prepared_for_mac, with_mac
 from switch.iso8583.elements import KeyChangeData, OriginalData, ReplacementAmounts
-
-MAC_PLACEHOLDER = "00" * 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +100,8 @@ class Terminal:
     def sign(self, message: Message) -> Message:
         if not self._mac:
             return message
-        placeholder = message.replace({message.mac_field: MAC_PLACEHOLDER})
-        mac = self.epp.mac(mac_input(placeholder, self._dialect))
-        return placeholder.replace({message.mac_field: mac.hex().upper()})
+        prepared = prepared_for_mac(message, self._dialect)
+        return with_mac(prepared, self.epp.mac(mac_input(prepared, self._dialect)), self._dialect)
 
     def withdrawal(
         self, pan: str, pin: str, amount_minor: int, *, currency: str = "978", account: str = "00"
@@ -170,8 +167,7 @@ class Terminal:
         mac = response.mac
         if mac is None or self.epp.tak is None:
             return None
-        placeholder = response.replace({response.mac_field: MAC_PLACEHOLDER})
-        return self.epp.verify_mac(mac_input(placeholder, self._dialect), mac)
+        return self.epp.verify_mac(mac_input(response, self._dialect), mac)
 
     def _pin(self, pin: str, pan: str) -> dict[int, str]:
         """F52, and for a DUKPT PIN pad F53 with the transaction's KSN."""

@@ -26,7 +26,7 @@ from ledger.errors import LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result
 from ledger.store import LedgerStore, Lookup
-from switch.iso8583.codec import mac_input
+from switch.iso8583.codec import mac_input, prepared_for_mac, with_mac
 from switch.iso8583.elements import KeyChangeData
 from switch.iso8583.message import Message
 from switch.iso8583.spec import Dialect
@@ -268,11 +268,11 @@ class Flows:
         tak = _session_key(link, "tak")
         if not self._settings.require_mac or tak is None or response.message_class == "081":
             return response
-        placeholder = response.replace({response.mac_field: "00" * 8})
+        prepared = prepared_for_mac(response, self._dialect)
         try:
             mac = await self._hsm.generate_mac(
                 tak,
-                mac_input(placeholder, self._dialect),
+                mac_input(prepared, self._dialect),
                 timeout_ms=max(deadline_left(deadline), 100),
             )
         except HsmUnavailable as exc:
@@ -284,7 +284,7 @@ class Flows:
                 reason=str(exc),
             )
             return response
-        return response.replace({response.mac_field: mac.hex().upper()})
+        return with_mac(prepared, mac, self._dialect)
 
 
 def deadline_left(deadline: Deadline) -> int:

@@ -19,7 +19,7 @@ from typing import Protocol, cast
 import structlog
 
 from switch.dispatch import route
-from switch.iso8583.codec import DecodeError, EncodeError, decode, encode
+from switch.iso8583.codec import DecodeError, EncodeError, decode, wire_of
 from switch.iso8583.framing import FrameBuffer, FramingError, LengthHeader, frame
 from switch.iso8583.message import Message
 from switch.response_codes import ResponseCode
@@ -205,7 +205,7 @@ class TerminalConnection(asyncio.Protocol, Link):
         if self._closing or self._transport is None:
             return
         try:
-            payload = encode(response, self._server.settings.dialect)
+            payload = wire_of(response, self._server.settings.dialect)
         except EncodeError as exc:
             log.error("response_unencodable", peer=self.peer, mti=response.mti, error=str(exc))
             return

@@ -1,6 +1,16 @@
 """The ISO 8583 wire layer: field spec as data, codec, framing. No I/O anywhere in here."""
 
-from switch.iso8583.codec import DecodeError, EncodeError, decode, encode, mac_input, response_tpdu
+from switch.iso8583.codec import (
+    DecodeError,
+    EncodeError,
+    decode,
+    encode,
+    mac_input,
+    prepared_for_mac,
+    response_tpdu,
+    wire_of,
+    with_mac,
+)
 from switch.iso8583.framing import FrameBuffer, FramingError, LengthHeader, frame
 from switch.iso8583.message import Message, ProcessingCode, mask_pan
 from switch.iso8583.spec import Dialect
@@ -19,5 +29,8 @@ __all__ = [
     "frame",
     "mac_input",
     "mask_pan",
+    "prepared_for_mac",
     "response_tpdu",
+    "wire_of",
+    "with_mac",
 ]

@@ -88,7 +88,7 @@ def decode(frame: bytes, dialect: Dialect) -> Message:
         ) from None
     _check_contents(doc_dec, doc_enc, dialect)
     fields = {int(k): _canonical(int(k), v) for k, v in doc_dec.items() if k.isdigit() and k != "1"}
-    return Message(doc_dec["t"], fields, doc_dec.get("h") if dialect.tpdu else None)
+    return Message(doc_dec["t"], fields, doc_dec.get("h") if dialect.tpdu else None, bytes(frame))
 
 
 def encode(message: Message, dialect: Dialect) -> bytes:
@@ -114,13 +114,43 @@ def response_tpdu(tpdu: str | None) -> str | None:
 
 def mac_input(message: Message, dialect: Dialect) -> bytes:
     """The bytes a MAC covers: the encoded message from the MTI up to, not including, the MAC
-    field, with the MAC field's bitmap bit set. Any MAC the message carries is ignored."""
+    field, with the MAC field's bitmap bit set. Any MAC the message carries is ignored.
+
+    A message that carries its MAC and its wire bytes (a decoded request) is not re-encoded:
+    the MAC covers exactly the bytes that were received."""
+    if message.wire is None or message.mac_field not in message.fields:
+        message = prepared_for_mac(message, dialect)
+    assert message.wire is not None
+    start = TPDU_BYTES if dialect.tpdu else 0
+    return message.wire[start : -_mac_wire_bytes(dialect)]
+
+
+def prepared_for_mac(message: Message, dialect: Dialect) -> Message:
+    """`message` with a zero MAC in its MAC field, encoded once: `mac_input` reads its bytes and
+    `with_mac` splices the real MAC into them."""
     mac_field = message.mac_field
     placeholder = message.replace({mac_field: "00" * MAC_BYTES}, drop=MAC_FIELDS)
-    encoded = encode(placeholder, dialect)
-    start = TPDU_BYTES if dialect.tpdu else 0
-    mac_wire_bytes = MAC_BYTES if dialect.binary_fields == "raw" else MAC_BYTES * 2
-    return encoded[start:-mac_wire_bytes]
+    return Message(
+        placeholder.mti, placeholder.fields, placeholder.tpdu, encode(placeholder, dialect)
+    )
+
+
+def with_mac(prepared: Message, mac: bytes, dialect: Dialect) -> Message:
+    """A message from `prepared_for_mac` with its MAC set, in its fields and in its bytes."""
+    assert prepared.wire is not None, "from prepared_for_mac"
+    assert len(mac) == MAC_BYTES
+    on_wire = mac if dialect.binary_fields == "raw" else mac.hex().upper().encode("ascii")
+    fields = {**prepared.fields, prepared.mac_field: mac.hex().upper()}
+    return Message(prepared.mti, fields, prepared.tpdu, prepared.wire[: -len(on_wire)] + on_wire)
+
+
+def wire_of(message: Message, dialect: Dialect) -> bytes:
+    """What to send: the bytes a message already carries, else its encoding."""
+    return message.wire if message.wire is not None else encode(message, dialect)
+
+
+def _mac_wire_bytes(dialect: Dialect) -> int:
+    return MAC_BYTES if dialect.binary_fields == "raw" else MAC_BYTES * 2
 
 
 def _canonical(number: int, value: str) -> str:

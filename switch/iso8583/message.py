@@ -50,6 +50,9 @@ class Message:
     mti: str
     fields: Mapping[int, str] = field(default_factory=dict)
     tpdu: str | None = None
+    # The encoded payload this message was decoded from (or encoded to): reused for its MAC and
+    # for sending, so it is never encoded twice. Any change (`replace`) drops it.
+    wire: bytes | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         assert _MTI.fullmatch(self.mti), f"MTI must be 4 digits, got {self.mti!r}"

@@ -8,7 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switch.iso8583 import DecodeError, Dialect, EncodeError, Message, decode, encode, mac_input
+from switch.iso8583 import (
+    DecodeError,
+    Dialect,
+    EncodeError,
+    Message,
+    decode,
+    encode,
+    mac_input,
+    prepared_for_mac,
+    wire_of,
+    with_mac,
+)
 from switch.iso8583.codec import response_tpdu
 from switch.iso8583.spec import FIELDS, FieldDef
 
@@ -277,3 +288,26 @@ def test_mutated_frames_decode_or_raise_decode_error(
             del wire[at]
     with contextlib.suppress(DecodeError):
         decode(bytes(wire), dialect)
+
+
+@settings(max_examples=200)
+@given(message=messages(), dialect=DIALECTS, mac=st.binary(min_size=8, max_size=8))
+def test_a_mac_spliced_into_the_bytes_equals_encoding_the_maced_message(
+    message: Message, dialect: Dialect, mac: bytes
+) -> None:
+    if dialect.tpdu:
+        message = Message(message.mti, message.fields, tpdu="6000010002")
+    prepared = prepared_for_mac(message, dialect)
+    sealed = with_mac(prepared, mac, dialect)
+    assert sealed.mac == mac
+    assert sealed.wire == encode(sealed, dialect)
+    assert mac_input(sealed, dialect) == mac_input(message, dialect)
+    received = decode(wire_of(sealed, dialect), dialect)
+    assert received.wire == sealed.wire
+    assert mac_input(received, dialect) == mac_input(prepared, dialect)
+
+
+def test_a_changed_message_drops_its_wire_bytes() -> None:
+    received = decode(encode(WITHDRAWAL, Dialect()), Dialect())
+    assert received.wire is not None
+    assert received.replace({4: "000000000001"}).wire is None
