@@ -269,3 +269,22 @@ async def test_key_change_replaces_the_keys_for_the_next_request(make_stack: Sta
     )
     assert (await stale.send(stale.withdrawal(stack.customers[0].pan, PIN, 100))).code == "05"
     assert (await terminal.send(terminal.withdrawal(stack.customers[0].pan, PIN, 100))).code == "00"
+
+
+async def test_a_message_maced_with_another_terminals_key_is_declined_and_recorded(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(customers=1, terminals=2)
+    mine, other = await stack.terminal(0), await stack.terminal(1)
+    # A request of `mine`, but MACed under `other`'s TAK.
+    forged = Terminal(mine.terminal_id, other.epp, mine.client, clock=now, rng=random.Random(3))
+    forged._stan = 500
+    exchange = await forged.send(forged.withdrawal(stack.customers[0].pan, PIN, 1_000))
+    assert exchange.code == "05"
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR
+    recorded = await stack.owner.fetchval(
+        "SELECT count(*) FROM ledger.audit"
+        " WHERE terminal_id = $1 AND body::jsonb->>'response_code' = '05'",
+        mine.terminal_id,
+    )
+    assert recorded == 1
