@@ -32,5 +32,8 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(PY) -m bench
 
+soak: $(STAMP)
+	$(PY) -m kiosk_sim soak
+
 clean:
 	rm -rf $(VENV) .var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -36,12 +36,14 @@ DEFAULT_MIX: Mapping[str, int] = {
     "reversal": 1,
 }
 AMOUNTS_MINOR = (2_000, 5_000, 10_000)
-REVERSAL_ATTEMPTS_MAX = 5
+REVERSAL_ATTEMPTS_MAX = 20
 # Faults a kiosk can inject instead of sending a session's first request normally.
 FAULTS = ("drop", "no_read", "garbage", "slow")
 SLOW_WRITE_DELAY_S = 0.002
 SLOW_WRITE_CHUNK_BYTES = 7
 NO_READ_PAUSE_S = 0.05
+RECONNECT_WITHIN_S = 60.0
+RECONNECT_PAUSE_S = 0.2
 ECHO_IDLE_S = 30.0  # well inside the switch's default idle timeout of 300 s
 GARBAGE_FRAME = b"\x00\x06\x00\xffjunk"  # a whole frame whose MTI cannot be read
 
@@ -109,6 +111,15 @@ class Model:
     deltas: Counter[str] = field(default_factory=Counter)
     unresolved: list[str] = field(default_factory=list)
 
+    def discrepancies(self, before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+        """Per account, what the ledger holds minus what the answers said: above 0, money an
+        approved withdrawal should have taken is missing; below 0, money left twice."""
+        return {
+            account: after.get(account, 0) - (before[account] + self.deltas[account])
+            for account in sorted(before)
+            if after.get(account) != before[account] + self.deltas[account]
+        }
+
     def differences(self, before: Mapping[str, int], after: Mapping[str, int]) -> list[str]:
         expected = {account: before[account] + self.deltas[account] for account in before}
         found = [
@@ -168,12 +179,23 @@ class Kiosk:
         await asyncio.sleep(max(0.0, wait_s))
 
     async def reconnect(self) -> None:
-        """A new connection and sign-on; the session keys from the last key change still hold."""
+        """A new connection and sign-on, retried until the switch is back (it may be
+        restarting) or RECONNECT_WITHIN_S passes; the keys from the last key change hold."""
         await self.terminal.client.close()
-        self.terminal.client = await TerminalClient.connect(
-            *self._address, timeout_ms=self.terminal.timeout_ms
-        )
-        signed_on = await self.terminal.sign_on()
+        give_up_at = time.monotonic() + RECONNECT_WITHIN_S
+        while True:
+            try:
+                self.terminal.client = await TerminalClient.connect(
+                    *self._address, timeout_ms=self.terminal.timeout_ms
+                )
+                signed_on = await self.terminal.sign_on()
+                break
+            except (OSError, TimeoutError, SwitchConnectionClosed):
+                if time.monotonic() > give_up_at:
+                    raise SwitchConnectionClosed(
+                        f"{self.terminal.terminal_id}: switch gone"
+                    ) from None
+                await asyncio.sleep(RECONNECT_PAUSE_S)
         if not signed_on.approved:
             raise SwitchConnectionClosed(
                 f"{self.terminal.terminal_id}: sign-on answered {signed_on.code}"
@@ -196,8 +218,12 @@ class Kiosk:
             exchange = await self.terminal.send(request)
         except TimeoutError:
             self.report.timeouts += 1
-            await self.reverse_unanswered(request)
-            return None
+            return await self._after_no_answer(request)
+        except SwitchConnectionClosed:
+            # The switch went away with this request unanswered (it may have crashed).
+            self.report.errors["connection_lost"] += 1
+            await self.reconnect()
+            return await self._after_no_answer(request)
         self.report.latency.record(int((time.perf_counter() - begin) * 1e6))
         self.report.response_codes[exchange.code] += 1
         if exchange.response_mac_ok is False:
@@ -245,24 +271,40 @@ class Kiosk:
         self.report.response_codes[exchange.code] += 1
         return exchange
 
+    async def _after_no_answer(self, request: Message) -> Exchange | None:
+        """No answer came: a reversal is repeated (0421) until answered, and that answer counts;
+        anything else that moves money is reversed and counts as not done."""
+        if request.message_class == "042":
+            return await self._until_answered(self.terminal.repeat_of(request))
+        await self.reverse_unanswered(request)
+        return None
+
     async def reverse_unanswered(self, request: Message) -> None:
-        """No answer: send the reversal (then its repeats) until the switch acknowledges it."""
+        """Undo a request whose answer never arrived, whatever happened to it."""
         moves_money = (request.get(3) or "")[:2] in ("01", "40")
-        if request.mti != "0200" or not moves_money:
-            return
-        reversal = self.terminal.reversal(request)
+        if request.mti == "0200" and moves_money:
+            # 00: reversed; 25: never posted, and the reversal is kept so it never will be.
+            await self._until_answered(self.terminal.reversal(request))
+
+    async def _until_answered(self, request: Message) -> Exchange | None:
+        """Send `request`, then its repeats, until the switch answers with more than 91/96."""
         for attempt in range(REVERSAL_ATTEMPTS_MAX):
             try:
                 answer = await self.terminal.send(
-                    reversal if attempt == 0 else self.terminal.repeat_of(reversal)
+                    request if attempt == 0 else self.terminal.repeat_of(request)
                 )
             except TimeoutError:
                 continue
-            if answer.code in ("00", "25"):
-                return  # reversed, or never posted and now kept so the original stays out
+            except SwitchConnectionClosed:
+                await self.reconnect()
+                continue
+            if answer.code not in ("91", "96"):
+                return answer
+            await asyncio.sleep(RECONNECT_PAUSE_S)  # the switch or its ledger is recovering
         self.model.unresolved.append(
-            f"{self.terminal.terminal_id} STAN {request.stan}: unanswered, reversal unanswered"
+            f"{self.terminal.terminal_id} STAN {request.stan}: never answered"
         )
+        return None
 
     async def session(self, kind: str, started: float | None = None) -> None:
         self._fault_due = self._fault()
@@ -472,6 +514,7 @@ async def run(
         report.differences = model.differences(before, after) + [
             f"{currency}: accounts sum to {total}, not 0" for currency, total in unconserved.items()
         ]
+        report.discrepancies = model.discrepancies(before, after)
     return report
 
 

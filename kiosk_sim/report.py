@@ -26,6 +26,8 @@ class Report:
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     # None until an end-state check has run.
     differences: list[str] | None = None
+    # Per account: the ledger's balance minus the model's (only accounts that differ).
+    discrepancies: dict[str, int] | None = None
 
     @property
     def answered(self) -> int:

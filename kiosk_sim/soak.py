@@ -1,0 +1,251 @@
+"""Break things on purpose and count what was lost: `make soak` (long) and the fast versions the
+test suite runs. Each scenario gives one row: faults injected, requests, and the three numbers
+that must be 0 — money lost, money moved twice, card data leaked — plus any other failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from kiosk_sim import load
+from kiosk_sim.demo import free_port
+from kiosk_sim.population import LedgerView, Population, build, provision
+from ledger import audit
+from ledger.migrations import migrate
+from ledger.postgres import LocalCluster
+from switch.iso8583 import DecodeError, Dialect, Message, decode, encode
+from switch.iso8583.elements import OriginalData
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SoakRow:
+    scenario: str
+    faults: int
+    requests: int
+    lost: int
+    doubled: int
+    leaked: int
+    other_failures: int = 0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == self.doubled == self.leaked == self.other_failures == 0
+
+
+def table(rows: list[SoakRow]) -> str:
+    lines = [
+        "| scenario | faults injected | requests | lost | doubled | leaked | other failures |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.scenario} | {r.faults} | {r.requests} | {r.lost} | {r.doubled} | {r.leaked} "
+        f"| {r.other_failures}{' (' + r.note + ')' if r.note else ''} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerDsns:
+    owner: str  # provisioning and the end-state check
+    switch: str  # what the switch connects as
+
+
+class SwitchProcess:
+    """`python -m switch serve` on a fixed port, killed and restarted at will, logging JSON."""
+
+    def __init__(self, dsns: LedgerDsns, port: int, log_path: Path) -> None:
+        self._dsns, self.port, self._log_path = dsns, port, log_path
+        self._child: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {
+            **os.environ,
+            "SWITCH__LISTENER__PORT": str(self.port),
+            "SWITCH__LEDGER__DSN": f'"{self._dsns.switch}"',
+            "SWITCH__ADMIN__ENABLED": "false",
+            "SWITCH__LOGGING__FORMAT": '"json"',
+        }
+        with self._log_path.open("ab") as log_file:
+            self._child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "switch", "serve", stdout=log_file, stderr=log_file, env=env
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the switch did not come back")
+
+    async def kill(self) -> None:
+        assert self._child is not None
+        self._child.send_signal(signal.SIGKILL)
+        await self._child.wait()
+
+    async def stop(self) -> None:
+        if self._child is not None and self._child.returncode is None:
+            self._child.terminate()
+            await asyncio.wait_for(self._child.wait(), 30)
+
+
+async def crash_safety(dsns: LedgerDsns, work_dir: Path, *, kills: int, seed: int) -> SoakRow:
+    """SIGKILL the switch at random moments under load, restarting it each time. Afterwards every
+    approved withdrawal is in the ledger exactly once, every unanswered one is absent or reversed
+    (the kiosks reverse what went unanswered), the audit chains verify and the books balance."""
+    population = build(seed=seed, customers=32, terminals=8)
+    await provision(dsns.owner, population)
+    switch = SwitchProcess(dsns, free_port(), work_dir / f"switch-crash-{seed}.log")
+    await switch.start()
+    rng = random.Random(seed)
+    pauses_s = [rng.uniform(0.4, 1.2) for _ in range(kills)]
+    plan = load.Plan(
+        terminals=8,
+        seed=seed,
+        mix={"withdrawal": 4, "partial": 1, "reversal": 1, "balance": 1},
+        duration_s=sum(pauses_s) + 2.0,
+        timeout_ms=2_000,
+    )
+
+    async def killer() -> None:
+        for pause_s in pauses_s:
+            await asyncio.sleep(pause_s)
+            await switch.kill()
+            await switch.start()
+
+    try:
+        report, _ = await asyncio.gather(
+            load.run(plan, population, "127.0.0.1", switch.port, ledger=LedgerView(dsns.owner)),
+            killer(),
+        )
+    finally:
+        await switch.stop()
+    verified = await _verify(dsns.owner)
+    discrepancies = report.discrepancies or {}
+    unresolved = len(report.differences or []) - len(discrepancies)
+    return SoakRow(
+        "switch SIGKILLed under load, restarted",
+        kills,
+        report.answered,
+        lost=sum(1 for v in discrepancies.values() if v > 0),
+        doubled=sum(1 for v in discrepancies.values() if v < 0),
+        leaked=_pans_in(switch_log(work_dir, seed), population),
+        other_failures=unresolved + (0 if verified.ok else 1),
+        note="" if verified.ok else f"audit verify: {(verified.damage or verified.books)[0]}",
+    )
+
+
+def switch_log(work_dir: Path, seed: int) -> str:
+    return (work_dir / f"switch-crash-{seed}.log").read_text(errors="replace")
+
+
+def _pans_in(text: str, population: Population) -> int:
+    return sum(text.count(card.pan) for card in population.cards)
+
+
+async def _verify(owner_dsn: str) -> audit.VerifyReport:
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        return await audit.verify(conn, timeout_ms=300_000)
+    finally:
+        await conn.close()
+
+
+def decoder_corpus() -> list[tuple[bytes, Dialect]]:
+    withdrawal = Message(
+        "0200",
+        {2: "4761739001010119", 3: "012000", 4: "000000002000", 7: "1123101500", 11: "000042",
+         41: "KIOSK001", 49: "978", 52: "0123456789ABCDEF", 53: "FFFF9876543210E00001",
+         64: "1122334455667788"},
+    )  # fmt: skip
+    reversal = withdrawal.replace(
+        {90: OriginalData("0200", "000041", "1123101400").encode(), 128: "1122334455667788"},
+        drop=[52, 53, 64],
+    )
+    echo = Message("0800", {7: "1123101500", 11: "000001", 70: "301"})
+    dialects = [Dialect(), Dialect(bitmap="hex", binary_fields="hex"), Dialect(tpdu=True)]
+    return [(encode(m, d), d) for m in (withdrawal, reversal, echo) for d in dialects]
+
+
+def mutate(frame: bytes, rng: random.Random) -> bytes:
+    data = bytearray(frame)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(len(data) + 1)
+        kind = rng.random()
+        if kind < 0.4 and at < len(data):
+            data[at] = rng.randrange(256)
+        elif kind < 0.6:
+            data.insert(at, rng.randrange(256))
+        elif kind < 0.8 and at < len(data):
+            del data[at]
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+def decoder_fuzz(frames: int, seed: int) -> SoakRow:
+    """Random and mutated frames: each decodes or raises DecodeError, nothing else, ever."""
+    rng = random.Random(seed)
+    corpus = decoder_corpus()
+    crashes: collections.Counter[str] = collections.Counter()
+    for _ in range(frames):
+        frame, dialect = rng.choice(corpus)
+        wire = rng.randbytes(rng.randrange(64)) if rng.random() < 0.1 else mutate(frame, rng)
+        try:
+            decode(wire, dialect)
+        except DecodeError:
+            pass
+        except Exception as exc:  # the property under test: nothing but DecodeError escapes
+            crashes[type(exc).__name__] += 1
+    note = ", ".join(f"{name} ×{n}" for name, n in crashes.items())
+    return SoakRow(
+        "decoder fuzz (random and mutated frames)",
+        frames,
+        frames,
+        0,
+        0,
+        0,
+        sum(crashes.values()),
+        note,
+    )
+
+
+@contextlib.contextmanager
+def private_ledger() -> Iterator[LedgerDsns]:
+    """A fresh private cluster for a soak run, migrated, removed afterwards."""
+    # Its own top-level temporary directory: the cluster may run as another OS user.
+    data_dir = Path(tempfile.mkdtemp(prefix="soak-pg-"))
+    cluster = LocalCluster(data_dir)
+    info = cluster.start(timeout_ms=120_000)
+    try:
+
+        async def migrated() -> None:
+            conn = await asyncpg.connect(info.owner_dsn)
+            try:
+                await migrate(conn, timeout_ms=120_000)
+            finally:
+                await conn.close()
+
+        asyncio.run(migrated())
+        yield LedgerDsns(info.owner_dsn, info.switch_dsn)
+    finally:
+        cluster.stop(timeout_ms=60_000)
+        shutil.rmtree(data_dir, ignore_errors=True)

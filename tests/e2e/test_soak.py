@@ -1,0 +1,23 @@
+"""Fast versions of `make soak`: the same scenarios, fewer faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kiosk_sim.soak import LedgerDsns, crash_safety, decoder_fuzz
+from tests.conftest import PgCluster
+
+
+async def test_switch_killed_under_load_loses_and_doubles_nothing(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    row = await crash_safety(
+        LedgerDsns(pg_cluster.owner_dsn, pg_cluster.switch_dsn), tmp_path, kills=2, seed=31
+    )
+    assert row.requests > 100
+    assert (row.lost, row.doubled, row.leaked, row.other_failures) == (0, 0, 0, 0), row
+
+
+def test_decoder_fuzz_raises_only_decode_errors() -> None:
+    row = decoder_fuzz(20_000, seed=1)
+    assert row.other_failures == 0, row.note
