@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     soak.add_argument("--kills", type=int, default=10, help="switch SIGKILLs (default 10)")
+    soak.add_argument("--outages", type=int, default=5, help="PostgreSQL restarts (default 5)")
     soak.add_argument(
         "--fuzz-frames", type=int, default=1_000_000, help="decoder frames (default 10^6)"
     )
@@ -193,10 +194,16 @@ def run_soak(args: argparse.Namespace) -> int:
     print(f"soak: decoder fuzz, {args.fuzz_frames:,} frames ...", file=sys.stderr, flush=True)
     rows = [soak.decoder_fuzz(args.fuzz_frames, args.seed)]
     print(f"soak: {args.kills} switch SIGKILLs under load ...", file=sys.stderr, flush=True)
-    with soak.private_ledger() as dsns:
-        rows.append(
-            asyncio.run(soak.crash_safety(dsns, work_dir, kills=args.kills, seed=args.seed))
+    with soak.private_ledger() as (cluster, dsns):
+        crashes = soak.crash_safety(dsns, work_dir, kills=args.kills, seed=args.seed)
+        rows.append(asyncio.run(crashes))
+        print(
+            f"soak: {args.outages} PostgreSQL outages under load ...", file=sys.stderr, flush=True
         )
+        outages = soak.database_outages(
+            cluster, dsns, work_dir, outages=args.outages, seed=args.seed
+        )
+        rows.append(asyncio.run(outages))
     print(soak.table(rows))
     print(f"\n{time.monotonic() - started:.0f} s; switch logs in {work_dir}")
     return 0 if all(row.ok for row in rows) else 1

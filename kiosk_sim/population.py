@@ -7,7 +7,9 @@ LMK); the terminals' clear TMKs stay with the simulator, as they would in each k
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from ledger.settings import pan_hash_key_from_env
 LMK = Lmk(DEVELOPMENT_LMK)
 OPENING_MINOR = 10_000_000  # EUR 100,000.00 per account: load runs decline on limits, not funds
 CUSTOMER_ID_BASE = 100_000
+CONNECT_WITHIN_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +139,19 @@ class LedgerView:
     def __init__(self, owner_dsn: str) -> None:
         self._dsn = owner_dsn
 
+    async def _connect(self) -> asyncpg.Connection:
+        """Connect, waiting out a database that is restarting (soak runs restart it)."""
+        give_up_at = time.monotonic() + CONNECT_WITHIN_S
+        while True:
+            try:
+                return await asyncpg.connect(self._dsn)
+            except (OSError, asyncpg.CannotConnectNowError):
+                if time.monotonic() > give_up_at:
+                    raise
+                await asyncio.sleep(0.2)
+
     async def balances(self, accounts: tuple[str, ...]) -> dict[str, int]:
-        conn = await asyncpg.connect(self._dsn)
+        conn = await self._connect()
         try:
             rows = await conn.fetch(
                 "SELECT account_number, balance_minor FROM ledger.accounts"
@@ -151,7 +165,7 @@ class LedgerView:
     async def unconserved(self) -> dict[str, int]:
         """Currencies whose accounts do not sum to zero. Every posting sums to zero, so every
         currency's accounts (the house's included) must too: money is neither made nor lost."""
-        conn = await asyncpg.connect(self._dsn)
+        conn = await self._connect()
         try:
             rows = await conn.fetch(
                 "SELECT currency, sum(balance_minor)::bigint AS total FROM ledger.accounts"

@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,12 +111,56 @@ async def crash_safety(dsns: LedgerDsns, work_dir: Path, *, kills: int, seed: in
     """SIGKILL the switch at random moments under load, restarting it each time. Afterwards every
     approved withdrawal is in the ledger exactly once, every unanswered one is absent or reversed
     (the kiosks reverse what went unanswered), the audit chains verify and the books balance."""
+
+    async def kill_and_restart(switch: SwitchProcess) -> None:
+        await switch.kill()
+        await switch.start()
+
+    return await _under_faults(
+        "switch SIGKILLed under load, restarted",
+        dsns,
+        work_dir,
+        faults=kills,
+        seed=seed,
+        fault=kill_and_restart,
+    )
+
+
+async def database_outages(
+    cluster: LocalCluster, dsns: LedgerDsns, work_dir: Path, *, outages: int, seed: int
+) -> SoakRow:
+    """Stop PostgreSQL under load (connections cut mid-transaction) and start it again: the
+    switch answers 91 while it is down, reconnects by itself, and nothing is half-posted."""
+    rng = random.Random(seed)
+
+    async def outage(_switch: SwitchProcess) -> None:
+        await asyncio.to_thread(cluster.restart, down_ms=rng.randrange(300, 1_500))
+
+    return await _under_faults(
+        "PostgreSQL stopped and restarted under load",
+        dsns,
+        work_dir,
+        faults=outages,
+        seed=seed + 1,
+        fault=outage,
+    )
+
+
+Fault = Callable[[SwitchProcess], Awaitable[None]]
+
+
+async def _under_faults(
+    scenario: str, dsns: LedgerDsns, work_dir: Path, *, faults: int, seed: int, fault: Fault
+) -> SoakRow:
+    """Kiosks run withdrawals, partial dispenses and reversals while `fault` strikes `faults`
+    times at random moments; then the model, the audit chains and the logs are checked."""
     population = build(seed=seed, customers=32, terminals=8)
     await provision(dsns.owner, population)
-    switch = SwitchProcess(dsns, free_port(), work_dir / f"switch-crash-{seed}.log")
+    log_path = work_dir / f"switch-{seed}.log"
+    switch = SwitchProcess(dsns, free_port(), log_path)
     await switch.start()
     rng = random.Random(seed)
-    pauses_s = [rng.uniform(0.4, 1.2) for _ in range(kills)]
+    pauses_s = [rng.uniform(0.4, 1.2) for _ in range(faults)]
     plan = load.Plan(
         terminals=8,
         seed=seed,
@@ -125,16 +169,15 @@ async def crash_safety(dsns: LedgerDsns, work_dir: Path, *, kills: int, seed: in
         timeout_ms=2_000,
     )
 
-    async def killer() -> None:
+    async def strike() -> None:
         for pause_s in pauses_s:
             await asyncio.sleep(pause_s)
-            await switch.kill()
-            await switch.start()
+            await fault(switch)
 
     try:
         report, _ = await asyncio.gather(
             load.run(plan, population, "127.0.0.1", switch.port, ledger=LedgerView(dsns.owner)),
-            killer(),
+            strike(),
         )
     finally:
         await switch.stop()
@@ -142,19 +185,15 @@ async def crash_safety(dsns: LedgerDsns, work_dir: Path, *, kills: int, seed: in
     discrepancies = report.discrepancies or {}
     unresolved = len(report.differences or []) - len(discrepancies)
     return SoakRow(
-        "switch SIGKILLed under load, restarted",
-        kills,
+        scenario,
+        faults,
         report.answered,
         lost=sum(1 for v in discrepancies.values() if v > 0),
         doubled=sum(1 for v in discrepancies.values() if v < 0),
-        leaked=_pans_in(switch_log(work_dir, seed), population),
+        leaked=_pans_in(log_path.read_text(errors="replace"), population),
         other_failures=unresolved + (0 if verified.ok else 1),
         note="" if verified.ok else f"audit verify: {(verified.damage or verified.books)[0]}",
     )
-
-
-def switch_log(work_dir: Path, seed: int) -> str:
-    return (work_dir / f"switch-crash-{seed}.log").read_text(errors="replace")
 
 
 def _pans_in(text: str, population: Population) -> int:
@@ -229,7 +268,7 @@ def decoder_fuzz(frames: int, seed: int) -> SoakRow:
 
 
 @contextlib.contextmanager
-def private_ledger() -> Iterator[LedgerDsns]:
+def private_ledger() -> Iterator[tuple[LocalCluster, LedgerDsns]]:
     """A fresh private cluster for a soak run, migrated, removed afterwards."""
     # Its own top-level temporary directory: the cluster may run as another OS user.
     data_dir = Path(tempfile.mkdtemp(prefix="soak-pg-"))
@@ -245,7 +284,7 @@ def private_ledger() -> Iterator[LedgerDsns]:
                 await conn.close()
 
         asyncio.run(migrated())
-        yield LedgerDsns(info.owner_dsn, info.switch_dsn)
+        yield cluster, LedgerDsns(info.owner_dsn, info.switch_dsn)
     finally:
         cluster.stop(timeout_ms=60_000)
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -148,21 +148,37 @@ class LocalCluster:
         port = self._running_port()
         if port is None:
             port = _free_port()
-            options = (
-                f"-c listen_addresses=127.0.0.1 -c port={port} "
-                f"-c unix_socket_directories='{self.data_dir}' -c max_connections=200 "
-                "-c fsync=on -c synchronous_commit=on"
-            )
-            self._run(
-                str(find_binary("pg_ctl")), "start", "-D", str(self.data_dir), "-w",
-                "-t", str(max(1, int(deadline - time.monotonic()))),
-                "-l", str(self.data_dir / "server.log"), "-o", options,
-                timeout_ms=_remaining_ms(deadline),
-            )  # fmt: skip
+            self._pg_ctl_start(port, deadline)
             self._started_here = True
         self.info = ClusterInfo(self.data_dir, port)
         self._create_roles_and_database(timeout_ms=_remaining_ms(deadline))
         return self.info
+
+    def _pg_ctl_start(self, port: int, deadline: float) -> None:
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} "
+            f"-c unix_socket_directories='{self.data_dir}' -c max_connections=200 "
+            "-c fsync=on -c synchronous_commit=on"
+        )
+        self._run(
+            str(find_binary("pg_ctl")), "start", "-D", str(self.data_dir), "-w",
+            "-t", str(max(1, int(deadline - time.monotonic()))),
+            "-l", str(self.data_dir / "server.log"), "-o", options,
+            timeout_ms=_remaining_ms(deadline),
+        )  # fmt: skip
+
+    def restart(self, *, down_ms: int, timeout_ms: int = 60_000) -> None:
+        """An outage on purpose: stop (fast: clients are cut off mid-transaction), stay down for
+        `down_ms`, start again on the same port so clients can reconnect."""
+        assert self.info is not None
+        assert self._started_here, "only a cluster this object started is restarted"
+        deadline = time.monotonic() + timeout_ms / 1000
+        self._run(
+            str(find_binary("pg_ctl")), "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
+            timeout_ms=_remaining_ms(deadline),
+        )  # fmt: skip
+        time.sleep(down_ms / 1000)
+        self._pg_ctl_start(self.info.port, deadline)
 
     def _psql(self, sql: str, *, database: str, timeout_ms: int) -> str:
         assert self.info is not None

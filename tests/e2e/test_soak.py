@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from kiosk_sim.soak import LedgerDsns, crash_safety, decoder_fuzz
+from kiosk_sim.soak import LedgerDsns, crash_safety, database_outages, decoder_fuzz, private_ledger
 from tests.conftest import PgCluster
 
 
@@ -21,3 +22,10 @@ async def test_switch_killed_under_load_loses_and_doubles_nothing(
 def test_decoder_fuzz_raises_only_decode_errors() -> None:
     row = decoder_fuzz(20_000, seed=1)
     assert row.other_failures == 0, row.note
+
+
+def test_database_outages_leave_nothing_half_posted(tmp_path: Path) -> None:
+    with private_ledger() as (cluster, dsns):
+        row = asyncio.run(database_outages(cluster, dsns, tmp_path, outages=2, seed=41))
+    assert row.requests > 50
+    assert (row.lost, row.doubled, row.leaked, row.other_failures) == (0, 0, 0, 0), row
