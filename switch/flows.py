@@ -4,7 +4,9 @@ Per financial request: validate → verify MAC → look up (duplicate check, car
 verify PIN → post → respond → MAC the response. Each step either hands the context on or ends
 the request with an outcome; nothing after a decline posts anything. The deadline covers every
 call up to the posting; once the ledger write has started it runs to completion (bounded by the
-ledger's statement timeout), so a terminal is never told "declined" about money that moved.
+ledger's statement timeout), so a terminal is never told "declined" about money that moved. If
+the ledger goes away during the posting, the switch does not answer at all (see
+`PostingInDoubt`): the terminal's reversal settles it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class Context:
 StepMethod = Callable[["Flows", Context], Awaitable[Context | Outcome]]
 
 
+class PostingInDoubt(Exception):
+    """The ledger went away during a posting: whether it committed is unknown."""
+
+
 class Flows:
     """Everything between a decoded request and its response; called by the server."""
 
@@ -95,6 +101,18 @@ class Flows:
             if request.message_class == "080":
                 return await self._network(request, link, deadline)
             outcome = await self._financial(request, link, deadline)
+        except PostingInDoubt as exc:
+            # The posting may have committed: a decline now could leave a customer debited
+            # with no cash. No answer instead: the terminal times out and sends its reversal,
+            # which the ledger applies exactly once, whatever happened here.
+            self._count_error("database")
+            log.error(
+                "posting_in_doubt",
+                terminal_id=link.session.terminal_id,
+                stan=request.stan,
+                reason=str(exc),
+            )
+            return None
         except HsmUnavailable as exc:
             self._count_error("hsm")
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason=f"HSM: {exc}")
@@ -201,9 +219,12 @@ class Flows:
         lookup = context.lookup
         assert lookup is not None, "look_up runs first"
         # Never cut short by the request deadline: see the module docstring.
-        result = await self._ledger.execute(
-            lookup, now=self._now(), timeout_ms=self._write_timeout_ms
-        )
+        try:
+            result = await self._ledger.execute(
+                lookup, now=self._now(), timeout_ms=self._write_timeout_ms
+            )
+        except LedgerUnavailable as exc:
+            raise PostingInDoubt(str(exc)) from exc
         return self._answer(context, result)
 
     async def _lookup(self, context: Context) -> Lookup:

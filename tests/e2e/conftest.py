@@ -59,6 +59,7 @@ class Stack:
     keys: DevKeys
     hsm_server: HsmServer
     db_proxy: CuttableProxy
+    owner_dsn: str = ""
     seed: int = 7
     _clients: list[TerminalClient] = field(default_factory=list)
 
@@ -161,7 +162,9 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         )
         server = SwitchServer(LISTENER, flows, observer=monitor)
         await server.start()
-        stack = Stack(server, monitor, store, owner, world, dev_keys, hsm_server, proxy)
+        stack = Stack(
+            server, monitor, store, owner, world, dev_keys, hsm_server, proxy, pg_cluster.owner_dsn
+        )
         built.append((stack, hsm))
         return stack
 

@@ -6,6 +6,9 @@ import asyncio
 import random
 import time
 
+import asyncpg
+import pytest
+
 from kiosk_sim.terminal import Terminal
 from switch.iso8583.elements import decode_additional_amounts
 from tests.e2e.conftest import PIN, StackFactory, now
@@ -288,3 +291,36 @@ async def test_a_message_maced_with_another_terminals_key_is_declined_and_record
         mine.terminal_id,
     )
     assert recorded == 1
+
+
+async def test_a_posting_in_doubt_gets_no_answer_and_the_reversal_settles_it(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(customers=1)
+    terminal = await stack.terminal()
+    terminal.timeout_ms = 2_000
+    customer = stack.customers[0]
+    # Hold the customer's lock so the switch's posting call waits inside PostgreSQL...
+    holder = await asyncpg.connect(stack.owner_dsn)
+    locking = holder.transaction()
+    await locking.start()
+    await holder.execute(
+        "SELECT 1 FROM ledger.customers WHERE customer_id = $1 FOR UPDATE", customer.customer_id
+    )
+    request = terminal.withdrawal(customer.pan, PIN, 3_000)
+    sent = asyncio.ensure_future(terminal.send(request))
+    await asyncio.sleep(0.5)
+    # ...then cut the switch off from the database while that call is in flight.
+    await stack.db_proxy.cut()
+    with pytest.raises(TimeoutError):
+        await sent  # no answer: not a 91 about money that may have moved
+    await locking.rollback()  # the orphaned posting may now commit, or not
+    await holder.close()
+    await stack.db_proxy.restore()
+    for _ in range(50):
+        answer = await terminal.send(terminal.reversal(request))
+        if answer.code in ("00", "25"):
+            break
+        await asyncio.sleep(0.1)
+    assert answer.code in ("00", "25")
+    assert await stack.balance(customer.checking) == START_MINOR
