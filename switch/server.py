@@ -76,6 +76,9 @@ class TerminalConnection(asyncio.Protocol, Link):
         self._writing_paused = False
         self._closing = False
         self._last_activity = 0.0
+        # When the frame now in the buffer began arriving; it must complete within the frame
+        # timeout, or a peer could hold the connection by dribbling bytes (slowloris).
+        self._frame_started: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self.session = Session()
         self.peer = "?"
@@ -92,7 +95,7 @@ class TerminalConnection(asyncio.Protocol, Link):
             return
         self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
         self._last_activity = self._server.clock()
-        self._arm_idle_timer(self._server.settings.idle_timeout_ms / 1000)
+        self._arm_timer(self._server.settings.idle_timeout_ms / 1000)
         log.debug("connection_open", peer=self.peer)
 
     def data_received(self, data: bytes) -> None:
@@ -103,8 +106,16 @@ class TerminalConnection(asyncio.Protocol, Link):
             self.close(f"framing: {exc}")
             return
         now = self._server.clock()
+        self._track_partial_frame(now, completed_any=bool(frames))
         self._pending.extend((payload, now) for payload in frames)
         self._drain_pending()
+
+    def _track_partial_frame(self, now: float, *, completed_any: bool) -> None:
+        if not self._framer.buffered_bytes:
+            self._frame_started = None
+        elif completed_any or self._frame_started is None:
+            self._frame_started = now  # a new frame began in this read
+            self._arm_timer(self._server.settings.frame_timeout_ms / 1000)
 
     def eof_received(self) -> bool | None:
         self.close("peer closed its side")
@@ -223,16 +234,31 @@ class TerminalConnection(asyncio.Protocol, Link):
             self._transport.resume_reading()
         self._reading_paused = should_pause
 
-    def _arm_idle_timer(self, delay_s: float) -> None:
-        self._idle_timer = asyncio.get_running_loop().call_later(delay_s, self._check_idle)
+    def _arm_timer(self, delay_s: float) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(delay_s, self._check_timers)
 
-    def _check_idle(self) -> None:
-        timeout_s = self._server.settings.idle_timeout_ms / 1000
-        idle_s = self._server.clock() - self._last_activity
-        if idle_s >= timeout_s and not self._tasks:
+    def _check_timers(self) -> None:
+        """One timer for both limits: the idle timeout and the frame timeout."""
+        now = self._server.clock()
+        settings = self._server.settings
+        if self._frame_started is not None:
+            frame_s = now - self._frame_started
+            if frame_s >= settings.frame_timeout_ms / 1000:
+                self.close(f"frame not completed within {settings.frame_timeout_ms} ms")
+                return
+        idle_s = now - self._last_activity
+        idle_timeout_s = settings.idle_timeout_ms / 1000
+        if idle_s >= idle_timeout_s and not self._tasks:
             self.close(f"idle for {idle_s:.1f}s")
-        elif not self._closing:
-            self._arm_idle_timer(max(timeout_s - idle_s, 0.05))
+            return
+        if self._closing:
+            return
+        next_s = idle_timeout_s - idle_s
+        if self._frame_started is not None:
+            next_s = min(next_s, settings.frame_timeout_ms / 1000 - (now - self._frame_started))
+        self._arm_timer(max(next_s, 0.05))
 
     # shutdown
     def close(self, reason: str) -> None:

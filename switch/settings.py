@@ -65,6 +65,8 @@ class ListenerSettings:
     max_in_flight_per_connection: int
     max_frame_bytes: int
     idle_timeout_ms: int
+    # A frame that has begun arriving must be complete within this (slow senders are closed).
+    frame_timeout_ms: int
     tls: TlsSettings | None
 
 
@@ -392,6 +394,7 @@ def _parse_listener(table: _Table, base: Path) -> ListenerSettings:
         ),
         max_frame_bytes=table.integer("max_frame_bytes", 4_096, minimum=64, maximum=65_535),
         idle_timeout_ms=table.integer("idle_timeout_ms", 300_000, minimum=100, maximum=86_400_000),
+        frame_timeout_ms=table.integer("frame_timeout_ms", 10_000, minimum=100, maximum=600_000),
         tls=_parse_tls(table.table("tls"), base) if table.has("tls") else None,
     )
     table.finish()

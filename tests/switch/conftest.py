@@ -21,6 +21,7 @@ LISTENER = ListenerSettings(
     max_in_flight_per_connection=16,
     max_frame_bytes=4_096,
     idle_timeout_ms=60_000,
+    frame_timeout_ms=10_000,
     tls=None,
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import time
@@ -161,6 +162,38 @@ async def test_idle_connections_are_closed() -> None:
         started = time.monotonic()
         await client.wait_closed_by_peer(timeout_ms=3_000)
         assert 0.15 < time.monotonic() - started < 2.0
+        await client.close()
+
+
+async def test_a_frame_dribbled_out_slowly_is_cut_off() -> None:
+    """Slowloris: a byte every 100 ms keeps the connection from being idle, but the frame it
+    started must be complete within the frame timeout."""
+    async with running_switch(approve, frame_timeout_ms=500) as server:
+        client = await TerminalClient.connect("127.0.0.1", server.port)
+        started = time.monotonic()
+        await client.send_raw(struct.pack(">H", 200))
+        with contextlib.suppress(ConnectionError):
+            while not client.closed_by_peer and time.monotonic() - started < 5:
+                await client.send_raw(b"0")
+                await asyncio.sleep(0.1)
+        assert client.closed_by_peer
+        assert 0.4 < time.monotonic() - started < 2.0
+        await client.close()
+
+
+async def test_pipelined_frames_arriving_steadily_are_not_cut_off() -> None:
+    """Each read may end inside the next frame; only a frame that itself takes too long is."""
+    async with running_switch(approve, frame_timeout_ms=300) as server:
+        client = await signed_on(server.port)
+        for i in range(12):
+            wire = client.framed(inquiry(f"{700 + i:06d}"))
+            await client.send_raw(wire[:-3])
+            await asyncio.sleep(0.05)
+            await client.send_raw(wire[-3:])
+            assert (
+                await client.request(network_request("301", stan=f"{800 + i:06d}", now=NOW))
+            ).response_code == "00"
+        assert not client.closed_by_peer
         await client.close()
 
 
