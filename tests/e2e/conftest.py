@@ -57,7 +57,7 @@ class Stack:
     owner: asyncpg.Connection
     world: World
     keys: DevKeys
-    hsm_server: HsmServer
+    hsm_servers: list[HsmServer]
     db_proxy: CuttableProxy
     owner_dsn: str = ""
     seed: int = 7
@@ -131,13 +131,22 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
     built: list[tuple[Stack, NetworkHSM]] = []
 
     async def build(
-        customers: int = 2, terminals: int = 1, *, cross_customer: bool = False, **card: Any
+        customers: int = 2,
+        terminals: int = 1,
+        *,
+        cross_customer: bool = False,
+        hsms: int = 1,
+        **card: Any,
     ) -> Stack:
         owner = await asyncpg.connect(pg_cluster.owner_dsn)
         world = await load_world(owner, dev_keys, customers, terminals, **card)
-        hsm_server = HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=0))
-        await hsm_server.start()
-        hsm = NetworkHSM([("127.0.0.1", hsm_server.port)], timeout_ms=500, attempt_timeout_ms=300)
+        hsm_servers = [
+            HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=0)) for _ in range(hsms)
+        ]
+        for hsm_server in hsm_servers:
+            await hsm_server.start()
+        addresses = [("127.0.0.1", s.port) for s in hsm_servers]
+        hsm = NetworkHSM(addresses, timeout_ms=500, attempt_timeout_ms=200, health_interval_ms=100)
         proxy = CuttableProxy("127.0.0.1", pg_cluster.info.port)
         await proxy.start()
         store = await open_store(
@@ -163,7 +172,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         server = SwitchServer(LISTENER, flows, observer=monitor)
         await server.start()
         stack = Stack(
-            server, monitor, store, owner, world, dev_keys, hsm_server, proxy, pg_cluster.owner_dsn
+            server, monitor, store, owner, world, dev_keys, hsm_servers, proxy, pg_cluster.owner_dsn
         )
         built.append((stack, hsm))
         return stack
@@ -174,6 +183,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         await stack.server.shutdown(2_000)
         await stack.store.close(timeout_ms=5_000)
         await hsm.close()
-        await stack.hsm_server.close()
+        for hsm_server in stack.hsm_servers:
+            await hsm_server.close()
         await stack.db_proxy.close()
         await stack.owner.close()

@@ -9,9 +9,14 @@ import time
 import asyncpg
 import pytest
 
+from hsm.engine import SoftHsm
+from hsm.server import HsmServer, ServerConfig
+from kiosk_sim import load
+from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Terminal
 from switch.iso8583.elements import decode_additional_amounts
-from tests.e2e.conftest import PIN, StackFactory, now
+from tests.conftest import PgCluster
+from tests.e2e.conftest import LMK, PIN, StackFactory, now
 
 START_MINOR = 100_000  # each test customer's checking and savings balance
 
@@ -253,7 +258,7 @@ async def test_ledger_unreachable_answers_91_within_the_deadline_then_recovers(
 async def test_hsm_unreachable_answers_91(make_stack: StackFactory) -> None:
     stack = await make_stack()
     terminal = await stack.terminal()
-    await stack.hsm_server.close()
+    await stack.hsm_servers[0].close()
     started = time.monotonic()
     exchange = await terminal.send(terminal.withdrawal(stack.customers[0].pan, PIN, 1_000))
     assert exchange.code == "91"
@@ -324,3 +329,46 @@ async def test_a_posting_in_doubt_gets_no_answer_and_the_reversal_settles_it(
         await asyncio.sleep(0.1)
     assert answer.code in ("00", "25")
     assert await stack.balance(customer.checking) == START_MINOR
+
+
+async def test_hsm_failover_under_load_then_all_down_then_back(
+    make_stack: StackFactory, pg_cluster: PgCluster
+) -> None:
+    stack = await make_stack(customers=1, hsms=2)
+    population = build(seed=51, customers=8, terminals=4)
+    await provision(pg_cluster.owner_dsn, population)
+    plan = load.Plan(terminals=4, seed=51, duration_s=3.0, mix={"withdrawal": 1, "balance": 1})
+
+    async def kill_one() -> None:
+        await asyncio.sleep(1.0)
+        await stack.hsm_servers[0].close()
+
+    report, _ = await asyncio.gather(
+        load.run(
+            plan,
+            population,
+            "127.0.0.1",
+            stack.server.port,
+            ledger=LedgerView(pg_cluster.owner_dsn),
+        ),
+        kill_one(),
+    )
+    assert report.response_codes == {"00": report.answered}  # failover: no declines at all
+    assert report.differences == []
+
+    terminal = await stack.terminal()
+    pan = stack.customers[0].pan
+    port = stack.hsm_servers[1].port
+    await stack.hsm_servers[1].close()
+    started = time.monotonic()
+    assert (await terminal.send(terminal.withdrawal(pan, PIN, 100))).code == "91"
+    assert time.monotonic() - started < 2.0
+    back = HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=port))
+    await back.start()
+    stack.hsm_servers.append(back)
+    for _ in range(30):
+        answer = await terminal.send(terminal.withdrawal(pan, PIN, 100))
+        if answer.code == "00":
+            break
+        await asyncio.sleep(0.1)
+    assert answer.code == "00"
