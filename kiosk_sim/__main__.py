@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--kills", type=int, default=10, help="switch SIGKILLs (default 10)")
     soak.add_argument("--outages", type=int, default=5, help="PostgreSQL restarts (default 5)")
     soak.add_argument(
+        "--tcp-frames",
+        type=int,
+        default=100_000,
+        help="fuzzed frames to the live switch (default 10^5)",
+    )
+    soak.add_argument(
         "--fuzz-frames", type=int, default=1_000_000, help="decoder frames (default 10^6)"
     )
     soak.add_argument("--seed", type=int, default=7, help="seed of the run (default 7)")
@@ -204,6 +210,9 @@ def run_soak(args: argparse.Namespace) -> int:
             cluster, dsns, work_dir, outages=args.outages, seed=args.seed
         )
         rows.append(asyncio.run(outages))
+        print("soak: hostile clients ...", file=sys.stderr, flush=True)
+        hostile = soak.hostile_clients(dsns, work_dir, frames=args.tcp_frames, seed=args.seed)
+        rows.append(asyncio.run(hostile))
     print(soak.table(rows))
     print(f"\n{time.monotonic() - started:.0f} s; switch logs in {work_dir}")
     return 0 if all(row.ok for row in rows) else 1

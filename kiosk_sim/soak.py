@@ -12,16 +12,19 @@ import os
 import random
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 
 from kiosk_sim import load
+from kiosk_sim.client import SwitchConnectionClosed, TerminalClient, network_request
 from kiosk_sim.demo import free_port
 from kiosk_sim.population import LedgerView, Population, build, provision
 from ledger import audit
@@ -31,6 +34,8 @@ from switch.iso8583 import DecodeError, Dialect, Message, decode, encode
 from switch.iso8583.elements import OriginalData
 
 STARTUP_TIMEOUT_S = 30.0
+HELD_CONNECTIONS = 10_000
+FUZZ_CONNECTIONS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +80,19 @@ class SwitchProcess:
         self._dsns, self.port, self._log_path = dsns, port, log_path
         self._child: asyncio.subprocess.Process | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self._child is not None
+        return self._child.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._child is not None and self._child.returncode is None
+
     async def start(self) -> None:
         env = {
             **os.environ,
+            "SWITCH__LISTENER__MAX_CONNECTIONS": str(HELD_CONNECTIONS + 1_000),
             "SWITCH__LISTENER__PORT": str(self.port),
             "SWITCH__LEDGER__DSN": f'"{self._dsns.switch}"',
             "SWITCH__ADMIN__ENABLED": "false",
@@ -194,6 +209,90 @@ async def _under_faults(
         other_failures=unresolved + (0 if verified.ok else 1),
         note="" if verified.ok else f"audit verify: {(verified.damage or verified.books)[0]}",
     )
+
+
+async def hostile_clients(dsns: LedgerDsns, work_dir: Path, *, frames: int, seed: int) -> SoakRow:
+    """10,000 held connections, then fuzzed and garbage frames from many more, while one
+    terminal keeps echoing: the switch stays up, serves it, and its memory stays bounded."""
+    switch = SwitchProcess(dsns, free_port(), work_dir / f"switch-hostile-{seed}.log")
+    await switch.start()
+    rss_start = _rss_mb(switch.pid)
+    held: list[asyncio.StreamWriter] = []
+    missed = 0
+    try:
+        for _ in range(0, HELD_CONNECTIONS, 500):
+            opened = await asyncio.gather(
+                *(asyncio.open_connection("127.0.0.1", switch.port) for _ in range(500))
+            )
+            held += [writer for _reader, writer in opened]
+        rss_held = _rss_mb(switch.pid)
+        bystander = await TerminalClient.connect("127.0.0.1", switch.port)
+        rng = random.Random(seed)
+        per_connection = max(1, frames // FUZZ_CONNECTIONS)
+        fuzzing = asyncio.gather(
+            *(
+                _fuzz(switch.port, random.Random(rng.random()), per_connection)
+                for _ in range(FUZZ_CONNECTIONS)
+            )
+        )
+        echoes = 0
+        while not fuzzing.done():
+            echo = network_request("301", stan=f"{echoes % 999_999 + 1:06d}", now=datetime.now(UTC))
+            try:
+                missed += (await bystander.request(echo, timeout_ms=5_000)).response_code != "00"
+            except (TimeoutError, SwitchConnectionClosed):
+                missed += 1
+            echoes += 1
+            await asyncio.sleep(0.01)
+        await fuzzing
+        await bystander.close()
+        rss_peak = _rss_mb(switch.pid)
+        alive = switch.alive
+    finally:
+        for writer in held:
+            writer.close()
+        await switch.stop()
+    note = (
+        f"RSS {rss_start:.0f} MB, {rss_held:.0f} MB with {len(held)} held,"
+        f" {rss_peak:.0f} MB after fuzzing"
+    )
+    return SoakRow(
+        "10,000 held connections + fuzzed frames, a bystander echoing",
+        len(held) + per_connection * FUZZ_CONNECTIONS,
+        echoes,
+        0,
+        0,
+        0,
+        missed + (0 if alive else 1),
+        note,
+    )
+
+
+async def _fuzz(port: int, rng: random.Random, frames: int) -> None:
+    corpus = [wire for wire, dialect in decoder_corpus() if dialect.length_header == "2b"]
+    sent = 0
+    while sent < frames:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        try:
+            while sent < frames and not reader.at_eof():
+                payload = mutate(rng.choice(corpus), rng)
+                writer.write(struct.pack(">H", len(payload)) + payload)
+                await writer.drain()
+                sent += 1
+        except OSError:
+            pass  # the switch closed this connection: open another
+        finally:
+            writer.close()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _pans_in(text: str, population: Population) -> int:
