@@ -8,12 +8,15 @@ import contextlib
 
 class CuttableProxy:
     """Forwards 127.0.0.1:<port> to a target. `cut()` drops every connection and refuses new
-    ones (closes the listener); `restore()` listens again on the same port."""
+    ones (closes the listener); `restore()` listens again on the same port. `blackhole()`
+    keeps every socket open but silently discards all traffic, as a broken network does;
+    `heal()` ends that and closes the connections whose streams it broke."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
+        self._dropping = False
         self.port = 0
 
     async def start(self) -> None:
@@ -30,6 +33,15 @@ class CuttableProxy:
 
     async def restore(self) -> None:
         await self.start()
+
+    def blackhole(self) -> None:
+        self._dropping = True
+
+    async def heal(self) -> None:
+        self._dropping = False
+        for pipe in list(self._pipes):
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -54,6 +66,8 @@ class CuttableProxy:
     ) -> None:
         try:
             while data := await source.read(65536):
+                if self._dropping:
+                    continue
                 sink.write(data)
                 await sink.drain()
         except (OSError, asyncio.CancelledError):

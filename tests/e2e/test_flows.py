@@ -372,3 +372,23 @@ async def test_hsm_failover_under_load_then_all_down_then_back(
             break
         await asyncio.sleep(0.1)
     assert answer.code == "00"
+
+
+async def test_a_network_that_drops_traffic_answers_91_in_time_then_recovers(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(customers=1)
+    terminal = await stack.terminal()
+    pan = stack.customers[0].pan
+    stack.db_proxy.blackhole()
+    started = time.monotonic()
+    assert (await terminal.send(terminal.withdrawal(pan, PIN, 1_000))).code == "91"
+    assert time.monotonic() - started < 3.0
+    await stack.db_proxy.heal()
+    for _ in range(50):
+        answer = await terminal.send(terminal.withdrawal(pan, PIN, 1_000))
+        if answer.code == "00":
+            break
+        await asyncio.sleep(0.1)
+    assert answer.code == "00"
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR - 1_000
