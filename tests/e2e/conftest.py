@@ -146,7 +146,11 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         for hsm_server in hsm_servers:
             await hsm_server.start()
         addresses = [("127.0.0.1", s.port) for s in hsm_servers]
-        hsm = NetworkHSM(addresses, timeout_ms=500, attempt_timeout_ms=200, health_interval_ms=100)
+        # Attempts time out well above normal latency, even on two busy cores: a slow answer
+        # must not mark the surviving HSM down.
+        hsm = NetworkHSM(
+            addresses, timeout_ms=1_000, attempt_timeout_ms=1_000, health_interval_ms=100
+        )
         proxy = CuttableProxy("127.0.0.1", pg_cluster.info.port)
         await proxy.start()
         store = await open_store(

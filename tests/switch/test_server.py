@@ -183,9 +183,10 @@ async def test_a_frame_dribbled_out_slowly_is_cut_off() -> None:
 
 async def test_pipelined_frames_arriving_steadily_are_not_cut_off() -> None:
     """Each read may end inside the next frame; only a frame that itself takes too long is."""
-    async with running_switch(approve, frame_timeout_ms=300) as server:
+    # 25 frames of ~60 ms each take well over the 800 ms timeout in all; none alone comes near.
+    async with running_switch(approve, frame_timeout_ms=800) as server:
         client = await signed_on(server.port)
-        for i in range(12):
+        for i in range(25):
             wire = client.framed(inquiry(f"{700 + i:06d}"))
             await client.send_raw(wire[:-3])
             await asyncio.sleep(0.05)
