@@ -35,8 +35,9 @@ import uvloop
 from bench.ledger_bench import pgbench_tps
 from kiosk_sim import load
 from kiosk_sim.client import TerminalClient, network_request
-from kiosk_sim.demo import free_port
+from kiosk_sim.demo import free_port, wait_listening
 from kiosk_sim.population import Population, build, provision
+from kiosk_sim.soak import rss_bytes
 from ledger.migrations import migrate
 from ledger.postgres import ClusterInfo, LocalCluster
 
@@ -73,27 +74,6 @@ def switch_process(
             child.wait(timeout=30)
         except subprocess.TimeoutExpired:
             child.kill()
-
-
-async def wait_listening(port: int, child: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if child.poll() is not None:
-            raise RuntimeError(f"the switch exited with {child.returncode}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        return
-    raise RuntimeError("the switch did not start")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def closed_loops(population: Population, port: int, duration_s: float) -> dict[str, float]:
@@ -189,7 +169,7 @@ def run(duration_s: float = 8.0) -> dict[str, float]:
         }
         port = free_port()
         with switch_process(info, port, work / "switch.log") as child:
-            uvloop.run(wait_listening(port, child))
+            uvloop.run(wait_listening(port, child, "the switch"))
             figures |= uvloop.run(closed_loops(population, port, duration_s))
             best = max(figures[f"approved_withdrawals_per_s_t{n}"] for n in TERMINAL_COUNTS)
             figures["approved_withdrawals_per_s_best"] = best

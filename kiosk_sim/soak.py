@@ -231,7 +231,7 @@ async def hostile_clients(dsns: LedgerDsns, work_dir: Path, *, frames: int, seed
         per_connection = max(1, frames // FUZZ_CONNECTIONS)
         fuzzing = asyncio.gather(
             *(
-                _fuzz(switch.port, random.Random(rng.random()), per_connection)
+                fuzz_connection(switch.port, random.Random(rng.random()), per_connection)
                 for _ in range(FUZZ_CONNECTIONS)
             )
         )
@@ -268,7 +268,9 @@ async def hostile_clients(dsns: LedgerDsns, work_dir: Path, *, frames: int, seed
     )
 
 
-async def _fuzz(port: int, rng: random.Random, frames: int) -> None:
+async def fuzz_connection(port: int, rng: random.Random, frames: int) -> None:
+    """Send `frames` hostile writes: mostly mutated frames behind a valid length header, one in
+    ten raw garbage; when the switch cuts the connection off, open another."""
     corpus = [wire for wire, dialect in decoder_corpus() if dialect.length_header == "2b"]
     sent = 0
     while sent < frames:
@@ -278,8 +280,12 @@ async def _fuzz(port: int, rng: random.Random, frames: int) -> None:
             return
         try:
             while sent < frames and not reader.at_eof():
-                payload = mutate(rng.choice(corpus), rng)
-                writer.write(struct.pack(">H", len(payload)) + payload)
+                if rng.random() < 0.1:
+                    data = rng.randbytes(rng.randrange(1, 40))  # not even a length header
+                else:
+                    payload = mutate(rng.choice(corpus), rng)
+                    data = struct.pack(">H", len(payload)) + payload
+                writer.write(data)
                 await writer.drain()
                 sent += 1
         except OSError:
@@ -288,11 +294,16 @@ async def _fuzz(port: int, rng: random.Random, frames: int) -> None:
             writer.close()
 
 
-def _rss_mb(pid: int) -> float:
+def rss_bytes(pid: int) -> int:
+    """A running process's resident memory, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _rss_mb(pid: int) -> float:
+    return rss_bytes(pid) / 2**20
 
 
 def _pans_in(text: str, population: Population) -> int:

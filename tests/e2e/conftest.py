@@ -7,6 +7,7 @@ truncated). The switch reaches PostgreSQL through a proxy the test can cut.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,13 +26,13 @@ from hsm.local import LocalHSM
 from hsm.server import HsmServer, ServerConfig
 from kiosk_sim.client import TerminalClient
 from kiosk_sim.epp import Epp
-from kiosk_sim.terminal import Terminal
+from kiosk_sim.terminal import Exchange, Terminal
 from ledger.fixtures import load_fixtures
 from ledger.postgres import DATABASE, SWITCH_ROLE
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings
 from ledger.store import LedgerStore, open_store
 from switch.flows import Flows
-from switch.iso8583 import Dialect
+from switch.iso8583 import Dialect, Message
 from switch.monitor import Monitor
 from switch.server import SwitchServer
 from switch.settings import PipelineSettings
@@ -96,6 +97,19 @@ class Stack:
     async def close_clients(self) -> None:
         for client in self._clients:
             await client.close()
+
+
+async def until_answered(
+    terminal: Terminal, build: Callable[[], Message], codes: frozenset[str], *, attempts: int = 50
+) -> Exchange:
+    """Send a fresh request from `build` every 100 ms until the switch answers one of `codes`
+    (it is recovering from a fault); the last answer comes back either way."""
+    for _ in range(attempts):
+        answer = await terminal.send(build())
+        if answer.code in codes:
+            break
+        await asyncio.sleep(0.1)
+    return answer
 
 
 async def pin_data(pan: str, keys: DevKeys) -> dict[str, Any]:

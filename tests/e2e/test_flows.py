@@ -16,9 +16,11 @@ from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Terminal
 from switch.iso8583.elements import decode_additional_amounts
 from tests.conftest import PgCluster
-from tests.e2e.conftest import LMK, PIN, StackFactory, now
+from tests.e2e.conftest import LMK, PIN, StackFactory, now, until_answered
 
 START_MINOR = 100_000  # each test customer's checking and savings balance
+APPROVED = frozenset({"00"})
+SETTLED = frozenset({"00", "25"})  # a reversal applied, or kept against a never-posted original
 
 
 async def test_sign_on_key_change_withdrawal_with_macs(make_stack: StackFactory) -> None:
@@ -245,11 +247,7 @@ async def test_ledger_unreachable_answers_91_within_the_deadline_then_recovers(
     assert down.code == "91"
     assert time.monotonic() - started < 3.0
     await stack.db_proxy.restore()
-    for _ in range(50):
-        up = await terminal.send(terminal.withdrawal(pan, PIN, 1_000))
-        if up.code == "00":
-            break
-        await asyncio.sleep(0.1)
+    up = await until_answered(terminal, lambda: terminal.withdrawal(pan, PIN, 1_000), APPROVED)
     assert up.code == "00"
     assert await stack.balance(stack.customers[0].checking) == START_MINOR - 1_000
     assert stack.monitor.metrics.errors["database"] >= 1
@@ -322,11 +320,7 @@ async def test_a_posting_in_doubt_gets_no_answer_and_the_reversal_settles_it(
     await locking.rollback()  # the orphaned posting may now commit, or not
     await holder.close()
     await stack.db_proxy.restore()
-    for _ in range(50):
-        answer = await terminal.send(terminal.reversal(request))
-        if answer.code in ("00", "25"):
-            break
-        await asyncio.sleep(0.1)
+    answer = await until_answered(terminal, lambda: terminal.reversal(request), SETTLED)
     assert answer.code in ("00", "25")
     assert await stack.balance(customer.checking) == START_MINOR
 
@@ -366,11 +360,9 @@ async def test_hsm_failover_under_load_then_all_down_then_back(
     back = HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=port))
     await back.start()
     stack.hsm_servers.append(back)
-    for _ in range(30):
-        answer = await terminal.send(terminal.withdrawal(pan, PIN, 100))
-        if answer.code == "00":
-            break
-        await asyncio.sleep(0.1)
+    answer = await until_answered(
+        terminal, lambda: terminal.withdrawal(pan, PIN, 100), APPROVED, attempts=30
+    )
     assert answer.code == "00"
 
 
@@ -385,10 +377,6 @@ async def test_a_network_that_drops_traffic_answers_91_in_time_then_recovers(
     assert (await terminal.send(terminal.withdrawal(pan, PIN, 1_000))).code == "91"
     assert time.monotonic() - started < 3.0
     await stack.db_proxy.heal()
-    for _ in range(50):
-        answer = await terminal.send(terminal.withdrawal(pan, PIN, 1_000))
-        if answer.code == "00":
-            break
-        await asyncio.sleep(0.1)
+    answer = await until_answered(terminal, lambda: terminal.withdrawal(pan, PIN, 1_000), APPROVED)
     assert answer.code == "00"
     assert await stack.balance(stack.customers[0].checking) == START_MINOR - 1_000

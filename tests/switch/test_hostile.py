@@ -4,13 +4,11 @@ The server stays up, keeps serving a bystander, never raises, and frees what the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import struct
 from datetime import UTC, datetime
 
 from kiosk_sim.client import TerminalClient, network_request
-from kiosk_sim.soak import decoder_corpus, mutate
+from kiosk_sim.soak import fuzz_connection
 from switch.iso8583 import Message
 from switch.response_codes import ResponseCode
 from switch.responses import respond
@@ -22,25 +20,6 @@ NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
 
 async def approve(request: Message, _link: Link) -> Message:
     return respond(request, ResponseCode.APPROVED)
-
-
-async def fuzz_connection(port: int, rng: random.Random, frames: int) -> None:
-    corpus = [wire for wire, dialect in decoder_corpus() if dialect.length_header == "2b"]
-    with contextlib.suppress(OSError):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            for _ in range(frames):
-                if rng.random() < 0.1:
-                    data = rng.randbytes(rng.randrange(1, 40))  # not even a length header
-                else:
-                    payload = mutate(rng.choice(corpus), rng)
-                    data = struct.pack(">H", len(payload)) + payload
-                writer.write(data)
-                await writer.drain()
-                if writer.is_closing() or reader.at_eof():
-                    break
-        finally:
-            writer.close()
 
 
 async def test_fuzzed_connections_never_hurt_the_server_or_a_bystander() -> None:
