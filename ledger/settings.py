@@ -44,10 +44,16 @@ class LedgerSettings:
     # A stale snapshot (another request of the same customer committed first) is re-decided
     # at most this many times before the request fails with LedgerError.
     stale_retries_max: int = 64
+    # Reads (and writes) at the database at once; requests arriving meanwhile go together in
+    # the next call, at most batch_size_max per call.
+    calls_in_flight_max: int = 2
+    batch_size_max: int = 32
 
     def __post_init__(self) -> None:
         assert 0 < self.pool_size_min <= self.pool_size_max, "pool sizes"
         assert self.pin_tries_max > 0, "pin_tries_max"
         assert self.statement_timeout_ms > 0, "statement_timeout_ms"
         assert self.stale_retries_max > 0, "stale_retries_max"
+        assert self.calls_in_flight_max > 0, "calls_in_flight_max"
+        assert self.batch_size_max > 0, "batch_size_max"
         assert len(self.pan_hash_key) >= 16, "pan_hash_key is at least 16 bytes"

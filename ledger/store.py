@@ -5,15 +5,20 @@ outside any transaction, then calls `execute` or `record_pin_failure` (one round
 transaction). The write re-checks under lock that the snapshot the decision was made on is
 still current; if another request of the same customer committed first, the SQL function
 returns a fresh snapshot in the same round trip and the decision is made again.
+
+Under load, reads (and writes) that arrive while the store's calls are busy go to the database
+together in the next call (`ledger.snapshot_all`, `ledger.apply_all`): one round trip and one
+commit for the batch, each item with its own outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -94,16 +99,141 @@ class _Deadline:
 
     def __init__(self, timeout_ms: int) -> None:
         assert timeout_ms > 0, "timeout_ms"
-        self._end = time.monotonic() + timeout_ms / 1000
+        self.end = time.monotonic() + timeout_ms / 1000
 
     def left_ms(self) -> int:
         return max(1, int(self.left_s() * 1000))
 
     def left_s(self) -> float:
-        left = self._end - time.monotonic()
+        left = self.end - time.monotonic()
         if left <= 0:
             raise LedgerUnavailable("ledger deadline passed")
         return left
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    payload: Mapping[str, Any]
+    deadline: _Deadline
+    reply: asyncio.Future[Any]
+
+
+class _Batches:
+    """Calls of one batch function (`ledger.<function>(jsonb array)`), at most
+    `calls_in_flight_max` at the database at once.
+
+    A request that arrives while all those calls are busy waits in a queue and goes with the
+    others queued, at most `batch_size_max` per call, as soon as a call ends. At light load a
+    request therefore goes alone at once; under load the per-call cost is shared. Requests that
+    lock a common customer go in different calls: in one, all but the first would find the
+    customer changed and be decided again. The queue is
+    bounded by the switch's in-flight request limit, not here. A request that gave up while it
+    was queued is not sent.
+    """
+
+    def __init__(
+        self,
+        connection: Callable[[_Deadline], contextlib.AbstractAsyncContextManager[Connection]],
+        function: str,
+        settings: LedgerSettings,
+        customers: Callable[[Mapping[str, Any]], Iterable[int]],
+    ) -> None:
+        self._connection = connection
+        self._customers = customers
+        self._sql = f"SELECT ledger.{function}($1::jsonb)"
+        self._calls_max = settings.calls_in_flight_max
+        self._batch_max = settings.batch_size_max
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._calls: set[asyncio.Task[None]] = set()
+        self.calls_sent = 0
+        self.requests_sent = 0
+
+    async def call(self, payload: Mapping[str, Any], deadline: _Deadline) -> Any:
+        left_s = deadline.left_s()
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(payload, deadline, reply))
+        self._start_calls()
+        try:
+            async with asyncio.timeout(left_s):
+                return await asyncio.shield(reply)
+        except TimeoutError:
+            # The batch goes on for the others; this reply is dropped when it comes.
+            reply.add_done_callback(_drop_reply)
+            raise LedgerUnavailable("ledger deadline passed") from None
+
+    def _start_calls(self) -> None:
+        while len(self._calls) < self._calls_max and self._queue:
+            batch: list[_Queued] = []
+            held: set[int] = set()
+            later: list[_Queued] = []
+            while self._queue and len(batch) < self._batch_max:
+                queued = self._queue.popleft()
+                if queued.reply.done():
+                    continue
+                customers = self._customers(queued.payload)
+                if held.isdisjoint(customers):
+                    held.update(customers)
+                    batch.append(queued)
+                else:
+                    later.append(queued)
+            self._queue.extendleft(reversed(later))
+            if batch:
+                self.calls_sent += 1
+                self.requests_sent += len(batch)
+                task = asyncio.create_task(self._send(batch))
+                self._calls.add(task)
+                task.add_done_callback(self._call_ended)
+
+    def _call_ended(self, task: asyncio.Task[None]) -> None:
+        self._calls.discard(task)
+        self._start_calls()
+
+    async def _send(self, batch: list[_Queued]) -> None:
+        # The longest budget in the batch bounds the call; each request still stops waiting
+        # at its own deadline.
+        deadline = max(batch, key=lambda queued: queued.deadline.end).deadline
+        # Unless the call answers: cancelled (the store is closing) or failed unexpectedly,
+        # whether it committed is unknown.
+        outcomes: list[Any | LedgerError] = [
+            LedgerUnavailable("ledger call did not complete") for _ in batch
+        ]
+        try:
+            async with self._connection(deadline) as conn:
+                replies = await conn.fetchval(
+                    self._sql, [queued.payload for queued in batch], timeout=deadline.left_s()
+                )
+            assert len(replies) == len(batch), "one reply per request"
+            outcomes = [
+                LedgerError(f"ledger error: {reply['error']} {reply['message']}")
+                if "error" in reply
+                else reply
+                for reply in replies
+            ]
+        except LedgerError as exc:
+            outcomes = [type(exc)(*exc.args) for _ in batch]
+        finally:
+            for queued, outcome in zip(batch, outcomes, strict=True):
+                if queued.reply.done():
+                    continue
+                if isinstance(outcome, LedgerError):
+                    queued.reply.set_exception(outcome)
+                else:
+                    queued.reply.set_result(outcome)
+
+
+def _drop_reply(reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled():
+        reply.exception()  # retrieved: its request already gave up
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFigures:
+    """Database calls made and requests they carried, since the store opened."""
+
+    read_calls: int
+    reads: int
+    write_calls: int
+    writes: int
 
 
 class LedgerStore:
@@ -126,6 +256,10 @@ class LedgerStore:
         )
         self._response_codes = response_codes
         self._cluster = cluster
+        self._reads = _Batches(self._connection, "snapshot_all", settings, lambda _read: ())
+        self._writes = _Batches(
+            self._connection, "apply_all", settings, lambda write: write["admitted"]
+        )
 
     @contextlib.asynccontextmanager
     async def _connection(self, deadline: _Deadline) -> AsyncIterator[Connection]:
@@ -137,11 +271,13 @@ class LedgerStore:
         except asyncpg.PostgresError as exc:
             raise LedgerError(f"ledger error: {exc.sqlstate} {exc}") from exc
 
-    async def _call(self, function: str, payload: Mapping[str, Any], deadline: _Deadline) -> Any:
-        async with self._connection(deadline) as conn:
-            return await conn.fetchval(
-                f"SELECT ledger.{function}($1::jsonb)", payload, timeout=deadline.left_s()
-            )
+    def batch_figures(self) -> BatchFigures:
+        return BatchFigures(
+            self._reads.calls_sent,
+            self._reads.requests_sent,
+            self._writes.calls_sent,
+            self._writes.requests_sent,
+        )
 
     async def lookup(self, request: Request, *, timeout_ms: int) -> Lookup:
         """Read the card context by PAN and whether this request key was already answered."""
@@ -149,7 +285,7 @@ class LedgerStore:
         params = codec.lookup_params(
             request, hash_hex, admit_other=self.settings.cross_customer_transfers
         )
-        state = await self._call("snapshot", params, _Deadline(timeout_ms))
+        state = await self._reads.call(params, _Deadline(timeout_ms))
         return Lookup(request, hash_hex, codec.parse_snapshot(state))
 
     async def execute(
@@ -208,7 +344,7 @@ class LedgerStore:
         for _attempt in range(self.settings.stale_retries_max):
             decision = decide(snapshot, at)
             payload = self._payload(lookup, snapshot, decision, at)
-            reply = await self._call("apply", payload, deadline)
+            reply = await self._writes.call(payload, deadline)
             if reply["status"] == "stale":
                 snapshot = codec.parse_snapshot(reply["state"])
                 continue

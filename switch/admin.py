@@ -25,6 +25,7 @@ READY_TIMEOUT_S = 2.0
 MONITOR_KEY = web.AppKey("monitor", Monitor)
 STATS_KEY: web.AppKey[Callable[[], Stats]] = web.AppKey("stats")
 READINESS_KEY: web.AppKey[ReadinessCheck] = web.AppKey("readiness")
+LEDGER_FIGURES_KEY: web.AppKey[Callable[[], Mapping[str, float]]] = web.AppKey("ledger")
 
 
 def _bearer_middleware(token: str) -> Middleware:
@@ -63,6 +64,7 @@ async def metrics(request: web.Request) -> web.Response:
         "connections": float(stats.connections),
         "in_flight_requests": float(stats.in_flight),
         "refused_connections_total": float(stats.refused_connections),
+        **request.app[LEDGER_FIGURES_KEY](),
     }
     body = request.app[MONITOR_KEY].metrics.render(gauges)
     return web.Response(text=body, content_type="text/plain", charset="utf-8")
@@ -78,12 +80,18 @@ async def fleet_page(_request: web.Request) -> web.Response:
 
 
 def create_admin_app(
-    *, token: str, monitor: Monitor, stats: Callable[[], Stats], readiness: ReadinessCheck
+    *,
+    token: str,
+    monitor: Monitor,
+    stats: Callable[[], Stats],
+    readiness: ReadinessCheck,
+    ledger_figures: Callable[[], Mapping[str, float]] = dict,
 ) -> web.Application:
     app = web.Application(middlewares=[_bearer_middleware(token)], client_max_size=64 * 1024)
     app[MONITOR_KEY] = monitor
     app[STATS_KEY] = stats
     app[READINESS_KEY] = readiness
+    app[LEDGER_FIGURES_KEY] = ledger_figures
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

@@ -61,6 +61,8 @@ def ledger_settings(settings: Settings) -> LedgerSettings:
         business_day_cutover=section.business_day_cutover,
         cross_customer_transfers=section.cross_customer_transfers,
         statement_timeout_ms=section.statement_timeout_ms,
+        calls_in_flight_max=section.calls_in_flight_max,
+        batch_size_max=section.batch_size_max,
     )
 
 
@@ -98,6 +100,17 @@ async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
         await store.close()
 
 
+def ledger_figures(ledger: LedgerStore) -> Mapping[str, float]:
+    """Database calls and the requests they carried: their ratio is the mean batch size."""
+    figures = ledger.batch_figures()
+    return {
+        "ledger_read_calls_total": figures.read_calls,
+        "ledger_reads_total": figures.reads,
+        "ledger_write_calls_total": figures.write_calls,
+        "ledger_writes_total": figures.writes,
+    }
+
+
 async def readiness(hsm: HSM, ledger: LedgerStore) -> Mapping[str, bool]:
     checks = {"database": True, "hsm": True}
     try:
@@ -124,6 +137,7 @@ async def running_admin(
         monitor=monitor,
         stats=server.stats,
         readiness=lambda: readiness(hsm, ledger),
+        ledger_figures=lambda: ledger_figures(ledger),
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

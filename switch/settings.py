@@ -113,6 +113,8 @@ class LedgerSection:
     business_day_cutover: time
     cross_customer_transfers: bool
     statement_timeout_ms: int
+    calls_in_flight_max: int
+    batch_size_max: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,9 +357,16 @@ def _parse_ledger(table: _Table) -> LedgerSection:
         statement_timeout_ms=table.integer(
             "statement_timeout_ms", 5_000, minimum=100, maximum=600_000
         ),
+        calls_in_flight_max=table.integer("calls_in_flight_max", 2, minimum=1, maximum=1_000),
+        batch_size_max=table.integer("batch_size_max", 32, minimum=1, maximum=1_000),
     )
     if settings.pool_size_min > settings.pool_size_max:
         raise SettingsError(table.source, table.key_name("pool_size_min"), "at most pool_size_max")
+    if 2 * settings.calls_in_flight_max > settings.pool_size_max:
+        # Reads and writes each have calls_in_flight_max calls; sign-ons need a connection too.
+        raise SettingsError(
+            table.source, table.key_name("calls_in_flight_max"), "at most pool_size_max / 2"
+        )
     table.finish()
     return settings
 

@@ -4,6 +4,7 @@ clear key appears in the logs, any ledger table, the metrics or the operations a
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from kiosk_sim.epp import Epp
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Terminal
 from switch.admin import create_admin_app
+from switch.app import ledger_figures
 from switch.iso8583.elements import KeyChangeData
 from switch.logging import configure_logging
 from switch.settings import LoggingSettings
@@ -94,7 +96,11 @@ async def dump_ledger(dsn: str) -> str:
 
 async def operations_answers(stack: Any) -> str:
     app = create_admin_app(
-        token=TOKEN, monitor=stack.monitor, stats=stack.server.stats, readiness=_ready
+        token=TOKEN,
+        monitor=stack.monitor,
+        stats=stack.server.stats,
+        readiness=_ready,
+        ledger_figures=lambda: ledger_figures(stack.store),
     )
     async with TestClient(TestServer(app)) as http:
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -144,5 +150,7 @@ async def test_no_card_data_anywhere_after_every_flow_and_fault(
     assert len(secrets.values) > 50
     assert secrets.found_in(json_logs.getvalue()) == []
     assert secrets.found_in(await dump_ledger(pg_cluster.superuser_dsn)) == []
-    assert secrets.found_in(await operations_answers(stack)) == []
+    answers = await operations_answers(stack)
+    assert secrets.found_in(answers) == []
+    assert re.search(r"^switch_ledger_writes_total [1-9]", answers, re.MULTILINE)
     assert "message" in json_logs.getvalue()

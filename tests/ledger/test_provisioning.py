@@ -21,7 +21,14 @@ async def test_migrations_are_recorded_and_idempotent(owner_conn: asyncpg.Connec
     assert await migrate(owner_conn, timeout_ms=60_000) == []
     names = [r[0] for r in await owner_conn.fetch(
         "SELECT name FROM ledger.schema_migrations ORDER BY version")]  # fmt: skip
-    assert names == ["tables", "security", "functions", "terminal_bdk", "fewer_statements"]
+    assert names == [
+        "tables",
+        "security",
+        "functions",
+        "terminal_bdk",
+        "fewer_statements",
+        "batches",
+    ]
 
 
 async def test_switch_refuses_an_old_schema(

@@ -1,0 +1,114 @@
+"""Requests that wait for a busy store go to the database together, each with its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ledger.errors import LedgerError
+from ledger.model import Outcome, Withdrawal
+from ledger.settings import LedgerSettings
+from ledger.store import BatchFigures, LedgerStore, open_store
+from tests.ledger.factory import AUDIT, World, key
+from tests.ledger.helpers import TIMEOUT_MS, balance, run
+
+START_MINOR = 100_000
+
+
+@pytest.fixture
+async def one_call_store(ledger_settings: LedgerSettings) -> AsyncIterator[LedgerStore]:
+    """One read and one write at the database at a time: whatever arrives meanwhile waits."""
+    store = await open_store(replace(ledger_settings, calls_in_flight_max=1), timeout_ms=30_000)
+    try:
+        yield store
+    finally:
+        await store.close(timeout_ms=10_000)
+
+
+async def test_waiting_reads_go_together_and_each_gets_its_own(
+    one_call_store: LedgerStore, owner_conn: asyncpg.Connection
+) -> None:
+    world = World()
+    await world.load(owner_conn, 20)
+    requests = [
+        Withdrawal(c.pan, key(world.terminals[0]), AUDIT, "20", 1_000, "EUR")
+        for c in world.customers
+    ]
+    lookups = await asyncio.gather(
+        *(one_call_store.lookup(r, timeout_ms=TIMEOUT_MS) for r in requests)
+    )
+    # The first read went alone; the 19 that arrived while it ran went in one call.
+    assert one_call_store.batch_figures() == BatchFigures(2, 20, 0, 0)
+    assert [lookup.snapshot.customer_id for lookup in lookups] == [
+        c.customer_id for c in world.customers
+    ]
+
+
+async def test_writes_of_one_customer_never_share_a_call(
+    one_call_store: LedgerStore, owner_conn: asyncpg.Connection
+) -> None:
+    world = World()
+    await world.load(owner_conn, 1)
+    customer = world.customers[0]
+    requests = [
+        Withdrawal(customer.pan, key(world.terminals[0]), AUDIT, "20", 5_000, "EUR")
+        for _ in range(5)
+    ]
+    results = await asyncio.gather(*(run(one_call_store, r) for r in requests))
+    assert [r.outcome for r in results] == [Outcome.APPROVED] * 5
+    figures = one_call_store.batch_figures()
+    # In one call all but the first would have found the customer changed.
+    assert figures.write_calls == figures.writes
+    assert figures.writes >= 5  # and the ones decided on an old balance were decided again
+    assert await balance(owner_conn, customer.checking) == START_MINOR - 5 * 5_000
+
+
+async def test_an_item_that_fails_fails_alone(
+    one_call_store: LedgerStore, owner_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World()
+    await world.load(owner_conn, 6)
+    victim, other = world.customers[3], world.customers[0]
+    foreign = await owner_conn.fetchval(
+        "SELECT account_id FROM ledger.accounts WHERE account_number = $1", other.savings
+    )
+    payload = one_call_store._payload  # a fault injected on purpose
+
+    def redirected(*args: Any) -> dict[str, Any]:
+        built = payload(*args)
+        if built["customer_id"] == victim.customer_id:
+            # A bug that would debit another customer's account: the database refuses it.
+            built["postings"] = [
+                {**leg, "account_id": foreign, "customer_id": other.customer_id}
+                if leg["customer_id"]
+                else leg
+                for leg in built["postings"]
+            ]
+        return built
+
+    monkeypatch.setattr(one_call_store, "_payload", redirected)
+    requests = [
+        Withdrawal(c.pan, key(world.terminals[0]), AUDIT, "20", 2_000, "EUR")
+        for c in world.customers
+    ]
+    # The first write goes alone; the other five wait and go in one call with the victim's.
+    results = await asyncio.gather(
+        *(run(one_call_store, r) for r in requests), return_exceptions=True
+    )
+    failed = results[3]
+    assert isinstance(failed, LedgerError)
+    assert "42501" in str(failed)
+    assert [r.outcome for i, r in enumerate(results) if i != 3] == [Outcome.APPROVED] * 5  # type: ignore[union-attr]
+    for i, customer in enumerate(world.customers):
+        expected = START_MINOR if i == 3 else START_MINOR - 2_000
+        assert await balance(owner_conn, customer.checking) == expected
+    assert await balance(owner_conn, other.savings) == START_MINOR
+    assert await owner_conn.fetchval(
+        "SELECT count(*) FROM ledger.requests WHERE customer_id = $1", victim.customer_id
+    ) == 0  # fmt: skip
+    assert one_call_store.batch_figures().write_calls == 2
