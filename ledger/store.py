@@ -111,6 +111,9 @@ class _Deadline:
         return left
 
 
+_CANCEL_GRACE_S = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class _Queued:
     payload: Mapping[str, Any]
@@ -148,13 +151,24 @@ class _Batches:
         self.calls_sent = 0
         self.requests_sent = 0
 
-    async def call(self, payload: Mapping[str, Any], deadline: _Deadline) -> Any:
+    async def call(
+        self, payload: Mapping[str, Any], deadline: _Deadline, *, first: bool = False
+    ) -> Any:
+        """`first`: ahead of the queue (a write decided again after its customer changed, so
+        that it is not overtaken again by the requests queued behind it)."""
         left_s = deadline.left_s()
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(payload, deadline, reply))
+        queued = _Queued(payload, deadline, reply)
+        if first:
+            self._queue.appendleft(queued)
+        else:
+            self._queue.append(queued)
         self._start_calls()
         try:
-            async with asyncio.timeout(left_s):
+            # The call's own timeout cancels its statement at the longest deadline in it; the
+            # grace lets a call holding only this request report that (nothing committed)
+            # before the request gives up not knowing.
+            async with asyncio.timeout(left_s + _CANCEL_GRACE_S):
                 return await asyncio.shield(reply)
         except TimeoutError:
             # The batch goes on for the others; this reply is dropped when it comes.
@@ -341,10 +355,10 @@ class LedgerStore:
         deadline = _Deadline(timeout_ms)
         at = now or datetime.now(UTC)
         snapshot = lookup.snapshot
-        for _attempt in range(self.settings.stale_retries_max):
+        for attempt in range(self.settings.stale_retries_max):
             decision = decide(snapshot, at)
             payload = self._payload(lookup, snapshot, decision, at)
-            reply = await self._writes.call(payload, deadline)
+            reply = await self._writes.call(payload, deadline, first=attempt > 0)
             if reply["status"] == "stale":
                 snapshot = codec.parse_snapshot(reply["state"])
                 continue
