@@ -129,9 +129,8 @@ class _Batches:
     others queued, at most `batch_size_max` per call, as soon as a call ends. At light load a
     request therefore goes alone at once; under load the per-call cost is shared. Requests that
     lock a common customer go in different calls: in one, all but the first would find the
-    customer changed and be decided again. The queue is
-    bounded by the switch's in-flight request limit, not here. A request that gave up while it
-    was queued is not sent.
+    customer changed and be decided again. The queue is bounded by the switch's in-flight
+    request limit, not here. A request that gave up while it was queued is not sent.
     """
 
     def __init__(
