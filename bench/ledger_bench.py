@@ -20,12 +20,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import uvloop
 
+from bench import cpu
+from kiosk_sim.histogram import Histogram
 from ledger.fixtures import load_fixtures
 from ledger.migrations import migrate
 from ledger.model import AuditFields, Outcome, RequestKey, Withdrawal
@@ -66,7 +70,44 @@ def _fixtures(customers: int, base_id: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def pgbench_tps(info: ClusterInfo, cluster: LocalCluster, duration_s: int) -> float:
+@dataclass(frozen=True, slots=True)
+class Pgbench:
+    """One pgbench TPC-B-like run: rate, latency and the CPU it took (server and client)."""
+
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_txn: float
+    wal_bytes_per_txn: float
+    steal_percent: float
+
+
+async def wal_position_bytes(info: ClusterInfo) -> int:
+    """Where the server's write-ahead log is now, in bytes from its start: the difference over
+    a run is the WAL that run wrote, a measure of database work that no other load moves."""
+    conn = await asyncpg.connect(info.owner_dsn)
+    try:
+        position = await conn.fetchval(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+        )
+    finally:
+        await conn.close()
+    assert isinstance(position, int)
+    return position
+
+
+def pgbench_latencies(lines: Iterable[str]) -> Histogram:
+    """Transaction latencies from pgbench's per-transaction log (`-l`): the third field, in
+    microseconds; lines for failed or skipped transactions carry a word there and are left out."""
+    latencies = Histogram()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2].isdigit():
+            latencies.record(int(fields[2]))
+    return latencies
+
+
+def pgbench_run(info: ClusterInfo, cluster: LocalCluster, duration_s: int) -> Pgbench:
     """pgbench TPC-B-like, prepared statements, 8 clients on 2 threads."""
     cluster.create_database("pgbench_tpcb")
     pgbench = shutil.which("pgbench") or str(find_binary("pgbench"))
@@ -75,14 +116,39 @@ def pgbench_tps(info: ClusterInfo, cluster: LocalCluster, duration_s: int) -> fl
         [pgbench, "-i", "-q", "-s", str(PGBENCH_SCALE), *where, "pgbench_tpcb"],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
-    done = subprocess.run(
-        [pgbench, "-M", "prepared", "-c", "8", "-j", "2", "-T", str(duration_s), "-n",
-         *where, "pgbench_tpcb"],
-        check=True, capture_output=True, text=True, timeout=duration_s + 120,
-    )  # fmt: skip
+    postmaster = cpu.postmaster_pid(cluster.data_dir)
+    with tempfile.TemporaryDirectory(prefix="pgbench-log-") as log_dir:
+        server_before, (_, client_before) = (
+            cpu.cluster_cpu_s(postmaster),
+            cpu.own_and_children_cpu_s(),
+        )
+        machine_before, wal_before = cpu.MachineTicks.read(), uvloop.run(wal_position_bytes(info))
+        done = subprocess.run(
+            [pgbench, "-M", "prepared", "-c", "8", "-j", "2", "-T", str(duration_s), "-n",
+             "-l", "--log-prefix", str(Path(log_dir) / "txn"), *where, "pgbench_tpcb"],
+            check=True, capture_output=True, text=True, timeout=duration_s + 120,
+        )  # fmt: skip
+        machine_after, wal_after = cpu.MachineTicks.read(), uvloop.run(wal_position_bytes(info))
+        server_after, (_, client_after) = (
+            cpu.cluster_cpu_s(postmaster),
+            cpu.own_and_children_cpu_s(),
+        )
+        latencies = Histogram()
+        for log in Path(log_dir).iterdir():
+            with log.open() as lines:
+                latencies.merge(pgbench_latencies(lines))
     match = _TPS.search(done.stdout)
     assert match is not None, done.stdout
-    return float(match[1])
+    assert latencies.total > 0, "pgbench logged no transaction"
+    cpu_s = server_after - server_before + client_after - client_before
+    return Pgbench(
+        tps=float(match[1]),
+        p50_ms=latencies.percentile_us(50) / 1000,
+        p99_ms=latencies.percentile_us(99) / 1000,
+        cpu_us_per_txn=1e6 * cpu_s / latencies.total,
+        wal_bytes_per_txn=(wal_after - wal_before) / latencies.total,
+        steal_percent=cpu.steal_percent(machine_before, machine_after),
+    )
 
 
 async def _withdrawals_per_s(
@@ -146,7 +212,7 @@ async def _run(duration_s: float, data_dir: Path | None) -> dict[str, float]:
     cluster = LocalCluster(directory)
     try:
         info = await asyncio.to_thread(cluster.start, timeout_ms=120_000)
-        tps = await asyncio.to_thread(pgbench_tps, info, cluster, int(duration_s))
+        tps = (await asyncio.to_thread(pgbench_run, info, cluster, int(duration_s))).tps
         figures = {"pgbench_tpcb_tps_c8": tps, **await _ledger_figures(info, duration_s)}
     finally:
         await asyncio.to_thread(cluster.stop, timeout_ms=60_000)

@@ -1,10 +1,13 @@
 """The switch end to end, next to PostgreSQL's own ceiling, in one run on one private cluster.
 
 1. pgbench's TPC-B-like script (`-M prepared -c 8 -j 2`, durable commits): the ceiling for one
-   bank posting per commit on this machine.
+   bank posting per commit on this machine, with its latency percentiles (from its
+   per-transaction log) and the CPU it spent per transaction (server and client).
 2. `python -m switch serve` as its own process (in-process HSM, JSON logs at info level as in
    production), driven by kiosk_sim in closed loop at several terminal counts with approved
-   withdrawals only: approved withdrawals/s and its ratio to (1), latency percentiles.
+   withdrawals only: approved withdrawals/s and its ratio to (1), latency percentiles, CPU per
+   approved withdrawal (switch + PostgreSQL + simulator) and the ratio of (1)'s CPU per
+   transaction to it, and the CPU steal seen meanwhile (see bench/cpu.py).
 3. Open loop at 80% of the best closed-loop rate: p99 at a fixed load.
 4. 10,000 idle terminal connections, each echoed once: the switch's memory per connection.
 
@@ -26,13 +29,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import uvloop
 
-from bench.ledger_bench import pgbench_tps
+from bench import cpu
+from bench.ledger_bench import pgbench_run, wal_position_bytes
 from kiosk_sim import load
 from kiosk_sim.client import TerminalClient, network_request
 from kiosk_sim.demo import free_port, wait_listening
@@ -76,20 +81,52 @@ def switch_process(
             child.kill()
 
 
-async def closed_loops(population: Population, port: int, duration_s: float) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class _Processes:
+    """Where the CPU of an end-to-end run goes: the switch, PostgreSQL, and this process (the
+    simulator)."""
+
+    switch: int
+    postmaster: int
+    info: ClusterInfo
+
+    def cpu_s(self) -> tuple[float, float, float]:
+        own_s, _ = cpu.own_and_children_cpu_s()
+        return cpu.process_cpu_s(self.switch), cpu.cluster_cpu_s(self.postmaster), own_s
+
+
+async def closed_loops(
+    population: Population, port: int, duration_s: float, processes: _Processes
+) -> dict[str, float]:
     figures: dict[str, float] = {}
     for count in TERMINAL_COUNTS:
         plan = load.Plan(terminals=count, seed=count, mix=WITHDRAWALS_ONLY, duration_s=duration_s)
+        cpu_before, ticks_before = processes.cpu_s(), cpu.MachineTicks.read()
+        wal_before = await wal_position_bytes(processes.info)
         report = await load.run(plan, population, "127.0.0.1", port)
+        cpu_after, ticks_after = processes.cpu_s(), cpu.MachineTicks.read()
+        wal_after = await wal_position_bytes(processes.info)
         latency = report.latency_ms()
+        approved = max(1, report.approved)
+        switch_us, postgres_us, simulator_us = (
+            1e6 * (after - before) / approved
+            for before, after in zip(cpu_before, cpu_after, strict=True)
+        )
         figures[f"approved_withdrawals_per_s_t{count}"] = round(
             report.rate_per_s(report.approved), 1
         )
         figures[f"p50_ms_t{count}"] = latency["p50"]
         figures[f"p99_ms_t{count}"] = latency["p99"]
+        figures[f"cpu_us_per_approved_t{count}"] = round(switch_us + postgres_us + simulator_us)
+        figures[f"wal_bytes_per_approved_t{count}"] = round((wal_after - wal_before) / approved)
+        figures[f"steal_percent_t{count}"] = round(cpu.steal_percent(ticks_before, ticks_after), 1)
         print(
             f"switch_bench: {count} terminals: {report.to_text().splitlines()[1]}", file=sys.stderr
         )
+    # Where the CPU went at the largest count: switch, server, simulator.
+    figures[f"switch_cpu_us_per_approved_t{count}"] = round(switch_us)
+    figures[f"postgres_cpu_us_per_approved_t{count}"] = round(postgres_us)
+    figures[f"simulator_cpu_us_per_approved_t{count}"] = round(simulator_us)
     return figures
 
 
@@ -164,16 +201,31 @@ def run(duration_s: float = 8.0) -> dict[str, float]:
     try:
         info = cluster.start(timeout_ms=120_000)
         uvloop.run(_prepare(info, population))
+        pgbench = pgbench_run(info, cluster, int(duration_s) + 2)
         figures: dict[str, float] = {
-            "pgbench_tpcb_tps": round(pgbench_tps(info, cluster, int(duration_s) + 2), 1)
+            "pgbench_tpcb_tps": round(pgbench.tps, 1),
+            "pgbench_p50_ms": round(pgbench.p50_ms, 2),
+            "pgbench_p99_ms": round(pgbench.p99_ms, 2),
+            "pgbench_cpu_us_per_txn": round(pgbench.cpu_us_per_txn),
+            "pgbench_wal_bytes_per_txn": round(pgbench.wal_bytes_per_txn),
+            "pgbench_steal_percent": round(pgbench.steal_percent, 1),
         }
         port = free_port()
         with switch_process(info, port, work / "switch.log") as child:
             uvloop.run(wait_listening(port, child, "the switch"))
-            figures |= uvloop.run(closed_loops(population, port, duration_s))
-            best = max(figures[f"approved_withdrawals_per_s_t{n}"] for n in TERMINAL_COUNTS)
+            processes = _Processes(child.pid, cpu.postmaster_pid(cluster.data_dir), info)
+            figures |= uvloop.run(closed_loops(population, port, duration_s, processes))
+            best_count = max(
+                TERMINAL_COUNTS, key=lambda n: figures[f"approved_withdrawals_per_s_t{n}"]
+            )
+            best = figures[f"approved_withdrawals_per_s_t{best_count}"]
             figures["approved_withdrawals_per_s_best"] = best
             figures["ratio_to_pgbench"] = round(best / figures["pgbench_tpcb_tps"], 3)
+            # The same comparison by CPU spent per transaction: what the ratio would be with
+            # both CPU-bound on an unshared machine (the whole stack, simulator included).
+            figures["ratio_by_cpu_to_pgbench"] = round(
+                pgbench.cpu_us_per_txn / figures[f"cpu_us_per_approved_t{best_count}"], 3
+            )
             figures |= uvloop.run(open_loop(population, port, 0.8 * best, duration_s))
             figures |= uvloop.run(idle_connections(port, child.pid))
         return figures

@@ -71,6 +71,12 @@ def _tdes_ecb(key: bytes) -> Cipher[modes.ECB]:
     return Cipher(TripleDES(expand_tdes_key(key)), modes.ECB())  # noqa: S305
 
 
+# Each encryptor or decryptor made from a CBC Cipher starts from its IV: MACs (zero IV) reuse it.
+@functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
+def _tdes_cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
+    return Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv))
+
+
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
 def _aes_ecb(key: bytes) -> Cipher[modes.ECB]:
     return Cipher(algorithms.AES(check_aes_key(key)), modes.ECB())  # noqa: S305
@@ -95,13 +101,13 @@ def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
 
 def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv)).encryptor()
+    enc = _tdes_cbc(key, iv).encryptor()
     return enc.update(data) + enc.finalize()
 
 
 def tdes_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    dec = Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv)).decryptor()
+    dec = _tdes_cbc(key, iv).decryptor()
     return dec.update(data) + dec.finalize()
 
 

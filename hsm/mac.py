@@ -36,11 +36,15 @@ def iso9797_alg3(key: bytes, data: bytes, padding: int = 1) -> bytes:
     """Retail MAC: single-DES CBC under K1, then decrypt under K2, encrypt under K1."""
     if len(key) != 16:
         raise KeyLengthError("retail MAC needs a double-length key")
-    k1, k2 = key[:8], key[8:]
     padded = pad_iso9797(data, padding)
-    chained = crypto.tdes_cbc_encrypt(k1, bytes(crypto.TDES_BLOCK), padded)[-crypto.TDES_BLOCK :]
-    # Output transformation 3: E_K1(D_K2(H_q)) on the last chain value.
-    return crypto.tdes_ecb_encrypt(k1, crypto.tdes_ecb_decrypt(k2, chained))
+    head, last = padded[: -crypto.TDES_BLOCK], padded[-crypto.TDES_BLOCK :]
+    # Output transformation 3 on the last chain value, E_K1(D_K2(H_q)) with
+    # H_q = E_K1(H_q-1 xor D_q), is two-key TDES (EDE under K1, K2, K1) of H_q-1 xor D_q: the
+    # single-DES chain under K1 runs over all blocks but the last, then one TDES block.
+    if head:
+        chained = crypto.tdes_cbc_encrypt(key[:8], bytes(crypto.TDES_BLOCK), head)
+        last = crypto.xor(chained[-crypto.TDES_BLOCK :], last)
+    return crypto.tdes_ecb_encrypt(key, last)
 
 
 def generate_mac(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
