@@ -33,7 +33,7 @@ from kiosk_sim.histogram import Histogram
 from ledger.fixtures import load_fixtures
 from ledger.migrations import migrate
 from ledger.model import AuditFields, Outcome, RequestKey, Withdrawal
-from ledger.pan import luhn_valid
+from ledger.pan import luhn_complete
 from ledger.postgres import SUPERUSER, ClusterInfo, LocalCluster, find_binary
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings
 from ledger.store import LedgerStore, open_store
@@ -45,8 +45,7 @@ _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 
 
 def _pan(n: int) -> str:
-    body = f"52000{n:010d}"
-    return next(body + str(d) for d in range(10) if luhn_valid(body + str(d)))
+    return luhn_complete(f"52000{n:010d}")
 
 
 def _fixtures(customers: int, base_id: int) -> dict[str, Any]:

@@ -8,7 +8,8 @@
    withdrawals only: approved withdrawals/s and its ratio to (1), latency percentiles, CPU per
    approved withdrawal (switch + PostgreSQL + simulator) and the ratio of (1)'s CPU per
    transaction to it, and the CPU steal seen meanwhile (see bench/cpu.py).
-3. Open loop at 80% of the best closed-loop rate: p99 at a fixed load.
+3. Open loop at 80% of the best closed-loop rate: p99 at a fixed load, and where the time goes
+   (the mean per pipeline step, from the switch's own metrics).
 4. 10,000 idle terminal connections, each echoed once: the switch's memory per connection.
 
 The load generator shares the machine's cores with the switch and PostgreSQL. Figures are
@@ -20,15 +21,11 @@ measured, never asserted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,11 +35,11 @@ import uvloop
 
 from bench import cpu
 from bench.ledger_bench import pgbench_run, wal_position_bytes
-from kiosk_sim import load
+from kiosk_sim import load, scrape
 from kiosk_sim.client import TerminalClient, network_request
-from kiosk_sim.demo import free_port, wait_listening
+from kiosk_sim.demo import free_port
 from kiosk_sim.population import Population, build, provision
-from kiosk_sim.soak import rss_bytes
+from kiosk_sim.soak import LedgerDsns, SwitchProcess, rss_bytes
 from ledger.migrations import migrate
 from ledger.postgres import ClusterInfo, LocalCluster
 
@@ -51,34 +48,11 @@ IDLE_CONNECTIONS = 10_000
 WITHDRAWALS_ONLY = {"withdrawal": 1}
 
 
-@contextlib.contextmanager
-def switch_process(
-    info: ClusterInfo, port: int, log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "SWITCH__LISTENER__PORT": str(port),
-        "SWITCH__LISTENER__MAX_CONNECTIONS": str(IDLE_CONNECTIONS + 1_000),
-        "SWITCH__LEDGER__DSN": f'"{info.switch_dsn}"',
-        "SWITCH__LEDGER__POOL_SIZE_MAX": "16",
-        "SWITCH__ADMIN__ENABLED": "false",
-        "SWITCH__LOGGING__FORMAT": '"json"',
-    }
-    with log_path.open("wb") as log_file:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "switch", "serve"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        yield child
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
+# Room for the idle connections; a pool for two batch calls each of reads and writes and more.
+SWITCH_SETTINGS = {
+    "SWITCH__LISTENER__MAX_CONNECTIONS": str(IDLE_CONNECTIONS + 1_000),
+    "SWITCH__LEDGER__POOL_SIZE_MAX": "16",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +105,10 @@ async def closed_loops(
 
 
 async def open_loop(
-    population: Population, port: int, rate_per_s: float, duration_s: float
+    population: Population, port: int, admin_port: int, rate_per_s: float, duration_s: float
 ) -> dict[str, float]:
+    """The rate held and its latency; and from the switch's own metrics, the mean time of a
+    request in each pipeline step, and in the switch outside them."""
     terminals = max(TERMINAL_COUNTS)
     plan = load.Plan(
         terminals=terminals,
@@ -141,13 +117,18 @@ async def open_loop(
         duration_s=duration_s,
         rate_per_s=rate_per_s,
     )
+    before = await scrape.fetch_metrics(admin_port)
     report = await load.run(plan, population, "127.0.0.1", port)
+    means = scrape.mean_ms_between(before, await scrape.fetch_metrics(admin_port))
     latency = report.latency_ms()
+    request_ms = means.pop(scrape.REQUEST)
     return {
         "open_loop_target_per_s": round(rate_per_s, 1),
         "open_loop_achieved_per_s": round(report.rate_per_s(report.answered), 1),
         "open_loop_p50_ms": latency["p50"],
         "open_loop_p99_ms": latency["p99"],
+        **{f"open_loop_mean_ms_{step}": round(ms, 2) for step, ms in means.items()},
+        "open_loop_mean_ms_outside_steps": round(request_ms - sum(means.values()), 2),
     }
 
 
@@ -191,6 +172,47 @@ async def _prepare(info: ClusterInfo, population: Population) -> None:
     await provision(info.owner_dsn, population)
 
 
+async def end_to_end(
+    info: ClusterInfo,
+    cluster: LocalCluster,
+    population: Population,
+    duration_s: float,
+    log_path: Path,
+) -> dict[str, float]:
+    """Steps 2 to 4 against one switch process."""
+    admin_port = free_port()
+    switch = SwitchProcess(
+        LedgerDsns(owner=info.owner_dsn, switch=info.switch_dsn),
+        free_port(),
+        log_path,
+        {
+            **SWITCH_SETTINGS,
+            "SWITCH__ADMIN__ENABLED": "true",
+            "SWITCH__ADMIN__PORT": str(admin_port),
+        },
+    )
+    await switch.start()
+    try:
+        processes = _Processes(switch.pid, cpu.postmaster_pid(cluster.data_dir), info)
+        figures = await closed_loops(population, switch.port, duration_s, processes)
+        best_count = max(TERMINAL_COUNTS, key=lambda n: figures[f"approved_withdrawals_per_s_t{n}"])
+        figures["approved_withdrawals_per_s_best"] = figures[
+            f"approved_withdrawals_per_s_t{best_count}"
+        ]
+        figures["cpu_us_per_approved_best"] = figures[f"cpu_us_per_approved_t{best_count}"]
+        figures |= await open_loop(
+            population,
+            switch.port,
+            admin_port,
+            0.8 * figures["approved_withdrawals_per_s_best"],
+            duration_s,
+        )
+        figures |= await idle_connections(switch.port, switch.pid)
+    finally:
+        await switch.stop()
+    return figures
+
+
 def run(duration_s: float = 8.0) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="switch-bench-"))
     # Its own top-level temporary directory: the cluster handles its ownership (it may run as
@@ -210,24 +232,16 @@ def run(duration_s: float = 8.0) -> dict[str, float]:
             "pgbench_wal_bytes_per_txn": round(pgbench.wal_bytes_per_txn),
             "pgbench_steal_percent": round(pgbench.steal_percent, 1),
         }
-        port = free_port()
-        with switch_process(info, port, work / "switch.log") as child:
-            uvloop.run(wait_listening(port, child, "the switch"))
-            processes = _Processes(child.pid, cpu.postmaster_pid(cluster.data_dir), info)
-            figures |= uvloop.run(closed_loops(population, port, duration_s, processes))
-            best_count = max(
-                TERMINAL_COUNTS, key=lambda n: figures[f"approved_withdrawals_per_s_t{n}"]
-            )
-            best = figures[f"approved_withdrawals_per_s_t{best_count}"]
-            figures["approved_withdrawals_per_s_best"] = best
-            figures["ratio_to_pgbench"] = round(best / figures["pgbench_tpcb_tps"], 3)
-            # The same comparison by CPU spent per transaction: what the ratio would be with
-            # both CPU-bound on an unshared machine (the whole stack, simulator included).
-            figures["ratio_by_cpu_to_pgbench"] = round(
-                pgbench.cpu_us_per_txn / figures[f"cpu_us_per_approved_t{best_count}"], 3
-            )
-            figures |= uvloop.run(open_loop(population, port, 0.8 * best, duration_s))
-            figures |= uvloop.run(idle_connections(port, child.pid))
+        figures |= uvloop.run(
+            end_to_end(info, cluster, population, duration_s, work / "switch.log")
+        )
+        best = figures["approved_withdrawals_per_s_best"]
+        figures["ratio_to_pgbench"] = round(best / pgbench.tps, 3)
+        # The same comparison by CPU spent per transaction: what the ratio would be with both
+        # CPU-bound on an unshared machine (the whole stack, simulator included).
+        figures["ratio_by_cpu_to_pgbench"] = round(
+            pgbench.cpu_us_per_txn / figures["cpu_us_per_approved_best"], 3
+        )
         return figures
     finally:
         cluster.stop(timeout_ms=60_000)

@@ -29,13 +29,14 @@ import aiohttp
 
 from hsm.devkeys import make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
-from kiosk_sim import load
+from kiosk_sim import load, scrape
 from kiosk_sim.client import TerminalClient
 from kiosk_sim.epp import Epp
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.report import Report
 from kiosk_sim.terminal import Exchange, Terminal
 from ledger.postgres import running_cluster
+from switch.settings import DEVELOPMENT_ADMIN_TOKEN
 
 Say = Callable[[str], None]
 WORK_DIR = Path(".var/demo")
@@ -269,8 +270,9 @@ async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
 
 
 async def admin_view(port: int, say: Say) -> None:
-    token = "development-only-admin-token"  # noqa: S105 - the documented development default
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {DEVELOPMENT_ADMIN_TOKEN}"}
+    ) as http:
         async with http.get(f"http://127.0.0.1:{port}/terminals") as reply:
             fleet = await reply.json()
         async with http.get(f"http://127.0.0.1:{port}/ready") as reply:
@@ -279,6 +281,10 @@ async def admin_view(port: int, say: Say) -> None:
     for t in fleet["terminals"]:
         rate = t["approval_rate"]
         say(f"  /terminals: {t['terminal_id']}  requests {t['requests']:5d}  approval rate {rate}")
+    means = scrape.mean_ms_between("", await scrape.fetch_metrics(port))
+    request_ms = means.pop(scrape.REQUEST, 0.0)
+    steps = ", ".join(f"{step} {ms:.1f}" for step, ms in means.items())
+    say(f"  /metrics: mean request {request_ms:.1f} ms; mean per step (ms): {steps}")
 
 
 def run_demo(say: Say = print) -> int:

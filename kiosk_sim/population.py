@@ -20,6 +20,7 @@ from hsm.devkeys import make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
 from hsm.local import LocalHSM
 from ledger.fixtures import load_fixtures
+from ledger.pan import luhn_complete
 from ledger.settings import pan_hash_key_from_env
 
 LMK = Lmk(DEVELOPMENT_LMK)
@@ -52,14 +53,6 @@ class Population:
     @property
     def accounts(self) -> tuple[str, ...]:
         return tuple(a for c in self.cards for a in (c.checking, c.savings))
-
-
-def luhn_complete(body: str) -> str:
-    total = 0
-    for index, char in enumerate(reversed(body)):
-        digit = int(char) * (1 if index % 2 else 2)
-        total += digit - 9 if digit > 9 else digit
-    return body + str((10 - total % 10) % 10)
 
 
 def build(seed: int, customers: int, terminals: int) -> Population:

@@ -16,7 +16,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,8 +76,16 @@ class LedgerDsns:
 class SwitchProcess:
     """`python -m switch serve` on a fixed port, killed and restarted at will, logging JSON."""
 
-    def __init__(self, dsns: LedgerDsns, port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        dsns: LedgerDsns,
+        port: int,
+        log_path: Path,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """`settings`: more `SWITCH__TABLE__KEY` environment entries, over the ones set here."""
         self._dsns, self.port, self._log_path = dsns, port, log_path
+        self._settings = dict(settings or {})
         self._child: asyncio.subprocess.Process | None = None
 
     @property
@@ -97,13 +105,18 @@ class SwitchProcess:
             "SWITCH__LEDGER__DSN": f'"{self._dsns.switch}"',
             "SWITCH__ADMIN__ENABLED": "false",
             "SWITCH__LOGGING__FORMAT": '"json"',
+            **self._settings,
         }
         with self._log_path.open("ab") as log_file:
-            self._child = await asyncio.create_subprocess_exec(
+            child = self._child = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "switch", "serve", stdout=log_file, stderr=log_file, env=env
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
+            if child.returncode is not None:
+                raise RuntimeError(
+                    f"the switch exited with code {child.returncode} (log {self._log_path})"
+                )
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()

@@ -22,11 +22,20 @@ def mask_pan(pan: str) -> str:
     return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
 
 
-def luhn_valid(pan: str) -> bool:
-    if not pan.isdigit():
-        return False
+def _luhn_sum(digits: str, *, double_first: bool) -> int:
+    """The Luhn sum of `digits` read from the right, doubling every other digit."""
     total = 0
-    for index, char in enumerate(reversed(pan)):
-        digit = int(char) * (2 if index % 2 else 1)
+    for index, char in enumerate(reversed(digits)):
+        digit = int(char) * (2 if (index % 2 == 0) == double_first else 1)
         total += digit - 9 if digit > 9 else digit
-    return total % 10 == 0
+    return total
+
+
+def luhn_valid(pan: str) -> bool:
+    return pan.isdigit() and _luhn_sum(pan, double_first=False) % 10 == 0
+
+
+def luhn_complete(body: str) -> str:
+    """`body` with the check digit that makes it pass the Luhn check (test and demo cards)."""
+    assert body.isdigit(), "a card number body is digits"
+    return body + str(-_luhn_sum(body, double_first=True) % 10)

@@ -161,6 +161,7 @@ async def serve(settings: Settings) -> None:
             dialect=settings.listener.dialect,
             wall_clock=lambda: datetime.now(UTC),
             count_error=monitor.metrics.count_error,
+            time_step=monitor.metrics.observe_step,
             write_timeout_ms=settings.ledger.statement_timeout_ms + 1_000,
         )
         server = SwitchServer(settings.listener, flows, observer=monitor)

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from types import MappingProxyType
 
 import structlog
@@ -86,6 +87,7 @@ class Flows:
         dialect: Dialect,
         wall_clock: Callable[[], datetime],
         count_error: Callable[[str], None],
+        time_step: Callable[[str, float], None],
         write_timeout_ms: int,
     ) -> None:
         self._hsm = hsm
@@ -94,6 +96,7 @@ class Flows:
         self._dialect = dialect
         self._now = wall_clock
         self._count_error = count_error
+        self._time_step = time_step
         self._write_timeout_ms = write_timeout_ms
         self._abandoned: set[asyncio.Future[Lookup]] = set()
 
@@ -141,8 +144,8 @@ class Flows:
         if isinstance(parsed, Refusal):
             return Outcome(parsed.code, reason=parsed.reason)
         context = Context(request, link, deadline, parsed, retrieval_reference(parsed, self._now()))
-        steps = [lambda c, step=step: step(self, c) for step in STEPS[parsed.kind]]
-        outcome = await run_steps(steps, context)
+        steps = [(step.__name__, partial(step, self)) for step in STEPS[parsed.kind]]
+        outcome = await run_steps(steps, context, timed=self._time_step)
         return replace(outcome, fields={37: context.rrn, **outcome.fields})
 
     async def check_mac(self, context: Context) -> Context | Outcome:

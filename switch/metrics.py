@@ -11,20 +11,50 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_0
 
 
 @dataclass
+class LatencyHistogram:
+    """Prometheus histogram counts over `LATENCY_BUCKETS_MS`."""
+
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    sum_ms: float = 0.0
+    count: int = 0
+
+    def observe(self, latency_ms: float) -> None:
+        self.bucket_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        self.sum_ms += latency_ms
+        self.count += 1
+
+    def render(self, name: str, labels: str = "") -> list[str]:
+        """`labels`: the series' own labels, such as 'step="post"'."""
+        before_le = f"{labels}," if labels else ""
+        series = f"{{{labels}}}" if labels else ""
+        lines = []
+        cumulative = 0
+        for bound_ms, count in zip(LATENCY_BUCKETS_MS, self.bucket_counts, strict=False):
+            cumulative += count
+            lines.append(f'{name}_bucket{{{before_le}le="{bound_ms / 1000:g}"}} {cumulative}')
+        lines.append(f'{name}_bucket{{{before_le}le="+Inf"}} {self.count}')
+        lines.append(f"{name}_sum{series} {self.sum_ms / 1000:.6f}")
+        lines.append(f"{name}_count{series} {self.count}")
+        return lines
+
+
+@dataclass
 class Metrics:
     requests: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
-    latency_bucket_counts: list[int] = field(
-        default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1)
-    )
-    latency_ms_sum: float = 0.0
-    latency_count: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    steps: dict[str, LatencyHistogram] = field(default_factory=dict)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def observe(self, mti: str, response_code: str, latency_ms: float) -> None:
         self.requests[(mti, response_code)] += 1
-        self.latency_bucket_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
-        self.latency_ms_sum += latency_ms
-        self.latency_count += 1
+        self.latency.observe(latency_ms)
+
+    def observe_step(self, step: str, latency_ms: float) -> None:
+        """How long one pipeline step of a request took (waiting for the HSM or ledger included)."""
+        histogram = self.steps.get(step)
+        if histogram is None:
+            histogram = self.steps[step] = LatencyHistogram()
+        histogram.observe(latency_ms)
 
     def count_error(self, component: str) -> None:
         """An HSM or database call that failed (timeout, unreachable, refused)."""
@@ -41,15 +71,14 @@ class Metrics:
             "# HELP switch_request_latency_seconds Time from request received to response sent.",
             "# TYPE switch_request_latency_seconds histogram",
         ]
-        cumulative = 0
-        for bound_ms, count in zip(LATENCY_BUCKETS_MS, self.latency_bucket_counts, strict=False):
-            cumulative += count
-            bound_s = bound_ms / 1000
-            lines.append(f'switch_request_latency_seconds_bucket{{le="{bound_s:g}"}} {cumulative}')
+        lines += self.latency.render("switch_request_latency_seconds")
         lines += [
-            f'switch_request_latency_seconds_bucket{{le="+Inf"}} {self.latency_count}',
-            f"switch_request_latency_seconds_sum {self.latency_ms_sum / 1000:.6f}",
-            f"switch_request_latency_seconds_count {self.latency_count}",
+            "# HELP switch_step_latency_seconds Time in each step of the request pipeline.",
+            "# TYPE switch_step_latency_seconds histogram",
+        ]
+        for step, histogram in sorted(self.steps.items()):
+            lines += histogram.render("switch_step_latency_seconds", f'step="{step}"')
+        lines += [
             "# HELP switch_dependency_errors_total Failed calls to the HSM or the database.",
             "# TYPE switch_dependency_errors_total counter",
         ]

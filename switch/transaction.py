@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
+from ledger.pan import luhn_valid
 from switch.iso8583.elements import (
     CURRENCY_ALPHA,
     ElementFormatError,
@@ -82,14 +83,6 @@ class Transaction:
 class Refusal:
     code: ResponseCode
     reason: str
-
-
-def luhn_valid(pan: str) -> bool:
-    total = 0
-    for index, digit in enumerate(reversed(pan)):
-        value = int(digit) * (2 if index % 2 else 1)
-        total += value - 9 if value > 9 else value
-    return total % 10 == 0
 
 
 def valid_transmission_time(text: str) -> bool:

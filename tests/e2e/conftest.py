@@ -185,6 +185,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
             dialect=Dialect(),
             wall_clock=now,
             count_error=monitor.metrics.count_error,
+            time_step=monitor.metrics.observe_step,
             write_timeout_ms=4_000,
         )
         server = SwitchServer(LISTENER, flows, observer=monitor)

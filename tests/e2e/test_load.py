@@ -36,6 +36,16 @@ async def test_closed_loop_every_session_kind_and_no_end_state_difference(
         if mti != "0800":
             switch_counts[code] += count
     assert switch_counts == report.response_codes
+    # Each pipeline step is timed once per request that reached it: all pass the MAC check and
+    # the look-up; a duplicate's second copy is answered there; reversals verify no PIN; a wrong
+    # PIN ends at the PIN check.
+    steps = {name: h.count for name, h in stack.monitor.metrics.steps.items()}
+    requests = stack.monitor.metrics.requests
+    reversals = sum(count for (mti, _code), count in requests.items() if mti.startswith("04"))
+    financial = sum(switch_counts.values())
+    assert steps["check_mac"] == steps["look_up"] == financial
+    assert steps["verify_pin"] == financial - reversals - report.kinds["duplicate"]
+    assert steps["post"] == steps["verify_pin"] - report.kinds["wrong_pin"] + reversals
 
 
 async def test_the_same_seed_gives_the_same_sessions(

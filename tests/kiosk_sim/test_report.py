@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from kiosk_sim import scrape
 from kiosk_sim.report import Report
 
 
@@ -39,3 +40,34 @@ def test_formats() -> None:
     assert json.loads(report.to_json())["timeouts"] == 1
     assert "approved 90 (45.0/s)" in report.to_text()
     assert "| approved/s | 45.0 |" in report.to_markdown()
+
+
+BEFORE = """switch_request_latency_seconds_sum 1.000000
+switch_request_latency_seconds_count 100
+switch_step_latency_seconds_sum{step="look_up"} 0.400000
+switch_step_latency_seconds_count{step="look_up"} 100
+"""
+AFTER = """switch_request_latency_seconds_bucket{le="+Inf"} 300
+switch_request_latency_seconds_sum 3.000000
+switch_request_latency_seconds_count 300
+switch_step_latency_seconds_bucket{step="look_up",le="+Inf"} 300
+switch_step_latency_seconds_sum{step="look_up"} 1.400000
+switch_step_latency_seconds_count{step="look_up"} 300
+switch_step_latency_seconds_sum{step="post"} 0.200000
+switch_step_latency_seconds_count{step="post"} 20
+switch_ledger_writes_total 7
+"""
+
+
+def test_step_means_between_two_scrapes() -> None:
+    assert scrape.latency_totals(BEFORE) == {
+        "request": scrape.Totals(1.0, 100),
+        "look_up": scrape.Totals(0.4, 100),
+    }
+    means = scrape.mean_ms_between(BEFORE, AFTER)
+    assert {name: round(ms, 9) for name, ms in means.items()} == {
+        "request": 10.0,
+        "look_up": 5.0,
+        "post": 10.0,
+    }
+    assert scrape.mean_ms_between(AFTER, AFTER) == {}

@@ -10,20 +10,13 @@ from typing import Any
 from ledger.fixtures import load_fixtures
 from ledger.migrations import Connection
 from ledger.model import AuditFields, RequestKey
+from ledger.pan import luhn_complete
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 AUDIT = AuditFields(mti="0200", processing_code="011000", rrn="000000000001")
 _ids = itertools.count(1_000)
 _stans = itertools.count(1)
-
-
-def luhn_complete(body: str) -> str:
-    total = 0
-    for index, char in enumerate(reversed(body)):
-        digit = int(char) * (1 if index % 2 else 2)
-        total += digit - 9 if digit > 9 else digit
-    return body + str((10 - total % 10) % 10)
 
 
 def next_id() -> int:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ledger import rules
 from ledger.model import Card, Decision, Outcome, Posting, Snapshot
-from ledger.pan import luhn_valid, mask_pan
+from ledger.pan import luhn_complete, luhn_valid, mask_pan
 
 CARD = Card(
     card_id=1, customer_id=7, pan_masked="400000******0002", expiry_yymm="2811", status="active",
@@ -95,6 +95,23 @@ def test_unbalanced_decision_is_a_bug() -> None:
 def test_pan_masking(pan: str, masked: str, luhn: bool) -> None:
     assert mask_pan(pan) == masked
     assert luhn_valid(pan) is luhn
+
+
+@pytest.mark.parametrize(
+    ("number", "valid"),
+    [("4761739001010119", True), ("79927398713", True), ("79927398710", False), ("0", True),
+     ("", False)],
+)  # fmt: skip
+def test_luhn(number: str, valid: bool) -> None:
+    assert luhn_valid(number) is valid
+
+
+@given(st.text("0123456789", min_size=1, max_size=18))
+def test_luhn_complete_adds_the_one_check_digit_that_passes(body: str) -> None:
+    completed = luhn_complete(body)
+    assert completed[:-1] == body
+    assert [luhn_valid(body + d) for d in "0123456789"].count(True) == 1
+    assert luhn_valid(completed)
 
 
 @given(st.integers(0, 6), st.integers(0, 3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -80,9 +81,35 @@ async def test_the_first_outcome_ends_the_steps() -> None:
     async def never(x: int) -> int | Outcome:
         raise AssertionError("steps after a decline never run")
 
-    outcome = await run_steps([one, decline, never], 1)
+    timed: list[tuple[str, float]] = []
+    steps = [("one", one), ("decline", decline), ("never", never)]
+    outcome = await run_steps(steps, 1, timed=lambda *step: timed.append(step))
     assert outcome == Outcome(ResponseCode.INSUFFICIENT_FUNDS, reason="2")
     assert ran == ["one", "decline"]
+    assert [name for name, _ms in timed] == ["one", "decline"]
+
+
+async def test_each_step_that_runs_is_timed_also_one_that_raises() -> None:
+    now = [10.0]
+
+    def takes(seconds: float) -> Callable[[int], Awaitable[int | Outcome]]:
+        async def step(x: int) -> int | Outcome:
+            now[0] += seconds
+            if x >= 2:
+                raise DeadlinePassed("late")
+            return x + 1
+
+        return step
+
+    timed: list[tuple[str, float]] = []
+    steps = [("quick", takes(0.002)), ("slow", takes(0.25)), ("late", takes(1))]
+    with pytest.raises(DeadlinePassed):
+        await run_steps(steps, 0, timed=lambda *step: timed.append(step), clock=lambda: now[0])
+    assert [(name, round(ms, 6)) for name, ms in timed] == [
+        ("quick", 2.0),
+        ("slow", 250.0),
+        ("late", 1000.0),
+    ]
 
 
 def test_ledger_requests() -> None:

@@ -7,7 +7,7 @@ import pytest
 from switch.iso8583 import Message
 from switch.iso8583.elements import OriginalData, ReplacementAmounts
 from switch.response_codes import ResponseCode
-from switch.transaction import Kind, Refusal, Transaction, luhn_valid, parse_transaction
+from switch.transaction import Kind, Refusal, Transaction, parse_transaction
 
 PAN = "4761739001010119"
 BASE = {2: PAN, 7: "1123101500", 11: "000042", 41: "KIOSK001", 52: "0123456789ABCDEF"}
@@ -92,12 +92,6 @@ def test_refused(request_: Message, code: ResponseCode) -> None:
     assert isinstance(parsed, Refusal)
     assert parsed.code is code
     assert PAN not in parsed.reason
-
-
-def test_luhn() -> None:
-    assert luhn_valid("4761739001010119")
-    assert luhn_valid("79927398713")
-    assert not luhn_valid("79927398710")
 
 
 def test_transaction_repr_hides_the_pan() -> None:

@@ -1,0 +1,62 @@
+"""Reading the switch's own /metrics: where a run's time went, step by step.
+
+The switch times each step of its request pipeline (`switch_step_latency_seconds`); the means
+over a run, next to the mean latency, show whether the time was the database, the HSM or the
+switch itself (the remainder: framing, decoding, queueing for the in-flight limit, the
+response MAC).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import aiohttp
+
+from switch.settings import DEVELOPMENT_ADMIN_TOKEN
+
+_SERIES = re.compile(
+    r'^switch_(step|request)_latency_seconds_(sum|count)(?:\{step="([a-z_]+)"\})? ([0-9.e+-]+)$',
+    re.MULTILINE,
+)
+REQUEST = "request"  # the key of the whole request's time, next to the steps
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    seconds: float
+    count: int
+
+
+def latency_totals(metrics_text: str) -> dict[str, Totals]:
+    """Time spent and count, per pipeline step and for whole requests (key `REQUEST`)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for kind, part, step, value in _SERIES.findall(metrics_text):
+        name = step if kind == "step" else REQUEST
+        if part == "sum":
+            sums[name] = float(value)
+        else:
+            counts[name] = int(float(value))
+    return {name: Totals(sums[name], counts.get(name, 0)) for name in sums}
+
+
+def mean_ms_between(before: str, after: str) -> dict[str, float]:
+    """Mean milliseconds per step (and per request) over what happened between two scrapes."""
+    first, last = latency_totals(before), latency_totals(after)
+    means = {}
+    for name, totals in last.items():
+        earlier = first.get(name, Totals(0.0, 0))
+        count = totals.count - earlier.count
+        if count > 0:
+            means[name] = 1000 * (totals.seconds - earlier.seconds) / count
+    return means
+
+
+async def fetch_metrics(port: int, token: str = DEVELOPMENT_ADMIN_TOKEN) -> str:
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as reply,
+    ):
+        reply.raise_for_status()
+        return await reply.text()

@@ -1,0 +1,38 @@
+"""The Prometheus text the metrics render: exact lines for request and step histograms."""
+
+from __future__ import annotations
+
+from switch.metrics import Metrics
+
+
+def test_step_latencies_render_as_one_histogram_per_step() -> None:
+    metrics = Metrics()
+    for step, latency_ms in [("look_up", 0.4), ("look_up", 7.0), ("post", 30.0)]:
+        metrics.observe_step(step, latency_ms)
+    text = metrics.render({})
+    lines = text.splitlines()
+    look_up = [line for line in lines if 'step="look_up"' in line]
+    assert look_up[:5] == [
+        'switch_step_latency_seconds_bucket{step="look_up",le="0.001"} 1',
+        'switch_step_latency_seconds_bucket{step="look_up",le="0.002"} 1',
+        'switch_step_latency_seconds_bucket{step="look_up",le="0.005"} 1',
+        'switch_step_latency_seconds_bucket{step="look_up",le="0.01"} 2',
+        'switch_step_latency_seconds_bucket{step="look_up",le="0.02"} 2',
+    ]
+    assert look_up[-3:] == [
+        'switch_step_latency_seconds_bucket{step="look_up",le="+Inf"} 2',
+        'switch_step_latency_seconds_sum{step="look_up"} 0.007400',
+        'switch_step_latency_seconds_count{step="look_up"} 2',
+    ]
+    assert 'switch_step_latency_seconds_bucket{step="post",le="0.05"} 1' in lines
+    assert lines.count("# TYPE switch_step_latency_seconds histogram") == 1
+
+
+def test_request_latency_keeps_its_series_without_labels() -> None:
+    metrics = Metrics()
+    metrics.observe("0200", "00", 12.5)
+    lines = metrics.render({}).splitlines()
+    assert 'switch_request_latency_seconds_bucket{le="0.01"} 0' in lines
+    assert 'switch_request_latency_seconds_bucket{le="0.02"} 1' in lines
+    assert "switch_request_latency_seconds_sum 0.012500" in lines
+    assert "switch_request_latency_seconds_count 1" in lines
