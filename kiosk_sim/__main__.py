@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kiosk_sim import load, soak
 from kiosk_sim.demo import run_demo
-from kiosk_sim.population import LedgerView, build, provision
+from kiosk_sim.population import CARDS_PER_CUSTOMER_MAX, LedgerView, build, provision
 from kiosk_sim.report import Report
 from ledger.postgres import running_cluster
 
@@ -121,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--customers",
         type=int,
         metavar="N",
-        help="customers, one card each (default 4 per terminal)",
+        help="customers (default 4 per terminal)",
+    )
+    run.add_argument(
+        "--cards",
+        type=int,
+        metavar="M",
+        help=(
+            "cards in all, 1 to 10 per customer (default one each); a customer's other cards"
+            " draw on the same accounts and go to other kiosks, so that customer is served at"
+            " several at once"
+        ),
     )
     run.add_argument(
         "--timeout-ms",
@@ -173,9 +183,28 @@ def show_progress(report: Report, elapsed_s: float) -> None:
     )
 
 
+def _customers(args: argparse.Namespace) -> int:
+    customers: int = 4 * args.terminals if args.customers is None else args.customers
+    return customers
+
+
+def _population_error(args: argparse.Namespace) -> str | None:
+    customers = _customers(args)
+    if not 1 <= customers < 10_000:
+        return f"--customers must be 1 to 9999, not {customers}"
+    cards = args.cards
+    if cards is not None and not customers <= cards <= CARDS_PER_CUSTOMER_MAX * customers:
+        return (
+            f"--cards must be {customers} to {CARDS_PER_CUSTOMER_MAX * customers}"
+            f" for {customers} customers (1 to {CARDS_PER_CUSTOMER_MAX} each), not {cards}"
+        )
+    if max(customers, cards or 0) < args.terminals:
+        return f"--terminals {args.terminals} needs at least as many cards"
+    return None
+
+
 async def run_load(args: argparse.Namespace, dsn: str) -> Report:
-    customers = args.customers or 4 * args.terminals
-    population = build(args.seed, customers, args.terminals)
+    population = build(args.seed, _customers(args), args.terminals, args.cards)
     await provision(dsn, population)
     plan = load.Plan(
         terminals=args.terminals,
@@ -234,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         faults = load.parse_faults(args.faults)
     except load.MixError as exc:
         print(f"kiosk_sim: {exc}", file=sys.stderr)
+        return 2
+    population_error = _population_error(args)
+    if population_error is not None:
+        print(f"kiosk_sim: {population_error}", file=sys.stderr)
         return 2
     if args.rate and any(faults.values()):
         print("kiosk_sim: --faults run in closed loop (leave out --rate)", file=sys.stderr)

@@ -52,20 +52,32 @@ class Population:
 
     @property
     def accounts(self) -> tuple[str, ...]:
-        return tuple(a for c in self.cards for a in (c.checking, c.savings))
+        """Every account once (cards of one customer share theirs)."""
+        return tuple(dict.fromkeys(a for c in self.cards for a in (c.checking, c.savings)))
 
 
-def build(seed: int, customers: int, terminals: int) -> Population:
-    """The population for `seed`; ids are offset by the seed so runs can share a database."""
+CARDS_PER_CUSTOMER_MAX = 10
+
+
+def build(seed: int, customers: int, terminals: int, cards: int | None = None) -> Population:
+    """The population for `seed`; ids are offset by the seed so runs can share a database.
+
+    `cards` (default one per customer): the first card of each customer comes first, then the
+    others in turn; a customer's other cards draw on the same accounts (a joint account), and
+    the load generator deals them to other kiosks, so one customer is served at two at once.
+    """
     rng = random.Random(seed)
     base = CUSTOMER_ID_BASE + (seed % 10_000) * 10_000
     assert customers < 10_000, "ids of one seed stay in their own range"
-    cards = []
-    for n in range(customers):
-        customer_id = base + n
-        pan = luhn_complete(f"49{customer_id:013d}")
+    cards = customers if cards is None else cards
+    assert customers <= cards <= CARDS_PER_CUSTOMER_MAX * customers, "cards per customer"
+    sim_cards = []
+    for n in range(cards):
+        customer_id = base + n % customers
+        # A customer's k-th card: prefix 49, 48, ... (the first card's PAN is as it always was).
+        pan = luhn_complete(f"{49 - n // customers}{customer_id:013d}")
         pin = f"{rng.randrange(10_000):04d}"
-        cards.append(
+        sim_cards.append(
             SimCard(pan, pin, customer_id, f"SIM-{customer_id}-20", f"SIM-{customer_id}-10")
         )
     sims = []
@@ -73,17 +85,18 @@ def build(seed: int, customers: int, terminals: int) -> Population:
         terminal_id = f"S{seed % 1000:03d}{n:04d}"
         keys = make_dev_keys(LMK, seed=f"sim {seed} {terminal_id}".encode())
         sims.append(SimTerminal(terminal_id, bytes.fromhex(keys.tmk_clear_hex)))
-    return Population(seed, tuple(cards), tuple(sims))
+    return Population(seed, tuple(sim_cards), tuple(sims))
 
 
 async def fixtures(population: Population) -> dict[str, Any]:
     """The population in `python -m ledger load`'s format, with real PIN data and TMKs."""
     hsm = LocalHSM(LMK)
     pvk = make_dev_keys(LMK, seed=f"sim {population.seed} bank".encode()).pvk
-    customers = []
+    customers: dict[int, dict[str, Any]] = {}
     for card in population.cards:
         offset = await hsm.derive_pin_verification_data(pvk, card.pan, card.pin, Ibm3624Method())
-        customers.append(
+        customer = customers.setdefault(
+            card.customer_id,
             {
                 "id": card.customer_id,
                 "name": f"Simulated {card.customer_id}",
@@ -93,14 +106,15 @@ async def fixtures(population: Population) -> dict[str, Any]:
                     {"number": card.savings, "type": "10", "currency": "EUR",
                      "opening_balance_minor": OPENING_MINOR, "floor_minor": 0},
                 ],
-                "cards": [
-                    {"pan": card.pan, "expiry": "3012", "status": "active", "currency": "EUR",
-                     "max_per_txn_minor": 100_000, "daily_amount_minor": 10**12,
-                     "daily_count": 10**6, "accounts": {"20": card.checking, "10": card.savings},
-                     "pin": {"method": "ibm3624", "pvk": pvk.to_text(), "offset": offset,
-                             "pin_length": 4}},
-                ],
-            }
+                "cards": [],
+            },
+        )  # fmt: skip
+        customer["cards"].append(
+            {"pan": card.pan, "expiry": "3012", "status": "active", "currency": "EUR",
+             "max_per_txn_minor": 100_000, "daily_amount_minor": 10**12, "daily_count": 10**6,
+             "accounts": {"20": card.checking, "10": card.savings},
+             "pin": {"method": "ibm3624", "pvk": pvk.to_text(), "offset": offset,
+                     "pin_length": 4}}
         )  # fmt: skip
     terminals = []
     for terminal in population.terminals:
@@ -113,7 +127,7 @@ async def fixtures(population: Population) -> dict[str, Any]:
                 "tmk": stored.tmk.to_text(),
             }
         )
-    return {"customers": customers, "terminals": terminals}
+    return {"customers": list(customers.values()), "terminals": terminals}
 
 
 async def provision(owner_dsn: str, population: Population, *, timeout_ms: int = 120_000) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -114,11 +115,17 @@ class _Deadline:
 _CANCEL_GRACE_S = 1.0
 
 
+# Given a write's "stale" reply (its customer changed since its read), the write decided again on
+# the state that reply carries; raises LedgerError when it may not be decided again.
+DecideAgain = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Queued:
     payload: Mapping[str, Any]
     deadline: _Deadline
     reply: asyncio.Future[Any]
+    again: DecideAgain | None
 
 
 class _Batches:
@@ -128,9 +135,14 @@ class _Batches:
     A request that arrives while all those calls are busy waits in a queue and goes with the
     others queued, at most `batch_size_max` per call, as soon as a call ends. At light load a
     request therefore goes alone at once; under load the per-call cost is shared. Requests that
-    lock a common customer go in different calls: in one, all but the first would find the
-    customer changed and be decided again. The queue is bounded by the switch's in-flight
-    request limit, not here. A request that gave up while it was queued is not sent.
+    lock a common customer never go to the database together, neither in one call nor in two at
+    once: in one, all but the first would find the customer changed; in two, the second call
+    would wait for the first's lock with all its other requests, and be decided again anyway.
+    A write found stale is decided again at once, while its call ends, and goes first in the
+    queue before its customers are free for others: decided on state read under the customer's
+    lock, it cannot find its customer changed a second time. The queue is bounded by the
+    switch's in-flight request limit, not here. A request that gave up while it was queued is
+    not sent.
     """
 
     def __init__(
@@ -147,21 +159,17 @@ class _Batches:
         self._batch_max = settings.batch_size_max
         self._queue: collections.deque[_Queued] = collections.deque()
         self._calls: set[asyncio.Task[None]] = set()
+        self._customers_in_calls: set[int] = set()
         self.calls_sent = 0
         self.requests_sent = 0
 
     async def call(
-        self, payload: Mapping[str, Any], deadline: _Deadline, *, first: bool = False
+        self, payload: Mapping[str, Any], deadline: _Deadline, *, again: DecideAgain | None = None
     ) -> Any:
-        """`first`: ahead of the queue (a write decided again after its customer changed, so
-        that it is not overtaken again by the requests queued behind it)."""
+        """The request's reply; `again` (writes): how to decide it again when it is stale."""
         left_s = deadline.left_s()
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        queued = _Queued(payload, deadline, reply)
-        if first:
-            self._queue.appendleft(queued)
-        else:
-            self._queue.append(queued)
+        self._queue.append(_Queued(payload, deadline, reply, again))
         self._start_calls()
         try:
             # The call's own timeout cancels its statement at the longest deadline in it; the
@@ -184,21 +192,24 @@ class _Batches:
                 if queued.reply.done():
                     continue
                 customers = self._customers(queued.payload)
-                if held.isdisjoint(customers):
+                if held.isdisjoint(customers) and self._customers_in_calls.isdisjoint(customers):
                     held.update(customers)
                     batch.append(queued)
                 else:
                     later.append(queued)
             self._queue.extendleft(reversed(later))
-            if batch:
-                self.calls_sent += 1
-                self.requests_sent += len(batch)
-                task = asyncio.create_task(self._send(batch))
-                self._calls.add(task)
-                task.add_done_callback(self._call_ended)
+            if not batch:
+                return  # all that waits is for customers in a running call: it ends first
+            self.calls_sent += 1
+            self.requests_sent += len(batch)
+            self._customers_in_calls |= held
+            task = asyncio.create_task(self._send(batch))
+            self._calls.add(task)
+            task.add_done_callback(functools.partial(self._call_ended, held))
 
-    def _call_ended(self, task: asyncio.Task[None]) -> None:
+    def _call_ended(self, customers: set[int], task: asyncio.Task[None]) -> None:
         self._calls.discard(task)
+        self._customers_in_calls -= customers
         self._start_calls()
 
     async def _send(self, batch: list[_Queued]) -> None:
@@ -225,13 +236,28 @@ class _Batches:
         except LedgerError as exc:
             outcomes = [type(exc)(*exc.args) for _ in batch]
         finally:
+            decided_again = []
             for queued, outcome in zip(batch, outcomes, strict=True):
                 if queued.reply.done():
                     continue
                 if isinstance(outcome, LedgerError):
                     queued.reply.set_exception(outcome)
+                elif queued.again is not None and outcome["status"] == "stale":
+                    decided_again += _decide_again(queued, outcome)
                 else:
                     queued.reply.set_result(outcome)
+            self._queue.extendleft(reversed(decided_again))
+
+
+def _decide_again(queued: _Queued, stale: Mapping[str, Any]) -> list[_Queued]:
+    """The write decided again, to be sent next; or none, its reply failed."""
+    assert queued.again is not None
+    try:
+        payload = queued.again(stale)
+    except Exception as exc:  # its own request's failure (a LedgerError, or a bug): not the batch's
+        queued.reply.set_exception(exc)
+        return []
+    return [_Queued(payload, queued.deadline, queued.reply, queued.again)]
 
 
 def _drop_reply(reply: asyncio.Future[Any]) -> None:
@@ -241,12 +267,14 @@ def _drop_reply(reply: asyncio.Future[Any]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class BatchFigures:
-    """Database calls made and requests they carried, since the store opened."""
+    """Database calls made and requests they carried, since the store opened; and how many
+    writes found their customer changed since their read and were decided again."""
 
     read_calls: int
     reads: int
     write_calls: int
     writes: int
+    decided_again: int
 
 
 class LedgerStore:
@@ -273,6 +301,7 @@ class LedgerStore:
         self._writes = _Batches(
             self._connection, "apply_all", settings, lambda write: write["admitted"]
         )
+        self._decided_again = 0
 
     @contextlib.asynccontextmanager
     async def _connection(self, deadline: _Deadline) -> AsyncIterator[Connection]:
@@ -290,6 +319,7 @@ class LedgerStore:
             self._reads.requests_sent,
             self._writes.calls_sent,
             self._writes.requests_sent,
+            self._decided_again,
         )
 
     async def lookup(self, request: Request, *, timeout_ms: int) -> Lookup:
@@ -351,18 +381,21 @@ class LedgerStore:
     ) -> Result:
         if lookup.answered is not None:
             return lookup.answered
-        deadline = _Deadline(timeout_ms)
         at = now or datetime.now(UTC)
-        snapshot = lookup.snapshot
-        for attempt in range(self.settings.stale_retries_max):
-            decision = decide(snapshot, at)
-            payload = self._payload(lookup, snapshot, decision, at)
-            reply = await self._writes.call(payload, deadline, first=attempt > 0)
-            if reply["status"] == "stale":
-                snapshot = codec.parse_snapshot(reply["state"])
-                continue
-            return codec.parse_result(reply["result"], repeated=reply["status"] == "answered")
-        raise LedgerError("the customer's state kept changing; request not applied")
+        decided = 1
+
+        def again(stale: Mapping[str, Any]) -> Mapping[str, Any]:
+            nonlocal decided
+            if decided >= self.settings.stale_retries_max:
+                raise LedgerError("the customer's state kept changing; request not applied")
+            decided += 1
+            self._decided_again += 1
+            snapshot = codec.parse_snapshot(stale["state"])
+            return self._payload(lookup, snapshot, decide(snapshot, at), at)
+
+        first = self._payload(lookup, lookup.snapshot, decide(lookup.snapshot, at), at)
+        reply = await self._writes.call(first, _Deadline(timeout_ms), again=again)
+        return codec.parse_result(reply["result"], repeated=reply["status"] == "answered")
 
     def _payload(
         self, lookup: Lookup, snapshot: Snapshot, decision: Decision, at: datetime

@@ -101,13 +101,15 @@ async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
 
 
 def ledger_figures(ledger: LedgerStore) -> Mapping[str, float]:
-    """Database calls and the requests they carried: their ratio is the mean batch size."""
+    """Database calls and the requests they carried (their ratio is the mean batch size), and
+    the writes decided again because their customer changed meanwhile."""
     figures = ledger.batch_figures()
     return {
         "ledger_read_calls_total": figures.read_calls,
         "ledger_reads_total": figures.reads,
         "ledger_write_calls_total": figures.write_calls,
         "ledger_writes_total": figures.writes,
+        "ledger_writes_decided_again_total": figures.decided_again,
     }
 
 

@@ -48,6 +48,29 @@ async def test_closed_loop_every_session_kind_and_no_end_state_difference(
     assert steps["post"] == steps["verify_pin"] - report.kinds["wrong_pin"] + reversals
 
 
+async def test_joint_accounts_at_several_kiosks_at_once_keep_every_cent(
+    make_stack: StackFactory, pg_cluster: PgCluster
+) -> None:
+    stack = await make_stack(customers=1)
+    # Two customers with four cards each, dealt to eight kiosks: each customer's accounts are
+    # drawn on from four kiosks at the same time.
+    population = build(seed=14, customers=2, terminals=8, cards=8)
+    await provision(pg_cluster.owner_dsn, population)
+    mix = {"withdrawal": 3, "transfer": 1, "balance": 1, "partial": 1}
+    plan = load.Plan(terminals=8, seed=14, duration_s=None, count=160, mix=mix)
+
+    report = await load.run(
+        plan, population, "127.0.0.1", stack.server.port, ledger=LedgerView(pg_cluster.owner_dsn)
+    )
+    assert report.differences == []
+    assert (report.timeouts, dict(report.errors)) == (0, {})
+    assert set(report.response_codes) == {"00"}
+    # Writes read before another kiosk's posting for the same customer were decided again on
+    # the new balances (that is how nothing above was lost), each once at the most.
+    decided_again = stack.store.batch_figures().decided_again
+    assert 1 <= decided_again <= stack.monitor.metrics.steps["post"].count
+
+
 async def test_the_same_seed_gives_the_same_sessions(
     make_stack: StackFactory, pg_cluster: PgCluster
 ) -> None:

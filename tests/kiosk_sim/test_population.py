@@ -1,0 +1,52 @@
+"""The seeded population: cards per customer, joint accounts, and the CLI's checks of both."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiosk_sim.__main__ import main
+from kiosk_sim.population import build, fixtures
+from ledger.pan import luhn_valid
+
+
+@pytest.mark.parametrize(
+    ("cards", "per_customer"), [(None, [1] * 4), (4, [1] * 4), (6, [2, 2, 1, 1]), (40, [10] * 4)]
+)
+async def test_cards_are_dealt_to_customers_in_turn_and_share_their_accounts(
+    cards: int | None, per_customer: list[int]
+) -> None:
+    population = build(seed=3, customers=4, terminals=2, cards=cards)
+    pans = [card.pan for card in population.cards]
+    assert len(set(pans)) == len(pans) == sum(per_customer)
+    assert all(luhn_valid(pan) and len(pan) == 16 for pan in pans)
+    # Each customer's first card (and PIN) is the one a population without extra cards has.
+    assert population.cards[:4] == build(seed=3, customers=4, terminals=2).cards
+    assert len(population.accounts) == 2 * 4
+    data = await fixtures(population)
+    assert [len(customer["cards"]) for customer in data["customers"]] == per_customer
+    for customer in data["customers"]:
+        numbers = {account["number"] for account in customer["accounts"]}
+        assert all(set(card["accounts"].values()) == numbers for card in customer["cards"])
+
+
+@pytest.mark.parametrize("cards", [3, 41])
+def test_cards_per_customer_are_bounded(cards: int) -> None:
+    with pytest.raises(AssertionError, match="cards per customer"):
+        build(seed=3, customers=4, terminals=2, cards=cards)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--customers", "4", "--cards", "3"], "--cards must be 4 to 40 for 4 customers"),
+        (["--customers", "4", "--cards", "41"], "--cards must be 4 to 40 for 4 customers"),
+        (["--customers", "0"], "--customers must be 1 to 9999, not 0"),
+        (["--customers", "10000"], "--customers must be 1 to 9999, not 10000"),
+        (["--terminals", "5", "--customers", "4"], "--terminals 5 needs at least as many cards"),
+    ],
+)
+def test_run_refuses_a_population_it_cannot_build(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--terminals", "2", *argv]) == 2
+    assert message in capsys.readouterr().err
