@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from switch.flows import STEPS
 from switch.settings import DEVELOPMENT_ADMIN_TOKEN
+from switch.transaction import Kind
 
 _SERIES = re.compile(
     r'^switch_(step|request)_latency_seconds_(sum|count)(?:\{step="([a-z_]+)"\})? ([0-9.e+-]+)$',
@@ -41,8 +43,12 @@ def latency_totals(metrics_text: str) -> dict[str, Totals]:
     return {name: Totals(sums[name], counts.get(name, 0)) for name in sums}
 
 
+_PIPELINE_ORDER = [step.__name__ for step in STEPS[Kind.WITHDRAWAL]]
+
+
 def mean_ms_between(before: str, after: str) -> dict[str, float]:
-    """Mean milliseconds per step (and per request) over what happened between two scrapes."""
+    """Mean milliseconds per step (in pipeline order) and per request, over what happened
+    between two scrapes."""
     first, last = latency_totals(before), latency_totals(after)
     means = {}
     for name, totals in last.items():
@@ -50,7 +56,11 @@ def mean_ms_between(before: str, after: str) -> dict[str, float]:
         count = totals.count - earlier.count
         if count > 0:
             means[name] = 1000 * (totals.seconds - earlier.seconds) / count
-    return means
+    return dict(sorted(means.items(), key=lambda item: _rank(item[0])))
+
+
+def _rank(name: str) -> int:
+    return _PIPELINE_ORDER.index(name) if name in _PIPELINE_ORDER else len(_PIPELINE_ORDER)
 
 
 async def fetch_metrics(port: int, token: str = DEVELOPMENT_ADMIN_TOKEN) -> str:
