@@ -9,7 +9,8 @@
    approved withdrawal (switch + PostgreSQL + simulator) and the ratio of (1)'s CPU per
    transaction to it, and the CPU steal seen meanwhile (see bench/cpu.py).
 3. Open loop at 80% of the best closed-loop rate: p99 at a fixed load, and where the time goes
-   (the mean per pipeline step, from the switch's own metrics).
+   (the mean per pipeline step, and per ledger read and write the mean wait for a call, the
+   mean call and the mean batch, from the switch's own metrics).
 4. 10,000 idle terminal connections, each echoed once: the switch's memory per connection.
 
 The load generator shares the machine's cores with the switch and PostgreSQL. Figures are
@@ -119,7 +120,9 @@ async def open_loop(
     )
     before = await scrape.fetch_metrics(admin_port)
     report = await load.run(plan, population, "127.0.0.1", port)
-    means = scrape.mean_ms_between(before, await scrape.fetch_metrics(admin_port))
+    after = await scrape.fetch_metrics(admin_port)
+    means = scrape.mean_ms_between(before, after)
+    ledger = scrape.ledger_means_between(before, after)
     latency = report.latency_ms()
     request_ms = means.pop(scrape.REQUEST)
     return {
@@ -129,6 +132,7 @@ async def open_loop(
         "open_loop_p99_ms": latency["p99"],
         **{f"open_loop_mean_ms_{step}": round(ms, 2) for step, ms in means.items()},
         "open_loop_mean_ms_outside_steps": round(request_ms - sum(means.values()), 2),
+        **{f"open_loop_ledger_{name}": round(value, 2) for name, value in ledger.items()},
     }
 
 

@@ -63,6 +63,32 @@ def _rank(name: str) -> int:
     return _PIPELINE_ORDER.index(name) if name in _PIPELINE_ORDER else len(_PIPELINE_ORDER)
 
 
+_PLAIN = re.compile(r"^switch_([a-z_]+) ([0-9.e+-]+)$", re.MULTILINE)
+
+
+def plain_values(metrics_text: str) -> dict[str, float]:
+    """The series without labels (counters and gauges), by name without the `switch_` prefix."""
+    return {name: float(value) for name, value in _PLAIN.findall(metrics_text)}
+
+
+def ledger_means_between(before: str, after: str) -> dict[str, float]:
+    """Per kind (read, write) over what happened between two scrapes: the mean time a request
+    waited for its call (ms), the mean call (ms) and the mean requests per call."""
+    first, last = plain_values(before), plain_values(after)
+
+    def grew(name: str) -> float:
+        return last.get(name, 0.0) - first.get(name, 0.0)
+
+    means = {}
+    for kind in ("read", "write"):
+        requests, calls = grew(f"ledger_{kind}s_total"), grew(f"ledger_{kind}_calls_total")
+        if requests > 0 and calls > 0:
+            means[f"{kind}_wait_ms"] = 1000 * grew(f"ledger_{kind}_wait_seconds_total") / requests
+            means[f"{kind}_call_ms"] = 1000 * grew(f"ledger_{kind}_call_seconds_total") / calls
+            means[f"{kind}_batch"] = requests / calls
+    return means
+
+
 async def fetch_metrics(port: int, token: str = DEVELOPMENT_ADMIN_TOKEN) -> str:
     async with (
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http,

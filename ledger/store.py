@@ -20,7 +20,7 @@ import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,6 +126,7 @@ class _Queued:
     deadline: _Deadline
     reply: asyncio.Future[Any]
     again: DecideAgain | None
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class _Batches:
@@ -162,6 +163,8 @@ class _Batches:
         self._customers_in_calls: set[int] = set()
         self.calls_sent = 0
         self.requests_sent = 0
+        self.wait_s = 0.0  # summed over requests: queued until their call started
+        self.call_s = 0.0  # summed over calls: a connection from the pool, the call, its reply
 
     async def call(
         self, payload: Mapping[str, Any], deadline: _Deadline, *, again: DecideAgain | None = None
@@ -175,11 +178,10 @@ class _Batches:
             # The call's own timeout cancels its statement at the longest deadline in it; the
             # grace lets a call holding only this request report that (nothing committed)
             # before the request gives up not knowing.
+            # Giving up cancels `reply`: not sent if still queued; dropped if its call is on.
             async with asyncio.timeout(left_s + _CANCEL_GRACE_S):
-                return await asyncio.shield(reply)
+                return await reply
         except TimeoutError:
-            # The batch goes on for the others; this reply is dropped when it comes.
-            reply.add_done_callback(_drop_reply)
             raise LedgerUnavailable("ledger deadline passed") from None
 
     def _start_calls(self) -> None:
@@ -202,6 +204,8 @@ class _Batches:
                 return  # all that waits is for customers in a running call: it ends first
             self.calls_sent += 1
             self.requests_sent += len(batch)
+            now = time.monotonic()
+            self.wait_s += sum(now - queued.queued_at for queued in batch)
             self._customers_in_calls |= held
             task = asyncio.create_task(self._send(batch))
             self._calls.add(task)
@@ -221,6 +225,7 @@ class _Batches:
         outcomes: list[Any | LedgerError] = [
             LedgerUnavailable("ledger call did not complete") for _ in batch
         ]
+        started = time.monotonic()
         try:
             async with self._connection(deadline) as conn:
                 replies = await conn.fetchval(
@@ -236,6 +241,7 @@ class _Batches:
         except LedgerError as exc:
             outcomes = [type(exc)(*exc.args) for _ in batch]
         finally:
+            self.call_s += time.monotonic() - started
             decided_again = []
             for queued, outcome in zip(batch, outcomes, strict=True):
                 if queued.reply.done():
@@ -260,21 +266,21 @@ def _decide_again(queued: _Queued, stale: Mapping[str, Any]) -> list[_Queued]:
     return [_Queued(payload, queued.deadline, queued.reply, queued.again)]
 
 
-def _drop_reply(reply: asyncio.Future[Any]) -> None:
-    if not reply.cancelled():
-        reply.exception()  # retrieved: its request already gave up
-
-
 @dataclass(frozen=True, slots=True)
 class BatchFigures:
-    """Database calls made and requests they carried, since the store opened; and how many
-    writes found their customer changed since their read and were decided again."""
+    """Database calls made and requests they carried, since the store opened; how many writes
+    found their customer changed since their read and were decided again; and the seconds
+    requests waited in the queue (summed over requests) and calls took (summed over calls)."""
 
     read_calls: int
     reads: int
     write_calls: int
     writes: int
     decided_again: int
+    read_wait_s: float = 0.0
+    read_call_s: float = 0.0
+    write_wait_s: float = 0.0
+    write_call_s: float = 0.0
 
 
 class LedgerStore:
@@ -320,6 +326,10 @@ class LedgerStore:
             self._writes.calls_sent,
             self._writes.requests_sent,
             self._decided_again,
+            read_wait_s=self._reads.wait_s,
+            read_call_s=self._reads.call_s,
+            write_wait_s=self._writes.wait_s,
+            write_call_s=self._writes.call_s,
         )
 
     async def lookup(self, request: Request, *, timeout_ms: int) -> Lookup:

@@ -101,8 +101,9 @@ async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
 
 
 def ledger_figures(ledger: LedgerStore) -> Mapping[str, float]:
-    """Database calls and the requests they carried (their ratio is the mean batch size), and
-    the writes decided again because their customer changed meanwhile."""
+    """Database calls and the requests they carried (their ratio is the mean batch size), the
+    writes decided again because their customer changed meanwhile, and the time requests
+    waited for a call and calls took (per request and per call, divided by those counts)."""
     figures = ledger.batch_figures()
     return {
         "ledger_read_calls_total": figures.read_calls,
@@ -110,6 +111,10 @@ def ledger_figures(ledger: LedgerStore) -> Mapping[str, float]:
         "ledger_write_calls_total": figures.write_calls,
         "ledger_writes_total": figures.writes,
         "ledger_writes_decided_again_total": figures.decided_again,
+        "ledger_read_wait_seconds_total": figures.read_wait_s,
+        "ledger_read_call_seconds_total": figures.read_call_s,
+        "ledger_write_wait_seconds_total": figures.write_wait_s,
+        "ledger_write_call_seconds_total": figures.write_call_s,
     }
 
 

@@ -98,7 +98,6 @@ class Flows:
         self._count_error = count_error
         self._time_step = time_step
         self._write_timeout_ms = write_timeout_ms
-        self._abandoned: set[asyncio.Future[Lookup]] = set()
 
     async def __call__(self, request: Message, link: Link) -> Message | None:
         deadline = Deadline(self._settings.request_deadline_ms)
@@ -237,21 +236,16 @@ class Flows:
             return context.lookup
         request = ledger_request(context.transaction, context.rrn)
         remaining_ms = context.deadline.remaining_ms()
-        read = asyncio.ensure_future(self._ledger.lookup(request, timeout_ms=remaining_ms))
-        done, _ = await asyncio.wait({read}, timeout=remaining_ms / 1000)
-        if not done:
-            # A read writes nothing, so the terminal need not wait for its cleanup: on a network
-            # that silently drops packets, releasing the connection outlasts the deadline. The
-            # read ends in the background, bounded by the store's own timeouts.
-            self._abandoned.add(read)
-            read.add_done_callback(self._forget)
-            raise LedgerUnavailable("ledger read did not finish within the request deadline")
-        return read.result()
-
-    def _forget(self, task: asyncio.Future[Lookup]) -> None:
-        self._abandoned.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: its request was already answered
+        try:
+            # A read writes nothing: at the deadline the request stops waiting at once (the
+            # store does not send a read that gave up while queued; one already sent ends in its
+            # batch, bounded by the store's own timeouts).
+            async with asyncio.timeout(remaining_ms / 1000):
+                return await self._ledger.lookup(request, timeout_ms=remaining_ms)
+        except TimeoutError:
+            raise LedgerUnavailable(
+                "ledger read did not finish within the request deadline"
+            ) from None
 
     def _answer(self, context: Context, result: Result, reason: str | None = None) -> Outcome:
         fields = result_fields(context.transaction, result)

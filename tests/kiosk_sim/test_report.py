@@ -74,3 +74,28 @@ def test_step_means_between_two_scrapes() -> None:
         ("request", 10.0),
     ]
     assert scrape.mean_ms_between(AFTER, AFTER) == {}
+
+
+def test_ledger_wait_call_and_batch_means_between_two_scrapes() -> None:
+    before = """switch_ledger_reads_total 10
+switch_ledger_read_calls_total 5
+switch_ledger_read_wait_seconds_total 0.5
+switch_ledger_read_call_seconds_total 0.25
+switch_ledger_writes_total 0
+switch_ledger_write_calls_total 0
+"""
+    after = """switch_ledger_reads_total 40
+switch_ledger_read_calls_total 8
+switch_ledger_read_wait_seconds_total 0.8
+switch_ledger_read_call_seconds_total 0.31
+switch_ledger_writes_total 0
+switch_ledger_write_calls_total 0
+switch_connections 3
+"""
+    assert scrape.plain_values(after)["connections"] == 3.0
+    means = scrape.ledger_means_between(before, after)
+    assert {name: round(value, 9) for name, value in means.items()} == {
+        "read_wait_ms": 10.0,
+        "read_call_ms": 20.0,
+        "read_batch": 10.0,
+    }

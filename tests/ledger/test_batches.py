@@ -13,8 +13,8 @@ import pytest
 from ledger.errors import LedgerError
 from ledger.model import Outcome, Withdrawal
 from ledger.settings import LedgerSettings
-from ledger.store import BatchFigures, LedgerStore, open_store
-from tests.ledger.factory import AUDIT, World, key
+from ledger.store import LedgerStore, open_store
+from tests.ledger.factory import AUDIT, NOW, World, key
 from tests.ledger.helpers import TIMEOUT_MS, balance, run
 
 START_MINOR = 100_000
@@ -43,7 +43,12 @@ async def test_waiting_reads_go_together_and_each_gets_its_own(
         *(one_call_store.lookup(r, timeout_ms=TIMEOUT_MS) for r in requests)
     )
     # The first read went alone; the 19 that arrived while it ran went in one call.
-    assert one_call_store.batch_figures() == BatchFigures(2, 20, 0, 0, 0)
+    figures = one_call_store.batch_figures()
+    assert (figures.read_calls, figures.reads, figures.write_calls, figures.writes) == (2, 20, 0, 0)
+    # The 19 waited for the first call; each call took some time; no write was made.
+    assert figures.read_wait_s > 0
+    assert figures.read_call_s > 0
+    assert (figures.write_wait_s, figures.write_call_s) == (0.0, 0.0)
     assert [lookup.snapshot.customer_id for lookup in lookups] == [
         c.customer_id for c in world.customers
     ]
@@ -99,9 +104,13 @@ async def test_an_item_that_fails_fails_alone(
         Withdrawal(c.pan, key(world.terminals[0]), AUDIT, "20", 2_000, "EUR")
         for c in world.customers
     ]
+    lookups = await asyncio.gather(
+        *(one_call_store.lookup(r, timeout_ms=TIMEOUT_MS) for r in requests)
+    )
     # The first write goes alone; the other five wait and go in one call with the victim's.
     results = await asyncio.gather(
-        *(run(one_call_store, r) for r in requests), return_exceptions=True
+        *(one_call_store.execute(lookup, now=NOW, timeout_ms=TIMEOUT_MS) for lookup in lookups),
+        return_exceptions=True,
     )
     failed = results[3]
     assert isinstance(failed, LedgerError)
