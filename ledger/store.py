@@ -177,8 +177,8 @@ class _Batches:
         try:
             # The call's own timeout cancels its statement at the longest deadline in it; the
             # grace lets a call holding only this request report that (nothing committed)
-            # before the request gives up not knowing.
-            # Giving up cancels `reply`: not sent if still queued; dropped if its call is on.
+            # before the request gives up not knowing. Giving up cancels `reply`: not sent if
+            # still queued, dropped when it comes if its call is on.
             async with asyncio.timeout(left_s + _CANCEL_GRACE_S):
                 return await reply
         except TimeoutError:
@@ -277,10 +277,10 @@ class BatchFigures:
     write_calls: int
     writes: int
     decided_again: int
-    read_wait_s: float = 0.0
-    read_call_s: float = 0.0
-    write_wait_s: float = 0.0
-    write_call_s: float = 0.0
+    read_wait_s: float
+    read_call_s: float
+    write_wait_s: float
+    write_call_s: float
 
 
 class LedgerStore:
