@@ -144,7 +144,23 @@ class Flows:
             return Outcome(parsed.code, reason=parsed.reason)
         context = Context(request, link, deadline, parsed, retrieval_reference(parsed, self._now()))
         steps = [(step.__name__, partial(step, self)) for step in STEPS[parsed.kind]]
-        outcome = await run_steps(steps, context, timed=self._time_step)
+        steps_ms: dict[str, float] = {}
+
+        def timed(step: str, elapsed_ms: float) -> None:
+            self._time_step(step, elapsed_ms)
+            steps_ms[step] = elapsed_ms
+
+        try:
+            outcome = await run_steps(steps, context, timed=timed)
+        finally:
+            # Also when a step raised (a dependency down, the deadline): those are the slow ones.
+            if sum(steps_ms.values()) >= self._settings.slow_request_ms:
+                log.warning(
+                    "slow_request",
+                    terminal_id=parsed.terminal_id,
+                    stan=parsed.stan,
+                    steps_ms={step: round(ms, 1) for step, ms in steps_ms.items()},
+                )
         return replace(outcome, fields={37: context.rrn, **outcome.fields})
 
     async def check_mac(self, context: Context) -> Context | Outcome:

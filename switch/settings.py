@@ -123,6 +123,9 @@ class PipelineSettings:
     request_deadline_ms: int
     # Verify F64/F128 on every request after key change, and MAC every response.
     require_mac: bool
+    # A financial request whose pipeline takes this long is logged again as `slow_request`,
+    # with the time of each step it went through.
+    slow_request_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +315,9 @@ def _parse(root: _Table, base: Path) -> Settings:
             "request_deadline_ms", 2_000, minimum=50, maximum=60_000
         ),
         require_mac=pipeline_table.flag("require_mac", True),
+        slow_request_ms=pipeline_table.integer(
+            "slow_request_ms", 1_000, minimum=1, maximum=600_000
+        ),
     )
     pipeline_table.finish()
     logs = root.table("logging")

@@ -181,7 +181,9 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         flows = Flows(
             hsm=hsm,
             ledger=store,
-            settings=PipelineSettings(request_deadline_ms=DEADLINE_MS, require_mac=True),
+            settings=PipelineSettings(
+                request_deadline_ms=DEADLINE_MS, require_mac=True, slow_request_ms=1_000
+            ),
             dialect=Dialect(),
             wall_clock=now,
             count_error=monitor.metrics.count_error,

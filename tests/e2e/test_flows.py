@@ -8,6 +8,7 @@ import time
 
 import asyncpg
 import pytest
+import structlog.testing
 
 from hsm.engine import SoftHsm
 from hsm.server import HsmServer, ServerConfig
@@ -16,7 +17,7 @@ from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Terminal
 from switch.iso8583.elements import decode_additional_amounts
 from tests.conftest import PgCluster
-from tests.e2e.conftest import LMK, PIN, StackFactory, now, until_answered
+from tests.e2e.conftest import DEADLINE_MS, LMK, PIN, StackFactory, now, until_answered
 
 START_MINOR = 100_000  # each test customer's checking and savings balance
 APPROVED = frozenset({"00"})
@@ -374,8 +375,14 @@ async def test_a_network_that_drops_traffic_answers_91_in_time_then_recovers(
     pan = stack.customers[0].pan
     stack.db_proxy.blackhole()
     started = time.monotonic()
-    assert (await terminal.send(terminal.withdrawal(pan, PIN, 1_000))).code == "91"
+    with structlog.testing.capture_logs() as logs:
+        assert (await terminal.send(terminal.withdrawal(pan, PIN, 1_000))).code == "91"
     assert time.monotonic() - started < 3.0
+    # Logged as slow, with the step it was stuck in: the read, for the whole deadline.
+    [slow] = [event for event in logs if event["event"] == "slow_request"]
+    assert list(slow["steps_ms"]) == ["check_mac", "look_up"]
+    assert slow["steps_ms"]["look_up"] >= DEADLINE_MS - 100
+    assert (slow["terminal_id"], slow["log_level"]) == (terminal.terminal_id, "warning")
     await stack.db_proxy.heal()
     answer = await until_answered(terminal, lambda: terminal.withdrawal(pan, PIN, 1_000), APPROVED)
     assert answer.code == "00"

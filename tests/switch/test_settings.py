@@ -91,6 +91,12 @@ BAD_FILES = [
         id="deadline",
     ),
     pytest.param(
+        "[pipeline]\nslow_request_ms = 0\n",
+        "pipeline.slow_request_ms",
+        "from 1",
+        id="slow",
+    ),
+    pytest.param(
         'environment = "prod"\n', "environment", "one of development, production", id="env"
     ),
     pytest.param(
