@@ -16,6 +16,7 @@ from kiosk_sim import load, soak
 from kiosk_sim.demo import run_demo
 from kiosk_sim.population import CARDS_PER_CUSTOMER_MAX, LedgerView, build, provision
 from kiosk_sim.report import Report
+from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
 
 
@@ -203,7 +204,21 @@ def _population_error(args: argparse.Namespace) -> str | None:
     return None
 
 
+class SwitchUnreachable(Exception):
+    """Nothing accepts connections at the switch's address."""
+
+
+async def _require_switch(host: str, port: int) -> None:
+    """Checked before provisioning anything, so a typo in --port costs nothing."""
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        raise SwitchUnreachable(f"no switch at {host}:{port}: {exc.strerror or exc}") from None
+    writer.close()
+
+
 async def run_load(args: argparse.Namespace, dsn: str) -> Report:
+    await _require_switch(args.host, args.port)
     population = build(args.seed, _customers(args), args.terminals, args.cards)
     await provision(dsn, population)
     plan = load.Plan(
@@ -271,8 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate and any(faults.values()):
         print("kiosk_sim: --faults run in closed loop (leave out --rate)", file=sys.stderr)
         return 2
-    with owner_dsn(args) as dsn:
-        report = asyncio.run(run_load(args, dsn))
+    try:
+        with owner_dsn(args) as dsn:
+            report = asyncio.run(run_load(args, dsn))
+    except SchemaTooOld as exc:
+        print(f"kiosk_sim: ledger: {exc}", file=sys.stderr)
+        return 2
+    except SwitchUnreachable as exc:
+        print(f"kiosk_sim: {exc} (start one: python -m switch serve)", file=sys.stderr)
+        return 2
     print(file=sys.stderr)
     print(report.to_text())
     if args.report is not None:

@@ -20,6 +20,7 @@ from hsm.devkeys import make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
 from hsm.local import LocalHSM
 from ledger.fixtures import load_fixtures
+from ledger.migrations import require_current
 from ledger.pan import luhn_complete
 from ledger.settings import pan_hash_key_from_env
 
@@ -134,6 +135,7 @@ async def provision(owner_dsn: str, population: Population, *, timeout_ms: int =
     """Load the population through the ledger's own provisioning (an idempotent upsert)."""
     conn = await asyncpg.connect(owner_dsn)
     try:
+        await require_current(conn, timeout_ms=timeout_ms)  # SchemaTooOld names the fix
         data = await fixtures(population)
         await load_fixtures(conn, data, pan_hash_key=pan_hash_key_from_env(), timeout_ms=timeout_ms)
     finally:

@@ -60,7 +60,8 @@ class Metrics:
         """An HSM or database call that failed (timeout, unreachable, refused)."""
         self.errors[component] += 1
 
-    def render(self, gauges: Mapping[str, float]) -> str:
+    def render(self, scraped: Mapping[str, float]) -> str:
+        """The Prometheus text; `scraped`: values read from elsewhere at scrape time."""
         lines = [
             "# HELP switch_requests_total Requests answered, by request MTI and response code.",
             "# TYPE switch_requests_total counter",
@@ -85,6 +86,8 @@ class Metrics:
         for component in ("hsm", "database"):
             count = self.errors[component]
             lines.append(f'switch_dependency_errors_total{{component="{component}"}} {count}')
-        for name, value in sorted(gauges.items()):
-            lines += [f"# TYPE switch_{name} gauge", f"switch_{name} {value:g}"]
+        for name, value in sorted(scraped.items()):
+            # Those named *_total only ever grow.
+            kind = "counter" if name.endswith("_total") else "gauge"
+            lines += [f"# TYPE switch_{name} {kind}", f"switch_{name} {value:g}"]
         return "\n".join(lines) + "\n"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from kiosk_sim.__main__ import main
-from kiosk_sim.population import build, fixtures
+from kiosk_sim.demo import free_port
+from kiosk_sim.population import build, fixtures, provision
+from ledger.errors import SchemaTooOld
 from ledger.pan import luhn_valid
+from ledger.postgres import SUPERUSER
+from tests.conftest import PgCluster
 
 
 @pytest.mark.parametrize(
@@ -50,3 +55,24 @@ def test_run_refuses_a_population_it_cannot_build(
 ) -> None:
     assert main(["run", "--terminals", "2", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_run_without_a_switch_says_so_before_provisioning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = free_port()
+    # The DSN leads nowhere: the switch is checked first, so it is never used.
+    argv = ["run", "--port", str(port), "--terminals", "2", "--dsn", "postgresql://nowhere/x"]
+    assert main(argv) == 2
+    assert f"kiosk_sim: no switch at 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+async def test_provisioning_an_unmigrated_ledger_names_the_fix(pg_cluster: PgCluster) -> None:
+    conn = await asyncpg.connect(pg_cluster.superuser_dsn)
+    try:
+        await conn.execute("DROP DATABASE IF EXISTS unmigrated")
+        await conn.execute("CREATE DATABASE unmigrated")
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaTooOld, match="run `python -m ledger migrate`"):
+        await provision(pg_cluster.info.dsn(SUPERUSER, "unmigrated"), build(3, 4, 2))

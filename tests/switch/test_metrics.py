@@ -36,3 +36,13 @@ def test_request_latency_keeps_its_series_without_labels() -> None:
     assert 'switch_request_latency_seconds_bucket{le="0.02"} 1' in lines
     assert "switch_request_latency_seconds_sum 0.012500" in lines
     assert "switch_request_latency_seconds_count 1" in lines
+
+
+def test_values_read_at_scrape_time_are_typed_by_name() -> None:
+    lines = Metrics().render({"connections": 3, "ledger_writes_total": 12}).splitlines()
+    assert lines[-4:] == [
+        "# TYPE switch_connections gauge",
+        "switch_connections 3",
+        "# TYPE switch_ledger_writes_total counter",
+        "switch_ledger_writes_total 12",
+    ]
