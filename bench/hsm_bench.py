@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -21,14 +20,14 @@ from hsm.api import HSM, VisaPvv, VisaPvvMethod
 from hsm.client import NetworkHSM
 from hsm.crypto import Algorithm
 from hsm.devkeys import make_dev_keys
-from hsm.keys import DEVELOPMENT_LMK, DEVELOPMENT_LMK_HEX, KeyRole, Lmk
+from hsm.devserver import spawn_dev_hsm
+from hsm.keys import DEVELOPMENT_LMK, KeyRole, Lmk
 from hsm.local import LocalHSM
 from hsm.pinblock import PinBlockFormat
 
 REPO = Path(__file__).parents[1]
 NETWORK_CONCURRENCY = 16
 NETWORK_POOL_SIZE = 8
-_STARTUP_LINES_MAX = 50
 PAN = "4012345678909"
 MAC_DATA = bytes(range(200))  # about the size of a financial request
 
@@ -72,31 +71,11 @@ async def _figures(hsm: HSM, duration_s: float, workers: int) -> tuple[float, fl
     )
 
 
-async def _spawn_server() -> tuple[asyncio.subprocess.Process, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "hsm", "serve", "--host", "127.0.0.1", "--port", "0"),
-        cwd=REPO,
-        env={**os.environ, "HSM_LMK": DEVELOPMENT_LMK_HEX},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    for _ in range(_STARTUP_LINES_MAX):
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        if line.startswith(b"HSM listening on"):
-            return proc, int(line.rsplit(b":", 1)[1])
-        if not line:
-            break
-    proc.kill()
-    raise RuntimeError("the HSM server did not start")
-
-
 async def run(duration_s: float = 2.0) -> dict[str, float]:
     """Four figures, each measured for ``duration_s / 4``."""
     slice_s = duration_s / 4
     pin_local, mac_local = await _figures(LocalHSM(Lmk(DEVELOPMENT_LMK)), slice_s, 1)
-    proc, port = await _spawn_server()
+    proc, port = await spawn_dev_hsm()
     try:
         async with NetworkHSM(
             [("127.0.0.1", port)], pool_size=NETWORK_POOL_SIZE, timeout_ms=5000

@@ -12,9 +12,8 @@ import pytest
 
 from hsm.__main__ import main
 from hsm.client import NetworkHSM
+from hsm.devserver import REPO, spawn_dev_hsm
 from hsm.keys import DEVELOPMENT_LMK, DEVELOPMENT_LMK_HEX, Lmk, StoredKey
-
-from .support import REPO, spawn_hsm
 
 
 def test_serve_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,7 +65,7 @@ def test_dev_config_holds_the_development_lmk() -> None:
 
 
 async def test_serve_with_dev_config_answers_health() -> None:
-    proc, port = await spawn_hsm("--config", "config/hsm.dev.toml")
+    proc, port = await spawn_dev_hsm("--config", "config/hsm.dev.toml")
     try:
         async with NetworkHSM([("127.0.0.1", port)]) as client:
             assert await client.health() == Lmk(DEVELOPMENT_LMK).kcv

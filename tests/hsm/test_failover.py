@@ -12,16 +12,17 @@ import pytest
 from hsm import mac
 from hsm.client import NetworkHSM
 from hsm.crypto import Algorithm
+from hsm.devserver import Process, spawn_dev_hsm
 from hsm.errors import HsmTimeout
 from hsm.keys import KeyRole
 from hsm.server import HsmServer
 
-from .support import LMK, Process, spawn_hsm
+from .support import LMK
 
 
 @pytest.fixture
 async def two_servers() -> AsyncIterator[list[tuple[Process, int]]]:
-    servers = list(await asyncio.gather(spawn_hsm(), spawn_hsm()))
+    servers = list(await asyncio.gather(spawn_dev_hsm(), spawn_dev_hsm()))
     yield servers
     for proc, _ in servers:
         if proc.returncode is None:
