@@ -14,7 +14,13 @@ from pathlib import Path
 
 from kiosk_sim import load, soak
 from kiosk_sim.demo import run_demo
-from kiosk_sim.population import CARDS_PER_CUSTOMER_MAX, LedgerView, build, provision
+from kiosk_sim.population import (
+    CARDS_PER_CUSTOMER_MAX,
+    CUSTOMERS_MAX,
+    LedgerView,
+    build,
+    provision,
+)
 from kiosk_sim.report import Report
 from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
@@ -191,8 +197,8 @@ def _customers(args: argparse.Namespace) -> int:
 
 def _population_error(args: argparse.Namespace) -> str | None:
     customers = _customers(args)
-    if not 1 <= customers < 10_000:
-        return f"--customers must be 1 to 9999, not {customers}"
+    if not 1 <= customers <= CUSTOMERS_MAX:
+        return f"--customers must be 1 to {CUSTOMERS_MAX}, not {customers}"
     cards = args.cards
     if cards is not None and not customers <= cards <= CARDS_PER_CUSTOMER_MAX * customers:
         return (

@@ -36,7 +36,6 @@ from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.report import Report
 from kiosk_sim.terminal import Exchange, Terminal
 from ledger.postgres import running_cluster
-from switch.settings import DEVELOPMENT_ADMIN_TOKEN
 
 Say = Callable[[str], None]
 WORK_DIR = Path(".var/demo")
@@ -270,9 +269,7 @@ async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
 
 
 async def admin_view(port: int, say: Say) -> None:
-    async with aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {DEVELOPMENT_ADMIN_TOKEN}"}
-    ) as http:
+    async with aiohttp.ClientSession(headers=scrape.admin_headers()) as http:
         async with http.get(f"http://127.0.0.1:{port}/terminals") as reply:
             fleet = await reply.json()
         async with http.get(f"http://127.0.0.1:{port}/ready") as reply:

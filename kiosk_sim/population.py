@@ -57,6 +57,7 @@ class Population:
         return tuple(dict.fromkeys(a for c in self.cards for a in (c.checking, c.savings)))
 
 
+CUSTOMERS_MAX = 9_999  # ids of one seed stay in their own range of 10,000
 CARDS_PER_CUSTOMER_MAX = 10
 
 
@@ -69,7 +70,7 @@ def build(seed: int, customers: int, terminals: int, cards: int | None = None) -
     """
     rng = random.Random(seed)
     base = CUSTOMER_ID_BASE + (seed % 10_000) * 10_000
-    assert customers < 10_000, "ids of one seed stay in their own range"
+    assert 1 <= customers <= CUSTOMERS_MAX, "ids of one seed stay in their own range"
     cards = customers if cards is None else cards
     assert customers <= cards <= CARDS_PER_CUSTOMER_MAX * customers, "cards per customer"
     sim_cards = []

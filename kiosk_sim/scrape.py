@@ -89,9 +89,14 @@ def ledger_means_between(before: str, after: str) -> dict[str, float]:
     return means
 
 
+def admin_headers(token: str = DEVELOPMENT_ADMIN_TOKEN) -> dict[str, str]:
+    """What the operations app asks of every call but /health and /ready."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 async def fetch_metrics(port: int, token: str = DEVELOPMENT_ADMIN_TOKEN) -> str:
     async with (
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http,
+        aiohttp.ClientSession(headers=admin_headers(token)) as http,
         http.get(f"http://127.0.0.1:{port}/metrics") as reply,
     ):
         reply.raise_for_status()
