@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -159,7 +158,8 @@ class _Batches:
         self._calls_max = settings.calls_in_flight_max
         self._batch_max = settings.batch_size_max
         self._queue: collections.deque[_Queued] = collections.deque()
-        self._calls: set[asyncio.Task[None]] = set()
+        self._calls_running = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # the event loop keeps weak references only
         self._customers_in_calls: set[int] = set()
         self.calls_sent = 0
         self.requests_sent = 0
@@ -185,7 +185,7 @@ class _Batches:
             raise LedgerUnavailable("ledger deadline passed") from None
 
     def _start_calls(self) -> None:
-        while len(self._calls) < self._calls_max and self._queue:
+        while self._calls_running < self._calls_max and self._queue:
             batch: list[_Queued] = []
             held: set[int] = set()
             later: list[_Queued] = []
@@ -206,53 +206,68 @@ class _Batches:
             self.requests_sent += len(batch)
             now = time.monotonic()
             self.wait_s += sum(now - queued.queued_at for queued in batch)
+            self._calls_running += 1
             self._customers_in_calls |= held
-            task = asyncio.create_task(self._send(batch))
-            self._calls.add(task)
-            task.add_done_callback(functools.partial(self._call_ended, held))
+            task = asyncio.create_task(self._send(batch, held))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    def _call_ended(self, customers: set[int], task: asyncio.Task[None]) -> None:
-        self._calls.discard(task)
-        self._customers_in_calls -= customers
-        self._start_calls()
-
-    async def _send(self, batch: list[_Queued]) -> None:
+    async def _send(self, batch: list[_Queued], held: set[int]) -> None:
         # The longest budget in the batch bounds the call; each request still stops waiting
         # at its own deadline.
         deadline = max(batch, key=lambda queued: queued.deadline.end).deadline
+        started = time.monotonic()
+        answered = False
         # Unless the call answers: cancelled (the store is closing) or failed unexpectedly,
         # whether it committed is unknown.
-        outcomes: list[Any | LedgerError] = [
-            LedgerUnavailable("ledger call did not complete") for _ in batch
-        ]
-        started = time.monotonic()
+        failure: LedgerError = LedgerUnavailable("ledger call did not complete")
         try:
             async with self._connection(deadline) as conn:
                 replies = await conn.fetchval(
                     self._sql, [queued.payload for queued in batch], timeout=deadline.left_s()
                 )
-            assert len(replies) == len(batch), "one reply per request"
-            outcomes = [
-                LedgerError(f"ledger error: {reply['error']} {reply['message']}")
-                if "error" in reply
-                else reply
-                for reply in replies
-            ]
+                assert len(replies) == len(batch), "one reply per request"
+                # Answered before the connection goes back to the pool: the pool's release is a
+                # task of its own, one more pass of a busy event loop before it ends.
+                self._end_call(batch, held, started, [_outcome(reply) for reply in replies])
+                answered = True
         except LedgerError as exc:
-            outcomes = [type(exc)(*exc.args) for _ in batch]
+            failure = exc
         finally:
-            self.call_s += time.monotonic() - started
-            decided_again = []
-            for queued, outcome in zip(batch, outcomes, strict=True):
-                if queued.reply.done():
-                    continue
-                if isinstance(outcome, LedgerError):
-                    queued.reply.set_exception(outcome)
-                elif queued.again is not None and outcome["status"] == "stale":
-                    decided_again += _decide_again(queued, outcome)
-                else:
-                    queued.reply.set_result(outcome)
-            self._queue.extendleft(reversed(decided_again))
+            if not answered:
+                outcomes = [type(failure)(*failure.args) for _ in batch]
+                self._end_call(batch, held, started, outcomes)
+
+    def _end_call(
+        self,
+        batch: list[_Queued],
+        held: set[int],
+        started: float,
+        outcomes: list[Any | LedgerError],
+    ) -> None:
+        """Each request's outcome delivered (a stale write decided again, to go first), the
+        call's place and customers freed, and the next calls started."""
+        self.call_s += time.monotonic() - started
+        decided_again = []
+        for queued, outcome in zip(batch, outcomes, strict=True):
+            if queued.reply.done():
+                continue
+            if isinstance(outcome, LedgerError):
+                queued.reply.set_exception(outcome)
+            elif queued.again is not None and outcome["status"] == "stale":
+                decided_again += _decide_again(queued, outcome)
+            else:
+                queued.reply.set_result(outcome)
+        self._queue.extendleft(reversed(decided_again))
+        self._calls_running -= 1
+        self._customers_in_calls -= held
+        self._start_calls()
+
+
+def _outcome(reply: Mapping[str, Any]) -> Any | LedgerError:
+    if "error" in reply:
+        return LedgerError(f"ledger error: {reply['error']} {reply['message']}")
+    return reply
 
 
 def _decide_again(queued: _Queued, stale: Mapping[str, Any]) -> list[_Queued]:
