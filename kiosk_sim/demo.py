@@ -42,6 +42,9 @@ WORK_DIR = Path(".var/demo")
 STARTUP_TIMEOUT_S = 60.0
 LOAD_SECONDS = 12.0
 LOAD_TERMINALS = 6
+# A tool's output beyond this many lines shows its end only; the terminal report (a header and
+# a line per terminal: 3 scripted, 6 simulated) fits whole.
+OUTPUT_LINES_MAX = 20
 
 # Demo cards and their PINs (config/demo-fixtures.toml; development only).
 ADA_CARD, ADA_PIN = "4111111111111111", "1234"
@@ -81,7 +84,7 @@ def run_step(say: Say, title: str, args: list[str]) -> str:
         [sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, check=False
     )
     output = (result.stdout + result.stderr).strip()
-    for line in output.splitlines()[-8:]:
+    for line in output.splitlines()[-OUTPUT_LINES_MAX:]:
         say(f"    {line}")
     if result.returncode != 0:
         raise RuntimeError(f"{title} failed with exit code {result.returncode}")

@@ -53,3 +53,20 @@ def test_readme_lists_the_demo_credentials() -> None:
     assert demo.demo_tmk("KIOSK001").hex().upper() in readme
     for pan in (demo.ADA_CARD, demo.BOB_CARD, demo.BLOCKED_CARD):
         assert f"`{pan}` | `{PINS[pan]}`" in readme
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        # A calendar month: 8 lines, shown whole (as the terminal report is).
+        (["calendar", "2026", "11"], 8),
+        # A whole year: its last OUTPUT_LINES_MAX lines only.
+        (["calendar", "2026"], demo.OUTPUT_LINES_MAX),
+    ],
+)
+def test_a_step_shows_its_command_then_the_end_of_its_output(args: list[str], shown: int) -> None:
+    said: list[str] = []
+    output = demo.run_step(said.append, "calendar", args)
+    assert said[0] == f"$ python -m {' '.join(args)}"
+    assert said[1:] == [f"    {line}" for line in output.splitlines()[-shown:]]
+    assert len(said) == 1 + shown
