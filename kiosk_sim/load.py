@@ -174,7 +174,7 @@ class Kiosk:
         to keep its connection open past the switch's idle timeout."""
         while (wait_s := moment - time.perf_counter()) > ECHO_IDLE_S:
             await asyncio.sleep(ECHO_IDLE_S)
-            self.report.kinds["idle_echo"] += 1
+            self.report.idle_echoes += 1
             await self.terminal.echo()
         await asyncio.sleep(max(0.0, wait_s))
 

@@ -21,7 +21,10 @@ class Report:
     target_rate_per_s: float | None = None
     latency: Histogram = field(default_factory=Histogram)
     response_codes: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Sessions started, per kind (a session is one or more requests: a partial dispense is a
+    # withdrawal and its reversal, a duplicate sends its 0200 twice).
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
+    idle_echoes: int = 0
     timeouts: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     # None until an end-state check has run.
@@ -37,6 +40,16 @@ class Report:
     def approved(self) -> int:
         return self.response_codes["00"]
 
+    @property
+    def sessions(self) -> int:
+        return sum(self.kinds.values())
+
+    @property
+    def mode(self) -> str:
+        if self.target_rate_per_s is None:
+            return "closed loop"
+        return f"open loop at {self.target_rate_per_s:,.1f} sessions/s"
+
     def rate_per_s(self, count: int) -> float:
         return count / self.duration_s if self.duration_s > 0 else 0.0
 
@@ -50,6 +63,8 @@ class Report:
             "duration_s": round(self.duration_s, 3),
             "terminals": self.terminals,
             "target_rate_per_s": self.target_rate_per_s,
+            "sessions": self.sessions,
+            "sessions_per_s": round(self.rate_per_s(self.sessions), 1),
             "answered": self.answered,
             "answered_per_s": round(self.rate_per_s(self.answered), 1),
             "approved": self.approved,
@@ -57,6 +72,7 @@ class Report:
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms().items()},
             "response_codes": dict(sorted(self.response_codes.items())),
             "kinds": dict(sorted(self.kinds.items())),
+            "idle_echoes": self.idle_echoes,
             "timeouts": self.timeouts,
             "errors": dict(sorted(self.errors.items())),
             "end_state_differences": None if self.differences is None else len(self.differences),
@@ -68,10 +84,13 @@ class Report:
     def to_text(self) -> str:
         latency = "  ".join(f"{k} {v:.1f} ms" for k, v in self.latency_ms().items())
         codes = "  ".join(f"{code}: {n}" for code, n in sorted(self.response_codes.items()))
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.kinds.items()))
         lines = [
-            f"{self.terminals} terminals, {self.duration_s:.1f} s",
+            f"{self.terminals} terminals, {self.duration_s:.1f} s, {self.mode}",
             f"answered  {self.answered} ({self.rate_per_s(self.answered):,.1f}/s), "
             f"approved {self.approved} ({self.rate_per_s(self.approved):,.1f}/s)",
+            f"sessions  {self.sessions} ({self.rate_per_s(self.sessions):,.1f}/s)"
+            + (f": {kinds}" if kinds else ""),
             f"latency   {latency}",
             f"codes     {codes or '-'}",
             f"timeouts  {self.timeouts}   errors {sum(self.errors.values())}",
@@ -86,6 +105,8 @@ class Report:
         rows = [
             ("terminals", str(self.terminals)),
             ("duration", f"{self.duration_s:.1f} s"),
+            ("mode", self.mode),
+            ("sessions/s", f"{self.rate_per_s(self.sessions):,.1f}"),
             ("answered/s", f"{self.rate_per_s(self.answered):,.1f}"),
             ("approved/s", f"{self.rate_per_s(self.approved):,.1f}"),
             *((f"latency {name}", f"{value:.1f} ms") for name, value in latency.items()),

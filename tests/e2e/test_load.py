@@ -151,5 +151,5 @@ async def test_an_idle_kiosk_echoes(
         terminals=1, seed=15, duration_s=None, count=3, rate_per_s=2.0, mix={"balance": 1}
     )
     report = await load.run(plan, population, "127.0.0.1", stack.server.port)
-    assert report.kinds["idle_echo"] >= 2
-    assert stack.monitor.metrics.requests[("0800", "00")] >= 2 + report.kinds["idle_echo"]
+    assert report.idle_echoes >= 2
+    assert stack.monitor.metrics.requests[("0800", "00")] >= 2 + report.idle_echoes

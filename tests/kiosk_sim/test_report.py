@@ -37,9 +37,29 @@ def test_figures() -> None:
 
 def test_formats() -> None:
     report = sample()
-    assert json.loads(report.to_json())["timeouts"] == 1
-    assert "approved 90 (45.0/s)" in report.to_text()
+    data = json.loads(report.to_json())
+    assert (data["timeouts"], data["sessions"], data["sessions_per_s"]) == (1, 100, 50.0)
+    assert report.to_text().splitlines()[:3] == [
+        "4 terminals, 2.0 s, closed loop",
+        "answered  100 (50.0/s), approved 90 (45.0/s)",
+        "sessions  100 (50.0/s): withdrawal 100",
+    ]
+    assert "| mode | closed loop |\n| sessions/s | 50.0 |" in report.to_markdown()
     assert "| approved/s | 45.0 |" in report.to_markdown()
+
+
+def test_open_loop_reports_its_target_in_sessions_which_may_send_several_requests() -> None:
+    report = Report(duration_s=2.0, terminals=4, target_rate_per_s=30.0)
+    report.kinds.update(partial=40, duplicate=20)
+    report.response_codes["00"] = 120  # each partial: withdrawal + reversal; each duplicate: 2
+    report.idle_echoes = 3
+    assert report.to_text().splitlines()[:3] == [
+        "4 terminals, 2.0 s, open loop at 30.0 sessions/s",
+        "answered  120 (60.0/s), approved 120 (60.0/s)",
+        "sessions  60 (30.0/s): duplicate 20, partial 40",
+    ]
+    assert "| mode | open loop at 30.0 sessions/s |" in report.to_markdown()
+    assert json.loads(report.to_json())["idle_echoes"] == 3
 
 
 BEFORE = """switch_request_latency_seconds_sum 1.000000
