@@ -284,7 +284,7 @@ async def admin_view(port: int, say: Say) -> None:
     means = scrape.mean_ms_between("", await scrape.fetch_metrics(port))
     request_ms = means.pop(scrape.REQUEST, 0.0)
     steps = ", ".join(f"{step} {ms:.1f}" for step, ms in means.items())
-    say(f"  /metrics: mean request {request_ms:.1f} ms; mean per step (ms): {steps}")
+    say(f"  /metrics: mean financial request {request_ms:.1f} ms; per step (ms): {steps}")
 
 
 def run_demo(say: Say = print) -> int:

@@ -18,10 +18,11 @@ from switch.settings import DEVELOPMENT_ADMIN_TOKEN
 from switch.transaction import Kind
 
 _SERIES = re.compile(
-    r'^switch_(step|request)_latency_seconds_(sum|count)(?:\{step="([a-z_]+)"\})? ([0-9.e+-]+)$',
+    r'^switch_(step|financial)_latency_seconds_(sum|count)(?:\{step="([a-z_]+)"\})? ([0-9.e+-]+)$',
     re.MULTILINE,
 )
-REQUEST = "request"  # the key of the whole request's time, next to the steps
+# The key of the whole time of financial requests (those that run the steps), next to the steps.
+REQUEST = "request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,8 @@ class Totals:
 
 
 def latency_totals(metrics_text: str) -> dict[str, Totals]:
-    """Time spent and count, per pipeline step and for whole requests (key `REQUEST`)."""
+    """Time spent and count, per pipeline step and for whole financial requests (key
+    `REQUEST`)."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for kind, part, step, value in _SERIES.findall(metrics_text):

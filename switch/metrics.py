@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000)
+FINANCIAL_CLASSES = ("2", "4")  # the MTI's class digit: financial, reversal
 
 
 @dataclass
@@ -42,12 +43,16 @@ class LatencyHistogram:
 class Metrics:
     requests: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # Financial requests only (0200, 0420): the whole of what their pipeline steps are part of.
+    financial_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     steps: dict[str, LatencyHistogram] = field(default_factory=dict)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def observe(self, mti: str, response_code: str, latency_ms: float) -> None:
         self.requests[(mti, response_code)] += 1
         self.latency.observe(latency_ms)
+        if mti[1] in FINANCIAL_CLASSES:
+            self.financial_latency.observe(latency_ms)
 
     def observe_step(self, step: str, latency_ms: float) -> None:
         """How long one pipeline step of a request took (waiting for the HSM or ledger included)."""
@@ -73,6 +78,12 @@ class Metrics:
             "# TYPE switch_request_latency_seconds histogram",
         ]
         lines += self.latency.render("switch_request_latency_seconds")
+        lines += [
+            "# HELP switch_financial_latency_seconds The same, for financial requests and"
+            " reversals only.",
+            "# TYPE switch_financial_latency_seconds histogram",
+        ]
+        lines += self.financial_latency.render("switch_financial_latency_seconds")
         lines += [
             "# HELP switch_step_latency_seconds Time in each step of the request pipeline.",
             "# TYPE switch_step_latency_seconds histogram",

@@ -62,14 +62,19 @@ def test_open_loop_reports_its_target_in_sessions_which_may_send_several_request
     assert json.loads(report.to_json())["idle_echoes"] == 3
 
 
-BEFORE = """switch_request_latency_seconds_sum 1.000000
-switch_request_latency_seconds_count 100
+BEFORE = """switch_request_latency_seconds_sum 1.500000
+switch_request_latency_seconds_count 150
+switch_financial_latency_seconds_sum 1.000000
+switch_financial_latency_seconds_count 100
 switch_step_latency_seconds_sum{step="look_up"} 0.400000
 switch_step_latency_seconds_count{step="look_up"} 100
 """
-AFTER = """switch_request_latency_seconds_bucket{le="+Inf"} 300
-switch_request_latency_seconds_sum 3.000000
-switch_request_latency_seconds_count 300
+AFTER = """switch_request_latency_seconds_bucket{le="+Inf"} 400
+switch_request_latency_seconds_sum 3.100000
+switch_request_latency_seconds_count 400
+switch_financial_latency_seconds_bucket{le="+Inf"} 300
+switch_financial_latency_seconds_sum 3.000000
+switch_financial_latency_seconds_count 300
 switch_step_latency_seconds_bucket{step="look_up",le="+Inf"} 300
 switch_step_latency_seconds_sum{step="look_up"} 1.400000
 switch_step_latency_seconds_count{step="look_up"} 300

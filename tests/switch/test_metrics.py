@@ -38,6 +38,17 @@ def test_request_latency_keeps_its_series_without_labels() -> None:
     assert "switch_request_latency_seconds_count 1" in lines
 
 
+def test_financial_requests_and_reversals_also_have_a_histogram_of_their_own() -> None:
+    metrics = Metrics()
+    for mti, latency_ms in [("0200", 12.5), ("0420", 3.0), ("0800", 0.5), ("0421", 4.0)]:
+        metrics.observe(mti, "00", latency_ms)
+    lines = metrics.render({}).splitlines()
+    assert "switch_request_latency_seconds_count 4" in lines
+    assert "switch_financial_latency_seconds_sum 0.019500" in lines
+    assert "switch_financial_latency_seconds_count 3" in lines
+    assert 'switch_financial_latency_seconds_bucket{le="0.001"} 0' in lines
+
+
 def test_values_read_at_scrape_time_are_typed_by_name() -> None:
     lines = Metrics().render({"connections": 3, "ledger_writes_total": 12}).splitlines()
     assert lines[-4:] == [
