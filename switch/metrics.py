@@ -7,8 +7,9 @@ import collections
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from switch.session import FINANCIAL_CLASSES
+
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000)
-FINANCIAL_CLASSES = ("2", "4")  # the MTI's class digit: financial, reversal
 
 
 @dataclass
@@ -43,7 +44,7 @@ class LatencyHistogram:
 class Metrics:
     requests: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    # Financial requests only (0200, 0420): the whole of what their pipeline steps are part of.
+    # Financial requests and reversals only: the whole of what their pipeline steps are part of.
     financial_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     steps: dict[str, LatencyHistogram] = field(default_factory=dict)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -51,7 +52,7 @@ class Metrics:
     def observe(self, mti: str, response_code: str, latency_ms: float) -> None:
         self.requests[(mti, response_code)] += 1
         self.latency.observe(latency_ms)
-        if mti[1] in FINANCIAL_CLASSES:
+        if mti[:3] in FINANCIAL_CLASSES:
             self.financial_latency.observe(latency_ms)
 
     def observe_step(self, step: str, latency_ms: float) -> None:
