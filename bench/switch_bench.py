@@ -44,8 +44,8 @@ from kiosk_sim.soak import LedgerDsns, SwitchProcess, rss_bytes
 from ledger.migrations import migrate
 from ledger.postgres import ClusterInfo, LocalCluster
 
-# Up to a fleet: batches fill, and the best rate comes, only with many kiosks at once (256 gave
-# 11-25 % more than 48, at a p50 of about a quarter of a second).
+# Up to a fleet: batches fill only with many kiosks at once. 256 did better than 48 in three of
+# four runs here (-3 % to +72 %), at a p50 of a quarter to a third of a second.
 TERMINAL_COUNTS = (4, 16, 48, 256)
 IDLE_CONNECTIONS = 10_000
 WITHDRAWALS_ONLY = {"withdrawal": 1}
