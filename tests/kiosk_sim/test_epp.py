@@ -17,7 +17,7 @@ from kiosk_sim.epp import Epp, KeyCheckError
 from switch.iso8583.elements import KeyChangeData
 
 PAN = "4761739001010119"
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "payment_crypto.json"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "payment_crypto.json"
 
 
 LMK = Lmk(bytes(range(32)))
