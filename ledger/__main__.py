@@ -71,7 +71,10 @@ async def _verify(conn: Connection, args: argparse.Namespace) -> int:
     for problem in report.books:
         print(f"BOOKS: {problem}")
     verdict = "OK" if report.ok else "DAMAGED"
-    print(f"{verdict}: {report.records} records in {report.chains} terminal chains checked")
+    print(
+        f"{verdict}: {report.records} transactions in {report.blocks} blocks"
+        f" on {report.chains} chains checked"
+    )
     return 0 if report.ok else 1
 
 

@@ -1,11 +1,11 @@
-"""JSON in and out of the two SQL functions: snapshots parsed, decisions encoded, audit bodies."""
+"""Values in and out of the ledger's two batch functions: typed rows going in (transposed into one
+array per column, which asyncpg sends binary), snapshots and stored outcomes coming back."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger.model import (
     Account,
@@ -22,19 +22,151 @@ from ledger.model import (
     Withdrawal,
 )
 
+# Kinds whose approval moves money: their stored amount is what moved.
+MONEY_KINDS = frozenset({"withdrawal", "transfer", "reversal"})
 
-def lookup_params(request: Request, pan_hash_hex: str, *, admit_other: bool) -> dict[str, Any]:
-    """The parameters of ledger.snapshot for a request (absent keys rather than JSON nulls)."""
-    params: dict[str, Any] = {
-        "pan_hash": pan_hash_hex,
-        "key": request.key.as_json(),
-        "admit_other": admit_other,
-    }
+
+# Named tuples rather than dataclasses: a batch is transposed into columns, one array per field
+# in the SQL function's parameter order, and tuples transpose without copying.
+class ReadItem(NamedTuple):
+    """One request's arguments of ledger.read_batch."""
+
+    pan_hash: bytes
+    terminal_id: str
+    transmission_time: str
+    stan: str
+    message_class: str
+    original_transmission_time: str | None
+    original_stan: str | None
+    original_message_class: str | None
+    to_account: str | None
+
+
+class WriteItem(NamedTuple):
+    """One decided request's arguments of ledger.post_batch."""
+
+    pan_hash: bytes
+    terminal_id: str
+    transmission_time: str
+    stan: str
+    message_class: str
+    kind: str
+    outcome: str
+    response_code: str
+    amount_minor: int
+    currency: str
+    requested_minor: int
+    requested_currency: str
+    from_type: str | None
+    to_type: str | None
+    to_account: str | None
+    original_transmission_time: str | None
+    original_stan: str | None
+    original_message_class: str | None
+    reversal_state: str | None
+    ledger_balance_minor: int | None
+    available_balance_minor: int | None
+    business_date: date
+    recorded_at: datetime
+    pan_masked: str
+    mti: str
+    processing_code: str
+    rrn: str
+    card_xmin: int | None
+    checked_account_id: int | None
+    checked_account_xmin: int | None
+    card_update: bool
+    card_status: str | None
+    card_pin_tries: int | None
+    card_usage_day: date | None
+    card_usage_amount_minor: int | None
+    card_usage_count: int | None
+
+
+def columns(items: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """A batch of rows as one list per column (the SQL functions' array parameters)."""
+    assert items, "a batch is never empty"
+    return [list(column) for column in zip(*items, strict=True)]
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(f"${n}" for n in range(1, count + 1))
+
+
+# Only numbered placeholders are formatted in: the values travel as parameters.
+READ_SQL = f"SELECT ledger.read_batch({_placeholders(len(ReadItem._fields))})"
+WRITE_SQL = (
+    "SELECT item, status, result, state"  # noqa: S608
+    f" FROM ledger.post_batch({_placeholders(len(WriteItem._fields))})"
+)
+
+
+def _original(request: Request) -> tuple[str | None, str | None, str | None]:
     if isinstance(request, Reversal):
-        params["original"] = request.original.as_json()
-    if isinstance(request, Transfer) and request.to_account is not None:
-        params["to_account"] = request.to_account
-    return params
+        original = request.original
+        return original.transmission_time, original.stan, original.message_class
+    return None, None, None
+
+
+def _account_types(request: Request) -> tuple[str | None, str | None, str | None]:
+    """The card's source account type, and the destination (type or number) of a transfer."""
+    if isinstance(request, Transfer):
+        return request.from_type, request.to_type, request.to_account
+    if isinstance(request, BalanceInquiry | Withdrawal):
+        return request.account_type, None, None
+    return None, None, None
+
+
+def read_item(request: Request, pan_hash: bytes) -> ReadItem:
+    key = request.key
+    _, _, to_account = _account_types(request)
+    return ReadItem(
+        pan_hash, key.terminal_id, key.transmission_time, key.stan, key.message_class,
+        *_original(request), to_account,
+    )  # fmt: skip
+
+
+def _requested(request: Request) -> tuple[int, str]:
+    if isinstance(request, Withdrawal | Transfer):
+        return request.amount_minor, request.currency
+    if isinstance(request, Reversal):
+        return request.dispensed_minor, ""
+    assert isinstance(request, BalanceInquiry)
+    return 0, ""
+
+
+def write_item(
+    request: Request,
+    snapshot: Snapshot,
+    decision: Decision,
+    *,
+    pan_hash: bytes,
+    pan_masked: str,
+    response_code: str,
+    recorded_at: datetime,
+    business_date: date,
+) -> WriteItem:
+    """What the ledger writes for a decided request. The ledger derives the postings itself; the
+    decision's amount, card counters and reversal mark are checked against what it derives."""
+    key = request.key
+    reply = decision.reply_account
+    card = snapshot.card
+    update = decision.card_update
+    mark = decision.reversal_mark
+    return WriteItem(
+        pan_hash, key.terminal_id, key.transmission_time, key.stan, key.message_class,
+        decision.kind, decision.outcome.value, response_code, decision.amount_minor,
+        decision.currency or (reply.currency if reply else ""), *_requested(request),
+        *_account_types(request), *_original(request), None if mark is None else mark[1],
+        reply.balance_minor if reply else None, reply.available_minor if reply else None,
+        business_date, recorded_at, pan_masked, request.audit.mti,
+        request.audit.processing_code, request.audit.rrn,
+        card.xmin if card else None, reply.account_id if reply else None,
+        reply.xmin if reply else None, update is not None,
+        update.status if update else None, update.pin_tries if update else None,
+        update.usage_day if update else None, update.usage_amount_minor if update else None,
+        update.usage_count if update else None,
+    )  # fmt: skip
 
 
 def _card(row: Mapping[str, Any] | None) -> Card | None:
@@ -56,6 +188,7 @@ def _card(row: Mapping[str, Any] | None) -> Card | None:
         usage_day=date.fromisoformat(usage_day) if usage_day else None,
         usage_amount_minor=int(row["usage_amount_minor"]),
         usage_count=int(row["usage_count"]),
+        xmin=int(row["xmin"]),
     )
 
 
@@ -69,6 +202,7 @@ def _account(row: Mapping[str, Any]) -> Account:
         currency=row["currency"],
         balance_minor=int(row["balance_minor"]),
         floor_minor=None if floor is None else int(floor),
+        xmin=int(row["xmin"]),
     )
 
 
@@ -79,17 +213,15 @@ def _terminal(row: Mapping[str, Any] | None) -> Terminal | None:
 
 
 def parse_snapshot(state: Mapping[str, Any]) -> Snapshot:
-    terminal = state["terminal"]
     accounts = [_account(row) for row in state["accounts"]]
     return Snapshot(
         customer_id=int(state["customer_id"]),
         admitted=tuple(int(i) for i in state["admitted"]),
-        versions={str(k): int(v) for k, v in state["versions"].items()},
         card=_card(state["card"]),
         links={str(k): int(v) for k, v in state["links"].items()},
         accounts={a.account_id: a for a in accounts},
         to_account_owner=state["to_account_owner"],
-        terminal=_terminal(terminal),
+        terminal=_terminal(state["terminal"]),
         answered=state["answered"],
         original=state["original"],
         self_reversal=state["self_reversal"],
@@ -97,81 +229,28 @@ def parse_snapshot(state: Mapping[str, Any]) -> Snapshot:
     )
 
 
-def result_json(decision: Decision, business_date: date) -> dict[str, Any]:
-    """The stored outcome: what a repeat gets back, and what a reversal reads of its original."""
-    reply = decision.reply_account
-    return {
-        "outcome": decision.outcome.value,
-        "kind": decision.kind,
-        "amount_minor": decision.amount_minor,
-        "currency": decision.currency or (reply.currency if reply else ""),
-        "ledger_balance_minor": reply.balance_minor if reply else None,
-        "available_balance_minor": reply.available_minor if reply else None,
-        "business_date": business_date.isoformat(),
-        "postings": [
-            {
-                "account_id": p.account_id,
-                "customer_id": p.customer_id,
-                "amount_minor": p.amount_minor,
-                "currency": p.currency,
-            }
-            for p in decision.postings
-        ],
-    }
-
-
 def parse_result(stored: Mapping[str, Any], *, repeated: bool) -> Result:
+    """A stored outcome (ledger.result_of) as the switch answers it."""
+    moved = stored["kind"] in MONEY_KINDS and int(stored["amount_minor"]) > 0
     return Result(
         outcome=Outcome(stored["outcome"]),
         amount_minor=int(stored["amount_minor"]),
         currency=stored["currency"],
         ledger_balance_minor=stored["ledger_balance_minor"],
         available_balance_minor=stored["available_balance_minor"],
-        entry_id=stored.get("entry_id"),
+        entry_id=int(stored["transaction_id"]) if moved else None,
         repeated=repeated,
     )
 
 
-def _requested(request: Request) -> tuple[int, str]:
-    if isinstance(request, Withdrawal | Transfer):
-        return request.amount_minor, request.currency
-    if isinstance(request, Reversal):
-        return request.dispensed_minor, ""
-    assert isinstance(request, BalanceInquiry)
-    return 0, ""
-
-
-def audit_body(
-    request: Request,
-    decision: Decision,
-    *,
-    customer_id: int,
-    pan_masked: str,
-    recorded_at: datetime,
-    response_code: str,
-) -> str:
-    """The canonical JSON of one audit record (sorted keys, no spaces): what the hash covers."""
-    requested_minor, requested_currency = _requested(request)
-    body: dict[str, Any] = {
-        "time": recorded_at.isoformat(),
-        "customer_id": customer_id,
-        **request.key.as_json(),
-        "mti": request.audit.mti,
-        "processing_code": request.audit.processing_code,
-        "rrn": request.audit.rrn,
-        "pan_masked": pan_masked,
-        "kind": decision.kind,
-        "requested_minor": requested_minor,
-        "requested_currency": requested_currency,
-        "amount_minor": decision.amount_minor,
-        "currency": decision.currency,
-        "outcome": decision.outcome.value,
-        "response_code": response_code,
-    }
-    if isinstance(request, Reversal):
-        body["original"] = request.original.as_json()
-    return canonical_json(body)
-
-
-def canonical_json(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+def decided_result(decision: Decision, transaction_id: int) -> Result:
+    """The outcome of a decision just written as `transaction_id`."""
+    reply = decision.reply_account
+    return Result(
+        outcome=decision.outcome,
+        amount_minor=decision.amount_minor,
+        currency=decision.currency or (reply.currency if reply else ""),
+        ledger_balance_minor=reply.balance_minor if reply else None,
+        available_balance_minor=reply.available_minor if reply else None,
+        entry_id=transaction_id if decision.postings else None,
+    )

@@ -45,41 +45,15 @@ def _field(entry: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
-async def _funding_account(conn: Connection, currency: str, timeout_s: float) -> int:
-    account_id = await conn.fetchval(
-        "INSERT INTO ledger.accounts (customer_id, account_number, type_code, currency)"
-        " VALUES (0, $1, 'funding', $2)"
-        " ON CONFLICT (account_number) DO UPDATE SET currency = EXCLUDED.currency"
-        " RETURNING account_id",
-        f"FUNDING-{currency}",
-        currency,
-        timeout=timeout_s,
-    )
-    assert isinstance(account_id, int)
-    return account_id
-
-
 async def _post_opening(
-    conn: Connection, customer_id: int, account_id: int, currency: str, amount_minor: int,
-    *, timeout_s: float,
-) -> None:  # fmt: skip
-    funding_id = await _funding_account(conn, currency, timeout_s)
-    now = datetime.now(UTC)
+    conn: Connection, account_id: int, amount_minor: int, *, timeout_s: float
+) -> None:
+    """Posted against the house funding account of the currency, and journalled."""
     await conn.execute(
-        "WITH e AS (INSERT INTO ledger.journal_entries"
-        "  VALUES (nextval('ledger.entry_ids'), $1, NULL, 'opening', $2, $3) RETURNING entry_id)"
-        " INSERT INTO ledger.postings SELECT e.entry_id, x.a, x.c, x.m, $4 FROM e,"
-        "  (VALUES ($5::bigint, $1::bigint, $6::bigint), ($7::bigint, 0::bigint, -$6::bigint))"
-        "  AS x(a, c, m)",
-        customer_id, now.date(), now, currency, account_id, amount_minor, funding_id,
-        timeout=timeout_s,
-    )  # fmt: skip
-    await conn.execute(
-        "UPDATE ledger.accounts SET balance_minor = balance_minor + CASE account_id"
-        " WHEN $1 THEN $3::bigint ELSE -$3::bigint END WHERE account_id IN ($1, $2)",
+        "SELECT ledger.post_opening($1, $2, $3)",
         account_id,
-        funding_id,
         amount_minor,
+        datetime.now(UTC),
         timeout=timeout_s,
     )
 
@@ -107,9 +81,7 @@ async def _load_account(
         raise FixtureError(f"{where}: account {number} belongs to another customer")
     opening_minor = int(entry.get("opening_balance_minor", 0))
     if row["inserted"] and opening_minor:
-        await _post_opening(
-            conn, customer_id, row["account_id"], currency, opening_minor, timeout_s=timeout_s
-        )
+        await _post_opening(conn, row["account_id"], opening_minor, timeout_s=timeout_s)
 
 
 async def _load_card(

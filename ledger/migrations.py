@@ -1,7 +1,10 @@
-"""Versioned SQL migrations from ledger/sql/NNNN_name.sql, recorded in ledger.schema_migrations."""
+"""The ledger's schema: versioned table migrations (ledger/sql/NNNN_name.sql, recorded in
+ledger.schema_migrations) and one repeatable functions file (ledger/sql/functions.sql),
+re-applied by every `migrate` and recorded by its SHA-256 in ledger.schema_functions."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -14,6 +17,7 @@ from ledger.errors import SchemaTooOld
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+FUNCTIONS_FILE = "functions.sql"
 # Serialises concurrent `migrate` runs; the number is arbitrary but fixed.
 _ADVISORY_LOCK_KEY = 7_401_883_114
 
@@ -37,6 +41,14 @@ def available() -> tuple[Migration, ...]:
     return tuple(found)
 
 
+def functions_sql() -> str:
+    return resources.files("ledger.sql").joinpath(FUNCTIONS_FILE).read_text(encoding="utf-8")
+
+
+def functions_sha256() -> str:
+    return hashlib.sha256(functions_sql().encode()).hexdigest()
+
+
 def required_version() -> int:
     return len(available())
 
@@ -57,35 +69,58 @@ async def applied_version(conn: Connection, *, timeout_ms: int) -> int:
 
 
 async def migrate(conn: Connection, *, timeout_ms: int = 60_000) -> list[Migration]:
-    """Apply every pending migration, each in its own transaction; returns those applied."""
+    """Apply every pending migration, each in its own transaction, then the functions file in
+    one more; returns the migrations applied. Concurrent runs wait for each other."""
     timeout_s = timeout_ms / 1000
     done = []
-    async with conn.transaction():
-        await conn.execute(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_KEY})", timeout=timeout_s)
+    await conn.execute(f"SELECT pg_advisory_lock({_ADVISORY_LOCK_KEY})", timeout=timeout_s)
+    try:
         await conn.execute(
             "CREATE SCHEMA IF NOT EXISTS ledger;"
             "CREATE TABLE IF NOT EXISTS ledger.schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())",
+            " applied_at timestamptz NOT NULL DEFAULT now());"
+            "CREATE TABLE IF NOT EXISTS ledger.schema_functions ("
+            " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+            " sha256 text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
             timeout=timeout_s,
         )
         current = await applied_version(conn, timeout_ms=timeout_ms)
         for migration in available():
             if migration.version <= current:
                 continue
-            await conn.execute(migration.sql, timeout=timeout_s)
+            async with conn.transaction():
+                await conn.execute(migration.sql, timeout=timeout_s)
+                await conn.execute(
+                    "INSERT INTO ledger.schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                    timeout=timeout_s,
+                )
+            done.append(migration)
+        async with conn.transaction():
+            await conn.execute(functions_sql(), timeout=timeout_s)
             await conn.execute(
-                "INSERT INTO ledger.schema_migrations (version, name) VALUES ($1, $2)",
-                migration.version,
-                migration.name,
+                "INSERT INTO ledger.schema_functions (sha256) VALUES ($1)"
+                " ON CONFLICT (singleton) DO UPDATE SET sha256 = EXCLUDED.sha256,"
+                " applied_at = now()",
+                functions_sha256(),
                 timeout=timeout_s,
             )
-            done.append(migration)
+    finally:
+        await conn.execute(f"SELECT pg_advisory_unlock({_ADVISORY_LOCK_KEY})", timeout=timeout_s)
     return done
 
 
 async def require_current(conn: Connection, *, timeout_ms: int) -> None:
-    """Refuse to run on a schema older than this code."""
-    applied = await applied_version(conn, timeout_ms=timeout_ms)
-    if applied < required_version():
+    """Refuse to run on a schema older than this code (its tables or its functions)."""
+    exists = await conn.fetchval(
+        "SELECT to_regprocedure('ledger.schema_state()') IS NOT NULL", timeout=timeout_ms / 1000
+    )
+    applied, digest = 0, None
+    if exists:
+        row = await conn.fetchrow("SELECT * FROM ledger.schema_state()", timeout=timeout_ms / 1000)
+        assert row is not None
+        applied, digest = row["version"], row["functions_sha256"]
+    if applied < required_version() or digest != functions_sha256():
         raise SchemaTooOld(applied, required_version())

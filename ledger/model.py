@@ -149,6 +149,8 @@ class Account:
     currency: str
     balance_minor: int
     floor_minor: int | None
+    # The row version read (PostgreSQL's xmin): the write refuses a decision made on another.
+    xmin: int
 
     @property
     def available_minor(self) -> int | None:
@@ -171,6 +173,7 @@ class Card:
     usage_day: date | None
     usage_amount_minor: int
     usage_count: int
+    xmin: int  # as Account.xmin
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +185,10 @@ class Terminal:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything read for one request, as the admitted customers see it."""
+    """Everything read for one request. `admitted`: the customers its write locks."""
 
     customer_id: int
     admitted: tuple[int, ...]
-    versions: Mapping[str, int]
     card: Card | None
     links: Mapping[str, int]
     accounts: Mapping[int, Account]

@@ -1,31 +1,29 @@
-"""The asyncpg edge of the ledger: one read (ledger.snapshot) and one write (ledger.apply).
+"""The asyncpg edge of the ledger: reads (ledger.read_batch) and writes (ledger.post_batch).
 
-Per request the switch calls `lookup` (one round trip, no locks), verifies the PIN at the HSM
-outside any transaction, then calls `execute` or `record_pin_failure` (one round trip, one
-transaction). The write re-checks under lock that the snapshot the decision was made on is
-still current; if another request of the same customer committed first, the SQL function
-returns a fresh snapshot in the same round trip and the decision is made again.
-
-Under load, reads (and writes) that arrive while the store's calls are busy go to the database
-together in the next call (`ledger.snapshot_all`, `ledger.apply_all`): one round trip and one
-commit for the batch, each item with its own outcome.
+Per request the switch calls `lookup` (no locks), verifies the PIN at the HSM outside any
+transaction, then calls `execute`, `record_pin_failure` or `record_decline` (one transaction).
+The write re-checks under lock that the rows the decision was made on are unchanged (their
+xmin); if another request of the same customer committed first, the function returns the
+current state in the same round trip and the decision is made again. Requests go to the
+database in batches (ledger.batches).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from ledger import codec, rules
+from ledger.batches import UNAVAILABLE, Batcher
+from ledger.codec import ReadItem, WriteItem
+from ledger.deadline import Deadline
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.migrations import Connection, require_current
 from ledger.model import (
@@ -41,25 +39,13 @@ from ledger.pan import mask_pan, pan_hash
 from ledger.postgres import LocalCluster
 from ledger.settings import LedgerSettings
 
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.QueryCanceledError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-    asyncpg.exceptions.AdminShutdownError,
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """The read for one request. `answered` is set when the request key was already answered."""
 
     request: Request
-    pan_hash_hex: str
+    pan_hash: bytes
     snapshot: Snapshot
 
     @property
@@ -89,196 +75,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """Pool release hook: nothing to reset, so no extra round trip per call.
 
-    The store sets no session state: the admitted customer ids are transaction-local, and an
-    open transaction is rolled back by the pool before this hook runs.
+    The store sets no session state, and an open transaction is rolled back by the pool before
+    this hook runs.
     """
 
 
-class _Deadline:
-    """One time budget across the steps of a call."""
-
-    def __init__(self, timeout_ms: int) -> None:
-        assert timeout_ms > 0, "timeout_ms"
-        self.end = time.monotonic() + timeout_ms / 1000
-
-    def left_ms(self) -> int:
-        return max(1, int(self.left_s() * 1000))
-
-    def left_s(self) -> float:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise LedgerUnavailable("ledger deadline passed")
-        return left
+async def _read(conn: Connection, items: Sequence[ReadItem], timeout_s: float) -> list[Any]:
+    rows = await conn.fetch(codec.READ_SQL, *codec.columns(items), timeout=timeout_s)
+    return [row[0] for row in rows]
 
 
-_CANCEL_GRACE_S = 1.0
-
-
-# Given a write's "stale" reply (its customer changed since its read), the write decided again on
-# the state that reply carries; raises LedgerError when it may not be decided again.
-DecideAgain = Callable[[Mapping[str, Any]], Mapping[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Queued:
-    payload: Mapping[str, Any]
-    deadline: _Deadline
-    reply: asyncio.Future[Any]
-    again: DecideAgain | None
-    queued_at: float = field(default_factory=time.monotonic)
-
-
-class _Batches:
-    """Calls of one batch function (`ledger.<function>(jsonb array)`), at most
-    `calls_in_flight_max` at the database at once.
-
-    A request that arrives while all those calls are busy waits in a queue and goes with the
-    others queued, at most `batch_size_max` per call, as soon as a call ends. At light load a
-    request therefore goes alone at once; under load the per-call cost is shared. Requests that
-    lock a common customer never go to the database together, neither in one call nor in two at
-    once: in one, all but the first would find the customer changed; in two, the second call
-    would wait for the first's lock with all its other requests, and be decided again anyway.
-    A write found stale is decided again at once, while its call ends, and goes first in the
-    queue before its customers are free for others: decided on state read under the customer's
-    lock, it cannot find its customer changed a second time. The queue is bounded by the
-    switch's in-flight request limit, not here. A request that gave up while it was queued is
-    not sent.
-    """
-
-    def __init__(
-        self,
-        connection: Callable[[_Deadline], contextlib.AbstractAsyncContextManager[Connection]],
-        function: str,
-        settings: LedgerSettings,
-        customers: Callable[[Mapping[str, Any]], Iterable[int]],
-    ) -> None:
-        self._connection = connection
-        self._customers = customers
-        self._sql = f"SELECT ledger.{function}($1::jsonb)"
-        self._calls_max = settings.calls_in_flight_max
-        self._batch_max = settings.batch_size_max
-        self._queue: collections.deque[_Queued] = collections.deque()
-        self._calls_running = 0
-        self._tasks: set[asyncio.Task[None]] = set()  # the event loop keeps weak references only
-        self._customers_in_calls: set[int] = set()
-        self.calls_sent = 0
-        self.requests_sent = 0
-        self.wait_s = 0.0  # summed over requests: queued until their call started
-        self.call_s = 0.0  # summed over calls: a connection from the pool, the call, its reply
-
-    async def call(
-        self, payload: Mapping[str, Any], deadline: _Deadline, *, again: DecideAgain | None = None
-    ) -> Any:
-        """The request's reply; `again` (writes): how to decide it again when it is stale."""
-        left_s = deadline.left_s()
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(payload, deadline, reply, again))
-        self._start_calls()
-        try:
-            # The call's own timeout cancels its statement at the longest deadline in it; the
-            # grace lets a call holding only this request report that (nothing committed)
-            # before the request gives up not knowing. Giving up cancels `reply`: not sent if
-            # still queued, dropped when it comes if its call is on.
-            async with asyncio.timeout(left_s + _CANCEL_GRACE_S):
-                return await reply
-        except TimeoutError:
-            raise LedgerUnavailable("ledger deadline passed") from None
-
-    def _start_calls(self) -> None:
-        while self._calls_running < self._calls_max and self._queue:
-            batch: list[_Queued] = []
-            held: set[int] = set()
-            later: list[_Queued] = []
-            while self._queue and len(batch) < self._batch_max:
-                queued = self._queue.popleft()
-                if queued.reply.done():
-                    continue
-                customers = self._customers(queued.payload)
-                if held.isdisjoint(customers) and self._customers_in_calls.isdisjoint(customers):
-                    held.update(customers)
-                    batch.append(queued)
-                else:
-                    later.append(queued)
-            self._queue.extendleft(reversed(later))
-            if not batch:
-                return  # all that waits is for customers in a running call: it ends first
-            self.calls_sent += 1
-            self.requests_sent += len(batch)
-            now = time.monotonic()
-            self.wait_s += sum(now - queued.queued_at for queued in batch)
-            self._calls_running += 1
-            self._customers_in_calls |= held
-            task = asyncio.create_task(self._send(batch, held))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[_Queued], held: set[int]) -> None:
-        # The longest budget in the batch bounds the call; each request still stops waiting
-        # at its own deadline.
-        deadline = max(batch, key=lambda queued: queued.deadline.end).deadline
-        started = time.monotonic()
-        answered = False
-        # Unless the call answers: cancelled (the store is closing) or failed unexpectedly,
-        # whether it committed is unknown.
-        failure: LedgerError = LedgerUnavailable("ledger call did not complete")
-        try:
-            async with self._connection(deadline) as conn:
-                replies = await conn.fetchval(
-                    self._sql, [queued.payload for queued in batch], timeout=deadline.left_s()
-                )
-                assert len(replies) == len(batch), "one reply per request"
-                # Answered before the connection goes back to the pool: the pool's release is a
-                # task of its own, one more pass of a busy event loop before it ends.
-                self._end_call(batch, held, started, [_outcome(reply) for reply in replies])
-                answered = True
-        except LedgerError as exc:
-            failure = exc
-        finally:
-            if not answered:
-                outcomes = [type(failure)(*failure.args) for _ in batch]
-                self._end_call(batch, held, started, outcomes)
-
-    def _end_call(
-        self,
-        batch: list[_Queued],
-        held: set[int],
-        started: float,
-        outcomes: list[Any | LedgerError],
-    ) -> None:
-        """Each request's outcome delivered (a stale write decided again, to go first), the
-        call's place and customers freed, and the next calls started."""
-        self.call_s += time.monotonic() - started
-        decided_again = []
-        for queued, outcome in zip(batch, outcomes, strict=True):
-            if queued.reply.done():
-                continue
-            if isinstance(outcome, LedgerError):
-                queued.reply.set_exception(outcome)
-            elif queued.again is not None and outcome["status"] == "stale":
-                decided_again += _decide_again(queued, outcome)
-            else:
-                queued.reply.set_result(outcome)
-        self._queue.extendleft(reversed(decided_again))
-        self._calls_running -= 1
-        self._customers_in_calls -= held
-        self._start_calls()
-
-
-def _outcome(reply: Mapping[str, Any]) -> Any | LedgerError:
-    if "error" in reply:
-        return LedgerError(f"ledger error: {reply['error']} {reply['message']}")
-    return reply
-
-
-def _decide_again(queued: _Queued, stale: Mapping[str, Any]) -> list[_Queued]:
-    """The write decided again, to be sent next; or none, its reply failed."""
-    assert queued.again is not None
-    try:
-        payload = queued.again(stale)
-    except Exception as exc:  # its own request's failure (a LedgerError, or a bug): not the batch's
-        queued.reply.set_exception(exc)
-        return []
-    return [_Queued(payload, queued.deadline, queued.reply, queued.again)]
+async def _write(conn: Connection, items: Sequence[WriteItem], timeout_s: float) -> list[Any]:
+    rows: list[Any] = await conn.fetch(codec.WRITE_SQL, *codec.columns(items), timeout=timeout_s)
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,18 +127,15 @@ class LedgerStore:
         )
         self._response_codes = response_codes
         self._cluster = cluster
-        self._reads = _Batches(self._connection, "snapshot_all", settings, lambda _read: ())
-        self._writes = _Batches(
-            self._connection, "apply_all", settings, lambda write: write["admitted"]
-        )
-        self._decided_again = 0
+        self._reads: Batcher[ReadItem] = Batcher(self._connection, _read, settings)
+        self._writes: Batcher[WriteItem] = Batcher(self._connection, _write, settings)
 
     @contextlib.asynccontextmanager
-    async def _connection(self, deadline: _Deadline) -> AsyncIterator[Connection]:
+    async def _connection(self, deadline: Deadline) -> AsyncIterator[Connection]:
         try:
             async with self._pool.acquire(timeout=deadline.left_s()) as conn:
                 yield conn
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from exc
         except asyncpg.PostgresError as exc:
             raise LedgerError(f"ledger error: {exc.sqlstate} {exc}") from exc
@@ -340,7 +146,7 @@ class LedgerStore:
             self._reads.requests_sent,
             self._writes.calls_sent,
             self._writes.requests_sent,
-            self._decided_again,
+            self._writes.decided_again,
             read_wait_s=self._reads.wait_s,
             read_call_s=self._reads.call_s,
             write_wait_s=self._writes.wait_s,
@@ -349,12 +155,9 @@ class LedgerStore:
 
     async def lookup(self, request: Request, *, timeout_ms: int) -> Lookup:
         """Read the card context by PAN and whether this request key was already answered."""
-        hash_hex = pan_hash(request.pan, self.settings.pan_hash_key).hex()
-        params = codec.lookup_params(
-            request, hash_hex, admit_other=self.settings.cross_customer_transfers
-        )
-        state = await self._reads.call(params, _Deadline(timeout_ms))
-        return Lookup(request, hash_hex, codec.parse_snapshot(state))
+        hashed = pan_hash(request.pan, self.settings.pan_hash_key)
+        state = await self._reads.call(codec.read_item(request, hashed), Deadline(timeout_ms))
+        return Lookup(request, hashed, codec.parse_snapshot(state))
 
     async def execute(
         self, lookup: Lookup, *, now: datetime | None = None, timeout_ms: int
@@ -392,7 +195,7 @@ class LedgerStore:
         self, request: Request, *, now: datetime | None = None, timeout_ms: int
     ) -> Result:
         """Lookup then execute: for requests with no PIN to verify (reversals, tools, tests)."""
-        deadline = _Deadline(timeout_ms)
+        deadline = Deadline(timeout_ms)
         lookup = await self.lookup(request, timeout_ms=deadline.left_ms())
         return await self.execute(lookup, now=now, timeout_ms=deadline.left_ms())
 
@@ -407,89 +210,64 @@ class LedgerStore:
         if lookup.answered is not None:
             return lookup.answered
         at = now or datetime.now(UTC)
-        decided = 1
+        decisions = [decide(lookup.snapshot, at)]  # the last is the one the write carries
 
-        def again(stale: Mapping[str, Any]) -> Mapping[str, Any]:
-            nonlocal decided
-            if decided >= self.settings.stale_retries_max:
+        def again(reply: Mapping[str, Any]) -> tuple[WriteItem, frozenset[int]] | None:
+            if reply["status"] != "stale":
+                return None
+            if len(decisions) >= self.settings.stale_retries_max:
                 raise LedgerError("the customer's state kept changing; request not applied")
-            decided += 1
-            self._decided_again += 1
-            snapshot = codec.parse_snapshot(stale["state"])
-            return self._payload(lookup, snapshot, decide(snapshot, at), at)
+            snapshot = codec.parse_snapshot(reply["state"])
+            decisions.append(decide(snapshot, at))
+            return self._item(lookup, snapshot, decisions[-1], at), frozenset(snapshot.admitted)
 
-        first = self._payload(lookup, lookup.snapshot, decide(lookup.snapshot, at), at)
-        reply = await self._writes.call(first, _Deadline(timeout_ms), again=again)
-        return codec.parse_result(reply["result"], repeated=reply["status"] == "answered")
+        reply = await self._writes.call(
+            self._item(lookup, lookup.snapshot, decisions[0], at),
+            Deadline(timeout_ms),
+            customers=frozenset(lookup.snapshot.admitted),
+            again=again,
+        )
+        if reply["status"] == "answered":
+            return codec.parse_result(reply["result"], repeated=True)
+        assert reply["status"] == "write", reply["status"]
+        return codec.decided_result(decisions[-1], int(reply["result"]["transaction_id"]))
 
-    def _payload(
+    def _item(
         self, lookup: Lookup, snapshot: Snapshot, decision: Decision, at: datetime
-    ) -> dict[str, Any]:
-        request = lookup.request
-        day = rules.business_day(at, self.policy.business_day_cutover)
-        result = codec.result_json(decision, day)
+    ) -> WriteItem:
         card = snapshot.card
-        update = decision.card_update
-        mark = decision.reversal_mark
-        return {
-            "customer_id": snapshot.customer_id,
-            "admitted": list(snapshot.admitted),
-            "versions": dict(snapshot.versions),
-            "key": request.key.as_json(),
-            "lookup": codec.lookup_params(
-                request, lookup.pan_hash_hex, admit_other=self.policy.cross_customer_transfers
-            ),
-            "recorded_at": at.isoformat(),
-            "kind": decision.kind,
-            "business_date": day.isoformat(),
-            "postings": result["postings"],
-            "card": None
-            if update is None or card is None
-            else {
-                "card_id": card.card_id,
-                "status": update.status,
-                "pin_tries": update.pin_tries,
-                "usage_day": update.usage_day.isoformat() if update.usage_day else None,
-                "usage_amount_minor": update.usage_amount_minor,
-                "usage_count": update.usage_count,
-            },
-            "reversal": None if mark is None else {**mark[0].as_json(), "state": mark[1]},
-            "result": result,
-            "audit": codec.audit_body(
-                request,
-                decision,
-                customer_id=snapshot.customer_id,
-                pan_masked=card.pan_masked if card else mask_pan(request.pan),
-                recorded_at=at,
-                response_code=self._response_codes.get(decision.outcome, ""),
-            ),
-        }
+        return codec.write_item(
+            lookup.request,
+            snapshot,
+            decision,
+            pan_hash=lookup.pan_hash,
+            pan_masked=card.pan_masked if card else mask_pan(lookup.request.pan),
+            response_code=self._response_codes.get(decision.outcome, ""),
+            recorded_at=at,
+            business_date=rules.business_day(at, self.policy.business_day_cutover),
+        )
 
     async def terminal_keys(self, terminal_id: str, *, timeout_ms: int) -> TerminalKeys | None:
         """The terminal's status and key cryptograms (read at sign-on)."""
-        deadline = _Deadline(timeout_ms)
+        deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
             row = await conn.fetchrow(
-                "SELECT terminal_id, status, tmk, bdk, tpk, tak FROM ledger.terminals"
-                " WHERE terminal_id = $1",
-                terminal_id,
-                timeout=deadline.left_s(),
+                "SELECT * FROM ledger.terminal_keys($1)", terminal_id, timeout=deadline.left_s()
             )
         return None if row is None else TerminalKeys(**dict(row))
 
     async def set_terminal_keys(
-        self, terminal_id: str, *, tpk: str, tak: str, tmk: str | None = None, timeout_ms: int
+        self, terminal_id: str, *, tpk: str, tak: str, timeout_ms: int
     ) -> None:
-        """Store new key cryptograms after a key change (the TMK only when given)."""
-        deadline = _Deadline(timeout_ms)
+        """Store new session key cryptograms after a key change. A terminal's master key is set
+        by provisioning only: the switch's role cannot change it."""
+        deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
-            status = await conn.execute(
-                "UPDATE ledger.terminals SET tpk = $2, tak = $3, tmk = coalesce($4, tmk)"
-                " WHERE terminal_id = $1",
-                terminal_id, tpk, tak, tmk,
+            found = await conn.fetchval(
+                "SELECT ledger.set_session_keys($1, $2, $3)", terminal_id, tpk, tak,
                 timeout=deadline.left_s(),
             )  # fmt: skip
-        if status != "UPDATE 1":
+        if not found:
             raise LedgerError(f"unknown terminal {terminal_id!r}")
 
     async def close(self, *, timeout_ms: int = 10_000) -> None:
@@ -503,6 +281,23 @@ class LedgerStore:
                 await asyncio.to_thread(self._cluster.stop, timeout_ms=timeout_ms)
 
 
+async def _require_same_policy(
+    conn: Connection, settings: LedgerSettings, *, timeout_ms: int
+) -> None:
+    """The database enforces its own policy: a switch deciding by another would see its
+    decisions refused, so it does not start."""
+    row = await conn.fetchrow("SELECT * FROM ledger.current_policy()", timeout=timeout_ms / 1000)
+    assert row is not None
+    ours = (settings.pin_tries_max, settings.cross_customer_transfers)
+    theirs = (row["pin_tries_max"], row["cross_customer_transfers"])
+    if ours != theirs:
+        raise LedgerError(
+            f"the ledger's policy (pin_tries_max = {theirs[0]}, cross_customer_transfers ="
+            f" {str(theirs[1]).lower()}) differs from the switch's settings ({ours[0]},"
+            f" {str(ours[1]).lower()}): set them alike (`python -m ledger policy`)"
+        )
+
+
 async def open_store(
     settings: LedgerSettings,
     *,
@@ -513,7 +308,7 @@ async def open_store(
 
     Raises SchemaTooOld when `python -m ledger migrate` has not been run for this code.
     """
-    deadline = _Deadline(timeout_ms)
+    deadline = Deadline(timeout_ms)
     cluster = None
     dsn = settings.dsn
     if dsn is None:
@@ -537,6 +332,7 @@ async def open_store(
         )
         async with pool.acquire(timeout=deadline.left_s()) as conn:
             await require_current(conn, timeout_ms=deadline.left_ms())
+            await _require_same_policy(conn, settings, timeout_ms=deadline.left_ms())
     except BaseException:
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)

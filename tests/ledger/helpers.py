@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 from ledger.migrations import Connection
@@ -32,3 +34,14 @@ async def postings(conn: Connection, account_number: str) -> int:
     )
     assert isinstance(value, int)
     return value
+
+
+@contextlib.asynccontextmanager
+async def cross_customer_policy(conn: Connection) -> AsyncIterator[None]:
+    """The ledger's policy admits transfers between customers for the duration (the tests share
+    one cluster, so it is set back after)."""
+    await conn.execute("UPDATE ledger.policy SET cross_customer_transfers = true")
+    try:
+        yield
+    finally:
+        await conn.execute("UPDATE ledger.policy SET cross_customer_transfers = false")

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ledger import audit
+from ledger import audit, journal
 from ledger.__main__ import build_parser, main
 from ledger.errors import FixtureError
 from ledger.model import Reversal, Withdrawal
@@ -37,33 +37,41 @@ async def _activity(store: LedgerStore, conn: asyncpg.Connection) -> World:
     return world
 
 
-async def test_records_chain_and_mask(
+async def _rows(conn: asyncpg.Connection, terminal: str) -> list[asyncpg.Record]:
+    return list(await conn.fetch(
+        "SELECT t.*, (extract(epoch FROM t.recorded_at) * 1000000)::bigint AS recorded_at_us,"
+        " legs.* FROM ledger.transactions t LEFT JOIN LATERAL ("
+        "  SELECT array_agg(p.account_id ORDER BY p.account_id) AS account_ids,"
+        "   array_agg(p.customer_id ORDER BY p.account_id) AS customer_ids,"
+        "   array_agg(p.amount_minor ORDER BY p.account_id) AS amounts_minor,"
+        "   array_agg(p.currency::text ORDER BY p.account_id) AS currencies"
+        "  FROM ledger.postings p WHERE p.transaction_id = t.transaction_id) legs ON true"
+        " WHERE t.terminal_id = $1 ORDER BY t.transaction_id",
+        terminal,
+    ))  # fmt: skip
+
+
+async def test_records_carry_their_leaves_and_mask(
     ledger_store: LedgerStore, owner_conn: asyncpg.Connection
 ) -> None:
     world = await _activity(ledger_store, owner_conn)
-    terminal = world.terminals[0]
-    rows = await owner_conn.fetch(
-        "SELECT seq, body, prev_hash, hash FROM ledger.audit WHERE terminal_id = $1 ORDER BY seq",
-        terminal,
-    )
-    assert [r["seq"] for r in rows] == [1, 2, 3, 4]
-    prev = audit.GENESIS_HASH
+    rows = await _rows(owner_conn, world.terminals[0])
+    assert [r["response_code"] for r in rows] == ["00", "00", "13", "00"]
+    assert [r["amount_minor"] for r in rows] == [2_000, 3_000, 0, 1_500]
     for row in rows:
-        assert row["prev_hash"] == prev
-        assert row["hash"] == audit.record_hash(prev, terminal, row["seq"], row["body"])
-        prev = row["hash"]
-    bodies = [json.loads(r["body"]) for r in rows]
-    assert [b["response_code"] for b in bodies] == ["00", "00", "13", "00"]
-    assert (
-        bodies[0]["pan_masked"]
-        == world.customers[0].pan[:6] + "******" + world.customers[0].pan[-4:]
-    )
-    assert all(world.customers[0].pan not in r["body"] for r in rows)
+        assert row["leaf"] == journal.leaf(row, audit.legs_of(row))
+    pan = world.customers[0].pan
+    assert {r["pan_masked"] for r in rows} == {pan[:6] + "******" + pan[-4:]}
+    dump = "".join(str(dict(r)) for r in rows)
+    assert pan not in dump
     report = await audit.verify(owner_conn, timeout_ms=60_000)
     assert report.ok, (report.damage, report.books)
+    assert report.chains == 16
 
 
 async def _tampered(pg_cluster: PgCluster, statement: str, *args: object) -> None:
+    """As a superuser with the journal's triggers off: what only an attacker with the
+    database's keys could do."""
     conn = await asyncpg.connect(pg_cluster.superuser_dsn)
     try:
         await conn.execute("SET session_replication_role = replica")
@@ -76,37 +84,60 @@ async def test_verify_names_an_altered_record(
     ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
 ) -> None:
     world = await _activity(ledger_store, owner_conn)
-    terminal = world.terminals[0]
-    body = await owner_conn.fetchval(
-        "SELECT body FROM ledger.audit WHERE terminal_id = $1 AND seq = 2", terminal
-    )
-    forged = body.replace('"amount_minor":3000', '"amount_minor":300')
-    assert forged != body
-    update = "UPDATE ledger.audit SET body = $3 WHERE terminal_id = $1 AND seq = $2"
-    await _tampered(pg_cluster, update, terminal, 2, forged)
+    second = (await _rows(owner_conn, world.terminals[0]))[1]["transaction_id"]
+    update = "UPDATE ledger.transactions SET amount_minor = $2 WHERE transaction_id = $1"
+    await _tampered(pg_cluster, update, second, 300)
     try:
         report = await audit.verify(owner_conn, timeout_ms=60_000)
-        assert report.damage[0] == audit.Damage(terminal, 2, "hash does not match its contents")
+        assert report.damage == [
+            audit.Damage(f"transaction {second}", "leaf hash does not match its contents")
+        ]
         code, out = await asyncio.to_thread(_cli, "audit", "verify", "--dsn", pg_cluster.owner_dsn)
         assert code == 1
-        assert f"FIRST BAD RECORD: audit record {terminal}#2" in out
+        assert f"FIRST BAD RECORD: transaction {second}: leaf hash" in out
     finally:
-        await _tampered(pg_cluster, update, terminal, 2, body)
+        await _tampered(pg_cluster, update, second, 3_000)
     assert (await audit.verify(owner_conn, timeout_ms=60_000)).ok
 
 
-async def test_verify_finds_a_removed_tail_and_bad_books(
+async def test_verify_finds_postings_changed_with_their_balances(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
+) -> None:
+    """Both legs of a posting and both balances changed to match: the books balance, the leaf
+    does not."""
+    world = await _activity(ledger_store, owner_conn)
+    first = (await _rows(owner_conn, world.terminals[0]))[0]["transaction_id"]
+    legs = "UPDATE ledger.postings SET amount_minor = amount_minor / 2 WHERE transaction_id = $1"
+    balances = (
+        "UPDATE ledger.accounts a SET balance_minor = a.balance_minor - p.amount_minor * $2"
+        " FROM ledger.postings p WHERE p.transaction_id = $1 AND p.account_id = a.account_id"
+    )
+    await _tampered(pg_cluster, balances, first, 1)
+    await _tampered(pg_cluster, legs, first)
+    await _tampered(pg_cluster, balances, first, -1)
+    report = await audit.verify(owner_conn, timeout_ms=60_000)
+    assert report.books == []
+    assert audit.Damage(f"transaction {first}", "leaf hash does not match its contents") in (
+        report.damage
+    )
+    await _tampered(pg_cluster, balances, first, 1)
+    await _tampered(pg_cluster, legs.replace("/ 2", "* 2"), first)
+    await _tampered(pg_cluster, balances, first, -1)
+    assert (await audit.verify(owner_conn, timeout_ms=60_000)).ok
+
+
+async def test_verify_finds_a_removed_block_and_bad_books(
     ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
 ) -> None:
     world = await _activity(ledger_store, owner_conn)
-    terminal = world.terminals[0]
-    last = await owner_conn.fetchrow(
-        "SELECT * FROM ledger.audit WHERE terminal_id = $1 AND seq = 4", terminal
-    )
-    assert last is not None
-    await _tampered(
-        pg_cluster, "DELETE FROM ledger.audit WHERE terminal_id = $1 AND seq = 4", terminal
-    )
+    last = (await _rows(owner_conn, world.terminals[0]))[-1]
+    block = await owner_conn.fetchrow(
+        "SELECT * FROM ledger.audit_blocks WHERE lane = $1 AND seq = $2",
+        last["lane"], last["block_seq"],
+    )  # fmt: skip
+    assert block is not None
+    remove = "DELETE FROM ledger.audit_blocks WHERE lane = $1 AND seq = $2"
+    await _tampered(pg_cluster, remove, last["lane"], last["block_seq"])
     checking = world.customers[0].checking
     await _tampered(
         pg_cluster,
@@ -115,11 +146,12 @@ async def test_verify_finds_a_removed_tail_and_bad_books(
     )
     try:
         report = await audit.verify(owner_conn, timeout_ms=60_000)
-        assert report.damage == [audit.Damage(terminal, 4, "missing: the head is at #4")]
+        where = f"block {last['lane']}#{last['block_seq']}"
+        assert audit.Damage(where, "transactions of a block that is missing") in report.damage
         assert report.books == [f"account {checking}: balance 96501 but postings sum to 96500"]
     finally:
         await owner_conn.execute(
-            "INSERT INTO ledger.audit VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *last.values()
+            "INSERT INTO ledger.audit_blocks VALUES ($1, $2, $3, $4, $5, $6)", *block.values()
         )
         await _tampered(
             pg_cluster,
@@ -157,7 +189,9 @@ async def test_export(
         records = list(csv.DictReader(io.StringIO(out)))
     else:
         records = [json.loads(line) for line in out.splitlines()]
-    assert [str(r["seq"]) for r in records] == ["1", "2", "3", "4"]
+    ids = [int(r["transaction_id"]) for r in records]
+    assert ids == sorted(ids)
+    assert len(ids) == 4
     assert [r["outcome"] for r in records] == ["approved", "approved", "invalid_amount", "approved"]
     assert world.customers[0].pan not in out
     assert records[0]["pan_masked"].startswith("400000")

@@ -1,4 +1,4 @@
-"""The database itself refuses a journal entry that does not sum to zero per currency."""
+"""The database itself refuses a transaction whose postings do not sum to zero per currency."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from tests.ledger.factory import World
 
 # Legs as (account index, amount_minor, currency); accounts 0 and 1 are a customer's checking
 # and savings, 2 is a terminal's cash account, 3 another customer's checking. The statements of
-# a case run in one transaction; None means it commits, else the error names the entry.
+# a case run in one database transaction; None means it commits, else the error names the
+# ledger transaction.
 CASES = [
     pytest.param([[(0, -500, "EUR"), (2, 500, "EUR")]], None, id="two-legs"),
     pytest.param([[(0, -500, "EUR"), (1, 200, "EUR"), (2, 300, "EUR")]], None, id="three-legs"),
@@ -44,13 +45,19 @@ async def test_entry_balance_is_enforced(
     ]
     legs_of = [row for row in found if row is not None]
     assert len(legs_of) == len(found)
-    entry = await owner_conn.fetchval("SELECT nextval('ledger.entry_ids')")
+    entry = await owner_conn.fetchval("SELECT nextval('ledger.transaction_ids')")
 
     async def write() -> None:
         async with owner_conn.transaction():
+            # A bare row (its leaf is not the real one): only the postings are under test.
             await owner_conn.execute(
-                "INSERT INTO ledger.journal_entries VALUES ($1, $2, NULL, 'opening',"
-                " '2026-11-23', now())",
+                "INSERT INTO ledger.transactions (transaction_id, customer_id, terminal_id,"
+                " transmission_time, stan, message_class, kind, outcome, response_code,"
+                " amount_minor, currency, requested_minor, requested_currency, business_date,"
+                " recorded_at, pan_masked, mti, processing_code, rrn, lane, block_seq, leaf)"
+                " VALUES ($1::bigint, $2, '', '', $1::bigint::text, 'test', 'opening', 'approved',"
+                " '00', 0, 'EUR', 0, 'EUR', '2026-11-23', now(), '', '', '', '', 0, 0,"
+                " sha256(''::bytea))",
                 entry, legs_of[0]["customer_id"],
             )  # fmt: skip
             for legs in statements:
@@ -73,14 +80,14 @@ async def test_entry_balance_is_enforced(
         if error is None:
             await write()
             total = await owner_conn.fetchval(
-                "SELECT sum(amount_minor) FROM ledger.postings WHERE entry_id = $1", entry
+                "SELECT sum(amount_minor) FROM ledger.postings WHERE transaction_id = $1", entry
             )
             assert total == 0
         else:
-            with pytest.raises(asyncpg.CheckViolationError, match=f"entry {entry} {error}"):
+            with pytest.raises(asyncpg.CheckViolationError, match=f"transaction {entry} {error}"):
                 await write()
             assert await owner_conn.fetchval(
-                "SELECT count(*) FROM ledger.postings WHERE entry_id = $1", entry
+                "SELECT count(*) FROM ledger.postings WHERE transaction_id = $1", entry
             ) == 0  # fmt: skip
     finally:
         await outer.rollback()

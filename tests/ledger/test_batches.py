@@ -10,10 +10,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ledger.codec import WriteItem
 from ledger.errors import LedgerError
 from ledger.model import Outcome, Withdrawal
 from ledger.settings import LedgerSettings
-from ledger.store import LedgerStore, open_store
+from ledger.store import LedgerStore, Lookup, open_store
 from tests.ledger.factory import AUDIT, NOW, World, key
 from tests.ledger.helpers import TIMEOUT_MS, balance, run
 
@@ -82,24 +83,16 @@ async def test_an_item_that_fails_fails_alone(
     world = World()
     await world.load(owner_conn, 6)
     victim, other = world.customers[3], world.customers[0]
-    foreign = await owner_conn.fetchval(
-        "SELECT account_id FROM ledger.accounts WHERE account_number = $1", other.savings
-    )
-    payload = one_call_store._payload  # a fault injected on purpose
+    item = one_call_store._item  # a fault injected on purpose
 
-    def redirected(*args: Any) -> dict[str, Any]:
-        built = payload(*args)
-        if built["customer_id"] == victim.customer_id:
-            # A bug that would debit another customer's account: the database refuses it.
-            built["postings"] = [
-                {**leg, "account_id": foreign, "customer_id": other.customer_id}
-                if leg["customer_id"]
-                else leg
-                for leg in built["postings"]
-            ]
+    def over_the_limit(lookup: Lookup, *args: Any) -> WriteItem:
+        built = item(lookup, *args)
+        if lookup.snapshot.customer_id == victim.customer_id:
+            # A bug that would approve more than the card's limit: the database refuses it.
+            return built._replace(amount_minor=built.amount_minor + 1_000_000)
         return built
 
-    monkeypatch.setattr(one_call_store, "_payload", redirected)
+    monkeypatch.setattr(one_call_store, "_item", over_the_limit)
     requests = [
         Withdrawal(c.pan, key(world.terminals[0]), AUDIT, "20", 2_000, "EUR")
         for c in world.customers
@@ -121,6 +114,8 @@ async def test_an_item_that_fails_fails_alone(
         assert await balance(owner_conn, customer.checking) == expected
     assert await balance(owner_conn, other.savings) == START_MINOR
     assert await owner_conn.fetchval(
-        "SELECT count(*) FROM ledger.requests WHERE customer_id = $1", victim.customer_id
+        "SELECT count(*) FROM ledger.transactions WHERE customer_id = $1 AND kind <> 'opening'",
+        victim.customer_id,
     ) == 0  # fmt: skip
-    assert one_call_store.batch_figures().write_calls == 2
+    # The first alone, the five together (refused whole), then each of the five alone.
+    assert one_call_store.batch_figures().write_calls == 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from ledger.model import (
 from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
 from tests.ledger.factory import AUDIT, NOW, World, key
-from tests.ledger.helpers import TIMEOUT_MS, balance, postings, run
+from tests.ledger.helpers import TIMEOUT_MS, balance, cross_customer_policy, postings, run
 
 WIDE = {"max_per_txn_minor": 500_000, "daily_amount_minor": 500_000}
 
@@ -226,7 +227,7 @@ async def test_record_decline_is_audited_and_idempotent(
     assert result.outcome is Outcome.DO_NOT_HONOUR
     assert (await run(ledger_store, request)).repeated
     count = await owner_conn.fetchval(
-        "SELECT count(*) FROM ledger.audit WHERE terminal_id = $1", world.terminals[0]
+        "SELECT count(*) FROM ledger.transactions WHERE terminal_id = $1", world.terminals[0]
     )
     assert count == 1
 
@@ -283,10 +284,12 @@ async def test_transfer_to_another_customer_needs_configuration(
         ledger_store, transfer(world, 5_000, to_type=None, to_account=other.checking)
     )
     assert denied.outcome is Outcome.NOT_PERMITTED_TO_CARDHOLDER
-    store = await open_store(
-        replace(ledger_settings, cross_customer_transfers=True), timeout_ms=TIMEOUT_MS
-    )
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(cross_customer_policy(owner_conn))
+        store = await open_store(
+            replace(ledger_settings, cross_customer_transfers=True), timeout_ms=TIMEOUT_MS
+        )
+        stack.push_async_callback(store.close)
         request = transfer(world, 5_000, to_type=None, to_account=other.checking)
         assert (await run(store, request)).outcome is Outcome.APPROVED
         reversal = Reversal(
@@ -294,8 +297,6 @@ async def test_transfer_to_another_customer_needs_configuration(
             replace(AUDIT, mti="0420"), request.key,
         )  # fmt: skip
         assert (await run(store, reversal)).outcome is Outcome.APPROVED
-    finally:
-        await store.close()
     assert await balance(owner_conn, world.customers[0].checking) == 100_000
     assert await balance(owner_conn, other.checking) == 100_000
     assert await postings(owner_conn, other.checking) == 3
@@ -420,12 +421,10 @@ async def test_terminal_keys(ledger_store: LedgerStore, owner_conn: asyncpg.Conn
     keys = await ledger_store.terminal_keys(terminal_id, timeout_ms=TIMEOUT_MS)
     assert keys is not None
     assert (keys.tpk, keys.tak) == ("TPK1", "TAK1")
-    await ledger_store.set_terminal_keys(
-        terminal_id, tpk="TPK2", tak="TAK2", tmk="TMK2", timeout_ms=TIMEOUT_MS
-    )
+    await ledger_store.set_terminal_keys(terminal_id, tpk="TPK2", tak="TAK2", timeout_ms=TIMEOUT_MS)
     keys = await ledger_store.terminal_keys(terminal_id, timeout_ms=TIMEOUT_MS)
     assert keys is not None
-    assert (keys.tmk, keys.tpk, keys.tak) == ("TMK2", "TPK2", "TAK2")
+    assert (keys.tmk, keys.tpk, keys.tak) == ("TMK", "TPK2", "TAK2")
     assert await ledger_store.terminal_keys("NOPE", timeout_ms=TIMEOUT_MS) is None
     with pytest.raises(LedgerError, match="unknown terminal"):
         await ledger_store.set_terminal_keys("NOPE", tpk="x", tak="y", timeout_ms=TIMEOUT_MS)

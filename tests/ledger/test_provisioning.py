@@ -10,7 +10,7 @@ import pytest
 
 from ledger import postgres
 from ledger.errors import ProvisioningError, SchemaTooOld
-from ledger.migrations import applied_version, migrate, required_version
+from ledger.migrations import applied_version, functions_sha256, migrate, required_version
 from ledger.settings import LedgerSettings
 from ledger.store import open_store
 from tests.conftest import PgCluster
@@ -21,14 +21,9 @@ async def test_migrations_are_recorded_and_idempotent(owner_conn: asyncpg.Connec
     assert await migrate(owner_conn, timeout_ms=60_000) == []
     names = [r[0] for r in await owner_conn.fetch(
         "SELECT name FROM ledger.schema_migrations ORDER BY version")]  # fmt: skip
-    assert names == [
-        "tables",
-        "security",
-        "functions",
-        "terminal_bdk",
-        "fewer_statements",
-        "batches",
-    ]
+    assert names == ["baseline"]
+    digest = await owner_conn.fetchval("SELECT sha256 FROM ledger.schema_functions")
+    assert digest == functions_sha256()
 
 
 async def test_switch_refuses_an_old_schema(
@@ -72,4 +67,21 @@ async def test_an_older_schema_is_refused_by_name(
     finally:
         await conn.close()
     with pytest.raises(SchemaTooOld, match="python -m ledger migrate"):
+        await open_store(replace(ledger_settings, dsn=dsn), timeout_ms=10_000)
+
+
+async def test_functions_older_than_the_code_are_refused(
+    pg_cluster: PgCluster, ledger_settings: LedgerSettings
+) -> None:
+    """Tables current but functions from another version of functions.sql: refused by name."""
+    cluster = postgres.LocalCluster(pg_cluster.data_dir)
+    cluster.info = pg_cluster.info
+    dsn = cluster.create_database("older_functions")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn, timeout_ms=60_000)
+        await conn.execute("UPDATE ledger.schema_functions SET sha256 = 'older'")
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaTooOld, match="functions differ from this code's"):
         await open_store(replace(ledger_settings, dsn=dsn), timeout_ms=10_000)

@@ -18,7 +18,7 @@ CARD = Card(
     card_id=1, customer_id=7, pan_masked="400000******0002", expiry_yymm="2811", status="active",
     pin_data={}, pin_tries=0, currency="EUR", max_per_txn_minor=50_000,
     daily_amount_minor=100_000, daily_count=5, usage_day=None, usage_amount_minor=0,
-    usage_count=0,
+    usage_count=0, xmin=1,
 )  # fmt: skip
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 POLICY = rules.Policy()
@@ -26,7 +26,7 @@ POLICY = rules.Policy()
 
 def snapshot_with(card: Card) -> Snapshot:
     return Snapshot(
-        customer_id=card.customer_id, admitted=(card.customer_id,), versions={}, card=card,
+        customer_id=card.customer_id, admitted=(card.customer_id,), card=card,
         links={}, accounts={}, to_account_owner=None, terminal=None, answered=None,
         original=None, self_reversal=None, original_reversal=None,
     )  # fmt: skip

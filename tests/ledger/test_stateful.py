@@ -55,6 +55,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.world = World()
         limits = {"daily_count": DAILY_COUNT, "daily_amount_minor": DAILY_AMOUNT_MINOR}
         self._await(self.world.load(self.conn, 2, floor_minor=FLOORS["20"], card=limits))
+        # Reset in teardown: the tests share the cluster.
+        self._await(self.conn.execute("UPDATE ledger.policy SET cross_customer_transfers = true"))
         options = LedgerSettings(dsn=self.cluster.switch_dsn, cross_customer_transfers=True)
         self.store: LedgerStore = self._await(open_store(options, timeout_ms=30_000))
         self.now = NOW
@@ -73,6 +75,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self._await(self.store.close())
+        self._await(self.conn.execute("UPDATE ledger.policy SET cross_customer_transfers = false"))
         self._await(self.conn.close())
         self.loop.close()
 
