@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -12,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kiosk_sim import load, soak
+from kiosk_sim import chart, load, soak
 from kiosk_sim.demo import run_demo
 from kiosk_sim.population import (
     CARDS_PER_CUSTOMER_MAX,
@@ -21,7 +22,7 @@ from kiosk_sim.population import (
     build,
     provision,
 )
-from kiosk_sim.report import Report
+from kiosk_sim.report import Report, Summary
 from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
 
@@ -161,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify", action="store_true", help="skip the end-state check against the ledger"
     )
     run.add_argument(
-        "--report", type=Path, metavar="FILE", help="also write the report: .json, .md, or text"
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "also write the report: .json (with the per-second series), .md, or text; and beside"
+            " it FILE's name with .png, a chart of latency and answers per second"
+        ),
     )
     return parser
 
@@ -176,13 +183,15 @@ def owner_dsn(args: argparse.Namespace) -> Iterator[str]:
 
 
 def show_progress(report: Report, elapsed_s: float) -> None:
-    rate = report.answered / elapsed_s if elapsed_s else 0.0
-    p99_ms = report.latency.percentile_us(99) / 1000
+    # The last whole second, not the run so far: a stall shows at once instead of being
+    # averaged away.
+    last = report.series.figures(int(elapsed_s) - 1)
+    p99 = "-" if last.latency_p99_ms is None else f"{last.latency_p99_ms:.1f} ms"
     errors = sum(report.errors.values()) + report.timeouts
     print(
         (
-            f"\r{elapsed_s:6.1f}s {report.answered:8d} answered {rate:9.1f}/s  p99 {p99_ms:7.1f} ms"
-            f"  errors {errors}"
+            f"\r{elapsed_s:6.1f}s {report.answered:8d} answered, last second {last.answered:7d}"
+            f" p99 {p99:>10}  errors {errors}"
         ),
         end="",
         file=sys.stderr,
@@ -268,9 +277,15 @@ def run_soak(args: argparse.Namespace) -> int:
     return 0 if all(row.ok for row in rows) else 1
 
 
-def write_report(report: Report, path: Path) -> None:
-    text = {".json": report.to_json, ".md": report.to_markdown}.get(path.suffix, report.to_text)()
-    path.write_text(text + "\n")
+def write_report(report: Report, path: Path) -> Summary:
+    """The report at `path` (.json, .md, or text) and its chart beside it, as the same name with
+    .png; what was written, for the terminal."""
+    assert path.suffix != ".png", "the chart is the .png"
+    summary = report.summary()
+    summary = dataclasses.replace(summary, chart=chart.draw(summary, path.with_suffix(".png")))
+    render = {".json": Summary.json, ".md": Summary.markdown}.get(path.suffix, Summary.text)
+    path.write_text(render(summary) + "\n")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate and any(faults.values()):
         print("kiosk_sim: --faults run in closed loop (leave out --rate)", file=sys.stderr)
         return 2
+    if args.report is not None and args.report.suffix == ".png":
+        print("kiosk_sim: --report takes .json, .md or text (the chart is .png)", file=sys.stderr)
+        return 2
     try:
         with owner_dsn(args) as dsn:
             report = asyncio.run(run_load(args, dsn))
@@ -302,9 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kiosk_sim: {exc} (start one: python -m switch serve)", file=sys.stderr)
         return 2
     print(file=sys.stderr)
-    print(report.to_text())
-    if args.report is not None:
-        write_report(report, args.report)
+    summary = report.summary() if args.report is None else write_report(report, args.report)
+    print(summary.text())
     return 0 if not report.differences else 1
 
 
