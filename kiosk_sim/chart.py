@@ -7,6 +7,7 @@ chart is then skipped and the report says so.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -37,9 +38,10 @@ def draw(summary: Summary, path: Path) -> Chart:
         f" started {summary.started_at_iso}"
     )
     # Each second is drawn over [second, second + 1): counts as stairs, latency at its middle.
+    # The last one ends where the run did (it drained in part of it), so it is drawn that narrow.
     first = summary.seconds_dropped
-    edges = list(range(first, first + len(summary.seconds) + 1))
-    middles = [second.second + 0.5 for second in summary.seconds]
+    edges = [*range(first, first + len(summary.seconds)), summary.duration_s]
+    middles = [(start + end) / 2 for start, end in itertools.pairwise(edges)]
     for name, values in (
         ("p50", [second.latency_p50_ms for second in summary.seconds]),
         ("p99", [second.latency_p99_ms for second in summary.seconds]),
@@ -49,10 +51,11 @@ def draw(summary: Summary, path: Path) -> Chart:
     latency_axes.set_yscale("log")
     latency_axes.set_ylabel("latency (ms)")
     latency_axes.legend(loc="upper left")
+    failed = [second.timeouts + second.errors for second in summary.seconds]
     for name, counts, style in (
         ("answered", [second.answered for second in summary.seconds], "-"),
         ("approved", [second.approved for second in summary.seconds], "--"),
-        ("timeouts + errors", [s.timeouts + s.errors for s in summary.seconds], "-"),
+        ("timeouts + errors", failed, "-"),
     ):
         rate_axes.stairs(counts, edges, label=name, linestyle=style)
     rate_axes.set_ylabel("per second")
