@@ -58,10 +58,10 @@ class SecondTally:
     latency: Histogram = field(default_factory=lambda: Histogram(SECOND_PRECISION_BITS))
 
     def figures(self, second: int) -> SecondFigures:
-        answered_with_latency = self.latency.total > 0
+        timed = self.latency.total > 0
         p50_ms, p99_ms = (
-            self.latency.percentile_us(p) / 1000 if answered_with_latency else None
-            for p in (50, 99)
+            self.latency.percentile_us(percentile) / 1000 if timed else None
+            for percentile in (50, 99)
         )
         return SecondFigures(
             second, self.answered, self.approved, self.timeouts, self.errors, p50_ms, p99_ms
@@ -86,7 +86,9 @@ class Series:
         return tally
 
     def _open(self, second: int) -> SecondTally:
-        assert second >= self._newest, f"second {second} after {self._newest}: the clock went back"
+        assert second >= max(self._newest, 0), (
+            f"second {second} after {self._newest}: clock went back"
+        )
         self._newest = second
         tally = self._tallies[second] = SecondTally()
         while (oldest := next(iter(self._tallies))) <= second - self.seconds_max:
