@@ -89,8 +89,9 @@ class AccessPolicy:
         fingerprint = hashlib.sha256(certificate_der).digest()
         name = _common_name(x509.load_der_x509_certificate(certificate_der))
         rule = next((r for r in self.clients if r.cn == name), None)
-        pinned = rule is not None and rule.sha256 is not None
-        if rule is None or (pinned and not hmac.compare_digest(rule.sha256 or b"", fingerprint)):
+        if rule is None or (
+            rule.sha256 is not None and not hmac.compare_digest(rule.sha256, fingerprint)
+        ):
             return Client(name, "", frozenset(), fingerprint.hex())
         return Client(name, rule.profile, PROFILES[rule.profile], fingerprint.hex())
 

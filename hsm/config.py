@@ -200,7 +200,7 @@ def _tls(table: _Table) -> ServerTls:
         server_context(tls)  # loaded now so a wrong file stops start-up with its key named
     except (ssl.SSLError, OSError) as exc:
         raise table.error(
-            "", f"cert_file, key_file and client_ca_file that load as PEM, the key matching ({exc})"
+            "", f"PEM files that load, key_file holding cert_file's private key ({exc})"
         ) from None
     return tls
 

@@ -4,6 +4,8 @@ One request at a time per connection (clients pool connections for concurrency).
 size (``wire.FRAME_MAX``), connection count, a TLS handshake timeout, and an idle timeout per
 connection. With TLS, each connection's client certificate names the client whose profile
 decides which commands it may run; without TLS (development only) every client may run all.
+The handshake runs here rather than inside asyncio's listener, which would drop a refused one
+without a word: each is logged with the peer's address, and counted.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ServerStats:
     """Counts since start. A refusal is also logged, with the client and the command."""
 
     connections_total: int  # past the TLS handshake
+    handshakes_refused_total: int
     commands_total: int
     commands_not_permitted_total: int
     pin_verifications_limited_total: int
@@ -51,7 +54,9 @@ class HsmServer:
         self._slots = asyncio.Semaphore(config.connections_max)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._ssl_context: ssl.SSLContext | None = None
         self._connections_total = 0
+        self._handshakes_refused_total = 0
         self._commands_total = 0
         self._commands_not_permitted_total = 0
         self._pin_verifications_limited_total = 0
@@ -60,6 +65,7 @@ class HsmServer:
     def stats(self) -> ServerStats:
         return ServerStats(
             self._connections_total,
+            self._handshakes_refused_total,
             self._commands_total,
             self._commands_not_permitted_total,
             self._pin_verifications_limited_total,
@@ -75,13 +81,9 @@ class HsmServer:
         tls = self._config.tls
         if tls is None:
             log.warning("hsm_tls_off", note="DEVELOPMENT ONLY: any client may run any command")
-        self._server = await asyncio.start_server(
-            self._serve,
-            self._config.host,
-            self._config.port,
-            ssl=None if tls is None else server_context(tls),
-            ssl_handshake_timeout=None if tls is None else tls.handshake_timeout_ms / 1000,
-        )
+        else:
+            self._ssl_context = server_context(tls)
+        self._server = await asyncio.start_server(self._serve, self._config.host, self._config.port)
         log.info(
             "hsm_server_listening",
             host=self._config.host,
@@ -107,10 +109,11 @@ class HsmServer:
         task = asyncio.current_task()
         assert task is not None, "a connection handler runs in a task"
         self._connections.add(task)
-        self._connections_total += 1
         async with self._slots:
             try:
-                await self._requests(reader, writer, self._identify(writer))
+                client = await self._admit(writer)
+                if client is not None:
+                    await self._requests(reader, writer, client)
             except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
                 pass  # the peer went away, idled out or broke TLS: nothing to answer
             except asyncio.CancelledError:
@@ -121,9 +124,28 @@ class HsmServer:
                 with contextlib.suppress(ConnectionError):
                     await writer.wait_closed()
 
-    def _identify(self, writer: asyncio.StreamWriter) -> Client:
-        if self._config.tls is None:
+    async def _admit(self, writer: asyncio.StreamWriter) -> Client | None:
+        """The client on this connection once TLS is up; None if its handshake failed."""
+        tls = self._config.tls
+        if tls is None:
+            self._connections_total += 1
             return UNAUTHENTICATED
+        assert self._ssl_context is not None, "start() built the context"
+        try:
+            await writer.start_tls(
+                self._ssl_context, ssl_handshake_timeout=tls.handshake_timeout_ms / 1000
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            self._handshakes_refused_total += 1
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning(
+                "hsm_handshake_refused", peer=writer.get_extra_info("peername"), reason=reason
+            )
+            return None
+        self._connections_total += 1
+        return self._identify(writer)
+
+    def _identify(self, writer: asyncio.StreamWriter) -> Client:
         ssl_object = writer.get_extra_info("ssl_object")
         certificate = ssl_object.getpeercert(binary_form=True)
         assert certificate, "the handshake required a client certificate"
@@ -134,6 +156,7 @@ class HsmServer:
             client=client.name,
             profile=client.profile or "(none: not configured, or its pin does not match)",
             sha256=client.fingerprint,
+            tls_version=ssl_object.version(),
         )
         return client
 

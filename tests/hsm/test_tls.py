@@ -97,17 +97,32 @@ async def test_a_client_without_a_certificate_from_the_ca_is_refused_at_the_hand
     """No certificate, or one from another CA under the switch's very name: the handshake fails,
     so not one byte reaches the command decoder."""
     issued = None if own == "none" else pki.rogue_switch
-    assert await _answer(server.port, raw_context(pki.ca, issued)) == b""
+    with structlog.testing.capture_logs() as logs:
+        assert await _answer(server.port, raw_context(pki.ca, issued)) == b""
+        await asyncio.sleep(0.05)
+    assert [e["event"] for e in logs] == ["hsm_handshake_refused"]
+    assert server.stats.handshakes_refused_total == 1
     if issued is not None:
         async with client(pki, issued, server.port, timeout_ms=500) as hsm:
             with pytest.raises(HsmUnavailable):
                 await hsm.health()
-    await asyncio.sleep(0.05)
     assert (server.stats.connections_total, server.stats.commands_total) == (0, 0)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+async def test_a_host_with_tls_1_2_or_1_3_is_admitted(
+    server: HsmServer, pki: Pki, version: ssl.TLSVersion
+) -> None:
+    """Below 1.2 the server's minimum version refuses (and OpenSSL here will not offer it)."""
+    context = raw_context(pki.ca, pki.switch)
+    context.maximum_version = version
+    assert await _answer(server.port, context) != b""
 
 
 async def test_a_plain_tcp_client_is_refused(server: HsmServer) -> None:
     assert await _answer(server.port, None) == b""
+    await asyncio.sleep(0.05)
+    assert server.stats.handshakes_refused_total == 1
     assert server.stats.commands_total == 0
 
 
@@ -165,7 +180,7 @@ async def test_a_certificate_from_the_ca_that_is_not_configured_may_run_nothing(
             with pytest.raises(CommandNotPermittedError):
                 await hsm.health()
     connected = next(e for e in logs if e["event"] == "hsm_client_connected")
-    assert connected["client"] == "stranger"
+    assert (connected["client"], connected["tls_version"]) == ("stranger", "TLSv1.3")
     assert connected["sha256"] == hashlib.sha256(der(pki.stranger)).hexdigest()
     assert server.stats.commands_not_permitted_total == 1
 
