@@ -160,4 +160,9 @@ class HSM(Protocol):
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
     ) -> str: ...
 
+    async def pan_hash(self, pan: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> bytes:
+        """HMAC-SHA256 of the PAN under the HSM's PAN-hash key (a ``PHK`` it is configured
+        with): the ledger's card look-up key, which the database alone cannot reverse."""
+        ...
+
     async def close(self) -> None: ...

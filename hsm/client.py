@@ -3,6 +3,8 @@ HSM address, a deadline per call, failover across addresses and background healt
 
 Failover happens only on transport failure (refused, reset, closed, no answer in time). An HSM
 that answers with an error code raises that error's type at once: another HSM would say the same.
+With ``tls`` (``hsm.tls.client_context``), a failed handshake (an HSM whose certificate does not
+verify, or one that refuses ours) is a transport failure too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from collections.abc import Sequence
 
 import structlog
@@ -38,8 +41,9 @@ class _EndpointFailed(Exception):
 class _Endpoint:
     """One HSM address: a bounded pool of open connections and a health flag."""
 
-    def __init__(self, address: Address, pool_size: int) -> None:
+    def __init__(self, address: Address, pool_size: int, tls: ssl.SSLContext | None) -> None:
         self.address = address
+        self._tls = tls
         self.healthy = True
         self._idle: list[Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
@@ -65,7 +69,7 @@ class _Endpoint:
             return reply
 
     async def _open(self) -> Connection:
-        return await asyncio.open_connection(*self.address)
+        return await asyncio.open_connection(*self.address, ssl=self._tls)
 
     @staticmethod
     async def _exchange(conn: Connection, request: wire.Message) -> wire.Message:
@@ -106,12 +110,13 @@ class NetworkHSM:
         timeout_ms: int = 1000,
         attempt_timeout_ms: int = 500,
         health_interval_ms: int = 500,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("NetworkHSM needs at least one HSM address")
         if pool_size < 1 or min(timeout_ms, attempt_timeout_ms, health_interval_ms) < 1:
             raise ValueError("pool size and every interval must be positive")
-        self._endpoints = [_Endpoint((host, port), pool_size) for host, port in addresses]
+        self._endpoints = [_Endpoint((host, port), pool_size, tls) for host, port in addresses]
         self._timeout_ms = timeout_ms
         self._attempt_s = attempt_timeout_ms / 1000
         self._health_s = health_interval_ms / 1000
@@ -291,6 +296,10 @@ class NetworkHSM:
         fields = (key.to_text(), kbpk.to_text(), version)
         (block,) = await self.call(cmd.EXPORT_KEY, fields, timeout_ms=timeout_ms)
         return block
+
+    async def pan_hash(self, pan: str, *, timeout_ms: int | None = None) -> bytes:
+        (digest,) = await self.call(cmd.PAN_HASH, (pan,), timeout_ms=timeout_ms)
+        return cmd.bytes_of(digest)
 
 
 def _result(reply: wire.Message) -> Fields:

@@ -2,7 +2,7 @@
 
 The client side turns typed arguments into text fields (``*_fields``) and reply fields back into
 typed results; the server side (``execute``) turns fields into a ``SoftHsm`` call. Both live
-here so a command's layout is defined once. The layout table is in docs/hsm.md.
+here so a command's layout is defined once. The layout table is in README.md (HSM).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ GENERATE_KEY = "GK"
 CHECK_VALUE = "KC"
 IMPORT_KEY = "KI"
 EXPORT_KEY = "KE"
+PAN_HASH = "PH"
 
 Fields = tuple[str, ...]
 
@@ -142,7 +143,7 @@ def _algorithm(text: str) -> Algorithm:
     try:
         return Algorithm(text)
     except ValueError:
-        raise RequestError("algorithm must be T or A") from None
+        raise RequestError("algorithm must be T, A or H") from None
 
 
 # --- server side ----------------------------------------------------------------------------
@@ -194,6 +195,7 @@ COMMANDS: dict[str, tuple[int, Handler]] = {
     CHECK_VALUE: (1, lambda hsm, f: (hsm.key_check_value(StoredKey(f[0])),)),
     IMPORT_KEY: (3, lambda hsm, f: (hsm.import_key(f[0], StoredKey(f[1]), _role(f[2])).to_text(),)),
     EXPORT_KEY: (3, lambda hsm, f: (hsm.export_key(StoredKey(f[0]), StoredKey(f[1]), f[2]),)),
+    PAN_HASH: (1, lambda hsm, f: (hex_of(hsm.pan_hash(f[0])),)),
 }
 
 
@@ -203,8 +205,13 @@ def _int(text: str) -> int:
     return int(text)
 
 
+def error_reply(request: Message, exc: HsmError) -> Message:
+    return Message(request.command, request.request_id, exc.code, (str(exc),))
+
+
 def execute(hsm: SoftHsm, request: Message) -> Message:
-    """Run one request; every failure becomes an error reply with a safe message."""
+    """Run one request; every failure becomes an error reply with a safe message. Whether the
+    client may run it at all is ``access.answer``'s decision, taken before this."""
     try:
         if request.command not in COMMANDS:
             raise UnknownCommandError(f"unknown command {request.command}")
@@ -213,8 +220,7 @@ def execute(hsm: SoftHsm, request: Message) -> Message:
             raise RequestError(f"command {request.command} takes {count} fields")
         return Message(request.command, request.request_id, fields=handler(hsm, request.fields))
     except HsmError as exc:
-        log.info("hsm_command_refused", command=request.command, error=exc.code)
-        return Message(request.command, request.request_id, exc.code, (str(exc),))
+        return error_reply(request, exc)
     except Exception as exc:  # a bug must not kill the connection; tracebacks may hold keys
         log.error("hsm_command_failed", command=request.command, exc_type=type(exc).__name__)
         return Message(request.command, request.request_id, HsmError.code, ("internal error",))

@@ -1,4 +1,5 @@
-"""Block-cipher building blocks: TDES and AES in ECB/CBC, CMAC, key check values.
+"""Block-cipher building blocks: TDES and AES in ECB/CBC, CMAC, key check values (and the check
+value of an HMAC key).
 
 Pure functions over bytes. TDES comes from ``cryptography.hazmat.decrepit``; single- and
 double-length keys are expanded to three-key form (K1|K2|K1) because the library deprecates
@@ -8,6 +9,7 @@ short TDES keys, and an expanded key computes exactly the same function.
 from __future__ import annotations
 
 import functools
+import hmac
 from collections.abc import Callable
 from enum import Enum
 
@@ -31,9 +33,11 @@ class Algorithm(Enum):
 
     TDES = "T"
     AES = "A"
+    HMAC = "H"  # HMAC-SHA256 keys (the PAN-hash key): no cipher, any length
 
     @property
     def block_size(self) -> int:
+        assert self is not Algorithm.HMAC, "an HMAC key has no cipher block"
         return TDES_BLOCK if self is Algorithm.TDES else AES_BLOCK
 
 
@@ -194,7 +198,15 @@ def kcv_aes(key: bytes, length: int = 3) -> bytes:
     return aes_cmac(key, bytes(AES_BLOCK))[:length]
 
 
+def kcv_hmac(key: bytes, length: int = 3) -> bytes:
+    """No standard defines a KCV for HMAC keys. This follows the CMAC method with the key's own
+    MAC function: HMAC-SHA256 of a zero block, leftmost bytes."""
+    return hmac.digest(key, bytes(AES_BLOCK), "sha256")[:length]
+
+
 def key_check_value(algorithm: Algorithm, key: bytes, length: int = 3) -> bytes:
     if algorithm is Algorithm.TDES:
         return kcv_tdes(key, length)
+    if algorithm is Algorithm.HMAC:
+        return kcv_hmac(key, length)
     return kcv_aes(key, length)

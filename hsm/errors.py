@@ -43,6 +43,12 @@ class DevelopmentLmkError(KeyMaterialError):
     code = "14"
 
 
+class DevelopmentKeyError(KeyMaterialError):
+    """A development key (public, in the source tree) was given to a production HSM."""
+
+    code = "15"
+
+
 class PinError(HsmError):
     """Base of PIN-related errors."""
 
@@ -83,6 +89,26 @@ class UnknownCommandError(RequestError):
     code = "41"
 
 
+class AccessError(HsmError):
+    """Base of refusals by the HSM's access policy: the request was well formed, and would have
+    worked, but this caller may not have it now."""
+
+    code = "50"
+
+
+class CommandNotPermittedError(AccessError):
+    """The client's profile does not enable this command (or the client is not configured)."""
+
+    code = "51"
+
+
+class PinRateLimitError(AccessError):
+    """Too many PIN verifications for this card within the last minute. Not a ``PinError``: the
+    PIN was never checked, so it must not count as a wrong PIN."""
+
+    code = "52"
+
+
 class HsmUnavailable(HsmError):
     """No HSM answered (connection refused, reset, or every address down)."""
 
@@ -104,6 +130,7 @@ ERRORS_BY_CODE: dict[str, type[HsmError]] = {
         KeyBlockError,
         KeyLengthError,
         DevelopmentLmkError,
+        DevelopmentKeyError,
         PinError,
         PinBlockFormatError,
         PinFormatError,
@@ -111,6 +138,9 @@ ERRORS_BY_CODE: dict[str, type[HsmError]] = {
         DukptError,
         RequestError,
         UnknownCommandError,
+        AccessError,
+        CommandNotPermittedError,
+        PinRateLimitError,
         HsmUnavailable,
         HsmTimeout,
     )

@@ -49,6 +49,7 @@ def iso9797_alg3(key: bytes, data: bytes, padding: int = 1) -> bytes:
 
 def generate_mac(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
     """The switch's MAC: retail MAC for TDES keys, AES-CMAC for AES keys (8 bytes each)."""
+    assert algorithm is not Algorithm.HMAC, "the switch's MACs are block-cipher MACs"
     if algorithm is Algorithm.TDES:
         return iso9797_alg3(key, data)
     return crypto.aes_cmac(key, data)[:ISO8583_MAC_LENGTH]

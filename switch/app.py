@@ -12,6 +12,7 @@ import contextlib
 import gc
 import resource
 import signal
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 
@@ -23,6 +24,7 @@ from hsm.client import NetworkHSM
 from hsm.errors import HsmError
 from hsm.keys import load_lmk
 from hsm.local import LocalHSM
+from hsm.tls import client_context
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings, pan_hash_key_from_env
 from ledger.store import LedgerStore, open_store
@@ -82,10 +84,20 @@ async def open_hsm(settings: Settings) -> AsyncIterator[HSM]:
     addresses = [
         (host, int(port)) for host, _, port in (a.rpartition(":") for a in section.addresses)
     ]
+    tls = None
+    if section.tls is not None:
+        try:
+            tls = client_context(
+                ca_file=section.tls.ca_file,
+                cert_file=section.tls.cert_file,
+                key_file=section.tls.key_file,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise StartupError(f"HSM TLS ({settings.source}: hsm.tls): {exc}") from None
     async with NetworkHSM(
-        addresses, pool_size=section.pool_size, timeout_ms=section.timeout_ms
+        addresses, pool_size=section.pool_size, timeout_ms=section.timeout_ms, tls=tls
     ) as hsm:
-        log.info("hsm_network", addresses=list(section.addresses))
+        log.info("hsm_network", addresses=list(section.addresses), tls=tls is not None)
         yield hsm
 
 

@@ -90,6 +90,15 @@ HSM_BACKENDS: tuple[HsmBackend, ...] = ("local", "network")
 
 
 @dataclass(frozen=True, slots=True)
+class HsmTlsSettings:
+    # The CA that signed the HSMs' certificates, and this switch's own certificate and key (the
+    # HSM gives the switch profile to its certificate's CN).
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class HsmSettings:
     backend: HsmBackend
     # Local backend: the LMK file (64 hex, owner-only); none = $HSM_LMK, else the development LMK.
@@ -98,6 +107,8 @@ class HsmSettings:
     addresses: tuple[str, ...]
     pool_size: int
     timeout_ms: int
+    # Network backend: mutual TLS to the HSMs (`[hsm.tls]`); none = plain TCP (development).
+    tls: HsmTlsSettings | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +215,13 @@ class _Table:
         if not isinstance(value, str) or not value:
             raise SettingsError(self.source, self.key_name(key), f"a file path, got {value!r}")
         return base / value
+
+    def pem_file(self, key: str, base: Path) -> Path:
+        value = self.path(key, base)
+        if value is None or not value.is_file():
+            expected = f"a readable PEM file, got {value}"
+            raise SettingsError(self.source, self.key_name(key), expected)
+        return value
 
     def optional_text(self, key: str) -> str | None:
         return None if self._data.get(key) is None else self.text(key, "")
@@ -344,6 +362,17 @@ def _parse_hsm(table: _Table, base: Path) -> HsmSettings:
         addresses=addresses,
         pool_size=table.integer("pool_size", 4, minimum=1, maximum=256),
         timeout_ms=table.integer("timeout_ms", 1_000, minimum=10, maximum=60_000),
+        tls=_parse_hsm_tls(table.table("tls"), base) if table.has("tls") else None,
+    )
+    table.finish()
+    return settings
+
+
+def _parse_hsm_tls(table: _Table, base: Path) -> HsmTlsSettings:
+    settings = HsmTlsSettings(
+        ca_file=table.pem_file("ca_file", base),
+        cert_file=table.pem_file("cert_file", base),
+        key_file=table.pem_file("key_file", base),
     )
     table.finish()
     return settings

@@ -114,7 +114,7 @@ async def test_translate_pin(hsm: HSM, dev_keys: DevKeys) -> None:
     assert pinblock.decrypt_pin_block(zpk_clear, out, PAN, F.ISO3) == PIN
 
 
-@pytest.mark.parametrize("algorithm", list(Algorithm))
+@pytest.mark.parametrize("algorithm", [Algorithm.TDES, Algorithm.AES])
 async def test_mac(hsm: HSM, dev_keys: DevKeys, algorithm: Algorithm) -> None:
     data = b"0200\x00\x01 some ISO 8583 message"
     if algorithm is Algorithm.TDES:
