@@ -3,5 +3,5 @@
 Modules: ``api`` (the async HSM interface and its values), ``local`` (in-process backend),
 ``client``/``server``/``wire``/``commands`` (networked HSM), ``keys`` (LMK and stored keys),
 ``engine`` (the operations, sans I/O), and the pure primitives ``crypto``, ``pinblock``,
-``pinverify``, ``mac``, ``dukpt``, ``tr31``. See docs/hsm.md.
+``pinverify``, ``mac``, ``dukpt``, ``tr31``, ``emv``. See docs/hsm.md (EMV: docs/emv.md).
 """

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import structlog
 
+from hsm import emv
 from hsm.api import (
     DeliveredKey,
     Dukpt,
@@ -24,6 +25,7 @@ from hsm.api import (
     VisaPvvMethod,
 )
 from hsm.crypto import Algorithm
+from hsm.emv import Arc, ArpcResponse, ArqcResult, Csu, EmvTags
 from hsm.engine import SoftHsm
 from hsm.errors import HsmError, RequestError, UnknownCommandError
 from hsm.keys import KeyRole, StoredKey
@@ -43,8 +45,11 @@ GENERATE_KEY = "GK"
 CHECK_VALUE = "KC"
 IMPORT_KEY = "KI"
 EXPORT_KEY = "KE"
+VERIFY_ARQC = "AQ"
 
 Fields = tuple[str, ...]
+_TAGS_MAX = 16  # a CVN reads at most 11 tags; the field is bounded before it is split
+_TAG_HEX_LENGTHS = (2, 4, 6)
 
 
 def hex_of(data: bytes) -> str:
@@ -132,6 +137,56 @@ def _session_key_fields(keys: SessionKeys) -> Fields:
     )
 
 
+def tags_field(version: emv.CryptogramVersion, tags: EmvTags) -> str:
+    """The tags the version reads, as ``TAG=HEX`` items joined by commas (tag order kept)."""
+    wanted = emv.cryptogram_tags(version)
+    return ",".join(f"{tag:X}={hex_of(tags[tag])}" for tag in wanted if tag in tags)
+
+
+def _tags(text: str) -> dict[int, bytes]:
+    items = text.split(",", _TAGS_MAX) if text else []
+    if len(items) > _TAGS_MAX:
+        raise RequestError(f"at most {_TAGS_MAX} EMV tags")
+    tags: dict[int, bytes] = {}
+    for item in items:
+        tag, _, value = item.partition("=")
+        if len(tag) not in _TAG_HEX_LENGTHS or not all(c in "0123456789ABCDEF" for c in tag):
+            raise RequestError("an EMV tag is 2, 4 or 6 upper-case hex digits")
+        if int(tag, 16) in tags:
+            raise RequestError(f"EMV tag {tag} appears twice")
+        tags[int(tag, 16)] = bytes_of(value)
+    return tags
+
+
+def response_fields(response: ArpcResponse) -> Fields:
+    if isinstance(response, Arc):
+        return ("1", hex_of(response.code), "")
+    return ("2", hex_of(response.csu), hex_of(response.proprietary))
+
+
+def _response(f: Fields) -> ArpcResponse:
+    if f[0] == "1" and not f[2]:
+        return Arc(bytes_of(f[1]))
+    if f[0] == "2":
+        return Csu(bytes_of(f[1]), bytes_of(f[2]))
+    raise RequestError("ARPC method must be 1 (ARC, no proprietary data) or 2 (CSU)")
+
+
+def arqc_result_of(f: Fields) -> ArqcResult:
+    match f:
+        case ("N", "", ""):
+            return ArqcResult(verified=False)
+        case ("Y", arpc, issuer_authentication_data):
+            return ArqcResult(True, bytes_of(arpc), bytes_of(issuer_authentication_data))
+    raise RequestError("an ARQC reply is Y, ARPC, tag 91 data or N, empty, empty")
+
+
+def _arqc_result_fields(result: ArqcResult) -> Fields:
+    if result.arpc is None or result.issuer_authentication_data is None:
+        return ("N", "", "")
+    return ("Y", hex_of(result.arpc), hex_of(result.issuer_authentication_data))
+
+
 def _role(text: str) -> KeyRole:
     if text not in KeyRole.__members__:
         raise RequestError("unknown key role")
@@ -172,6 +227,20 @@ def _translate(hsm: SoftHsm, f: Fields) -> Fields:
     return (hex_of(out),)
 
 
+def _verify_arqc(hsm: SoftHsm, f: Fields) -> Fields:
+    result = hsm.verify_arqc(
+        StoredKey.from_text(f[0]),
+        f[1],
+        f[2],
+        bytes_of(f[3]),
+        bytes_of(f[4]),
+        cvn=_int(f[5]),
+        tags=_tags(f[6]),
+        response=_response(f[7:]),
+    )
+    return _arqc_result_fields(result)
+
+
 # Command code -> (request field count, handler).
 COMMANDS: dict[str, tuple[int, Handler]] = {
     HEALTH: (0, lambda hsm, f: (hsm.lmk_kcv,)),
@@ -194,6 +263,7 @@ COMMANDS: dict[str, tuple[int, Handler]] = {
     CHECK_VALUE: (1, lambda hsm, f: (hsm.key_check_value(StoredKey(f[0])),)),
     IMPORT_KEY: (3, lambda hsm, f: (hsm.import_key(f[0], StoredKey(f[1]), _role(f[2])).to_text(),)),
     EXPORT_KEY: (3, lambda hsm, f: (hsm.export_key(StoredKey(f[0]), StoredKey(f[1]), f[2]),)),
+    VERIFY_ARQC: (10, _verify_arqc),
 }
 
 

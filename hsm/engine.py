@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from hsm import crypto, dukpt, mac, pinblock, pinverify, tr31
+from hsm import crypto, dukpt, emv, mac, pinblock, pinverify, tr31
 from hsm.api import (
     DeliveredKey,
     Dukpt,
@@ -22,6 +22,7 @@ from hsm.api import (
     VisaPvv,
 )
 from hsm.crypto import Algorithm
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.errors import KeyLengthError, KeyUsageError, RequestError
 from hsm.keys import ROLE_SPECS, KeyRole, Lmk, StoredKey, kcv_hex
 from hsm.pinblock import PinBlockFormat
@@ -33,6 +34,7 @@ _KEY_LENGTHS = {Algorithm.TDES: (16, 24), Algorithm.AES: (16, 24, 32)}
 _SESSION_KEY_LENGTH = 16
 _MAC_USAGE = {"M3": Algorithm.TDES, "M6": Algorithm.AES}
 _PVK_USAGES_IBM, _PVK_USAGES_VISA = ("V0", "V1"), ("V0", "V2")
+_IMK_LENGTH = 16
 
 
 class SoftHsm:
@@ -135,6 +137,33 @@ class SoftHsm:
 
     def verify_mac(self, tak: StoredKey, data: bytes, mac_value: bytes) -> bool:
         return mac.verify_mac(tak.algorithm, self._mac_key(tak, "CV"), data, mac_value)
+
+    # --- EMV -------------------------------------------------------------------------------
+
+    def _imk(self, imk: StoredKey) -> bytes:
+        clear = self._lmk.unwrap(imk, (KeyRole.IMK_AC,), "X")
+        if imk.algorithm is not Algorithm.TDES:
+            raise KeyUsageError("an IMK-AC derives TDES card keys: it must be a TDES key")
+        if len(clear) != _IMK_LENGTH:
+            raise KeyLengthError("an IMK-AC is double-length TDES")
+        return clear
+
+    def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+    ) -> ArqcResult:
+        version = emv.cryptogram_version(cvn)
+        return emv.verify_arqc(
+            self._imk(imk), pan, psn, atc, arqc, version=version, tags=tags, response=response
+        )
 
     # --- keys ------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ class KeyRole(Enum):
     ZAK = "ZAK"  # zone authentication (MAC) key
     PVK = "PVK"  # PIN verification key
     BDK = "BDK"  # DUKPT base derivation key
+    IMK_AC = "IMK_AC"  # EMV issuer master key for application cryptograms (ARQC, ARPC)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ ROLE_SPECS: dict[KeyRole, RoleSpec] = {
     KeyRole.ZAK: RoleSpec(frozenset(_MAC_USAGE.values()), "C"),
     KeyRole.PVK: RoleSpec(frozenset({"V0", "V1", "V2"}), "C"),
     KeyRole.BDK: RoleSpec(frozenset({"B0"}), "X"),
+    # E0: EMV/chip issuer master key for application cryptograms; X: it only derives keys.
+    KeyRole.IMK_AC: RoleSpec(frozenset({"E0"}), "X"),
 }
 
 

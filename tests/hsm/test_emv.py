@@ -14,8 +14,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsm import crypto, emv
+from hsm.api import HSM
+from hsm.client import NetworkHSM
+from hsm.crypto import Algorithm
+from hsm.devserver import spawn_dev_hsm
 from hsm.emv import Arc, ArpcResponse, CryptogramVersion, Csu, EmvTags, IadPart, Scheme
-from hsm.errors import EmvDataError, HsmError, KeyLengthError, PanError, UnknownCvnError
+from hsm.errors import (
+    EmvDataError,
+    HsmError,
+    KeyBlockError,
+    KeyLengthError,
+    KeyUsageError,
+    PanError,
+    UnknownCvnError,
+)
+from hsm.keys import KeyRole, StoredKey
+
+from .support import LMK
 
 VECTORS_PATH = Path(__file__).parents[1] / "vectors" / "emv.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
@@ -553,3 +568,109 @@ def test_generate_then_verify(
     changed = _changed(tags, tag, _flip(tags[tag], index, delta))
     assert not verified(changed, changed[emv.TAG_ATC], arqc)
     assert not verified(tags, atc, _flip(arqc, spot % len(arqc), delta))
+
+
+# --- through the HSM interface: in-process and over the wire ---------------------------------
+
+STORED_IMK = LMK.wrap(KeyRole.IMK_AC, Algorithm.TDES, IMK)
+
+
+@pytest.mark.parametrize("cvn", [10, 18, 16, 20])
+async def test_hsm_verifies_the_vectors(hsm: HSM, cvn: int) -> None:
+    arqc = h(_cvn_vector(cvn)["arqc"])
+    # Field 55 carries more than a CVN reads (here the PAN, 5A): the rest is ignored.
+    tags = {**_cvn_tags(cvn), 0x5A: h(CVN["pan"])}
+    result = await hsm.verify_arqc(
+        STORED_IMK, CVN["pan"], CVN["psn"], ATC, arqc, cvn=cvn, tags=tags, response=_response(cvn)
+    )
+    assert result.verified
+    assert result == _verify(cvn, _cvn_tags(cvn), arqc, _response(cvn))
+
+
+async def test_hsm_wrong_arqc_gets_no_arpc(hsm: HSM) -> None:
+    result = await hsm.verify_arqc(
+        STORED_IMK, CVN["pan"], CVN["psn"], ATC, bytes(8), cvn=18, tags=_V18_TAGS, response=_CSU
+    )
+    assert result == emv.ArqcResult(verified=False)
+
+
+async def test_hsm_generated_imk_ac(hsm: HSM) -> None:
+    imk = await hsm.generate_key(KeyRole.IMK_AC)
+    assert (imk.role, imk.algorithm, imk.usage, imk.mode) == (
+        KeyRole.IMK_AC,
+        Algorithm.TDES,
+        "E0",
+        "X",
+    )
+    assert await hsm.key_check_value(imk) == imk.kcv
+    result = await hsm.verify_arqc(
+        imk, CVN["pan"], CVN["psn"], ATC, _V18_ARQC, cvn=18, tags=_V18_TAGS, response=_CSU
+    )
+    assert not result.verified
+
+
+_TRIPLE_LENGTH_IMK = LMK.wrap(KeyRole.IMK_AC, Algorithm.TDES, IMK + IMK[:8])
+
+
+def _tampered(key: StoredKey) -> StoredKey:
+    text = key.to_text()
+    return StoredKey.from_text(text[:-1] + ("0" if text[-1] != "0" else "1"))
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "error"),
+    [
+        ("unknown CVN", {"cvn": 11}, UnknownCvnError),
+        ("TPK as IMK", {"imk": LMK.wrap(KeyRole.TPK, Algorithm.TDES, IMK)}, KeyUsageError),
+        ("AES IMK", {"imk": LMK.wrap(KeyRole.IMK_AC, Algorithm.AES, IMK)}, KeyUsageError),
+        (
+            "triple-length IMK",
+            {"imk": LMK.wrap(KeyRole.IMK_AC, Algorithm.TDES, IMK + IMK[:8])},
+            KeyLengthError,
+        ),
+        ("tampered IMK", {"imk": _tampered(STORED_IMK)}, KeyBlockError),
+        ("missing amount", {"tags": _NO_AMOUNT}, EmvDataError),
+        ("ARC for method 2", {"response": Arc(b"00")}, EmvDataError),
+        ("short ATC", {"atc": h("1C")}, EmvDataError),
+        ("PAN with a letter", {"pan": "12345678901234S6"}, PanError),
+    ],
+)
+async def test_hsm_refuses_with_typed_errors(
+    hsm: HSM, name: str, change: dict[str, Any], error: type[HsmError]
+) -> None:
+    args: dict[str, Any] = {
+        "imk": STORED_IMK,
+        "pan": CVN["pan"],
+        "psn": CVN["psn"],
+        "atc": ATC,
+        "arqc": _V18_ARQC,
+        "cvn": 18,
+        "tags": _V18_TAGS,
+        "response": _CSU,
+        **change,
+    }
+    with pytest.raises(error) as info:
+        await hsm.verify_arqc(**args)
+    assert CVN["pan"] not in str(info.value), name
+
+
+async def test_dev_hsm_process_verifies_over_the_wire() -> None:
+    """The same verify against `python -m hsm serve`, its own process."""
+    proc, port = await spawn_dev_hsm()
+    try:
+        async with NetworkHSM([("127.0.0.1", port)], timeout_ms=5000) as client:
+            result = await client.verify_arqc(
+                STORED_IMK,
+                CVN["pan"],
+                CVN["psn"],
+                ATC,
+                _V18_ARQC,
+                cvn=18,
+                tags=_V18_TAGS,
+                response=_CSU,
+            )
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert result.arpc is not None
+    assert _hex(result.arpc) == VISA["cvn18"]["arpc_method_2"]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from hsm import pinblock, wire
+from hsm import commands, emv, pinblock, wire
 from hsm.api import Ibm3624Method, Ibm3624Offset, VisaPvv, VisaPvvMethod
 from hsm.commands import execute
 from hsm.crypto import Algorithm
@@ -186,6 +186,77 @@ def test_execute_answers_errors_with_codes(
         7,
         error,
     )
+
+
+# --- the EMV command (AQ) ---------------------------------------------------------------------
+
+_IMK = LMK.wrap(KeyRole.IMK_AC, Algorithm.TDES, bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
+_EMV_TAGS = {tag: bytes(length) for tag, length in emv.TAG_LENGTHS.items()}
+_EMV_TAGS[emv.TAG_IAD] = bytes.fromhex("06011203A0B800")
+_TAGS_TEXT = commands.tags_field(emv.cryptogram_version(18), _EMV_TAGS)
+
+
+def _arqc_request(**change: str) -> wire.Message:
+    fields = {
+        "imk": _IMK.to_text(),
+        "pan": "4761739001010010",
+        "psn": "00",
+        "atc": "0000",
+        "arqc": "00" * 8,
+        "cvn": "18",
+        "tags": _TAGS_TEXT,
+        "method": "2",
+        "arc_or_csu": "00000000",
+        "proprietary": "",
+        **change,
+    }
+    return wire.Message(commands.VERIFY_ARQC, 7, fields=tuple(fields.values()))
+
+
+def test_tags_field_carries_only_what_the_cvn_reads() -> None:
+    with_pan = {**_EMV_TAGS, 0x5A: bytes.fromhex("4761739001010010")}
+    text = commands.tags_field(emv.cryptogram_version(18), with_pan)
+    assert text == _TAGS_TEXT
+    assert text.startswith("9F02=000000000000,9F03=000000000000,9F1A=0000,95=0000000000,")
+    assert text.endswith(",9F10=06011203A0B800")
+
+
+def test_arqc_command_answers_a_verdict(soft_hsm: SoftHsm) -> None:
+    reply = execute(soft_hsm, _arqc_request())
+    assert (reply.error, reply.fields) == (wire.OK, ("N", "", ""))
+    assert commands.arqc_result_of(reply.fields) == emv.ArqcResult(verified=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"tags": _TAGS_TEXT + ",9F02=000000000000"}, "40"),  # a tag twice
+        ({"tags": _TAGS_TEXT.replace("9F02", "9f02")}, "40"),  # lower-case tag
+        ({"tags": _TAGS_TEXT.replace("9F02", "9F0")}, "40"),  # odd-length tag
+        ({"tags": ",".join(["9F02=00"] * 17)}, "40"),  # past the bound
+        ({"tags": _TAGS_TEXT.replace("9F1A=0000", "9F1A=00ZZ")}, "40"),  # value not hex
+        ({"tags": _TAGS_TEXT.replace("9F02=000000000000,", "")}, "52"),  # amount missing
+        ({"cvn": "11"}, "51"),
+        ({"cvn": "x"}, "40"),
+        ({"method": "3"}, "40"),
+        ({"method": "1", "arc_or_csu": "3030", "proprietary": "00"}, "40"),
+        ({"method": "1", "arc_or_csu": "3030"}, "52"),  # an ARC for a method 2 CVN
+        ({"atc": "00"}, "52"),
+        ({"psn": "0"}, "52"),
+        ({"pan": "4761739001O10010"}, "23"),
+        ({"imk": "garbage"}, "12"),
+    ],
+)
+def test_arqc_command_refusals(soft_hsm: SoftHsm, change: dict[str, str], error: str) -> None:
+    reply = execute(soft_hsm, _arqc_request(**change))
+    assert reply.error == error
+    assert "4761739001" not in reply.fields[0]
+
+
+@pytest.mark.parametrize("fields", [("Y", "00"), ("N", "00", ""), ("X", "", ""), ()])
+def test_arqc_reply_must_be_well_formed(fields: tuple[str, ...]) -> None:
+    with pytest.raises(RequestError):
+        commands.arqc_result_of(fields)
 
 
 # --- derive then verify, on the engine both backends share -----------------------------------
