@@ -2,8 +2,9 @@
 application cryptograms (ARQC), ARPCs, and the cryptogram versions (CVNs) as data.
 
 Pure functions over bytes, no I/O. TDES goes through ``hsm.crypto`` (keys expanded, so no
-deprecation warning) and the MACs through ``hsm.mac``. The functions that take a clear key are
-called by the HSM engine, with a key it has just unwrapped, and by tests and card simulators.
+deprecation warning) and the MACs through ``hsm.mac``; card and session keys, each used for one
+transaction, take the ciphers' transient cache. The functions that take a clear key are called
+by the HSM engine, with a key it has just unwrapped, and by tests and card simulators.
 
 A cryptogram version is one row of ``CRYPTOGRAM_VERSIONS``: which ICC master key option, which
 session key, which MAC padding, which data elements in which order, and which ARPC method under
@@ -277,7 +278,8 @@ def common_session_key(icc_mk: bytes, r: bytes) -> bytes:
     """A1.3.1: TDES(MK)[R with byte 3 = F0] || TDES(MK)[R with byte 3 = 0F], odd parity."""
     assert len(r) == _BLOCK, "the diversification value R is 8 bytes"
     left, right = r[:2] + b"\xf0" + r[3:], r[:2] + b"\x0f" + r[3:]
-    return crypto.with_odd_parity(crypto.tdes_ecb_encrypt(icc_mk, left + right))
+    key = crypto.tdes_ecb_encrypt(icc_mk, left + right, transient=True)
+    return crypto.with_odd_parity(key)
 
 
 def common_session_key_r(atc: bytes) -> bytes:
@@ -293,19 +295,21 @@ def mastercard_session_key_r(atc: bytes, unpredictable_number: bytes) -> bytes:
 
 def application_cryptogram(key: bytes, data: bytes, padding: int) -> bytes:
     """ARQC, TC or AAC: ISO/IEC 9797-1 MAC algorithm 3 (retail MAC), 8 bytes."""
-    return mac.iso9797_alg3(key, data, padding)
+    return mac.iso9797_alg3(key, data, padding, transient=True)
 
 
 def arpc_method_1(key: bytes, arqc: bytes, arc: bytes) -> bytes:
     assert len(arqc) == ARQC_LENGTH, "the ARQC's length is checked on input"
     assert len(arc) == ARC_LENGTH, "the ARC's length is checked on input"
-    return crypto.tdes_ecb_encrypt(key, crypto.xor(arqc, arc + bytes(_BLOCK - ARC_LENGTH)))
+    block = crypto.xor(arqc, arc + bytes(_BLOCK - ARC_LENGTH))
+    return crypto.tdes_ecb_encrypt(key, block, transient=True)
 
 
 def arpc_method_2(key: bytes, arqc: bytes, csu: bytes, proprietary: bytes = b"") -> bytes:
     assert len(arqc) == ARQC_LENGTH, "the ARQC's length is checked on input"
     assert len(csu) == CSU_LENGTH, "the CSU's length is checked on input"
-    return mac.iso9797_alg3(key, arqc + csu + proprietary, 2)[:ARPC_METHOD_2_LENGTH]
+    data = arqc + csu + proprietary
+    return mac.iso9797_alg3(key, data, 2, transient=True)[:ARPC_METHOD_2_LENGTH]
 
 
 # --- cryptogram versions ---------------------------------------------------------------------

@@ -210,6 +210,35 @@ def test_derived_keys_have_odd_parity() -> None:
     assert session_key == crypto.with_odd_parity(session_key)
 
 
+def test_odd_parity_changes_only_the_low_bit() -> None:
+    every_byte = bytes(range(256))
+    for before, after in zip(every_byte, crypto.with_odd_parity(every_byte), strict=True):
+        assert after.bit_count() % 2 == 1
+        assert before ^ after in (0, 1)
+
+
+def test_card_keys_stay_out_of_the_main_cipher_cache() -> None:
+    """Card and session keys serve one transaction: they must not push the terminals' working
+    keys out of the main cipher cache (they have a small one of their own)."""
+    version = emv.cryptogram_version(18)
+
+    def verify(atc: int) -> None:
+        tags, arqc = _cvn_tags(18), h(VISA["cvn18"]["arqc"])
+        atc_bytes = atc.to_bytes(2, "big")
+        emv.verify_arqc(
+            IMK, CVN["pan"], CVN["psn"], atc_bytes, arqc, version=version, tags=tags, response=_CSU
+        )
+
+    def main_cache_misses() -> tuple[int, int]:
+        return crypto._tdes_ecb.cache_info().misses, crypto._tdes_cbc.cache_info().misses
+
+    verify(0)  # the IMK's own cipher: it is used again for every card of the issuer
+    before = main_cache_misses()
+    for atc in range(1, 100):
+        verify(atc)
+    assert main_cache_misses() == before
+
+
 def test_option_b_is_option_a_for_the_vectors_16_digit_pan() -> None:
     """The table's CVNs that name option B derive the vectors' option A key."""
     assert emv.icc_master_key_option_b(IMK, CVN["pan"], CVN["psn"]) == _icc_mk()
