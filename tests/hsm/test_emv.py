@@ -641,6 +641,16 @@ async def test_hsm_generated_imk_ac(hsm: HSM) -> None:
 _TRIPLE_LENGTH_IMK = LMK.wrap(KeyRole.IMK_AC, Algorithm.TDES, IMK + IMK[:8])
 
 
+async def test_hsm_imk_ac_travels_as_tr31_under_a_zmk(hsm: HSM) -> None:
+    zmk = LMK.wrap(KeyRole.ZMK, Algorithm.TDES, crypto.with_odd_parity(bytes(range(16))))
+    block = await hsm.export_key(STORED_IMK, zmk, "B")
+    assert block[5:7] == "E0"
+    imported = await hsm.import_key(block, zmk, KeyRole.IMK_AC)
+    assert (imported.role, imported.kcv, imported.mode) == (KeyRole.IMK_AC, STORED_IMK.kcv, "X")
+    with pytest.raises(KeyUsageError):
+        await hsm.import_key(block, zmk, KeyRole.PVK)
+
+
 def _tampered(key: StoredKey) -> StoredKey:
     text = key.to_text()
     return StoredKey.from_text(text[:-1] + ("0" if text[-1] != "0" else "1"))
