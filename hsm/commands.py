@@ -99,7 +99,7 @@ def _verification(f: Fields) -> Verification:
     kind, pvk = f[0], StoredKey.from_text(f[1])
     if kind == "V":
         return VisaPvv(pvk, f[2], f[3])
-    if kind == "I" and f[5].isdigit():
+    if kind == "I" and f[5].isascii() and f[5].isdigit():
         return Ibm3624Offset(pvk, f[2], f[3], f[4], int(f[5]))
     raise RequestError("verification kind must be I or V, with a decimal PIN length")
 
@@ -268,7 +268,7 @@ COMMANDS: dict[str, tuple[int, Handler]] = {
 
 
 def _int(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # isdigit alone admits "²"
         raise RequestError("a numeric field is not decimal")
     return int(text)
 

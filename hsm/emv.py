@@ -228,10 +228,14 @@ class ArqcResult:
 # --- key derivation (Book 2 Annex A1.3, A1.4) ------------------------------------------------
 
 
+def _decimal(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # isdigit alone admits "²" and other scripts
+
+
 def _check_card(pan: str, psn: str) -> None:
-    if not (PAN_LENGTH_MIN <= len(pan) <= PAN_LENGTH_MAX) or not pan.isdigit():
+    if not (PAN_LENGTH_MIN <= len(pan) <= PAN_LENGTH_MAX) or not _decimal(pan):
         raise PanError(f"PAN must be {PAN_LENGTH_MIN}..{PAN_LENGTH_MAX} decimal digits")
-    if len(psn) != PSN_LENGTH or not psn.isdigit():
+    if len(psn) != PSN_LENGTH or not _decimal(psn):
         raise EmvDataError(f"PAN sequence number must be {PSN_LENGTH} digits (00 if absent)")
 
 
@@ -419,7 +423,7 @@ def generate_arqc(version: CryptogramVersion, icc_mk: bytes, atc: bytes, tags: E
     return application_cryptogram(key, data, version.padding)
 
 
-def _arpc(version: CryptogramVersion, key: bytes, arqc: bytes, response: ArpcResponse) -> bytes:
+def _arpc(key: bytes, arqc: bytes, response: ArpcResponse) -> bytes:
     if isinstance(response, Arc):
         return arpc_method_1(key, arqc, response.code)
     return arpc_method_2(key, arqc, response.csu, response.proprietary)
@@ -455,6 +459,6 @@ def verify_arqc(
     expected = application_cryptogram(keys.application_cryptogram, data, version.padding)
     if not hmac.compare_digest(expected, arqc):
         return ArqcResult(verified=False)
-    arpc = _arpc(version, keys.arpc, arqc, response)
+    arpc = _arpc(keys.arpc, arqc, response)
     tail = response.code if isinstance(response, Arc) else response.csu + response.proprietary
     return ArqcResult(True, arpc, arpc + tail)

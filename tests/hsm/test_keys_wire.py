@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from hsm import commands, emv, pinblock, wire
@@ -19,6 +19,7 @@ from hsm.devkeys import DevKeys, make_dev_keys
 from hsm.engine import SoftHsm
 from hsm.errors import (
     DevelopmentLmkError,
+    HsmError,
     KeyBlockError,
     KeyMaterialError,
     KeyUsageError,
@@ -175,6 +176,7 @@ def test_wire_decode_never_raises_anything_else(payload: bytes) -> None:
         (wire.Message("KC", 7, fields=()), "40"),
         (wire.Message("MG", 7, fields=("garbage", "00")), "12"),
         (wire.Message("PV", 7, fields=("",) * 12), "40"),
+        (wire.Message("GK", 7, fields=("TPK", "T", "²")), "40"),  # isdigit, but not int()'s
     ],
 )
 def test_execute_answers_errors_with_codes(
@@ -309,3 +311,16 @@ def test_open_blocks_stay_checked_per_lmk_and_per_text() -> None:
         lmk.unwrap(StoredKey(tampered), (KeyRole.TAK,))
     with pytest.raises(KeyUsageError):
         lmk.unwrap(stored, (KeyRole.TPK,))
+
+
+@settings(max_examples=200, deadline=None)
+@given(index=st.integers(min_value=0, max_value=9), text=st.text(max_size=80))
+@example(index=5, text="²")  # digits to str.isdigit, not to int()
+@example(index=1, text="١٢٣٤٥٦٧٨٩٠١٢٣٤")  # Arabic-Indic digits as the PAN
+@example(index=2, text="١٢")
+def test_arqc_command_answers_or_refuses_never_fails(index: int, text: str) -> None:
+    """Any one field of a good request replaced by any text: a verdict or a typed refusal."""
+    good = _arqc_request()
+    fields = (*good.fields[:index], text, *good.fields[index + 1 :])
+    reply = execute(_ENGINE, wire.Message(commands.VERIFY_ARQC, 7, fields=fields))
+    assert reply.error != HsmError.code
