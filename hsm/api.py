@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hsm.crypto import Algorithm
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.keys import KeyRole, StoredKey
 from hsm.pinblock import PinBlockFormat
 from hsm.pinverify import DEFAULT_DECIMALIZATION_TABLE, DEFAULT_VALIDATION_DATA
@@ -128,6 +129,24 @@ class HSM(Protocol):
     async def generate_session_keys(
         self, tmk: StoredKey, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
     ) -> SessionKeys: ...
+
+    async def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> ArqcResult:
+        """Verify a chip card's ARQC under its IMK-AC, by the CVN's row in the cryptogram
+        version table; a verified ARQC comes back with its ARPC (``Arc`` for method 1, ``Csu``
+        for method 2). A wrong ARQC is ``verified=False``; bad data a typed ``EmvError``."""
+        ...
 
     async def generate_key(
         self,

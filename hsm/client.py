@@ -18,10 +18,11 @@ from collections.abc import Sequence
 import structlog
 
 from hsm import commands as cmd
-from hsm import wire
+from hsm import emv, wire
 from hsm.api import PinKey, PinMethod, SessionKeys, Verification
 from hsm.commands import Fields, hex_of
 from hsm.crypto import Algorithm
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.errors import ERRORS_BY_CODE, HsmError, HsmTimeout
 from hsm.keys import KeyRole, StoredKey
 from hsm.pinblock import PinBlockFormat
@@ -261,6 +262,26 @@ class NetworkHSM:
     ) -> SessionKeys:
         reply = await self.call(cmd.SESSION_KEYS, (tmk.to_text(),), timeout_ms=timeout_ms)
         return cmd.session_keys_of(reply)
+
+    async def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        timeout_ms: int | None = None,
+    ) -> ArqcResult:
+        # Only the tags the CVN reads travel (never, say, track 2 data from the same field 55).
+        tags_text = cmd.tags_field(emv.cryptogram_version(cvn), tags)
+        fields: Fields = (imk.to_text(), pan, psn, hex_of(atc), hex_of(arqc), str(cvn), tags_text)
+        fields += cmd.response_fields(response)
+        reply = await self.call(cmd.VERIFY_ARQC, fields, timeout_ms=timeout_ms)
+        return cmd.arqc_result_of(reply)
 
     async def generate_key(
         self,

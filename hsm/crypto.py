@@ -24,6 +24,7 @@ AES_BLOCK = 16
 TDES_KEY_LENGTHS = (8, 16, 24)
 AES_KEY_LENGTHS = (16, 24, 32)
 _CACHE_KEYS_MAX = 4096
+_CACHE_TRANSIENT_KEYS_MAX = 64
 
 Rng = Callable[[int], bytes]
 
@@ -63,9 +64,14 @@ def check_aes_key(key: bytes) -> bytes:
     return key
 
 
+# Every byte with its low bit set for odd parity: a key is translated through it in one call
+# (EMV derives two keys per transaction; a per-byte loop cost more than the ciphers).
+_ODD_PARITY = bytes((b & 0xFE) | (((b >> 1).bit_count() + 1) & 1) for b in range(256))
+
+
 def with_odd_parity(key: bytes) -> bytes:
     """Set each byte's low bit so the byte has odd parity (DES key convention)."""
-    return bytes((b & 0xFE) | ((bin(b >> 1).count("1") + 1) & 1) for b in key)
+    return key.translate(_ODD_PARITY)
 
 
 # Cipher objects are reused per key (building one costs more than a block operation).
@@ -81,6 +87,19 @@ def _tdes_cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
     return Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv))
 
 
+# A key of one transaction (an EMV card's master or session key) takes its ciphers from a small
+# cache of its own: a stream of them would push the terminals' working keys, which come back on
+# every request, out of the main cache, and one transaction still reuses its session key.
+@functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
+def _tdes_ecb_transient(key: bytes) -> Cipher[modes.ECB]:
+    return _tdes_ecb.__wrapped__(key)
+
+
+@functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
+def _tdes_cbc_transient(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
+    return _tdes_cbc.__wrapped__(key, iv)
+
+
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
 def _aes_ecb(key: bytes) -> Cipher[modes.ECB]:
     return Cipher(algorithms.AES(check_aes_key(key)), modes.ECB())  # noqa: S305
@@ -91,9 +110,9 @@ def _whole_blocks(data: bytes, block: int) -> None:
         raise ValueError(f"data length {len(data)} is not a multiple of {block}")
 
 
-def tdes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
+def tdes_ecb_encrypt(key: bytes, data: bytes, *, transient: bool = False) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = _tdes_ecb(key).encryptor()
+    enc = (_tdes_ecb_transient(key) if transient else _tdes_ecb(key)).encryptor()
     return enc.update(data) + enc.finalize()
 
 
@@ -103,9 +122,9 @@ def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     return dec.update(data) + dec.finalize()
 
 
-def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes, *, transient: bool = False) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = _tdes_cbc(key, iv).encryptor()
+    enc = (_tdes_cbc_transient(key, iv) if transient else _tdes_cbc(key, iv)).encryptor()
     return enc.update(data) + enc.finalize()
 
 

@@ -16,7 +16,7 @@ import hmac
 import os
 import time
 
-from hsm import crypto, dukpt, mac, pinblock, pinverify, tr31
+from hsm import crypto, dukpt, emv, mac, pinblock, pinverify, tr31
 from hsm.api import (
     DeliveredKey,
     Dukpt,
@@ -29,6 +29,7 @@ from hsm.api import (
     VisaPvv,
 )
 from hsm.crypto import Algorithm
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.errors import (
     DevelopmentKeyError,
     DevelopmentLmkError,
@@ -52,6 +53,7 @@ _MAC_USAGE = {"M3": Algorithm.TDES, "M6": Algorithm.AES}
 _PVK_USAGES_IBM, _PVK_USAGES_VISA = ("V0", "V1"), ("V0", "V2")
 _PAN_HASH_KEY_LENGTH_MIN = 16
 _PAN_LENGTH_MIN = 12
+_IMK_LENGTH = 16
 
 
 class SoftHsm:
@@ -193,6 +195,33 @@ class SoftHsm:
         if not (pan.isascii() and pan.isdigit() and _PAN_LENGTH_MIN <= len(pan) <= PAN_LENGTH_MAX):
             raise PanError(f"a PAN is {_PAN_LENGTH_MIN}..{PAN_LENGTH_MAX} decimal digits")
         return hmac.digest(self._pan_hash_clear(self._pan_hash_key), pan.encode("ascii"), "sha256")
+
+    # --- EMV -------------------------------------------------------------------------------
+
+    def _imk(self, imk: StoredKey) -> bytes:
+        clear = self._lmk.unwrap(imk, (KeyRole.IMK_AC,), "X")
+        if imk.algorithm is not Algorithm.TDES:
+            raise KeyUsageError("an IMK-AC derives TDES card keys: it must be a TDES key")
+        if len(clear) != _IMK_LENGTH:
+            raise KeyLengthError("an IMK-AC is double-length TDES")
+        return clear
+
+    def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+    ) -> ArqcResult:
+        version = emv.cryptogram_version(cvn)
+        return emv.verify_arqc(
+            self._imk(imk), pan, psn, atc, arqc, version=version, tags=tags, response=response
+        )
 
     # --- keys ------------------------------------------------------------------------------
 

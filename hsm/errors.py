@@ -79,6 +79,24 @@ class DukptError(HsmError):
     code = "30"
 
 
+class EmvError(HsmError):
+    """Base of EMV chip errors (cryptogram versions and their data)."""
+
+    code = "60"
+
+
+class UnknownCvnError(EmvError):
+    """A cryptogram version number is not in the table, or not of the card's scheme."""
+
+    code = "61"
+
+
+class EmvDataError(EmvError):
+    """An EMV data element is missing or has the wrong length (ATC, ARQC, a tag, the IAD)."""
+
+    code = "62"
+
+
 class RequestError(HsmError):
     """A request is malformed (wrong field count, bad hex, unknown option)."""
 
@@ -136,6 +154,9 @@ ERRORS_BY_CODE: dict[str, type[HsmError]] = {
         PinFormatError,
         PanError,
         DukptError,
+        EmvError,
+        UnknownCvnError,
+        EmvDataError,
         RequestError,
         UnknownCommandError,
         AccessError,

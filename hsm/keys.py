@@ -48,6 +48,7 @@ class KeyRole(Enum):
     PVK = "PVK"  # PIN verification key
     BDK = "BDK"  # DUKPT base derivation key
     PHK = "PHK"  # PAN-hash key: HMAC-SHA256 of card numbers, the ledger's card look-up key
+    IMK_AC = "IMK_AC"  # EMV issuer master key for application cryptograms (ARQC, ARPC)
 
 
 _CIPHERS = frozenset({Algorithm.TDES, Algorithm.AES})
@@ -72,6 +73,8 @@ ROLE_SPECS: dict[KeyRole, RoleSpec] = {
     KeyRole.BDK: RoleSpec(frozenset({"B0"}), "X"),
     # M7: HMAC key; mode G: it only ever computes (there is no hash to verify inside the HSM).
     KeyRole.PHK: RoleSpec(frozenset({"M7"}), "G", frozenset({Algorithm.HMAC})),
+    # E0: EMV/chip issuer master key for application cryptograms; X: it only derives keys.
+    KeyRole.IMK_AC: RoleSpec(frozenset({"E0"}), "X"),
 }
 
 

@@ -18,6 +18,7 @@ from hsm.api import (
     Verification,
 )
 from hsm.crypto import Algorithm
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.engine import SoftHsm
 from hsm.keys import KeyRole, Lmk, StoredKey
 from hsm.pinblock import PinBlockFormat
@@ -108,6 +109,23 @@ class LocalHSM:
         self, tmk: StoredKey, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
     ) -> SessionKeys:
         return self._core.generate_session_keys(tmk)
+
+    async def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> ArqcResult:
+        return self._core.verify_arqc(
+            imk, pan, psn, atc, arqc, cvn=cvn, tags=tags, response=response
+        )
 
     async def generate_key(
         self,

@@ -135,6 +135,7 @@ async def test_generate_key_and_kcv(hsm: HSM) -> None:
         (KeyRole.ZPK, Algorithm.TDES, 24),
         (KeyRole.PVK, Algorithm.TDES, 16),
         (KeyRole.TAK, Algorithm.AES, 32),
+        (KeyRole.IMK_AC, Algorithm.TDES, 16),
     ]:
         key = await hsm.generate_key(role, algorithm, length)
         assert (key.role, key.algorithm) == (role, algorithm)
