@@ -54,6 +54,13 @@ class TlsSettings:
     # With a client CA, terminals must present a certificate it signed (mutual TLS).
     client_ca_file: Path | None
     handshake_timeout_ms: int
+    # The certificate's subject CN must be the terminal id the connection signs on as.
+    require_subject_match: bool
+    # A terminal whose certificate expires within this many days is warned about on connecting.
+    certificate_expiry_warning_days: int
+    # Refused handshakes are logged at most this many lines per reason per interval.
+    refused_log_lines_max: int
+    refused_log_interval_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +445,20 @@ def _parse_tls(table: _Table, base: Path) -> TlsSettings:
         handshake_timeout_ms=table.integer(
             "handshake_timeout_ms", 10_000, minimum=100, maximum=120_000
         ),
+        require_subject_match=table.flag("require_subject_match", False),
+        certificate_expiry_warning_days=table.integer(
+            "certificate_expiry_warning_days", 30, minimum=0, maximum=3_650
+        ),
+        refused_log_lines_max=table.integer("refused_log_lines_max", 10, minimum=1, maximum=10_000),
+        refused_log_interval_ms=table.integer(
+            "refused_log_interval_ms", 60_000, minimum=1_000, maximum=86_400_000
+        ),
     )
+    if settings.require_subject_match and client_ca_file is None:
+        raise SettingsError(
+            table.source,
+            table.key_name("require_subject_match"),
+            "client_ca_file as well (only a client certificate names a terminal)",
+        )
     table.finish()
     return settings

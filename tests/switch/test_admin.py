@@ -127,6 +127,8 @@ async def test_metrics_and_terminals_reflect_what_happened(stack: Stack) -> None
                 "financial_requests": 3,
                 "approved": 2,
                 "approval_rate": 0.6667,
+                "certificate_expires_at": None,  # plain TCP: no client certificate
+                "certificate_days_left": None,
             }
         ]
     }
