@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from switch.session import FINANCIAL_CLASSES
-from switch.tls import SECONDS_PER_DAY, PeerCertificate
+from switch.tls import PeerCertificate
 
 
 @dataclass
@@ -19,15 +19,11 @@ class TerminalStatus:
     requests: int = 0
     financial: int = 0
     approved: int = 0
-    certificate_not_valid_after: datetime | None = None
-
-    def certificate_days_left(self, now: datetime) -> float | None:
-        expiry = self.certificate_not_valid_after
-        return None if expiry is None else (expiry - now).total_seconds() / SECONDS_PER_DAY
+    # The client certificate of the connection it last signed on over (mutual TLS only).
+    certificate: PeerCertificate | None = None
 
     def as_json(self, now: datetime) -> dict[str, object]:
-        expiry = self.certificate_not_valid_after
-        days_left = self.certificate_days_left(now)
+        certificate = self.certificate
         return {
             "terminal_id": self.terminal_id,
             "signed_on": self.signed_on,
@@ -36,8 +32,10 @@ class TerminalStatus:
             "financial_requests": self.financial,
             "approved": self.approved,
             "approval_rate": round(self.approved / self.financial, 4) if self.financial else None,
-            "certificate_expires_at": expiry.isoformat() if expiry else None,
-            "certificate_days_left": round(days_left, 1) if days_left is not None else None,
+            "certificate_expires_at": (
+                certificate.not_valid_after.isoformat() if certificate else None
+            ),
+            "certificate_days_left": round(certificate.days_left(now), 1) if certificate else None,
         }
 
 
@@ -67,9 +65,7 @@ class Fleet:
         if mti == "0800" and approved and network_code in ("001", "002"):
             status.signed_on = network_code == "001"
             if status.signed_on:
-                status.certificate_not_valid_after = (
-                    certificate.not_valid_after if certificate is not None else None
-                )
+                status.certificate = certificate
         if mti[:3] in FINANCIAL_CLASSES:
             status.financial += 1
             status.approved += approved
@@ -86,9 +82,11 @@ class Fleet:
     def certificate_days_left_min(self) -> float | None:
         """The fewest days any signed-on terminal's certificate has left; None without one."""
         now = self._clock()
-        days_left = [
-            days
-            for status in self._terminals.values()
-            if status.signed_on and (days := status.certificate_days_left(now)) is not None
-        ]
-        return min(days_left, default=None)
+        return min(
+            (
+                status.certificate.days_left(now)
+                for status in self._terminals.values()
+                if status.signed_on and status.certificate is not None
+            ),
+            default=None,
+        )

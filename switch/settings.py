@@ -422,7 +422,7 @@ def _check_dsn(table: _Table, dsn: str, environment: Environment, env: Mapping[s
 
 def _pan_hash_key(environment: Environment, env: Mapping[str, str]) -> bytes:
     """From the environment only: a key in a file would sit next to the data it protects."""
-    value = env.get(PAN_HASH_KEY_ENV)
+    value = env.get(PAN_HASH_KEY_ENV) or None  # set but empty: unset, as for the ledger CLI
     if value is None and environment != "production":
         return DEVELOPMENT_PAN_HASH_KEY
     try:
