@@ -26,7 +26,7 @@ from hsm.keys import load_lmk
 from hsm.local import LocalHSM
 from hsm.tls import client_context
 from ledger.errors import LedgerError, LedgerUnavailable
-from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings, pan_hash_key_from_env
+from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
 from switch.admin import create_admin_app
 from switch.flows import Flows
@@ -51,15 +51,12 @@ def raise_open_file_limit() -> None:
 
 def ledger_settings(settings: Settings) -> LedgerSettings:
     section = settings.ledger
-    pan_hash_key = pan_hash_key_from_env()
-    if settings.environment == "production" and pan_hash_key == DEVELOPMENT_PAN_HASH_KEY:
-        raise StartupError("production needs $LEDGER_PAN_HASH_KEY (the development key is refused)")
     return LedgerSettings(
         dsn=section.dsn,
         data_dir=section.data_dir,
         pool_size_min=section.pool_size_min,
         pool_size_max=section.pool_size_max,
-        pan_hash_key=pan_hash_key,
+        pan_hash_key=section.pan_hash_key,
         pin_tries_max=section.pin_tries_max,
         business_day_cutover=section.business_day_cutover,
         cross_customer_transfers=section.cross_customer_transfers,
