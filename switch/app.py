@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
+import os
 import resource
 import signal
 from collections.abc import AsyncIterator, Mapping
@@ -29,8 +31,8 @@ from ledger.store import LedgerStore, open_store
 from switch.admin import create_admin_app
 from switch.flows import Flows
 from switch.monitor import Monitor
-from switch.server import SwitchServer
-from switch.settings import Settings
+from switch.server import ListenError, SwitchServer
+from switch.settings import ENV_PREFIX, Settings
 
 log = structlog.get_logger("switch")
 READY_PROBE_TIMEOUT_MS = 1_000
@@ -45,6 +47,22 @@ def raise_open_file_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cannot_listen(table: str, host: str, port: int, error: OSError) -> StartupError:
+    """A listener that cannot bind, as one line naming the setting to change and where."""
+    name = "port" if error.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
+    key = f"{table}.{name}"
+    places = [f"{key} in the config file", f"{ENV_PREFIX}{table.upper()}__{name.upper()}"]
+    if table == "listener":
+        places.append(f"--{name}")
+    change = f"set another with {', '.join(places[:-1])} or {places[-1]}"
+    if error.errno == errno.EADDRINUSE:
+        return StartupError(f"{key}: {host}:{port} is already in use (another switch?); {change}")
+    # A name that does not resolve has a negative errno (getaddrinfo's own codes).
+    code = error.errno or 0
+    reason = os.strerror(code).lower() if code > 0 else error.strerror or str(error)
+    return StartupError(f"{key}: cannot listen on {host}:{port} ({reason}); {change}")
 
 
 def ledger_settings(settings: Settings) -> LedgerSettings:
@@ -151,7 +169,10 @@ async def running_admin(
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.admin.host, settings.admin.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise cannot_listen("admin", settings.admin.host, settings.admin.port, exc) from None
         log.info("admin_listening", host=settings.admin.host, port=runner.addresses[0][1])
         yield
     finally:
@@ -173,7 +194,10 @@ async def serve(settings: Settings) -> None:
             write_timeout_ms=settings.ledger.statement_timeout_ms + 1_000,
         )
         server = SwitchServer(settings.listener, flows, observer=monitor)
-        await server.start()
+        try:
+            await server.start()
+        except ListenError as exc:
+            raise cannot_listen("listener", exc.host, exc.port, exc.error) from None
         try:
             async with running_admin(settings, monitor, server, hsm, ledger):
                 # What start-up built lives as long as the process: out of the collector's

@@ -54,6 +54,16 @@ class Observer(Protocol):
     def disconnected(self, terminal_id: str | None) -> None: ...
 
 
+class ListenError(Exception):
+    """The listener's address cannot be listened on: in use, not local, or not permitted."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host = host
+        self.port = port
+        self.error = error
+        super().__init__(f"cannot listen on {host}:{port}: {error}")
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     connections: int
@@ -329,17 +339,22 @@ class SwitchServer:
         )
 
     async def start(self) -> None:
+        """Bind the listener; raises `ListenError` when its address cannot be listened on."""
         tls = self.settings.tls
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: TerminalConnection(self),
-            host=self.settings.host,
-            port=self.settings.port,
-            ssl=server_ssl_context(tls) if tls is not None else None,
-            ssl_handshake_timeout=tls.handshake_timeout_ms / 1000 if tls is not None else None,
-            backlog=min(self.settings.max_connections, 4096),
-            reuse_address=True,
-        )
+        ssl_context = server_ssl_context(tls) if tls is not None else None
+        try:
+            self._server = await loop.create_server(
+                lambda: TerminalConnection(self),
+                host=self.settings.host,
+                port=self.settings.port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=tls.handshake_timeout_ms / 1000 if tls is not None else None,
+                backlog=min(self.settings.max_connections, 4096),
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise ListenError(self.settings.host, self.settings.port, exc) from exc
         log.info("listening", host=self.settings.host, port=self.port, tls=tls is not None)
 
     def admit(self, connection: TerminalConnection) -> bool:

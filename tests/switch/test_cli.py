@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -91,3 +92,51 @@ async def test_signal_stops_the_switch_cleanly(
         output = (await process.communicate())[0].decode()
     assert '"event": "shutdown_requested"' in output
     assert '"event": "stopped"' in output
+
+
+def _quiet_switch_env(pg_cluster: PgCluster, **settings: str) -> dict[str, str]:
+    """The switch on the test cluster, logging warnings only: what is left on stderr is what
+    an operator reads when it does not start."""
+    return {
+        "SWITCH__LOGGING__LEVEL": "warning",
+        "SWITCH__LEDGER__DSN": f'"{pg_cluster.switch_dsn}"',
+        **{f"SWITCH__{name.upper()}": value for name, value in settings.items()},
+    }
+
+
+@pytest.mark.parametrize(
+    ("taken_setting", "expected_fix"),
+    [
+        ("listener", "listener.port in the config file, SWITCH__LISTENER__PORT or --port"),
+        ("admin", "admin.port in the config file or SWITCH__ADMIN__PORT"),
+    ],
+)
+def test_a_port_in_use_is_one_line_naming_the_setting(
+    pg_cluster: PgCluster, taken_setting: str, expected_fix: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"listener": "0", "admin": "0", taken_setting: str(port)}
+        env = _quiet_switch_env(
+            pg_cluster, listener__port=ports["listener"], admin__port=ports["admin"]
+        )
+        result = run_cli("serve", env=env)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"switch: cannot start: {taken_setting}.port: 127.0.0.1:{port} is already in use"
+        f" (another switch?); set another with {expected_fix}\n"
+    )
+
+
+def test_a_listener_host_that_is_not_local_names_the_host_setting(pg_cluster: PgCluster) -> None:
+    result = run_cli(
+        "serve", "--host", "192.0.2.1", "--port", "0", env=_quiet_switch_env(pg_cluster)
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "switch: cannot start: listener.host: cannot listen on 192.0.2.1:0 (cannot assign"
+        " requested address); set another with listener.host in the config file,"
+        " SWITCH__LISTENER__HOST or --host\n"
+    )
