@@ -25,7 +25,7 @@ from hsm.client import NetworkHSM
 from hsm.errors import HsmError
 from hsm.keys import load_lmk
 from hsm.local import LocalHSM
-from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.errors import LedgerError, LedgerUnavailable, SchemaTooOld
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings, pan_hash_key_from_env
 from ledger.store import LedgerStore, open_store
 from switch.admin import create_admin_app
@@ -107,10 +107,22 @@ async def open_hsm(settings: Settings) -> AsyncIterator[HSM]:
         yield hsm
 
 
+def migrate_command(settings: Settings) -> str:
+    """How to bring this switch's ledger up to date: migrations run as the schema owner."""
+    if settings.ledger.dsn is not None:
+        return "python -m ledger migrate --dsn <the owner role's DSN>"
+    return f"python -m ledger migrate --data-dir {settings.ledger.data_dir}"
+
+
 @contextlib.asynccontextmanager
 async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
     try:
         store = await open_store(ledger_settings(settings))
+    except SchemaTooOld as exc:
+        raise StartupError(
+            f"ledger: schema version {exc.applied} is older than {exc.required}:"
+            f" run `{migrate_command(settings)}`"
+        ) from None
     except LedgerError as exc:
         raise StartupError(f"ledger: {exc}") from None
     try:
