@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from kiosk_sim import load, soak
@@ -24,6 +24,19 @@ from kiosk_sim.population import (
 from kiosk_sim.report import Report
 from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
+from switch.response_codes import ResponseCode
+
+# The likely cause of a declined sign-on or key change, and what to do about it.
+DECLINE_HINTS: Mapping[str, str] = {
+    "58": "the switch has no active terminal by that id: kiosk_sim provisioned its kiosks into"
+    " another ledger; give it the switch's own (--dsn, or --data-dir as the switch's"
+    " ledger.data_dir)",
+    "91": "the switch could not reach its HSM or its ledger in time: see the switch's log; with"
+    ' [hsm] backend = "network", start the HSM (python -m hsm serve) at hsm.addresses',
+    "96": "the switch failed on it: see the switch's log",
+    "30": "the switch could not read it: kiosk_sim speaks the default dialect; compare the"
+    " switch's [listener] bitmap, binary_fields, length_header and tpdu",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +286,22 @@ def write_report(report: Report, path: Path) -> None:
     path.write_text(text + "\n")
 
 
+def publish(report: Report, path: Path | None) -> None:
+    print(file=sys.stderr)  # ends the progress line
+    print(report.to_text())
+    if path is not None:
+        write_report(report, path)
+
+
+def explain_decline(exc: load.SignOnDeclined) -> str:
+    try:
+        meaning = ResponseCode(exc.code).name.lower().replace("_", " ")
+    except ValueError:
+        meaning = "not a response code the switch sends"
+    hint = DECLINE_HINTS.get(exc.code, "see the switch's log")
+    return f"{exc} ({meaning}): {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
@@ -301,10 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     except SwitchUnreachable as exc:
         print(f"kiosk_sim: {exc} (start one: python -m switch serve)", file=sys.stderr)
         return 2
-    print(file=sys.stderr)
-    print(report.to_text())
-    if args.report is not None:
-        write_report(report, args.report)
+    except load.SignOnDeclined as exc:
+        print(f"kiosk_sim: {explain_decline(exc)}", file=sys.stderr)
+        publish(exc.report, args.report)
+        return 2
+    publish(report, args.report)
     return 0 if not report.differences else 1
 
 
