@@ -20,7 +20,7 @@ import asyncpg
 
 from ledger import audit, rules
 from ledger.errors import LedgerError
-from ledger.fixtures import load_fixtures, read_fixtures
+from ledger.fixtures import EntryError, load_fixtures, read_fixtures
 from ledger.migrations import Connection, migrate
 from ledger.postgres import running_cluster
 from ledger.settings import DSN_ENV, LedgerSettings, pan_hash_key_from_env
@@ -51,10 +51,13 @@ async def _migrate(conn: Connection, args: argparse.Namespace) -> int:
 
 
 async def _load(conn: Connection, args: argparse.Namespace) -> int:
-    data = read_fixtures(args.fixtures)
-    summary = await load_fixtures(
-        conn, data, pan_hash_key=pan_hash_key_from_env(), timeout_ms=args.timeout_ms
-    )
+    fixtures = read_fixtures(args.fixtures)
+    try:
+        summary = await load_fixtures(
+            conn, fixtures.data, pan_hash_key=pan_hash_key_from_env(), timeout_ms=args.timeout_ms
+        )
+    except EntryError as exc:  # refused by the database: named by file and line too
+        raise fixtures.locate(exc) from None
     print(
         f"loaded {summary.customers} customers, {summary.accounts} accounts,"
         f" {summary.cards} cards, {summary.terminals} terminals"
