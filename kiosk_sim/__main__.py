@@ -22,6 +22,7 @@ from kiosk_sim.population import (
     provision,
 )
 from kiosk_sim.report import Report
+from kiosk_sim.serve import serve_demo
 from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
 from switch.response_codes import ResponseCode
@@ -54,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
             "Provision a fresh private PostgreSQL cluster, start the HSM and the switch as their"
             " own processes, drive them with simulated kiosks through every flow and a short"
             " load, verify the audit journal, then stop everything it started."
+        ),
+    )
+    commands.add_parser(
+        "serve",
+        help="the demo ledger and a switch in the foreground, for a terminal of your own"
+        " (what `make serve` runs)",
+        description=(
+            "Migrate the private PostgreSQL cluster under the switch's ledger.data_dir and load"
+            " config/demo-fixtures.toml into it, print the switch's address, the demo terminal,"
+            " its development TMK and a card, then run the switch (settings as `python -m switch"
+            " serve` reads them) until Ctrl-C."
         ),
     )
     soak = commands.add_parser(
@@ -306,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return run_demo()
+    if args.command == "serve":
+        return serve_demo()
     if args.command == "soak":
         return run_soak(args)
     try:

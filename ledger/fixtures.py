@@ -133,7 +133,8 @@ class FixtureFile:
 
     def locate(self, error: EntryError) -> FixtureError:
         line = header_line(self.text, self.data, error.entry)
-        return FixtureError(f"{self.path}{'' if line is None else f':{line}'}: {error}")
+        where = str(self.path) if line is None else f"{self.path}:{line}"
+        return FixtureError(f"{where}: {error}")
 
 
 def read_fixtures(path: Path) -> FixtureFile:
