@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from kiosk_sim import chart, load, soak
@@ -23,8 +23,22 @@ from kiosk_sim.population import (
     provision,
 )
 from kiosk_sim.report import Report, Summary
+from kiosk_sim.serve import serve_demo
 from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
+from switch.response_codes import ResponseCode
+
+# The likely cause of a declined sign-on or key change, and what to do about it.
+DECLINE_HINTS: Mapping[str, str] = {
+    "58": "the switch has no active terminal by that id: kiosk_sim provisioned its kiosks into"
+    " another ledger; give it the switch's own (--dsn, or --data-dir as the switch's"
+    " ledger.data_dir)",
+    "91": "the switch could not reach its HSM or its ledger in time: see the switch's log; with"
+    ' [hsm] backend = "network", start the HSM (python -m hsm serve) at hsm.addresses',
+    "96": "the switch failed on it: see the switch's log",
+    "30": "the switch could not read it: kiosk_sim speaks the default dialect; compare the"
+    " switch's [listener] bitmap, binary_fields, length_header and tpdu",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
             "Provision a fresh private PostgreSQL cluster, start the HSM and the switch as their"
             " own processes, drive them with simulated kiosks through every flow and a short"
             " load, verify the audit journal, then stop everything it started."
+        ),
+    )
+    commands.add_parser(
+        "serve",
+        help="the demo ledger and a switch in the foreground, for a terminal of your own"
+        " (what `make serve` runs)",
+        description=(
+            "Migrate the private PostgreSQL cluster under the switch's ledger.data_dir and load"
+            " config/demo-fixtures.toml into it, print the switch's address, the demo terminal,"
+            " its development TMK and a card, then run the switch (settings as `python -m switch"
+            " serve` reads them) until Ctrl-C."
         ),
     )
     soak = commands.add_parser(
@@ -288,10 +313,27 @@ def write_report(report: Report, path: Path) -> Summary:
     return summary
 
 
+def publish(report: Report, path: Path | None) -> None:
+    print(file=sys.stderr)  # ends the progress line
+    summary = report.summary() if path is None else write_report(report, path)
+    print(summary.text())
+
+
+def explain_decline(exc: load.SignOnDeclined) -> str:
+    try:
+        meaning = ResponseCode(exc.code).name.lower().replace("_", " ")
+    except ValueError:
+        meaning = "not a response code the switch sends"
+    hint = DECLINE_HINTS.get(exc.code, "see the switch's log")
+    return f"{exc} ({meaning}): {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return run_demo()
+    if args.command == "serve":
+        return serve_demo()
     if args.command == "soak":
         return run_soak(args)
     try:
@@ -319,9 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     except SwitchUnreachable as exc:
         print(f"kiosk_sim: {exc} (start one: python -m switch serve)", file=sys.stderr)
         return 2
-    print(file=sys.stderr)
-    summary = report.summary() if args.report is None else write_report(report, args.report)
-    print(summary.text())
+    except load.SignOnDeclined as exc:
+        print(f"kiosk_sim: {explain_decline(exc)}", file=sys.stderr)
+        publish(exc.report, args.report)
+        return 2
+    publish(report, args.report)
     return 0 if not report.differences else 1
 
 

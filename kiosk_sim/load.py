@@ -70,6 +70,18 @@ class MixError(ValueError):
     """A --mix that does not parse: names what is wrong."""
 
 
+class SignOnDeclined(Exception):
+    """The switch declined a kiosk's sign-on or key change (`step`: sign_on, key_change), so the
+    run could not start; `report` is the run's report up to then, to be shown all the same."""
+
+    def __init__(self, terminal_id: str, step: str, code: str, report: Report) -> None:
+        self.terminal_id = terminal_id
+        self.step = step
+        self.code = code
+        self.report = report
+        super().__init__(f"{terminal_id}: {step} answered {code}")
+
+
 def parse_mix(text: str) -> dict[str, int]:
     """`withdrawal=5,balance=3` → weights; sessions not named get weight 0."""
     mix = dict.fromkeys(SESSIONS, 0)
@@ -410,12 +422,12 @@ async def start_kiosk(
         rng=rng,
         timeout_ms=plan.timeout_ms,
     )
-    for step in (terminal.sign_on, terminal.change_keys):
-        exchange = await step()
+    for step, send in (("sign_on", terminal.sign_on), ("key_change", terminal.change_keys)):
+        exchange = await send()
         if not exchange.approved:
-            raise SwitchConnectionClosed(
-                f"{sim.terminal_id}: {step.__name__} answered {exchange.code}"
-            )
+            await client.close()
+            report.errors[f"{step}_declined"] += 1
+            raise SignOnDeclined(sim.terminal_id, step, exchange.code, report)
     return Kiosk(terminal, cards, report, model, rng, address=address, faults=plan.faults)
 
 
@@ -478,18 +490,28 @@ async def run(
     model = Model()
     before = await ledger.balances(population.accounts) if ledger else None
     sims = population.terminals[: plan.terminals]
-    kiosks = [
-        await start_kiosk(
-            sim,
-            list(population.cards[i :: plan.terminals]),
-            (host, port),
-            plan,
-            report=report,
-            model=model,
-            seed=plan.seed * 7919 + i,
-        )
-        for i, sim in enumerate(sims)
-    ]
+    kiosks: list[Kiosk] = []
+    try:
+        for i, sim in enumerate(sims):
+            kiosks.append(
+                await start_kiosk(
+                    sim,
+                    list(population.cards[i :: plan.terminals]),
+                    (host, port),
+                    plan,
+                    report=report,
+                    model=model,
+                    seed=plan.seed * 7919 + i,
+                )
+            )
+    except SignOnDeclined:
+        for kiosk in kiosks:
+            await kiosk.terminal.client.close()
+        # A run that never started: an empty one, so its report can still be written.
+        declined_s = time.perf_counter()
+        report.begin(at_s=declined_s, at=datetime.now(UTC))
+        report.end(at_s=declined_s)
+        raise
     report.begin(at_s=time.perf_counter(), at=datetime.now(UTC))
     started = time.monotonic()
     deadline = started + plan.duration_s if plan.duration_s else None

@@ -84,6 +84,16 @@ class Observer(Protocol):
     def subject_mismatch(self) -> None: ...
 
 
+class ListenError(Exception):
+    """The listener's address cannot be listened on: in use, not local, or not permitted."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host = host
+        self.port = port
+        self.error = error
+        super().__init__(f"cannot listen on {host}:{port}: {error}")
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     connections: int
@@ -401,12 +411,16 @@ class SwitchServer:
         )
 
     async def start(self) -> None:
+        """Bind the listener; raises `ListenError` when its address cannot be listened on."""
         tls = self.settings.tls
         loop = asyncio.get_running_loop()
         self._ssl_context = server_ssl_context(tls) if tls is not None else None
-        self._listening = await _listen(
-            self.settings.host, self.settings.port, min(self.settings.max_connections, 4096)
-        )
+        try:
+            self._listening = await _listen(
+                self.settings.host, self.settings.port, min(self.settings.max_connections, 4096)
+            )
+        except OSError as exc:
+            raise ListenError(self.settings.host, self.settings.port, exc) from exc
         self._accepting = [loop.create_task(self._accept(sock)) for sock in self._listening]
         log.info("listening", host=self.settings.host, port=self.port, tls=tls is not None)
 
