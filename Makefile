@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: demo serve test lint typecheck unit bench soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m kiosk_sim demo
+
+# For terminal integrators: the demo ledger and a switch in the foreground, until Ctrl-C.
+serve: $(STAMP)
+	$(PY) -m kiosk_sim serve
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

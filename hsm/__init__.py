@@ -1,7 +1,9 @@
 """Payment HSM: the only place a clear PIN or key exists.
 
 Modules: ``api`` (the async HSM interface and its values), ``local`` (in-process backend),
-``client``/``server``/``wire``/``commands`` (networked HSM), ``keys`` (LMK and stored keys),
-``engine`` (the operations, sans I/O), and the pure primitives ``crypto``, ``pinblock``,
-``pinverify``, ``mac``, ``dukpt``, ``tr31``. See docs/hsm.md.
+``client``/``server``/``wire``/``commands`` (networked HSM) with ``tls`` (mutual TLS),
+``access`` (client profiles) and ``config`` (the server's TOML), ``keys`` (LMK and stored
+keys), ``engine`` (the operations, sans I/O) with ``ratelimit`` (PIN verifications per card),
+and the pure primitives ``crypto``, ``pinblock``, ``pinverify``, ``mac``, ``dukpt``, ``tr31``,
+``emv``. See the HSM section of README.md (EMV: docs/emv.md).
 """

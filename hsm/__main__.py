@@ -11,18 +11,17 @@ import asyncio
 import json
 import signal
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import structlog
 
+from hsm.config import ConfigError, HsmConfig, load_config
 from hsm.devkeys import make_dev_keys
 from hsm.engine import SoftHsm
-from hsm.errors import HsmError
+from hsm.errors import DevelopmentKeyError, HsmError, KeyBlockError, KeyLengthError, KeyUsageError
 from hsm.keys import DEVELOPMENT_LMK, Lmk, load_lmk
-from hsm.server import HsmServer, ServerConfig
+from hsm.server import HsmServer
 
 log = structlog.get_logger("hsm")
 
@@ -46,50 +45,67 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         help="TOML file with an [hsm] table: host, port, lmk_file, lmk_hex, production, "
-        "connections_max, idle_timeout_ms (command-line options win)",
+        "connections_max, idle_timeout_ms, pan_hash_key, pin_verifications_per_minute_max, "
+        "pin_cards_tracked_max, a [hsm.tls] table and [[hsm.clients]] (command-line options win)",
     )
     serve.add_argument(
         "--production",
         action="store_true",
         default=None,
-        help="refuse to start with the development LMK or with no LMK configured",
+        help="refuse to start without mutual TLS, with no LMK configured, or with the "
+        "development LMK or PAN-hash key",
     )
     dev = sub.add_parser(
         "dev-keys",
-        help="print DEVELOPMENT ONLY demo keys (TMK, PVK, BDK) under the development LMK",
-        description="Print JSON with a TMK, PVK and BDK as key blocks under the development LMK, "
-        "plus the clear TMK for the terminal simulator. DEVELOPMENT ONLY.",
+        help="print DEVELOPMENT ONLY demo keys (TMK, PVK, BDK, PHK) under the development LMK",
+        description="Print JSON with a TMK, PVK, BDK and the development PAN-hash key (PHK) as "
+        "key blocks under the development LMK, plus the clear TMK for the terminal simulator. "
+        "DEVELOPMENT ONLY.",
     )
     dev.add_argument("--seed", help="make the output reproducible from this text")
     return parser
 
 
-def _table(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    with path.open("rb") as f:
-        table: dict[str, Any] = tomllib.load(f).get("hsm", {})
-    return table
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    given = {
+        "host": args.host,
+        "port": args.port,
+        "production": args.production,
+        # Relative to the working directory, unlike paths in the file.
+        "lmk_file": None if args.lmk_file is None else str(args.lmk_file.resolve()),
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _core(config: HsmConfig, lmk: Lmk) -> SoftHsm:
+    """The engine; the PAN-hash key is the only key it opens now, so errors are about it."""
+    try:
+        return SoftHsm(
+            lmk,
+            production=config.production,
+            pan_hash_key=config.pan_hash_key,
+            pin_rate_limit=config.pin_rate_limit,
+        )
+    except DevelopmentKeyError:
+        expected = "a PAN-hash key of your own: production = true refuses the development key"
+        raise ConfigError(config.source, "hsm.pan_hash_key", expected) from None
+    except (KeyBlockError, KeyUsageError, KeyLengthError) as exc:
+        expected = f"a PHK key block under this HSM's LMK ({exc})"
+        raise ConfigError(config.source, "hsm.pan_hash_key", expected) from None
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    conf = _table(args.config)
-    production = bool(args.production if args.production is not None else conf.get("production"))
-    lmk_file = args.lmk_file or (Path(conf["lmk_file"]) if "lmk_file" in conf else None)
+    config = load_config(args.config, _overrides(args))
     lmk = load_lmk(
-        lmk_hex=None if lmk_file else conf.get("lmk_hex"), lmk_file=lmk_file, production=production
+        lmk_hex=None if config.lmk_file else config.lmk_hex,
+        lmk_file=config.lmk_file,
+        production=config.production,
     )
     if lmk.is_development:
         log.warning("hsm_development_lmk", note="DEVELOPMENT ONLY: keys are not protected")
-    config = ServerConfig(
-        host=args.host or conf.get("host", ServerConfig.host),
-        port=args.port if args.port is not None else int(conf.get("port", ServerConfig.port)),
-        connections_max=int(conf.get("connections_max", ServerConfig.connections_max)),
-        idle_timeout_ms=int(conf.get("idle_timeout_ms", ServerConfig.idle_timeout_ms)),
-    )
-    server = HsmServer(SoftHsm(lmk), config)
+    server = HsmServer(_core(config, lmk), config.server)
     await server.start()
-    print(f"HSM listening on {config.host}:{server.port}", flush=True)
+    print(f"HSM listening on {config.server.host}:{server.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -110,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         asyncio.run(_serve(args))
-    except HsmError as exc:
+    except (HsmError, ConfigError) as exc:
         print(f"hsm: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hsm.crypto import Algorithm
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.keys import KeyRole, StoredKey
 from hsm.pinblock import PinBlockFormat
 from hsm.pinverify import DEFAULT_DECIMALIZATION_TABLE, DEFAULT_VALIDATION_DATA
@@ -129,6 +130,24 @@ class HSM(Protocol):
         self, tmk: StoredKey, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
     ) -> SessionKeys: ...
 
+    async def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> ArqcResult:
+        """Verify a chip card's ARQC under its IMK-AC, by the CVN's row in the cryptogram
+        version table; a verified ARQC comes back with its ARPC (``Arc`` for method 1, ``Csu``
+        for method 2). A wrong ARQC is ``verified=False``; bad data a typed ``EmvError``."""
+        ...
+
     async def generate_key(
         self,
         role: KeyRole,
@@ -159,5 +178,10 @@ class HSM(Protocol):
         *,
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
     ) -> str: ...
+
+    async def pan_hash(self, pan: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> bytes:
+        """HMAC-SHA256 of the PAN under the HSM's PAN-hash key (a ``PHK`` it is configured
+        with): the ledger's card look-up key, which the database alone cannot reverse."""
+        ...
 
     async def close(self) -> None: ...

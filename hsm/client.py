@@ -3,6 +3,8 @@ HSM address, a deadline per call, failover across addresses and background healt
 
 Failover happens only on transport failure (refused, reset, closed, no answer in time). An HSM
 that answers with an error code raises that error's type at once: another HSM would say the same.
+With ``tls`` (``hsm.tls.client_context``), a failed handshake (an HSM whose certificate does not
+verify, or one that refuses ours) is a transport failure too.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from collections.abc import Sequence
 
 import structlog
 
 from hsm import commands as cmd
-from hsm import wire
+from hsm import emv, wire
 from hsm.api import PinKey, PinMethod, SessionKeys, Verification
 from hsm.commands import Fields, hex_of
 from hsm.crypto import Algorithm
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.errors import ERRORS_BY_CODE, HsmError, HsmTimeout
 from hsm.keys import KeyRole, StoredKey
 from hsm.pinblock import PinBlockFormat
@@ -38,8 +42,9 @@ class _EndpointFailed(Exception):
 class _Endpoint:
     """One HSM address: a bounded pool of open connections and a health flag."""
 
-    def __init__(self, address: Address, pool_size: int) -> None:
+    def __init__(self, address: Address, pool_size: int, tls: ssl.SSLContext | None) -> None:
         self.address = address
+        self._tls = tls
         self.healthy = True
         self._idle: list[Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
@@ -65,7 +70,7 @@ class _Endpoint:
             return reply
 
     async def _open(self) -> Connection:
-        return await asyncio.open_connection(*self.address)
+        return await asyncio.open_connection(*self.address, ssl=self._tls)
 
     @staticmethod
     async def _exchange(conn: Connection, request: wire.Message) -> wire.Message:
@@ -106,12 +111,13 @@ class NetworkHSM:
         timeout_ms: int = 1000,
         attempt_timeout_ms: int = 500,
         health_interval_ms: int = 500,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("NetworkHSM needs at least one HSM address")
         if pool_size < 1 or min(timeout_ms, attempt_timeout_ms, health_interval_ms) < 1:
             raise ValueError("pool size and every interval must be positive")
-        self._endpoints = [_Endpoint((host, port), pool_size) for host, port in addresses]
+        self._endpoints = [_Endpoint((host, port), pool_size, tls) for host, port in addresses]
         self._timeout_ms = timeout_ms
         self._attempt_s = attempt_timeout_ms / 1000
         self._health_s = health_interval_ms / 1000
@@ -257,6 +263,26 @@ class NetworkHSM:
         reply = await self.call(cmd.SESSION_KEYS, (tmk.to_text(),), timeout_ms=timeout_ms)
         return cmd.session_keys_of(reply)
 
+    async def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        timeout_ms: int | None = None,
+    ) -> ArqcResult:
+        # Only the tags the CVN reads travel (never, say, track 2 data from the same field 55).
+        tags_text = cmd.tags_field(emv.cryptogram_version(cvn), tags)
+        fields: Fields = (imk.to_text(), pan, psn, hex_of(atc), hex_of(arqc), str(cvn), tags_text)
+        fields += cmd.response_fields(response)
+        reply = await self.call(cmd.VERIFY_ARQC, fields, timeout_ms=timeout_ms)
+        return cmd.arqc_result_of(reply)
+
     async def generate_key(
         self,
         role: KeyRole,
@@ -291,6 +317,10 @@ class NetworkHSM:
         fields = (key.to_text(), kbpk.to_text(), version)
         (block,) = await self.call(cmd.EXPORT_KEY, fields, timeout_ms=timeout_ms)
         return block
+
+    async def pan_hash(self, pan: str, *, timeout_ms: int | None = None) -> bytes:
+        (digest,) = await self.call(cmd.PAN_HASH, (pan,), timeout_ms=timeout_ms)
+        return cmd.bytes_of(digest)
 
 
 def _result(reply: wire.Message) -> Fields:

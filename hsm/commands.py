@@ -2,7 +2,8 @@
 
 The client side turns typed arguments into text fields (``*_fields``) and reply fields back into
 typed results; the server side (``execute``) turns fields into a ``SoftHsm`` call. Both live
-here so a command's layout is defined once. The layout table is in docs/hsm.md.
+here so a command's layout is defined once. The layout table is in README.md (HSM); EMV's is
+in docs/emv.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import structlog
 
+from hsm import emv
 from hsm.api import (
     DeliveredKey,
     Dukpt,
@@ -24,6 +26,7 @@ from hsm.api import (
     VisaPvvMethod,
 )
 from hsm.crypto import Algorithm
+from hsm.emv import Arc, ArpcResponse, ArqcResult, Csu, EmvTags
 from hsm.engine import SoftHsm
 from hsm.errors import HsmError, RequestError, UnknownCommandError
 from hsm.keys import KeyRole, StoredKey
@@ -43,8 +46,12 @@ GENERATE_KEY = "GK"
 CHECK_VALUE = "KC"
 IMPORT_KEY = "KI"
 EXPORT_KEY = "KE"
+PAN_HASH = "PH"
+VERIFY_ARQC = "AQ"
 
 Fields = tuple[str, ...]
+_TAGS_MAX = 16  # a CVN reads at most 11 tags; the field is bounded before it is split
+_TAG_HEX_LENGTHS = (2, 4, 6)
 
 
 def hex_of(data: bytes) -> str:
@@ -94,7 +101,7 @@ def _verification(f: Fields) -> Verification:
     kind, pvk = f[0], StoredKey.from_text(f[1])
     if kind == "V":
         return VisaPvv(pvk, f[2], f[3])
-    if kind == "I" and f[5].isdigit():
+    if kind == "I" and f[5].isascii() and f[5].isdigit():
         return Ibm3624Offset(pvk, f[2], f[3], f[4], int(f[5]))
     raise RequestError("verification kind must be I or V, with a decimal PIN length")
 
@@ -132,6 +139,56 @@ def _session_key_fields(keys: SessionKeys) -> Fields:
     )
 
 
+def tags_field(version: emv.CryptogramVersion, tags: EmvTags) -> str:
+    """The tags the version reads, as ``TAG=HEX`` items joined by commas (tag order kept)."""
+    wanted = emv.cryptogram_tags(version)
+    return ",".join(f"{tag:X}={hex_of(tags[tag])}" for tag in wanted if tag in tags)
+
+
+def _tags(text: str) -> dict[int, bytes]:
+    items = text.split(",", _TAGS_MAX) if text else []
+    if len(items) > _TAGS_MAX:
+        raise RequestError(f"at most {_TAGS_MAX} EMV tags")
+    tags: dict[int, bytes] = {}
+    for item in items:
+        tag, _, value = item.partition("=")
+        if len(tag) not in _TAG_HEX_LENGTHS or not all(c in "0123456789ABCDEF" for c in tag):
+            raise RequestError("an EMV tag is 2, 4 or 6 upper-case hex digits")
+        if int(tag, 16) in tags:
+            raise RequestError(f"EMV tag {tag} appears twice")
+        tags[int(tag, 16)] = bytes_of(value)
+    return tags
+
+
+def response_fields(response: ArpcResponse) -> Fields:
+    if isinstance(response, Arc):
+        return ("1", hex_of(response.code), "")
+    return ("2", hex_of(response.csu), hex_of(response.proprietary))
+
+
+def _response(f: Fields) -> ArpcResponse:
+    if f[0] == "1" and not f[2]:
+        return Arc(bytes_of(f[1]))
+    if f[0] == "2":
+        return Csu(bytes_of(f[1]), bytes_of(f[2]))
+    raise RequestError("ARPC method must be 1 (ARC, no proprietary data) or 2 (CSU)")
+
+
+def arqc_result_of(f: Fields) -> ArqcResult:
+    match f:
+        case ("N", "", ""):
+            return ArqcResult(verified=False)
+        case ("Y", arpc, issuer_authentication_data):
+            return ArqcResult(True, bytes_of(arpc), bytes_of(issuer_authentication_data))
+    raise RequestError("an ARQC reply is Y, ARPC, tag 91 data or N, empty, empty")
+
+
+def _arqc_result_fields(result: ArqcResult) -> Fields:
+    if result.arpc is None or result.issuer_authentication_data is None:
+        return ("N", "", "")
+    return ("Y", hex_of(result.arpc), hex_of(result.issuer_authentication_data))
+
+
 def _role(text: str) -> KeyRole:
     if text not in KeyRole.__members__:
         raise RequestError("unknown key role")
@@ -142,7 +199,7 @@ def _algorithm(text: str) -> Algorithm:
     try:
         return Algorithm(text)
     except ValueError:
-        raise RequestError("algorithm must be T or A") from None
+        raise RequestError("algorithm must be T, A or H") from None
 
 
 # --- server side ----------------------------------------------------------------------------
@@ -172,6 +229,20 @@ def _translate(hsm: SoftHsm, f: Fields) -> Fields:
     return (hex_of(out),)
 
 
+def _verify_arqc(hsm: SoftHsm, f: Fields) -> Fields:
+    result = hsm.verify_arqc(
+        StoredKey.from_text(f[0]),
+        f[1],
+        f[2],
+        bytes_of(f[3]),
+        bytes_of(f[4]),
+        cvn=_int(f[5]),
+        tags=_tags(f[6]),
+        response=_response(f[7:]),
+    )
+    return _arqc_result_fields(result)
+
+
 # Command code -> (request field count, handler).
 COMMANDS: dict[str, tuple[int, Handler]] = {
     HEALTH: (0, lambda hsm, f: (hsm.lmk_kcv,)),
@@ -194,17 +265,24 @@ COMMANDS: dict[str, tuple[int, Handler]] = {
     CHECK_VALUE: (1, lambda hsm, f: (hsm.key_check_value(StoredKey(f[0])),)),
     IMPORT_KEY: (3, lambda hsm, f: (hsm.import_key(f[0], StoredKey(f[1]), _role(f[2])).to_text(),)),
     EXPORT_KEY: (3, lambda hsm, f: (hsm.export_key(StoredKey(f[0]), StoredKey(f[1]), f[2]),)),
+    PAN_HASH: (1, lambda hsm, f: (hex_of(hsm.pan_hash(f[0])),)),
+    VERIFY_ARQC: (10, _verify_arqc),
 }
 
 
 def _int(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # isdigit alone admits "²"
         raise RequestError("a numeric field is not decimal")
     return int(text)
 
 
+def error_reply(request: Message, exc: HsmError) -> Message:
+    return Message(request.command, request.request_id, exc.code, (str(exc),))
+
+
 def execute(hsm: SoftHsm, request: Message) -> Message:
-    """Run one request; every failure becomes an error reply with a safe message."""
+    """Run one request; every failure becomes an error reply with a safe message. Whether the
+    client may run it at all is ``access.answer``'s decision, taken before this."""
     try:
         if request.command not in COMMANDS:
             raise UnknownCommandError(f"unknown command {request.command}")
@@ -213,8 +291,7 @@ def execute(hsm: SoftHsm, request: Message) -> Message:
             raise RequestError(f"command {request.command} takes {count} fields")
         return Message(request.command, request.request_id, fields=handler(hsm, request.fields))
     except HsmError as exc:
-        log.info("hsm_command_refused", command=request.command, error=exc.code)
-        return Message(request.command, request.request_id, exc.code, (str(exc),))
+        return error_reply(request, exc)
     except Exception as exc:  # a bug must not kill the connection; tracebacks may hold keys
         log.error("hsm_command_failed", command=request.command, exc_type=type(exc).__name__)
         return Message(request.command, request.request_id, HsmError.code, ("internal error",))

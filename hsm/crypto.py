@@ -1,4 +1,5 @@
-"""Block-cipher building blocks: TDES and AES in ECB/CBC, CMAC, key check values.
+"""Block-cipher building blocks: TDES and AES in ECB/CBC, CMAC, key check values (and the check
+value of an HMAC key).
 
 Pure functions over bytes. TDES comes from ``cryptography.hazmat.decrepit``; single- and
 double-length keys are expanded to three-key form (K1|K2|K1) because the library deprecates
@@ -8,6 +9,7 @@ short TDES keys, and an expanded key computes exactly the same function.
 from __future__ import annotations
 
 import functools
+import hmac
 from collections.abc import Callable
 from enum import Enum
 
@@ -22,6 +24,7 @@ AES_BLOCK = 16
 TDES_KEY_LENGTHS = (8, 16, 24)
 AES_KEY_LENGTHS = (16, 24, 32)
 _CACHE_KEYS_MAX = 4096
+_CACHE_TRANSIENT_KEYS_MAX = 64
 
 Rng = Callable[[int], bytes]
 
@@ -31,9 +34,11 @@ class Algorithm(Enum):
 
     TDES = "T"
     AES = "A"
+    HMAC = "H"  # HMAC-SHA256 keys (the PAN-hash key): no cipher, any length
 
     @property
     def block_size(self) -> int:
+        assert self is not Algorithm.HMAC, "an HMAC key has no cipher block"
         return TDES_BLOCK if self is Algorithm.TDES else AES_BLOCK
 
 
@@ -59,9 +64,14 @@ def check_aes_key(key: bytes) -> bytes:
     return key
 
 
+# Every byte with its low bit set for odd parity: a key is translated through it in one call
+# (EMV derives two keys per transaction; a per-byte loop cost more than the ciphers).
+_ODD_PARITY = bytes((b & 0xFE) | (((b >> 1).bit_count() + 1) & 1) for b in range(256))
+
+
 def with_odd_parity(key: bytes) -> bytes:
     """Set each byte's low bit so the byte has odd parity (DES key convention)."""
-    return bytes((b & 0xFE) | ((bin(b >> 1).count("1") + 1) & 1) for b in key)
+    return key.translate(_ODD_PARITY)
 
 
 # Cipher objects are reused per key (building one costs more than a block operation).
@@ -77,6 +87,19 @@ def _tdes_cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
     return Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv))
 
 
+# A key of one transaction (an EMV card's master or session key) takes its ciphers from a small
+# cache of its own: a stream of them would push the terminals' working keys, which come back on
+# every request, out of the main cache, and one transaction still reuses its session key.
+@functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
+def _tdes_ecb_transient(key: bytes) -> Cipher[modes.ECB]:
+    return _tdes_ecb.__wrapped__(key)
+
+
+@functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
+def _tdes_cbc_transient(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
+    return _tdes_cbc.__wrapped__(key, iv)
+
+
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
 def _aes_ecb(key: bytes) -> Cipher[modes.ECB]:
     return Cipher(algorithms.AES(check_aes_key(key)), modes.ECB())  # noqa: S305
@@ -87,9 +110,9 @@ def _whole_blocks(data: bytes, block: int) -> None:
         raise ValueError(f"data length {len(data)} is not a multiple of {block}")
 
 
-def tdes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
+def tdes_ecb_encrypt(key: bytes, data: bytes, *, transient: bool = False) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = _tdes_ecb(key).encryptor()
+    enc = (_tdes_ecb_transient(key) if transient else _tdes_ecb(key)).encryptor()
     return enc.update(data) + enc.finalize()
 
 
@@ -99,9 +122,9 @@ def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     return dec.update(data) + dec.finalize()
 
 
-def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes, *, transient: bool = False) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = _tdes_cbc(key, iv).encryptor()
+    enc = (_tdes_cbc_transient(key, iv) if transient else _tdes_cbc(key, iv)).encryptor()
     return enc.update(data) + enc.finalize()
 
 
@@ -194,7 +217,15 @@ def kcv_aes(key: bytes, length: int = 3) -> bytes:
     return aes_cmac(key, bytes(AES_BLOCK))[:length]
 
 
+def kcv_hmac(key: bytes, length: int = 3) -> bytes:
+    """No standard defines a KCV for HMAC keys. This follows the CMAC method with the key's own
+    MAC function: HMAC-SHA256 of a zero block, leftmost bytes."""
+    return hmac.digest(key, bytes(AES_BLOCK), "sha256")[:length]
+
+
 def key_check_value(algorithm: Algorithm, key: bytes, length: int = 3) -> bytes:
     if algorithm is Algorithm.TDES:
         return kcv_tdes(key, length)
+    if algorithm is Algorithm.HMAC:
+        return kcv_hmac(key, length)
     return kcv_aes(key, length)

@@ -2,7 +2,8 @@
 
 ``make_dev_keys`` wraps a TMK, a PVK and a BDK under the given (normally the development) LMK
 and also returns the clear TMK, which the terminal simulator needs and a real deployment never
-has in software. A seed makes the output reproducible.
+has in software; and it wraps the development PAN-hash key (``keys.DEVELOPMENT_PAN_HASH_KEY``)
+as a PHK. A seed makes the output reproducible.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from hsm import crypto
 from hsm.crypto import Algorithm
-from hsm.keys import KeyRole, Lmk, StoredKey, kcv_hex
+from hsm.keys import DEVELOPMENT_PAN_HASH_KEY, KeyRole, Lmk, StoredKey, kcv_hex
 
 _DEV_KEY_LENGTH = 16
 
@@ -40,6 +41,7 @@ class DevKeys:
     tmk_clear_hex: str  # DEVELOPMENT ONLY: for the terminal simulator
     pvk: StoredKey
     bdk: StoredKey
+    phk: StoredKey  # the development PAN-hash key: hashes equal the ledger's development ones
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -52,6 +54,8 @@ class DevKeys:
             "pvk_kcv": self.pvk.kcv,
             "bdk": self.bdk.to_text(),
             "bdk_kcv": self.bdk.kcv,
+            "phk": self.phk.to_text(),
+            "phk_kcv": self.phk.kcv,
         }
 
 
@@ -70,4 +74,6 @@ def make_dev_keys(lmk: Lmk, seed: bytes | None = None) -> DevKeys:
         tmk_clear_hex=tmk.hex().upper(),
         pvk=lmk.wrap(KeyRole.PVK, Algorithm.TDES, new_key(), rng=rng),
         bdk=lmk.wrap(KeyRole.BDK, Algorithm.TDES, new_key(), rng=rng),
+        # Last, so the keys above stay what earlier seeds gave.
+        phk=lmk.wrap(KeyRole.PHK, Algorithm.HMAC, DEVELOPMENT_PAN_HASH_KEY, rng=rng),
     )

@@ -3,13 +3,20 @@
 No I/O. ``LocalHSM`` calls it in-process; the networked server calls it per command. Each
 operation unwraps the keys it is given (refusing a wrong role, usage or mode of use), works on
 clear values in local variables only, and returns cryptograms, check values or verdicts.
+
+Two things are configured rather than passed per call: the PAN-hash key (a caller who could
+choose the key could hash under one it knows) and the PIN-verification rate limit (see
+``ratelimit``). In production the rate limit is always on; in development only when given,
+because the demo, the load tests and the benchmarks verify a few cards many times a second.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
+import time
 
-from hsm import crypto, dukpt, mac, pinblock, pinverify, tr31
+from hsm import crypto, dukpt, emv, mac, pinblock, pinverify, tr31
 from hsm.api import (
     DeliveredKey,
     Dukpt,
@@ -22,23 +29,58 @@ from hsm.api import (
     VisaPvv,
 )
 from hsm.crypto import Algorithm
-from hsm.errors import KeyLengthError, KeyUsageError, RequestError
-from hsm.keys import ROLE_SPECS, KeyRole, Lmk, StoredKey, kcv_hex
-from hsm.pinblock import PinBlockFormat
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
+from hsm.errors import (
+    DevelopmentKeyError,
+    DevelopmentLmkError,
+    KeyLengthError,
+    KeyMaterialError,
+    KeyUsageError,
+    PanError,
+    RequestError,
+)
+from hsm.keys import DEVELOPMENT_PAN_HASH_KEY, ROLE_SPECS, KeyRole, Lmk, StoredKey, kcv_hex
+from hsm.pinblock import PAN_LENGTH_MAX, PinBlockFormat
+from hsm.ratelimit import Clock, PinRateLimit, PinRateLimiter
 
 _PIN_KEY_ROLES = (KeyRole.TPK, KeyRole.ZPK)
 _MAC_KEY_ROLES = (KeyRole.TAK, KeyRole.ZAK)
 _KEK_ROLES = (KeyRole.TMK, KeyRole.ZMK)
-_KEY_LENGTHS = {Algorithm.TDES: (16, 24), Algorithm.AES: (16, 24, 32)}
+# HMAC-SHA256 keys are generated at the hash's output size (NIST SP 800-107).
+_KEY_LENGTHS = {Algorithm.TDES: (16, 24), Algorithm.AES: (16, 24, 32), Algorithm.HMAC: (32,)}
 _SESSION_KEY_LENGTH = 16
 _MAC_USAGE = {"M3": Algorithm.TDES, "M6": Algorithm.AES}
 _PVK_USAGES_IBM, _PVK_USAGES_VISA = ("V0", "V1"), ("V0", "V2")
+_PAN_HASH_KEY_LENGTH_MIN = 16
+_PAN_LENGTH_MIN = 12
+_IMK_LENGTH = 16
 
 
 class SoftHsm:
-    def __init__(self, lmk: Lmk, *, rng: crypto.Rng = os.urandom) -> None:
+    def __init__(
+        self,
+        lmk: Lmk,
+        *,
+        production: bool = False,
+        pan_hash_key: StoredKey | None = None,
+        pin_rate_limit: PinRateLimit | None = None,
+        rng: crypto.Rng = os.urandom,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if production and lmk.is_development:
+            raise DevelopmentLmkError("the development LMK is refused in production")
         self._lmk = lmk
         self._rng = rng
+        if pan_hash_key is not None:  # checked now, so a wrong key stops start-up
+            clear = self._pan_hash_clear(pan_hash_key)
+            if production and hmac.compare_digest(clear, DEVELOPMENT_PAN_HASH_KEY):
+                raise DevelopmentKeyError("the development PAN-hash key is refused in production")
+        self._pan_hash_key = pan_hash_key
+        if production and pin_rate_limit is None:
+            pin_rate_limit = PinRateLimit()
+        self._pin_limiter: PinRateLimiter | None = None
+        if pin_rate_limit is not None:
+            self._pin_limiter = PinRateLimiter(pin_rate_limit, clock=clock, rng=rng)
 
     @property
     def lmk_kcv(self) -> str:
@@ -79,6 +121,8 @@ class SoftHsm:
         pin_block_format: PinBlockFormat,
         verification: Verification,
     ) -> bool:
+        if self._pin_limiter is not None:  # before any key is opened: a refusal costs nothing
+            self._pin_limiter.admit(pan)
         clear_key = self._pin_key(key, pin_block_format)
         pin = pinblock.decrypt_pin_block(clear_key, pin_block, pan, pin_block_format)
         if isinstance(verification, VisaPvv):
@@ -135,6 +179,49 @@ class SoftHsm:
 
     def verify_mac(self, tak: StoredKey, data: bytes, mac_value: bytes) -> bool:
         return mac.verify_mac(tak.algorithm, self._mac_key(tak, "CV"), data, mac_value)
+
+    # --- PAN hash --------------------------------------------------------------------------
+
+    def _pan_hash_clear(self, key: StoredKey) -> bytes:
+        clear = self._lmk.unwrap(key, (KeyRole.PHK,), "G")
+        if len(clear) < _PAN_HASH_KEY_LENGTH_MIN:
+            raise KeyLengthError(f"a PAN-hash key is at least {_PAN_HASH_KEY_LENGTH_MIN} bytes")
+        return clear
+
+    def pan_hash(self, pan: str) -> bytes:
+        """HMAC-SHA256 of the PAN under the configured PAN-hash key."""
+        if self._pan_hash_key is None:
+            raise KeyMaterialError("this HSM holds no PAN-hash key (configure pan_hash_key)")
+        if not (pan.isascii() and pan.isdigit() and _PAN_LENGTH_MIN <= len(pan) <= PAN_LENGTH_MAX):
+            raise PanError(f"a PAN is {_PAN_LENGTH_MIN}..{PAN_LENGTH_MAX} decimal digits")
+        return hmac.digest(self._pan_hash_clear(self._pan_hash_key), pan.encode("ascii"), "sha256")
+
+    # --- EMV -------------------------------------------------------------------------------
+
+    def _imk(self, imk: StoredKey) -> bytes:
+        clear = self._lmk.unwrap(imk, (KeyRole.IMK_AC,), "X")
+        if imk.algorithm is not Algorithm.TDES:
+            raise KeyUsageError("an IMK-AC derives TDES card keys: it must be a TDES key")
+        if len(clear) != _IMK_LENGTH:
+            raise KeyLengthError("an IMK-AC is double-length TDES")
+        return clear
+
+    def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+    ) -> ArqcResult:
+        version = emv.cryptogram_version(cvn)
+        return emv.verify_arqc(
+            self._imk(imk), pan, psn, atc, arqc, version=version, tags=tags, response=response
+        )
 
     # --- keys ------------------------------------------------------------------------------
 

@@ -43,6 +43,12 @@ class DevelopmentLmkError(KeyMaterialError):
     code = "14"
 
 
+class DevelopmentKeyError(KeyMaterialError):
+    """A development key (public, in the source tree) was given to a production HSM."""
+
+    code = "15"
+
+
 class PinError(HsmError):
     """Base of PIN-related errors."""
 
@@ -73,6 +79,24 @@ class DukptError(HsmError):
     code = "30"
 
 
+class EmvError(HsmError):
+    """Base of EMV chip errors (cryptogram versions and their data)."""
+
+    code = "60"
+
+
+class UnknownCvnError(EmvError):
+    """A cryptogram version number is not in the table, or not of the card's scheme."""
+
+    code = "61"
+
+
+class EmvDataError(EmvError):
+    """An EMV data element is missing or has the wrong length (ATC, ARQC, a tag, the IAD)."""
+
+    code = "62"
+
+
 class RequestError(HsmError):
     """A request is malformed (wrong field count, bad hex, unknown option)."""
 
@@ -81,6 +105,26 @@ class RequestError(HsmError):
 
 class UnknownCommandError(RequestError):
     code = "41"
+
+
+class AccessError(HsmError):
+    """Base of refusals by the HSM's access policy: the request was well formed, and would have
+    worked, but this caller may not have it now."""
+
+    code = "50"
+
+
+class CommandNotPermittedError(AccessError):
+    """The client's profile does not enable this command (or the client is not configured)."""
+
+    code = "51"
+
+
+class PinRateLimitError(AccessError):
+    """Too many PIN verifications for this card within the last minute. Not a ``PinError``: the
+    PIN was never checked, so it must not count as a wrong PIN."""
+
+    code = "52"
 
 
 class HsmUnavailable(HsmError):
@@ -104,13 +148,20 @@ ERRORS_BY_CODE: dict[str, type[HsmError]] = {
         KeyBlockError,
         KeyLengthError,
         DevelopmentLmkError,
+        DevelopmentKeyError,
         PinError,
         PinBlockFormatError,
         PinFormatError,
         PanError,
         DukptError,
+        EmvError,
+        UnknownCvnError,
+        EmvDataError,
         RequestError,
         UnknownCommandError,
+        AccessError,
+        CommandNotPermittedError,
+        PinRateLimitError,
         HsmUnavailable,
         HsmTimeout,
     )

@@ -24,12 +24,18 @@ LMK_LENGTH = 32
 OPEN_BLOCKS_MAX = 16_384
 ROLE_BLOCK_ID = "10"  # numeric optional-block IDs are reserved for proprietary use
 KCV_BLOCK_ID = "KC"
+HMAC_HASH_BLOCK_ID, HMAC_SHA256 = "HM", "21"  # X9.143 optional block: the HMAC's hash function
 _KCV_LEGACY, _KCV_CMAC = "00", "01"
 
 # DEVELOPMENT ONLY. This LMK is public (it is in the source tree); every key under it is
 # readable by anyone. `load_lmk(..., production=True)` and `hsm serve --production` refuse it.
 DEVELOPMENT_LMK_HEX = "DE7E10DE7E10DE7E10DE7E10DE7E10DE7E10DE7E10DE7E10DE7E10DE7E10DE7E"
 DEVELOPMENT_LMK = bytes.fromhex(DEVELOPMENT_LMK_HEX)
+# DEVELOPMENT ONLY. The clear PAN-hash key development uses: the same bytes as
+# ledger.settings.DEVELOPMENT_PAN_HASH_KEY (hsm/ and ledger/ do not import each other; a test
+# holds the two equal), so hashes the HSM computes in development match the ledger's data.
+# A production HSM refuses a PHK holding these bytes, under whatever LMK.
+DEVELOPMENT_PAN_HASH_KEY = b"kiosk-switch DEVELOPMENT pan hash key - not for production"
 
 
 class KeyRole(Enum):
@@ -41,12 +47,18 @@ class KeyRole(Enum):
     ZAK = "ZAK"  # zone authentication (MAC) key
     PVK = "PVK"  # PIN verification key
     BDK = "BDK"  # DUKPT base derivation key
+    PHK = "PHK"  # PAN-hash key: HMAC-SHA256 of card numbers, the ledger's card look-up key
+    IMK_AC = "IMK_AC"  # EMV issuer master key for application cryptograms (ARQC, ARPC)
+
+
+_CIPHERS = frozenset({Algorithm.TDES, Algorithm.AES})
 
 
 @dataclass(frozen=True)
 class RoleSpec:
     usages: frozenset[str]
     mode: str
+    algorithms: frozenset[Algorithm] = _CIPHERS
 
 
 _MAC_USAGE = {Algorithm.TDES: "M3", Algorithm.AES: "M6"}
@@ -59,6 +71,10 @@ ROLE_SPECS: dict[KeyRole, RoleSpec] = {
     KeyRole.ZAK: RoleSpec(frozenset(_MAC_USAGE.values()), "C"),
     KeyRole.PVK: RoleSpec(frozenset({"V0", "V1", "V2"}), "C"),
     KeyRole.BDK: RoleSpec(frozenset({"B0"}), "X"),
+    # M7: HMAC key; mode G: it only ever computes (there is no hash to verify inside the HSM).
+    KeyRole.PHK: RoleSpec(frozenset({"M7"}), "G", frozenset({Algorithm.HMAC})),
+    # E0: EMV/chip issuer master key for application cryptograms; X: it only derives keys.
+    KeyRole.IMK_AC: RoleSpec(frozenset({"E0"}), "X"),
 }
 
 
@@ -140,11 +156,19 @@ class Lmk:
         exportability: str = "E",
         rng: crypto.Rng = os.urandom,
     ) -> StoredKey:
+        if algorithm not in ROLE_SPECS[role].algorithms:
+            raise KeyUsageError(f"role {role.value} does not take {algorithm.name} keys")
         usage = usage or default_usage(role, algorithm)
         if usage not in ROLE_SPECS[role].usages:
             raise KeyUsageError(f"usage {usage} does not fit role {role.value}")
+        # "01" is the MAC-a-zero-block method; an HMAC key's is computed with HMAC-SHA256.
         kcv_method = _KCV_LEGACY if algorithm is Algorithm.TDES else _KCV_CMAC
-        blocks = ((ROLE_BLOCK_ID, role.value), (KCV_BLOCK_ID, kcv_method + kcv_hex(algorithm, key)))
+        blocks: tuple[tuple[str, str], ...] = (
+            (ROLE_BLOCK_ID, role.value),
+            (KCV_BLOCK_ID, kcv_method + kcv_hex(algorithm, key)),
+        )
+        if algorithm is Algorithm.HMAC:
+            blocks += ((HMAC_HASH_BLOCK_ID, HMAC_SHA256),)
         header = tr31.Header(
             "D", usage, algorithm.value, ROLE_SPECS[role].mode, "00", exportability, blocks
         )

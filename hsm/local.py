@@ -7,6 +7,7 @@ The operations are microseconds of CPU with no I/O, so they run inline on the ev
 from __future__ import annotations
 
 import os
+import time
 
 from hsm import crypto
 from hsm.api import (
@@ -17,17 +18,35 @@ from hsm.api import (
     Verification,
 )
 from hsm.crypto import Algorithm
+from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.engine import SoftHsm
-from hsm.errors import DevelopmentLmkError
 from hsm.keys import KeyRole, Lmk, StoredKey
 from hsm.pinblock import PinBlockFormat
+from hsm.ratelimit import Clock, PinRateLimit
 
 
 class LocalHSM:
-    def __init__(self, lmk: Lmk, *, production: bool = False, rng: crypto.Rng = os.urandom):
-        if production and lmk.is_development:
-            raise DevelopmentLmkError("the development LMK is refused in production")
-        self._core = SoftHsm(lmk, rng=rng)
+    """``production`` refuses the development LMK and PAN-hash key and turns the PIN rate limit
+    on (``PinRateLimit()`` unless one is given); see ``SoftHsm``."""
+
+    def __init__(
+        self,
+        lmk: Lmk,
+        *,
+        production: bool = False,
+        pan_hash_key: StoredKey | None = None,
+        pin_rate_limit: PinRateLimit | None = None,
+        rng: crypto.Rng = os.urandom,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._core = SoftHsm(
+            lmk,
+            production=production,
+            pan_hash_key=pan_hash_key,
+            pin_rate_limit=pin_rate_limit,
+            rng=rng,
+            clock=clock,
+        )
 
     @property
     def lmk_kcv(self) -> str:
@@ -91,6 +110,23 @@ class LocalHSM:
     ) -> SessionKeys:
         return self._core.generate_session_keys(tmk)
 
+    async def verify_arqc(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> ArqcResult:
+        return self._core.verify_arqc(
+            imk, pan, psn, atc, arqc, cvn=cvn, tags=tags, response=response
+        )
+
     async def generate_key(
         self,
         role: KeyRole,
@@ -123,6 +159,9 @@ class LocalHSM:
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
     ) -> str:
         return self._core.export_key(key, kbpk, version)
+
+    async def pan_hash(self, pan: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> bytes:
+        return self._core.pan_hash(pan)
 
     async def close(self) -> None:
         return None

@@ -32,8 +32,9 @@ def iso9797_alg1(key: bytes, data: bytes, padding: int = 1) -> bytes:
     return crypto.tdes_cbc_encrypt(key, bytes(crypto.TDES_BLOCK), padded)[-crypto.TDES_BLOCK :]
 
 
-def iso9797_alg3(key: bytes, data: bytes, padding: int = 1) -> bytes:
-    """Retail MAC: single-DES CBC under K1, then decrypt under K2, encrypt under K1."""
+def iso9797_alg3(key: bytes, data: bytes, padding: int = 1, *, transient: bool = False) -> bytes:
+    """Retail MAC: single-DES CBC under K1, then decrypt under K2, encrypt under K1.
+    ``transient``: the key serves one transaction (see the transient cache in ``crypto``)."""
     if len(key) != 16:
         raise KeyLengthError("retail MAC needs a double-length key")
     padded = pad_iso9797(data, padding)
@@ -42,13 +43,15 @@ def iso9797_alg3(key: bytes, data: bytes, padding: int = 1) -> bytes:
     # H_q = E_K1(H_q-1 xor D_q), is two-key TDES (EDE under K1, K2, K1) of H_q-1 xor D_q: the
     # single-DES chain under K1 runs over all blocks but the last, then one TDES block.
     if head:
-        chained = crypto.tdes_cbc_encrypt(key[:8], bytes(crypto.TDES_BLOCK), head)
+        iv = bytes(crypto.TDES_BLOCK)
+        chained = crypto.tdes_cbc_encrypt(key[:8], iv, head, transient=transient)
         last = crypto.xor(chained[-crypto.TDES_BLOCK :], last)
-    return crypto.tdes_ecb_encrypt(key, last)
+    return crypto.tdes_ecb_encrypt(key, last, transient=transient)
 
 
 def generate_mac(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
     """The switch's MAC: retail MAC for TDES keys, AES-CMAC for AES keys (8 bytes each)."""
+    assert algorithm is not Algorithm.HMAC, "the switch's MACs are block-cipher MACs"
     if algorithm is Algorithm.TDES:
         return iso9797_alg3(key, data)
     return crypto.aes_cmac(key, data)[:ISO8583_MAC_LENGTH]

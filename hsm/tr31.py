@@ -26,7 +26,7 @@ _DERIVED_CACHE_MAX = 256
 _VARIANT_ENC = 0x45
 _VARIANT_MAC = 0x4D
 _MAC_LENGTH = {"A": 4, "B": 8, "C": 4, "D": 16}
-_ALGORITHMS = {"T": Algorithm.TDES, "A": Algorithm.AES}
+_ALGORITHMS = {"T": Algorithm.TDES, "A": Algorithm.AES, "H": Algorithm.HMAC}
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from kiosk_sim import load, soak
+from kiosk_sim import chart, load, soak
 from kiosk_sim.demo import run_demo
 from kiosk_sim.population import (
     CARDS_PER_CUSTOMER_MAX,
@@ -21,9 +22,23 @@ from kiosk_sim.population import (
     build,
     provision,
 )
-from kiosk_sim.report import Report
+from kiosk_sim.report import Report, Summary
+from kiosk_sim.serve import serve_demo
 from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
+from switch.response_codes import ResponseCode
+
+# The likely cause of a declined sign-on or key change, and what to do about it.
+DECLINE_HINTS: Mapping[str, str] = {
+    "58": "the switch has no active terminal by that id: kiosk_sim provisioned its kiosks into"
+    " another ledger; give it the switch's own (--dsn, or --data-dir as the switch's"
+    " ledger.data_dir)",
+    "91": "the switch could not reach its HSM or its ledger in time: see the switch's log; with"
+    ' [hsm] backend = "network", start the HSM (python -m hsm serve) at hsm.addresses',
+    "96": "the switch failed on it: see the switch's log",
+    "30": "the switch could not read it: kiosk_sim speaks the default dialect; compare the"
+    " switch's [listener] bitmap, binary_fields, length_header and tpdu",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
             "Provision a fresh private PostgreSQL cluster, start the HSM and the switch as their"
             " own processes, drive them with simulated kiosks through every flow and a short"
             " load, verify the audit journal, then stop everything it started."
+        ),
+    )
+    commands.add_parser(
+        "serve",
+        help="the demo ledger and a switch in the foreground, for a terminal of your own"
+        " (what `make serve` runs)",
+        description=(
+            "Migrate the private PostgreSQL cluster under the switch's ledger.data_dir and load"
+            " config/demo-fixtures.toml into it, print the switch's address, the demo terminal,"
+            " its development TMK and a card, then run the switch (settings as `python -m switch"
+            " serve` reads them) until Ctrl-C."
         ),
     )
     soak = commands.add_parser(
@@ -161,7 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify", action="store_true", help="skip the end-state check against the ledger"
     )
     run.add_argument(
-        "--report", type=Path, metavar="FILE", help="also write the report: .json, .md, or text"
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "also write the report: .json (with the per-second series), .md, or text; and beside"
+            " it FILE's name with .png, a chart of latency and answers per second"
+        ),
     )
     return parser
 
@@ -176,13 +208,15 @@ def owner_dsn(args: argparse.Namespace) -> Iterator[str]:
 
 
 def show_progress(report: Report, elapsed_s: float) -> None:
-    rate = report.answered / elapsed_s if elapsed_s else 0.0
-    p99_ms = report.latency.percentile_us(99) / 1000
+    # The last whole second, not the run so far: a stall shows at once instead of being
+    # averaged away.
+    last = report.series.figures(int(elapsed_s) - 1)
+    p99 = "-" if last.latency_p99_ms is None else f"{last.latency_p99_ms:.1f} ms"
     errors = sum(report.errors.values()) + report.timeouts
     print(
         (
-            f"\r{elapsed_s:6.1f}s {report.answered:8d} answered {rate:9.1f}/s  p99 {p99_ms:7.1f} ms"
-            f"  errors {errors}"
+            f"\r{elapsed_s:6.1f}s {report.answered:8d} answered, last second {last.answered:7d}"
+            f" p99 {p99:>10}  errors {errors}"
         ),
         end="",
         file=sys.stderr,
@@ -268,15 +302,38 @@ def run_soak(args: argparse.Namespace) -> int:
     return 0 if all(row.ok for row in rows) else 1
 
 
-def write_report(report: Report, path: Path) -> None:
-    text = {".json": report.to_json, ".md": report.to_markdown}.get(path.suffix, report.to_text)()
-    path.write_text(text + "\n")
+def write_report(report: Report, path: Path) -> Summary:
+    """The report at `path` (.json, .md, or text) and its chart beside it, as the same name with
+    .png; what was written, for the terminal."""
+    assert path.suffix != ".png", "the chart is the .png"
+    summary = report.summary()
+    summary = dataclasses.replace(summary, chart=chart.draw(summary, path.with_suffix(".png")))
+    render = {".json": Summary.json, ".md": Summary.markdown}.get(path.suffix, Summary.text)
+    path.write_text(render(summary) + "\n")
+    return summary
+
+
+def publish(report: Report, path: Path | None) -> None:
+    print(file=sys.stderr)  # ends the progress line
+    summary = report.summary() if path is None else write_report(report, path)
+    print(summary.text())
+
+
+def explain_decline(exc: load.SignOnDeclined) -> str:
+    try:
+        meaning = ResponseCode(exc.code).name.lower().replace("_", " ")
+    except ValueError:
+        meaning = "not a response code the switch sends"
+    hint = DECLINE_HINTS.get(exc.code, "see the switch's log")
+    return f"{exc} ({meaning}): {hint}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return run_demo()
+    if args.command == "serve":
+        return serve_demo()
     if args.command == "soak":
         return run_soak(args)
     try:
@@ -292,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate and any(faults.values()):
         print("kiosk_sim: --faults run in closed loop (leave out --rate)", file=sys.stderr)
         return 2
+    if args.report is not None and args.report.suffix == ".png":
+        print("kiosk_sim: --report takes .json, .md or text (the chart is .png)", file=sys.stderr)
+        return 2
     try:
         with owner_dsn(args) as dsn:
             report = asyncio.run(run_load(args, dsn))
@@ -301,10 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     except SwitchUnreachable as exc:
         print(f"kiosk_sim: {exc} (start one: python -m switch serve)", file=sys.stderr)
         return 2
-    print(file=sys.stderr)
-    print(report.to_text())
-    if args.report is not None:
-        write_report(report, args.report)
+    except load.SignOnDeclined as exc:
+        print(f"kiosk_sim: {explain_decline(exc)}", file=sys.stderr)
+        publish(exc.report, args.report)
+        return 2
+    publish(report, args.report)
     return 0 if not report.differences else 1
 
 

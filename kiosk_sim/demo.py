@@ -327,12 +327,7 @@ def run_demo(say: Say = print) -> int:
             raise RuntimeError(f"{len(report.differences)} end-state differences")
         say("== auditors: the journal and the books")
         run_step(say, "audit verify", ["ledger", "audit", "verify", "--data-dir", data_dir])
-        today = datetime.now(UTC).date().isoformat()
-        run_step(
-            say,
-            "report",
-            ["ledger", "report", "terminals", "--business-date", today, "--data-dir", data_dir],
-        )
+        run_step(say, "report", ["ledger", "report", "terminals", "--data-dir", data_dir])
     except Exception as exc:
         say(f"demo failed: {exc}")
         return 1

@@ -38,12 +38,16 @@ class Histogram:
         return self._lowest(index + 1) - 1
 
     def record(self, value_us: int) -> None:
-        value = min(max(value_us, 0), MAX_VALUE_US)
+        # Once or twice per request (the run's histogram and its second's): comparisons instead
+        # of min()/max() calls make it more than twice as fast.
+        value = value_us if 0 <= value_us <= MAX_VALUE_US else min(max(value_us, 0), MAX_VALUE_US)
         index = self._index(value)
         self.counts[index] = self.counts.get(index, 0) + 1
         self.total += 1
-        self.max_us = max(self.max_us, value)
-        self.min_us = min(self.min_us, value)
+        if value > self.max_us:  # noqa: PLR1730 - see above
+            self.max_us = value
+        if value < self.min_us:  # noqa: PLR1730
+            self.min_us = value
 
     def merge(self, other: Histogram) -> None:
         assert other.precision_bits == self.precision_bits

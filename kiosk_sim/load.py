@@ -70,6 +70,18 @@ class MixError(ValueError):
     """A --mix that does not parse: names what is wrong."""
 
 
+class SignOnDeclined(Exception):
+    """The switch declined a kiosk's sign-on or key change (`step`: sign_on, key_change), so the
+    run could not start; `report` is the run's report up to then, to be shown all the same."""
+
+    def __init__(self, terminal_id: str, step: str, code: str, report: Report) -> None:
+        self.terminal_id = terminal_id
+        self.step = step
+        self.code = code
+        self.report = report
+        super().__init__(f"{terminal_id}: {step} answered {code}")
+
+
 def parse_mix(text: str) -> dict[str, int]:
     """`withdrawal=5,balance=3` → weights; sessions not named get weight 0."""
     mix = dict.fromkeys(SESSIONS, 0)
@@ -200,7 +212,7 @@ class Kiosk:
             raise SwitchConnectionClosed(
                 f"{self.terminal.terminal_id}: sign-on answered {signed_on.code}"
             )
-        self.report.errors["reconnects"] += 1
+        self.report.record_error("reconnects", at_s=time.perf_counter())
 
     def _fault(self) -> str | None:
         for name in FAULTS:
@@ -217,23 +229,23 @@ class Kiosk:
         try:
             exchange = await self.terminal.send(request)
         except TimeoutError:
-            self.report.timeouts += 1
+            self.report.record_timeout(at_s=time.perf_counter())
             return await self._after_no_answer(request)
         except SwitchConnectionClosed:
             # The switch went away with this request unanswered (it may have crashed).
-            self.report.errors["connection_lost"] += 1
+            self.report.record_error("connection_lost", at_s=time.perf_counter())
             await self.reconnect()
             return await self._after_no_answer(request)
-        self.report.latency.record(int((time.perf_counter() - begin) * 1e6))
-        self.report.response_codes[exchange.code] += 1
+        now = time.perf_counter()
+        self.report.record_answer(exchange.code, at_s=now, latency_us=int((now - begin) * 1e6))
         if exchange.response_mac_ok is False:
-            self.report.errors["response_mac_wrong"] += 1
+            self.report.record_error("response_mac_wrong", at_s=now)
         return exchange
 
     async def _send_with_fault(self, fault: str, request: Message) -> Exchange | None:
         """Misbehave on purpose, then recover as a real kiosk would: reconnect, sign on, and
         reverse the request whose answer never arrived. Returns what was answered, if anything."""
-        self.report.errors[f"fault_{fault}"] += 1
+        self.report.record_error(f"fault_{fault}", at_s=time.perf_counter())
         client = self.terminal.client
         if fault == "slow":
             return await self._send_slowly(request)
@@ -264,11 +276,12 @@ class Kiosk:
         try:
             response = await client.wait(stan, future, timeout_ms=self.terminal.timeout_ms)
         except TimeoutError:
-            self.report.timeouts += 1
+            self.report.record_timeout(at_s=time.perf_counter())
             await self.reverse_unanswered(request)
             return None
         exchange = self.terminal.exchange(request, response)
-        self.report.response_codes[exchange.code] += 1
+        # Not timed: the dribble is the kiosk's own delay, not the switch's.
+        self.report.record_answer(exchange.code, at_s=time.perf_counter(), latency_us=None)
         return exchange
 
     async def _after_no_answer(self, request: Message) -> Exchange | None:
@@ -409,12 +422,12 @@ async def start_kiosk(
         rng=rng,
         timeout_ms=plan.timeout_ms,
     )
-    for step in (terminal.sign_on, terminal.change_keys):
-        exchange = await step()
+    for step, send in (("sign_on", terminal.sign_on), ("key_change", terminal.change_keys)):
+        exchange = await send()
         if not exchange.approved:
-            raise SwitchConnectionClosed(
-                f"{sim.terminal_id}: {step.__name__} answered {exchange.code}"
-            )
+            await client.close()
+            report.errors[f"{step}_declined"] += 1
+            raise SignOnDeclined(sim.terminal_id, step, exchange.code, report)
     return Kiosk(terminal, cards, report, model, rng, address=address, faults=plan.faults)
 
 
@@ -423,7 +436,7 @@ async def closed_loop(kiosk: Kiosk, budget: Budget, pick: Callable[[], str]) -> 
         while budget.take():
             await kiosk.session(pick())
     except SwitchConnectionClosed:
-        kiosk.report.errors["connection_closed"] += 1
+        kiosk.report.record_error("connection_closed", at_s=time.perf_counter())
 
 
 async def open_loop(
@@ -450,9 +463,9 @@ async def open_loop(
         task.add_done_callback(tasks.discard)
     if tasks:
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        kiosk.report.errors["connection_closed"] += sum(
-            isinstance(r, SwitchConnectionClosed) for r in results
-        )
+        closed = sum(isinstance(r, SwitchConnectionClosed) for r in results)
+        if closed:
+            kiosk.report.record_error("connection_closed", at_s=time.perf_counter(), count=closed)
 
 
 async def run(
@@ -467,22 +480,39 @@ async def run(
     """Drive the switch with `plan`; with a `ledger` view, check the end state against it."""
     assert len(population.terminals) >= plan.terminals, "provision at least as many terminals"
     assert len(population.cards) >= plan.terminals, "at least one card per terminal"
-    report = Report(terminals=plan.terminals, target_rate_per_s=plan.rate_per_s)
+    report = Report(
+        seed=plan.seed,
+        terminals=plan.terminals,
+        mix=plan.mix,
+        faults=plan.faults,
+        target_rate_per_s=plan.rate_per_s,
+    )
     model = Model()
     before = await ledger.balances(population.accounts) if ledger else None
     sims = population.terminals[: plan.terminals]
-    kiosks = [
-        await start_kiosk(
-            sim,
-            list(population.cards[i :: plan.terminals]),
-            (host, port),
-            plan,
-            report=report,
-            model=model,
-            seed=plan.seed * 7919 + i,
-        )
-        for i, sim in enumerate(sims)
-    ]
+    kiosks: list[Kiosk] = []
+    try:
+        for i, sim in enumerate(sims):
+            kiosks.append(
+                await start_kiosk(
+                    sim,
+                    list(population.cards[i :: plan.terminals]),
+                    (host, port),
+                    plan,
+                    report=report,
+                    model=model,
+                    seed=plan.seed * 7919 + i,
+                )
+            )
+    except SignOnDeclined:
+        for kiosk in kiosks:
+            await kiosk.terminal.client.close()
+        # A run that never started: an empty one, so its report can still be written.
+        declined_s = time.perf_counter()
+        report.begin(at_s=declined_s, at=datetime.now(UTC))
+        report.end(at_s=declined_s)
+        raise
+    report.begin(at_s=time.perf_counter(), at=datetime.now(UTC))
     started = time.monotonic()
     deadline = started + plan.duration_s if plan.duration_s else None
     budgets = [Budget(deadline, _share(plan.count, len(kiosks), i)) for i in range(len(kiosks))]
@@ -497,13 +527,11 @@ async def run(
         ]
     else:
         drivers = [closed_loop(k, b, p) for k, b, p in zip(kiosks, budgets, picks, strict=True)]
-    reporter = (
-        asyncio.ensure_future(_report_progress(report, started, progress)) if progress else None
-    )
+    reporter = asyncio.ensure_future(_report_progress(report, progress)) if progress else None
     try:
         await asyncio.gather(*drivers)
     finally:
-        report.duration_s = time.monotonic() - started
+        report.end(at_s=time.perf_counter())
         if reporter is not None:
             reporter.cancel()
         for kiosk in kiosks:
@@ -518,9 +546,8 @@ async def run(
     return report
 
 
-async def _report_progress(
-    report: Report, started: float, progress: Callable[[Report, float], None]
-) -> None:
+async def _report_progress(report: Report, progress: Callable[[Report, float], None]) -> None:
     while True:
         await asyncio.sleep(1.0)
-        progress(report, time.monotonic() - started)
+        # On the clock the series counts its seconds by, so "the last second" is the same one.
+        progress(report, time.perf_counter() - report.started_s)

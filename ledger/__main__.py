@@ -13,17 +13,17 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import asyncpg
 
-from ledger import audit
+from ledger import audit, rules
 from ledger.errors import LedgerError
-from ledger.fixtures import load_fixtures, read_fixtures
+from ledger.fixtures import EntryError, load_fixtures, read_fixtures
 from ledger.migrations import Connection, migrate
 from ledger.postgres import running_cluster
-from ledger.settings import DSN_ENV, pan_hash_key_from_env
+from ledger.settings import DSN_ENV, LedgerSettings, pan_hash_key_from_env
 
 _TIMEOUT_MS = 600_000
 Command = Callable[[Connection, argparse.Namespace], Awaitable[int]]
@@ -51,10 +51,13 @@ async def _migrate(conn: Connection, args: argparse.Namespace) -> int:
 
 
 async def _load(conn: Connection, args: argparse.Namespace) -> int:
-    data = read_fixtures(args.fixtures)
-    summary = await load_fixtures(
-        conn, data, pan_hash_key=pan_hash_key_from_env(), timeout_ms=args.timeout_ms
-    )
+    fixtures = read_fixtures(args.fixtures)
+    try:
+        summary = await load_fixtures(
+            conn, fixtures.data, pan_hash_key=pan_hash_key_from_env(), timeout_ms=args.timeout_ms
+        )
+    except EntryError as exc:  # refused by the database: named by file and line too
+        raise fixtures.locate(exc) from None
     print(
         f"loaded {summary.customers} customers, {summary.accounts} accounts,"
         f" {summary.cards} cards, {summary.terminals} terminals"
@@ -88,7 +91,10 @@ async def _export(conn: Connection, args: argparse.Namespace) -> int:
 
 
 async def _report(conn: Connection, args: argparse.Namespace) -> int:
-    days = await audit.terminal_report(conn, args.business_date, timeout_ms=args.timeout_ms)
+    business_date = args.business_date or rules.business_day(datetime.now(UTC), args.cutover)
+    # On stderr, so that stdout stays CSV; a report of the wrong day would otherwise look right.
+    print(f"business day {business_date} (it starts at {args.cutover:%H:%M} UTC)", file=sys.stderr)
+    days = await audit.terminal_report(conn, business_date, timeout_ms=args.timeout_ms)
     print(
         "terminal,currency,withdrawals,withdrawn_minor,reversals,reversed_minor,"
         "net_minor,posted_minor,reconciled"
@@ -99,6 +105,13 @@ async def _report(conn: Connection, args: argparse.Namespace) -> int:
             f"{d.reversed_minor},{d.net_minor},{d.posted_minor},{'yes' if d.reconciled else 'NO'}"
         )
     return 0 if all(d.reconciled for d in days) else 1
+
+
+def _time_of_day(text: str) -> time:
+    try:
+        return datetime.strptime(text, "%H:%M").time()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a time of day HH:MM, got {text!r}") from None
 
 
 def _timestamp(text: str) -> datetime:
@@ -184,8 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
         "per terminal: withdrawals, reversals and net cash out for a business day, reconciled "
         "against the postings on its cash account (CSV; exit 1 if any does not reconcile)",
     )  # fmt: skip
-    terminals.add_argument("--business-date", type=date.fromisoformat, required=True,
-                           help="business day, YYYY-MM-DD")  # fmt: skip
+    terminals.add_argument(
+        "--business-date", type=date.fromisoformat,
+        help="business day, YYYY-MM-DD (default: the current one, by --cutover)",
+    )  # fmt: skip
+    cutover = LedgerSettings().business_day_cutover
+    terminals.add_argument(
+        "--cutover", type=_time_of_day, default=cutover,
+        help="UTC time of day a business day starts, HH:MM: the switch's"
+        f" ledger.business_day_cutover (default: {cutover:%H:%M}, the switch's default too)",
+    )  # fmt: skip
     return parser
 
 

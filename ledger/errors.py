@@ -30,4 +30,5 @@ class ProvisioningError(LedgerError):
 
 
 class FixtureError(LedgerError):
-    """A fixtures file is malformed; the message names the entry and the field."""
+    """A fixtures file is malformed; the message names the file, the entry (its table, its
+    place in it and, when the file writes it as a `[[table]]` header, its line) and the field."""

@@ -4,22 +4,115 @@ Reloading is safe: rows are matched by customer id, account number, PAN and term
 updated in place. Money is never reset by a reload: an account's opening balance is posted
 (against the house funding account of its currency) only when the account is first created,
 so balances always equal the sum of postings.
+
+Every entry is checked before anything is written. A bad one is a `FixtureError` naming the
+file, the line of the entry's `[[table]]` header, the entry (its table and place in it) and the
+problem, e.g. `fixtures.toml:42: customer #2, card #1: field 'daily_count' must be an integer,
+got a string`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
+
+import asyncpg
 
 from ledger.errors import FixtureError
 from ledger.migrations import Connection
 from ledger.model import CUSTOMER_ACCOUNT_TYPES, HOUSE_CUSTOMER_ID
 from ledger.pan import luhn_valid, mask_pan, pan_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    kind: type
+    required: bool = True
+
+
+# Each table's fields, as data: a field not listed here is refused (a misspelt optional field
+# would otherwise be ignored without a word). A list is an array of tables; a dict a table.
+FIELDS: Mapping[str, Mapping[str, Field]] = MappingProxyType(
+    {
+        "customers": {
+            "id": Field(int),
+            "name": Field(str),
+            "accounts": Field(list, required=False),
+            "cards": Field(list, required=False),
+        },
+        "customers.accounts": {
+            "number": Field(str),
+            "type": Field(str),
+            "currency": Field(str),
+            "opening_balance_minor": Field(int, required=False),
+            "floor_minor": Field(int, required=False),
+        },
+        "customers.cards": {
+            "pan": Field(str),
+            "expiry": Field(str),
+            "status": Field(str, required=False),
+            "currency": Field(str),
+            "max_per_txn_minor": Field(int),
+            "daily_amount_minor": Field(int),
+            "daily_count": Field(int),
+            "accounts": Field(dict, required=False),
+            "pin": Field(dict, required=False),
+        },
+        "terminals": {
+            "id": Field(str),
+            "location": Field(str),
+            "status": Field(str, required=False),
+            "currency": Field(str),
+            "tmk": Field(str, required=False),
+            "bdk": Field(str, required=False),
+        },
+    }
+)
+TOP_LEVEL_TABLES = ("customers", "terminals")
+_NOUNS = MappingProxyType(
+    {
+        "customers": "customer",
+        "customers.accounts": "account",
+        "customers.cards": "card",
+        "terminals": "terminal",
+    }
+)
+_EXPECTED = MappingProxyType(
+    {int: "an integer", str: "a string", dict: "a table", list: "an array of tables"}
+)
+# An array-of-tables header line, such as `[[customers.cards]]  # Ada's card`.
+_HEADER = re.compile(r"\s*\[\[\s*([\w.\s-]+?)\s*\]\]\s*(?:#.*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of an array of tables: its table (as its header names it), its 0-based index,
+    and for a customer's accounts and cards, the customer's entry."""
+
+    table: str
+    index: int
+    parent: Entry | None = None
+
+    def __str__(self) -> str:
+        own = f"{_NOUNS[self.table]} #{self.index + 1}"
+        return own if self.parent is None else f"{self.parent}, {own}"
+
+
+class EntryError(FixtureError):
+    """A bad entry, named by its place in the data; `FixtureFile.locate` adds the file and line."""
+
+    def __init__(self, entry: Entry, problem: str) -> None:
+        self.entry = entry
+        self.problem = problem
+        super().__init__(f"{entry}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,19 +123,176 @@ class LoadSummary:
     terminals: int
 
 
-def read_fixtures(path: Path) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class FixtureFile:
+    """A fixtures file read and checked: its data, and what names an entry's line in it."""
+
+    path: Path
+    text: str
+    data: Mapping[str, Any]
+
+    def locate(self, error: EntryError) -> FixtureError:
+        line = header_line(self.text, self.data, error.entry)
+        where = str(self.path) if line is None else f"{self.path}:{line}"
+        return FixtureError(f"{where}: {error}")
+
+
+def read_fixtures(path: Path) -> FixtureFile:
+    """Read, parse and check a fixtures file; errors name the file (and the entry's line)."""
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FixtureError(f"{path}: {exc}") from exc
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except OSError as exc:
+        raise FixtureError(f"{path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise FixtureError(f"{path}: not a TOML file: {exc}") from None
+    fixtures = FixtureFile(path, text, data)
+    try:
+        check_fixtures(data)
+    except EntryError as exc:
+        raise fixtures.locate(exc) from None
+    except FixtureError as exc:
+        raise FixtureError(f"{path}: {exc}") from None
+    return fixtures
 
 
-def _field(entry: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
-    value = entry.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
-        raise FixtureError(f"{where}: field {name!r} must be a {kind.__name__}")
-    return value
+def header_line(text: str, data: Mapping[str, Any], entry: Entry) -> int | None:
+    """The line of the entry's `[[table]]` header. tomllib keeps no positions, so the headers
+    are counted; None when they do not match the entries one for one (an inline array)."""
+    headers = [
+        (number, re.sub(r"\s*\.\s*", ".", match[1]))
+        for number, line in enumerate(text.splitlines(), 1)
+        if (match := _HEADER.fullmatch(line))
+    ]
+    return _header_line(headers, data, entry)
+
+
+def _header_line(
+    headers: Sequence[tuple[int, str]], data: Mapping[str, Any], entry: Entry
+) -> int | None:
+    if entry.parent is None:
+        span, siblings = headers, data.get(entry.table)
+    else:
+        start = _header_line(headers, data, entry.parent)
+        if start is None:
+            return None
+        after = [header for header in headers if header[0] > start]
+        # The parent's entries end at the next header of the parent's own table.
+        end = next((n for n, name in after if name == entry.parent.table), None)
+        span = [header for header in after if end is None or header[0] < end]
+        siblings = _entry_data(data, entry.parent).get(entry.table.rpartition(".")[2])
+    lines = [number for number, name in span if name == entry.table]
+    if not isinstance(siblings, list) or len(lines) != len(siblings):
+        return None
+    return lines[entry.index]
+
+
+def _entry_data(data: Mapping[str, Any], entry: Entry) -> Mapping[str, Any]:
+    container = data if entry.parent is None else _entry_data(data, entry.parent)
+    entries: list[Mapping[str, Any]] = container[entry.table.rpartition(".")[2]]
+    return entries[entry.index]
+
+
+def _toml_kind(value: object) -> str:
+    if isinstance(value, bool):  # before int: TOML's booleans are Python ints too
+        return "a boolean"
+    for kind, name in _EXPECTED.items():
+        if isinstance(value, kind):
+            return "an array" if kind is list else name
+    return "a float" if isinstance(value, float) else "a date or time"
+
+
+def _is_kind(value: object, kind: type) -> bool:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    return not isinstance(value, list) or all(isinstance(item, dict) for item in value)
+
+
+def _check_fields(entry: Mapping[str, Any], where: Entry) -> None:
+    fields = FIELDS[where.table]
+    for name in entry:
+        if name not in fields:
+            raise EntryError(where, f"unknown field {name!r} (known: {', '.join(fields)})")
+    for name, field in fields.items():
+        value = entry.get(name)
+        if value is None:
+            if field.required:
+                raise EntryError(where, f"field {name!r} is missing")
+        elif not _is_kind(value, field.kind):
+            expected = _EXPECTED[field.kind]
+            raise EntryError(where, f"field {name!r} must be {expected}, got {_toml_kind(value)}")
+
+
+def _check_customer(customer: Mapping[str, Any], where: Entry) -> None:
+    if customer["id"] <= 0:
+        raise EntryError(where, "field 'id' must be positive (0 is the house)")
+
+
+def _check_account(account: Mapping[str, Any], where: Entry) -> None:
+    if account["type"] not in CUSTOMER_ACCOUNT_TYPES:
+        raise EntryError(
+            where,
+            f"field 'type' must be one of {', '.join(CUSTOMER_ACCOUNT_TYPES)},"
+            f" got {account['type']!r}",
+        )
+
+
+def _check_card(card: Mapping[str, Any], where: Entry) -> None:
+    # The PAN itself is never repeated in a message.
+    if not luhn_valid(card["pan"]) or not mask_pan(card["pan"]):
+        raise EntryError(where, "field 'pan' is not a Luhn-valid card number")
+    for type_code, number in card.get("accounts", {}).items():
+        if type_code not in CUSTOMER_ACCOUNT_TYPES or not isinstance(number, str):
+            raise EntryError(
+                where,
+                "field 'accounts' maps account types"
+                f" ({', '.join(CUSTOMER_ACCOUNT_TYPES)}) to account numbers,"
+                f" got {type_code!r} = {_toml_kind(number)}",
+            )
+
+
+_CHECKS: Mapping[str, Callable[[Mapping[str, Any], Entry], None]] = MappingProxyType(
+    {
+        "customers": _check_customer,
+        "customers.accounts": _check_account,
+        "customers.cards": _check_card,
+        "terminals": lambda _terminal, _where: None,
+    }
+)
+
+
+def _check_entry(entry: Mapping[str, Any], where: Entry) -> None:
+    _check_fields(entry, where)
+    _CHECKS[where.table](entry, where)
+
+
+def check_fixtures(data: Mapping[str, Any]) -> None:
+    """Every table and entry well-formed, before anything is written: raises `EntryError` for
+    the first bad entry, `FixtureError` for a file laid out wrongly."""
+    unknown = sorted(set(data) - set(TOP_LEVEL_TABLES))
+    if unknown:
+        known = ", ".join(f"[[{table}]]" for table in TOP_LEVEL_TABLES)
+        raise FixtureError(f"unknown table {unknown[0]!r} (known: {known})")
+    for table in TOP_LEVEL_TABLES:
+        entries = data.get(table, [])
+        if not _is_kind(entries, list):
+            raise FixtureError(f"{table!r} must be an array of tables ([[{table}]])")
+        for index, entry in enumerate(entries):
+            where = Entry(table, index)
+            _check_entry(entry, where)
+            for name, field in FIELDS[table].items():
+                if field.kind is list:
+                    for sub_index, sub_entry in enumerate(entry.get(name, [])):
+                        _check_entry(sub_entry, Entry(f"{table}.{name}", sub_index, where))
+
+
+@contextlib.asynccontextmanager
+async def _refusals_named(where: Entry) -> AsyncIterator[None]:
+    """A statement the database refuses (a check constraint, a value too long) names the entry."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        raise EntryError(where, f"refused by the database: {exc}") from exc
 
 
 async def _post_opening(
@@ -59,14 +309,9 @@ async def _post_opening(
 
 
 async def _load_account(
-    conn: Connection, customer_id: int, entry: Mapping[str, Any], where: str, timeout_s: float
+    conn: Connection, customer_id: int, entry: Mapping[str, Any], where: Entry, timeout_s: float
 ) -> None:
-    number = _field(entry, "number", str, where)
-    type_code = _field(entry, "type", str, where)
-    currency = _field(entry, "currency", str, where)
-    if type_code not in CUSTOMER_ACCOUNT_TYPES:
-        raise FixtureError(f"{where}: type must be one of {CUSTOMER_ACCOUNT_TYPES}")
-    floor_minor = int(entry.get("floor_minor", 0))
+    number, currency = entry["number"], entry["currency"]
     row = await conn.fetchrow(
         "INSERT INTO ledger.accounts"
         " (customer_id, account_number, type_code, currency, floor_minor)"
@@ -74,12 +319,12 @@ async def _load_account(
         " ON CONFLICT (account_number) DO UPDATE SET floor_minor = EXCLUDED.floor_minor"
         " WHERE ledger.accounts.customer_id = EXCLUDED.customer_id"
         " RETURNING account_id, (xmax = 0) AS inserted",
-        customer_id, number, type_code, currency, floor_minor,
+        customer_id, number, entry["type"], currency, entry.get("floor_minor", 0),
         timeout=timeout_s,
     )  # fmt: skip
     if row is None:
-        raise FixtureError(f"{where}: account {number} belongs to another customer")
-    opening_minor = int(entry.get("opening_balance_minor", 0))
+        raise EntryError(where, f"account {number} belongs to another customer")
+    opening_minor = entry.get("opening_balance_minor", 0)
     if row["inserted"] and opening_minor:
         await _post_opening(conn, row["account_id"], opening_minor, timeout_s=timeout_s)
 
@@ -88,15 +333,12 @@ async def _load_card(
     conn: Connection,
     customer_id: int,
     entry: Mapping[str, Any],
-    where: str,
+    where: Entry,
     *,
     pan_hash_key: bytes,
     timeout_s: float,
 ) -> None:
-    pan = _field(entry, "pan", str, where)
-    if not luhn_valid(pan) or not mask_pan(pan):
-        raise FixtureError(f"{where}: pan is not a Luhn-valid card number")
-    where = f"{where} ({mask_pan(pan)})"
+    pan = entry["pan"]
     card_id = await conn.fetchval(
         "INSERT INTO ledger.cards (customer_id, pan_hash, pan_masked, expiry_yymm, status,"
         "  pin_data, currency, max_per_txn_minor, daily_amount_minor, daily_count)"
@@ -108,17 +350,14 @@ async def _load_card(
         "  daily_count = EXCLUDED.daily_count, pin_tries = 0"
         " WHERE ledger.cards.customer_id = EXCLUDED.customer_id"
         " RETURNING card_id",
-        customer_id, pan_hash(pan, pan_hash_key), mask_pan(pan),
-        _field(entry, "expiry", str, where), entry.get("status", "active"),
-        json.dumps(dict(entry.get("pin", {}))), _field(entry, "currency", str, where),
-        _field(entry, "max_per_txn_minor", int, where),
-        _field(entry, "daily_amount_minor", int, where),
-        _field(entry, "daily_count", int, where),
+        customer_id, pan_hash(pan, pan_hash_key), mask_pan(pan), entry["expiry"],
+        entry.get("status", "active"), json.dumps(entry.get("pin", {})), entry["currency"],
+        entry["max_per_txn_minor"], entry["daily_amount_minor"], entry["daily_count"],
         timeout=timeout_s,
     )  # fmt: skip
     if card_id is None:
-        raise FixtureError(f"{where}: card belongs to another customer")
-    for type_code, number in dict(entry.get("accounts", {})).items():
+        raise EntryError(where, f"card {mask_pan(pan)} belongs to another customer")
+    for type_code, number in entry.get("accounts", {}).items():
         linked = await conn.execute(
             "INSERT INTO ledger.card_accounts"
             " SELECT $1, $2, $3, account_id FROM ledger.accounts"
@@ -128,18 +367,17 @@ async def _load_card(
             timeout=timeout_s,
         )  # fmt: skip
         if linked != "INSERT 0 1":
-            raise FixtureError(f"{where}: no {type_code} account {number} of this customer")
+            raise EntryError(where, f"no {type_code} account {number} of this customer")
 
 
 async def _load_terminal(conn: Connection, entry: Mapping[str, Any], timeout_s: float) -> None:
-    terminal_id = _field(entry, "id", str, "terminal")
-    where = f"terminal {terminal_id}"
+    terminal_id = entry["id"]
     cash_id = await conn.fetchval(
         "INSERT INTO ledger.accounts (customer_id, account_number, type_code, currency)"
         " VALUES ($1, $2, 'cash', $3)"
         " ON CONFLICT (account_number) DO UPDATE SET currency = ledger.accounts.currency"
         " RETURNING account_id",
-        HOUSE_CUSTOMER_ID, f"CASH-{terminal_id}", _field(entry, "currency", str, where),
+        HOUSE_CUSTOMER_ID, f"CASH-{terminal_id}", entry["currency"],
         timeout=timeout_s,
     )  # fmt: skip
     await conn.execute(
@@ -147,41 +385,57 @@ async def _load_terminal(conn: Connection, entry: Mapping[str, Any], timeout_s: 
         " VALUES ($1, $2, $3, $4, $5, $6)"
         " ON CONFLICT (terminal_id) DO UPDATE SET location = EXCLUDED.location,"
         "  status = EXCLUDED.status, tmk = EXCLUDED.tmk, bdk = EXCLUDED.bdk",
-        terminal_id, _field(entry, "location", str, where), entry.get("status", "active"),
+        terminal_id, entry["location"], entry.get("status", "active"),
         entry.get("tmk"), entry.get("bdk"), cash_id,
         timeout=timeout_s,
     )  # fmt: skip
 
 
+async def _load_customer(
+    conn: Connection, customer: Mapping[str, Any], where: Entry, *, pan_hash_key: bytes,
+    timeout_s: float,
+) -> None:  # fmt: skip
+    customer_id = customer["id"]
+    async with _refusals_named(where):
+        await conn.execute(
+            "INSERT INTO ledger.customers (customer_id, name) VALUES ($1, $2)"
+            " ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name",
+            customer_id, customer["name"],
+            timeout=timeout_s,
+        )  # fmt: skip
+    for index, account in enumerate(customer.get("accounts", [])):
+        account_where = Entry("customers.accounts", index, where)
+        async with _refusals_named(account_where):
+            await _load_account(conn, customer_id, account, account_where, timeout_s)
+    for index, card in enumerate(customer.get("cards", [])):
+        card_where = Entry("customers.cards", index, where)
+        async with _refusals_named(card_where):
+            await _load_card(
+                conn, customer_id, card, card_where, pan_hash_key=pan_hash_key, timeout_s=timeout_s
+            )
+
+
 async def load_fixtures(
     conn: Connection, data: Mapping[str, Any], *, pan_hash_key: bytes, timeout_ms: int
 ) -> LoadSummary:
-    """Upsert everything in `data` in one transaction (connect as the owner role)."""
+    """Check `data`, then upsert all of it in one transaction (connect as the owner role).
+    A bad entry raises `EntryError` and nothing is written."""
+    check_fixtures(data)
     timeout_s = timeout_ms / 1000
-    customers = list(data.get("customers", []))
-    terminals = list(data.get("terminals", []))
-    accounts = cards = 0
+    customers = data.get("customers", [])
+    terminals = data.get("terminals", [])
     async with conn.transaction():
-        for customer in customers:
-            customer_id = _field(customer, "id", int, "customer")
-            where = f"customer {customer_id}"
-            if customer_id <= 0:
-                raise FixtureError(f"{where}: id must be positive (0 is the house)")
-            await conn.execute(
-                "INSERT INTO ledger.customers (customer_id, name) VALUES ($1, $2)"
-                " ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name",
-                customer_id, _field(customer, "name", str, where),
-                timeout=timeout_s,
+        for index, customer in enumerate(customers):
+            await _load_customer(
+                conn, customer, Entry("customers", index),
+                pan_hash_key=pan_hash_key, timeout_s=timeout_s,
             )  # fmt: skip
-            for account in customer.get("accounts", []):
-                await _load_account(conn, customer_id, account, f"{where} account", timeout_s)
-                accounts += 1
-            for card in customer.get("cards", []):
-                await _load_card(
-                    conn, customer_id, card, f"{where} card",
-                    pan_hash_key=pan_hash_key, timeout_s=timeout_s,
-                )  # fmt: skip
-                cards += 1
-        for terminal in terminals:
-            await _load_terminal(conn, terminal, timeout_s)
-    return LoadSummary(len(customers), accounts, cards, len(terminals))
+        for index, terminal in enumerate(terminals):
+            async with _refusals_named(Entry("terminals", index)):
+                await _load_terminal(conn, terminal, timeout_s)
+    return LoadSummary(
+        len(customers),
+        sum(len(customer.get("accounts", [])) for customer in customers),
+        sum(len(customer.get("cards", [])) for customer in customers),
+        len(terminals),
+    )

@@ -66,7 +66,11 @@ async def metrics(request: web.Request) -> web.Response:
         "refused_connections_total": float(stats.refused_connections),
         **request.app[LEDGER_FIGURES_KEY](),
     }
-    body = request.app[MONITOR_KEY].metrics.render(gauges)
+    monitor = request.app[MONITOR_KEY]
+    days_left = monitor.fleet.certificate_days_left_min()
+    if days_left is not None:
+        gauges["tls_client_certificate_days_left_min"] = days_left
+    body = monitor.metrics.render(gauges)
     return web.Response(text=body, content_type="text/plain", charset="utf-8")
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
+import os
 import resource
 import signal
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 
@@ -23,14 +26,15 @@ from hsm.client import NetworkHSM
 from hsm.errors import HsmError
 from hsm.keys import load_lmk
 from hsm.local import LocalHSM
-from ledger.errors import LedgerError, LedgerUnavailable
-from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings, pan_hash_key_from_env
+from hsm.tls import client_context
+from ledger.errors import LedgerError, LedgerUnavailable, SchemaTooOld
+from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
 from switch.admin import create_admin_app
 from switch.flows import Flows
 from switch.monitor import Monitor
-from switch.server import SwitchServer
-from switch.settings import Settings
+from switch.server import ListenError, SwitchServer
+from switch.settings import ENV_PREFIX, Settings
 
 log = structlog.get_logger("switch")
 READY_PROBE_TIMEOUT_MS = 1_000
@@ -47,17 +51,30 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def cannot_listen(table: str, host: str, port: int, error: OSError) -> StartupError:
+    """A listener that cannot bind, as one line naming the setting to change and where."""
+    name = "port" if error.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
+    key = f"{table}.{name}"
+    places = [f"{key} in the config file", f"{ENV_PREFIX}{table.upper()}__{name.upper()}"]
+    if table == "listener":
+        places.append(f"--{name}")
+    change = f"set another with {', '.join(places[:-1])} or {places[-1]}"
+    if error.errno == errno.EADDRINUSE:
+        return StartupError(f"{key}: {host}:{port} is already in use (another switch?); {change}")
+    # A name that does not resolve has a negative errno (getaddrinfo's own codes).
+    code = error.errno or 0
+    reason = os.strerror(code).lower() if code > 0 else error.strerror or str(error)
+    return StartupError(f"{key}: cannot listen on {host}:{port} ({reason}); {change}")
+
+
 def ledger_settings(settings: Settings) -> LedgerSettings:
     section = settings.ledger
-    pan_hash_key = pan_hash_key_from_env()
-    if settings.environment == "production" and pan_hash_key == DEVELOPMENT_PAN_HASH_KEY:
-        raise StartupError("production needs $LEDGER_PAN_HASH_KEY (the development key is refused)")
     return LedgerSettings(
         dsn=section.dsn,
         data_dir=section.data_dir,
         pool_size_min=section.pool_size_min,
         pool_size_max=section.pool_size_max,
-        pan_hash_key=pan_hash_key,
+        pan_hash_key=section.pan_hash_key,
         pin_tries_max=section.pin_tries_max,
         business_day_cutover=section.business_day_cutover,
         cross_customer_transfers=section.cross_customer_transfers,
@@ -82,17 +99,39 @@ async def open_hsm(settings: Settings) -> AsyncIterator[HSM]:
     addresses = [
         (host, int(port)) for host, _, port in (a.rpartition(":") for a in section.addresses)
     ]
+    tls = None
+    if section.tls is not None:
+        try:
+            tls = client_context(
+                ca_file=section.tls.ca_file,
+                cert_file=section.tls.cert_file,
+                key_file=section.tls.key_file,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise StartupError(f"HSM TLS ({settings.source}: hsm.tls): {exc}") from None
     async with NetworkHSM(
-        addresses, pool_size=section.pool_size, timeout_ms=section.timeout_ms
+        addresses, pool_size=section.pool_size, timeout_ms=section.timeout_ms, tls=tls
     ) as hsm:
-        log.info("hsm_network", addresses=list(section.addresses))
+        log.info("hsm_network", addresses=list(section.addresses), tls=tls is not None)
         yield hsm
+
+
+def migrate_command(settings: Settings) -> str:
+    """How to bring this switch's ledger up to date: migrations run as the schema owner."""
+    if settings.ledger.dsn is not None:
+        return "python -m ledger migrate --dsn <the owner role's DSN>"
+    return f"python -m ledger migrate --data-dir {settings.ledger.data_dir}"
 
 
 @contextlib.asynccontextmanager
 async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
     try:
         store = await open_store(ledger_settings(settings))
+    except SchemaTooOld as exc:
+        raise StartupError(
+            f"ledger: schema version {exc.applied} is older than {exc.required}:"
+            f" run `{migrate_command(settings)}`"
+        ) from None
     except LedgerError as exc:
         raise StartupError(f"ledger: {exc}") from None
     try:
@@ -151,7 +190,10 @@ async def running_admin(
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.admin.host, settings.admin.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise cannot_listen("admin", settings.admin.host, settings.admin.port, exc) from None
         log.info("admin_listening", host=settings.admin.host, port=runner.addresses[0][1])
         yield
     finally:
@@ -173,7 +215,10 @@ async def serve(settings: Settings) -> None:
             write_timeout_ms=settings.ledger.statement_timeout_ms + 1_000,
         )
         server = SwitchServer(settings.listener, flows, observer=monitor)
-        await server.start()
+        try:
+            await server.start()
+        except ListenError as exc:
+            raise cannot_listen("listener", exc.host, exc.port, exc.error) from None
         try:
             async with running_admin(settings, monitor, server, hsm, ledger):
                 # What start-up built lives as long as the process: out of the collector's

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from switch.iso8583.message import Message
 from switch.response_codes import ResponseCode
 from switch.responses import is_request_mti, respond
-from switch.session import Session, SessionEvent, advance, classify
+from switch.session import SecurityEvent, Session, SessionEvent, advance, classify
 
 # Fields without which a request cannot even be routed (by message class).
 ROUTING_FIELDS: Mapping[str, tuple[int, ...]] = MappingProxyType(
@@ -32,7 +32,7 @@ class Routing:
     reply: Message | None = None
     forward: bool = False
     reason: str | None = None
-    security_event: bool = False
+    security_event: SecurityEvent | None = None
 
 
 def route(session: Session, request: Message) -> Routing:

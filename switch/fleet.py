@@ -1,4 +1,5 @@
-"""The terminal fleet as operators see it: signed on or not, last seen, counts, approval rate."""
+"""The terminal fleet as operators see it: signed on or not, last seen, counts, approval rate,
+and when the client certificate it signed on with expires."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from switch.session import FINANCIAL_CLASSES
+from switch.tls import PeerCertificate
 
 
 @dataclass
@@ -17,8 +19,11 @@ class TerminalStatus:
     requests: int = 0
     financial: int = 0
     approved: int = 0
+    # The client certificate of the connection it last signed on over (mutual TLS only).
+    certificate: PeerCertificate | None = None
 
-    def as_json(self) -> dict[str, object]:
+    def as_json(self, now: datetime) -> dict[str, object]:
+        certificate = self.certificate
         return {
             "terminal_id": self.terminal_id,
             "signed_on": self.signed_on,
@@ -27,6 +32,10 @@ class TerminalStatus:
             "financial_requests": self.financial,
             "approved": self.approved,
             "approval_rate": round(self.approved / self.financial, 4) if self.financial else None,
+            "certificate_expires_at": (
+                certificate.not_valid_after.isoformat() if certificate else None
+            ),
+            "certificate_days_left": round(certificate.days_left(now), 1) if certificate else None,
         }
 
 
@@ -38,7 +47,12 @@ class Fleet:
         self._terminals: dict[str, TerminalStatus] = {}
 
     def observe(
-        self, terminal_id: str | None, mti: str, network_code: str | None, response_code: str | None
+        self,
+        terminal_id: str | None,
+        mti: str,
+        network_code: str | None,
+        response_code: str | None,
+        certificate: PeerCertificate | None,
     ) -> None:
         if terminal_id is None:
             return
@@ -50,6 +64,8 @@ class Fleet:
         status.requests += 1
         if mti == "0800" and approved and network_code in ("001", "002"):
             status.signed_on = network_code == "001"
+            if status.signed_on:
+                status.certificate = certificate
         if mti[:3] in FINANCIAL_CLASSES:
             status.financial += 1
             status.approved += approved
@@ -60,4 +76,17 @@ class Fleet:
             status.signed_on = False
 
     def snapshot(self) -> list[dict[str, object]]:
-        return [self._terminals[t].as_json() for t in sorted(self._terminals)]
+        now = self._clock()
+        return [self._terminals[t].as_json(now) for t in sorted(self._terminals)]
+
+    def certificate_days_left_min(self) -> float | None:
+        """The fewest days any signed-on terminal's certificate has left; None without one."""
+        now = self._clock()
+        return min(
+            (
+                status.certificate.days_left(now)
+                for status in self._terminals.values()
+                if status.signed_on and status.certificate is not None
+            ),
+            default=None,
+        )

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from switch.session import FINANCIAL_CLASSES
+from switch.tls import HandshakeFailure
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000)
 
@@ -48,6 +49,10 @@ class Metrics:
     financial_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     steps: dict[str, LatencyHistogram] = field(default_factory=dict)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    tls_handshake_failures: collections.Counter[HandshakeFailure] = field(
+        default_factory=collections.Counter
+    )
+    tls_subject_mismatches: int = 0
 
     def observe(self, mti: str, response_code: str, latency_ms: float) -> None:
         self.requests[(mti, response_code)] += 1
@@ -65,6 +70,13 @@ class Metrics:
     def count_error(self, component: str) -> None:
         """An HSM or database call that failed (timeout, unreachable, refused)."""
         self.errors[component] += 1
+
+    def count_tls_refusal(self, reason: HandshakeFailure) -> None:
+        self.tls_handshake_failures[reason] += 1
+
+    def count_subject_mismatch(self) -> None:
+        """A terminal whose certificate names another terminal, refused."""
+        self.tls_subject_mismatches += 1
 
     def render(self, scraped: Mapping[str, float]) -> str:
         """The Prometheus text; `scraped`: values read from elsewhere at scrape time."""
@@ -98,6 +110,19 @@ class Metrics:
         for component in ("hsm", "database"):
             count = self.errors[component]
             lines.append(f'switch_dependency_errors_total{{component="{component}"}} {count}')
+        lines += [
+            "# HELP switch_tls_handshake_failures_total TLS handshakes refused, by reason.",
+            "# TYPE switch_tls_handshake_failures_total counter",
+        ]
+        for reason in HandshakeFailure:
+            count = self.tls_handshake_failures[reason]
+            lines.append(f'switch_tls_handshake_failures_total{{reason="{reason}"}} {count}')
+        lines += [
+            "# HELP switch_tls_subject_mismatches_total Requests refused because the client"
+            " certificate names another terminal.",
+            "# TYPE switch_tls_subject_mismatches_total counter",
+            f"switch_tls_subject_mismatches_total {self.tls_subject_mismatches}",
+        ]
         for name, value in sorted(scraped.items()):
             # Those named *_total only ever grow.
             kind = "counter" if name.endswith("_total") else "gauge"

@@ -1,4 +1,4 @@
-"""Field 39 response codes the switch answers with (DESIGN.md, "Wire protocol")."""
+"""Field 39 response codes the switch answers with (docs/architecture.md, "Wire protocol")."""
 
 from enum import StrEnum
 

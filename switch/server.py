@@ -4,6 +4,12 @@ Per connection: bytes → FrameBuffer → decode → route (in arrival order, no
 immediate reply or an async handler task. Responses go out as they complete, so a pipelined
 connection may see them out of order (terminals match them by STAN). Every limit is enforced
 here: connections, in-flight requests per connection, frame size, idle time, write backlog.
+
+The server accepts sockets itself and opens each with `loop.connect_accepted_socket`, which
+raises when the TLS handshake fails. With `loop.create_server(ssl=...)` a refused handshake
+reaches neither the protocol nor the loop's exception handler (asyncio and uvloop both log it
+at debug level only), and `start_tls` after a plain accept loses the first bytes under uvloop,
+which starts reading after `connection_made` whatever the protocol asked.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import socket
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol, cast
 
 import structlog
@@ -22,16 +31,26 @@ from switch.dispatch import route
 from switch.iso8583.codec import DecodeError, EncodeError, decode, wire_of
 from switch.iso8583.framing import FrameBuffer, FramingError, LengthHeader, frame
 from switch.iso8583.message import Message
+from switch.ratelimit import LogRateLimiter
 from switch.response_codes import ResponseCode
 from switch.responses import format_error, is_request_mti, respond
-from switch.session import Session
+from switch.session import SecurityEvent, Session
 from switch.settings import ListenerSettings
-from switch.tls import server_ssl_context
+from switch.tls import (
+    HandshakeFailure,
+    HandshakeRefusal,
+    PeerCertificate,
+    handshake_refusal,
+    peer_certificate,
+    server_ssl_context,
+)
 
 log = structlog.get_logger("switch.server")
 
 # A peer that stops reading gets this much response data buffered before we stop reading it.
 WRITE_BUFFER_HIGH_BYTES = 64 * 1024
+# Out of descriptors or buffers: accepting again at once would spin; asyncio waits as long.
+ACCEPT_RETRY_DELAY_S = 1.0
 
 
 class Link:
@@ -45,13 +64,34 @@ Handler = Callable[[Message, Link], Awaitable[Message | None]]
 
 
 class Observer(Protocol):
-    """Told of every answered message and every closed connection (metrics, fleet status)."""
+    """Told of every answered message (with the client certificate of its connection), every
+    closed connection, every refused TLS handshake and every certificate naming another
+    terminal (metrics, fleet status)."""
 
     def message(
-        self, terminal_id: str | None, request_mti: str, response: Message, latency_ms: float
+        self,
+        terminal_id: str | None,
+        request_mti: str,
+        response: Message,
+        latency_ms: float,
+        certificate: PeerCertificate | None,
     ) -> None: ...
 
     def disconnected(self, terminal_id: str | None) -> None: ...
+
+    def tls_refused(self, reason: HandshakeFailure) -> None: ...
+
+    def subject_mismatch(self) -> None: ...
+
+
+class ListenError(Exception):
+    """The listener's address cannot be listened on: in use, not local, or not permitted."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host = host
+        self.port = port
+        self.error = error
+        super().__init__(f"cannot listen on {host}:{port}: {error}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +122,50 @@ class TerminalConnection(asyncio.Protocol, Link):
         self._idle_timer: asyncio.TimerHandle | None = None
         self.session = Session()
         self.peer = "?"
+        # The terminal's verified client certificate (mutual TLS only).
+        self.certificate: PeerCertificate | None = None
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if not self._server.admit(self):
-            log.warning("connection_refused", peer=self.peer, reason="max_connections reached")
-            self._transport.abort()
-            return
+        self.peer = _peer_name(transport.get_extra_info("peername"))
+        self._server.register(self)
         self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
         self._last_activity = self._server.clock()
         self._arm_timer(self._server.settings.idle_timeout_ms / 1000)
         log.debug("connection_open", peer=self.peer)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is not None:
+            self._check_certificate(peer_certificate(der))
+
+    def _check_certificate(self, certificate: PeerCertificate) -> None:
+        """Before any byte is read: warn of a certificate near its end, and tie the session to
+        the terminal the certificate names when the listener requires it."""
+        tls = self._server.settings.tls
+        assert tls is not None, "a client certificate comes with TLS"
+        self.certificate = certificate
+        days_left = certificate.days_left(self._server.wall_clock())
+        if days_left < tls.certificate_expiry_warning_days:
+            log.warning(
+                "tls_certificate_expiring",
+                peer=self.peer,
+                certificate_terminal_id=certificate.terminal_id,
+                days_left=round(days_left, 1),
+                not_valid_after=certificate.not_valid_after.isoformat(),
+            )
+        if not tls.require_subject_match:
+            return
+        if certificate.terminal_id is None:
+            self._server.security_event(
+                SecurityEvent.CERTIFICATE_SUBJECT_MISMATCH,
+                peer=self.peer,
+                reason="the certificate's subject has no single CN to name a terminal",
+            )
+            self.close("client certificate names no terminal")
+            return
+        self.session = Session(certified_terminal_id=certificate.terminal_id)
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._server.clock()
@@ -160,13 +229,14 @@ class TerminalConnection(asyncio.Protocol, Link):
             return
         routing = route(self.session, request)
         self.session = routing.session
-        if routing.security_event:
-            log.warning(
-                "security_event",
-                event_kind=routing.reason,
+        if routing.security_event is not None:
+            self._server.security_event(
+                routing.security_event,
                 peer=self.peer,
+                reason=routing.reason,
                 terminal_id=self.session.terminal_id,
                 claimed_terminal_id=request.terminal_id,
+                certificate_terminal_id=self.session.certified_terminal_id,
                 stan=request.stan,
             )
         if routing.reply is not None:
@@ -304,21 +374,33 @@ class SwitchServer:
         handler: Handler,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.handler = handler
         self.clock = clock
+        # For certificate expiry only; every interval is measured on `clock`.
+        self.wall_clock = wall_clock
         self._observer = observer
         self._connections: set[TerminalConnection] = set()
         self._refused_connections = 0
-        self._server: asyncio.Server | None = None
+        self._listening: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        # Accepted sockets whose connection (and TLS handshake) is being set up.
+        self._opening: set[asyncio.Task[None]] = set()
+        self._ssl_context: ssl.SSLContext | None = None
+        tls = settings.tls
+        self._refusal_log = (
+            LogRateLimiter(tls.refused_log_lines_max, tls.refused_log_interval_ms / 1000)
+            if tls is not None
+            else None
+        )
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        assert self._server.sockets
-        port: int = self._server.sockets[0].getsockname()[1]
+        assert self._listening
+        port: int = self._listening[0].getsockname()[1]
         return port
 
     def stats(self) -> Stats:
@@ -329,25 +411,80 @@ class SwitchServer:
         )
 
     async def start(self) -> None:
+        """Bind the listener; raises `ListenError` when its address cannot be listened on."""
         tls = self.settings.tls
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: TerminalConnection(self),
-            host=self.settings.host,
-            port=self.settings.port,
-            ssl=server_ssl_context(tls) if tls is not None else None,
-            ssl_handshake_timeout=tls.handshake_timeout_ms / 1000 if tls is not None else None,
-            backlog=min(self.settings.max_connections, 4096),
-            reuse_address=True,
-        )
+        self._ssl_context = server_ssl_context(tls) if tls is not None else None
+        try:
+            self._listening = await _listen(
+                self.settings.host, self.settings.port, min(self.settings.max_connections, 4096)
+            )
+        except OSError as exc:
+            raise ListenError(self.settings.host, self.settings.port, exc) from exc
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in self._listening]
         log.info("listening", host=self.settings.host, port=self.port, tls=tls is not None)
 
-    def admit(self, connection: TerminalConnection) -> bool:
-        if len(self._connections) >= self.settings.max_connections:
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listening)
+            except ConnectionAbortedError:
+                continue  # the peer gave up while queued
+            except OSError as exc:
+                log.error("accept_failed", error=str(exc), retry_in_s=ACCEPT_RETRY_DELAY_S)
+                await asyncio.sleep(ACCEPT_RETRY_DELAY_S)
+                continue
+            self._open(sock, _peer_name(address))
+
+    def _open(self, sock: socket.socket, peer: str) -> None:
+        # Connections still in their handshake count: a flood of them is refused before any
+        # TLS work is spent on it.
+        if len(self._connections) + len(self._opening) >= self.settings.max_connections:
             self._refused_connections += 1
-            return False
+            log.warning("connection_refused", peer=peer, reason="max_connections reached")
+            sock.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._connect(sock, peer))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _connect(self, sock: socket.socket, peer: str) -> None:
+        tls = self.settings.tls
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: TerminalConnection(self),
+                sock,
+                ssl=self._ssl_context,
+                ssl_handshake_timeout=tls.handshake_timeout_ms / 1000 if tls else None,
+            )
+        except OSError as exc:  # ssl.SSLError, a reset, the handshake timeout: the socket is closed
+            if tls is None:
+                log.debug("connection_failed", peer=peer, error=str(exc))
+                return
+            self._refused_handshake(peer, handshake_refusal(exc))
+
+    def _refused_handshake(self, peer: str, refusal: HandshakeRefusal) -> None:
+        if self._observer is not None:
+            self._observer.tls_refused(refusal.reason)
+        assert self._refusal_log is not None, "handshakes are refused on TLS listeners only"
+        allowance = self._refusal_log.admit(refusal.reason, self.clock())
+        if allowance.log:
+            log.warning(
+                "tls_handshake_refused",
+                peer=peer,
+                reason=refusal.reason.value,
+                detail=refusal.detail,
+                suppressed=allowance.suppressed,
+            )
+
+    def security_event(self, kind: SecurityEvent, **context: str | None) -> None:
+        log.warning("security_event", event_kind=kind.value, **context)
+        if kind is SecurityEvent.CERTIFICATE_SUBJECT_MISMATCH and self._observer is not None:
+            self._observer.subject_mismatch()
+
+    def register(self, connection: TerminalConnection) -> None:
         self._connections.add(connection)
-        return True
 
     def release(self, connection: TerminalConnection) -> None:
         if connection in self._connections and self._observer is not None:
@@ -378,12 +515,18 @@ class SwitchServer:
         }
         log.info("message", **{k: v for k, v in event.items() if v is not None})
         if self._observer is not None:
-            self._observer.message(terminal_id, request_mti, response, latency_ms)
+            self._observer.message(
+                terminal_id, request_mti, response, latency_ms, connection.certificate
+            )
 
     async def shutdown(self, grace_ms: int) -> None:
-        if self._server is None:
+        if not self._listening:
             return
-        self._server.close()
+        await _cancel(self._accepting)
+        for sock in self._listening:
+            sock.close()
+        # A handshake not finished by now would only be closed at once.
+        await _cancel(self._opening)
         for connection in list(self._connections):
             connection.stop_reading()
         in_flight = [c.wait_idle() for c in self._connections if c.in_flight]
@@ -397,5 +540,31 @@ class SwitchServer:
             # committed, so nothing is left half-posted.
             connection.cancel_in_flight()
             connection.close("switch shutting down")
-        await self._server.wait_closed()
         log.info("stopped", unfinished=unfinished)
+
+
+async def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """A listening socket per address `host` resolves to, as `loop.create_server` binds them."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listening: list[socket.socket] = []
+    try:
+        for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+            sock = socket.create_server(address, family=family, backlog=backlog)
+            listening.append(sock)
+            sock.setblocking(False)
+    except OSError:
+        for sock in listening:
+            sock.close()
+        raise
+    return listening
+
+
+async def _cancel(tasks: Collection[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _peer_name(address: object) -> str:
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)

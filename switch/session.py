@@ -22,6 +22,13 @@ class SessionState(StrEnum):
     SIGNED_OFF = "signed_off"
 
 
+class SecurityEvent(StrEnum):
+    """A refusal that is also logged as a security event: a terminal acting for another."""
+
+    TERMINAL_ID_MISMATCH = "terminal_id_mismatch"
+    CERTIFICATE_SUBJECT_MISMATCH = "certificate_subject_mismatch"
+
+
 class SessionEvent(StrEnum):
     SIGN_ON = "sign_on"
     SIGN_OFF = "sign_off"
@@ -83,6 +90,9 @@ class Session:
     # The terminal that signed on over this connection; a connection serves one terminal.
     terminal_id: str | None = None
     keys: TerminalKeys | None = None
+    # Set from the client certificate when the listener requires its subject to match: the
+    # only terminal this connection may act as, from before sign-on on.
+    certified_terminal_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +101,13 @@ class Admission:
     refusal: ResponseCode | None
     reason: str | None = None
     # A terminal acting for another: refused, and logged as a security event.
-    security_event: bool = False
+    security_event: SecurityEvent | None = None
 
 
 def advance(session: Session, event: SessionEvent, terminal_id: str | None) -> Admission:
     """Apply one request's event. Echo needs no terminal id; everything else names this
-    connection's terminal in field 41, and sign-on binds it."""
+    connection's terminal in field 41 (the one its certificate names, when that is required),
+    and sign-on binds it."""
     next_state = TRANSITIONS.get((session.state, event))
     if next_state is None:
         return Admission(
@@ -104,9 +115,20 @@ def advance(session: Session, event: SessionEvent, terminal_id: str | None) -> A
         )
     if event is _E.ECHO:
         return Admission(replace(session, state=next_state), None)
+    certified = session.certified_terminal_id
+    if certified is not None and terminal_id != certified:
+        return Admission(
+            session,
+            ResponseCode.NOT_PERMITTED_TO_TERMINAL,
+            "certificate names another terminal",
+            SecurityEvent.CERTIFICATE_SUBJECT_MISMATCH,
+        )
     bound = session.terminal_id
     if bound is not None and terminal_id != bound:
         return Admission(
-            session, ResponseCode.NOT_PERMITTED_TO_TERMINAL, "terminal id mismatch", True
+            session,
+            ResponseCode.NOT_PERMITTED_TO_TERMINAL,
+            "terminal id mismatch",
+            SecurityEvent.TERMINAL_ID_MISMATCH,
         )
     return Admission(replace(session, state=next_state, terminal_id=bound or terminal_id), None)

@@ -4,7 +4,8 @@ Every key has a default (the same values `config/switch.toml` documents), so no 
 for development. An override is `SWITCH__<TABLE>__<KEY>=<value>`, e.g.
 `SWITCH__LISTENER__PORT=9000`; the value is read as a TOML value when it parses as one
 (`true`, `42`, `"text"`), else as a string. Any invalid or unknown key is a `SettingsError` that
-names the file (or variable), the key and what was expected.
+names the file (or variable), the key and what was expected. With `environment = "production"`,
+development and weak secrets are refused the same way (see `switch.production`).
 """
 
 from __future__ import annotations
@@ -12,16 +13,27 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 from typing import Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
+from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, PAN_HASH_KEY_ENV
 from switch.iso8583.spec import (
     BINARY_FIELD_ENCODINGS,
     BITMAP_ENCODINGS,
     LENGTH_HEADER_KINDS,
     Dialect,
+)
+from switch.production import (
+    KEY_BYTES_MIN,
+    PASSWORD_CHARS_MIN,
+    POSTGRES_SCHEMES,
+    TOKEN_CHARS_MIN,
+    dsn_password,
+    unguarded_dsn,
+    weak_secret,
 )
 
 ENV_PREFIX = "SWITCH__"
@@ -32,6 +44,8 @@ Environment = Literal["development", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
 # Development-only secrets. The switch refuses to start with any of them in production.
 DEVELOPMENT_ADMIN_TOKEN = "development-only-admin-token"  # noqa: S105 - refused in production
+# The least `ledger.settings.LedgerSettings` accepts as a PAN hash key, in any environment.
+LEDGER_PAN_HASH_KEY_BYTES_MIN = 16
 
 _C = TypeVar("_C", bound=str)
 _ADDRESS = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
@@ -54,6 +68,13 @@ class TlsSettings:
     # With a client CA, terminals must present a certificate it signed (mutual TLS).
     client_ca_file: Path | None
     handshake_timeout_ms: int
+    # The certificate's subject CN must be the terminal id the connection signs on as.
+    require_subject_match: bool
+    # A terminal whose certificate expires within this many days is warned about on connecting.
+    certificate_expiry_warning_days: int
+    # Refused handshakes are logged at most this many lines per reason per interval.
+    refused_log_lines_max: int
+    refused_log_interval_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +111,15 @@ HSM_BACKENDS: tuple[HsmBackend, ...] = ("local", "network")
 
 
 @dataclass(frozen=True, slots=True)
+class HsmTlsSettings:
+    # The CA that signed the HSMs' certificates, and this switch's own certificate and key (the
+    # HSM gives the switch profile to its certificate's CN).
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class HsmSettings:
     backend: HsmBackend
     # Local backend: the LMK file (64 hex, owner-only); none = $HSM_LMK, else the development LMK.
@@ -98,6 +128,8 @@ class HsmSettings:
     addresses: tuple[str, ...]
     pool_size: int
     timeout_ms: int
+    # Network backend: mutual TLS to the HSMs (`[hsm.tls]`); none = plain TCP (development).
+    tls: HsmTlsSettings | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +138,7 @@ class LedgerSection:
     DSN with a password belongs in the environment too (SWITCH__LEDGER__DSN)."""
 
     dsn: str | None
+    pan_hash_key: bytes = field(repr=False)
     data_dir: Path
     pool_size_min: int
     pool_size_max: int
@@ -205,6 +238,13 @@ class _Table:
             raise SettingsError(self.source, self.key_name(key), f"a file path, got {value!r}")
         return base / value
 
+    def pem_file(self, key: str, base: Path) -> Path:
+        value = self.path(key, base)
+        if value is None or not value.is_file():
+            expected = f"a readable PEM file, got {value}"
+            raise SettingsError(self.source, self.key_name(key), expected)
+        return value
+
     def optional_text(self, key: str) -> str | None:
         return None if self._data.get(key) is None else self.text(key, "")
 
@@ -264,7 +304,7 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
         data = _read_toml(path)
     overridden = _apply_env(data, env or {})
     table = _Table(data, "", source if not overridden else f"{source} + environment")
-    return _parse(table, base)
+    return _parse(table, base, env or {})
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -303,12 +343,12 @@ def _env_value(raw: str) -> object:
         return raw
 
 
-def _parse(root: _Table, base: Path) -> Settings:
+def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
     environment = root.choice("environment", "development", ENVIRONMENTS)
     listener = _parse_listener(root.table("listener"), base)
     admin = _parse_admin(root.table("admin"), environment)
     hsm = _parse_hsm(root.table("hsm"), base)
-    ledger = _parse_ledger(root.table("ledger"))
+    ledger = _parse_ledger(root.table("ledger"), environment, env)
     pipeline_table = root.table("pipeline")
     pipeline = PipelineSettings(
         request_deadline_ms=pipeline_table.integer(
@@ -344,16 +384,31 @@ def _parse_hsm(table: _Table, base: Path) -> HsmSettings:
         addresses=addresses,
         pool_size=table.integer("pool_size", 4, minimum=1, maximum=256),
         timeout_ms=table.integer("timeout_ms", 1_000, minimum=10, maximum=60_000),
+        tls=_parse_hsm_tls(table.table("tls"), base) if table.has("tls") else None,
     )
     table.finish()
     return settings
 
 
-def _parse_ledger(table: _Table) -> LedgerSection:
+def _parse_hsm_tls(table: _Table, base: Path) -> HsmTlsSettings:
+    settings = HsmTlsSettings(
+        ca_file=table.pem_file("ca_file", base),
+        cert_file=table.pem_file("cert_file", base),
+        key_file=table.pem_file("key_file", base),
+    )
+    table.finish()
+    return settings
+
+
+def _parse_ledger(table: _Table, environment: Environment, env: Mapping[str, str]) -> LedgerSection:
     # Relative to the working directory, as for `python -m ledger --data-dir`.
     data_dir = Path(table.optional_text("data_dir") or ".var/pg")
+    dsn = table.optional_text("dsn")
+    if dsn is not None:
+        _check_dsn(table, dsn, environment, env)
     settings = LedgerSection(
-        dsn=table.optional_text("dsn"),
+        dsn=dsn,
+        pan_hash_key=_pan_hash_key(environment, env),
         data_dir=data_dir,
         pool_size_min=table.integer("pool_size_min", 2, minimum=1, maximum=1_000),
         pool_size_max=table.integer("pool_size_max", 16, minimum=1, maximum=1_000),
@@ -377,6 +432,47 @@ def _parse_ledger(table: _Table) -> LedgerSection:
     return settings
 
 
+def _check_dsn(table: _Table, dsn: str, environment: Environment, env: Mapping[str, str]) -> None:
+    key = table.key_name("dsn")
+    if urlsplit(dsn).scheme not in POSTGRES_SCHEMES:
+        # asyncpg reads only the URI form; the key=value form would fail at connection time.
+        raise SettingsError(table.source, key, "a postgresql:// URI")
+    if environment != "production":
+        return
+    password = dsn_password(dsn)
+    problem = unguarded_dsn(dsn, env) or (
+        weak_secret(password, "a password", "character", PASSWORD_CHARS_MIN)
+        if password is not None
+        else None
+    )
+    if problem is not None:
+        raise SettingsError(table.source, key, problem)
+
+
+def _pan_hash_key(environment: Environment, env: Mapping[str, str]) -> bytes:
+    """From the environment only: a key in a file would sit next to the data it protects."""
+    value = env.get(PAN_HASH_KEY_ENV) or None  # set but empty: unset, as for the ledger CLI
+    if value is None and environment != "production":
+        return DEVELOPMENT_PAN_HASH_KEY
+    try:
+        key = bytes.fromhex(value or "")
+    except ValueError:
+        raise SettingsError("environment", PAN_HASH_KEY_ENV, "hex digits") from None
+    if environment == "production":
+        problem = (
+            "a key of your own in production (hex digits)"
+            if value is None or key == DEVELOPMENT_PAN_HASH_KEY
+            else weak_secret(key, "a key", "byte", KEY_BYTES_MIN)
+        )
+    elif len(key) < LEDGER_PAN_HASH_KEY_BYTES_MIN:
+        problem = f"a key of at least {LEDGER_PAN_HASH_KEY_BYTES_MIN} bytes, got {len(key)}"
+    else:
+        problem = None
+    if problem is not None:
+        raise SettingsError("environment", PAN_HASH_KEY_ENV, problem)
+    return key
+
+
 def _parse_admin(table: _Table, environment: Environment) -> AdminSettings:
     settings = AdminSettings(
         enabled=table.flag("enabled", True),
@@ -384,10 +480,14 @@ def _parse_admin(table: _Table, environment: Environment) -> AdminSettings:
         port=table.integer("port", 8584, minimum=0, maximum=65535),
         token=table.text("token", DEVELOPMENT_ADMIN_TOKEN),
     )
-    if environment == "production" and settings.token == DEVELOPMENT_ADMIN_TOKEN:
-        raise SettingsError(
-            table.source, table.key_name("token"), "a token of your own in production"
+    if environment == "production":
+        problem = (
+            "a token of your own in production"
+            if settings.token == DEVELOPMENT_ADMIN_TOKEN
+            else weak_secret(settings.token, "a token", "character", TOKEN_CHARS_MIN)
         )
+        if problem is not None:
+            raise SettingsError(table.source, table.key_name("token"), problem)
     table.finish()
     return settings
 
@@ -438,6 +538,20 @@ def _parse_tls(table: _Table, base: Path) -> TlsSettings:
         handshake_timeout_ms=table.integer(
             "handshake_timeout_ms", 10_000, minimum=100, maximum=120_000
         ),
+        require_subject_match=table.flag("require_subject_match", False),
+        certificate_expiry_warning_days=table.integer(
+            "certificate_expiry_warning_days", 30, minimum=0, maximum=3_650
+        ),
+        refused_log_lines_max=table.integer("refused_log_lines_max", 10, minimum=1, maximum=10_000),
+        refused_log_interval_ms=table.integer(
+            "refused_log_interval_ms", 60_000, minimum=1_000, maximum=86_400_000
+        ),
     )
+    if settings.require_subject_match and client_ca_file is None:
+        raise SettingsError(
+            table.source,
+            table.key_name("require_subject_match"),
+            "client_ca_file as well (only a client certificate names a terminal)",
+        )
     table.finish()
     return settings

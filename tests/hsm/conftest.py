@@ -1,4 +1,5 @@
-"""Fixtures for the HSM tests: reproducible development keys and both HSM backends."""
+"""Fixtures for the HSM tests: reproducible development keys, both HSM backends, and
+certificates for mutual TLS."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from hsm.engine import SoftHsm
 from hsm.local import LocalHSM
 from hsm.server import HsmServer, ServerConfig
 
-from .support import LMK
+from .support import LMK, Pki, make_pki
 
 
 @pytest.fixture(scope="session")
 def dev_keys() -> DevKeys:
     return make_dev_keys(LMK, b"tests/hsm")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`python -m hsm`: help text, development keys, and the production refusal."""
+"""`python -m hsm`: help text, development keys, and the production refusals."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from hsm.__main__ import main
 from hsm.client import NetworkHSM
 from hsm.devserver import REPO, spawn_dev_hsm
-from hsm.keys import DEVELOPMENT_LMK, DEVELOPMENT_LMK_HEX, Lmk, StoredKey
+from hsm.keys import DEVELOPMENT_LMK, DEVELOPMENT_LMK_HEX, KeyRole, Lmk, StoredKey
+
+from .support import Pki
 
 
 def test_serve_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,20 +35,26 @@ def test_dev_keys_prints_labelled_key_material(capsys: pytest.CaptureFixture[str
     assert StoredKey.from_text(keys["tmk"]).kcv == keys["tmk_kcv"]
     assert len(keys["tmk_clear"]) == 32
     assert StoredKey.from_text(keys["pvk"]).role.value == "PVK"
+    assert StoredKey.from_text(keys["phk"]).role is KeyRole.PHK
 
 
-@pytest.mark.parametrize(
-    ("args", "env_lmk"),
-    [
-        (["serve", "--production", "--port", "0"], DEVELOPMENT_LMK_HEX),
-        (["serve", "--production", "--port", "0"], None),
-    ],
-)
-def test_serve_refuses_development_lmk_in_production(args: list[str], env_lmk: str | None) -> None:
+def tls_config(pki: Pki) -> str:
+    return (
+        "[hsm.tls]\n"
+        f'cert_file = "{pki.hsm.cert}"\n'
+        f'key_file = "{pki.hsm.key}"\n'
+        f'client_ca_file = "{pki.ca.cert}"\n'
+        "[[hsm.clients]]\n"
+        'cn = "switch-1"\n'
+        'profile = "switch"\n'
+    )
+
+
+def run_hsm(*args: str, env_lmk: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "HSM_LMK"}
     if env_lmk:
         env["HSM_LMK"] = env_lmk
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "hsm", *args],
         cwd=REPO,
         env=env,
@@ -54,8 +63,35 @@ def test_serve_refuses_development_lmk_in_production(args: list[str], env_lmk: s
         timeout=30,
         check=False,
     )
+
+
+@pytest.mark.parametrize("env_lmk", [DEVELOPMENT_LMK_HEX, None])
+def test_serve_refuses_development_lmk_in_production(
+    env_lmk: str | None, pki: Pki, tmp_path: Path
+) -> None:
+    config = tmp_path / "hsm.toml"
+    config.write_text("[hsm]\nproduction = true\n" + tls_config(pki), encoding="utf-8")
+    done = run_hsm("serve", "--config", str(config), "--port", "0", env_lmk=env_lmk)
     assert done.returncode == 2
+    assert "LMK" in done.stderr
     assert DEVELOPMENT_LMK_HEX not in done.stderr + done.stdout
+
+
+def test_production_without_tls_refuses_to_start(tmp_path: Path) -> None:
+    """Whatever the LMK: the file and the key that are missing are named."""
+    config = tmp_path / "hsm.toml"
+    config.write_text("[hsm]\nproduction = true\n", encoding="utf-8")
+    done = run_hsm("serve", "--config", str(config), "--port", "0", env_lmk="11" * 32)
+    assert done.returncode == 2
+    assert f"{config}" in done.stderr
+    assert "hsm.tls: expected a [hsm.tls] table" in done.stderr
+
+
+def test_production_flag_without_a_config_file_refuses_to_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--production", "--port", "0"]) == 2
+    assert "hsm.tls" in capsys.readouterr().err
 
 
 def test_dev_config_holds_the_development_lmk() -> None:

@@ -114,7 +114,7 @@ async def test_translate_pin(hsm: HSM, dev_keys: DevKeys) -> None:
     assert pinblock.decrypt_pin_block(zpk_clear, out, PAN, F.ISO3) == PIN
 
 
-@pytest.mark.parametrize("algorithm", list(Algorithm))
+@pytest.mark.parametrize("algorithm", [Algorithm.TDES, Algorithm.AES])
 async def test_mac(hsm: HSM, dev_keys: DevKeys, algorithm: Algorithm) -> None:
     data = b"0200\x00\x01 some ISO 8583 message"
     if algorithm is Algorithm.TDES:
@@ -135,6 +135,7 @@ async def test_generate_key_and_kcv(hsm: HSM) -> None:
         (KeyRole.ZPK, Algorithm.TDES, 24),
         (KeyRole.PVK, Algorithm.TDES, 16),
         (KeyRole.TAK, Algorithm.AES, 32),
+        (KeyRole.IMK_AC, Algorithm.TDES, 16),
     ]:
         key = await hsm.generate_key(role, algorithm, length)
         assert (key.role, key.algorithm) == (role, algorithm)

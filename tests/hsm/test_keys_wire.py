@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from hsm import pinblock, wire
+from hsm import commands, emv, pinblock, wire
 from hsm.api import Ibm3624Method, Ibm3624Offset, VisaPvv, VisaPvvMethod
 from hsm.commands import execute
 from hsm.crypto import Algorithm
@@ -19,6 +19,7 @@ from hsm.devkeys import DevKeys, make_dev_keys
 from hsm.engine import SoftHsm
 from hsm.errors import (
     DevelopmentLmkError,
+    HsmError,
     KeyBlockError,
     KeyMaterialError,
     KeyUsageError,
@@ -175,6 +176,7 @@ def test_wire_decode_never_raises_anything_else(payload: bytes) -> None:
         (wire.Message("KC", 7, fields=()), "40"),
         (wire.Message("MG", 7, fields=("garbage", "00")), "12"),
         (wire.Message("PV", 7, fields=("",) * 12), "40"),
+        (wire.Message("GK", 7, fields=("TPK", "T", "²")), "40"),  # isdigit, but not int()'s
     ],
 )
 def test_execute_answers_errors_with_codes(
@@ -186,6 +188,77 @@ def test_execute_answers_errors_with_codes(
         7,
         error,
     )
+
+
+# --- the EMV command (AQ) ---------------------------------------------------------------------
+
+_IMK = LMK.wrap(KeyRole.IMK_AC, Algorithm.TDES, bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
+_EMV_TAGS = {tag: bytes(length) for tag, length in emv.TAG_LENGTHS.items()}
+_EMV_TAGS[emv.TAG_IAD] = bytes.fromhex("06011203A0B800")
+_TAGS_TEXT = commands.tags_field(emv.cryptogram_version(18), _EMV_TAGS)
+
+
+def _arqc_request(**change: str) -> wire.Message:
+    fields = {
+        "imk": _IMK.to_text(),
+        "pan": "4761739001010010",
+        "psn": "00",
+        "atc": "0000",
+        "arqc": "00" * 8,
+        "cvn": "18",
+        "tags": _TAGS_TEXT,
+        "method": "2",
+        "arc_or_csu": "00000000",
+        "proprietary": "",
+        **change,
+    }
+    return wire.Message(commands.VERIFY_ARQC, 7, fields=tuple(fields.values()))
+
+
+def test_tags_field_carries_only_what_the_cvn_reads() -> None:
+    with_pan = {**_EMV_TAGS, 0x5A: bytes.fromhex("4761739001010010")}
+    text = commands.tags_field(emv.cryptogram_version(18), with_pan)
+    assert text == _TAGS_TEXT
+    assert text.startswith("9F02=000000000000,9F03=000000000000,9F1A=0000,95=0000000000,")
+    assert text.endswith(",9F10=06011203A0B800")
+
+
+def test_arqc_command_answers_a_verdict(soft_hsm: SoftHsm) -> None:
+    reply = execute(soft_hsm, _arqc_request())
+    assert (reply.error, reply.fields) == (wire.OK, ("N", "", ""))
+    assert commands.arqc_result_of(reply.fields) == emv.ArqcResult(verified=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"tags": _TAGS_TEXT + ",9F02=000000000000"}, "40"),  # a tag twice
+        ({"tags": _TAGS_TEXT.replace("9F02", "9f02")}, "40"),  # lower-case tag
+        ({"tags": _TAGS_TEXT.replace("9F02", "9F0")}, "40"),  # odd-length tag
+        ({"tags": ",".join(["9F02=00"] * 17)}, "40"),  # past the bound
+        ({"tags": _TAGS_TEXT.replace("9F1A=0000", "9F1A=00ZZ")}, "40"),  # value not hex
+        ({"tags": _TAGS_TEXT.replace("9F02=000000000000,", "")}, "62"),  # amount missing
+        ({"cvn": "11"}, "61"),
+        ({"cvn": "x"}, "40"),
+        ({"method": "3"}, "40"),
+        ({"method": "1", "arc_or_csu": "3030", "proprietary": "00"}, "40"),
+        ({"method": "1", "arc_or_csu": "3030"}, "62"),  # an ARC for a method 2 CVN
+        ({"atc": "00"}, "62"),
+        ({"psn": "0"}, "62"),
+        ({"pan": "4761739001O10010"}, "23"),
+        ({"imk": "garbage"}, "12"),
+    ],
+)
+def test_arqc_command_refusals(soft_hsm: SoftHsm, change: dict[str, str], error: str) -> None:
+    reply = execute(soft_hsm, _arqc_request(**change))
+    assert reply.error == error
+    assert "4761739001" not in reply.fields[0]
+
+
+@pytest.mark.parametrize("fields", [("Y", "00"), ("N", "00", ""), ("X", "", ""), ()])
+def test_arqc_reply_must_be_well_formed(fields: tuple[str, ...]) -> None:
+    with pytest.raises(RequestError):
+        commands.arqc_result_of(fields)
 
 
 # --- derive then verify, on the engine both backends share -----------------------------------
@@ -218,7 +291,9 @@ def test_pvv_set_then_verified_for_that_pin_only(pin: str, other: str) -> None:
     verification = VisaPvv(_KEYS.pvk, "1", pvv)
     block = pinblock.encrypt_pin_block(_TPK_CLEAR, pin, pan, F.ISO0)
     assert _ENGINE.verify_pin(block, pan, _TPK, F.ISO0, verification)
-    assume(other[:4] != pin[:4])  # a PVV covers the first four PIN digits by definition
+    # A PVV covers the first four PIN digits, in four decimal digits: two PINs can share one.
+    other_pvv = _ENGINE.derive_pin_verification_data(_KEYS.pvk, pan, other, VisaPvvMethod("1"))
+    assume(other[:4] != pin[:4] and other_pvv != pvv)
     other_block = pinblock.encrypt_pin_block(_TPK_CLEAR, other, pan, F.ISO0)
     assert not _ENGINE.verify_pin(other_block, pan, _TPK, F.ISO0, verification)
 
@@ -238,3 +313,16 @@ def test_open_blocks_stay_checked_per_lmk_and_per_text() -> None:
         lmk.unwrap(StoredKey(tampered), (KeyRole.TAK,))
     with pytest.raises(KeyUsageError):
         lmk.unwrap(stored, (KeyRole.TPK,))
+
+
+@settings(max_examples=200, deadline=None)
+@given(index=st.integers(min_value=0, max_value=9), text=st.text(max_size=80))
+@example(index=5, text="²")  # digits to str.isdigit, not to int()
+@example(index=1, text="١٢٣٤٥٦٧٨٩٠١٢٣٤")  # Arabic-Indic digits as the PAN
+@example(index=2, text="١٢")
+def test_arqc_command_answers_or_refuses_never_fails(index: int, text: str) -> None:
+    """Any one field of a good request replaced by any text: a verdict or a typed refusal."""
+    good = _arqc_request()
+    fields = (*good.fields[:index], text, *good.fields[index + 1 :])
+    reply = execute(_ENGINE, wire.Message(commands.VERIFY_ARQC, 7, fields=fields))
+    assert reply.error != HsmError.code

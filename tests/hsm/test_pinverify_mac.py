@@ -161,7 +161,7 @@ def flip(data: bytes, bit: int) -> bytes:
 @settings(max_examples=60, deadline=None)
 @given(
     data=st.binary(min_size=1, max_size=200),
-    algorithm=st.sampled_from(list(Algorithm)),
+    algorithm=st.sampled_from([Algorithm.TDES, Algorithm.AES]),
     pick=st.integers(min_value=0),
 )
 def test_mac_refuses_any_single_bit_change(data: bytes, algorithm: Algorithm, pick: int) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import csv
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +17,7 @@ from ledger import audit, journal
 from ledger.__main__ import build_parser, main
 from ledger.errors import FixtureError
 from ledger.model import Reversal, Withdrawal
+from ledger.rules import business_day
 from ledger.store import LedgerStore
 from tests.conftest import PgCluster
 from tests.ledger.factory import AUDIT, NOW, World, key
@@ -211,6 +212,31 @@ async def test_terminal_report_reconciles(
     )  # fmt: skip
     assert code == 0
     assert f"{world.terminals[0]},EUR,2,5000,1,1500,3500,3500,yes" in out
+
+
+@pytest.mark.parametrize(
+    ("options", "cutover"), [([], time(0, 0)), (["--cutover", "23:59"], time(23, 59))]
+)
+async def test_terminal_report_defaults_to_the_current_business_day(
+    pg_cluster: PgCluster, capsys: pytest.CaptureFixture[str], options: list[str], cutover: time
+) -> None:
+    # Either side of the call, in case the business day turns over while it runs.
+    days = {business_day(datetime.now(UTC), cutover)}
+    code, out = await asyncio.to_thread(
+        _cli, "report", "terminals", "--dsn", pg_cluster.owner_dsn, *options
+    )
+    days.add(business_day(datetime.now(UTC), cutover))
+    assert code == 0
+    assert out.startswith("terminal,currency,withdrawals,")
+    told = capsys.readouterr().err.strip()
+    assert told in {f"business day {day} (it starts at {cutover:%H:%M} UTC)" for day in days}
+
+
+def test_a_cutover_that_is_not_a_time_of_day_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["report", "terminals", "--cutover", "25:00"])
+    assert exit_info.value.code == 2
+    assert "argument --cutover: a time of day HH:MM, got '25:00'" in capsys.readouterr().err
 
 
 async def test_demo_fixtures_load_idempotently(

@@ -117,6 +117,8 @@ async def test_metrics_and_terminals_reflect_what_happened(stack: Stack) -> None
     assert 'switch_request_latency_seconds_bucket{le="+Inf"} 4' in text
     assert 'switch_dependency_errors_total{component="database"} 0' in text
     assert "switch_connections 0" in text
+    assert 'switch_tls_handshake_failures_total{reason="protocol"} 0' in text
+    assert "switch_tls_client_certificate_days_left_min" not in text  # no client certificate
     assert fleet == {
         "terminals": [
             {
@@ -127,6 +129,8 @@ async def test_metrics_and_terminals_reflect_what_happened(stack: Stack) -> None
                 "financial_requests": 3,
                 "approved": 2,
                 "approval_rate": 0.6667,
+                "certificate_expires_at": None,  # plain TCP: no client certificate
+                "certificate_days_left": None,
             }
         ]
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from switch.metrics import Metrics
+from switch.tls import HandshakeFailure
 
 
 def test_step_latencies_render_as_one_histogram_per_step() -> None:
@@ -57,3 +58,20 @@ def test_values_read_at_scrape_time_are_typed_by_name() -> None:
         "# TYPE switch_ledger_writes_total counter",
         "switch_ledger_writes_total 12",
     ]
+
+
+def test_tls_refusals_render_every_reason_and_subject_mismatches_a_total() -> None:
+    metrics = Metrics()
+    metrics.count_tls_refusal(HandshakeFailure.EXPIRED)
+    metrics.count_tls_refusal(HandshakeFailure.EXPIRED)
+    metrics.count_subject_mismatch()
+    lines = metrics.render({}).splitlines()
+    start = lines.index("# TYPE switch_tls_handshake_failures_total counter")
+    assert lines[start + 1 : start + 5] == [
+        'switch_tls_handshake_failures_total{reason="unknown_ca"} 0',
+        'switch_tls_handshake_failures_total{reason="expired"} 2',
+        'switch_tls_handshake_failures_total{reason="no_certificate"} 0',
+        'switch_tls_handshake_failures_total{reason="protocol"} 0',
+    ]
+    assert "# TYPE switch_tls_subject_mismatches_total counter" in lines
+    assert "switch_tls_subject_mismatches_total 1" in lines

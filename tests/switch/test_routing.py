@@ -9,7 +9,14 @@ import pytest
 from switch.dispatch import route
 from switch.iso8583 import Message
 from switch.response_codes import ResponseCode
-from switch.session import TRANSITIONS, Session, SessionEvent, SessionState, advance
+from switch.session import (
+    TRANSITIONS,
+    SecurityEvent,
+    Session,
+    SessionEvent,
+    SessionState,
+    advance,
+)
 
 S, E = SessionState, SessionEvent
 SIGNED_ON = Session(S.SIGNED_ON, "KIOSK001")
@@ -51,6 +58,44 @@ def test_another_terminal_id_on_a_bound_connection_is_refused() -> None:
     admission = advance(SIGNED_ON, E.FINANCIAL, "KIOSK002")
     assert admission.refusal is ResponseCode.NOT_PERMITTED_TO_TERMINAL
     assert admission.reason == "terminal id mismatch"
+    assert admission.security_event is SecurityEvent.TERMINAL_ID_MISMATCH
+
+
+CERTIFIED = Session(certified_terminal_id="KIOSK001")
+
+
+@pytest.mark.parametrize(
+    ("session", "event", "terminal_id", "refused"),
+    [
+        (CERTIFIED, E.SIGN_ON, "KIOSK001", False),
+        (CERTIFIED, E.SIGN_ON, "KIOSK002", True),
+        (CERTIFIED, E.SIGN_OFF, "KIOSK002", True),  # would bind KIOSK002 to the connection
+        (CERTIFIED, E.ECHO, None, False),
+        (
+            Session(S.SIGNED_ON, "KIOSK001", certified_terminal_id="KIOSK001"),
+            E.FINANCIAL,
+            "KIOSK002",
+            True,
+        ),
+        (
+            Session(S.SIGNED_OFF, "KIOSK001", certified_terminal_id="KIOSK001"),
+            E.SIGN_ON,
+            "KIOSK002",
+            True,
+        ),
+    ],
+)
+def test_a_certified_connection_acts_only_as_the_terminal_its_certificate_names(
+    session: Session, event: SessionEvent, terminal_id: str | None, refused: bool
+) -> None:
+    admission = advance(session, event, terminal_id)
+    if not refused:
+        assert admission.refusal is None
+        assert admission.session.certified_terminal_id == "KIOSK001"
+        return
+    assert admission.refusal is ResponseCode.NOT_PERMITTED_TO_TERMINAL
+    assert admission.security_event is SecurityEvent.CERTIFICATE_SUBJECT_MISMATCH
+    assert admission.session == session
 
 
 NOW = {7: "1123101500"}
@@ -130,8 +175,12 @@ def test_route(
 
 def test_acting_for_another_terminal_is_a_security_event() -> None:
     routing = route(SIGNED_ON, FINANCIAL.replace({41: "KIOSK002"}))
-    assert routing.security_event
-    assert not route(Session(), FINANCIAL).security_event
+    assert routing.security_event is SecurityEvent.TERMINAL_ID_MISMATCH
+    assert route(Session(), FINANCIAL).security_event is None
+    sign_on = route(CERTIFIED, net("001", terminal="KIOSK002"))
+    assert sign_on.security_event is SecurityEvent.CERTIFICATE_SUBJECT_MISMATCH
+    assert sign_on.reply is not None
+    assert sign_on.reply.response_code == "58"
 
 
 def test_a_response_mti_sent_to_the_switch_is_dropped_with_a_reason() -> None:

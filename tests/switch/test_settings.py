@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from ledger.settings import DEVELOPMENT_PAN_HASH_KEY
 from switch.iso8583 import Dialect
-from switch.settings import SettingsError, load_settings
+from switch.production import dsn_password
+from switch.settings import DEVELOPMENT_ADMIN_TOKEN, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,3 +131,224 @@ def test_invalid_environment_override_names_the_key() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="an existing TOML file"):
         load_settings(tmp_path / "nope.toml")
+
+
+STRONG_TOKEN = "f3a9c0d1e2b4a5968778695a4b3c2d1e0f9e8d7c"
+STRONG_KEY_HEX = "00112233445566778899aabbccddeeff" * 2
+STRONG_PASSWORD = "Vq7pL2m-xR9tK4wZ"
+PRODUCTION_ENV = {"LEDGER_PAN_HASH_KEY": STRONG_KEY_HEX}
+
+
+def production_file(tmp_path: Path, dsn: str | None = None, token: str = STRONG_TOKEN) -> Path:
+    path = tmp_path / "production.toml"
+    text = f'environment = "production"\n[admin]\ntoken = "{token}"\n'
+    if dsn is not None:
+        text += f'[ledger]\ndsn = "{dsn}"\n'
+    path.write_text(text)
+    return path
+
+
+# (token, dsn, extra environment, key refused, what was expected)
+WEAK_IN_PRODUCTION = [
+    pytest.param(
+        "short-token", None, {}, "admin.token", "at least 32 characters", id="token-short"
+    ),
+    pytest.param(
+        "x" * 40, None, {}, "admin.token", "not one character repeated", id="token-one-char"
+    ),
+    pytest.param(
+        DEVELOPMENT_ADMIN_TOKEN, None, {}, "admin.token", "a token of your own", id="token-dev"
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        None,
+        {"LEDGER_PAN_HASH_KEY": None},
+        "LEDGER_PAN_HASH_KEY",
+        "a key of your own",
+        id="pan-key-unset",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        None,
+        {"LEDGER_PAN_HASH_KEY": "0123456789abcdef" * 2},
+        "LEDGER_PAN_HASH_KEY",
+        "at least 32 bytes in production, got 16",
+        id="pan-key-short",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        None,
+        {"LEDGER_PAN_HASH_KEY": "00" * 32},
+        "LEDGER_PAN_HASH_KEY",
+        "not one byte repeated",
+        id="pan-key-one-byte",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        None,
+        {"LEDGER_PAN_HASH_KEY": DEVELOPMENT_PAN_HASH_KEY.hex()},
+        "LEDGER_PAN_HASH_KEY",
+        "a key of your own",
+        id="pan-key-dev",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        None,
+        {"LEDGER_PAN_HASH_KEY": "not hex"},
+        "LEDGER_PAN_HASH_KEY",
+        "hex digits",
+        id="pan-key-not-hex",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        "postgresql://ledger_switch@db.example/ledger?sslmode=require",
+        {},
+        "ledger.dsn",
+        "got neither for db.example",
+        id="dsn-trust",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        "postgresql://ledger_switch@localhost,10.0.0.7:5433/ledger",
+        {},
+        "ledger.dsn",
+        "got neither for 10.0.0.7",
+        id="dsn-trust-second-host",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        "postgresql:///ledger?host=db.example",
+        {},
+        "ledger.dsn",
+        "got neither for db.example",
+        id="dsn-trust-host-in-query",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        "postgresql:///ledger",
+        {"PGHOST": "db.example"},
+        "ledger.dsn",
+        "got neither for db.example",
+        id="dsn-trust-pghost",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        "postgresql://ledger_switch:secret@db.example/ledger",
+        {},
+        "ledger.dsn",
+        "a password of at least 16 characters",
+        id="dsn-password-short",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        "postgresql://ledger_switch@localhost/ledger?password=" + "a" * 20,
+        {},
+        "ledger.dsn",
+        "not one character repeated",
+        id="dsn-password-one-char",
+    ),
+    pytest.param(
+        STRONG_TOKEN,
+        "host=db.example user=ledger_switch",
+        {},
+        "ledger.dsn",
+        "a postgresql:// URI",
+        id="dsn-not-a-uri",
+    ),
+]
+
+
+@pytest.mark.parametrize(("token", "dsn", "env", "key", "expected"), WEAK_IN_PRODUCTION)
+def test_production_refuses_weak_secrets_and_a_trust_dsn(
+    tmp_path: Path,
+    *,
+    token: str,
+    dsn: str | None,
+    env: dict[str, str | None],
+    key: str,
+    expected: str,
+) -> None:
+    path = production_file(tmp_path, dsn, token)
+    merged = {name: value for name, value in {**PRODUCTION_ENV, **env}.items() if value}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, merged)
+    assert caught.value.key == key
+    assert expected in caught.value.expected
+    where = "environment" if key == "LEDGER_PAN_HASH_KEY" else str(path)
+    assert caught.value.source == where
+    assert str(caught.value).startswith(f"{where}: {key}: expected ")
+    # A secret is named, never shown.
+    shown = [token, merged.get("LEDGER_PAN_HASH_KEY") or token, dsn_password(dsn or "") or token]
+    assert not [secret for secret in shown if secret in str(caught.value)]
+
+
+ACCEPTED_IN_PRODUCTION = [
+    pytest.param(None, {}, id="private-cluster"),
+    pytest.param(f"postgresql://ledger_switch:{STRONG_PASSWORD}@db.example/ledger", {}, id="pw"),
+    pytest.param("postgresql://ledger_switch@db.example/ledger?sslmode=verify-full", {}, id="cert"),
+    pytest.param("postgresql://ledger_switch@db.example/ledger", {"PGPASSWORD": "x"}, id="pgpass"),
+    pytest.param("postgresql://s@db.example/ledger?passfile=/etc/kiosk/pgpass", {}, id="passfile"),
+    pytest.param("postgresql://ledger_switch@localhost/ledger", {}, id="localhost"),
+    pytest.param("postgresql://ledger_switch@127.0.0.1:5432/ledger", {}, id="loopback"),
+    pytest.param("postgresql://ledger_switch@[::1]:5432/ledger", {}, id="loopback-v6"),
+    pytest.param("postgresql://ledger_switch@%2Fvar%2Frun%2Fpostgresql/ledger", {}, id="socket"),
+    pytest.param("postgresql:///ledger?host=/var/run/postgresql", {}, id="socket-in-query"),
+]
+
+
+@pytest.mark.parametrize(("dsn", "env"), ACCEPTED_IN_PRODUCTION)
+def test_production_accepts_strong_secrets_and_a_guarded_dsn(
+    tmp_path: Path, dsn: str | None, env: dict[str, str]
+) -> None:
+    settings = load_settings(production_file(tmp_path, dsn), {**PRODUCTION_ENV, **env})
+    assert settings.environment == "production"
+    assert settings.ledger.pan_hash_key == bytes.fromhex(STRONG_KEY_HEX)
+    assert settings.ledger.dsn == dsn
+    assert STRONG_KEY_HEX not in repr(settings)
+
+
+def test_development_keeps_its_defaults_and_takes_a_pan_hash_key_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert load_settings().ledger.pan_hash_key == DEVELOPMENT_PAN_HASH_KEY
+    path = tmp_path / "dev.toml"
+    path.write_text('[ledger]\ndsn = "postgresql://switch@db.example/ledger"\n')
+    settings = load_settings(path, {"LEDGER_PAN_HASH_KEY": "ab" * 16})
+    assert settings.ledger.pan_hash_key == b"\xab" * 16
+    with pytest.raises(SettingsError, match="at least 16 bytes"):
+        load_settings(None, {"LEDGER_PAN_HASH_KEY": "ab" * 8})
+
+
+def test_tls_settings_and_a_subject_match_that_needs_a_client_ca(tmp_path: Path) -> None:
+    for name in ("switch.crt", "switch.key", "terminal-ca.crt"):
+        (tmp_path / name).write_text("PEM")
+    path = tmp_path / "tls.toml"
+    tls = '[listener.tls]\ncert_file = "switch.crt"\nkey_file = "switch.key"\n'
+    path.write_text(tls + 'client_ca_file = "terminal-ca.crt"\nrequire_subject_match = true\n')
+    settings = load_settings(path).listener.tls
+    assert settings is not None
+    assert settings.require_subject_match
+    assert (settings.certificate_expiry_warning_days, settings.refused_log_lines_max) == (30, 10)
+    assert settings.refused_log_interval_ms == 60_000
+    path.write_text(tls + "require_subject_match = true\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    assert caught.value.key == "listener.tls.require_subject_match"
+    assert "client_ca_file" in caught.value.expected
+
+
+def test_the_production_example_loads_with_its_secrets_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    example = tmp_path / "switch.toml"
+    example.write_text((REPO / "config" / "switch.production.example.toml").read_text())
+    (tmp_path / "tls").mkdir()
+    for name in ("switch.crt", "switch.key", "terminal-ca.crt"):
+        (tmp_path / "tls" / name).write_text("PEM")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(example, PRODUCTION_ENV)
+    assert caught.value.key == "admin.token"
+    settings = load_settings(example, {**PRODUCTION_ENV, "SWITCH__ADMIN__TOKEN": STRONG_TOKEN})
+    assert settings.environment == "production"
+    assert settings.listener.tls is not None
+    assert settings.listener.tls.require_subject_match

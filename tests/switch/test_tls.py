@@ -1,29 +1,45 @@
-"""Mutual TLS on a listener, with certificates from a CA the test generates."""
+"""Mutual TLS on a listener, with certificates from CAs the test generates (P-256).
+
+Refused handshakes are run on both event loops the switch may use (asyncio and uvloop): each is
+refused, logged with the peer's address and its reason, and counted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
+import socket
 import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
+import uvloop
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kiosk_sim.client import SwitchConnectionClosed, TerminalClient, network_request
-from switch.iso8583 import Message
+from switch.admin import create_admin_app
+from switch.iso8583 import Dialect, LengthHeader, Message, frame, wire_of
+from switch.monitor import Monitor
 from switch.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link, SwitchServer
 from switch.settings import TlsSettings
-from tests.switch.conftest import LISTENER
+from switch.tls import HandshakeFailure, HandshakeRefusal, handshake_refusal
+from tests.switch.conftest import LISTENER, signing_on
 
 NOW = dt.datetime(2026, 11, 23, 10, 15, tzinfo=dt.UTC)
+TOKEN = "tls-test-token"
+DAY = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -32,8 +48,8 @@ class Issued:
     key: Path
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(*common_names: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name) for name in common_names])
 
 
 def _write(
@@ -56,37 +72,51 @@ class Authority:
         self.directory = directory
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.name = _name(name)
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         self.cert = (
-            self._builder(self.name, self.key.public_key())
+            self._builder(self.name, self.key.public_key(), start, start + DAY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())
         )
         self.issued = _write(directory, name, self.cert, self.key)
 
     def _builder(
-        self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey
+        self,
+        subject: x509.Name,
+        public_key: ec.EllipticCurvePublicKey,
+        start: dt.datetime,
+        end: dt.datetime,
     ) -> x509.CertificateBuilder:
-        start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         return (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(self.name if hasattr(self, "name") else subject)
+            .issuer_name(self.name)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(days=1))
+            .not_valid_after(end)
         )
 
-    def issue(self, common_name: str, *, server: bool) -> Issued:
+    def issue(
+        self,
+        stem: str,
+        *common_names: str,
+        server: bool = False,
+        ended_ago: dt.timedelta | None = None,
+    ) -> Issued:
+        """Valid for a day from five minutes ago, or ended `ended_ago` (a day long)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = self._builder(_name(common_name), key.public_key())
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        if ended_ago is not None:
+            start -= ended_ago + DAY
+        builder = self._builder(_name(*common_names), key.public_key(), start, start + DAY)
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False,
             )
         cert = builder.sign(self.key, hashes.SHA256())
-        return _write(self.directory, common_name, cert, key)
+        return _write(self.directory, stem, cert, key)
 
 
 def client_context(ca: Issued, own: Issued | None) -> ssl.SSLContext:
@@ -94,17 +124,6 @@ def client_context(ca: Issued, own: Issued | None) -> ssl.SSLContext:
     if own is not None:
         context.load_cert_chain(own.cert, own.key)
     return context
-
-
-class Seen:
-    def __init__(self) -> None:
-        self.mtis: list[str] = []
-
-    def message(self, _terminal: str | None, mti: str, _response: Message, _ms: float) -> None:
-        self.mtis.append(mti)
-
-    def disconnected(self, _terminal: str | None) -> None:
-        pass
 
 
 async def approve(request: Message, _link: Link) -> Message:
@@ -117,37 +136,197 @@ def pki(tmp_path: Path) -> dict[str, Issued]:
     stranger = Authority(tmp_path, "stranger-ca")
     return {
         "ca": terminals.issued,
-        "server": terminals.issue("switch", server=True),
-        "terminal": terminals.issue("KIOSK001", server=False),
-        "stranger": stranger.issue("KIOSK666", server=False),
+        "server": terminals.issue("switch", "switch", server=True),
+        "terminal": terminals.issue("KIOSK001", "KIOSK001"),
+        "other": terminals.issue("KIOSK002", "KIOSK002"),
+        "nameless": terminals.issue("nameless"),
+        "expired": terminals.issue("expired", "KIOSK001", ended_ago=dt.timedelta(hours=1)),
+        "stranger": stranger.issue("KIOSK666", "KIOSK666"),
     }
+
+
+def tls_settings(pki: dict[str, Issued], **overrides: Any) -> TlsSettings:
+    settings = TlsSettings(
+        cert_file=pki["server"].cert,
+        key_file=pki["server"].key,
+        client_ca_file=pki["ca"].cert,
+        handshake_timeout_ms=2_000,
+        require_subject_match=False,
+        certificate_expiry_warning_days=0,
+        refused_log_lines_max=10,
+        refused_log_interval_ms=60_000,
+    )
+    return replace(settings, **overrides)
+
+
+Logs = list[MutableMapping[str, Any]]
+
+
+@pytest.fixture
+def logs() -> Iterator[Logs]:
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+
+
+def events(logs: Logs, name: str) -> Logs:
+    return [event for event in logs if event["event"] == name]
+
+
+def metric_lines(monitor: Monitor) -> list[str]:
+    return monitor.metrics.render({}).splitlines()
+
+
+def refusals(monitor: Monitor, reason: HandshakeFailure) -> int:
+    return monitor.metrics.tls_handshake_failures[reason]
+
+
+async def until_counted(
+    monitor: Monitor, reason: HandshakeFailure, count: int, *, polls_max: int = 300
+) -> None:
+    """The server logs and counts a refusal once its handshake task resumes, a moment after
+    the client has seen the connection close."""
+    for _ in range(polls_max):
+        if refusals(monitor, reason) == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{reason} not counted {count} times within 3 s")
+
+
+@contextlib.asynccontextmanager
+async def tls_switch(
+    tls: TlsSettings, monitor: Monitor, **server_options: Any
+) -> AsyncIterator[SwitchServer]:
+    server = SwitchServer(
+        replace(LISTENER, tls=tls), signing_on(approve), observer=monitor, **server_options
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(1_000)
+
+
+def echo_frame(stan: str) -> bytes:
+    request = network_request("301", stan=stan, now=NOW)
+    return frame(wire_of(request, Dialect()), LengthHeader.of("2b"))
+
+
+async def refused_attempt(port: int, context: ssl.SSLContext | None) -> str:
+    """Connect from a port of our own, send an echo and see the connection closed unanswered.
+    Returns the client's address, as the switch should log it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    # TLS 1.3 finishes the client's side of the handshake before the server has checked the
+    # client's certificate: the refusal shows on the first read.
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=context, server_hostname="127.0.0.1" if context else None
+    )
+    try:
+        writer.write(echo_frame("000009"))
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+    except (ssl.SSLError, ConnectionError):
+        pass  # the alert the server sent, or its reset
+    finally:
+        writer.close()
+    return address
+
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def run_on(loop: str, scenario: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        await scenario()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(main())
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_refused_handshakes_are_logged_with_peer_and_reason_and_counted(
+    pki: dict[str, Issued], logs: Logs, loop: str
+) -> None:
+    cases = [
+        (client_context(pki["ca"], pki["stranger"]), HandshakeFailure.UNKNOWN_CA),
+        (client_context(pki["ca"], None), HandshakeFailure.NO_CERTIFICATE),
+        (client_context(pki["ca"], pki["expired"]), HandshakeFailure.EXPIRED),
+        (None, HandshakeFailure.PROTOCOL),  # plain TCP on the TLS port
+    ]
+    monitor = Monitor(lambda: NOW)
+
+    async def scenario() -> None:
+        async with tls_switch(tls_settings(pki), monitor) as server:
+            for context, reason in cases:
+                peer = await refused_attempt(server.port, context)
+                await until_counted(monitor, reason, 1)
+                [logged] = [e for e in events(logs, "tls_handshake_refused") if e["peer"] == peer]
+                assert (logged["reason"], logged["log_level"]) == (reason.value, "warning")
+            # A terminal of the CA is served, its echo sent at once after the handshake.
+            good = await TerminalClient.connect(
+                "127.0.0.1", server.port, tls=client_context(pki["ca"], pki["terminal"])
+            )
+            echo = network_request("301", stan="000001", now=NOW)
+            assert (await good.request(echo)).response_code == "00"
+            await good.close()
+
+    run_on(loop, scenario)
+    lines = metric_lines(monitor)
+    for reason in HandshakeFailure:
+        assert f'switch_tls_handshake_failures_total{{reason="{reason}"}} 1' in lines
+    # None of them reached the codec: the only request answered is the good terminal's echo.
+    assert [line for line in lines if line.startswith("switch_requests_total")] == [
+        'switch_requests_total{mti="0800",response_code="00"} 1'
+    ]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+async def test_a_flood_of_refusals_is_logged_at_most_k_lines_per_interval(
+    pki: dict[str, Issued], logs: Logs
+) -> None:
+    monitor = Monitor(lambda: NOW)
+    clock = Clock()
+    tls = tls_settings(pki, refused_log_lines_max=2, refused_log_interval_ms=10_000)
+    async with tls_switch(tls, monitor, clock=clock) as server:
+        for _ in range(5):
+            await refused_attempt(server.port, None)
+        await until_counted(monitor, HandshakeFailure.PROTOCOL, 5)
+        assert [e["suppressed"] for e in events(logs, "tls_handshake_refused")] == [0, 0]
+        clock.now_s += 10
+        await refused_attempt(server.port, None)
+        await until_counted(monitor, HandshakeFailure.PROTOCOL, 6)
+    assert [e["suppressed"] for e in events(logs, "tls_handshake_refused")] == [0, 0, 3]
 
 
 async def test_mutual_tls_admits_only_terminals_with_a_certificate_from_the_ca(
     pki: dict[str, Issued],
 ) -> None:
-    seen = Seen()
-    tls = TlsSettings(
-        pki["server"].cert, pki["server"].key, pki["ca"].cert, handshake_timeout_ms=2_000
-    )
-    server = SwitchServer(replace(LISTENER, tls=tls), approve, observer=seen)
-    await server.start()
-    try:
+    monitor = Monitor(lambda: NOW)
+    async with tls_switch(tls_settings(pki), monitor) as server:
         good = await TerminalClient.connect(
             "127.0.0.1", server.port, tls=client_context(pki["ca"], pki["terminal"])
         )
         echo = network_request("301", stan="000001", now=NOW)
         assert (await good.request(echo)).response_code == "00"
         await good.close()
-        assert seen.mtis == ["0800"]
 
         for own in (None, pki["stranger"]):
             with pytest.raises((ssl.SSLError, ConnectionError, SwitchConnectionClosed)):
                 await _echo_with(server.port, client_context(pki["ca"], own))
         await asyncio.sleep(0.1)
-        assert seen.mtis == ["0800"]
-    finally:
-        await server.shutdown(1_000)
+    assert sum(monitor.metrics.requests.values()) == 1
 
 
 async def _echo_with(port: int, context: ssl.SSLContext) -> None:
@@ -157,3 +336,139 @@ async def _echo_with(port: int, context: ssl.SSLContext) -> None:
         await client.request(network_request("301", stan="000002", now=NOW), timeout_ms=2_000)
     finally:
         await client.close()
+
+
+async def sign_on(client: TerminalClient, terminal_id: str, stan: str) -> str | None:
+    request = network_request("001", stan=stan, now=NOW, terminal_id=terminal_id)
+    return (await client.request(request)).response_code
+
+
+async def test_a_certificate_naming_another_terminal_cannot_sign_on_as_this_one(
+    pki: dict[str, Issued], logs: Logs
+) -> None:
+    monitor = Monitor(lambda: NOW)
+    async with tls_switch(tls_settings(pki, require_subject_match=True), monitor) as server:
+        client = await TerminalClient.connect(
+            "127.0.0.1", server.port, tls=client_context(pki["ca"], pki["other"])
+        )
+        assert await sign_on(client, "KIOSK001", "000001") == "58"
+        # The connection stays usable for the terminal its certificate names.
+        assert await sign_on(client, "KIOSK002", "000002") == "00"
+        await client.close()
+    [event] = events(logs, "security_event")
+    assert event["event_kind"] == "certificate_subject_mismatch"
+    assert (event["claimed_terminal_id"], event["certificate_terminal_id"]) == (
+        "KIOSK001",
+        "KIOSK002",
+    )
+    assert event["peer"].startswith("127.0.0.1:")
+    assert "switch_tls_subject_mismatches_total 1" in metric_lines(monitor)
+    assert monitor.fleet.snapshot()[0]["terminal_id"] == "KIOSK002"
+
+
+async def test_without_the_setting_any_certificate_of_the_ca_signs_on(
+    pki: dict[str, Issued],
+) -> None:
+    monitor = Monitor(lambda: NOW)
+    async with tls_switch(tls_settings(pki), monitor) as server:
+        client = await TerminalClient.connect(
+            "127.0.0.1", server.port, tls=client_context(pki["ca"], pki["other"])
+        )
+        assert await sign_on(client, "KIOSK001", "000001") == "00"
+        await client.close()
+    assert "switch_tls_subject_mismatches_total 0" in metric_lines(monitor)
+
+
+async def test_a_certificate_naming_no_terminal_is_closed_when_a_match_is_required(
+    pki: dict[str, Issued], logs: Logs
+) -> None:
+    monitor = Monitor(lambda: NOW)
+    async with tls_switch(tls_settings(pki, require_subject_match=True), monitor) as server:
+        client = await TerminalClient.connect(
+            "127.0.0.1", server.port, tls=client_context(pki["ca"], pki["nameless"])
+        )
+        await client.wait_closed_by_peer(timeout_ms=2_000)
+        await client.close()
+    [event] = events(logs, "security_event")
+    assert event["event_kind"] == "certificate_subject_mismatch"
+    assert "switch_tls_subject_mismatches_total 1" in metric_lines(monitor)
+
+
+async def scraped(monitor: Monitor, server: SwitchServer, name: str) -> float:
+    """One value from GET /metrics of the operations app."""
+
+    async def ready() -> Mapping[str, bool]:
+        return {}
+
+    app = create_admin_app(token=TOKEN, monitor=monitor, stats=server.stats, readiness=ready)
+    async with TestClient(TestServer(app)) as http:
+        reply = await http.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        text = await reply.text()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(value)
+
+
+async def test_days_left_on_the_certificate_are_in_the_fleet_and_warned_once_per_connection(
+    pki: dict[str, Issued], logs: Logs
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    monitor = Monitor(lambda: now)
+    tls = tls_settings(pki, certificate_expiry_warning_days=30)
+    async with tls_switch(tls, monitor, wall_clock=lambda: now) as server:
+        client = await TerminalClient.connect(
+            "127.0.0.1", server.port, tls=client_context(pki["ca"], pki["terminal"])
+        )
+        assert await sign_on(client, "KIOSK001", "000001") == "00"
+        assert await sign_on(client, "KIOSK001", "000002") == "00"
+        [terminal] = monitor.fleet.snapshot()
+        gauge = await scraped(monitor, server, "switch_tls_client_certificate_days_left_min")
+        await client.close()
+    assert terminal["certificate_days_left"] == pytest.approx(1.0, abs=0.1)
+    assert gauge == pytest.approx(1.0, abs=0.1)
+    assert isinstance(terminal["certificate_expires_at"], str)
+    [warning] = events(logs, "tls_certificate_expiring")
+    assert warning["certificate_terminal_id"] == "KIOSK001"
+    assert warning["days_left"] == pytest.approx(1.0, abs=0.1)
+    assert monitor.fleet.certificate_days_left_min() is None  # no terminal signed on now
+
+
+def _verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"certificate verify failed: {message}")
+    error.verify_code = code
+    error.verify_message = message
+    return error
+
+
+def _ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, reason)
+    error.reason = reason
+    return error
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (_verify_error(20, "unable to get local issuer certificate"), "unknown_ca"),
+        (_verify_error(18, "self-signed certificate"), "unknown_ca"),
+        (_verify_error(7, "certificate signature failure"), "unknown_ca"),
+        (_verify_error(10, "certificate has expired"), "expired"),
+        (_verify_error(9, "certificate is not yet valid"), "protocol"),
+        (_ssl_error("PEER_DID_NOT_RETURN_A_CERTIFICATE"), "no_certificate"),
+        (_ssl_error("WRONG_VERSION_NUMBER"), "protocol"),
+        (_ssl_error("UNSUPPORTED_PROTOCOL"), "protocol"),
+        (_ssl_error("TLSV1_ALERT_UNKNOWN_CA"), "protocol"),  # the terminal refused *our* CA
+        (ConnectionResetError(), "protocol"),
+        (ConnectionAbortedError("SSL handshake is taking longer than 10 seconds"), "protocol"),
+    ],
+)
+def test_handshake_errors_are_classified(raised: OSError, expected: str) -> None:
+    refusal = handshake_refusal(raised)
+    assert refusal.reason == expected
+    assert refusal.detail
+
+
+def test_details_are_openssl_words() -> None:
+    assert handshake_refusal(_verify_error(10, "certificate has expired")) == HandshakeRefusal(
+        HandshakeFailure.EXPIRED, "certificate has expired"
+    )
+    assert handshake_refusal(ConnectionResetError()).detail == "ConnectionResetError"
