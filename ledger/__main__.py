@@ -50,6 +50,22 @@ async def _migrate(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _policy(conn: Connection, args: argparse.Namespace) -> int:
+    """Shows the ledger's policy, after setting what the arguments name."""
+    if args.pin_tries_max is not None:
+        await conn.execute("UPDATE ledger.policy SET pin_tries_max = $1", args.pin_tries_max)
+    if args.cross_customer_transfers is not None:
+        await conn.execute(
+            "UPDATE ledger.policy SET cross_customer_transfers = $1",
+            args.cross_customer_transfers == "yes",
+        )
+    row = await conn.fetchrow("SELECT pin_tries_max, cross_customer_transfers FROM ledger.policy")
+    assert row is not None
+    print(f"pin_tries_max = {row['pin_tries_max']}")
+    print(f"cross_customer_transfers = {str(row['cross_customer_transfers']).lower()}")
+    return 0
+
+
 async def _load(conn: Connection, args: argparse.Namespace) -> int:
     fixtures = read_fixtures(args.fixtures)
     try:
@@ -189,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
         "key if unset)",
     )  # fmt: skip
     load.add_argument("fixtures", type=Path, help="fixtures file, e.g. config/demo-fixtures.toml")
+    policy = _subcommand(
+        subparsers, "policy", _policy,
+        "show (or set) the rules the database enforces whatever the switch asks: the PIN tries "
+        "before a card is blocked, and whether a card may pay another customer's account. The "
+        "switch refuses to start unless its [ledger] settings say the same",
+    )  # fmt: skip
+    policy.add_argument("--pin-tries-max", type=int, help="wrong PINs that block a card")
+    policy.add_argument(
+        "--cross-customer-transfers", choices=("yes", "no"),
+        help="whether transfers to another customer's account are allowed",
+    )  # fmt: skip
     _audit_parsers(subparsers)
     report_parser = subparsers.add_parser("report", help="reports for auditors")
     report_sub = report_parser.add_subparsers(required=True, metavar="{terminals}")

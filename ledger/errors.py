@@ -17,12 +17,12 @@ class SchemaTooOld(LedgerError):
     def __init__(self, applied: int, required: int) -> None:
         self.applied = applied
         self.required = required
-        older = (
+        self.problem = (
             f"schema version {applied} is older than {required}"
             if applied < required
             else "the schema's functions differ from this code's"
         )
-        super().__init__(f"{older}: run `python -m ledger migrate`")
+        super().__init__(f"{self.problem}: run `python -m ledger migrate`")
 
 
 class ProvisioningError(LedgerError):

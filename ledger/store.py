@@ -315,6 +315,7 @@ async def open_store(
         cluster = LocalCluster(settings.data_dir)
         info = await asyncio.to_thread(cluster.start, timeout_ms=deadline.left_ms())
         dsn = info.switch_dsn
+    pool: asyncpg.Pool | None = None
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -334,6 +335,10 @@ async def open_store(
             await require_current(conn, timeout_ms=deadline.left_ms())
             await _require_same_policy(conn, settings, timeout_ms=deadline.left_ms())
     except BaseException:
+        # Closed before the cluster stops: an open pool would try to restore its minimum of
+        # connections to a server shutting down, and log each failure with a traceback.
+        if pool is not None:
+            pool.terminate()
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
         raise

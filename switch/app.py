@@ -128,10 +128,7 @@ async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
     try:
         store = await open_store(ledger_settings(settings))
     except SchemaTooOld as exc:
-        raise StartupError(
-            f"ledger: schema version {exc.applied} is older than {exc.required}:"
-            f" run `{migrate_command(settings)}`"
-        ) from None
+        raise StartupError(f"ledger: {exc.problem}: run `{migrate_command(settings)}`") from None
     except LedgerError as exc:
         raise StartupError(f"ledger: {exc}") from None
     try:

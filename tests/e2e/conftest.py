@@ -153,6 +153,10 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         **card: Any,
     ) -> Stack:
         owner = await asyncpg.connect(pg_cluster.owner_dsn)
+        # The ledger enforces its own policy; set back after the test (the cluster is shared).
+        await owner.execute(
+            "UPDATE ledger.policy SET cross_customer_transfers = $1", cross_customer
+        )
         world = await load_world(owner, dev_keys, customers, terminals, **card)
         hsm_servers = [
             HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=0)) for _ in range(hsms)
@@ -207,4 +211,5 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         for hsm_server in stack.hsm_servers:
             await hsm_server.close()
         await stack.db_proxy.close()
+        await stack.owner.execute("UPDATE ledger.policy SET cross_customer_transfers = false")
         await stack.owner.close()

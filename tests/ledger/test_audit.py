@@ -270,7 +270,7 @@ async def test_bad_fixtures_are_named(
 @pytest.mark.parametrize(
     "argv",
     [
-        ["migrate"], ["load"], ["audit", "verify"], ["audit", "export"],
+        ["migrate"], ["load"], ["policy"], ["audit", "verify"], ["audit", "export"],
         ["report", "terminals"],
     ],
 )  # fmt: skip
@@ -287,3 +287,20 @@ def test_export_time_arguments_default_to_utc() -> None:
     )
     assert args.start == datetime(2026, 11, 23, tzinfo=UTC)
     assert args.end == datetime(2026, 11, 24, 6, tzinfo=UTC)
+
+
+async def test_policy_is_shown_and_set(
+    owner_conn: asyncpg.Connection, pg_cluster: PgCluster
+) -> None:
+    dsn = ("--dsn", pg_cluster.owner_dsn)
+    code, out = await asyncio.to_thread(_cli, "policy", *dsn)
+    assert (code, out) == (0, "pin_tries_max = 3\ncross_customer_transfers = false\n")
+    try:
+        code, out = await asyncio.to_thread(
+            _cli, "policy", *dsn, "--pin-tries-max", "5", "--cross-customer-transfers", "yes"
+        )
+        assert (code, out) == (0, "pin_tries_max = 5\ncross_customer_transfers = true\n")
+    finally:
+        await owner_conn.execute(
+            "UPDATE ledger.policy SET pin_tries_max = 3, cross_customer_transfers = false"
+        )

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from ledger import postgres
-from ledger.errors import ProvisioningError, SchemaTooOld
+from ledger.errors import LedgerError, ProvisioningError, SchemaTooOld
 from ledger.migrations import applied_version, functions_sha256, migrate, required_version
 from ledger.settings import LedgerSettings
 from ledger.store import open_store
@@ -85,3 +85,10 @@ async def test_functions_older_than_the_code_are_refused(
         await conn.close()
     with pytest.raises(SchemaTooOld, match="functions differ from this code's"):
         await open_store(replace(ledger_settings, dsn=dsn), timeout_ms=10_000)
+
+
+async def test_a_switch_deciding_by_another_policy_does_not_start(
+    ledger_settings: LedgerSettings,
+) -> None:
+    with pytest.raises(LedgerError, match=r"pin_tries_max = 3.*differs from the switch's settings"):
+        await open_store(replace(ledger_settings, pin_tries_max=5), timeout_ms=10_000)

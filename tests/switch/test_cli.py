@@ -147,11 +147,6 @@ def test_a_listener_host_that_is_not_local_names_the_host_setting(pg_cluster: Pg
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ledger.store.open_store leaves its pool open when the schema check fails; the pool "
-    "then logs a traceback while the private cluster stops. Remove this mark with that fix.",
-)
 def test_an_unmigrated_data_directory_is_one_line() -> None:
     # Under /tmp itself, as in tests/conftest.py: the unprivileged server user must reach it.
     data_dir = Path(tempfile.mkdtemp(prefix="unmigrated-"))
