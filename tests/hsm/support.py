@@ -50,12 +50,12 @@ def make_pki(directory: Path) -> Pki:
     rogue = Authority(directory / "rogue", "rogue-ca")
     return Pki(
         ca=hosts.issued,
-        hsm=hosts.issue("hsm", server=True),
-        switch=hosts.issue("switch-1", server=False),
-        officer=hosts.issue("officer", server=False),
-        stranger=hosts.issue("stranger", server=False),
-        rogue_switch=rogue.issue("switch-1", server=False),
-        rogue_hsm=rogue.issue("rogue-hsm", server=True),
+        hsm=hosts.issue("hsm", "hsm", server=True),
+        switch=hosts.issue("switch-1", "switch-1", server=False),
+        officer=hosts.issue("officer", "officer", server=False),
+        stranger=hosts.issue("stranger", "stranger", server=False),
+        rogue_switch=rogue.issue("switch-1", "switch-1", server=False),
+        rogue_hsm=rogue.issue("rogue-hsm", "rogue-hsm", server=True),
     )
 
 
