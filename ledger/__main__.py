@@ -18,9 +18,11 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger import audit, rules
+from ledger import anchors, audit, exports, rules
+from ledger.anchors import AnchorError
 from ledger.errors import LedgerError
 from ledger.fixtures import EntryError, load_fixtures, read_fixtures
+from ledger.journal import Head
 from ledger.migrations import Connection, migrate
 from ledger.postgres import running_cluster
 from ledger.settings import DSN_ENV, LedgerSettings, pan_hash_key_from_env
@@ -82,7 +84,7 @@ async def _load(conn: Connection, args: argparse.Namespace) -> int:
 
 
 async def _verify(conn: Connection, args: argparse.Namespace) -> int:
-    report = await audit.verify(conn, timeout_ms=args.timeout_ms)
+    report = await audit.verify(conn, timeout_ms=args.timeout_ms, anchored=_anchored(args))
     if report.damage:
         print(f"FIRST BAD RECORD: {report.damage[0]}")
         for damage in report.damage[1:]:
@@ -97,12 +99,62 @@ async def _verify(conn: Connection, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _anchored(args: argparse.Namespace) -> dict[int, Head]:
+    """Each lane's latest signed head from --anchors (signatures checked with --anchor-key)."""
+    if args.anchors is None:
+        return {}
+    if args.anchor_key is None:
+        raise AnchorError(
+            "--anchors needs --anchor-key: the public key the anchors were signed for"
+        )
+    return anchors.latest_heads(
+        anchors.read_anchors(args.anchors, anchors.load_public_key(args.anchor_key))
+    )
+
+
 async def _export(conn: Connection, args: argparse.Namespace) -> int:
-    count = await audit.export(
-        conn, sys.stdout, start=args.start, end=args.end, terminal_id=args.terminal,
-        output_format=args.format, timeout_ms=args.timeout_ms,
-    )  # fmt: skip
-    print(f"{count} records exported", file=sys.stderr)
+    try:
+        count = await exports.export(
+            conn, sys.stdout, start=args.start, end=args.end, terminal_id=args.terminal,
+            output_format=args.format, timeout_ms=args.timeout_ms,
+        )  # fmt: skip
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped (`| head`): not an error. Further writes to stdout, including the
+        # interpreter's flush at exit, must not fail either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    print(f"{count} transactions exported", file=sys.stderr)
+    return 0
+
+
+def _verify_export(args: argparse.Namespace) -> int:
+    try:
+        with args.file.open("rb") as lines:
+            report = exports.verify_export(lines, _anchored(args))
+    except OSError as exc:
+        raise AnchorError(f"{args.file}: {exc.strerror}") from None
+    for number, damage in enumerate(report.damage):
+        print(f"{'FIRST BAD RECORD' if number == 0 else 'also'}: {damage}")
+    verdict = "OK" if report.ok else "DAMAGED"
+    print(f"{verdict}: {report.transactions} transactions in {report.blocks} blocks checked")
+    return 0 if report.ok else 1
+
+
+async def _publish_anchors(conn: Connection, args: argparse.Namespace) -> int:
+    publisher = anchors.Publisher(anchors.load_private_key(args.key), args.anchors)
+    while True:
+        if await publisher.publish_if_moved(conn, timeout_ms=args.timeout_ms):
+            print(f"anchored {len(publisher.last)} chains at {datetime.now(UTC).isoformat()}")
+        if args.once:
+            return 0
+        await asyncio.sleep(args.interval_ms / 1000)
+
+
+def _anchor_keygen(args: argparse.Namespace) -> int:
+    anchors.generate_key(args.private, args.public)
+    print(f"private key: {args.private} (keep it off the database host)")
+    print(f"public key: {args.public} (give it to auditors: audit verify --anchor-key)")
     return 0
 
 
@@ -164,14 +216,51 @@ def _subcommand(
     return parser
 
 
+def _anchor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--anchors", type=Path,
+        help="the append-only file of signed chain heads: every chain must still reach its"
+        " latest anchor with the same hash",
+    )  # fmt: skip
+    parser.add_argument("--anchor-key", type=Path, help="the anchors' public key (PEM)")
+
+
+def _anchor_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    anchor_parser = subparsers.add_parser(
+        "anchors", help="sign the journal's chain heads outside the database"
+    )
+    anchor_sub = anchor_parser.add_subparsers(required=True, metavar="{keygen,publish}")
+    keygen = anchor_sub.add_parser(
+        "keygen", help="make an Ed25519 key pair for signing anchors",
+        description="make an Ed25519 key pair for signing anchors (the private key file is"
+        " created readable by its owner only, and never overwritten)",
+    )  # fmt: skip
+    keygen.add_argument("--private", type=Path, required=True, help="private key file (PEM)")
+    keygen.add_argument("--public", type=Path, required=True, help="public key file (PEM)")
+    keygen.set_defaults(offline=_anchor_keygen)
+    publish = _subcommand(
+        anchor_sub, "publish", _publish_anchors,
+        "append the chain heads, signed, to the anchors file whenever they move",
+    )  # fmt: skip
+    publish.add_argument("--anchors", type=Path, required=True, help="the anchors file")
+    publish.add_argument("--key", type=Path, required=True, help="the private key (PEM)")
+    publish.add_argument(
+        "--interval-ms", type=int, default=1_000,
+        help="how often to look at the heads (default: 1000)",
+    )  # fmt: skip
+    publish.add_argument("--once", action="store_true", help="publish once, then exit")
+
+
 def _audit_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit_parser = subparsers.add_parser("audit", help="auditors' tools for the audit journal")
-    audit_sub = audit_parser.add_subparsers(required=True, metavar="{verify,export}")
-    _subcommand(
+    audit_sub = audit_parser.add_subparsers(required=True, metavar="{verify,export,verify-export}")
+    verify = _subcommand(
         audit_sub, "verify", _verify,
-        "check every terminal's hash chain and that balances equal the sum of postings; "
-        "exit 1 and name the first bad record on damage",
+        "check every transaction's leaf, every chain of blocks up to its head (and its signed "
+        "anchor, with --anchors) and that balances equal the sum of postings; exit 1 and name "
+        "the first bad record on damage",
     )  # fmt: skip
+    _anchor_arguments(verify)
     export = _subcommand(
         audit_sub, "export", _export, "write audit records to stdout as CSV or JSON lines"
     )
@@ -189,9 +278,25 @@ def _audit_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         required=True,
         help="end time, exclusive (ISO 8601; UTC if no zone)",
     )
-    export.add_argument("--terminal", help="only this terminal's records")
-    export.add_argument("--format", choices=("csv", "jsonl"), default="csv",
-                        help="output format (default: csv)")  # fmt: skip
+    export.add_argument(
+        "--terminal",
+        help="only this terminal's records (JSON lines: the blocks that hold them, whole)",
+    )
+    export.add_argument(
+        "--format", choices=("csv", "jsonl"), default="csv",
+        help="csv: transactions, for spreadsheets; jsonl: blocks and transactions, which"
+        " `audit verify-export` checks alone (default: csv)",
+    )  # fmt: skip
+    verify_export = audit_sub.add_parser(
+        "verify-export",
+        help="recompute the leaves, blocks and links of a JSON-lines export, with no database",
+        description="recompute the leaves, blocks and links of a JSON-lines export (from"
+        " `audit export --format jsonl`), with no database; exit 1 and name the first bad"
+        " record on damage",
+    )
+    verify_export.add_argument("file", type=Path, help="the export, JSON lines")
+    _anchor_arguments(verify_export)
+    verify_export.set_defaults(offline=_verify_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="whether transfers to another customer's account are allowed",
     )  # fmt: skip
     _audit_parsers(subparsers)
+    _anchor_parsers(subparsers)
     report_parser = subparsers.add_parser("report", help="reports for auditors")
     report_sub = report_parser.add_subparsers(required=True, metavar="{terminals}")
     terminals = _subcommand(
@@ -246,6 +352,9 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if "offline" in args:
+            offline: Callable[[argparse.Namespace], int] = args.offline
+            return offline(args)
         return asyncio.run(_run(args))
     except (LedgerError, OSError, asyncpg.PostgresError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,32 +8,15 @@ lane's last block, so a removed tail is found as well as an altered record.
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from typing import Any, TextIO
+from datetime import date
 
 import asyncpg
 
 from ledger import journal
-from ledger.codec import MONEY_KINDS
+from ledger.journal import Damage, Head
 from ledger.migrations import Connection
-from ledger.pan import remask
-
-EXPORT_FIELDS = (
-    *journal.LEAF_FIELDS[:16], "recorded_at", *journal.LEAF_FIELDS[17:], "legs", "leaf",
-)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Damage:
-    where: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
 
 
 @dataclass
@@ -49,24 +32,28 @@ class VerifyReport:
         return not self.damage and not self.books
 
 
-# Every block with its transactions (a block without any, or transactions without their block,
-# come out too), in chain order.
-_JOURNAL_ROWS = """
-SELECT coalesce(b.lane, t.lane) AS chain, coalesce(b.seq, t.block_seq) AS position,
-       b.transactions AS block_transactions, b.prev_hash AS block_prev_hash,
-       b.hash AS block_hash, t.*,
-       (extract(epoch FROM t.recorded_at) * 1000000)::bigint AS recorded_at_us,
-       legs.account_ids, legs.customer_ids, legs.amounts_minor, legs.currencies
-  FROM ledger.audit_blocks b
-  FULL JOIN ledger.transactions t ON (t.lane, t.block_seq) = (b.lane, b.seq)
+# A transaction's postings as parallel arrays in account order (see legs_of), for queries over
+# ledger.transactions t.
+LEGS_JOIN = """
   LEFT JOIN LATERAL (
     SELECT array_agg(p.account_id ORDER BY p.account_id) AS account_ids,
            array_agg(p.customer_id ORDER BY p.account_id) AS customer_ids,
            array_agg(p.amount_minor ORDER BY p.account_id) AS amounts_minor,
            array_agg(p.currency::text ORDER BY p.account_id) AS currencies
       FROM ledger.postings p WHERE p.transaction_id = t.transaction_id) legs ON true
- ORDER BY 1, 2, t.transaction_id
 """
+# Every block with its transactions (a block without any, or transactions without their block,
+# come out too), in chain order.
+_JOURNAL_ROWS = f"""
+SELECT coalesce(b.lane, t.lane) AS chain, coalesce(b.seq, t.block_seq) AS position,
+       b.transactions AS block_transactions, b.prev_hash AS block_prev_hash,
+       b.hash AS block_hash,
+       (extract(epoch FROM b.recorded_at) * 1000000)::bigint AS block_recorded_at_us, t.*,
+       (extract(epoch FROM t.recorded_at) * 1000000)::bigint AS recorded_at_us, legs.*
+  FROM ledger.audit_blocks b
+  FULL JOIN ledger.transactions t ON (t.lane, t.block_seq) = (b.lane, b.seq) {LEGS_JOIN}
+ ORDER BY 1, 2, t.transaction_id
+"""  # noqa: S608 (no value is formatted in: LEGS_JOIN is a constant)
 
 
 def legs_of(row: asyncpg.Record) -> list[journal.Leg]:
@@ -84,7 +71,7 @@ def legs_of(row: asyncpg.Record) -> list[journal.Leg]:
     ]
 
 
-async def _rows(
+async def stream_rows(
     conn: Connection, sql: str, *args: object, timeout_ms: int
 ) -> AsyncIterator[asyncpg.Record]:
     """Rows streamed through a cursor (bounded memory)."""
@@ -94,79 +81,33 @@ async def _rows(
             yield row
 
 
-def _record_damage(row: asyncpg.Record) -> str | None:
-    """What is wrong with one transaction on its own: its leaf, or its amount against its legs."""
-    legs = legs_of(row)
-    if journal.leaf(row, legs) != row["leaf"]:
-        return "leaf hash does not match its contents"
-    moved = sum(leg.amount_minor for leg in legs if leg.amount_minor > 0)
-    if row["kind"] in MONEY_KINDS | {"opening"} and row["outcome"] == "approved":
-        return None if moved == row["amount_minor"] else "amount differs from its postings"
-    return None if not legs else "postings on a transaction that moves no money"
-
-
-@dataclass
-class _Chain:
-    """One lane's walk: the block being read and the hash it must follow."""
-
-    lane: int
-    seq: int = 0
-    prev_hash: bytes = journal.GENESIS_HASH
-    leaves: list[bytes] = field(default_factory=list)
-    block: asyncpg.Record | None = None
-
-
-def _close_block(chain: _Chain, report: VerifyReport) -> None:
-    block = chain.block
-    if block is None:
-        return
-    where = f"block {chain.lane}#{block['position']}"
-    if block["block_hash"] is None:
-        report.damage.append(Damage(where, "transactions of a block that is missing"))
-    elif block["position"] != chain.seq + 1:
-        report.damage.append(Damage(where, f"sequence gap: expected #{chain.seq + 1}"))
-    elif block["block_prev_hash"] != chain.prev_hash:
-        report.damage.append(Damage(where, "does not follow the previous block's hash"))
-    elif block["block_transactions"] != len(chain.leaves) or block["block_hash"] != (
-        journal.block_hash(chain.prev_hash, chain.lane, block["position"], chain.leaves)
-    ):
-        report.damage.append(Damage(where, "hash does not match its transactions"))
-    report.blocks += 1
-    chain.seq = block["position"]
-    chain.prev_hash = block["block_hash"] or chain.prev_hash
-    chain.leaves = []
-    chain.block = None
-
-
-async def _verify_chains(conn: Connection, report: VerifyReport, *, timeout_ms: int) -> None:
-    heads = {r["lane"]: (r["seq"], r["hash"]) for r in await conn.fetch(
+async def _verify_chains(
+    conn: Connection, report: VerifyReport, anchored: Mapping[int, Head], *, timeout_ms: int
+) -> None:
+    heads = {r["lane"]: (r["seq"], bytes(r["hash"])) for r in await conn.fetch(
         "SELECT lane, seq, hash FROM ledger.audit_heads")}  # fmt: skip
-    chains: dict[int, _Chain] = {}
-    chain: _Chain | None = None
-    async for row in _rows(conn, _JOURNAL_ROWS, timeout_ms=timeout_ms):
-        if chain is None or row["chain"] != chain.lane:
-            if chain is not None:
-                _close_block(chain, report)
-            chain = chains.setdefault(row["chain"], _Chain(row["chain"]))
-        if chain.block is not None and chain.block["position"] != row["position"]:
-            _close_block(chain, report)
-        if chain.block is None:
-            chain.block = row
+    walk = journal.Walk(anchored, whole=True)
+    block = None
+    async for row in stream_rows(conn, _JOURNAL_ROWS, timeout_ms=timeout_ms):
+        if (row["chain"], row["position"]) != block:
+            block = (row["chain"], row["position"])
+            stored = None
+            if row["block_hash"] is not None:
+                stored = journal.StoredBlock(
+                    row["block_transactions"], row["block_recorded_at_us"],
+                    bytes(row["block_prev_hash"]), bytes(row["block_hash"]),
+                )  # fmt: skip
+            walk.block(row["chain"], row["position"], stored)
         if row["transaction_id"] is not None:
-            report.records += 1
-            chain.leaves.append(row["leaf"])
-            reason = _record_damage(row)
-            if reason is not None:
-                report.damage.append(Damage(f"transaction {row['transaction_id']}", reason))
-    if chain is not None:
-        _close_block(chain, report)
+            walk.transaction(row, legs_of(row), row["leaf"])
+    report.damage.extend(walk.finish())
     for lane, (seq, head_hash) in sorted(heads.items()):
-        walked = chains.get(lane, _Chain(lane))
-        if (walked.seq, walked.prev_hash) != (seq, head_hash):
+        walked = walk.lanes.get(lane, journal.LaneEnd())
+        if (walked.seq, walked.hash) != (seq, head_hash):
             report.damage.append(
                 Damage(f"chain {lane}", f"ends at block #{walked.seq}; its head is at #{seq}")
             )
-    report.chains = len(heads)
+    report.records, report.blocks, report.chains = walk.transactions, walk.blocks, len(heads)
 
 
 async def _verify_books(conn: Connection, report: VerifyReport, *, timeout_ms: int) -> None:
@@ -192,67 +133,16 @@ async def _verify_books(conn: Connection, report: VerifyReport, *, timeout_ms: i
         )
 
 
-async def verify(conn: Connection, *, timeout_ms: int) -> VerifyReport:
-    """Walk every chain (leaves, blocks, heads) and check that balances equal the postings."""
+async def verify(
+    conn: Connection, *, timeout_ms: int, anchored: Mapping[int, Head] | None = None
+) -> VerifyReport:
+    """Walk every chain (leaves, blocks, heads) and check that balances equal the postings;
+    with `anchored` (each lane's latest signed head), that no anchored block was rewritten or
+    removed."""
     report = VerifyReport()
-    await _verify_chains(conn, report, timeout_ms=timeout_ms)
+    await _verify_chains(conn, report, anchored or {}, timeout_ms=timeout_ms)
     await _verify_books(conn, report, timeout_ms=timeout_ms)
     return report
-
-
-_EXPORT_ROWS = """
-SELECT t.*, legs.account_ids, legs.customer_ids, legs.amounts_minor, legs.currencies
-  FROM ledger.transactions t
-  LEFT JOIN LATERAL (
-    SELECT array_agg(p.account_id ORDER BY p.account_id) AS account_ids,
-           array_agg(p.customer_id ORDER BY p.account_id) AS customer_ids,
-           array_agg(p.amount_minor ORDER BY p.account_id) AS amounts_minor,
-           array_agg(p.currency::text ORDER BY p.account_id) AS currencies
-      FROM ledger.postings p WHERE p.transaction_id = t.transaction_id) legs ON true
- WHERE t.recorded_at >= $1 AND t.recorded_at < $2 AND ($3::text IS NULL OR t.terminal_id = $3)
- ORDER BY t.transaction_id
-"""
-
-
-def export_record(row: asyncpg.Record) -> dict[str, Any]:
-    """One transaction as exported: every field its leaf covers, its legs and its leaf. PANs are
-    masked again on the way out, whatever is stored."""
-    record: dict[str, Any] = {name: row[name] for name in EXPORT_FIELDS[:-2]}
-    record["pan_masked"] = remask(row["pan_masked"])
-    record["recorded_at"] = row["recorded_at"].isoformat()
-    record["business_date"] = row["business_date"].isoformat()
-    record["legs"] = ";".join(
-        f"{leg.account_id}:{leg.customer_id}:{leg.amount_minor}:{leg.currency}"
-        for leg in legs_of(row)
-    )
-    record["leaf"] = row["leaf"].hex()
-    return record
-
-
-async def export(
-    conn: Connection,
-    out: TextIO,
-    *,
-    start: datetime,
-    end: datetime,
-    terminal_id: str | None,
-    output_format: str,
-    timeout_ms: int,
-) -> int:
-    """Write transactions with start <= time < end as CSV or JSON lines; returns how many."""
-    assert output_format in {"csv", "jsonl"}, output_format
-    writer = csv.DictWriter(out, EXPORT_FIELDS)
-    if output_format == "csv":
-        writer.writeheader()
-    count = 0
-    async for row in _rows(conn, _EXPORT_ROWS, start, end, terminal_id, timeout_ms=timeout_ms):
-        record = export_record(row)
-        if output_format == "csv":
-            writer.writerow(record)
-        else:
-            out.write(json.dumps(record) + "\n")
-        count += 1
-    return count
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
+from ledger.journal import MOVING_KINDS
 from ledger.model import (
     Account,
     BalanceInquiry,
@@ -21,9 +22,6 @@ from ledger.model import (
     Transfer,
     Withdrawal,
 )
-
-# Kinds whose approval moves money: their stored amount is what moved.
-MONEY_KINDS = frozenset({"withdrawal", "transfer", "reversal"})
 
 
 # Named tuples rather than dataclasses: a batch is transposed into columns, one array per field
@@ -231,7 +229,7 @@ def parse_snapshot(state: Mapping[str, Any]) -> Snapshot:
 
 def parse_result(stored: Mapping[str, Any], *, repeated: bool) -> Result:
     """A stored outcome (ledger.result_of) as the switch answers it."""
-    moved = stored["kind"] in MONEY_KINDS and int(stored["amount_minor"]) > 0
+    moved = stored["kind"] in MOVING_KINDS and int(stored["amount_minor"]) > 0
     return Result(
         outcome=Outcome(stored["outcome"]),
         amount_minor=int(stored["amount_minor"]),

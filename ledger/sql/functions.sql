@@ -80,14 +80,17 @@ CREATE OR REPLACE FUNCTION ledger.leg_line(account_id bigint, customer_id bigint
   SELECT format('leg=%s:%s:%s:%s', account_id, customer_id, amount_minor, currency)
 $$;
 
--- The hash of a block: the previous block's hash, the block's place, then its leaves.
+-- The hash of a block: the previous block's hash, the block's place and time, then its leaves.
 CREATE OR REPLACE FUNCTION ledger.block_hash(prev_hash bytea, lane integer, seq bigint,
-                                             transactions integer, leaves bytea)
-  RETURNS bytea LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT sha256(prev_hash || convert_to(
-    format(E'kiosk-switch block v1\nlane=%s\nseq=%s\ntransactions=%s\n', lane, seq, transactions),
-    'UTF8') || leaves)
-$$;
+                                             transactions integer, recorded_at timestamptz,
+                                             leaves bytea)
+  RETURNS bytea LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+  RETURN sha256(prev_hash || convert_to(format(
+    E'kiosk-switch block v1\nlane=%s\nseq=%s\ntransactions=%s\nrecorded_at_us=%s\n',
+    lane, seq, transactions, (extract(epoch FROM recorded_at) * 1000000)::bigint), 'UTF8')
+    || leaves);
+END $$;
 
 -- Locks a free lane's head (the backend's own lane when it is free, else the next free one, so
 -- concurrent calls rarely wait on one head) and returns the lane, the next block's number and
@@ -118,7 +121,7 @@ BEGIN
   IF p_count = 0 THEN
     RETURN;
   END IF;
-  v_hash := ledger.block_hash(p_prev_hash, p_lane, p_seq, p_count, p_leaves);
+  v_hash := ledger.block_hash(p_prev_hash, p_lane, p_seq, p_count, p_at, p_leaves);
   INSERT INTO ledger.audit_blocks VALUES (p_lane, p_seq, p_at, p_count, p_prev_hash, v_hash);
   UPDATE ledger.audit_heads SET seq = p_seq, hash = v_hash WHERE lane = p_lane;
 END $$;
@@ -676,6 +679,15 @@ BEGIN
   SELECT f.sha256 INTO functions_sha256 FROM ledger.schema_functions f;
 END $$;
 
+-- Every chain's head, for the anchor publisher (which signs them with a key the database never
+-- sees): hashes only, no customer data.
+CREATE OR REPLACE FUNCTION ledger.audit_heads_now()
+  RETURNS TABLE (lane integer, seq bigint, hash bytea)
+  LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+BEGIN
+  RETURN QUERY SELECT h.lane, h.seq, h.hash FROM ledger.audit_heads h ORDER BY h.lane;
+END $$;
+
 -- The rules the database enforces, so the switch can refuse to start with others.
 CREATE OR REPLACE FUNCTION ledger.current_policy(OUT pin_tries_max integer,
                                                  OUT cross_customer_transfers boolean)
@@ -685,7 +697,7 @@ BEGIN
     FROM ledger.policy p;
 END $$;
 
--- The switch executes these six and nothing else. Functions are executable by PUBLIC unless
+-- The switch executes these seven and nothing else. Functions are executable by PUBLIC unless
 -- revoked: the internal ones (decisions, hashing, blocks) are the owner's only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -698,5 +710,6 @@ GRANT EXECUTE ON FUNCTION
   ledger.terminal_keys(text),
   ledger.set_session_keys(text, text, text),
   ledger.schema_state(),
-  ledger.current_policy()
+  ledger.current_policy(),
+  ledger.audit_heads_now()
   TO ledger_switch;

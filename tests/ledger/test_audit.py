@@ -91,7 +91,7 @@ async def test_verify_names_an_altered_record(
     try:
         report = await audit.verify(owner_conn, timeout_ms=60_000)
         assert report.damage == [
-            audit.Damage(f"transaction {second}", "leaf hash does not match its contents")
+            journal.Damage(f"transaction {second}", "leaf hash does not match its contents")
         ]
         code, out = await asyncio.to_thread(_cli, "audit", "verify", "--dsn", pg_cluster.owner_dsn)
         assert code == 1
@@ -118,7 +118,7 @@ async def test_verify_finds_postings_changed_with_their_balances(
     await _tampered(pg_cluster, balances, first, -1)
     report = await audit.verify(owner_conn, timeout_ms=60_000)
     assert report.books == []
-    assert audit.Damage(f"transaction {first}", "leaf hash does not match its contents") in (
+    assert journal.Damage(f"transaction {first}", "leaf hash does not match its contents") in (
         report.damage
     )
     await _tampered(pg_cluster, balances, first, 1)
@@ -148,7 +148,7 @@ async def test_verify_finds_a_removed_block_and_bad_books(
     try:
         report = await audit.verify(owner_conn, timeout_ms=60_000)
         where = f"block {last['lane']}#{last['block_seq']}"
-        assert audit.Damage(where, "transactions of a block that is missing") in report.damage
+        assert journal.Damage(where, "transactions of a block that is missing") in report.damage
         assert report.books == [f"account {checking}: balance 96501 but postings sum to 96500"]
     finally:
         await owner_conn.execute(
@@ -189,7 +189,12 @@ async def test_export(
     if output_format == "csv":
         records = list(csv.DictReader(io.StringIO(out)))
     else:
-        records = [json.loads(line) for line in out.splitlines()]
+        # In chain order, each block before its transactions; here, in transaction order.
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert lines[0]["record"] == "block"
+        records = sorted(
+            (r for r in lines if r["record"] == "transaction"), key=lambda r: r["transaction_id"]
+        )
     ids = [int(r["transaction_id"]) for r in records]
     assert ids == sorted(ids)
     assert len(ids) == 4
