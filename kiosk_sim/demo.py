@@ -91,6 +91,48 @@ def run_step(say: Say, title: str, args: list[str]) -> str:
     return output
 
 
+@dataclass(frozen=True)
+class _Anchoring:
+    path: Path
+    publish_args: list[str]
+    verify_args: list[str]
+
+
+def _anchoring(say: Say) -> _Anchoring:
+    """A development key pair for signing anchors (made once), and the anchors file: new per
+    run, as the journal's chains are checked from their first block."""
+    private, public = WORK_DIR / "anchor-dev.key", WORK_DIR / "anchor-dev.pub"
+    if not private.exists():
+        run_step(say, "anchor key", ["ledger", "anchors", "keygen", "--private", str(private),
+                                     "--public", str(public)])  # fmt: skip
+    path = WORK_DIR / "anchors.jsonl"
+    path.unlink(missing_ok=True)
+    return _Anchoring(
+        path,
+        ["--anchors", str(path), "--key", str(private)],
+        ["--anchors", str(path), "--anchor-key", str(public)],
+    )
+
+
+def _first_anchor(path: Path) -> None:
+    """The publisher has the cluster up and has signed the heads once."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no anchor in {path} after {STARTUP_TIMEOUT_S:.0f} s")
+        time.sleep(0.1)
+
+
+def _export_journal(path: Path, data_dir: str, say: Say) -> None:
+    args = ["ledger", "audit", "export", "--from", "2000-01-01", "--to", "2100-01-01",
+            "--format", "jsonl", "--data-dir", data_dir]  # fmt: skip
+    say(f"$ python -m {' '.join(args)} > {path}")
+    with path.open("w") as out:
+        subprocess.run(  # noqa: S603 - our own interpreter and modules
+            [sys.executable, "-m", *args], stdout=out, timeout=300, check=True
+        )
+
+
 @contextlib.contextmanager
 def process(
     args: list[str], log_path: Path, env: dict[str, str], say: Say
@@ -310,10 +352,18 @@ def run_demo(say: Say = print) -> int:
         }
         say(f"== starting the HSM (port {ports.hsm}) and the switch (port {ports.switch})")
         say(f"   operations app: http://127.0.0.1:{ports.admin}/ (token in config/switch.toml)")
-        with process(
-            ["hsm", "serve", "--port", str(ports.hsm)], WORK_DIR / "hsm.log", env, say
-        ) as hsm:
+        anchors = _anchoring(say)
+        publisher = ["ledger", "anchors", "publish", *anchors.publish_args, "--data-dir", data_dir]
+        say("== signing the journal's chain heads outside the database, every second")
+        with (
+            process(
+                ["hsm", "serve", "--port", str(ports.hsm)], WORK_DIR / "hsm.log", env, say
+            ) as hsm,
+            process(publisher, WORK_DIR / "anchors.log", env, say),
+        ):
+            # The publisher starts the private cluster; it stops it last, after the switch.
             asyncio.run(wait_listening(ports.hsm, hsm, "the HSM"))
+            _first_anchor(anchors.path)
             with process(["switch", "serve"], WORK_DIR / "switch.log", env, say) as switch:
                 asyncio.run(wait_listening(ports.switch, switch, "the switch"))
                 say("== every flow, one terminal at a time")
@@ -325,8 +375,17 @@ def run_demo(say: Say = print) -> int:
                 asyncio.run(admin_view(ports.admin, say))
         if report.differences:
             raise RuntimeError(f"{len(report.differences)} end-state differences")
-        say("== auditors: the journal and the books")
-        run_step(say, "audit verify", ["ledger", "audit", "verify", "--data-dir", data_dir])
+        say("== auditors: the journal and the books, against the signed anchors")
+        run_step(
+            say, "audit verify",
+            ["ledger", "audit", "verify", *anchors.verify_args, "--data-dir", data_dir],
+        )  # fmt: skip
+        export = WORK_DIR / "journal.jsonl"
+        _export_journal(export, data_dir, say)
+        run_step(
+            say, "audit verify-export",
+            ["ledger", "audit", "verify-export", str(export), *anchors.verify_args],
+        )  # fmt: skip
         run_step(say, "report", ["ledger", "report", "terminals", "--data-dir", data_dir])
     except Exception as exc:
         say(f"demo failed: {exc}")

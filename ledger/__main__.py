@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, time
@@ -143,12 +144,18 @@ def _verify_export(args: argparse.Namespace) -> int:
 
 async def _publish_anchors(conn: Connection, args: argparse.Namespace) -> int:
     publisher = anchors.Publisher(anchors.load_private_key(args.key), args.anchors)
-    while True:
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Ends the loop, so a private cluster this command started is stopped on the way out.
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    while not stop.is_set():
         if await publisher.publish_if_moved(conn, timeout_ms=args.timeout_ms):
             print(f"anchored {len(publisher.last)} chains at {datetime.now(UTC).isoformat()}")
         if args.once:
-            return 0
-        await asyncio.sleep(args.interval_ms / 1000)
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.interval_ms / 1000)
+    return 0
 
 
 def _anchor_keygen(args: argparse.Namespace) -> int:
