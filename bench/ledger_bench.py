@@ -30,6 +30,7 @@ import uvloop
 
 from bench import cpu
 from kiosk_sim.histogram import Histogram
+from ledger.authorisation import development_token
 from ledger.fixtures import load_fixtures
 from ledger.migrations import migrate
 from ledger.model import AuditFields, Outcome, RequestKey, Withdrawal
@@ -164,7 +165,8 @@ async def _withdrawals_per_s(
             request_key = RequestKey(terminal, f"{stan:010d}", f"{stan % 1_000_000:06d}", "0200")
             request = Withdrawal(pan, request_key, AUDIT, "20", 100, "EUR")
             lookup = await store.lookup(request, timeout_ms=30_000)
-            result = await store.execute(lookup, timeout_ms=30_000)
+            word = development_token(lookup.request, lookup.pan_hash)  # the HSM's, for a PIN
+            result = await store.execute(lookup, authorisation=word, timeout_ms=30_000)
             assert result.outcome is Outcome.APPROVED, result
             approved += 1
         return approved

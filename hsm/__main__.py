@@ -16,11 +16,13 @@ from pathlib import Path
 
 import structlog
 
+from hsm import authorisation
 from hsm.config import ConfigError, HsmConfig, load_config
+from hsm.crypto import Algorithm
 from hsm.devkeys import make_dev_keys
 from hsm.engine import SoftHsm
 from hsm.errors import DevelopmentKeyError, HsmError, KeyBlockError, KeyLengthError, KeyUsageError
-from hsm.keys import DEVELOPMENT_LMK, Lmk, load_lmk
+from hsm.keys import DEVELOPMENT_LMK, DEVELOPMENT_PAN_HASH_KEY, KeyRole, Lmk, load_lmk
 from hsm.server import HsmServer
 
 log = structlog.get_logger("hsm")
@@ -63,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
         "DEVELOPMENT ONLY.",
     )
     dev.add_argument("--seed", help="make the output reproducible from this text")
+    key = sub.add_parser(
+        "authorisation-key",
+        help="print the ledger's authorisation key (hex), for `python -m ledger"
+        " authorisation-key install`",
+        description="Key ceremony: print, in hex, the authorisation key this HSM derives from its"
+        " PAN-hash key, so that the ledger can verify the HSM's word on each approval. Pipe it"
+        " straight into `python -m ledger authorisation-key install`; never store it. It"
+        " authorises only: it decrypts no PIN and computes no PAN hash.",
+    )
+    key.add_argument("--config", type=Path, help="the HSM's TOML file (its pan_hash_key, LMK)")
+    key.add_argument("--lmk-file", type=Path, help="file holding the LMK, as for serve")
     return parser
 
 
@@ -78,12 +91,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _core(config: HsmConfig, lmk: Lmk) -> SoftHsm:
-    """The engine; the PAN-hash key is the only key it opens now, so errors are about it."""
+    """The engine; the PAN-hash key is the only key it opens now, so errors are about it.
+    Under the development LMK with no PAN-hash key configured, the development one: its hashes
+    and authorisation key are the ledger's development ones."""
+    pan_hash_key = config.pan_hash_key
+    if pan_hash_key is None and lmk.is_development and not config.production:
+        pan_hash_key = lmk.wrap(KeyRole.PHK, Algorithm.HMAC, DEVELOPMENT_PAN_HASH_KEY)
     try:
         return SoftHsm(
             lmk,
             production=config.production,
-            pan_hash_key=config.pan_hash_key,
+            pan_hash_key=pan_hash_key,
             pin_rate_limit=config.pin_rate_limit,
         )
     except DevelopmentKeyError:
@@ -117,6 +135,19 @@ async def _serve(args: argparse.Namespace) -> None:
         log.info("hsm_stopped")
 
 
+def _authorisation_key(args: argparse.Namespace) -> bytes:
+    overrides = {} if args.lmk_file is None else {"lmk_file": str(args.lmk_file.resolve())}
+    config = load_config(args.config, overrides)
+    lmk = load_lmk(
+        lmk_hex=None if config.lmk_file else config.lmk_hex,
+        lmk_file=config.lmk_file,
+        production=config.production,
+    )
+    if config.pan_hash_key is None:
+        raise ConfigError(config.source, "hsm.pan_hash_key", "the PHK the key is derived from")
+    return authorisation.authorisation_key(lmk.unwrap(config.pan_hash_key, (KeyRole.PHK,), "G"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dev-keys":
@@ -125,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(keys.as_dict(), indent=2))
         return 0
     try:
+        if args.command == "authorisation-key":
+            print(_authorisation_key(args).hex())
+            return 0
         asyncio.run(_serve(args))
     except (HsmError, ConfigError) as exc:
         print(f"hsm: {exc}", file=sys.stderr)

@@ -34,6 +34,8 @@ SWITCH_COMMANDS = frozenset(
     {
         cmd.HEALTH,
         cmd.VERIFY_PIN,
+        cmd.VERIFY_PIN_FOR,
+        cmd.AUTHORISATION_CHECK,
         cmd.GENERATE_MAC,
         cmd.VERIFY_MAC,
         cmd.SESSION_KEYS,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from hsm.authorisation import Authorisation
 from hsm.crypto import Algorithm
 from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.keys import KeyRole, StoredKey
@@ -92,6 +93,25 @@ class HSM(Protocol):
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
     ) -> bool:
         """True if the PIN matches; False for a wrong PIN; typed error for a bad block or key."""
+        ...
+
+    async def verify_pin_for(
+        self,
+        pin_block: bytes,
+        pan: str,
+        key: PinKey,
+        pin_block_format: PinBlockFormat,
+        verification: Verification,
+        *,
+        request: Authorisation,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> bytes | None:
+        """As verify_pin; a right PIN returns the ledger's token for `request` (see
+        hsm.authorisation), a wrong one None. Needs the PAN-hash key."""
+        ...
+
+    async def authorisation_check_value(self, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> str:
+        """The check value of the authorisation key, to compare with the ledger's."""
         ...
 
     async def derive_pin_verification_data(

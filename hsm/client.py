@@ -20,6 +20,7 @@ import structlog
 from hsm import commands as cmd
 from hsm import emv, wire
 from hsm.api import PinKey, PinMethod, SessionKeys, Verification
+from hsm.authorisation import Authorisation
 from hsm.commands import Fields, hex_of
 from hsm.crypto import Algorithm
 from hsm.emv import ArpcResponse, ArqcResult, EmvTags
@@ -213,6 +214,27 @@ class NetworkHSM:
         fields: Fields = (hex_of(pin_block), pan, str(pin_block_format.value))
         fields += cmd.pin_key_fields(key) + cmd.verification_fields(verification)
         return cmd.is_yes(await self.call(cmd.VERIFY_PIN, fields, timeout_ms=timeout_ms))
+
+    async def verify_pin_for(
+        self,
+        pin_block: bytes,
+        pan: str,
+        key: PinKey,
+        pin_block_format: PinBlockFormat,
+        verification: Verification,
+        *,
+        request: Authorisation,
+        timeout_ms: int | None = None,
+    ) -> bytes | None:
+        fields = cmd.authorisation_fields(request)
+        fields += (hex_of(pin_block), pan, str(pin_block_format.value))
+        fields += cmd.pin_key_fields(key) + cmd.verification_fields(verification)
+        (token,) = await self.call(cmd.VERIFY_PIN_FOR, fields, timeout_ms=timeout_ms)
+        return cmd.bytes_of(token) if token else None
+
+    async def authorisation_check_value(self, *, timeout_ms: int | None = None) -> str:
+        (kcv,) = await self.call(cmd.AUTHORISATION_CHECK, (), timeout_ms=timeout_ms)
+        return kcv
 
     async def derive_pin_verification_data(
         self,

@@ -25,6 +25,7 @@ from hsm.api import (
     VisaPvv,
     VisaPvvMethod,
 )
+from hsm.authorisation import Authorisation
 from hsm.crypto import Algorithm
 from hsm.emv import Arc, ArpcResponse, ArqcResult, Csu, EmvTags
 from hsm.engine import SoftHsm
@@ -47,6 +48,8 @@ CHECK_VALUE = "KC"
 IMPORT_KEY = "KI"
 EXPORT_KEY = "KE"
 PAN_HASH = "PH"
+VERIFY_PIN_FOR = "PA"
+AUTHORISATION_CHECK = "AC"
 VERIFY_ARQC = "AQ"
 
 Fields = tuple[str, ...]
@@ -212,6 +215,28 @@ def _verify_pin(hsm: SoftHsm, f: Fields) -> Fields:
     return yes_no(hsm.verify_pin(bytes_of(f[0]), f[1], key, _format(f[2]), _verification(f[6:])))
 
 
+def authorisation_fields(request: Authorisation) -> Fields:
+    return (
+        request.terminal_id, request.transmission_time, request.stan, request.message_class,
+        str(request.amount_minor), request.currency,
+    )  # fmt: skip
+
+
+def _authorisation(f: Fields) -> Authorisation:
+    if not (f[4].isascii() and f[4].isdigit()):
+        raise RequestError("an amount is decimal digits")
+    return Authorisation(f[0], f[1], f[2], f[3], int(f[4]), f[5])
+
+
+def _verify_pin_for(hsm: SoftHsm, f: Fields) -> Fields:
+    key = _pin_key(f[9], f[10], f[11])
+    verification = _verification(f[12:])
+    token = hsm.verify_pin_for(
+        bytes_of(f[6]), f[7], key, _format(f[8]), verification, request=_authorisation(f[:6])
+    )
+    return ("" if token is None else hex_of(token),)
+
+
 def _derive(hsm: SoftHsm, f: Fields) -> Fields:
     return (hsm.derive_pin_verification_data(StoredKey(f[0]), f[1], f[2], _method(f[3:])),)
 
@@ -266,6 +291,8 @@ COMMANDS: dict[str, tuple[int, Handler]] = {
     IMPORT_KEY: (3, lambda hsm, f: (hsm.import_key(f[0], StoredKey(f[1]), _role(f[2])).to_text(),)),
     EXPORT_KEY: (3, lambda hsm, f: (hsm.export_key(StoredKey(f[0]), StoredKey(f[1]), f[2]),)),
     PAN_HASH: (1, lambda hsm, f: (hex_of(hsm.pan_hash(f[0])),)),
+    VERIFY_PIN_FOR: (18, _verify_pin_for),
+    AUTHORISATION_CHECK: (0, lambda hsm, _f: (hsm.authorisation_check_value(),)),
     VERIFY_ARQC: (10, _verify_arqc),
 }
 

@@ -16,7 +16,7 @@ import hmac
 import os
 import time
 
-from hsm import crypto, dukpt, emv, mac, pinblock, pinverify, tr31
+from hsm import authorisation, crypto, dukpt, emv, mac, pinblock, pinverify, tr31
 from hsm.api import (
     DeliveredKey,
     Dukpt,
@@ -28,6 +28,7 @@ from hsm.api import (
     Verification,
     VisaPvv,
 )
+from hsm.authorisation import Authorisation
 from hsm.crypto import Algorithm
 from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.errors import (
@@ -129,6 +130,29 @@ class SoftHsm:
             pvk = self._pvk(verification.pvk, _PVK_USAGES_VISA)
             return pinverify.visa_pvv_verify(pvk, pan, verification.pvki, pin, verification.pvv)
         return self._verify_ibm(verification, pan, pin)
+
+    def verify_pin_for(
+        self,
+        pin_block: bytes,
+        pan: str,
+        key: PinKey,
+        pin_block_format: PinBlockFormat,
+        verification: Verification,
+        *,
+        request: Authorisation,
+    ) -> bytes | None:
+        """The ledger's token for `request` when the PIN is right; None when it is wrong."""
+        if not self.verify_pin(pin_block, pan, key, pin_block_format, verification):
+            return None
+        return authorisation.token(self._authorisation_key(), self.pan_hash(pan), request)
+
+    def authorisation_check_value(self) -> str:
+        return authorisation.check_value(self._authorisation_key())
+
+    def _authorisation_key(self) -> bytes:
+        if self._pan_hash_key is None:
+            raise KeyMaterialError("this HSM holds no PAN-hash key (configure pan_hash_key)")
+        return authorisation.authorisation_key(self._pan_hash_clear(self._pan_hash_key))
 
     def _verify_ibm(self, verification: Ibm3624Offset, pan: str, pin: str) -> bool:
         pvk = self._pvk(verification.pvk, _PVK_USAGES_IBM)

@@ -17,6 +17,7 @@ from hsm.api import (
     SessionKeys,
     Verification,
 )
+from hsm.authorisation import Authorisation
 from hsm.crypto import Algorithm
 from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.engine import SoftHsm
@@ -63,6 +64,24 @@ class LocalHSM:
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
     ) -> bool:
         return self._core.verify_pin(pin_block, pan, key, pin_block_format, verification)
+
+    async def verify_pin_for(
+        self,
+        pin_block: bytes,
+        pan: str,
+        key: PinKey,
+        pin_block_format: PinBlockFormat,
+        verification: Verification,
+        *,
+        request: Authorisation,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> bytes | None:
+        return self._core.verify_pin_for(
+            pin_block, pan, key, pin_block_format, verification, request=request
+        )
+
+    async def authorisation_check_value(self, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> str:
+        return self._core.authorisation_check_value()
 
     async def derive_pin_verification_data(
         self,

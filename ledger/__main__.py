@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger import anchors, audit, exports, rules
+from ledger import anchors, audit, authorisation, exports, rules
 from ledger.anchors import AnchorError
 from ledger.errors import LedgerError
 from ledger.fixtures import EntryError, load_fixtures, read_fixtures
@@ -155,6 +155,20 @@ async def _publish_anchors(conn: Connection, args: argparse.Namespace) -> int:
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.interval_ms / 1000)
+    return 0
+
+
+async def _install_authorisation_key(conn: Connection, args: argparse.Namespace) -> int:
+    """The key in hex on standard input (never an argument: it would show in `ps`)."""
+    text = sys.stdin.readline().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise LedgerError("standard input: the authorisation key in hex") from None
+    if len(key) != authorisation.KEY_BYTES:
+        raise LedgerError(f"standard input: {authorisation.KEY_BYTES} bytes, got {len(key)}")
+    installed = await authorisation.install(conn, key, replace=True, timeout_ms=args.timeout_ms)
+    print(f"authorisation key installed, check value {installed}")
     return 0
 
 
@@ -330,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _audit_parsers(subparsers)
     _anchor_parsers(subparsers)
+    key_parser = subparsers.add_parser(
+        "authorisation-key", help="the key that verifies the HSM's word on each approval"
+    )
+    key_sub = key_parser.add_subparsers(required=True, metavar="{install}")
+    _subcommand(
+        key_sub, "install", _install_authorisation_key,
+        "replace the ledger's authorisation key with the one on standard input (hex; from "
+        "`python -m hsm authorisation-key`); `migrate` installs the development key until then",
+    )  # fmt: skip
     report_parser = subparsers.add_parser("report", help="reports for auditors")
     report_sub = report_parser.add_subparsers(required=True, metavar="{terminals}")
     terminals = _subcommand(

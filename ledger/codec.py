@@ -79,6 +79,7 @@ class WriteItem(NamedTuple):
     card_usage_day: date | None
     card_usage_amount_minor: int | None
     card_usage_count: int | None
+    authorisation: bytes | None  # the HSM's word (hsm/authorisation.py), for an approval
 
 
 def columns(items: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
@@ -124,7 +125,9 @@ def read_item(request: Request, pan_hash: bytes) -> ReadItem:
     )  # fmt: skip
 
 
-def _requested(request: Request) -> tuple[int, str]:
+def requested(request: Request) -> tuple[int, str]:
+    """What the terminal asked for (for a reversal: what it dispensed): what the HSM's word
+    covers."""
     if isinstance(request, Withdrawal | Transfer):
         return request.amount_minor, request.currency
     if isinstance(request, Reversal):
@@ -143,6 +146,7 @@ def write_item(
     response_code: str,
     recorded_at: datetime,
     business_date: date,
+    authorisation: bytes | None,
 ) -> WriteItem:
     """What the ledger writes for a decided request. The ledger derives the postings itself; the
     decision's amount, card counters and reversal mark are checked against what it derives."""
@@ -154,7 +158,7 @@ def write_item(
     return WriteItem(
         pan_hash, key.terminal_id, key.transmission_time, key.stan, key.message_class,
         decision.kind, decision.outcome.value, response_code, decision.amount_minor,
-        decision.currency or (reply.currency if reply else ""), *_requested(request),
+        decision.currency or (reply.currency if reply else ""), *requested(request),
         *_account_types(request), *_original(request), None if mark is None else mark[1],
         reply.balance_minor if reply else None, reply.available_minor if reply else None,
         business_date, recorded_at, pan_masked, request.audit.mti,
@@ -163,7 +167,7 @@ def write_item(
         reply.xmin if reply else None, update is not None,
         update.status if update else None, update.pin_tries if update else None,
         update.usage_day if update else None, update.usage_amount_minor if update else None,
-        update.usage_count if update else None,
+        update.usage_count if update else None, authorisation,
     )  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Exports of the journal that an auditor can verify alone, and their verification.
 
-JSON lines (the verifiable format): every block that holds a transaction of the time range,
-each followed by all its transactions, in chain order. A block line carries `record: "block"`,
+JSON lines (the verifiable format): on each chain, every block from the first to the last that
+holds a transaction of the time range, each followed by all its transactions, in chain order. A block line carries `record: "block"`,
 `lane`, `seq`, `transactions`, `prev_hash`, `hash` and `recorded_at`; a transaction line carries
 `record: "transaction"`, every field its leaf covers (`recorded_at` as ISO 8601 with
 microseconds), its `legs` as `[account, customer, amount, currency]` lists, and its `leaf`. Each
@@ -40,20 +40,22 @@ SELECT t.*, legs.* FROM ledger.transactions t {LEGS_JOIN}
  WHERE t.recorded_at >= $1 AND t.recorded_at < $2 AND ($3::text IS NULL OR t.terminal_id = $3)
  ORDER BY t.transaction_id
 """  # noqa: S608 (no value is formatted in: LEGS_JOIN is a constant)
-# Whole blocks: those that hold a transaction of the range (and of the terminal, if named), with
-# all their transactions. A block's transactions were decided within one write call, so looking
-# an hour either side of the range finds them all without scanning the journal.
+# Whole blocks, and on each chain every block from the first to the last that holds a
+# transaction of the range (and of the terminal, if named): the export's chains have no holes,
+# so each block's link to the one before it is checked. The blocks are found through the time
+# index; their transactions, whatever time each carries, by one pass over the journal.
 _JSONL_ROWS = f"""
 WITH touched AS (
-  SELECT DISTINCT lane, block_seq FROM ledger.transactions
-   WHERE recorded_at >= $1 AND recorded_at < $2 AND ($3::text IS NULL OR terminal_id = $3))
+  SELECT lane, min(block_seq) AS first_seq, max(block_seq) AS last_seq FROM ledger.transactions
+   WHERE recorded_at >= $1 AND recorded_at < $2 AND ($3::text IS NULL OR terminal_id = $3)
+   GROUP BY lane)
 SELECT b.lane AS block_lane, b.seq AS block_position, b.transactions AS block_transactions,
        b.prev_hash AS block_prev_hash, b.hash AS block_hash, b.recorded_at AS block_recorded_at,
        t.*, legs.*
   FROM touched
-  JOIN ledger.audit_blocks b ON (b.lane, b.seq) = (touched.lane, touched.block_seq)
+  JOIN ledger.audit_blocks b
+    ON b.lane = touched.lane AND b.seq BETWEEN touched.first_seq AND touched.last_seq
   JOIN ledger.transactions t ON (t.lane, t.block_seq) = (b.lane, b.seq)
-   AND t.recorded_at >= $1 - interval '1 hour' AND t.recorded_at < $2 + interval '1 hour'
   {LEGS_JOIN}
  ORDER BY b.lane, b.seq, t.transaction_id
 """  # noqa: S608 (no value is formatted in: LEGS_JOIN is a constant)
@@ -149,10 +151,22 @@ class _Fields:
 
     def __getitem__(self, name: str) -> Any:
         if name == "recorded_at_us":
-            return journal.recorded_at_us(datetime.fromisoformat(self._record["recorded_at"]))
+            return journal.recorded_at_us(exported_time(self._record["recorded_at"]))
         if name == "business_date":
-            return date.fromisoformat(self._record["business_date"])
+            day = date.fromisoformat(self._record["business_date"])
+            if day.isoformat() != self._record["business_date"]:
+                raise ValueError("a date not as the exporter writes it")
+            return day
         return self._record[name]
+
+
+def exported_time(text: str) -> datetime:
+    """A time as the exporter writes it, and only so: ISO 8601 parses other spellings of the
+    same instant, which would let a changed byte go unseen."""
+    at = datetime.fromisoformat(text)
+    if at.isoformat() != text:
+        raise ValueError("a time not as the exporter writes it")
+    return at
 
 
 def _parsed(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
@@ -192,7 +206,7 @@ def verify_export(lines: Iterable[bytes], anchored: Mapping[int, Head]) -> Expor
             elif record["record"] == "block":
                 stored = journal.StoredBlock(
                     int(record["transactions"]),
-                    journal.recorded_at_us(datetime.fromisoformat(record["recorded_at"])),
+                    journal.recorded_at_us(exported_time(record["recorded_at"])),
                     bytes.fromhex(record["prev_hash"]),
                     bytes.fromhex(record["hash"]),
                 )

@@ -12,6 +12,7 @@ from importlib import resources
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ledger import authorisation
 from ledger.errors import SchemaTooOld
 
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -107,6 +108,12 @@ async def migrate(conn: Connection, *, timeout_ms: int = 60_000) -> list[Migrati
                 functions_sha256(),
                 timeout=timeout_s,
             )
+            # Development only: production replaces it, and a switch whose HSM derives another
+            # key refuses to start (see ledger/authorisation.py).
+            await authorisation.install(
+                conn, authorisation.DEVELOPMENT_AUTHORISATION_KEY, replace=False,
+                timeout_ms=timeout_ms,
+            )  # fmt: skip
     finally:
         await conn.execute(f"SELECT pg_advisory_unlock({_ADVISORY_LOCK_KEY})", timeout=timeout_s)
     return done

@@ -160,12 +160,20 @@ class LedgerStore:
         return Lookup(request, hashed, codec.parse_snapshot(state))
 
     async def execute(
-        self, lookup: Lookup, *, now: datetime | None = None, timeout_ms: int
+        self,
+        lookup: Lookup,
+        *,
+        authorisation: bytes | None,
+        now: datetime | None = None,
+        timeout_ms: int,
     ) -> Result:
-        """Run the request whose PIN (if any) was verified; a repeat returns the stored outcome."""
+        """Run the request whose PIN (if any) was verified; a repeat returns the stored outcome.
+        `authorisation`: the HSM's word for it (its PIN verified), without which the ledger
+        approves no withdrawal, transfer or inquiry."""
         return await self._decide_and_apply(
             lookup,
             lambda snapshot, at: rules.decide(snapshot, lookup.request, at, self.policy),
+            authorisation=authorisation,
             now=now,
             timeout_ms=timeout_ms,
         )
@@ -177,6 +185,7 @@ class LedgerStore:
         return await self._decide_and_apply(
             lookup,
             lambda snapshot, _at: rules.decide_pin_failure(snapshot, self.policy),
+            authorisation=None,
             now=now,
             timeout_ms=timeout_ms,
         )
@@ -187,23 +196,31 @@ class LedgerStore:
         """Record a decline made outside the ledger (e.g. a bad MAC): audited, idempotent."""
         assert outcome is not Outcome.APPROVED, "only declines are recorded this way"
         return await self._decide_and_apply(
-            lookup, lambda _snapshot, _at: Decision(outcome, "decline"), now=now,
-            timeout_ms=timeout_ms,
+            lookup, lambda _snapshot, _at: Decision(outcome, "decline"), authorisation=None,
+            now=now, timeout_ms=timeout_ms,
         )  # fmt: skip
 
     async def process(
-        self, request: Request, *, now: datetime | None = None, timeout_ms: int
+        self,
+        request: Request,
+        *,
+        authorise: Callable[[Lookup], bytes | None],
+        now: datetime | None = None,
+        timeout_ms: int,
     ) -> Result:
-        """Lookup then execute: for requests with no PIN to verify (reversals, tools, tests)."""
+        """Lookup then execute, with `authorise` standing for the HSM (tools and tests)."""
         deadline = Deadline(timeout_ms)
         lookup = await self.lookup(request, timeout_ms=deadline.left_ms())
-        return await self.execute(lookup, now=now, timeout_ms=deadline.left_ms())
+        return await self.execute(
+            lookup, authorisation=authorise(lookup), now=now, timeout_ms=deadline.left_ms()
+        )
 
     async def _decide_and_apply(
         self,
         lookup: Lookup,
         decide: Callable[[Snapshot, datetime], Decision],
         *,
+        authorisation: bytes | None,
         now: datetime | None,
         timeout_ms: int,
     ) -> Result:
@@ -219,10 +236,11 @@ class LedgerStore:
                 raise LedgerError("the customer's state kept changing; request not applied")
             snapshot = codec.parse_snapshot(reply["state"])
             decisions.append(decide(snapshot, at))
-            return self._item(lookup, snapshot, decisions[-1], at), frozenset(snapshot.admitted)
+            item = self._item(lookup, snapshot, decisions[-1], at, authorisation)
+            return item, frozenset(snapshot.admitted)
 
         reply = await self._writes.call(
-            self._item(lookup, lookup.snapshot, decisions[0], at),
+            self._item(lookup, lookup.snapshot, decisions[0], at, authorisation),
             Deadline(timeout_ms),
             customers=frozenset(lookup.snapshot.admitted),
             again=again,
@@ -233,7 +251,12 @@ class LedgerStore:
         return codec.decided_result(decisions[-1], int(reply["result"]["transaction_id"]))
 
     def _item(
-        self, lookup: Lookup, snapshot: Snapshot, decision: Decision, at: datetime
+        self,
+        lookup: Lookup,
+        snapshot: Snapshot,
+        decision: Decision,
+        at: datetime,
+        authorisation: bytes | None,
     ) -> WriteItem:
         card = snapshot.card
         return codec.write_item(
@@ -245,6 +268,7 @@ class LedgerStore:
             response_code=self._response_codes.get(decision.outcome, ""),
             recorded_at=at,
             business_date=rules.business_day(at, self.policy.business_day_cutover),
+            authorisation=authorisation,
         )
 
     async def terminal_keys(self, terminal_id: str, *, timeout_ms: int) -> TerminalKeys | None:
@@ -269,6 +293,16 @@ class LedgerStore:
             )  # fmt: skip
         if not found:
             raise LedgerError(f"unknown terminal {terminal_id!r}")
+
+    async def authorisation_check_value(self, *, timeout_ms: int) -> str | None:
+        """The check value of the key the ledger verifies the HSM's word with."""
+        deadline = Deadline(timeout_ms)
+        async with self._connection(deadline) as conn:
+            value = await conn.fetchval(
+                "SELECT ledger.authorisation_check_value()", timeout=deadline.left_s()
+            )
+        assert value is None or isinstance(value, str)
+        return value
 
     async def close(self, *, timeout_ms: int = 10_000) -> None:
         """Drain the pool (terminate what is left at the deadline); stop a cluster we started."""

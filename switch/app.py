@@ -23,8 +23,9 @@ from aiohttp import web
 
 from hsm.api import HSM
 from hsm.client import NetworkHSM
+from hsm.crypto import Algorithm
 from hsm.errors import HsmError
-from hsm.keys import load_lmk
+from hsm.keys import DEVELOPMENT_PAN_HASH_KEY, KeyRole, Lmk, StoredKey, load_lmk
 from hsm.local import LocalHSM
 from hsm.tls import client_context
 from ledger.errors import LedgerError, LedgerUnavailable, SchemaTooOld
@@ -94,7 +95,10 @@ async def open_hsm(settings: Settings) -> AsyncIterator[HSM]:
         except (HsmError, OSError) as exc:
             raise StartupError(f"HSM: {exc}") from None
         log.info("hsm_local", lmk_kcv=lmk.kcv, development_lmk=lmk.is_development)
-        yield LocalHSM(lmk, production=production)
+        try:
+            yield LocalHSM(lmk, production=production, pan_hash_key=_pan_hash_key(settings, lmk))
+        except HsmError as exc:
+            raise StartupError(f"HSM ({settings.source}: hsm.pan_hash_key): {exc}") from None
         return
     addresses = [
         (host, int(port)) for host, _, port in (a.rpartition(":") for a in section.addresses)
@@ -114,6 +118,30 @@ async def open_hsm(settings: Settings) -> AsyncIterator[HSM]:
     ) as hsm:
         log.info("hsm_network", addresses=list(section.addresses), tls=tls is not None)
         yield hsm
+
+
+def _pan_hash_key(settings: Settings, lmk: Lmk) -> StoredKey:
+    """The local HSM's PAN-hash key (PHK): configured, or in development the development key
+    (the ledger's development hashes and the development authorisation key follow from it)."""
+    if settings.hsm.pan_hash_key is not None:
+        return StoredKey.from_text(settings.hsm.pan_hash_key)
+    if settings.environment == "production":
+        raise StartupError(
+            f"{settings.source}: hsm.pan_hash_key: a PHK key block under the LMK in production"
+        )
+    return lmk.wrap(KeyRole.PHK, Algorithm.HMAC, DEVELOPMENT_PAN_HASH_KEY)
+
+
+async def require_same_authorisation_key(hsm: HSM, ledger: LedgerStore) -> None:
+    """The ledger refuses every approval whose word its key does not verify: a switch whose HSM
+    derives another key would decline everything, so it does not start."""
+    theirs = await ledger.authorisation_check_value(timeout_ms=READY_PROBE_TIMEOUT_MS * 5)
+    ours = await hsm.authorisation_check_value(timeout_ms=READY_PROBE_TIMEOUT_MS * 5)
+    if theirs != ours:
+        raise StartupError(
+            f"the ledger's authorisation key (check value {theirs}) is not the HSM's ({ours}):"
+            " install the HSM's with `python -m ledger authorisation-key install`"
+        )
 
 
 def migrate_command(settings: Settings) -> str:
@@ -201,6 +229,7 @@ async def serve(settings: Settings) -> None:
     raise_open_file_limit()
     monitor = Monitor(lambda: datetime.now(UTC))
     async with open_hsm(settings) as hsm, open_ledger(settings) as ledger:
+        await require_same_authorisation_key(hsm, ledger)
         flows = Flows(
             hsm=hsm,
             ledger=ledger,

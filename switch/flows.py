@@ -22,10 +22,12 @@ from types import MappingProxyType
 import structlog
 
 from hsm.api import HSM, Dukpt, PinKey
+from hsm.authorisation import Authorisation
 from hsm.crypto import Algorithm
 from hsm.errors import HsmUnavailable, PinError
 from hsm.keys import StoredKey
 from hsm.pinblock import PinBlockFormat
+from ledger.codec import requested
 from ledger.errors import LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result
@@ -66,6 +68,8 @@ class Context:
     transaction: Transaction
     rrn: str
     lookup: Lookup | None = None
+    # The HSM's word that the PIN was right, which the ledger checks before any approval.
+    authorisation: bytes | None = None
 
 
 StepMethod = Callable[["Flows", Context], Awaitable[Context | Outcome]]
@@ -218,18 +222,19 @@ class Flows:
         pin_block = context.transaction.pin_block
         assert pin_block is not None, "field 52 is required where a PIN is verified"
         try:
-            matches = await self._hsm.verify_pin(
+            word = await self._hsm.verify_pin_for(
                 pin_block,
                 context.transaction.pan,
                 key,
                 block_format,
                 verification,
+                request=_authorisation(lookup),
                 timeout_ms=context.deadline.remaining_ms(),
             )
         except PinError:
-            matches = False  # a block that does not decrypt to a PIN is a wrong PIN
-        if matches:
-            return context
+            word = None  # a block that does not decrypt to a PIN is a wrong PIN
+        if word is not None:
+            return replace(context, authorisation=word)
         result = await self._ledger.record_pin_failure(
             lookup, now=self._now(), timeout_ms=self._write_timeout_ms
         )
@@ -241,7 +246,10 @@ class Flows:
         # Never cut short by the request deadline: see the module docstring.
         try:
             result = await self._ledger.execute(
-                lookup, now=self._now(), timeout_ms=self._write_timeout_ms
+                lookup,
+                authorisation=context.authorisation,
+                now=self._now(),
+                timeout_ms=self._write_timeout_ms,
             )
         except LedgerUnavailable as exc:
             raise PostingInDoubt(str(exc)) from exc
@@ -342,6 +350,15 @@ def deadline_left(deadline: Deadline) -> int:
     with contextlib.suppress(DeadlinePassed):
         return deadline.remaining_ms()
     return 0
+
+
+def _authorisation(lookup: Lookup) -> Authorisation:
+    """What the HSM's word covers: the request's key and what it asks for."""
+    key = lookup.request.key
+    amount_minor, currency = requested(lookup.request)
+    return Authorisation(
+        key.terminal_id, key.transmission_time, key.stan, key.message_class, amount_minor, currency
+    )
 
 
 def _pin_key(context: Context) -> tuple[PinKey, PinBlockFormat] | Outcome:

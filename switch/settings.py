@@ -130,6 +130,9 @@ class HsmSettings:
     timeout_ms: int
     # Network backend: mutual TLS to the HSMs (`[hsm.tls]`); none = plain TCP (development).
     tls: HsmTlsSettings | None
+    # Local backend: the PAN-hash key (role PHK) as a key block under the LMK; none = the
+    # development key (refused in production).
+    pan_hash_key: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +388,7 @@ def _parse_hsm(table: _Table, base: Path) -> HsmSettings:
         pool_size=table.integer("pool_size", 4, minimum=1, maximum=256),
         timeout_ms=table.integer("timeout_ms", 1_000, minimum=10, maximum=60_000),
         tls=_parse_hsm_tls(table.table("tls"), base) if table.has("tls") else None,
+        pan_hash_key=table.optional_text("pan_hash_key"),
     )
     table.finish()
     return settings

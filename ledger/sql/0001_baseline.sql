@@ -25,6 +25,15 @@ CREATE TABLE ledger.policy (
 );
 INSERT INTO ledger.policy DEFAULT VALUES;
 
+-- The key that verifies the HSM's word on each debit (ledger/authorisation.py), as HMAC-SHA256's
+-- two pads. Read only by the owner and the SECURITY DEFINER write function.
+CREATE TABLE ledger.authorisation_key (
+  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  inner_pad bytea NOT NULL CHECK (length(inner_pad) = 64),
+  outer_pad bytea NOT NULL CHECK (length(outer_pad) = 64),
+  check_value text NOT NULL
+);
+
 -- fillfactor leaves room in each page so balance and usage updates stay HOT (no index entries).
 CREATE TABLE ledger.accounts (
   account_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

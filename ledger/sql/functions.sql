@@ -299,6 +299,20 @@ BEGIN
   END IF;
 END $$;
 
+-- Whether `p_token` is the HSM's word for this request (hsm/authorisation.py): HMAC-SHA256,
+-- from the key's two pads, over the request's identity, its card and its amount.
+CREATE OR REPLACE FUNCTION ledger.authorisation_valid(
+  p_key ledger.authorisation_key, p_token bytea, p_terminal_id text, p_transmission_time text,
+  p_stan text, p_message_class text, p_pan_hash bytea, p_amount_minor bigint, p_currency text
+) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  RETURN p_token IS NOT NULL AND p_key.inner_pad IS NOT NULL AND p_token = substring(
+    sha256(p_key.outer_pad || sha256(p_key.inner_pad || convert_to(concat_ws(E'\n',
+      'kiosk-switch authorisation v1', p_terminal_id, p_transmission_time, p_stan,
+      p_message_class, encode(p_pan_hash, 'hex'), p_amount_minor::text, p_currency), 'UTF8')))
+    FROM 1 FOR 16);
+END $$;
+
 -- Why the ledger refuses a decided request, or NULL: the decision is not one the rules allow.
 -- The switch never sends such a request; a caller that does is not the switch.
 CREATE OR REPLACE FUNCTION ledger.refusal(
@@ -308,10 +322,13 @@ CREATE OR REPLACE FUNCTION ledger.refusal(
   p_card_update boolean, p_pin_tries integer, p_status text, p_usage_day date,
   p_usage_amount_minor bigint, p_usage_count integer, p_sent_update boolean,
   p_sent_pin_tries integer, p_sent_status text, p_sent_usage_day date,
-  p_sent_usage_amount_minor bigint, p_sent_usage_count integer
+  p_sent_usage_amount_minor bigint, p_sent_usage_count integer, p_authorised boolean
 ) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-  IF p_sent_update IS DISTINCT FROM p_card_update OR (p_card_update AND
+  IF p_outcome = 'approved' AND p_kind IN ('withdrawal', 'transfer', 'inquiry')
+     AND NOT p_authorised THEN
+    RETURN 'no valid word from the HSM (a PIN it verified) for this request';
+  ELSIF p_sent_update IS DISTINCT FROM p_card_update OR (p_card_update AND
      (p_sent_pin_tries, p_sent_status, p_sent_usage_day, p_sent_usage_amount_minor,
       p_sent_usage_count) IS DISTINCT FROM
      (p_pin_tries, p_status, p_usage_day, p_usage_amount_minor, p_usage_count)) THEN
@@ -376,12 +393,13 @@ CREATE OR REPLACE FUNCTION ledger.post_batch(
   processing_codes text[], rrns text[], card_xmins bigint[], checked_account_ids bigint[],
   checked_account_xmins bigint[], card_updates boolean[], card_statuses text[],
   card_pin_tries integer[], card_usage_days date[], card_usage_amounts_minor bigint[],
-  card_usage_counts integer[]
+  card_usage_counts integer[], authorisations bytea[]
 ) RETURNS TABLE (item integer, status text, result jsonb, state jsonb)
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
   v_policy ledger.policy;
+  v_key ledger.authorisation_key;
   v_lock_ids bigint[];
   v_items ledger.post_item[];
   v_refusal text;
@@ -392,6 +410,7 @@ DECLARE
   v_leaves bytea;
 BEGIN
   SELECT * INTO v_policy FROM ledger.policy;
+  SELECT * INTO v_key FROM ledger.authorisation_key;
   -- Locks in one global order, so concurrent batches never deadlock: customers by id, then the
   -- house accounts that move (terminal cash) by id, then the lane's head.
   v_lock_ids := ARRAY(
@@ -431,20 +450,24 @@ BEGIN
         c, term, o, src, dst, legs.move_minor, v_policy, expect.card_update,
         expect.pin_tries, expect.status, expect.usage_day, expect.usage_amount_minor,
         expect.usage_count, i.card_update, i.card_pin_tries, i.card_status, i.card_usage_day,
-        i.card_usage_amount_minor, i.card_usage_count) END
+        i.card_usage_amount_minor, i.card_usage_count,
+        ledger.authorisation_valid(v_key, i.authorisation, i.terminal_id, i.transmission_time,
+                                   i.stan, i.message_class, i.pan_hash, i.requested_minor,
+                                   i.requested_currency)) END
     )::ledger.post_item ORDER BY i.position) INTO v_items
     FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes, kinds,
                 outcomes, amounts_minor, currencies, from_types, to_types, to_accounts,
                 original_transmission_times, original_stans, original_message_classes,
                 reversal_states, business_dates, card_xmins, checked_account_ids,
                 checked_account_xmins, card_updates, card_statuses, card_pin_tries,
-                card_usage_days, card_usage_amounts_minor, card_usage_counts) WITH ORDINALITY
+                card_usage_days, card_usage_amounts_minor, card_usage_counts, requested_minor,
+                requested_currencies, authorisations) WITH ORDINALITY
          AS i(pan_hash, terminal_id, transmission_time, stan, message_class, kind, outcome,
               amount_minor, currency, from_type, to_type, to_account, original_transmission_time,
               original_stan, original_message_class, reversal_state, business_date, card_xmin,
               checked_account_id, checked_account_xmin, card_update, card_status,
               card_pin_tries, card_usage_day, card_usage_amount_minor, card_usage_count,
-              position)
+              requested_minor, requested_currency, authorisation, position)
     LEFT JOIN ledger.cards c ON c.pan_hash = i.pan_hash
     LEFT JOIN ledger.terminals term ON term.terminal_id = i.terminal_id
     LEFT JOIN ledger.accounts checked ON checked.account_id = i.checked_account_id
@@ -688,6 +711,13 @@ BEGIN
   RETURN QUERY SELECT h.lane, h.seq, h.hash FROM ledger.audit_heads h ORDER BY h.lane;
 END $$;
 
+-- The check value of the authorisation key: the switch compares it with its HSM's at start.
+CREATE OR REPLACE FUNCTION ledger.authorisation_check_value() RETURNS text
+  LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+BEGIN
+  RETURN (SELECT check_value FROM ledger.authorisation_key);
+END $$;
+
 -- The rules the database enforces, so the switch can refuse to start with others.
 CREATE OR REPLACE FUNCTION ledger.current_policy(OUT pin_tries_max integer,
                                                  OUT cross_customer_transfers boolean)
@@ -697,7 +727,7 @@ BEGIN
     FROM ledger.policy p;
 END $$;
 
--- The switch executes these seven and nothing else. Functions are executable by PUBLIC unless
+-- The switch executes these eight and nothing else. Functions are executable by PUBLIC unless
 -- revoked: the internal ones (decisions, hashing, blocks) are the owner's only.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -706,10 +736,11 @@ GRANT EXECUTE ON FUNCTION
                     text[], bigint[], text[], text[], text[], text[], text[], text[], text[],
                     text[], bigint[], bigint[], date[], timestamptz[], text[], text[], text[],
                     text[], bigint[], bigint[], bigint[], boolean[], text[], integer[], date[],
-                    bigint[], integer[]),
+                    bigint[], integer[], bytea[]),
   ledger.terminal_keys(text),
   ledger.set_session_keys(text, text, text),
   ledger.schema_state(),
   ledger.current_policy(),
-  ledger.audit_heads_now()
+  ledger.audit_heads_now(),
+  ledger.authorisation_check_value()
   TO ledger_switch;

@@ -139,6 +139,11 @@ def dev_keys() -> DevKeys:
     return make_dev_keys(LMK, seed=b"e2e tests")
 
 
+def hsm_core(dev_keys: DevKeys) -> SoftHsm:
+    """A development HSM: its PAN-hash key gives the ledger's development hashes and words."""
+    return SoftHsm(LMK, pan_hash_key=dev_keys.phk)
+
+
 @pytest.fixture
 async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[StackFactory]:
     """Builds a stack; `customers`, `terminals`, card overrides and ledger settings vary."""
@@ -159,7 +164,8 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         )
         world = await load_world(owner, dev_keys, customers, terminals, **card)
         hsm_servers = [
-            HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=0)) for _ in range(hsms)
+            HsmServer(hsm_core(dev_keys), ServerConfig(host="127.0.0.1", port=0))
+            for _ in range(hsms)
         ]
         for hsm_server in hsm_servers:
             await hsm_server.start()

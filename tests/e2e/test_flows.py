@@ -10,14 +10,20 @@ import asyncpg
 import pytest
 import structlog.testing
 
-from hsm.engine import SoftHsm
 from hsm.server import HsmServer, ServerConfig
 from kiosk_sim import load
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Terminal
 from switch.iso8583.elements import decode_additional_amounts
 from tests.conftest import PgCluster
-from tests.e2e.conftest import DEADLINE_MS, LMK, PIN, StackFactory, now, until_answered
+from tests.e2e.conftest import (
+    DEADLINE_MS,
+    PIN,
+    StackFactory,
+    hsm_core,
+    now,
+    until_answered,
+)
 
 START_MINOR = 100_000  # each test customer's checking and savings balance
 APPROVED = frozenset({"00"})
@@ -356,7 +362,7 @@ async def test_hsm_failover_under_load_then_all_down_then_back(
     started = time.monotonic()
     assert (await terminal.send(terminal.withdrawal(pan, PIN, 100))).code == "91"
     assert time.monotonic() - started < 2.0
-    back = HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=port))
+    back = HsmServer(hsm_core(stack.keys), ServerConfig(host="127.0.0.1", port=port))
     await back.start()
     stack.hsm_servers.append(back)
     answer = await until_answered(

@@ -6,16 +6,22 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+from ledger.authorisation import development_token
 from ledger.migrations import Connection
 from ledger.model import Request, Result
-from ledger.store import LedgerStore
+from ledger.store import LedgerStore, Lookup
 from tests.ledger.factory import NOW
 
 TIMEOUT_MS = 15_000
 
 
+def authorised(lookup: Lookup) -> bytes:
+    """The HSM's word for the request, as a development HSM gives it for a right PIN."""
+    return development_token(lookup.request, lookup.pan_hash)
+
+
 async def run(store: LedgerStore, request: Request, now: datetime = NOW) -> Result:
-    return await store.process(request, now=now, timeout_ms=TIMEOUT_MS)
+    return await store.process(request, authorise=authorised, now=now, timeout_ms=TIMEOUT_MS)
 
 
 async def balance(conn: Connection, account_number: str) -> int:

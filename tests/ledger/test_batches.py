@@ -16,7 +16,7 @@ from ledger.model import Outcome, Withdrawal
 from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, Lookup, open_store
 from tests.ledger.factory import AUDIT, NOW, World, key
-from tests.ledger.helpers import TIMEOUT_MS, balance, run
+from tests.ledger.helpers import TIMEOUT_MS, authorised, balance, run
 
 START_MINOR = 100_000
 
@@ -102,7 +102,12 @@ async def test_an_item_that_fails_fails_alone(
     )
     # The first write goes alone; the other five wait and go in one call with the victim's.
     results = await asyncio.gather(
-        *(one_call_store.execute(lookup, now=NOW, timeout_ms=TIMEOUT_MS) for lookup in lookups),
+        *(
+            one_call_store.execute(
+                lookup, authorisation=authorised(lookup), now=NOW, timeout_ms=TIMEOUT_MS
+            )
+            for lookup in lookups
+        ),
         return_exceptions=True,
     )
     failed = results[3]

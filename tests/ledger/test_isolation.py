@@ -16,7 +16,7 @@ from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
 from tests.conftest import PgCluster
 from tests.ledger.factory import AUDIT, NOW, World, key
-from tests.ledger.helpers import TIMEOUT_MS, balance, cross_customer_policy, run
+from tests.ledger.helpers import TIMEOUT_MS, authorised, balance, cross_customer_policy, run
 
 
 async def test_card_reaches_only_its_own_customer(
@@ -143,7 +143,9 @@ async def test_customers_lock_separately(
             alices = Withdrawal(alice.pan, key(world.terminals[0]), AUDIT, "20", 1_000, "EUR")
             lookup = await ledger_store.lookup(alices, timeout_ms=TIMEOUT_MS)
             with pytest.raises(LedgerUnavailable):
-                await ledger_store.execute(lookup, now=NOW, timeout_ms=300)
+                await ledger_store.execute(
+                    lookup, authorisation=authorised(lookup), now=NOW, timeout_ms=300
+                )
     finally:
         await locker.close()
     assert await balance(owner_conn, alice.checking) == 100_000
@@ -188,7 +190,13 @@ async def test_concurrent_customers_conserve_money(
             outcomes = []
             for _ in range(5):
                 request = _random_request(local, world, done)
-                outcomes.append((await store.process(request, now=NOW, timeout_ms=60_000)).outcome)
+                outcomes.append(
+                    (
+                        await store.process(
+                            request, authorise=authorised, now=NOW, timeout_ms=60_000
+                        )
+                    ).outcome
+                )
                 done.append(request)
             return outcomes
 
@@ -236,7 +244,10 @@ async def test_a_stale_decision_is_made_again(
     )
     # Both read 100,000; the second must not be approved on that stale snapshot.
     lookups = [await ledger_store.lookup(r, timeout_ms=TIMEOUT_MS) for r in (first, second)]
-    results = [await ledger_store.execute(lk, now=NOW, timeout_ms=TIMEOUT_MS) for lk in lookups]
+    results = [
+        await ledger_store.execute(lk, authorisation=authorised(lk), now=NOW, timeout_ms=TIMEOUT_MS)
+        for lk in lookups
+    ]
     assert [r.outcome for r in results] == [Outcome.APPROVED, Outcome.INSUFFICIENT_FUNDS]
     assert results[1].ledger_balance_minor == 40_000
     assert await balance(owner_conn, customer.checking) == 40_000

@@ -22,7 +22,14 @@ from ledger.model import (
 from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
 from tests.ledger.factory import AUDIT, NOW, World, key
-from tests.ledger.helpers import TIMEOUT_MS, balance, cross_customer_policy, postings, run
+from tests.ledger.helpers import (
+    TIMEOUT_MS,
+    authorised,
+    balance,
+    cross_customer_policy,
+    postings,
+    run,
+)
 
 WIDE = {"max_per_txn_minor": 500_000, "daily_amount_minor": 500_000}
 
@@ -186,7 +193,9 @@ async def test_pin_tries_block_the_card(
     lookup = await ledger_store.lookup(withdrawal(world), timeout_ms=TIMEOUT_MS)
     assert lookup.card is not None
     assert (lookup.card.status, lookup.card.pin_tries) == ("blocked", 3)
-    result = await ledger_store.execute(lookup, now=NOW, timeout_ms=TIMEOUT_MS)
+    result = await ledger_store.execute(
+        lookup, authorisation=authorised(lookup), now=NOW, timeout_ms=TIMEOUT_MS
+    )
     assert result.outcome is Outcome.PIN_TRIES_EXCEEDED
 
 

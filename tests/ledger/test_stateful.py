@@ -19,6 +19,7 @@ from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
 from tests.conftest import PgCluster
 from tests.ledger.factory import AUDIT, NOW, Customer, World, key
+from tests.ledger.helpers import authorised
 
 T = TypeVar("T")
 FLOORS = {"20": -10_000, "10": 0}
@@ -80,7 +81,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.loop.close()
 
     def _send(self, request: Request) -> Result:
-        return self._await(self.store.process(request, now=self.now, timeout_ms=30_000))
+        return self._await(
+            self.store.process(request, authorise=authorised, now=self.now, timeout_ms=30_000)
+        )
 
     def _number(self, customer: Customer, account_type: str) -> str:
         return customer.checking if account_type == "20" else customer.savings

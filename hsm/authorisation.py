@@ -1,0 +1,56 @@
+"""The HSM's word that a request may move money, as the ledger checks it.
+
+When the HSM verifies a PIN for a request it returns a token: an HMAC-SHA256, truncated to
+16 bytes, over the request's identity, its amount and the card (its PAN hash), under the
+authorisation key. The ledger holds the same key, where the switch's database role cannot read
+it, and refuses a debit whose token does not verify: a stolen switch login without the HSM
+cannot move money. The authorisation key is derived from the PAN-hash key inside the HSM, so
+it needs no key of its own in the HSM's configuration, and holding it reveals neither PAN
+hashes' key nor any PIN key (see docs/security.md).
+
+The token covers the UTF-8 text `kiosk-switch authorisation v1` followed by, one per line,
+terminal id, transmission time, STAN, message class, PAN hash (hex), amount in minor units and
+currency; the ledger's ledger.authorisation_valid builds the same text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+_KEY_LABEL = b"kiosk-switch authorisation key v1"
+TOKEN_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Authorisation:
+    """What a token vouches for: the request, by its idempotency key, and what it moves."""
+
+    terminal_id: str
+    transmission_time: str
+    stan: str
+    message_class: str
+    amount_minor: int
+    currency: str
+
+    def message(self, pan_hash: bytes) -> bytes:
+        fields = (
+            "kiosk-switch authorisation v1", self.terminal_id, self.transmission_time,
+            self.stan, self.message_class, pan_hash.hex(), str(self.amount_minor), self.currency,
+        )  # fmt: skip
+        return "\n".join(fields).encode()
+
+
+def authorisation_key(pan_hash_key: bytes) -> bytes:
+    """The authorisation key derived from the PAN-hash key (one way: it does not reveal it)."""
+    return hmac.digest(pan_hash_key, _KEY_LABEL, hashlib.sha256)
+
+
+def token(key: bytes, pan_hash: bytes, authorisation: Authorisation) -> bytes:
+    return hmac.digest(key, authorisation.message(pan_hash), hashlib.sha256)[:TOKEN_BYTES]
+
+
+def check_value(key: bytes) -> str:
+    """Names the key without revealing it: both sides must show the same one."""
+    return hmac.digest(key, bytes(16), hashlib.sha256)[:3].hex().upper()

@@ -1,0 +1,79 @@
+"""The ledger's half of the HSM's word (see hsm/authorisation.py for the token itself).
+
+The ledger holds the authorisation key as the two HMAC-SHA256 pads (key xor ipad, key xor opad),
+so that PostgreSQL's own sha256() verifies a token with no extension; they live in a table only
+the owner reads, used by the SECURITY DEFINER write function. `python -m ledger migrate`
+installs the development key when none is installed; production replaces it
+(`python -m ledger authorisation-key install`, the key on standard input), and the switch
+refuses to start when the ledger's key is not the one its HSM derives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING
+
+from ledger.codec import requested
+from ledger.model import Request
+from ledger.settings import DEVELOPMENT_PAN_HASH_KEY
+
+if TYPE_CHECKING:  # the migrations install the development key: they import this module
+    from ledger.migrations import Connection
+
+_BLOCK_BYTES = 64  # SHA-256's block
+# The same label as the HSM's: the development key is derived from the development PAN-hash
+# key exactly as the HSM derives its own (a test keeps the two equal).
+_KEY_LABEL = b"kiosk-switch authorisation key v1"
+DEVELOPMENT_AUTHORISATION_KEY = hmac.digest(DEVELOPMENT_PAN_HASH_KEY, _KEY_LABEL, hashlib.sha256)
+KEY_BYTES = 32
+
+
+def check_value(key: bytes) -> str:
+    return hmac.digest(key, bytes(16), hashlib.sha256)[:3].hex().upper()
+
+
+def pads(key: bytes) -> tuple[bytes, bytes]:
+    """HMAC's inner and outer keys for a key no longer than a block."""
+    assert len(key) <= _BLOCK_BYTES, "an authorisation key fits one SHA-256 block"
+    padded = key.ljust(_BLOCK_BYTES, b"\0")
+    return bytes(b ^ 0x36 for b in padded), bytes(b ^ 0x5C for b in padded)
+
+
+_INSTALL_ONCE = (
+    "INSERT INTO ledger.authorisation_key (inner_pad, outer_pad, check_value)"
+    " VALUES ($1, $2, $3) ON CONFLICT (singleton) DO NOTHING"
+)
+_REPLACE = (
+    "INSERT INTO ledger.authorisation_key (inner_pad, outer_pad, check_value)"
+    " VALUES ($1, $2, $3) ON CONFLICT (singleton) DO UPDATE SET inner_pad = EXCLUDED.inner_pad,"
+    " outer_pad = EXCLUDED.outer_pad, check_value = EXCLUDED.check_value"
+)
+
+
+async def install(conn: Connection, key: bytes, *, replace: bool, timeout_ms: int) -> str:
+    """Store `key` (or keep the one installed, unless `replace`); returns its check value."""
+    assert len(key) == KEY_BYTES, f"an authorisation key is {KEY_BYTES} bytes"
+    inner, outer = pads(key)
+    await conn.execute(
+        _REPLACE if replace else _INSTALL_ONCE, inner, outer, check_value(key),
+        timeout=timeout_ms / 1000,
+    )  # fmt: skip
+    installed = await conn.fetchval(
+        "SELECT check_value FROM ledger.authorisation_key", timeout=timeout_ms / 1000
+    )
+    assert isinstance(installed, str)
+    return installed
+
+
+def development_token(request: Request, pan_hash: bytes) -> bytes:
+    """The word a development HSM gives for `request` when its PIN is right: for the ledger's
+    own tools, tests and benchmarks, which stand for the HSM (the same bytes as
+    hsm.authorisation.token with the development key; a test keeps them equal)."""
+    key = request.key
+    amount_minor, currency = requested(request)
+    text = "\n".join((
+        "kiosk-switch authorisation v1", key.terminal_id, key.transmission_time, key.stan,
+        key.message_class, pan_hash.hex(), str(amount_minor), currency,
+    ))  # fmt: skip
+    return hmac.digest(DEVELOPMENT_AUTHORISATION_KEY, text.encode(), hashlib.sha256)[:16]
