@@ -1,7 +1,8 @@
 """Exports of the journal that an auditor can verify alone, and their verification.
 
 JSON lines (the verifiable format): on each chain, every block from the first to the last that
-holds a transaction of the time range, each followed by all its transactions, in chain order. A block line carries `record: "block"`,
+holds a transaction of the time range, each followed by all its transactions, in chain order. A
+block line carries `record: "block"`,
 `lane`, `seq`, `transactions`, `prev_hash`, `hash` and `recorded_at`; a transaction line carries
 `record: "transaction"`, every field its leaf covers (`recorded_at` as ISO 8601 with
 microseconds), its `legs` as `[account, customer, amount, currency]` lists, and its `leaf`. Each

@@ -33,7 +33,8 @@ class LedgerSettings:
     data_dir: Path = Path(".var/pg")
     pool_size_min: int = 2
     pool_size_max: int = 16
-    pan_hash_key: bytes = field(default=DEVELOPMENT_PAN_HASH_KEY, repr=False)
+    # The key the ledger's own tools hash PANs with; None for the switch, whose HSM hashes them.
+    pan_hash_key: bytes | None = field(default=DEVELOPMENT_PAN_HASH_KEY, repr=False)
     pin_tries_max: int = 3
     # The business day starts at this UTC time of day; a request before it belongs to the
     # previous business day (daily limits and terminal reports use it).
@@ -56,4 +57,4 @@ class LedgerSettings:
         assert self.stale_retries_max > 0, "stale_retries_max"
         assert self.calls_in_flight_max > 0, "calls_in_flight_max"
         assert self.batch_size_max > 0, "batch_size_max"
-        assert len(self.pan_hash_key) >= 16, "pan_hash_key is at least 16 bytes"
+        assert self.pan_hash_key is None or len(self.pan_hash_key) >= 16, "pan_hash_key"

@@ -35,7 +35,8 @@ from ledger.model import (
     Result,
     Snapshot,
 )
-from ledger.pan import mask_pan, pan_hash
+from ledger.pan import mask_pan
+from ledger.pan import pan_hash as keyed_pan_hash
 from ledger.postgres import LocalCluster
 from ledger.settings import LedgerSettings
 
@@ -153,11 +154,20 @@ class LedgerStore:
             write_call_s=self._writes.call_s,
         )
 
-    async def lookup(self, request: Request, *, timeout_ms: int) -> Lookup:
-        """Read the card context by PAN and whether this request key was already answered."""
-        hashed = pan_hash(request.pan, self.settings.pan_hash_key)
+    async def lookup(
+        self, request: Request, *, pan_hash: bytes | None = None, timeout_ms: int
+    ) -> Lookup:
+        """Read the card context by PAN and whether this request key was already answered.
+        `pan_hash`: the card's, as the HSM computes it (the switch); without it, the settings'
+        PAN-hash key computes it here (the ledger's own tools and tests)."""
+        hashed = pan_hash if pan_hash is not None else self._own_pan_hash(request.pan)
         state = await self._reads.call(codec.read_item(request, hashed), Deadline(timeout_ms))
         return Lookup(request, hashed, codec.parse_snapshot(state))
+
+    def _own_pan_hash(self, pan: str) -> bytes:
+        if self.settings.pan_hash_key is None:
+            raise LedgerError("no PAN-hash key here: the HSM's hash must be given")
+        return keyed_pan_hash(pan, self.settings.pan_hash_key)
 
     async def execute(
         self,

@@ -75,7 +75,7 @@ def ledger_settings(settings: Settings) -> LedgerSettings:
         data_dir=section.data_dir,
         pool_size_min=section.pool_size_min,
         pool_size_max=section.pool_size_max,
-        pan_hash_key=section.pan_hash_key,
+        pan_hash_key=None,  # the HSM hashes card numbers (Flows._lookup)
         pin_tries_max=section.pin_tries_max,
         business_day_cutover=section.business_day_cutover,
         cross_customer_transfers=section.cross_customer_transfers,

@@ -265,7 +265,11 @@ class Flows:
             # store does not send a read that gave up while queued; one already sent ends in its
             # batch, bounded by the store's own timeouts).
             async with asyncio.timeout(remaining_ms / 1000):
-                return await self._ledger.lookup(request, timeout_ms=remaining_ms)
+                # The HSM hashes the card number: neither this host nor the ledger holds the key.
+                pan_hash = await self._hsm.pan_hash(request.pan, timeout_ms=remaining_ms)
+                return await self._ledger.lookup(
+                    request, pan_hash=pan_hash, timeout_ms=context.deadline.remaining_ms()
+                )
         except TimeoutError:
             raise LedgerUnavailable(
                 "ledger read did not finish within the request deadline"

@@ -13,13 +13,12 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, PAN_HASH_KEY_ENV
 from switch.iso8583.spec import (
     BINARY_FIELD_ENCODINGS,
     BITMAP_ENCODINGS,
@@ -27,7 +26,6 @@ from switch.iso8583.spec import (
     Dialect,
 )
 from switch.production import (
-    KEY_BYTES_MIN,
     PASSWORD_CHARS_MIN,
     POSTGRES_SCHEMES,
     TOKEN_CHARS_MIN,
@@ -45,7 +43,6 @@ ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
 # Development-only secrets. The switch refuses to start with any of them in production.
 DEVELOPMENT_ADMIN_TOKEN = "development-only-admin-token"  # noqa: S105 - refused in production
 # The least `ledger.settings.LedgerSettings` accepts as a PAN hash key, in any environment.
-LEDGER_PAN_HASH_KEY_BYTES_MIN = 16
 
 _C = TypeVar("_C", bound=str)
 _ADDRESS = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
@@ -137,11 +134,10 @@ class HsmSettings:
 
 @dataclass(frozen=True, slots=True)
 class LedgerSection:
-    """The `[ledger]` table. The PAN hash key comes from $LEDGER_PAN_HASH_KEY, never a file; a
-    DSN with a password belongs in the environment too (SWITCH__LEDGER__DSN)."""
+    """The `[ledger]` table. A DSN with a password belongs in the environment
+    (SWITCH__LEDGER__DSN). Card numbers are hashed by the HSM (`hsm.pan_hash_key`)."""
 
     dsn: str | None
-    pan_hash_key: bytes = field(repr=False)
     data_dir: Path
     pool_size_min: int
     pool_size_max: int
@@ -350,7 +346,7 @@ def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
     environment = root.choice("environment", "development", ENVIRONMENTS)
     listener = _parse_listener(root.table("listener"), base)
     admin = _parse_admin(root.table("admin"), environment)
-    hsm = _parse_hsm(root.table("hsm"), base)
+    hsm = _parse_hsm(root.table("hsm"), base, environment)
     ledger = _parse_ledger(root.table("ledger"), environment, env)
     pipeline_table = root.table("pipeline")
     pipeline = PipelineSettings(
@@ -378,7 +374,7 @@ def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
     )
 
 
-def _parse_hsm(table: _Table, base: Path) -> HsmSettings:
+def _parse_hsm(table: _Table, base: Path, environment: Environment) -> HsmSettings:
     backend = table.choice("backend", "local", HSM_BACKENDS)
     addresses = table.addresses("addresses", ("127.0.0.1:1500",))
     settings = HsmSettings(
@@ -390,6 +386,9 @@ def _parse_hsm(table: _Table, base: Path) -> HsmSettings:
         tls=_parse_hsm_tls(table.table("tls"), base) if table.has("tls") else None,
         pan_hash_key=table.optional_text("pan_hash_key"),
     )
+    if environment == "production" and backend == "local" and settings.pan_hash_key is None:
+        problem = "a PAN-hash key (PHK) block under the LMK in production"
+        raise SettingsError(table.source, table.key_name("pan_hash_key"), problem)
     table.finish()
     return settings
 
@@ -412,7 +411,6 @@ def _parse_ledger(table: _Table, environment: Environment, env: Mapping[str, str
         _check_dsn(table, dsn, environment, env)
     settings = LedgerSection(
         dsn=dsn,
-        pan_hash_key=_pan_hash_key(environment, env),
         data_dir=data_dir,
         pool_size_min=table.integer("pool_size_min", 2, minimum=1, maximum=1_000),
         pool_size_max=table.integer("pool_size_max", 16, minimum=1, maximum=1_000),
@@ -451,30 +449,6 @@ def _check_dsn(table: _Table, dsn: str, environment: Environment, env: Mapping[s
     )
     if problem is not None:
         raise SettingsError(table.source, key, problem)
-
-
-def _pan_hash_key(environment: Environment, env: Mapping[str, str]) -> bytes:
-    """From the environment only: a key in a file would sit next to the data it protects."""
-    value = env.get(PAN_HASH_KEY_ENV) or None  # set but empty: unset, as for the ledger CLI
-    if value is None and environment != "production":
-        return DEVELOPMENT_PAN_HASH_KEY
-    try:
-        key = bytes.fromhex(value or "")
-    except ValueError:
-        raise SettingsError("environment", PAN_HASH_KEY_ENV, "hex digits") from None
-    if environment == "production":
-        problem = (
-            "a key of your own in production (hex digits)"
-            if value is None or key == DEVELOPMENT_PAN_HASH_KEY
-            else weak_secret(key, "a key", "byte", KEY_BYTES_MIN)
-        )
-    elif len(key) < LEDGER_PAN_HASH_KEY_BYTES_MIN:
-        problem = f"a key of at least {LEDGER_PAN_HASH_KEY_BYTES_MIN} bytes, got {len(key)}"
-    else:
-        problem = None
-    if problem is not None:
-        raise SettingsError("environment", PAN_HASH_KEY_ENV, problem)
-    return key
 
 
 def _parse_admin(table: _Table, environment: Environment) -> AdminSettings:

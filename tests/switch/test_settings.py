@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from ledger.settings import DEVELOPMENT_PAN_HASH_KEY
 from switch.iso8583 import Dialect
 from switch.production import dsn_password
 from switch.settings import DEVELOPMENT_ADMIN_TOKEN, SettingsError, load_settings
@@ -134,14 +133,16 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 STRONG_TOKEN = "f3a9c0d1e2b4a5968778695a4b3c2d1e0f9e8d7c"
-STRONG_KEY_HEX = "00112233445566778899aabbccddeeff" * 2
 STRONG_PASSWORD = "Vq7pL2m-xR9tK4wZ"
-PRODUCTION_ENV = {"LEDGER_PAN_HASH_KEY": STRONG_KEY_HEX}
+PRODUCTION_ENV: dict[str, str] = {}
+# A PHK key block under some production LMK: settings check its presence, the HSM the rest.
+PHK_BLOCK = "D0208M7HG00E0400PHK-UNDER-THE-PRODUCTION-LMK"
 
 
 def production_file(tmp_path: Path, dsn: str | None = None, token: str = STRONG_TOKEN) -> Path:
     path = tmp_path / "production.toml"
     text = f'environment = "production"\n[admin]\ntoken = "{token}"\n'
+    text += f'[hsm]\npan_hash_key = "{PHK_BLOCK}"\n'
     if dsn is not None:
         text += f'[ledger]\ndsn = "{dsn}"\n'
     path.write_text(text)
@@ -158,46 +159,6 @@ WEAK_IN_PRODUCTION = [
     ),
     pytest.param(
         DEVELOPMENT_ADMIN_TOKEN, None, {}, "admin.token", "a token of your own", id="token-dev"
-    ),
-    pytest.param(
-        STRONG_TOKEN,
-        None,
-        {"LEDGER_PAN_HASH_KEY": None},
-        "LEDGER_PAN_HASH_KEY",
-        "a key of your own",
-        id="pan-key-unset",
-    ),
-    pytest.param(
-        STRONG_TOKEN,
-        None,
-        {"LEDGER_PAN_HASH_KEY": "0123456789abcdef" * 2},
-        "LEDGER_PAN_HASH_KEY",
-        "at least 32 bytes in production, got 16",
-        id="pan-key-short",
-    ),
-    pytest.param(
-        STRONG_TOKEN,
-        None,
-        {"LEDGER_PAN_HASH_KEY": "00" * 32},
-        "LEDGER_PAN_HASH_KEY",
-        "not one byte repeated",
-        id="pan-key-one-byte",
-    ),
-    pytest.param(
-        STRONG_TOKEN,
-        None,
-        {"LEDGER_PAN_HASH_KEY": DEVELOPMENT_PAN_HASH_KEY.hex()},
-        "LEDGER_PAN_HASH_KEY",
-        "a key of your own",
-        id="pan-key-dev",
-    ),
-    pytest.param(
-        STRONG_TOKEN,
-        None,
-        {"LEDGER_PAN_HASH_KEY": "not hex"},
-        "LEDGER_PAN_HASH_KEY",
-        "hex digits",
-        id="pan-key-not-hex",
     ),
     pytest.param(
         STRONG_TOKEN,
@@ -302,21 +263,23 @@ def test_production_accepts_strong_secrets_and_a_guarded_dsn(
 ) -> None:
     settings = load_settings(production_file(tmp_path, dsn), {**PRODUCTION_ENV, **env})
     assert settings.environment == "production"
-    assert settings.ledger.pan_hash_key == bytes.fromhex(STRONG_KEY_HEX)
+    assert settings.hsm.pan_hash_key == PHK_BLOCK
     assert settings.ledger.dsn == dsn
-    assert STRONG_KEY_HEX not in repr(settings)
 
 
-def test_development_keeps_its_defaults_and_takes_a_pan_hash_key_from_the_environment(
+def test_card_numbers_are_hashed_by_the_hsm_whose_key_production_must_name(
     tmp_path: Path,
 ) -> None:
-    assert load_settings().ledger.pan_hash_key == DEVELOPMENT_PAN_HASH_KEY
-    path = tmp_path / "dev.toml"
-    path.write_text('[ledger]\ndsn = "postgresql://switch@db.example/ledger"\n')
-    settings = load_settings(path, {"LEDGER_PAN_HASH_KEY": "ab" * 16})
-    assert settings.ledger.pan_hash_key == b"\xab" * 16
-    with pytest.raises(SettingsError, match="at least 16 bytes"):
-        load_settings(None, {"LEDGER_PAN_HASH_KEY": "ab" * 8})
+    assert load_settings().hsm.pan_hash_key is None  # development: the development PHK
+    path = tmp_path / "production.toml"
+    path.write_text(f'environment = "production"\n[admin]\ntoken = "{STRONG_TOKEN}"\n')
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, PRODUCTION_ENV)
+    assert caught.value.key == "hsm.pan_hash_key"
+    assert "a PAN-hash key (PHK) block under the LMK in production" in caught.value.expected
+    networked = '[hsm]\nbackend = "network"\n'  # the HSM servers hold it
+    path.write_text(path.read_text() + networked)
+    assert load_settings(path, PRODUCTION_ENV).hsm.pan_hash_key is None
 
 
 def test_tls_settings_and_a_subject_match_that_needs_a_client_ca(tmp_path: Path) -> None:
