@@ -11,7 +11,7 @@ from hsm.authorisation import Authorisation
 from hsm.keys import DEVELOPMENT_PAN_HASH_KEY
 from ledger import authorisation
 from ledger.errors import LedgerError
-from ledger.model import BalanceInquiry, Reversal, Withdrawal
+from ledger.model import BalanceInquiry, Reversal, Transfer, Withdrawal
 from ledger.store import LedgerStore
 from tests.ledger.factory import AUDIT, NOW, World, key
 from tests.ledger.helpers import TIMEOUT_MS, authorised, balance, postings
@@ -101,3 +101,29 @@ async def test_a_reversal_moves_money_back_without_a_pin(
     result = await ledger_store.execute(lookup, authorisation=None, now=NOW, timeout_ms=TIMEOUT_MS)
     assert result.outcome.value == "approved"
     assert await balance(owner_conn, customer.checking) == 100_000
+
+
+async def test_a_transfer_redirected_to_another_customer_is_refused(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the HSM's word for the request, but the destination changed on the way to the
+    ledger: the ledger builds the postings itself, and refuses a destination the card may not
+    pay into (the policy admits no transfer between customers here)."""
+    world = World()
+    await world.load(owner_conn, 2)
+    alice, bob = world.customers
+    item = ledger_store._item  # a fault injected on purpose: a caller that is not the switch
+
+    def redirected(*args: object) -> object:
+        built = item(*args)  # type: ignore[arg-type]
+        return built._replace(to_type=None, to_account=bob.checking)
+
+    monkeypatch.setattr(ledger_store, "_item", redirected)
+    request = Transfer(alice.pan, key(world.terminals[0]), AUDIT, "20", 1_000, "EUR", to_type="10")
+    lookup = await ledger_store.lookup(request, timeout_ms=TIMEOUT_MS)
+    with pytest.raises(LedgerError, match="not one this card may pay into"):
+        await ledger_store.execute(
+            lookup, authorisation=authorised(lookup), now=NOW, timeout_ms=TIMEOUT_MS
+        )
+    assert await balance(owner_conn, bob.checking) == 100_000
+    assert await balance(owner_conn, alice.checking) == 100_000
