@@ -30,7 +30,7 @@ from ledger import journal
 from ledger.audit import LEGS_JOIN, legs_of, stream_rows
 from ledger.journal import Damage, Head
 from ledger.migrations import Connection
-from ledger.pan import remask
+from ledger.pan import mask_pan
 
 CSV_FIELDS = (
     *(name for name in journal.LEAF_FIELDS if name != "recorded_at_us"), "recorded_at", "legs",
@@ -68,7 +68,7 @@ def canonical(record: Mapping[str, Any]) -> str:
 
 def _transaction(row: asyncpg.Record) -> dict[str, Any]:
     record: dict[str, Any] = {name: row[name] for name in CSV_FIELDS[:-3]}
-    record["pan_masked"] = remask(row["pan_masked"])
+    record["pan_masked"] = mask_pan(row["pan_masked"])
     record["business_date"] = row["business_date"].isoformat()
     record["recorded_at"] = row["recorded_at"].isoformat()
     record["leaf"] = row["leaf"].hex()

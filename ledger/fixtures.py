@@ -29,7 +29,7 @@ import asyncpg
 from ledger.errors import FixtureError
 from ledger.migrations import Connection
 from ledger.model import CUSTOMER_ACCOUNT_TYPES, HOUSE_CUSTOMER_ID
-from ledger.pan import luhn_valid, mask_pan, pan_hash
+from ledger.pan import luhn_valid, mask_pan, pan_hash, stored_mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +239,7 @@ def _check_account(account: Mapping[str, Any], where: Entry) -> None:
 
 def _check_card(card: Mapping[str, Any], where: Entry) -> None:
     # The PAN itself is never repeated in a message.
-    if not luhn_valid(card["pan"]) or not mask_pan(card["pan"]):
+    if not luhn_valid(card["pan"]) or not stored_mask(card["pan"]):
         raise EntryError(where, "field 'pan' is not a Luhn-valid card number")
     for type_code, number in card.get("accounts", {}).items():
         if type_code not in CUSTOMER_ACCOUNT_TYPES or not isinstance(number, str):
@@ -350,7 +350,7 @@ async def _load_card(
         "  daily_count = EXCLUDED.daily_count, pin_tries = 0"
         " WHERE ledger.cards.customer_id = EXCLUDED.customer_id"
         " RETURNING card_id",
-        customer_id, pan_hash(pan, pan_hash_key), mask_pan(pan), entry["expiry"],
+        customer_id, pan_hash(pan, pan_hash_key), stored_mask(pan), entry["expiry"],
         entry.get("status", "active"), json.dumps(entry.get("pin", {})), entry["currency"],
         entry["max_per_txn_minor"], entry["daily_amount_minor"], entry["daily_count"],
         timeout=timeout_s,

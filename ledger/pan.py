@@ -11,23 +11,25 @@ def pan_hash(pan: str, key: bytes) -> bytes:
     return hmac.new(key, pan.encode("ascii", errors="replace"), hashlib.sha256).digest()
 
 
+PAN_DIGITS_MIN = 12
+
+
 def is_plausible_pan(pan: str) -> bool:
-    return pan.isdigit() and 12 <= len(pan) <= 19
+    return pan.isdigit() and PAN_DIGITS_MIN <= len(pan) <= 19
 
 
-def mask_pan(pan: str) -> str:
-    """First six and last four digits; anything not shaped like a PAN masks to nothing."""
-    if not is_plausible_pan(pan):
-        return ""
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+def mask_pan(text: str) -> str:
+    """The first six and last four characters of a card number, the rest starred; anything
+    shorter than a card number starred whole. For every place one might be shown: logs, messages
+    and exports."""
+    if len(text) < PAN_DIGITS_MIN:
+        return "*" * len(text)
+    return text[:6] + "*" * (len(text) - 10) + text[-4:]
 
 
-def remask(shown: str) -> str:
-    """A stored masked PAN shown again with only its first six and last four characters, whatever
-    the middle holds: an export never prints more, even of a row written by hand."""
-    if len(shown) < 12 or not (shown[:6] + shown[-4:]).isdigit():
-        return ""
-    return shown[:6] + "*" * (len(shown) - 10) + shown[-4:]
+def stored_mask(pan: str) -> str:
+    """The masked form the ledger stores: a card number's mask, or nothing when it is not one."""
+    return mask_pan(pan) if is_plausible_pan(pan) else ""
 
 
 def _luhn_sum(digits: str, *, double_first: bool) -> int:

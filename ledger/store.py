@@ -35,8 +35,8 @@ from ledger.model import (
     Result,
     Snapshot,
 )
-from ledger.pan import mask_pan
 from ledger.pan import pan_hash as keyed_pan_hash
+from ledger.pan import stored_mask
 from ledger.postgres import LocalCluster
 from ledger.settings import LedgerSettings
 
@@ -274,7 +274,7 @@ class LedgerStore:
             snapshot,
             decision,
             pan_hash=lookup.pan_hash,
-            pan_masked=card.pan_masked if card else mask_pan(lookup.request.pan),
+            pan_masked=card.pan_masked if card else stored_mask(lookup.request.pan),
             response_code=self._response_codes.get(decision.outcome, ""),
             recorded_at=at,
             business_date=rules.business_day(at, self.policy.business_day_cutover),

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from switch.iso8583.message import mask_pan
+from ledger.pan import mask_pan
 from switch.settings import LoggingSettings
 
 SENSITIVE_KEYS: frozenset[str] = frozenset(

@@ -1,5 +1,6 @@
 """The ISO 8583 wire layer: field spec as data, codec, framing. No I/O anywhere in here."""
 
+from ledger.pan import mask_pan
 from switch.iso8583.codec import (
     DecodeError,
     EncodeError,
@@ -12,7 +13,7 @@ from switch.iso8583.codec import (
     with_mac,
 )
 from switch.iso8583.framing import FrameBuffer, FramingError, LengthHeader, frame
-from switch.iso8583.message import Message, ProcessingCode, mask_pan
+from switch.iso8583.message import Message, ProcessingCode
 from switch.iso8583.spec import Dialect
 
 __all__ = [

@@ -12,17 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ledger.pan import mask_pan
 from switch.iso8583.spec import FIELDS, MAC_FIELDS, PAN_FIELD, SENSITIVE_FIELDS
 
 _MTI = re.compile(r"[0-9]{4}")
-_PAN_MIN_DIGITS = 12
-
-
-def mask_pan(pan: str) -> str:
-    """First 6 and last 4 digits; everything between is starred. Short values are fully starred."""
-    if len(pan) < _PAN_MIN_DIGITS:
-        return "*" * len(pan)
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ledger import rules
 from ledger.model import Card, Decision, Outcome, Posting, Snapshot
-from ledger.pan import luhn_complete, luhn_valid, mask_pan
+from ledger.pan import luhn_complete, luhn_valid, mask_pan, stored_mask
 
 CARD = Card(
     card_id=1, customer_id=7, pan_masked="400000******0002", expiry_yymm="2811", status="active",
@@ -83,17 +83,18 @@ def test_unbalanced_decision_is_a_bug() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pan", "masked", "luhn"),
+    ("pan", "shown", "stored", "luhn"),
     [
-        ("4111111111111111", "411111******1111", True),
-        ("4111111111111112", "411111******1112", False),
-        ("378282246310005", "378282*****0005", True),
-        ("12345", "", False),
-        ("4111x11111111111", "", False),
+        ("4111111111111111", "411111******1111", "411111******1111", True),
+        ("4111111111111112", "411111******1112", "411111******1112", False),
+        ("378282246310005", "378282*****0005", "378282*****0005", True),
+        ("12345", "*****", "", False),
+        ("4111x11111111111", "4111x1******1111", "", False),
+        ("411111******1111", "411111******1111", "", False),  # a mask shown again is the same
     ],
 )
-def test_pan_masking(pan: str, masked: str, luhn: bool) -> None:
-    assert mask_pan(pan) == masked
+def test_pan_masking(pan: str, shown: str, stored: str, luhn: bool) -> None:
+    assert (mask_pan(pan), stored_mask(pan)) == (shown, stored)
     assert luhn_valid(pan) is luhn
 
 
