@@ -18,6 +18,7 @@ from kiosk_sim.terminal import Terminal
 from switch.iso8583.elements import decode_additional_amounts
 from tests.conftest import PgCluster
 from tests.e2e.conftest import DEADLINE_MS, LMK, PIN, StackFactory, now, until_answered
+from tests.switch.scraped import value
 
 START_MINOR = 100_000  # each test customer's checking and savings balance
 APPROVED = frozenset({"00"})
@@ -250,7 +251,10 @@ async def test_ledger_unreachable_answers_91_within_the_deadline_then_recovers(
     up = await until_answered(terminal, lambda: terminal.withdrawal(pan, PIN, 1_000), APPROVED)
     assert up.code == "00"
     assert await stack.balance(stack.customers[0].checking) == START_MINOR - 1_000
-    assert stack.monitor.metrics.errors["database"] >= 1
+    database_errors = value(
+        stack.monitor.metrics, "switch_dependency_errors_total", component="database"
+    )
+    assert database_errors >= 1
 
 
 async def test_hsm_unreachable_answers_91(make_stack: StackFactory) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY
+from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, ApiKey, Role, config_lines, mint
 from switch.iso8583 import Dialect
 from switch.production import dsn_password
-from switch.settings import DEVELOPMENT_ADMIN_TOKEN, SettingsError, load_settings
+from switch.settings import SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,7 +103,10 @@ BAD_FILES = [
         'environment = "prod"\n', "environment", "one of development, production", id="env"
     ),
     pytest.param(
-        'environment = "production"\n', "admin.token", "a token of your own", id="dev-token-in-prod"
+        '[admin]\ntoken = "development-only-admin-token"\n',
+        "admin.token",
+        "no token: the operations app takes API keys with roles instead",
+        id="admin-token-migrated",
     ),
 ]
 
@@ -133,34 +137,52 @@ def test_missing_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
-STRONG_TOKEN = "f3a9c0d1e2b4a5968778695a4b3c2d1e0f9e8d7c"
+OWN = mint(Role.VIEWER, "prometheus")
+OWN_KEY = config_lines(OWN.key)
 STRONG_KEY_HEX = "00112233445566778899aabbccddeeff" * 2
 STRONG_PASSWORD = "Vq7pL2m-xR9tK4wZ"
 PRODUCTION_ENV = {"LEDGER_PAN_HASH_KEY": STRONG_KEY_HEX}
 
 
-def production_file(tmp_path: Path, dsn: str | None = None, token: str = STRONG_TOKEN) -> Path:
+def production_file(tmp_path: Path, dsn: str | None = None, keys: str = OWN_KEY) -> Path:
     path = tmp_path / "production.toml"
-    text = f'environment = "production"\n[admin]\ntoken = "{token}"\n'
+    text = f'environment = "production"\n{keys}'
     if dsn is not None:
         text += f'[ledger]\ndsn = "{dsn}"\n'
     path.write_text(text)
     return path
 
 
-# (token, dsn, extra environment, key refused, what was expected)
+# (API keys, dsn, extra environment, key refused, what was expected)
 WEAK_IN_PRODUCTION = [
     pytest.param(
-        "short-token", None, {}, "admin.token", "at least 32 characters", id="token-short"
+        config_lines(DEVELOPMENT_KEYS[1]),
+        None,
+        {},
+        "admin.keys[0].hash",
+        "a key of your own in production (`python -m switch keys new`), got the development key"
+        " dev-auditor",
+        id="key-dev",
     ),
     pytest.param(
-        "x" * 40, None, {}, "admin.token", "not one character repeated", id="token-one-char"
+        # The development hash under an id of one's own is still the development key.
+        config_lines(DEVELOPMENT_KEYS[2]).replace("dev-viewer", "prometheus"),
+        None,
+        {},
+        "admin.keys[0].hash",
+        "got the development key dev-viewer",
+        id="key-dev-renamed",
     ),
     pytest.param(
-        DEVELOPMENT_ADMIN_TOKEN, None, {}, "admin.token", "a token of your own", id="token-dev"
+        OWN_KEY + config_lines(ApiKey.derive("dev-operator", Role.OPERATOR, "x.y", bytes(16))),
+        None,
+        {},
+        "admin.keys[1].hash",
+        "got the development key dev-operator",
+        id="key-dev-id",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         None,
         {"LEDGER_PAN_HASH_KEY": None},
         "LEDGER_PAN_HASH_KEY",
@@ -168,7 +190,7 @@ WEAK_IN_PRODUCTION = [
         id="pan-key-unset",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         None,
         {"LEDGER_PAN_HASH_KEY": "0123456789abcdef" * 2},
         "LEDGER_PAN_HASH_KEY",
@@ -176,7 +198,7 @@ WEAK_IN_PRODUCTION = [
         id="pan-key-short",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         None,
         {"LEDGER_PAN_HASH_KEY": "00" * 32},
         "LEDGER_PAN_HASH_KEY",
@@ -184,7 +206,7 @@ WEAK_IN_PRODUCTION = [
         id="pan-key-one-byte",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         None,
         {"LEDGER_PAN_HASH_KEY": DEVELOPMENT_PAN_HASH_KEY.hex()},
         "LEDGER_PAN_HASH_KEY",
@@ -192,7 +214,7 @@ WEAK_IN_PRODUCTION = [
         id="pan-key-dev",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         None,
         {"LEDGER_PAN_HASH_KEY": "not hex"},
         "LEDGER_PAN_HASH_KEY",
@@ -200,7 +222,7 @@ WEAK_IN_PRODUCTION = [
         id="pan-key-not-hex",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql://ledger_switch@db.example/ledger?sslmode=require",
         {},
         "ledger.dsn",
@@ -208,7 +230,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-trust",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql://ledger_switch@localhost,10.0.0.7:5433/ledger",
         {},
         "ledger.dsn",
@@ -216,7 +238,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-trust-second-host",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql:///ledger?host=db.example",
         {},
         "ledger.dsn",
@@ -224,7 +246,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-trust-host-in-query",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql:///ledger",
         {"PGHOST": "db.example"},
         "ledger.dsn",
@@ -232,7 +254,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-trust-pghost",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql://ledger_switch:secret@db.example/ledger",
         {},
         "ledger.dsn",
@@ -240,7 +262,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-password-short",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql://ledger_switch@localhost/ledger?password=" + "a" * 20,
         {},
         "ledger.dsn",
@@ -248,7 +270,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-password-one-char",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "host=db.example user=ledger_switch",
         {},
         "ledger.dsn",
@@ -258,17 +280,17 @@ WEAK_IN_PRODUCTION = [
 ]
 
 
-@pytest.mark.parametrize(("token", "dsn", "env", "key", "expected"), WEAK_IN_PRODUCTION)
+@pytest.mark.parametrize(("keys", "dsn", "env", "key", "expected"), WEAK_IN_PRODUCTION)
 def test_production_refuses_weak_secrets_and_a_trust_dsn(
     tmp_path: Path,
     *,
-    token: str,
+    keys: str,
     dsn: str | None,
     env: dict[str, str | None],
     key: str,
     expected: str,
 ) -> None:
-    path = production_file(tmp_path, dsn, token)
+    path = production_file(tmp_path, dsn, keys)
     merged = {name: value for name, value in {**PRODUCTION_ENV, **env}.items() if value}
     with pytest.raises(SettingsError) as caught:
         load_settings(path, merged)
@@ -278,8 +300,12 @@ def test_production_refuses_weak_secrets_and_a_trust_dsn(
     assert caught.value.source == where
     assert str(caught.value).startswith(f"{where}: {key}: expected ")
     # A secret is named, never shown.
-    shown = [token, merged.get("LEDGER_PAN_HASH_KEY") or token, dsn_password(dsn or "") or token]
-    assert not [secret for secret in shown if secret in str(caught.value)]
+    shown = [
+        merged.get("LEDGER_PAN_HASH_KEY"),
+        dsn_password(dsn or ""),
+        *DEVELOPMENT_TOKENS.values(),
+    ]
+    assert not [secret for secret in shown if secret and secret in str(caught.value)]
 
 
 ACCEPTED_IN_PRODUCTION = [
@@ -346,9 +372,114 @@ def test_the_production_example_loads_with_its_secrets_from_the_environment(
     for name in ("switch.crt", "switch.key", "terminal-ca.crt"):
         (tmp_path / "tls" / name).write_text("PEM")
     with pytest.raises(SettingsError) as caught:
-        load_settings(example, PRODUCTION_ENV)
-    assert caught.value.key == "admin.token"
-    settings = load_settings(example, {**PRODUCTION_ENV, "SWITCH__ADMIN__TOKEN": STRONG_TOKEN})
+        load_settings(example)
+    assert caught.value.key == "LEDGER_PAN_HASH_KEY"
+    settings = load_settings(example, PRODUCTION_ENV)
     assert settings.environment == "production"
     assert settings.listener.tls is not None
     assert settings.listener.tls.require_subject_match
+    # No development key in production: none until the operator adds their own.
+    assert settings.admin.keys == ()
+    assert settings.admin.audit_dsn is not None
+    assert "ledger_auditor" not in repr(settings)
+    # Keys as the environment gives them: an array of inline tables.
+    own = f'[{{id = "prometheus", role = "viewer", hash = "{OWN.key.hash_text}"}}]'
+    settings = load_settings(example, {**PRODUCTION_ENV, "SWITCH__ADMIN__KEYS": own})
+    assert settings.admin.keys == (OWN.key,)
+
+
+def test_development_has_one_published_key_per_role() -> None:
+    keys = load_settings().admin.keys
+    assert keys == DEVELOPMENT_KEYS
+    assert [key.role for key in keys] == list(Role)
+    assert all(key.matches(DEVELOPMENT_TOKENS[key.role]) for key in keys)
+    assert load_settings(None, {"SWITCH__ADMIN__KEYS": "[]"}).admin.keys == ()
+
+
+def _keys_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "keys.toml"
+    path.write_text(text)
+    return path
+
+
+_HASH = OWN.key.hash_text
+BAD_KEYS = [
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "viewer"\nhash = "{OWN.token}"\n',
+        "admin.keys[0].hash",
+        "the hash `python -m switch keys new` printed",
+        id="key-in-clear",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "viewer"\nhash = "{_HASH[:-1]}"\n',
+        "admin.keys[0].hash",
+        "hmac-sha256$<salt: 32 hex>$<digest: 64 hex>",
+        id="hash-short",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nhash = "{_HASH}"\n',
+        "admin.keys[0].role",
+        "one of operator, auditor, viewer",
+        id="role-missing",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "admin"\nhash = "{_HASH}"\n',
+        "admin.keys[0].role",
+        "one of operator, auditor, viewer, got 'admin'",
+        id="role-unknown",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a.b"\nrole = "viewer"\nhash = "{_HASH}"\n',
+        "admin.keys[0].id",
+        "1 to 63 letters, digits",
+        id="id-dot",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nrole = "viewer"\nhash = "{_HASH}"\n',
+        "admin.keys[0].id",
+        "1 to 63 letters, digits",
+        id="id-missing",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "viewer"\nhash = "{_HASH}"\nsecret = "x"\n',
+        "admin.keys[0].secret",
+        "no such key",
+        id="secret-field",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "viewer"\nhash = "{_HASH}"\n'
+        f'[[admin.keys]]\nid = "a"\nrole = "auditor"\nhash = "{_HASH}"\n',
+        "admin.keys[1].id",
+        "a unique id, 'a' is taken",
+        id="id-twice",
+    ),
+    pytest.param('[admin]\nkeys = "x"\n', "admin.keys", "an array of tables", id="not-tables"),
+    pytest.param(
+        '[admin]\naudit_dsn = "host=db user=a"\n',
+        "admin.audit_dsn",
+        "a postgresql:// URI",
+        id="audit-dsn",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), BAD_KEYS)
+def test_bad_api_keys_are_named_and_never_shown(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_keys_file(tmp_path, text))
+    assert caught.value.key == key
+    assert expected in caught.value.expected
+    assert OWN.token.partition(".")[2] not in str(caught.value)
+
+
+def test_production_checks_the_audit_dsn_as_the_ledger_dsn(tmp_path: Path) -> None:
+    path = production_file(tmp_path)
+    path.write_text(
+        path.read_text() + '[admin]\naudit_dsn = "postgresql://auditor@db.example/ledger"\n'
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, PRODUCTION_ENV)
+    assert caught.value.key == "admin.audit_dsn"
+    assert "got neither for db.example" in caught.value.expected
