@@ -100,7 +100,7 @@ class MintedKey:
 
 
 def mint(role: Role, key_id: str | None = None) -> MintedKey:
-    key_id = key_id or f"{role}-{secrets.token_hex(4)}"
+    key_id = f"{role}-{secrets.token_hex(4)}" if key_id is None else key_id
     if not KEY_ID.fullmatch(key_id):
         raise ValueError(
             f"a key id is 1 to 63 letters, digits, '-' or '_', not starting with '-' or '_'"
