@@ -8,11 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ledger.store import BatchFigures, LedgerStore
 from switch.access import Refusal
+from switch.app import ledger_figures
 from switch.metrics import FIGURES, LATENCY_BUCKETS_MS, Metrics
 from switch.tls import HandshakeFailure
 from tests.switch.scraped import by_label, samples, value
@@ -113,6 +116,18 @@ def test_every_series_of_the_hand_written_exposition_is_there() -> None:
     assert not [name for name in names if name.endswith("_created")]
     assert value(metrics, "switch_dependency_errors_total", component="database") == 0
     assert value(metrics, "switch_dependency_errors_total", component="hsm") == 0
+
+
+class _Store:
+    def batch_figures(self) -> BatchFigures:
+        return BatchFigures(1, 2, 3, 4, 5, 0.5, 0.25, 0.125, 0.0625)
+
+
+def test_the_switch_copies_in_figures_the_metrics_declare() -> None:
+    metrics = Metrics()
+    metrics.refresh(ledger_figures(cast(LedgerStore, _Store())))
+    assert value(metrics, "switch_ledger_writes_decided_again_total") == 5
+    assert value(metrics, "switch_ledger_write_call_seconds_total") == 0.0625
 
 
 def test_tls_refusals_have_every_reason_and_subject_mismatches_a_total() -> None:
