@@ -161,9 +161,6 @@ class Keyring:
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._keys = {key.key_id: key for key in keys}
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def authorize(self, authorization: str | None, roles: frozenset[Role]) -> Granted | Refused:
         """`authorization`: the request's Authorization header; `roles`: those the route
         admits (never empty: open routes are not checked)."""

@@ -193,6 +193,10 @@ class Journal:
                 job.report = await audit.verify(paced(conn, count), timeout_ms=SCAN_TIMEOUT_MS)
         except DATABASE_ERRORS as exc:
             job.failure = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            # A job ends with a state whatever happens; a bug is logged whole, said briefly.
+            log.exception("journal_verification_crashed", job_id=job.job_id)
+            job.failure = f"internal error ({type(exc).__name__})"
         finally:
             job.finished_at = self.wall_clock()
             job.done.set()
