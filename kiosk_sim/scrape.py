@@ -3,24 +3,25 @@
 The switch times each step of its request pipeline (`switch_step_latency_seconds`); the means
 over a run, next to the mean latency, show whether the time was the database, the HSM or the
 switch itself (the remainder: framing, decoding, queueing for the in-flight limit, the
-response MAC).
+response MAC). The text is read with prometheus-client's own parser.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
+from switch.access import DEVELOPMENT_TOKENS, Role
 from switch.flows import STEPS
-from switch.settings import DEVELOPMENT_ADMIN_TOKEN
 from switch.transaction import Kind
 
-_SERIES = re.compile(
-    r'^switch_(step|financial)_latency_seconds_(sum|count)(?:\{step="([a-z_]+)"\})? ([0-9.e+-]+)$',
-    re.MULTILINE,
-)
+PREFIX = "switch_"
+# What the simulator reads of the operations app: /metrics and /terminals, a viewer's routes.
+DEVELOPMENT_KEY = DEVELOPMENT_TOKENS[Role.VIEWER]
 # The key of the whole time of financial requests (those that run the steps), next to the steps.
 REQUEST = "request"
 
@@ -36,13 +37,23 @@ def latency_totals(metrics_text: str) -> dict[str, Totals]:
     `REQUEST`)."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    for kind, part, step, value in _SERIES.findall(metrics_text):
-        name = step if kind == "step" else REQUEST
-        if part == "sum":
-            sums[name] = float(value)
+    for sample in _samples(metrics_text):
+        if sample.name.startswith("switch_step_latency_seconds_"):
+            name = sample.labels["step"]
+        elif sample.name.startswith("switch_financial_latency_seconds_"):
+            name = REQUEST
         else:
-            counts[name] = int(float(value))
+            continue
+        if sample.name.endswith("_sum"):
+            sums[name] = sample.value
+        elif sample.name.endswith("_count"):
+            counts[name] = int(sample.value)
     return {name: Totals(sums[name], counts.get(name, 0)) for name in sums}
+
+
+def _samples(metrics_text: str) -> Iterator[Sample]:
+    for family in text_string_to_metric_families(metrics_text):
+        yield from family.samples
 
 
 _PIPELINE_ORDER = [step.__name__ for step in STEPS[Kind.WITHDRAWAL]]
@@ -65,12 +76,13 @@ def _rank(name: str) -> int:
     return _PIPELINE_ORDER.index(name) if name in _PIPELINE_ORDER else len(_PIPELINE_ORDER)
 
 
-_PLAIN = re.compile(r"^switch_([a-z_]+) ([0-9.e+-]+)$", re.MULTILINE)
-
-
 def plain_values(metrics_text: str) -> dict[str, float]:
     """The series without labels (counters and gauges), by name without the `switch_` prefix."""
-    return {name: float(value) for name, value in _PLAIN.findall(metrics_text)}
+    return {
+        sample.name.removeprefix(PREFIX): sample.value
+        for sample in _samples(metrics_text)
+        if not sample.labels and sample.name.startswith(PREFIX)
+    }
 
 
 def ledger_means_between(before: str, after: str) -> dict[str, float]:
@@ -91,12 +103,12 @@ def ledger_means_between(before: str, after: str) -> dict[str, float]:
     return means
 
 
-def admin_headers(token: str = DEVELOPMENT_ADMIN_TOKEN) -> dict[str, str]:
-    """What the operations app asks of every call but /health and /ready."""
+def admin_headers(token: str = DEVELOPMENT_KEY) -> dict[str, str]:
+    """What the operations app asks of every call but /health and /ready: an API key."""
     return {"Authorization": f"Bearer {token}"}
 
 
-async def fetch_metrics(port: int, token: str = DEVELOPMENT_ADMIN_TOKEN) -> str:
+async def fetch_metrics(port: int, token: str = DEVELOPMENT_KEY) -> str:
     async with (
         aiohttp.ClientSession(headers=admin_headers(token)) as http,
         http.get(f"http://127.0.0.1:{port}/metrics") as reply,

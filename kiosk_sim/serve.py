@@ -43,8 +43,8 @@ def banner(settings: Settings, fixtures: FixtureFile) -> str:
     ]
     if admin.enabled:
         lines.append(
-            f"   operations app        http://{admin.host}:{admin.port}/ (admin.token;"
-            " development default in config/switch.toml)"
+            f"   operations app        http://{admin.host}:{admin.port}/ (API keys: the"
+            " development ones are in config/switch.toml)"
         )
     return "\n".join(lines)
 

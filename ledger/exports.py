@@ -75,6 +75,13 @@ def _transaction(row: asyncpg.Record) -> dict[str, Any]:
     return record
 
 
+def transaction_record(row: asyncpg.Record) -> dict[str, Any]:
+    """A transaction as a JSON-lines export (and the auditor API's journal pages) carry it."""
+    legs = [[leg.account_id, leg.customer_id, leg.amount_minor, leg.currency]
+            for leg in legs_of(row)]  # fmt: skip
+    return {"record": "transaction", **_transaction(row), "legs": legs}
+
+
 def _block(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "record": "block",
@@ -96,9 +103,7 @@ async def _jsonl_records(
         if (row["block_lane"], row["block_position"]) != block:
             block = (row["block_lane"], row["block_position"])
             yield _block(row)
-        legs = [[leg.account_id, leg.customer_id, leg.amount_minor, leg.currency]
-                for leg in legs_of(row)]  # fmt: skip
-        yield {"record": "transaction", **_transaction(row), "legs": legs}
+        yield transaction_record(row)
 
 
 async def export(

@@ -1,4 +1,5 @@
-"""`python -m switch serve`: run the transaction switch."""
+"""`python -m switch serve`: run the transaction switch; `python -m switch keys new`: mint an API
+key for the operations app."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import uvloop
 
+from switch.access import Role, config_lines, mint
 from switch.app import StartupError, serve
 from switch.logging import configure_logging
 from switch.settings import Settings, SettingsError, load_settings
@@ -45,7 +47,50 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="terminal listener TCP port, 0 for any free port (listener.port)",
     )
+    _keys_parser(commands)
     return parser
+
+
+def _keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser("keys", help="API keys for the operations app")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    new = keys_commands.add_parser(
+        "new",
+        help="mint a key: its secret once on stderr, its config lines on stdout",
+        description=(
+            "Mint an API key for the operations app. The key itself (`<id>.<secret>`, sent as "
+            "`Authorization: Bearer <key>`) is printed once, on stderr, and kept nowhere: hand "
+            "it to its holder. Stdout gets the [[admin.keys]] lines to add to the switch's "
+            "config (they hold only a salted HMAC-SHA256 of the key), so that "
+            "`python -m switch keys new --role viewer >> switch.toml` never writes the key to "
+            "the file. Roles: operator (fleet, metrics), auditor (journal, reports, "
+            "verification), viewer (fleet and metrics, read-only)."
+        ),
+    )
+    new.add_argument("--role", required=True, choices=[str(role) for role in Role])
+    new.add_argument(
+        "--id",
+        dest="key_id",
+        metavar="NAME",
+        help="the key's id in logs and config: letters, digits, '-', '_' (default: ROLE-<random>)",
+    )
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    try:
+        minted = mint(Role(args.role), args.key_id)
+    except ValueError as exc:
+        print(f"switch: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"API key {minted.key.key_id} ({minted.key.role}), shown this once:\n\n"
+        f"    {minted.token}\n\n"
+        "Give it to its holder (Authorization: Bearer <key>). Add the lines on stdout to the "
+        "switch's config (or SWITCH__ADMIN__KEYS) and restart it.",
+        file=sys.stderr,
+    )
+    print(config_lines(minted.key), end="")
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -64,6 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        return _new_key(args)
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
 from hsm.api import HSM
 from hsm.client import NetworkHSM
@@ -28,11 +29,14 @@ from hsm.errors import HsmError
 from hsm.keys import DEVELOPMENT_PAN_HASH_KEY, KeyRole, Lmk, StoredKey, load_lmk
 from hsm.local import LocalHSM
 from hsm.tls import client_context
-from ledger.errors import LedgerError, LedgerUnavailable, SchemaTooOld
+from ledger.errors import LedgerError, LedgerUnavailable, ProvisioningError, SchemaTooOld
+from ledger.postgres import LocalCluster
 from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
 from switch.admin import create_admin_app
+from switch.auditor_api import JournalSettings
 from switch.flows import Flows
+from switch.metrics import multiprocess
 from switch.monitor import Monitor
 from switch.server import ListenError, SwitchServer
 from switch.settings import ENV_PREFIX, Settings
@@ -197,6 +201,22 @@ async def readiness(hsm: HSM, ledger: LedgerStore) -> Mapping[str, bool]:
     return checks
 
 
+async def journal_settings(settings: Settings) -> JournalSettings | None:
+    """Where the auditor API reads the journal: admin.audit_dsn, else the private cluster's
+    schema owner (as `python -m ledger audit` does), else nowhere."""
+    dsn = settings.admin.audit_dsn
+    if dsn is None and settings.ledger.dsn is None:
+        # The ledger started the cluster already: this finds it running and only reads its port.
+        try:
+            info = await asyncio.to_thread(LocalCluster(settings.ledger.data_dir).start)
+        except ProvisioningError as exc:
+            raise StartupError(f"ledger: {exc}") from None
+        dsn = info.owner_dsn
+    if dsn is None:
+        return None
+    return JournalSettings(dsn, settings.ledger.business_day_cutover)
+
+
 @contextlib.asynccontextmanager
 async def running_admin(
     settings: Settings, monitor: Monitor, server: SwitchServer, hsm: HSM, ledger: LedgerStore
@@ -204,12 +224,14 @@ async def running_admin(
     if not settings.admin.enabled:
         yield
         return
+    journal = await journal_settings(settings)
     app = create_admin_app(
-        token=settings.admin.token,
+        settings.admin.keys,
         monitor=monitor,
         stats=server.stats,
         readiness=lambda: readiness(hsm, ledger),
         ledger_figures=lambda: ledger_figures(ledger),
+        journal=journal,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -219,7 +241,14 @@ async def running_admin(
             await site.start()
         except OSError as exc:
             raise cannot_listen("admin", settings.admin.host, settings.admin.port, exc) from None
-        log.info("admin_listening", host=settings.admin.host, port=runner.addresses[0][1])
+        log.info(
+            "admin_listening",
+            host=settings.admin.host,
+            port=runner.addresses[0][1],
+            api_keys=len(settings.admin.keys),
+            # Off with a ledger.dsn and no admin.audit_dsn: its routes answer 503.
+            auditor_api=journal is not None,
+        )
         yield
     finally:
         await runner.cleanup()
@@ -255,6 +284,9 @@ async def serve(settings: Settings) -> None:
                 log.info("shutdown_requested", grace_ms=settings.shutdown_grace_ms)
         finally:
             await server.shutdown(settings.shutdown_grace_ms)
+            if multiprocess():
+                # Its connection and in-flight gauges leave the sums the other processes serve.
+                mark_process_dead(os.getpid())
 
 
 async def _wait_for_signal() -> None:

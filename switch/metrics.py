@@ -1,130 +1,224 @@
-"""Request metrics, kept in memory and rendered in the Prometheus text format. No I/O."""
+"""The switch's Prometheus metrics, on prometheus-client. No I/O of its own.
+
+One process: each `Metrics` has a registry of its own (tests build several in one process), read
+at scrape time. Several switch processes behind one operations port: set PROMETHEUS_MULTIPROC_DIR
+to an empty directory in every process's environment before it starts (prometheus-client picks
+its storage when it is imported); each process then writes its values to files there and a
+scrape answered by any process sums them all (`exposition`). Figures that other objects keep
+(connections, the ledger's batch counters) are copied into the metrics at each scrape and, with
+several processes, every second too (`refresh`), so that no process's share is older than that.
+"""
 
 from __future__ import annotations
 
-import bisect
-import collections
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import disable_created_metrics
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from switch.access import Refusal
 from switch.session import FINANCIAL_CLASSES
 from switch.tls import HandshakeFailure
 
+# The `_created` series double the series count and nothing reads them.
+disable_created_metrics()
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000)
+_BUCKETS_S = tuple(bound_ms / 1000 for bound_ms in LATENCY_BUCKETS_MS)
+DEPENDENCIES = ("hsm", "database")
 
 
-@dataclass
-class LatencyHistogram:
-    """Prometheus histogram counts over `LATENCY_BUCKETS_MS`."""
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A value another object keeps, copied in at scrape time: a gauge, or a `_total` that only
+    grows (a counter)."""
 
-    bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
-    sum_ms: float = 0.0
-    count: int = 0
+    name: str
+    help_text: str
 
-    def observe(self, latency_ms: float) -> None:
-        self.bucket_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
-        self.sum_ms += latency_ms
-        self.count += 1
-
-    def render(self, name: str, labels: str = "") -> list[str]:
-        """`labels`: the series' own labels, such as 'step="post"'."""
-        before_le = f"{labels}," if labels else ""
-        series = f"{{{labels}}}" if labels else ""
-        lines = []
-        cumulative = 0
-        for bound_ms, count in zip(LATENCY_BUCKETS_MS, self.bucket_counts, strict=False):
-            cumulative += count
-            lines.append(f'{name}_bucket{{{before_le}le="{bound_ms / 1000:g}"}} {cumulative}')
-        lines.append(f'{name}_bucket{{{before_le}le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum{series} {self.sum_ms / 1000:.6f}")
-        lines.append(f"{name}_count{series} {self.count}")
-        return lines
+    @property
+    def is_counter(self) -> bool:
+        return self.name.endswith("_total")
 
 
-@dataclass
+FIGURES: tuple[Figure, ...] = (
+    Figure("connections", "Terminal connections open."),
+    Figure("in_flight_requests", "Requests received and not yet answered."),
+    Figure("refused_connections_total", "Connections closed at once: over max_connections."),
+    Figure("ledger_read_calls_total", "Ledger read calls (each carries a batch of requests)."),
+    Figure("ledger_reads_total", "Requests carried by ledger read calls."),
+    Figure("ledger_write_calls_total", "Ledger write calls (each carries a batch of requests)."),
+    Figure("ledger_writes_total", "Requests carried by ledger write calls."),
+    Figure(
+        "ledger_writes_decided_again_total",
+        "Writes decided again because their customer changed since their read.",
+    ),
+    Figure("ledger_read_wait_seconds_total", "Time requests waited for their read call."),
+    Figure("ledger_read_call_seconds_total", "Time read calls took."),
+    Figure("ledger_write_wait_seconds_total", "Time requests waited for their write call."),
+    Figure("ledger_write_call_seconds_total", "Time write calls took."),
+)
+_FIGURES = {figure.name: figure for figure in FIGURES}
+# Gauges about the whole fleet, computed for each scrape (and absent when there is no value).
+FLEET_GAUGES: Mapping[str, str] = {
+    "tls_client_certificate_days_left_min": (
+        "Fewest days left on the client certificate of a signed-on terminal."
+    ),
+}
+
+
+def multiprocess() -> bool:
+    """Whether prometheus-client keeps its values in files shared by several processes."""
+    return MULTIPROCESS_ENV in os.environ
+
+
 class Metrics:
-    requests: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    # Financial requests and reversals only: the whole of what their pipeline steps are part of.
-    financial_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    steps: dict[str, LatencyHistogram] = field(default_factory=dict)
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)
-    tls_handshake_failures: collections.Counter[HandshakeFailure] = field(
-        default_factory=collections.Counter
-    )
-    tls_subject_mismatches: int = 0
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self._requests = Counter(
+            "switch_requests_total",
+            "Requests answered, by request MTI and response code.",
+            ["mti", "response_code"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "switch_request_latency_seconds",
+            "Time from request received to response sent.",
+            buckets=_BUCKETS_S,
+            registry=registry,
+        )
+        self._financial_latency = Histogram(
+            "switch_financial_latency_seconds",
+            "The same, for financial requests and reversals only.",
+            buckets=_BUCKETS_S,
+            registry=registry,
+        )
+        self._steps = Histogram(
+            "switch_step_latency_seconds",
+            "Time in each step of the request pipeline.",
+            ["step"],
+            buckets=_BUCKETS_S,
+            registry=registry,
+        )
+        self._errors = Counter(
+            "switch_dependency_errors_total",
+            "Failed calls to the HSM or the database.",
+            ["component"],
+            registry=registry,
+        )
+        self._tls_failures = Counter(
+            "switch_tls_handshake_failures_total",
+            "TLS handshakes refused, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._subject_mismatches = Counter(
+            "switch_tls_subject_mismatches_total",
+            "Requests refused because the client certificate names another terminal.",
+            registry=registry,
+        )
+        self._api_refusals = Counter(
+            "switch_api_refusals_total",
+            "Operations app requests refused (401, 403), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        # Every labelled series exists from the start, at 0, so that rate() sees the first one.
+        for component in DEPENDENCIES:
+            self._errors.labels(component)
+        for reason in HandshakeFailure:
+            self._tls_failures.labels(reason)
+        for refusal in Refusal:
+            self._api_refusals.labels(refusal)
+        self._figures = {figure.name: _figure_metric(figure, registry) for figure in FIGURES}
+        self._copied: dict[str, float] = dict.fromkeys(_FIGURES, 0.0)
+        # labels() takes a lock and builds a key: the children are kept for the request path.
+        self._request_series: dict[tuple[str, str], Counter] = {}
+        self._step_series: dict[str, Histogram] = {}
 
     def observe(self, mti: str, response_code: str, latency_ms: float) -> None:
-        self.requests[(mti, response_code)] += 1
-        self.latency.observe(latency_ms)
+        series = self._request_series.get((mti, response_code))
+        if series is None:
+            series = self._request_series[(mti, response_code)] = self._requests.labels(
+                mti, response_code
+            )
+        series.inc()
+        self._latency.observe(latency_ms / 1000)
         if mti[:3] in FINANCIAL_CLASSES:
-            self.financial_latency.observe(latency_ms)
+            self._financial_latency.observe(latency_ms / 1000)
 
     def observe_step(self, step: str, latency_ms: float) -> None:
         """How long one pipeline step of a request took (waiting for the HSM or ledger included)."""
-        histogram = self.steps.get(step)
-        if histogram is None:
-            histogram = self.steps[step] = LatencyHistogram()
-        histogram.observe(latency_ms)
+        series = self._step_series.get(step)
+        if series is None:
+            series = self._step_series[step] = self._steps.labels(step)
+        series.observe(latency_ms / 1000)
 
     def count_error(self, component: str) -> None:
         """An HSM or database call that failed (timeout, unreachable, refused)."""
-        self.errors[component] += 1
+        assert component in DEPENDENCIES, component
+        self._errors.labels(component).inc()
 
     def count_tls_refusal(self, reason: HandshakeFailure) -> None:
-        self.tls_handshake_failures[reason] += 1
+        self._tls_failures.labels(reason).inc()
 
     def count_subject_mismatch(self) -> None:
         """A terminal whose certificate names another terminal, refused."""
-        self.tls_subject_mismatches += 1
+        self._subject_mismatches.inc()
 
-    def render(self, scraped: Mapping[str, float]) -> str:
-        """The Prometheus text; `scraped`: values read from elsewhere at scrape time."""
-        lines = [
-            "# HELP switch_requests_total Requests answered, by request MTI and response code.",
-            "# TYPE switch_requests_total counter",
-        ]
-        for (mti, code), count in sorted(self.requests.items()):
-            lines.append(f'switch_requests_total{{mti="{mti}",response_code="{code}"}} {count}')
-        lines += [
-            "# HELP switch_request_latency_seconds Time from request received to response sent.",
-            "# TYPE switch_request_latency_seconds histogram",
-        ]
-        lines += self.latency.render("switch_request_latency_seconds")
-        lines += [
-            "# HELP switch_financial_latency_seconds The same, for financial requests and"
-            " reversals only.",
-            "# TYPE switch_financial_latency_seconds histogram",
-        ]
-        lines += self.financial_latency.render("switch_financial_latency_seconds")
-        lines += [
-            "# HELP switch_step_latency_seconds Time in each step of the request pipeline.",
-            "# TYPE switch_step_latency_seconds histogram",
-        ]
-        for step, histogram in sorted(self.steps.items()):
-            lines += histogram.render("switch_step_latency_seconds", f'step="{step}"')
-        lines += [
-            "# HELP switch_dependency_errors_total Failed calls to the HSM or the database.",
-            "# TYPE switch_dependency_errors_total counter",
-        ]
-        for component in ("hsm", "database"):
-            count = self.errors[component]
-            lines.append(f'switch_dependency_errors_total{{component="{component}"}} {count}')
-        lines += [
-            "# HELP switch_tls_handshake_failures_total TLS handshakes refused, by reason.",
-            "# TYPE switch_tls_handshake_failures_total counter",
-        ]
-        for reason in HandshakeFailure:
-            count = self.tls_handshake_failures[reason]
-            lines.append(f'switch_tls_handshake_failures_total{{reason="{reason}"}} {count}')
-        lines += [
-            "# HELP switch_tls_subject_mismatches_total Requests refused because the client"
-            " certificate names another terminal.",
-            "# TYPE switch_tls_subject_mismatches_total counter",
-            f"switch_tls_subject_mismatches_total {self.tls_subject_mismatches}",
-        ]
-        for name, value in sorted(scraped.items()):
-            # Those named *_total only ever grow.
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines += [f"# TYPE switch_{name} {kind}", f"switch_{name} {value:g}"]
-        return "\n".join(lines) + "\n"
+    def count_api_refusal(self, reason: Refusal) -> None:
+        self._api_refusals.labels(reason).inc()
+
+    def refresh(self, figures: Mapping[str, float]) -> None:
+        """Copy in the figures other objects keep (names from `FIGURES`)."""
+        for name, value in figures.items():
+            metric = self._figures[name]
+            if isinstance(metric, Counter):
+                grown = value - self._copied[name]
+                assert grown >= 0, f"{name} went down"
+                metric.inc(grown)
+            else:
+                metric.set(value)
+            self._copied[name] = value
+
+    def exposition(self, fleet_gauges: Mapping[str, float]) -> bytes:
+        """The Prometheus text: this process's metrics (every process's, in multiprocess mode),
+        and `fleet_gauges`, values about the whole fleet computed for this scrape."""
+        source: CollectorRegistry = self.registry
+        if multiprocess():
+            source = CollectorRegistry()
+            MultiProcessCollector(source)
+        return generate_latest(_Scrape(source, fleet_gauges))
+
+
+def _figure_metric(figure: Figure, registry: CollectorRegistry) -> Counter | Gauge:
+    name = f"switch_{figure.name}"
+    if figure.is_counter:
+        return Counter(name, figure.help_text, registry=registry)
+    # With several processes: the sum over those alive (a dead one has no connections).
+    return Gauge(name, figure.help_text, registry=registry, multiprocess_mode="livesum")
+
+
+class _Scrape:
+    """One scrape's collector: the metrics, then the fleet's gauges of the moment."""
+
+    def __init__(self, source: CollectorRegistry, fleet_gauges: Mapping[str, float]) -> None:
+        self._source = source
+        self._fleet_gauges = fleet_gauges
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._source.collect()
+        yield from _gauges(self._fleet_gauges)
+
+
+def _gauges(values: Mapping[str, float]) -> Iterator[Metric]:
+    for name, value in sorted(values.items()):
+        gauge = GaugeMetricFamily(f"switch_{name}", FLEET_GAUGES[name])
+        gauge.add_metric([], value)
+        yield gauge

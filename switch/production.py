@@ -14,7 +14,6 @@ import ipaddress
 from collections.abc import Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-TOKEN_CHARS_MIN = 32
 KEY_BYTES_MIN = 32
 # Database passwords: long enough to resist guessing at the server's rate, short enough for the
 # password rules of managed PostgreSQL services.
@@ -23,7 +22,7 @@ POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
 def weak_secret(secret: str | bytes, noun: str, unit: str, length_min: int) -> str | None:
-    """E.g. `weak_secret(token, "a token", "character", TOKEN_CHARS_MIN)`."""
+    """E.g. `weak_secret(password, "a password", "character", PASSWORD_CHARS_MIN)`."""
     if len(secret) < length_min:
         return f"{noun} of at least {length_min} {unit}s in production, got {len(secret)}"
     if len(set(secret)) == 1:

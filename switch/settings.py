@@ -13,12 +13,13 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from switch.access import DEVELOPMENT_KEYS, HASH_FORMAT, KEY_ID, ApiKey, Role, development_key_in
 from switch.iso8583.spec import (
     BINARY_FIELD_ENCODINGS,
     BITMAP_ENCODINGS,
@@ -28,7 +29,6 @@ from switch.iso8583.spec import (
 from switch.production import (
     PASSWORD_CHARS_MIN,
     POSTGRES_SCHEMES,
-    TOKEN_CHARS_MIN,
     dsn_password,
     unguarded_dsn,
     weak_secret,
@@ -40,8 +40,6 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 Environment = Literal["development", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
-# Development-only secrets. The switch refuses to start with any of them in production.
-DEVELOPMENT_ADMIN_TOKEN = "development-only-admin-token"  # noqa: S105 - refused in production
 # The least `ledger.settings.LedgerSettings` accepts as a PAN hash key, in any environment.
 
 _C = TypeVar("_C", bound=str)
@@ -99,8 +97,13 @@ class AdminSettings:
     enabled: bool
     host: str
     port: int
-    # Bearer token for everything but /health and /ready.
-    token: str
+    # The API keys (their hashes) and roles; unset in development: the published development
+    # keys (switch.access.DEVELOPMENT_TOKENS), refused in production.
+    keys: tuple[ApiKey, ...]
+    # The database role the auditor API reads the journal as (read-only transactions). Unset:
+    # the private cluster's schema owner when ledger.dsn is unset too, else no auditor API
+    # (its routes answer 503).
+    audit_dsn: str | None = field(repr=False)
 
 
 HsmBackend = Literal["local", "network"]
@@ -244,6 +247,20 @@ class _Table:
             raise SettingsError(self.source, self.key_name(key), expected)
         return value
 
+    def tables(self, key: str) -> list[_Table] | None:
+        """An array of tables (`[[key]]`), None when absent."""
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+            raise SettingsError(
+                self.source, self.key_name(key), f"an array of tables ([[{key}]]), got {value!r}"
+            )
+        return [
+            _Table(cast(Mapping[str, object], item), f"{self.key_name(key)}[{index}].", self.source)
+            for index, item in enumerate(value)
+        ]
+
     def optional_text(self, key: str) -> str | None:
         return None if self._data.get(key) is None else self.text(key, "")
 
@@ -345,7 +362,7 @@ def _env_value(raw: str) -> object:
 def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
     environment = root.choice("environment", "development", ENVIRONMENTS)
     listener = _parse_listener(root.table("listener"), base)
-    admin = _parse_admin(root.table("admin"), environment)
+    admin = _parse_admin(root.table("admin"), environment, env)
     hsm = _parse_hsm(root.table("hsm"), base, environment)
     ledger = _parse_ledger(root.table("ledger"), environment, env)
     pipeline_table = root.table("pipeline")
@@ -434,8 +451,10 @@ def _parse_ledger(table: _Table, environment: Environment, env: Mapping[str, str
     return settings
 
 
-def _check_dsn(table: _Table, dsn: str, environment: Environment, env: Mapping[str, str]) -> None:
-    key = table.key_name("dsn")
+def _check_dsn(
+    table: _Table, dsn: str, environment: Environment, env: Mapping[str, str], name: str = "dsn"
+) -> None:
+    key = table.key_name(name)
     if urlsplit(dsn).scheme not in POSTGRES_SCHEMES:
         # asyncpg reads only the URI form; the key=value form would fail at connection time.
         raise SettingsError(table.source, key, "a postgresql:// URI")
@@ -451,23 +470,66 @@ def _check_dsn(table: _Table, dsn: str, environment: Environment, env: Mapping[s
         raise SettingsError(table.source, key, problem)
 
 
-def _parse_admin(table: _Table, environment: Environment) -> AdminSettings:
+def _parse_admin(table: _Table, environment: Environment, env: Mapping[str, str]) -> AdminSettings:
+    if table.has("token"):
+        raise SettingsError(
+            table.source,
+            table.key_name("token"),
+            "no token: the operations app takes API keys with roles instead ([[admin.keys]];"
+            " mint one with `python -m switch keys new --role operator`)",
+        )
+    audit_dsn = table.optional_text("audit_dsn")
+    if audit_dsn is not None:
+        _check_dsn(table, audit_dsn, environment, env, "audit_dsn")
+    key_tables = table.tables("keys")
+    if key_tables is None:
+        keys = DEVELOPMENT_KEYS if environment == "development" else ()
+    else:
+        keys = tuple(_parse_key(key_table, environment) for key_table in key_tables)
+    for index, key in enumerate(keys):
+        if key.key_id in [other.key_id for other in keys[:index]]:
+            raise SettingsError(
+                table.source,
+                table.key_name(f"keys[{index}].id"),
+                f"a unique id, {key.key_id!r} is taken",
+            )
     settings = AdminSettings(
         enabled=table.flag("enabled", True),
         host=table.text("host", "127.0.0.1"),
         port=table.integer("port", 8584, minimum=0, maximum=65535),
-        token=table.text("token", DEVELOPMENT_ADMIN_TOKEN),
+        keys=keys,
+        audit_dsn=audit_dsn,
     )
-    if environment == "production":
-        problem = (
-            "a token of your own in production"
-            if settings.token == DEVELOPMENT_ADMIN_TOKEN
-            else weak_secret(settings.token, "a token", "character", TOKEN_CHARS_MIN)
-        )
-        if problem is not None:
-            raise SettingsError(table.source, table.key_name("token"), problem)
     table.finish()
     return settings
+
+
+def _parse_key(table: _Table, environment: Environment) -> ApiKey:
+    """One `[[admin.keys]]` entry: id, role and the hash `python -m switch keys new` printed."""
+    key_id = table.text("id", "")
+    if not KEY_ID.fullmatch(key_id):
+        expected = f"1 to 63 letters, digits, '-' or '_' (not first), got {key_id!r}"
+        raise SettingsError(table.source, table.key_name("id"), expected)
+    if not table.has("role"):
+        expected = f"one of {', '.join(Role)} (what the key may do)"
+        raise SettingsError(table.source, table.key_name("role"), expected)
+    role = Role(table.choice("role", Role.VIEWER, tuple(Role)))
+    hash_text = table.text("hash", "")
+    try:
+        key = ApiKey.from_hash(key_id, role, hash_text)
+    except ValueError:
+        # Never echo the value: it may be a key pasted in clear by mistake.
+        expected = f"the hash `python -m switch keys new` printed ({HASH_FORMAT}), never a key"
+        raise SettingsError(table.source, table.key_name("hash"), expected) from None
+    development = development_key_in(key)
+    if environment == "production" and development is not None:
+        expected = (
+            "a key of your own in production (`python -m switch keys new`),"
+            f" got the development key {development}"
+        )
+        raise SettingsError(table.source, table.key_name("hash"), expected)
+    table.finish()
+    return key
 
 
 def _parse_listener(table: _Table, base: Path) -> ListenerSettings:

@@ -17,6 +17,7 @@ from kiosk_sim import load
 from kiosk_sim.epp import Epp
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Terminal
+from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, Role
 from switch.admin import create_admin_app
 from switch.app import ledger_figures
 from switch.iso8583.elements import KeyChangeData
@@ -25,7 +26,7 @@ from switch.settings import LoggingSettings
 from tests.conftest import PgCluster
 from tests.e2e.conftest import PIN, StackFactory
 
-TOKEN = "hygiene-test-token"
+TOKEN = DEVELOPMENT_TOKENS[Role.VIEWER]
 
 
 class Secrets:
@@ -96,7 +97,7 @@ async def dump_ledger(dsn: str) -> str:
 
 async def operations_answers(stack: Any) -> str:
     app = create_admin_app(
-        token=TOKEN,
+        DEVELOPMENT_KEYS,
         monitor=stack.monitor,
         stats=stack.server.stats,
         readiness=_ready,

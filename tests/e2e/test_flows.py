@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     now,
     until_answered,
 )
+from tests.switch.scraped import value
 
 START_MINOR = 100_000  # each test customer's checking and savings balance
 APPROVED = frozenset({"00"})
@@ -256,7 +257,10 @@ async def test_ledger_unreachable_answers_91_within_the_deadline_then_recovers(
     up = await until_answered(terminal, lambda: terminal.withdrawal(pan, PIN, 1_000), APPROVED)
     assert up.code == "00"
     assert await stack.balance(stack.customers[0].checking) == START_MINOR - 1_000
-    assert stack.monitor.metrics.errors["database"] >= 1
+    database_errors = value(
+        stack.monitor.metrics, "switch_dependency_errors_total", component="database"
+    )
+    assert database_errors >= 1
 
 
 async def test_hsm_unreachable_answers_91(make_stack: StackFactory) -> None:

@@ -10,6 +10,7 @@ from kiosk_sim import load
 from kiosk_sim.population import LedgerView, build, provision
 from tests.conftest import PgCluster
 from tests.e2e.conftest import StackFactory
+from tests.switch.scraped import by_label, value
 
 
 async def test_closed_loop_every_session_kind_and_no_end_state_difference(
@@ -32,19 +33,23 @@ async def test_closed_loop_every_session_kind_and_no_end_state_difference(
     assert set(report.response_codes) <= {"00", "55"}
     # What the simulator counted is what the switch says it answered.
     switch_counts: Counter[str] = Counter()
-    for (mti, code), count in stack.monitor.metrics.requests.items():
+    metrics = stack.monitor.metrics
+    requests = by_label(metrics, "switch_requests_total", "mti", "response_code")
+    for (mti, code), count in requests.items():
         if mti != "0800":
-            switch_counts[code] += count
+            switch_counts[code] += int(count)
     assert switch_counts == report.response_codes
     # Each pipeline step is timed once per request that reached it: all pass the MAC check and
     # the look-up; a duplicate's second copy is answered there; reversals verify no PIN; a wrong
     # PIN ends at the PIN check.
-    steps = {name: h.count for name, h in stack.monitor.metrics.steps.items()}
-    requests = stack.monitor.metrics.requests
+    steps = {
+        step: int(count)
+        for (step,), count in by_label(metrics, "switch_step_latency_seconds_count", "step").items()
+    }
     reversals = sum(count for (mti, _code), count in requests.items() if mti.startswith("04"))
     financial = sum(switch_counts.values())
     assert steps["check_mac"] == steps["look_up"] == financial
-    assert stack.monitor.metrics.financial_latency.count == financial
+    assert value(metrics, "switch_financial_latency_seconds_count") == financial
     assert steps["verify_pin"] == financial - reversals - report.kinds["duplicate"]
     assert steps["post"] == steps["verify_pin"] - report.kinds["wrong_pin"] + reversals
 
@@ -69,7 +74,8 @@ async def test_joint_accounts_at_several_kiosks_at_once_keep_every_cent(
     # Writes read before another kiosk's posting for the same customer were decided again on
     # the new balances (that is how nothing above was lost), each once at the most.
     decided_again = stack.store.batch_figures().decided_again
-    assert 1 <= decided_again <= stack.monitor.metrics.steps["post"].count
+    posts = value(stack.monitor.metrics, "switch_step_latency_seconds_count", step="post")
+    assert 1 <= decided_again <= posts
 
 
 async def test_the_same_seed_gives_the_same_sessions(
@@ -153,4 +159,5 @@ async def test_an_idle_kiosk_echoes(
     )
     report = await load.run(plan, population, "127.0.0.1", stack.server.port)
     assert report.idle_echoes >= 2
-    assert stack.monitor.metrics.requests[("0800", "00")] >= 2 + report.idle_echoes
+    echoes = value(stack.monitor.metrics, "switch_requests_total", mti="0800", response_code="00")
+    assert echoes >= 2 + report.idle_echoes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -13,11 +14,14 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from kiosk_sim.client import TerminalClient, network_request
 from kiosk_sim.demo import free_port
 from ledger.migrations import required_version
+from switch.access import DEVELOPMENT_TOKENS, Granted, Keyring, Role
+from switch.settings import load_settings
 from tests.conftest import PgCluster
 
 NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
@@ -164,3 +168,90 @@ def test_an_unmigrated_data_directory_is_one_line() -> None:
         f"switch: cannot start: ledger: schema version 0 is older than {required_version()}:"
         f" run `python -m ledger migrate --data-dir {data_dir}`\n"
     )
+
+
+def _minted(role: str, key_id: str) -> tuple[str, str]:
+    """`keys new`: the key (from stderr) and the config lines (stdout)."""
+    result = run_cli("keys", "new", "--role", role, "--id", key_id)
+    assert result.returncode == 0, result.stderr
+    [token] = [word for word in result.stderr.split() if word.startswith(f"{key_id}.")]
+    assert token not in result.stdout
+    return token, result.stdout
+
+
+def test_keys_new_prints_the_key_once_and_the_lines_that_admit_it(tmp_path: Path) -> None:
+    token, lines = _minted("auditor", "alice")
+    path = tmp_path / "switch.toml"
+    path.write_text(lines)
+    [key] = load_settings(path).admin.keys
+    assert (key.key_id, key.role) == ("alice", Role.AUDITOR)
+    assert Keyring([key]).authorize(f"Bearer {token}", frozenset({Role.AUDITOR})) == Granted(key)
+    # A second key of the same name is another key.
+    other, _ = _minted("auditor", "alice")
+    assert not key.matches(other)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--role", "root"], "invalid choice: 'root'"),
+        (["--role", "viewer", "--id", "a.b"], "a key id is 1 to 63 letters"),
+        ([], "the following arguments are required: --role"),
+    ],
+)
+def test_keys_new_refuses_a_bad_role_or_id(args: list[str], error: str) -> None:
+    result = run_cli("keys", "new", *args)
+    assert result.returncode == 2
+    assert error in result.stderr
+    assert result.stdout == ""
+
+
+async def _until_up(http: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(300):
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(f"{url}/health") as reply:
+                if reply.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the operations app never answered")
+
+
+async def test_a_running_switch_admits_a_minted_key_to_its_role_only(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    token, lines = _minted("auditor", "audit-team")
+    config = tmp_path / "switch.toml"
+    config.write_text(lines)
+    admin_port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "switch", "serve", "--config", str(config), "--port", "0"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={
+            **os.environ,
+            "SWITCH__ADMIN__PORT": str(admin_port),
+            "SWITCH__LEDGER__DSN": f'"{pg_cluster.switch_dsn}"',
+            "SWITCH__ADMIN__AUDIT_DSN": f'"{pg_cluster.owner_dsn}"',
+        },
+    )
+    url = f"http://127.0.0.1:{admin_port}"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            await _until_up(http, url)
+            async with http.get(f"{url}/journal?limit=2") as reply:
+                assert reply.status == 200
+                assert len((await reply.json())["records"]) <= 2
+            async with http.get(f"{url}/metrics") as reply:
+                assert reply.status == 403
+            # The development keys are not there once keys are configured.
+            development = {"Authorization": f"Bearer {DEVELOPMENT_TOKENS[Role.AUDITOR]}"}
+            async with http.get(f"{url}/journal", headers=development) as reply:
+                assert reply.status == 401
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, ApiKey, Role, config_lines, mint
 from switch.iso8583 import Dialect
 from switch.production import dsn_password
-from switch.settings import DEVELOPMENT_ADMIN_TOKEN, SettingsError, load_settings
+from switch.settings import SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,7 +102,10 @@ BAD_FILES = [
         'environment = "prod"\n', "environment", "one of development, production", id="env"
     ),
     pytest.param(
-        'environment = "production"\n', "admin.token", "a token of your own", id="dev-token-in-prod"
+        '[admin]\ntoken = "development-only-admin-token"\n',
+        "admin.token",
+        "no token: the operations app takes API keys with roles instead",
+        id="admin-token-migrated",
     ),
 ]
 
@@ -132,16 +136,17 @@ def test_missing_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
-STRONG_TOKEN = "f3a9c0d1e2b4a5968778695a4b3c2d1e0f9e8d7c"
+OWN = mint(Role.VIEWER, "prometheus")
+OWN_KEY = config_lines(OWN.key)
 STRONG_PASSWORD = "Vq7pL2m-xR9tK4wZ"
 PRODUCTION_ENV: dict[str, str] = {}
 # A PHK key block under some production LMK: settings check its presence, the HSM the rest.
 PHK_BLOCK = "D0208M7HG00E0400PHK-UNDER-THE-PRODUCTION-LMK"
 
 
-def production_file(tmp_path: Path, dsn: str | None = None, token: str = STRONG_TOKEN) -> Path:
+def production_file(tmp_path: Path, dsn: str | None = None, keys: str = OWN_KEY) -> Path:
     path = tmp_path / "production.toml"
-    text = f'environment = "production"\n[admin]\ntoken = "{token}"\n'
+    text = f'environment = "production"\n{keys}'
     text += f'[hsm]\npan_hash_key = "{PHK_BLOCK}"\n'
     if dsn is not None:
         text += f'[ledger]\ndsn = "{dsn}"\n'
@@ -149,19 +154,36 @@ def production_file(tmp_path: Path, dsn: str | None = None, token: str = STRONG_
     return path
 
 
-# (token, dsn, extra environment, key refused, what was expected)
+# (API keys, dsn, extra environment, key refused, what was expected)
 WEAK_IN_PRODUCTION = [
     pytest.param(
-        "short-token", None, {}, "admin.token", "at least 32 characters", id="token-short"
+        config_lines(DEVELOPMENT_KEYS[1]),
+        None,
+        {},
+        "admin.keys[0].hash",
+        "a key of your own in production (`python -m switch keys new`), got the development key"
+        " dev-auditor",
+        id="key-dev",
     ),
     pytest.param(
-        "x" * 40, None, {}, "admin.token", "not one character repeated", id="token-one-char"
+        # The development hash under an id of one's own is still the development key.
+        config_lines(DEVELOPMENT_KEYS[2]).replace("dev-viewer", "prometheus"),
+        None,
+        {},
+        "admin.keys[0].hash",
+        "got the development key dev-viewer",
+        id="key-dev-renamed",
     ),
     pytest.param(
-        DEVELOPMENT_ADMIN_TOKEN, None, {}, "admin.token", "a token of your own", id="token-dev"
+        OWN_KEY + config_lines(ApiKey.derive("dev-operator", Role.OPERATOR, "x.y", bytes(16))),
+        None,
+        {},
+        "admin.keys[1].hash",
+        "got the development key dev-operator",
+        id="key-dev-id",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql://ledger_switch@db.example/ledger?sslmode=require",
         {},
         "ledger.dsn",
@@ -169,7 +191,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-trust",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql://ledger_switch@localhost,10.0.0.7:5433/ledger",
         {},
         "ledger.dsn",
@@ -177,7 +199,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-trust-second-host",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql:///ledger?host=db.example",
         {},
         "ledger.dsn",
@@ -185,7 +207,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-trust-host-in-query",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql:///ledger",
         {"PGHOST": "db.example"},
         "ledger.dsn",
@@ -193,7 +215,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-trust-pghost",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql://ledger_switch:secret@db.example/ledger",
         {},
         "ledger.dsn",
@@ -201,7 +223,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-password-short",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "postgresql://ledger_switch@localhost/ledger?password=" + "a" * 20,
         {},
         "ledger.dsn",
@@ -209,7 +231,7 @@ WEAK_IN_PRODUCTION = [
         id="dsn-password-one-char",
     ),
     pytest.param(
-        STRONG_TOKEN,
+        OWN_KEY,
         "host=db.example user=ledger_switch",
         {},
         "ledger.dsn",
@@ -219,28 +241,31 @@ WEAK_IN_PRODUCTION = [
 ]
 
 
-@pytest.mark.parametrize(("token", "dsn", "env", "key", "expected"), WEAK_IN_PRODUCTION)
+@pytest.mark.parametrize(("keys", "dsn", "env", "key", "expected"), WEAK_IN_PRODUCTION)
 def test_production_refuses_weak_secrets_and_a_trust_dsn(
     tmp_path: Path,
     *,
-    token: str,
+    keys: str,
     dsn: str | None,
     env: dict[str, str | None],
     key: str,
     expected: str,
 ) -> None:
-    path = production_file(tmp_path, dsn, token)
+    path = production_file(tmp_path, dsn, keys)
     merged = {name: value for name, value in {**PRODUCTION_ENV, **env}.items() if value}
     with pytest.raises(SettingsError) as caught:
         load_settings(path, merged)
     assert caught.value.key == key
     assert expected in caught.value.expected
-    where = "environment" if key == "LEDGER_PAN_HASH_KEY" else str(path)
+    where = str(path)
     assert caught.value.source == where
     assert str(caught.value).startswith(f"{where}: {key}: expected ")
     # A secret is named, never shown.
-    shown = [token, merged.get("LEDGER_PAN_HASH_KEY") or token, dsn_password(dsn or "") or token]
-    assert not [secret for secret in shown if secret in str(caught.value)]
+    shown = [
+        dsn_password(dsn or ""),
+        *DEVELOPMENT_TOKENS.values(),
+    ]
+    assert not [secret for secret in shown if secret and secret in str(caught.value)]
 
 
 ACCEPTED_IN_PRODUCTION = [
@@ -272,7 +297,7 @@ def test_card_numbers_are_hashed_by_the_hsm_whose_key_production_must_name(
 ) -> None:
     assert load_settings().hsm.pan_hash_key is None  # development: the development PHK
     path = tmp_path / "production.toml"
-    path.write_text(f'environment = "production"\n[admin]\ntoken = "{STRONG_TOKEN}"\n')
+    path.write_text(f'environment = "production"\n{OWN_KEY}')
     with pytest.raises(SettingsError) as caught:
         load_settings(path, PRODUCTION_ENV)
     assert caught.value.key == "hsm.pan_hash_key"
@@ -308,10 +333,112 @@ def test_the_production_example_loads_with_its_secrets_from_the_environment(
     (tmp_path / "tls").mkdir()
     for name in ("switch.crt", "switch.key", "terminal-ca.crt"):
         (tmp_path / "tls" / name).write_text("PEM")
-    with pytest.raises(SettingsError) as caught:
-        load_settings(example, PRODUCTION_ENV)
-    assert caught.value.key == "admin.token"
-    settings = load_settings(example, {**PRODUCTION_ENV, "SWITCH__ADMIN__TOKEN": STRONG_TOKEN})
+    settings = load_settings(example, PRODUCTION_ENV)
     assert settings.environment == "production"
     assert settings.listener.tls is not None
     assert settings.listener.tls.require_subject_match
+    # No development key in production: none until the operator adds their own.
+    assert settings.admin.keys == ()
+    assert settings.admin.audit_dsn is not None
+    assert "ledger_auditor" not in repr(settings)
+    # Keys as the environment gives them: an array of inline tables.
+    own = f'[{{id = "prometheus", role = "viewer", hash = "{OWN.key.hash_text}"}}]'
+    settings = load_settings(example, {**PRODUCTION_ENV, "SWITCH__ADMIN__KEYS": own})
+    assert settings.admin.keys == (OWN.key,)
+
+
+def test_development_has_one_published_key_per_role() -> None:
+    keys = load_settings().admin.keys
+    assert keys == DEVELOPMENT_KEYS
+    assert [key.role for key in keys] == list(Role)
+    assert all(key.matches(DEVELOPMENT_TOKENS[key.role]) for key in keys)
+    assert load_settings(None, {"SWITCH__ADMIN__KEYS": "[]"}).admin.keys == ()
+
+
+def _keys_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "keys.toml"
+    path.write_text(text)
+    return path
+
+
+_HASH = OWN.key.hash_text
+BAD_KEYS = [
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "viewer"\nhash = "{OWN.token}"\n',
+        "admin.keys[0].hash",
+        "the hash `python -m switch keys new` printed",
+        id="key-in-clear",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "viewer"\nhash = "{_HASH[:-1]}"\n',
+        "admin.keys[0].hash",
+        "hmac-sha256$<salt: 32 hex>$<digest: 64 hex>",
+        id="hash-short",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nhash = "{_HASH}"\n',
+        "admin.keys[0].role",
+        "one of operator, auditor, viewer",
+        id="role-missing",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "admin"\nhash = "{_HASH}"\n',
+        "admin.keys[0].role",
+        "one of operator, auditor, viewer, got 'admin'",
+        id="role-unknown",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a.b"\nrole = "viewer"\nhash = "{_HASH}"\n',
+        "admin.keys[0].id",
+        "1 to 63 letters, digits",
+        id="id-dot",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nrole = "viewer"\nhash = "{_HASH}"\n',
+        "admin.keys[0].id",
+        "1 to 63 letters, digits",
+        id="id-missing",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "viewer"\nhash = "{_HASH}"\nsecret = "x"\n',
+        "admin.keys[0].secret",
+        "no such key",
+        id="secret-field",
+    ),
+    pytest.param(
+        f'[[admin.keys]]\nid = "a"\nrole = "viewer"\nhash = "{_HASH}"\n'
+        f'[[admin.keys]]\nid = "a"\nrole = "auditor"\nhash = "{_HASH}"\n',
+        "admin.keys[1].id",
+        "a unique id, 'a' is taken",
+        id="id-twice",
+    ),
+    pytest.param('[admin]\nkeys = "x"\n', "admin.keys", "an array of tables", id="not-tables"),
+    pytest.param(
+        '[admin]\naudit_dsn = "host=db user=a"\n',
+        "admin.audit_dsn",
+        "a postgresql:// URI",
+        id="audit-dsn",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), BAD_KEYS)
+def test_bad_api_keys_are_named_and_never_shown(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_keys_file(tmp_path, text))
+    assert caught.value.key == key
+    assert expected in caught.value.expected
+    assert OWN.token.partition(".")[2] not in str(caught.value)
+
+
+def test_production_checks_the_audit_dsn_as_the_ledger_dsn(tmp_path: Path) -> None:
+    path = production_file(tmp_path)
+    path.write_text(
+        path.read_text() + '[admin]\naudit_dsn = "postgresql://auditor@db.example/ledger"\n'
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, PRODUCTION_ENV)
+    assert caught.value.key == "admin.audit_dsn"
+    assert "got neither for db.example" in caught.value.expected

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kiosk_sim.client import SwitchConnectionClosed, TerminalClient, network_request
+from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, Role
 from switch.admin import create_admin_app
 from switch.iso8583 import Dialect, LengthHeader, Message, frame, wire_of
 from switch.monitor import Monitor
@@ -36,9 +37,10 @@ from switch.server import Link, SwitchServer
 from switch.settings import TlsSettings
 from switch.tls import HandshakeFailure, HandshakeRefusal, handshake_refusal
 from tests.switch.conftest import LISTENER, signing_on
+from tests.switch.scraped import by_label, value
 
 NOW = dt.datetime(2026, 11, 23, 10, 15, tzinfo=dt.UTC)
-TOKEN = "tls-test-token"
+TOKEN = DEVELOPMENT_TOKENS[Role.VIEWER]
 DAY = dt.timedelta(days=1)
 
 
@@ -172,12 +174,12 @@ def events(logs: Logs, name: str) -> Logs:
     return [event for event in logs if event["event"] == name]
 
 
-def metric_lines(monitor: Monitor) -> list[str]:
-    return monitor.metrics.render({}).splitlines()
-
-
 def refusals(monitor: Monitor, reason: HandshakeFailure) -> int:
-    return monitor.metrics.tls_handshake_failures[reason]
+    return int(value(monitor.metrics, "switch_tls_handshake_failures_total", reason=reason))
+
+
+def subject_mismatches(monitor: Monitor) -> float:
+    return value(monitor.metrics, "switch_tls_subject_mismatches_total")
 
 
 async def until_counted(
@@ -276,13 +278,11 @@ def test_refused_handshakes_are_logged_with_peer_and_reason_and_counted(
             await good.close()
 
     run_on(loop, scenario)
-    lines = metric_lines(monitor)
     for reason in HandshakeFailure:
-        assert f'switch_tls_handshake_failures_total{{reason="{reason}"}} 1' in lines
+        assert refusals(monitor, reason) == 1
     # None of them reached the codec: the only request answered is the good terminal's echo.
-    assert [line for line in lines if line.startswith("switch_requests_total")] == [
-        'switch_requests_total{mti="0800",response_code="00"} 1'
-    ]
+    requests = by_label(monitor.metrics, "switch_requests_total", "mti", "response_code")
+    assert requests == {("0800", "00"): 1}
 
 
 class Clock:
@@ -326,7 +326,9 @@ async def test_mutual_tls_admits_only_terminals_with_a_certificate_from_the_ca(
             with pytest.raises((ssl.SSLError, ConnectionError, SwitchConnectionClosed)):
                 await _echo_with(server.port, client_context(pki["ca"], own))
         await asyncio.sleep(0.1)
-    assert sum(monitor.metrics.requests.values()) == 1
+    assert by_label(monitor.metrics, "switch_requests_total", "mti", "response_code") == {
+        ("0800", "00"): 1
+    }
 
 
 async def _echo_with(port: int, context: ssl.SSLContext) -> None:
@@ -362,7 +364,7 @@ async def test_a_certificate_naming_another_terminal_cannot_sign_on_as_this_one(
         "KIOSK002",
     )
     assert event["peer"].startswith("127.0.0.1:")
-    assert "switch_tls_subject_mismatches_total 1" in metric_lines(monitor)
+    assert subject_mismatches(monitor) == 1
     assert monitor.fleet.snapshot()[0]["terminal_id"] == "KIOSK002"
 
 
@@ -376,7 +378,7 @@ async def test_without_the_setting_any_certificate_of_the_ca_signs_on(
         )
         assert await sign_on(client, "KIOSK001", "000001") == "00"
         await client.close()
-    assert "switch_tls_subject_mismatches_total 0" in metric_lines(monitor)
+    assert subject_mismatches(monitor) == 0
 
 
 async def test_a_certificate_naming_no_terminal_is_closed_when_a_match_is_required(
@@ -391,7 +393,7 @@ async def test_a_certificate_naming_no_terminal_is_closed_when_a_match_is_requir
         await client.close()
     [event] = events(logs, "security_event")
     assert event["event_kind"] == "certificate_subject_mismatch"
-    assert "switch_tls_subject_mismatches_total 1" in metric_lines(monitor)
+    assert subject_mismatches(monitor) == 1
 
 
 async def scraped(monitor: Monitor, server: SwitchServer, name: str) -> float:
@@ -400,7 +402,7 @@ async def scraped(monitor: Monitor, server: SwitchServer, name: str) -> float:
     async def ready() -> Mapping[str, bool]:
         return {}
 
-    app = create_admin_app(token=TOKEN, monitor=monitor, stats=server.stats, readiness=ready)
+    app = create_admin_app(DEVELOPMENT_KEYS, monitor=monitor, stats=server.stats, readiness=ready)
     async with TestClient(TestServer(app)) as http:
         reply = await http.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
         text = await reply.text()
