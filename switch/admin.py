@@ -15,7 +15,11 @@ from importlib import resources
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from switch.alerts_api import add_alert_routes
+from switch.fleet_api import add_fleet_routes
 from switch.monitor import Monitor
+from switch.operations import OPERATIONS_KEY, Operations
+from switch.reports_api import add_report_routes
 from switch.server import Stats
 
 ReadinessCheck = Callable[[], Awaitable[Mapping[str, bool]]]
@@ -90,6 +94,7 @@ def create_admin_app(
     stats: Callable[[], Stats],
     readiness: ReadinessCheck,
     ledger_figures: Callable[[], Mapping[str, float]] = dict,
+    operations: Operations | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_bearer_middleware(token)], client_max_size=64 * 1024)
     app[MONITOR_KEY] = monitor
@@ -101,4 +106,9 @@ def create_admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/terminals", terminals)
     app.router.add_get("/", fleet_page)
+    if operations is not None:
+        app[OPERATIONS_KEY] = operations
+        add_fleet_routes(app)
+        add_alert_routes(app)
+        add_report_routes(app)
     return app

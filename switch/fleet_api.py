@@ -1,0 +1,37 @@
+"""GET /fleet: every provisioned terminal, its state and traffic today, its alerts, and the
+fleet's summary, from the ledger's durable terminal events (switch.fleet_view). When the ledger
+cannot be read, the last snapshot comes back with `stale` saying why (503 if there is none)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ledger.errors import LedgerError
+from switch.fleet_view import fleet_json
+from switch.operations import OPERATIONS_KEY
+
+
+async def fleet(request: web.Request) -> web.Response:
+    operations = request.app[OPERATIONS_KEY]
+    reader = operations.reader
+    stale = None
+    try:
+        snapshot = await reader.read()
+    except LedgerError as exc:
+        stale = f"the ledger cannot be read: {exc}"
+        if reader.last is None:
+            return web.json_response({"error": stale}, status=503)
+        snapshot = reader.last
+    body = fleet_json(
+        snapshot,
+        now=operations.clock(),
+        process_dead_after=reader.windows.process_dead_after,
+        window=reader.windows.recent,
+        readiness=operations.alerting.checks,
+        stale_reason=stale,
+    )
+    return web.json_response(body)
+
+
+def add_fleet_routes(app: web.Application) -> None:
+    app.router.add_get("/fleet", fleet)
