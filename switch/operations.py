@@ -108,9 +108,11 @@ async def running_operations(
     cutover: time,
     audit_dsn: str | None,
     clock: Callable[[], datetime],
+    process: ProcessInfo | None = None,
 ) -> AsyncIterator[Operations]:
-    """`audit_dsn`: where `audit verify` reads the journal; None: no journal check."""
-    process = ProcessInfo(socket.gethostname(), os.getpid(), clock())
+    """`audit_dsn`: where `audit verify` reads the journal; None: no journal check. `process`:
+    this process (tests run several in one)."""
+    process = process or ProcessInfo(socket.gethostname(), os.getpid(), clock())
     writer = ActivityWriter(
         recorder,
         store,
