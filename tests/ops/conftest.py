@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -53,9 +53,9 @@ async def _make_template(cluster: PgCluster) -> None:
 
 
 @pytest.fixture(scope="session")
-def ops_template(pg_cluster: PgCluster) -> Iterator[str]:
+def ops_template(pg_cluster: PgCluster) -> str:
     asyncio.run(_make_template(pg_cluster))
-    yield TEMPLATE
+    return TEMPLATE
 
 
 @pytest.fixture

@@ -182,14 +182,16 @@ async def webhook_receiver() -> AsyncIterator[Receiver]:
 class OpsStack:
     db: OpsDatabase
     world: World
-    keys: DevKeys
     owner: asyncpg.Connection
     server: SwitchServer
     store: LedgerStore
     operations: Operations
     hsm_proxy: SlowProxy
     db_proxy: SlowProxy
+    admin: web.AppRunner
     admin_url: str
+    # A terminal's clear TMK, as its EPP holds it.
+    tmk: Callable[[str], bytes] = field(default=lambda _: b"")
     seed: int = 11
     _clients: list[TerminalClient] = field(default_factory=list)
 
@@ -199,7 +201,7 @@ class OpsStack:
         self._clients.append(client)
         terminal = Terminal(
             self.world.terminals[index],
-            Epp(bytes.fromhex(self.keys.tmk_clear_hex)),
+            Epp(self.tmk(self.world.terminals[index])),
             client,
             clock=now,
             rng=random.Random(self.seed + len(self._clients)),
@@ -208,6 +210,10 @@ class OpsStack:
         if keys:
             assert (await terminal.change_keys()).approved
         return terminal
+
+    async def stop_admin(self) -> None:
+        """The operations app goes away, as when the switch stops."""
+        await self.admin.cleanup()
 
     async def get(self, path: str) -> Any:
         async with (
@@ -230,6 +236,54 @@ class OpsStack:
         self._clients.clear()
 
 
+@dataclass(frozen=True)
+class Edges:
+    """What a switch process talks to: the HSM and the ledger, each behind its proxy."""
+
+    owner: asyncpg.Connection
+    hsm: NetworkHSM
+    hsm_proxy: SlowProxy
+    db_proxy: SlowProxy
+    store: LedgerStore
+    operations_store: OperationsStore
+
+
+async def _edges(stack: contextlib.AsyncExitStack, db: OpsDatabase) -> Edges:
+    owner = await asyncpg.connect(db.owner_dsn)
+    stack.push_async_callback(owner.close)
+    hsm_server = HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=0))
+    await hsm_server.start()
+    stack.push_async_callback(hsm_server.close)
+    hsm_proxy = SlowProxy("127.0.0.1", hsm_server.port)
+    db_proxy = SlowProxy("127.0.0.1", db.port)
+    for proxy in (hsm_proxy, db_proxy):
+        await proxy.start()
+        stack.push_async_callback(proxy.close)
+    hsm = NetworkHSM(
+        [("127.0.0.1", hsm_proxy.port)], timeout_ms=1_000, attempt_timeout_ms=1_000,
+        health_interval_ms=100,
+    )  # fmt: skip
+    stack.push_async_callback(hsm.close)
+    store = await open_store(
+        LedgerSettings(
+            dsn=db.tcp_dsn(db_proxy.port),
+            pool_size_max=8,
+            statement_timeout_ms=3_000,
+            connect_timeout_ms=1_000,
+        ),
+        timeout_ms=30_000,
+    )
+    stack.push_async_callback(store.close, timeout_ms=5_000)
+    operations_store = await open_operations(
+        db.tcp_dsn(db_proxy.port),
+        pool_size=OPERATIONS.pool_size,
+        connect_timeout_ms=OPERATIONS.timeout_ms,
+        statement_timeout_ms=OPERATIONS.timeout_ms,
+    )
+    stack.push_async_callback(operations_store.close, timeout_ms=2_000)
+    return Edges(owner, hsm, hsm_proxy, db_proxy, store, operations_store)
+
+
 @contextlib.asynccontextmanager
 async def ops_stack(
     db: OpsDatabase,
@@ -241,71 +295,35 @@ async def ops_stack(
     receiver: Receiver | None = None,
     alerts: Mapping[str, Any] | None = None,
     process: ProcessInfo | None = None,
+    tmk: Callable[[str], bytes] | None = None,
 ) -> AsyncIterator[OpsStack]:
     """A switch process on `db`; loads a new world unless one is given (another process's).
-    `alerts`: [alerts] settings to change."""
+    `alerts`: [alerts] settings to change; `tmk`: each terminal's clear TMK (default: the
+    development keys' one, which every loaded world's terminals share)."""
     async with contextlib.AsyncExitStack() as stack:
-        owner = await asyncpg.connect(db.owner_dsn)
-        stack.push_async_callback(owner.close)
+        edges = await _edges(stack, db)
         if world is None:
-            world = await load_world(owner, keys, customers, terminals)
-        hsm_server = HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=0))
-        await hsm_server.start()
-        stack.push_async_callback(hsm_server.close)
-        hsm_proxy = SlowProxy("127.0.0.1", hsm_server.port)
-        db_proxy = SlowProxy("127.0.0.1", db.port)
-        for proxy in (hsm_proxy, db_proxy):
-            await proxy.start()
-            stack.push_async_callback(proxy.close)
-        hsm = NetworkHSM(
-            [("127.0.0.1", hsm_proxy.port)],
-            timeout_ms=1_000,
-            attempt_timeout_ms=1_000,
-            health_interval_ms=100,
-        )
-        stack.push_async_callback(hsm.close)
-        store = await open_store(
-            LedgerSettings(
-                dsn=db.tcp_dsn(db_proxy.port),
-                pool_size_max=8,
-                statement_timeout_ms=3_000,
-                connect_timeout_ms=1_000,
-            ),
-            timeout_ms=30_000,
-        )
-        stack.push_async_callback(store.close, timeout_ms=5_000)
-        operations_store = await open_operations(
-            db.tcp_dsn(db_proxy.port),
-            pool_size=OPERATIONS.pool_size,
-            connect_timeout_ms=OPERATIONS.timeout_ms,
-            statement_timeout_ms=OPERATIONS.timeout_ms,
-        )
-        stack.push_async_callback(operations_store.close, timeout_ms=2_000)
+            world = await load_world(edges.owner, keys, customers, terminals)
         settings = replace(
             ALERTS,
             **(alerts or {}),
             webhook=replace(ALERTS.webhook, urls=(receiver.url,) if receiver else ()),
         )
-        yield await _switch(
-            stack, db, world, keys, owner, hsm, hsm_proxy, db_proxy, store, operations_store,
-            settings, process,
-        )  # fmt: skip
+        ops = await _switch(stack, edges, db=db, world=world, alerts=settings, process=process)
+        ops.tmk = tmk or (lambda _: bytes.fromhex(keys.tmk_clear_hex))
+        yield ops
 
 
 async def _switch(
     stack: contextlib.AsyncExitStack,
+    edges: Edges,
+    *,
     db: OpsDatabase,
     world: World,
-    keys: DevKeys,
-    owner: asyncpg.Connection,
-    hsm: NetworkHSM,
-    hsm_proxy: SlowProxy,
-    db_proxy: SlowProxy,
-    store: LedgerStore,
-    operations_store: OperationsStore,
     alerts: AlertsSettings,
     process: ProcessInfo | None,
 ) -> OpsStack:
+    hsm, store = edges.hsm, edges.store
     recorder = activity_recorder(OPERATIONS, now)
     monitor = Monitor(now, recorder)
     flows = Flows(
@@ -326,7 +344,7 @@ async def _switch(
             OPERATIONS,
             alerts,
             recorder=recorder,
-            store=operations_store,
+            store=edges.operations_store,
             probe=lambda: readiness(hsm, store),
             cutover=store.settings.business_day_cutover,
             audit_dsn=alerts.audit_dsn,
@@ -350,8 +368,8 @@ async def _switch(
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     ops = OpsStack(
-        db, world, keys, owner, server, store, operations, hsm_proxy, db_proxy,
-        f"http://127.0.0.1:{runner.addresses[0][1]}",
+        db, world, edges.owner, server, store, operations, edges.hsm_proxy, edges.db_proxy,
+        runner, f"http://127.0.0.1:{runner.addresses[0][1]}",
     )  # fmt: skip
     stack.push_async_callback(ops.close_clients)
     return ops
@@ -362,6 +380,8 @@ async def eventually(
 ) -> Any:
     """Await `check()` (a coroutine function) until it returns something truthy."""
     async with asyncio.timeout(timeout_s):
-        while not (value := await check()):
+        while True:
+            value = await check()
+            if value:
+                return value
             await asyncio.sleep(interval_s)
-    return value
