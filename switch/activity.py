@@ -26,27 +26,28 @@ from ledger.operations import TrafficBucket
 from switch.session import FINANCIAL_CLASSES
 
 # Approved 0800 network messages that change a terminal's session, by field 70.
-NEVER = datetime.min.replace(tzinfo=UTC)
 SESSION_EVENTS = {"001": EventKind.SIGN_ON, "002": EventKind.SIGN_OFF, "161": EventKind.KEY_CHANGE}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Counts:
     requests: int = 0
     financial: int = 0
     approved: int = 0
-    response_codes: collections.Counter[str] = field(default_factory=collections.Counter)
+    response_codes: dict[str, int] = field(default_factory=dict)
     latency_counts: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_SIZE)
-    last_seen_at: datetime = NEVER
+    # Seconds since the epoch: counted per message, so the cheapest clock there is.
+    last_seen_s: float = 0.0
 
     def add(self, counts: TrafficCounts, last_seen_at: datetime) -> None:
         self.requests += counts.requests
         self.financial += counts.financial
         self.approved += counts.approved
-        self.response_codes.update(counts.response_codes)
+        for code, count in counts.response_codes.items():
+            self.response_codes[code] = self.response_codes.get(code, 0) + count
         for slot, count in enumerate(counts.latency_counts):
             self.latency_counts[slot] += count
-        self.last_seen_at = max(self.last_seen_at, last_seen_at)
+        self.last_seen_s = max(self.last_seen_s, last_seen_at.timestamp())
 
     def frozen(self) -> TrafficCounts:
         return TrafficCounts(
@@ -59,10 +60,12 @@ class _Counts:
 
 
 class ActivityRecorder:
+    """`clock`: the wall clock in seconds since the epoch (time.time)."""
+
     def __init__(
         self,
         *,
-        clock: Callable[[], datetime],
+        clock: Callable[[], float],
         bucket_ms: int,
         events_max: int,
         buckets_max: int,
@@ -108,8 +111,8 @@ class ActivityRecorder:
         approved = response_code == APPROVED_CODE
         if request_mti == "0800" and approved and network_code in SESSION_EVENTS:
             self._event(SESSION_EVENTS[network_code], connection_seq, terminal_id, {})
-        now = self._clock()
-        key = (terminal_id, int(now.timestamp() * 1000) // self._bucket_ms * self._bucket_ms)
+        now_s = self._clock()
+        key = (terminal_id, int(now_s * 1000) // self._bucket_ms * self._bucket_ms)
         counts = self._traffic.get(key)
         if counts is None:
             if len(self._traffic) >= self._buckets_max:
@@ -117,11 +120,12 @@ class ActivityRecorder:
                 return
             counts = self._traffic[key] = _Counts()
         counts.requests += 1
-        counts.last_seen_at = now
+        counts.last_seen_s = now_s
         if request_mti[:3] in FINANCIAL_CLASSES:
             counts.financial += 1
             counts.approved += approved
-            counts.response_codes[response_code] += 1
+            codes = counts.response_codes
+            codes[response_code] = codes.get(response_code, 0) + 1
             counts.latency_counts[latency_bucket(latency_ms)] += 1
 
     def _event(
@@ -134,7 +138,8 @@ class ActivityRecorder:
         if len(self._events) >= self._events_max:
             self._events.popleft()
             self.events_dropped += 1
-        self._events.append(TerminalEvent(kind, self._clock(), connection_seq, terminal_id, detail))
+        at = datetime.fromtimestamp(self._clock(), UTC)
+        self._events.append(TerminalEvent(kind, at, connection_seq, terminal_id, detail))
 
     # drained by the writer
 
@@ -157,7 +162,7 @@ class ActivityRecorder:
                 terminal_id,
                 datetime.fromtimestamp(start_ms / 1000, UTC),
                 counts.frozen(),
-                counts.last_seen_at,
+                datetime.fromtimestamp(counts.last_seen_s, UTC),
             )
             for (terminal_id, start_ms), counts in self._traffic.items()
         ]

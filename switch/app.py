@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -246,7 +247,7 @@ async def start_listener(server: SwitchServer) -> None:
 async def serve(settings: Settings) -> None:
     raise_open_file_limit()
     clock = partial(datetime.now, UTC)
-    recorder = activity_recorder(settings.operations, clock)
+    recorder = activity_recorder(settings.operations, time.time)
     monitor = Monitor(clock, recorder)
     async with (
         open_hsm(settings) as hsm,

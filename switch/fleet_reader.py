@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from ledger import operations
+from ledger.errors import LedgerUnavailable
 from ledger.operations import OperationsStore
 from ledger.rules import business_day
 from switch.fleet_view import FleetSnapshot
@@ -71,7 +72,14 @@ class FleetReader:
                 and self._clock() - last.read_at < self._cache
             ):
                 return last
-            self._last = await self._read(self._clock())
+            try:
+                # One budget for the whole read: the page and the alert loop wait no longer.
+                async with asyncio.timeout(self._timeout_ms / 1000):
+                    self._last = await self._read(self._clock())
+            except TimeoutError:
+                raise LedgerUnavailable(
+                    f"the fleet was not read within {self._timeout_ms} ms"
+                ) from None
             self._expired = False
             return self._last
 

@@ -62,9 +62,8 @@ class Operations:
 OPERATIONS_KEY = web.AppKey("operations", Operations)
 
 
-def activity_recorder(
-    settings: OperationsSettings, clock: Callable[[], datetime]
-) -> ActivityRecorder:
+def activity_recorder(settings: OperationsSettings, clock: Callable[[], float]) -> ActivityRecorder:
+    """`clock`: the wall clock in seconds (time.time), read once per message."""
     return ActivityRecorder(
         clock=clock,
         bucket_ms=settings.bucket_ms,

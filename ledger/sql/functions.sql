@@ -2,7 +2,8 @@
 -- versioned table migrations, so each function has exactly one definition to read.
 --
 -- The switch's role executes ledger.read_batch, ledger.post_batch, ledger.terminal_keys,
--- ledger.set_session_keys and ledger.schema_state, and nothing else: it owns no table privilege.
+-- ledger.set_session_keys and ledger.schema_state (and the operations functions at the end of
+-- this file), and nothing else: it owns no table privilege.
 -- The functions derive the customer from the card's PAN hash themselves, build the postings from
 -- the operation (never from the caller), refuse what the switch would never ask for, and write
 -- the journal record and its audit block.

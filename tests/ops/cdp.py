@@ -167,5 +167,10 @@ class Page:
             await asyncio.sleep(0.1)
 
     async def screenshot(self, path: Path) -> None:
-        shot = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        """The page as far down as its content goes, no further."""
+        size = (await self.send("Page.getLayoutMetrics"))["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = await self.send(
+            "Page.captureScreenshot", format="png", captureBeyondViewport=True, clip=clip
+        )
         await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))

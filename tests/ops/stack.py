@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -324,7 +325,7 @@ async def _switch(
     process: ProcessInfo | None,
 ) -> OpsStack:
     hsm, store = edges.hsm, edges.store
-    recorder = activity_recorder(OPERATIONS, now)
+    recorder = activity_recorder(OPERATIONS, time.time)
     monitor = Monitor(now, recorder)
     flows = Flows(
         hsm=hsm,

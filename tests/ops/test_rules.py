@@ -136,7 +136,7 @@ def test_declines_leave_out_91_and_96() -> None:
 
 def recorder(**limits: int) -> ActivityRecorder:
     return ActivityRecorder(
-        clock=lambda: NOW,
+        clock=NOW.timestamp,
         bucket_ms=limits.get("bucket_ms", 60_000),
         events_max=limits.get("events_max", 100),
         buckets_max=limits.get("buckets_max", 100),
