@@ -149,6 +149,12 @@ def day_start(business_date: date, cutover: time) -> datetime:
     return datetime.combine(business_date, cutover, UTC)
 
 
+def check_hours(hours: ServiceHours, cutover: time) -> None:
+    """Service hours lie within the business day: from its cut-over to midnight UTC."""
+    if hours.start < cutover:
+        raise ReportError(f"hours: {hours} starts before the business day ({cutover:%H:%M})")
+
+
 def days(first_day: date, last_day: date) -> list[date]:
     if last_day < first_day:
         raise ReportError(f"to: {last_day} is before from ({first_day})")
@@ -165,8 +171,7 @@ def scheduled_window(
     start = day_start(business_date, cutover)
     end = start + timedelta(days=1)
     if hours is not None:
-        if hours.start < cutover:
-            raise ReportError(f"hours: {hours} starts before the business day ({cutover:%H:%M})")
+        check_hours(hours, cutover)
         start = datetime.combine(business_date, hours.start, UTC)
         end = datetime.combine(business_date, hours.end, UTC)
     end = min(end, now)
@@ -288,6 +293,8 @@ async def fetch_report(
     timeout_ms: int,
 ) -> SlaReport:
     report_days = days(first_day, last_day)
+    if hours is not None:
+        check_hours(hours, cutover)
     start = day_start(first_day, cutover)
     end = min(day_start(last_day, cutover) + timedelta(days=1), now)
     timeout_s = timeout_ms / 1000

@@ -116,13 +116,16 @@ class AuditChecker:
 
     async def _run_cli(self) -> tuple[str, int | None, str | None]:
         timeout_ms = self._settings.timeout_ms
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ledger", "audit", "verify", "--timeout-ms", str(timeout_ms),
-            env={**os.environ, DSN_ENV: self._settings.dsn},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        try:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ledger", "audit", "verify", "--timeout-ms", str(timeout_ms),
+                env={**os.environ, DSN_ENV: self._settings.dsn},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as exc:  # out of processes or descriptors: a check that did not run
+            return "failed", None, f"audit verify could not start: {exc}"
         assert child.stdout is not None
         assert child.stderr is not None
         try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from ledger import operations
-from ledger.errors import LedgerUnavailable
+from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.operations import OperationsStore
 from ledger.rules import business_day
 from switch.fleet_view import FleetSnapshot
@@ -49,6 +49,7 @@ class FleetReader:
         self._clock = clock
         self._last: FleetSnapshot | None = None
         self._expired = False
+        self._failed: tuple[datetime, str] | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -65,22 +66,26 @@ class FleetReader:
         (LedgerUnavailable when the ledger cannot be reached) when a new one was needed and
         could not be read."""
         async with self._lock:  # concurrent callers share one read
-            last = self._last
-            if (
-                last is not None
-                and not self._expired
-                and self._clock() - last.read_at < self._cache
-            ):
+            now = self._clock()
+            last, failed = self._last, self._failed
+            if last is not None and not self._expired and now - last.read_at < self._cache:
                 return last
+            # Callers queued behind a read that failed learn it at once, rather than each
+            # waiting out a time limit of its own on a ledger that is down.
+            if failed is not None and now - failed[0] < self._cache:
+                raise LedgerUnavailable(f"{failed[1]} (a moment ago)")
             try:
                 # One budget for the whole read: the page and the alert loop wait no longer.
                 async with asyncio.timeout(self._timeout_ms / 1000):
-                    self._last = await self._read(self._clock())
+                    self._last = await self._read(now)
             except TimeoutError:
-                raise LedgerUnavailable(
-                    f"the fleet was not read within {self._timeout_ms} ms"
-                ) from None
+                self._failed = (now, f"no answer within {self._timeout_ms} ms")
+                raise LedgerUnavailable(self._failed[1]) from None
+            except LedgerError as exc:
+                self._failed = (now, str(exc))
+                raise
             self._expired = False
+            self._failed = None
             return self._last
 
     async def _read(self, now: datetime) -> FleetSnapshot:

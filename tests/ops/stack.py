@@ -61,7 +61,8 @@ OPERATIONS = OperationsSettings(
     events_queue_max=1_000,
     traffic_buckets_max=1_000,
     batch_max=100,
-    beat_interval_ms=200,
+    # Three beats missed and a process is dead: generous, on two busy cores.
+    beat_interval_ms=1_000,
     pool_size=2,
     timeout_ms=1_000,
     fleet_cache_ms=100,
