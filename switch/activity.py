@@ -2,9 +2,9 @@
 
 Sans-I/O and cheap: the monitor feeds it on the event loop as messages are answered and
 connections open and close; `switch.recorder` drains it into the ledger in the background.
-Both holdings are bounded: when the ledger cannot take them for long, the oldest events are
-dropped (the newest decide a terminal's state), and traffic for new buckets is dropped, each
-counted on /metrics.
+Both holdings are bounded: when the ledger cannot take them for long, events about no terminal
+are dropped first, then the oldest, and traffic for new buckets is dropped, each counted on
+/metrics.
 """
 
 from __future__ import annotations
@@ -136,10 +136,23 @@ class ActivityRecorder:
         detail: dict[str, str],
     ) -> None:
         if len(self._events) >= self._events_max:
-            self._events.popleft()
             self.events_dropped += 1
+            if terminal_id is None:
+                return  # the newest event about no terminal: the one to drop
+            self._drop_one()
         at = datetime.fromtimestamp(self._clock(), UTC)
         self._events.append(TerminalEvent(kind, at, connection_seq, terminal_id, detail))
+
+    def _drop_one(self) -> None:
+        """Make room for an event about a terminal: drop the oldest held event about none (a
+        connection that never signed on), else the oldest. A flood of connections while the
+        ledger is down thus cannot push out the sign-ons and disconnects the fleet view is
+        decided from. Scans only when full, which only a long outage makes it."""
+        for index, held in enumerate(self._events):
+            if held.terminal_id is None:
+                del self._events[index]
+                return
+        self._events.popleft()
 
     # drained by the writer
 
@@ -150,10 +163,14 @@ class ActivityRecorder:
         return taken
 
     def give_back_events(self, events: Sequence[TerminalEvent]) -> None:
-        """Events a write could not store, back at the front (as room allows) for the next."""
+        """Events a write could not store, back at the front (as room allows) for the next:
+        past the room, those about no terminal go first, then the oldest."""
         room = self._events_max - len(self._events)
-        kept = events[len(events) - room :] if room < len(events) else events
-        self.events_dropped += len(events) - len(kept)
+        kept = list(events)
+        while len(kept) > room:
+            noise = next((e for e in kept if e.terminal_id is None), kept[0])
+            kept.remove(noise)
+            self.events_dropped += 1
         self._events.extendleft(reversed(kept))
 
     def take_traffic(self) -> list[TrafficBucket]:

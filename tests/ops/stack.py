@@ -296,12 +296,14 @@ async def ops_stack(
     terminals: int = 2,
     receiver: Receiver | None = None,
     alerts: Mapping[str, Any] | None = None,
+    operations: Mapping[str, Any] | None = None,
     process: ProcessInfo | None = None,
     tmk: Callable[[str], bytes] | None = None,
 ) -> AsyncIterator[OpsStack]:
     """A switch process on `db`; loads a new world unless one is given (another process's).
-    `alerts`: [alerts] settings to change; `tmk`: each terminal's clear TMK (default: the
-    development keys' one, which every loaded world's terminals share)."""
+    `alerts`, `operations`: [alerts] and [operations] settings to change; `tmk`: each
+    terminal's clear TMK (default: the development keys' one, which every loaded world's
+    terminals share)."""
     async with contextlib.AsyncExitStack() as stack:
         edges = await _edges(stack, db)
         if world is None:
@@ -311,7 +313,10 @@ async def ops_stack(
             **(alerts or {}),
             webhook=replace(ALERTS.webhook, urls=(receiver.url,) if receiver else ()),
         )
-        ops = await _switch(stack, edges, db=db, world=world, alerts=settings, process=process)
+        ops = await _switch(
+            stack, edges, db=db, world=world, alerts=settings, process=process,
+            settings=replace(OPERATIONS, **(operations or {})),
+        )  # fmt: skip
         ops.tmk = tmk or (lambda _: bytes.fromhex(keys.tmk_clear_hex))
         yield ops
 
@@ -323,10 +328,11 @@ async def _switch(
     db: OpsDatabase,
     world: World,
     alerts: AlertsSettings,
+    settings: OperationsSettings,
     process: ProcessInfo | None,
 ) -> OpsStack:
     hsm, store = edges.hsm, edges.store
-    recorder = activity_recorder(OPERATIONS, time.time)
+    recorder = activity_recorder(settings, time.time)
     monitor = Monitor(now, recorder)
     flows = Flows(
         hsm=hsm,
@@ -343,7 +349,7 @@ async def _switch(
     server = SwitchServer(LISTENER, flows, observer=monitor)
     operations = await stack.enter_async_context(
         running_operations(
-            OPERATIONS,
+            settings,
             alerts,
             recorder=recorder,
             store=edges.operations_store,

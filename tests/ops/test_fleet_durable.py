@@ -4,11 +4,13 @@ several switch processes serving one fleet, and after a process stops or a new o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from functools import partial
 from typing import Any
 
 from hsm.devkeys import DevKeys
 from ledger.activity import ProcessInfo
+from switch.activity import ActivityRecorder
 from tests.ops.conftest import OpsDatabase
 from tests.ops.stack import OpsStack, eventually, now, ops_stack, webhook_receiver
 
@@ -71,3 +73,38 @@ async def test_a_new_process_shows_the_fleet_as_it_is_from_its_first_read(
             [row] = [t for t in fleet["terminals"] if t["terminal_id"] == kiosks[0]]
             assert row["last_seen_s"] is not None
             assert row["requests_today"] == 2  # its sign-on and key change, on process a
+
+
+async def test_events_the_ledger_cannot_take_in_time_are_dropped_and_counted(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    async with ops_stack(
+        ops_db, dev_keys, terminals=2, operations={"events_queue_max": 3}
+    ) as stack:
+        kiosks = stack.world.terminals
+        first = await stack.terminal(0)
+        await eventually(partial(fleet_says, stack, kiosks, ["up", "never_seen"]))
+        await stack.db_proxy.cut()
+        await first.client.close()  # its disconnect waits for the ledger
+        # Meanwhile a kiosk tries to sign on and is refused (91: the ledger is down), three
+        # times: a connect and a disconnect each, about no terminal: the ones to drop.
+        for _ in range(3):
+            with contextlib.suppress(AssertionError):
+                await stack.terminal(1)
+            await stack.close_clients()
+        recorder = stack.operations.recorder
+        await eventually(partial(_at_least, recorder, 4))
+        await stack.db_proxy.restore()
+        text = await eventually(partial(_metric, stack, "switch_terminal_events_queued 0"))
+        # The disconnect was kept: the fleet view is right once the ledger is back.
+        await eventually(partial(fleet_says, stack, kiosks, ["down", "never_seen"]))
+    assert f"switch_terminal_events_dropped_total {recorder.events_dropped}" in text
+
+
+async def _at_least(recorder: ActivityRecorder, dropped: int) -> bool:
+    return recorder.events_dropped >= dropped
+
+
+async def _metric(stack: OpsStack, line: str) -> str | None:
+    text: str = await stack.get("/metrics")
+    return text if line in text else None

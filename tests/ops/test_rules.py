@@ -15,6 +15,7 @@ from ledger.activity import (
     LATENCY_BOUNDS_MS,
     NO_TRAFFIC,
     EventKind,
+    TerminalEvent,
     TrafficCounts,
     latency_bucket,
     latency_quantile_ms,
@@ -190,18 +191,28 @@ def test_financial_traffic_is_counted_by_code_and_latency() -> None:
     assert activity.take_traffic() == []
 
 
-def test_held_events_are_bounded_and_the_oldest_go_first() -> None:
+def test_held_events_are_bounded_and_those_about_no_terminal_go_first() -> None:
     activity = recorder(events_max=3)
-    for seq in range(5):
-        activity.connected(seq, "peer")
+    activity.connected(0, "peer")  # about no terminal: a connection not signed on
+    activity.disconnected("T1", 1, "idle")
+    activity.disconnected("T1", 2, "idle")
+    activity.disconnected("T1", 3, "idle")  # full: the connect goes
+    activity.connected(4, "peer")  # full of events about terminals: this one goes
     assert activity.events_dropped == 2
+    activity.disconnected("T1", 5, "idle")  # only those: the oldest goes
+    assert activity.events_dropped == 3
     taken = activity.take_events(2)
     assert [e.connection_seq for e in taken] == [2, 3]
-    activity.connected(9, "peer")
-    activity.connected(10, "peer")  # full again: 4, 9, 10
+    activity.connected(6, "peer")
+    activity.disconnected("T1", 7, "idle")  # full again: 5, 6, 7
     activity.give_back_events(taken)  # no room: counted, not kept
-    assert activity.events_dropped == 4
-    assert [e.connection_seq for e in activity.take_events(10)] == [4, 9, 10]
+    assert activity.events_dropped == 5
+    assert [e.connection_seq for e in activity.take_events(10)] == [5, 6, 7]
+    activity.connected(8, "peer")
+    activity.disconnected("T1", 9, "idle")  # held: 8, 9; room for one more
+    activity.give_back_events([TerminalEvent(EventKind.CONNECT, NOW, 10, None, {}), taken[0]])
+    assert activity.events_dropped == 6
+    assert [e.connection_seq for e in activity.take_events(10)] == [2, 8, 9]
 
 
 def test_held_traffic_is_bounded_and_a_failed_write_adds_back() -> None:
