@@ -145,16 +145,18 @@ class AuditChecker:
         return outcome_of(exit_code, stdout, stderr)
 
     async def run(self) -> None:
-        """Every interval (counted from the latest check any switch process recorded, so
-        several processes do not each verify the whole journal), a check."""
+        """A check every interval, counted from the latest check any switch process recorded
+        (so several processes do not each verify the whole journal). Never at start-up: a
+        switch restarted under load does not spend a core on the journal then."""
         interval_s = self._settings.interval.total_seconds()
+        due_in_s = interval_s
         while True:
+            await asyncio.sleep(max(due_in_s, 1.0))
             latest = await self._latest()
             due_in_s = 0.0 if latest is None else interval_s - self._age_s(latest)
             if due_in_s <= 0 and self.request():
                 await self.wait()
                 due_in_s = interval_s
-            await asyncio.sleep(max(due_in_s, 1.0))
 
     def _age_s(self, check: AuditCheck) -> float:
         return (self._clock() - check.checked_at).total_seconds()

@@ -108,7 +108,10 @@ async def test_every_metric_the_rules_file_uses_is_exposed(
     async with ops_stack(ops_db, dev_keys, terminals=1, alerts=audited) as stack:
         checker = stack.operations.checker
         assert checker is not None
-        assert (await eventually(checker.wait)).outcome == "ok"  # made at start: none before
+        assert checker.request()
+        check = await checker.wait()
+        assert check is not None
+        assert check.outcome == "ok"
         terminal = await stack.terminal(0)
         assert (await terminal.echo()).approved
 
@@ -126,6 +129,24 @@ async def test_every_metric_the_rules_file_uses_is_exposed(
     assert used <= exposed, used - exposed
     for line in ("switch_terminal_events_dropped_total 0", "switch_terminals_never_seen 0"):
         assert line in text
+
+
+async def test_the_journal_check_runs_on_its_own_every_interval(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    every_second = {"audit_dsn": ops_db.owner_dsn, "audit_interval_ms": 1_000}
+    async with ops_stack(ops_db, dev_keys, terminals=1, alerts=every_second) as stack:
+        checker = stack.operations.checker
+        assert checker is not None
+        assert checker.runs == 0  # not at start-up
+
+        async def recorded() -> list[dict[str, Any]]:
+            rows = await stack.owner.fetch("SELECT outcome FROM ledger.audit_checks")
+            return [dict(row) for row in rows]
+
+        checks = await eventually(recorded)
+        assert {check["outcome"] for check in checks} == {"ok"}
+        assert checker.runs >= len(checks)
 
 
 @needs_promtool
