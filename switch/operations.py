@@ -118,6 +118,7 @@ async def running_operations(
         process,
         RecorderSettings(
             flush_interval_ms=settings.flush_interval_ms,
+            traffic_interval_ms=settings.traffic_flush_interval_ms,
             batch_max=settings.batch_max,
             beat_interval_ms=settings.beat_interval_ms,
             timeout_ms=settings.timeout_ms,

@@ -166,6 +166,7 @@ class OperationsSettings:
     """The `[operations]` table: terminal events and traffic recorded in the ledger."""
 
     flush_interval_ms: int
+    traffic_flush_interval_ms: int
     # Traffic is counted per terminal in buckets this long (the SLA's and the rules' grain).
     bucket_ms: int
     events_queue_max: int
@@ -469,6 +470,9 @@ def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
 def _parse_operations(table: _Table) -> OperationsSettings:
     settings = OperationsSettings(
         flush_interval_ms=table.integer("flush_interval_ms", 1_000, minimum=10, maximum=60_000),
+        traffic_flush_interval_ms=table.integer(
+            "traffic_flush_interval_ms", 10_000, minimum=10, maximum=600_000
+        ),
         bucket_ms=table.integer("bucket_ms", 60_000, minimum=100, maximum=3_600_000),
         events_queue_max=table.integer("events_queue_max", 10_000, minimum=10, maximum=10_000_000),
         traffic_buckets_max=table.integer(

@@ -57,6 +57,7 @@ START_MINOR = 100_000
 
 OPERATIONS = OperationsSettings(
     flush_interval_ms=100,
+    traffic_flush_interval_ms=100,
     bucket_ms=200,
     events_queue_max=1_000,
     traffic_buckets_max=1_000,
