@@ -19,14 +19,16 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger import anchors, audit, authorisation, exports, rules
+from ledger import anchors, audit, authorisation, exports, rules, sla
 from ledger.anchors import AnchorError
 from ledger.errors import LedgerError
 from ledger.fixtures import EntryError, load_fixtures, read_fixtures
 from ledger.journal import Head
 from ledger.migrations import Connection, migrate
+from ledger.operations import init_connection
 from ledger.postgres import running_cluster
 from ledger.settings import DSN_ENV, LedgerSettings, pan_hash_key_from_env
+from ledger.sla_page import as_html
 
 _TIMEOUT_MS = 600_000
 Command = Callable[[Connection, argparse.Namespace], Awaitable[int]]
@@ -196,6 +198,24 @@ async def _report(conn: Connection, args: argparse.Namespace) -> int:
     return 0 if all(d.reconciled for d in days) else 1
 
 
+async def _sla(conn: Connection, args: argparse.Namespace) -> int:
+    await init_connection(conn)
+    report = await sla.fetch_report(
+        conn, args.first_day, args.last_day, cutover=args.cutover, hours=args.hours,
+        now=datetime.now(UTC), timeout_ms=args.timeout_ms,
+    )  # fmt: skip
+    render = {"csv": sla.as_csv, "json": sla.as_json, "html": as_html}[args.format]
+    sys.stdout.write(render(report))
+    return 0
+
+
+def _service_hours(text: str) -> sla.ServiceHours:
+    try:
+        return sla.ServiceHours.parse(text)
+    except sla.ReportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _time_of_day(text: str) -> time:
     try:
         return datetime.strptime(text, "%H:%M").time()
@@ -354,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`python -m hsm authorisation-key`); `migrate` installs the development key until then",
     )  # fmt: skip
     report_parser = subparsers.add_parser("report", help="reports for auditors")
-    report_sub = report_parser.add_subparsers(required=True, metavar="{terminals}")
+    report_sub = report_parser.add_subparsers(required=True, metavar="{terminals,sla}")
     terminals = _subcommand(
         report_sub, "terminals", _report,
         "per terminal: withdrawals, reversals and net cash out for a business day, reconciled "
@@ -364,13 +384,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--business-date", type=date.fromisoformat,
         help="business day, YYYY-MM-DD (default: the current one, by --cutover)",
     )  # fmt: skip
+    _cutover(terminals)
+    _sla_parser(report_sub)
+    return parser
+
+
+def _cutover(parser: argparse.ArgumentParser) -> None:
     cutover = LedgerSettings().business_day_cutover
-    terminals.add_argument(
+    parser.add_argument(
         "--cutover", type=_time_of_day, default=cutover,
         help="UTC time of day a business day starts, HH:MM: the switch's"
         f" ledger.business_day_cutover (default: {cutover:%H:%M}, the switch's default too)",
     )  # fmt: skip
-    return parser
+
+
+def _sla_parser(report_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _subcommand(
+        report_sub, "sla", _sla,
+        "per terminal and business day: availability (signed-on time over scheduled time), "
+        "requests and approval rate, financial latency p50/p99, 91/96 counts, alerts raised "
+        "and mean time to acknowledge; from the durable terminal events and traffic",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from", dest="first_day", type=date.fromisoformat, required=True,
+        help="first business day, YYYY-MM-DD",
+    )  # fmt: skip
+    parser.add_argument(
+        "--to", dest="last_day", type=date.fromisoformat, required=True,
+        help=f"last business day, inclusive, YYYY-MM-DD (at most {sla.DAYS_MAX} days in all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", choices=("csv", "json", "html"), default="csv",
+        help="csv, json, or an HTML page with an availability chart (default: csv)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hours", type=_service_hours,
+        help="scheduled service hours each day, HH:MM-HH:MM UTC (default: the whole day)",
+    )  # fmt: skip
+    _cutover(parser)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -386,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             offline: Callable[[argparse.Namespace], int] = args.offline
             return offline(args)
         return asyncio.run(_run(args))
-    except (LedgerError, OSError, asyncpg.PostgresError) as exc:
+    except (LedgerError, OSError, asyncpg.PostgresError, sla.ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

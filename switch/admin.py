@@ -27,10 +27,14 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from switch import auditor_api
 from switch.access import ApiKey, Granted, Keyring, Refusal, Refused, Role
+from switch.alerts_api import ALERT_ROUTES
 from switch.auditor_api import JOURNAL_KEY, JournalSettings, open_journal
+from switch.fleet_api import FLEET_ROUTES
 from switch.metrics import multiprocess
 from switch.monitor import Monitor
+from switch.operations import OPERATIONS_KEY, Operations
 from switch.ratelimit import LogRateLimiter
+from switch.reports_api import REPORT_ROUTES
 from switch.routes import JSON, Reply, Route, document
 from switch.server import Stats
 
@@ -142,7 +146,10 @@ OPERATIONS_ROUTES: tuple[Route, ...] = (
         (Reply(200, "The terminals."),),
     ),
 )
-ROUTES: tuple[Route, ...] = OPERATIONS_ROUTES + auditor_api.ROUTES
+# The fleet, alerts and reports read the ledger's terminal events: served when the switch runs
+# its operations (create_admin_app's `operations`), and always in the document.
+EVENT_ROUTES: tuple[Route, ...] = FLEET_ROUTES + ALERT_ROUTES + REPORT_ROUTES
+ROUTES: tuple[Route, ...] = OPERATIONS_ROUTES + auditor_api.ROUTES + EVENT_ROUTES
 
 
 def _refusal(decision: Refused, route: Route) -> web.HTTPException:
@@ -275,8 +282,10 @@ def create_admin_app(
     ledger_figures: Callable[[], Mapping[str, float]] = dict,
     journal: JournalSettings | None = None,
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    operations: Operations | None = None,
 ) -> web.Application:
-    """`journal`: where the auditor API reads the ledger; None: its routes answer 503."""
+    """`journal`: where the auditor API reads the ledger; None: its routes answer 503.
+    `operations`: the terminal events, alerts and reports; None: their routes are not served."""
     routes: dict[web.AbstractRoute, Route] = {}
     app = web.Application(
         middlewares=[_access_middleware(Keyring(keys), routes, monitor)],
@@ -287,7 +296,10 @@ def create_admin_app(
     app[READINESS_KEY] = readiness
     app[LEDGER_FIGURES_KEY] = ledger_figures
     app[OPENAPI_KEY] = json.dumps(document(ROUTES, TITLE), indent=1).encode()
-    routes.update(add_routes(app, ROUTES))
+    routes.update(add_routes(app, OPERATIONS_ROUTES + auditor_api.ROUTES))
+    if operations is not None:
+        app[OPERATIONS_KEY] = operations
+        routes.update(add_routes(app, EVENT_ROUTES))
     app.cleanup_ctx.append(_journal_context(journal, wall_clock))
     app.cleanup_ctx.append(_refresh_figures)
     return app

@@ -1,8 +1,10 @@
 """Builds the running switch from settings and runs it until SIGTERM or SIGINT.
 
 Start-up order: HSM, ledger (starting the private PostgreSQL cluster when no DSN is set), the
-terminal listener, the operations app. Shutdown runs in reverse, each part closed only if it
-started.
+operations store (a pool of its own), the terminal listener, the operations side (activity
+writer, alerting, notifications, journal check), the operations app. Shutdown runs in reverse,
+each part closed only if it started, so the listener's disconnects are written before the
+activity writer stops.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import os
 import resource
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
+from functools import partial
 
 import structlog
 from aiohttp import web
@@ -30,6 +34,7 @@ from hsm.keys import DEVELOPMENT_PAN_HASH_KEY, KeyRole, Lmk, StoredKey, load_lmk
 from hsm.local import LocalHSM
 from hsm.tls import client_context
 from ledger.errors import LedgerError, LedgerUnavailable, ProvisioningError, SchemaTooOld
+from ledger.operations import OperationsStore, open_operations
 from ledger.postgres import LocalCluster
 from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
@@ -38,6 +43,7 @@ from switch.auditor_api import JournalSettings
 from switch.flows import Flows
 from switch.metrics import multiprocess
 from switch.monitor import Monitor
+from switch.operations import Operations, activity_recorder, running_operations
 from switch.server import ListenError, SwitchServer
 from switch.settings import ENV_PREFIX, Settings
 
@@ -169,6 +175,32 @@ async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
         await store.close()
 
 
+@contextlib.asynccontextmanager
+async def open_operations_store(settings: Settings) -> AsyncIterator[OperationsStore]:
+    """After `open_ledger`: the same database as the switch role, on a pool of its own."""
+    dsn = settings.ledger.dsn
+    if dsn is None:  # the private cluster open_ledger started: found running, left running
+        dsn = (await asyncio.to_thread(LocalCluster(settings.ledger.data_dir).start)).switch_dsn
+    section = settings.operations
+    store = await open_operations(
+        dsn,
+        pool_size=section.pool_size,
+        connect_timeout_ms=section.timeout_ms,
+        statement_timeout_ms=section.timeout_ms,
+    )
+    try:
+        yield store
+    finally:
+        await store.close(timeout_ms=section.timeout_ms)
+
+
+def audit_dsn(settings: Settings) -> str | None:
+    """Where the journal check reads: [alerts] audit_dsn, else the private cluster's owner."""
+    if settings.alerts.audit_dsn is not None or settings.ledger.dsn is not None:
+        return settings.alerts.audit_dsn
+    return LocalCluster(settings.ledger.data_dir).start().owner_dsn
+
+
 def ledger_figures(ledger: LedgerStore) -> Mapping[str, float]:
     """Database calls and the requests they carried (their ratio is the mean batch size), the
     writes decided again because their customer changed meanwhile, and the time requests
@@ -219,7 +251,13 @@ async def journal_settings(settings: Settings) -> JournalSettings | None:
 
 @contextlib.asynccontextmanager
 async def running_admin(
-    settings: Settings, monitor: Monitor, server: SwitchServer, hsm: HSM, ledger: LedgerStore
+    settings: Settings,
+    monitor: Monitor,
+    server: SwitchServer,
+    hsm: HSM,
+    ledger: LedgerStore,
+    *,
+    operations: Operations,
 ) -> AsyncIterator[None]:
     if not settings.admin.enabled:
         yield
@@ -230,8 +268,9 @@ async def running_admin(
         monitor=monitor,
         stats=server.stats,
         readiness=lambda: readiness(hsm, ledger),
-        ledger_figures=lambda: ledger_figures(ledger),
+        ledger_figures=lambda: {**ledger_figures(ledger), **operations.figures()},
         journal=journal,
+        operations=operations,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -254,39 +293,63 @@ async def running_admin(
         await runner.cleanup()
 
 
+async def start_listener(server: SwitchServer) -> None:
+    try:
+        await server.start()
+    except ListenError as exc:
+        raise cannot_listen("listener", exc.host, exc.port, exc.error) from None
+
+
 async def serve(settings: Settings) -> None:
     raise_open_file_limit()
-    monitor = Monitor(lambda: datetime.now(UTC))
-    async with open_hsm(settings) as hsm, open_ledger(settings) as ledger:
+    clock = partial(datetime.now, UTC)
+    recorder = activity_recorder(settings.operations, time.time)
+    monitor = Monitor(clock, recorder)
+    async with (
+        open_hsm(settings) as hsm,
+        open_ledger(settings) as ledger,
+        open_operations_store(settings) as operations_store,
+    ):
         await require_same_authorisation_key(hsm, ledger)
         flows = Flows(
             hsm=hsm,
             ledger=ledger,
             settings=settings.pipeline,
             dialect=settings.listener.dialect,
-            wall_clock=lambda: datetime.now(UTC),
+            wall_clock=clock,
             count_error=monitor.metrics.count_error,
             time_step=monitor.metrics.observe_step,
             write_timeout_ms=settings.ledger.statement_timeout_ms + 1_000,
         )
         server = SwitchServer(settings.listener, flows, observer=monitor)
-        try:
-            await server.start()
-        except ListenError as exc:
-            raise cannot_listen("listener", exc.host, exc.port, exc.error) from None
-        try:
-            async with running_admin(settings, monitor, server, hsm, ledger):
-                # What start-up built lives as long as the process: out of the collector's
-                # sight, a full collection walks only what requests made, and no longer
-                # pauses every request in flight for the whole heap (~55,000 objects, 15-20 ms).
-                gc.freeze()
-                await _wait_for_signal()
-                log.info("shutdown_requested", grace_ms=settings.shutdown_grace_ms)
-        finally:
-            await server.shutdown(settings.shutdown_grace_ms)
-            if multiprocess():
-                # Its connection and in-flight gauges leave the sums the other processes serve.
-                mark_process_dead(os.getpid())
+        async with running_operations(
+            settings.operations,
+            settings.alerts,
+            recorder=recorder,
+            store=operations_store,
+            probe=lambda: readiness(hsm, ledger),
+            cutover=settings.ledger.business_day_cutover,
+            audit_dsn=await asyncio.to_thread(audit_dsn, settings),
+            clock=clock,
+        ) as operations:
+            await start_listener(server)
+            try:
+                async with running_admin(
+                    settings, monitor, server, hsm, ledger, operations=operations
+                ):
+                    # What start-up built lives as long as the process: out of the collector's
+                    # sight, a full collection walks only what requests made, and no longer
+                    # pauses every request in flight for the whole heap (~55,000 objects,
+                    # 15-20 ms).
+                    gc.freeze()
+                    await _wait_for_signal()
+                    log.info("shutdown_requested", grace_ms=settings.shutdown_grace_ms)
+            finally:
+                await server.shutdown(settings.shutdown_grace_ms)
+                if multiprocess():
+                    # Its connection and in-flight gauges leave the sums the other processes
+                    # serve.
+                    mark_process_dead(os.getpid())
 
 
 async def _wait_for_signal() -> None:

@@ -62,6 +62,32 @@ FIGURES: tuple[Figure, ...] = (
     Figure("ledger_read_call_seconds_total", "Time read calls took."),
     Figure("ledger_write_wait_seconds_total", "Time requests waited for their write call."),
     Figure("ledger_write_call_seconds_total", "Time write calls took."),
+    # The operations (switch/operations.py, switch/alerting.py: docs/operations.md).
+    Figure("terminal_events_queued", "Terminal events waiting to be written to the ledger."),
+    Figure("terminal_events_written_total", "Terminal events written to the ledger."),
+    Figure("terminal_events_dropped_total", "Terminal events dropped: queue full or refused."),
+    Figure("terminal_traffic_requests_dropped_total", "Requests left out of the traffic rows."),
+    Figure("operations_write_failures_total", "Writes of events or traffic that failed."),
+    Figure("alert_notifications_queued", "Webhook notifications waiting to be sent."),
+    Figure("alert_notifications_sent_total", "Webhook notifications delivered."),
+    Figure("alert_notifications_failed_attempts_total", "Webhook attempts that failed."),
+    Figure("alert_notifications_dropped_queue_full_total", "Notifications dropped: queue full."),
+    Figure(
+        "alert_notifications_dropped_after_retries_total",
+        "Notifications dropped after their last retry.",
+    ),
+    Figure("hsm_up", "The HSM answered the last probe (1) or not (0)."),
+    Figure("database_up", "The ledger answered the last probe (1) or not (0)."),
+    Figure("terminals_up", "Provisioned terminals up."),
+    Figure("terminals_down", "Provisioned terminals down."),
+    Figure("terminals_never_seen", "Provisioned terminals never seen."),
+    Figure("terminals_out_of_service", "Provisioned terminals out of service."),
+    Figure("terminals_down_seconds_max", "The longest a seen terminal has been down."),
+    Figure("alerts_open", "Alerts firing or acknowledged, as last read."),
+    Figure("audit_verify_ok", "The last journal check passed (1) or not (0)."),
+    Figure("audit_verify_timestamp_seconds", "When the last journal check ran (Unix time)."),
+    Figure("alert_evaluations_total", "Alert rule evaluations."),
+    Figure("alert_evaluation_failures_total", "Alert rule evaluations that failed."),
 )
 _FIGURES = {figure.name: figure for figure in FIGURES}
 # Gauges about the whole fleet, computed for each scrape (and absent when there is no value).

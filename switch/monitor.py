@@ -1,20 +1,30 @@
-"""The server's observer: feeds every answered message to the metrics and the fleet view."""
+"""The server's observer: feeds every answered message to the metrics and the fleet view, and
+every connection's life and traffic to the activity recorder (terminal events in the ledger)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
 
+from switch.activity import ActivityRecorder
 from switch.fleet import Fleet
 from switch.iso8583.message import Message
 from switch.metrics import Metrics
-from switch.tls import HandshakeFailure, PeerCertificate
+from switch.server import Link
+from switch.tls import HandshakeFailure
 
 
 class Monitor:
-    def __init__(self, wall_clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, wall_clock: Callable[[], datetime], activity: ActivityRecorder | None = None
+    ) -> None:
         self.metrics = Metrics()
         self.fleet = Fleet(wall_clock)
+        self.activity = activity
+
+    def connected(self, link: Link) -> None:
+        if self.activity is not None:
+            self.activity.connected(link.seq, link.peer)
 
     def message(
         self,
@@ -22,14 +32,25 @@ class Monitor:
         request_mti: str,
         response: Message,
         latency_ms: float,
-        certificate: PeerCertificate | None,
+        link: Link,
     ) -> None:
         code = response.response_code or ""
         self.metrics.observe(request_mti, code, latency_ms)
-        self.fleet.observe(terminal_id, request_mti, response.network_code, code, certificate)
+        self.fleet.observe(terminal_id, request_mti, response.network_code, code, link.certificate)
+        if self.activity is not None:
+            self.activity.message(
+                link.session.terminal_id,
+                link.seq,
+                request_mti=request_mti,
+                network_code=response.network_code,
+                response_code=code,
+                latency_ms=latency_ms,
+            )
 
-    def disconnected(self, terminal_id: str | None) -> None:
-        self.fleet.disconnected(terminal_id)
+    def disconnected(self, link: Link, reason: str) -> None:
+        self.fleet.disconnected(link.session.terminal_id)
+        if self.activity is not None:
+            self.activity.disconnected(link.session.terminal_id, link.seq, reason)
 
     def tls_refused(self, reason: HandshakeFailure) -> None:
         self.metrics.count_tls_refusal(reason)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import socket
 import ssl
 import time
@@ -54,19 +55,25 @@ ACCEPT_RETRY_DELAY_S = 1.0
 
 
 class Link:
-    """What a handler may see of the connection a request came in on."""
+    """What a handler (and the observer) may see of the connection a request came in on."""
 
     session: Session
     peer: str
+    # Numbers this process's connections in the order they opened (terminal events name it).
+    seq: int
+    # The terminal's verified client certificate (mutual TLS only).
+    certificate: PeerCertificate | None
 
 
 Handler = Callable[[Message, Link], Awaitable[Message | None]]
 
 
 class Observer(Protocol):
-    """Told of every answered message (with the client certificate of its connection), every
-    closed connection, every refused TLS handshake and every certificate naming another
-    terminal (metrics, fleet status)."""
+    """Told of every opened connection, every answered message (with the connection it came
+    on), every closed connection (with why), every refused TLS handshake and every certificate
+    naming another terminal (metrics, fleet status, terminal events)."""
+
+    def connected(self, link: Link) -> None: ...
 
     def message(
         self,
@@ -74,10 +81,10 @@ class Observer(Protocol):
         request_mti: str,
         response: Message,
         latency_ms: float,
-        certificate: PeerCertificate | None,
+        link: Link,
     ) -> None: ...
 
-    def disconnected(self, terminal_id: str | None) -> None: ...
+    def disconnected(self, link: Link, reason: str) -> None: ...
 
     def tls_refused(self, reason: HandshakeFailure) -> None: ...
 
@@ -122,8 +129,9 @@ class TerminalConnection(asyncio.Protocol, Link):
         self._idle_timer: asyncio.TimerHandle | None = None
         self.session = Session()
         self.peer = "?"
-        # The terminal's verified client certificate (mutual TLS only).
+        self.seq = server.next_connection_seq()
         self.certificate: PeerCertificate | None = None
+        self._close_reason: str | None = None
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -194,7 +202,9 @@ class TerminalConnection(asyncio.Protocol, Link):
         self._closing = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        self._server.release(self)
+        if self._close_reason is None:
+            self._close_reason = f"connection lost: {exc}" if exc else "connection lost"
+        self._server.release(self, self._close_reason)
         # In-flight handlers finish on their own (a posting is never cut in half); their
         # responses are dropped because there is nobody left to read them.
         log.debug(
@@ -341,6 +351,7 @@ class TerminalConnection(asyncio.Protocol, Link):
             reason=reason,
         )
         self._closing = True
+        self._close_reason = reason
         self._pending.clear()
         self._transport.close()
 
@@ -383,6 +394,7 @@ class SwitchServer:
         # For certificate expiry only; every interval is measured on `clock`.
         self.wall_clock = wall_clock
         self._observer = observer
+        self._connection_seqs = itertools.count(1)
         self._connections: set[TerminalConnection] = set()
         self._refused_connections = 0
         self._listening: list[socket.socket] = []
@@ -483,12 +495,17 @@ class SwitchServer:
         if kind is SecurityEvent.CERTIFICATE_SUBJECT_MISMATCH and self._observer is not None:
             self._observer.subject_mismatch()
 
+    def next_connection_seq(self) -> int:
+        return next(self._connection_seqs)
+
     def register(self, connection: TerminalConnection) -> None:
         self._connections.add(connection)
+        if self._observer is not None:
+            self._observer.connected(connection)
 
-    def release(self, connection: TerminalConnection) -> None:
+    def release(self, connection: TerminalConnection, reason: str) -> None:
         if connection in self._connections and self._observer is not None:
-            self._observer.disconnected(connection.session.terminal_id)
+            self._observer.disconnected(connection, reason)
         self._connections.discard(connection)
 
     def on_message(
@@ -515,9 +532,7 @@ class SwitchServer:
         }
         log.info("message", **{k: v for k, v in event.items() if v is not None})
         if self._observer is not None:
-            self._observer.message(
-                terminal_id, request_mti, response, latency_ms, connection.certificate
-            )
+            self._observer.message(terminal_id, request_mti, response, latency_ms, connection)
 
     async def shutdown(self, grace_ms: int) -> None:
         if not self._listening:

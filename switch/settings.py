@@ -164,6 +164,57 @@ class PipelineSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OperationsSettings:
+    """The `[operations]` table: terminal events and traffic recorded in the ledger."""
+
+    flush_interval_ms: int
+    traffic_flush_interval_ms: int
+    # Traffic is counted per terminal in buckets this long (the SLA's and the rules' grain).
+    bucket_ms: int
+    events_queue_max: int
+    traffic_buckets_max: int
+    batch_max: int
+    beat_interval_ms: int
+    pool_size: int
+    # Each operations database call's time limit (its own pool: never the requests').
+    timeout_ms: int
+    # The fleet's snapshot is read at most once per this, however many pages poll.
+    fleet_cache_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSection:
+    urls: tuple[str, ...]
+    timeout_ms: int
+    attempts_max: int
+    backoff_ms: int
+    backoff_max_ms: int
+    queue_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsSettings:
+    """The `[alerts]` table: rule thresholds, the journal check and the webhooks."""
+
+    evaluate_interval_ms: int
+    terminal_offline_after_ms: int
+    window_ms: int
+    baseline_ms: int
+    decline_ratio_min: float
+    decline_spike_factor: float
+    requests_min: int
+    unavailable_ratio_max: float
+    latency_p99_slo_ms: int
+    dependency_for_ms: int
+    # The DSN `audit verify` reads the journal with (an auditor or the owner); none: the
+    # private cluster's owner, and no journal check with a [ledger] dsn.
+    audit_dsn: str | None = field(repr=False)
+    audit_interval_ms: int
+    audit_timeout_ms: int
+    webhook: WebhookSection
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     environment: Environment
     listener: ListenerSettings
@@ -174,6 +225,8 @@ class Settings:
     logging: LoggingSettings
     shutdown_grace_ms: int
     source: str
+    operations: OperationsSettings
+    alerts: AlertsSettings
 
 
 class _Table:
@@ -203,6 +256,33 @@ class _Table:
                 f"an integer from {minimum} to {maximum}, got {value!r}",
             )
         return value
+
+    def ratio(self, key: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise SettingsError(
+                self.source,
+                self.key_name(key),
+                f"a number from {minimum:g} to {maximum:g}, got {self._data.get(key)!r}",
+            )
+        return float(value)
+
+    def urls(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and urlsplit(v).scheme in ("http", "https") and urlsplit(v).netloc
+            for v in value
+        ):
+            raise SettingsError(
+                self.source, self.key_name(key), f"a list of http(s):// URLs, got {value!r}"
+            )
+        return tuple(value)
 
     def text(self, key: str, default: str) -> str:
         value = self._get(key)
@@ -385,10 +465,93 @@ def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
     shutdown = root.table("shutdown")
     grace_ms = shutdown.integer("grace_ms", 5_000, minimum=0, maximum=600_000)
     shutdown.finish()
+    operations = _parse_operations(root.table("operations"))
+    alerts = _parse_alerts(root.table("alerts"), environment, env)
     root.finish()
     return Settings(
-        environment, listener, admin, hsm, ledger, pipeline, logging, grace_ms, root.source
+        environment,
+        listener,
+        admin,
+        hsm,
+        ledger,
+        pipeline,
+        logging,
+        grace_ms,
+        root.source,
+        operations,
+        alerts,
     )
+
+
+def _parse_operations(table: _Table) -> OperationsSettings:
+    settings = OperationsSettings(
+        flush_interval_ms=table.integer("flush_interval_ms", 1_000, minimum=10, maximum=60_000),
+        traffic_flush_interval_ms=table.integer(
+            "traffic_flush_interval_ms", 10_000, minimum=10, maximum=600_000
+        ),
+        bucket_ms=table.integer("bucket_ms", 60_000, minimum=100, maximum=3_600_000),
+        events_queue_max=table.integer("events_queue_max", 10_000, minimum=10, maximum=10_000_000),
+        traffic_buckets_max=table.integer(
+            "traffic_buckets_max", 50_000, minimum=10, maximum=10_000_000
+        ),
+        batch_max=table.integer("batch_max", 1_000, minimum=1, maximum=100_000),
+        beat_interval_ms=table.integer("beat_interval_ms", 5_000, minimum=10, maximum=600_000),
+        pool_size=table.integer("pool_size", 2, minimum=1, maximum=100),
+        timeout_ms=table.integer("timeout_ms", 5_000, minimum=10, maximum=600_000),
+        fleet_cache_ms=table.integer("fleet_cache_ms", 1_000, minimum=0, maximum=600_000),
+    )
+    if (3_600_000 % settings.bucket_ms) != 0:
+        # Buckets tile hours (and so business days, which start on a whole minute).
+        raise SettingsError(table.source, table.key_name("bucket_ms"), "a divisor of an hour")
+    table.finish()
+    return settings
+
+
+def _parse_alerts(
+    table: _Table, environment: Environment, env: Mapping[str, str]
+) -> AlertsSettings:
+    audit_dsn = table.optional_text("audit_dsn")
+    if audit_dsn is not None:
+        _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
+    settings = AlertsSettings(
+        evaluate_interval_ms=table.integer(
+            "evaluate_interval_ms", 5_000, minimum=10, maximum=600_000
+        ),
+        terminal_offline_after_ms=table.integer(
+            "terminal_offline_after_ms", 300_000, minimum=0, maximum=86_400_000
+        ),
+        window_ms=table.integer("window_ms", 300_000, minimum=100, maximum=86_400_000),
+        baseline_ms=table.integer("baseline_ms", 3_600_000, minimum=100, maximum=604_800_000),
+        decline_ratio_min=table.ratio("decline_ratio_min", 0.2, minimum=0, maximum=1),
+        decline_spike_factor=table.ratio("decline_spike_factor", 3.0, minimum=1, maximum=1_000),
+        requests_min=table.integer("requests_min", 20, minimum=1, maximum=1_000_000),
+        unavailable_ratio_max=table.ratio("unavailable_ratio_max", 0.05, minimum=0, maximum=1),
+        latency_p99_slo_ms=table.integer("latency_p99_slo_ms", 1_000, minimum=1, maximum=600_000),
+        dependency_for_ms=table.integer("dependency_for_ms", 10_000, minimum=0, maximum=3_600_000),
+        audit_dsn=audit_dsn,
+        audit_interval_ms=table.integer(
+            "audit_interval_ms", 3_600_000, minimum=1_000, maximum=604_800_000
+        ),
+        audit_timeout_ms=table.integer(
+            "audit_timeout_ms", 600_000, minimum=1_000, maximum=86_400_000
+        ),
+        webhook=_parse_webhook(table.table("webhook")),
+    )
+    table.finish()
+    return settings
+
+
+def _parse_webhook(table: _Table) -> WebhookSection:
+    settings = WebhookSection(
+        urls=table.urls("urls"),
+        timeout_ms=table.integer("timeout_ms", 2_000, minimum=10, maximum=60_000),
+        attempts_max=table.integer("attempts_max", 5, minimum=1, maximum=100),
+        backoff_ms=table.integer("backoff_ms", 500, minimum=1, maximum=600_000),
+        backoff_max_ms=table.integer("backoff_max_ms", 30_000, minimum=1, maximum=3_600_000),
+        queue_max=table.integer("queue_max", 1_000, minimum=1, maximum=1_000_000),
+    )
+    table.finish()
+    return settings
 
 
 def _parse_hsm(table: _Table, base: Path, environment: Environment) -> HsmSettings:
@@ -452,9 +615,9 @@ def _parse_ledger(table: _Table, environment: Environment, env: Mapping[str, str
 
 
 def _check_dsn(
-    table: _Table, dsn: str, environment: Environment, env: Mapping[str, str], name: str = "dsn"
+    table: _Table, dsn: str, environment: Environment, env: Mapping[str, str], *, key: str = "dsn"
 ) -> None:
-    key = table.key_name(name)
+    key = table.key_name(key)
     if urlsplit(dsn).scheme not in POSTGRES_SCHEMES:
         # asyncpg reads only the URI form; the key=value form would fail at connection time.
         raise SettingsError(table.source, key, "a postgresql:// URI")
@@ -480,7 +643,7 @@ def _parse_admin(table: _Table, environment: Environment, env: Mapping[str, str]
         )
     audit_dsn = table.optional_text("audit_dsn")
     if audit_dsn is not None:
-        _check_dsn(table, audit_dsn, environment, env, "audit_dsn")
+        _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
     key_tables = table.tables("keys")
     if key_tables is None:
         keys = DEVELOPMENT_KEYS if environment == "development" else ()

@@ -2,7 +2,8 @@
 -- versioned table migrations, so each function has exactly one definition to read.
 --
 -- The switch's role executes ledger.read_batch, ledger.post_batch, ledger.terminal_keys,
--- ledger.set_session_keys and ledger.schema_state, and nothing else: it owns no table privilege.
+-- ledger.set_session_keys and ledger.schema_state (and the operations functions at the end of
+-- this file), and nothing else: it owns no table privilege.
 -- The functions derive the customer from the card's PAN hash themselves, build the postings from
 -- the operation (never from the caller), refuse what the switch would never ask for, and write
 -- the journal record and its audit block.
@@ -743,4 +744,346 @@ GRANT EXECUTE ON FUNCTION
   ledger.current_policy(),
   ledger.audit_heads_now(),
   ledger.authorisation_check_value()
+  TO ledger_switch;
+
+-- Operations: the switch processes, terminal events, traffic, alerts and journal checks
+-- (tables in 0003_terminal_events.sql). The switch writes them only through these functions,
+-- which append events and never rewrite them, and reads them through the rest. Reads are SQL:
+-- they run once per refresh, not per request, so a plan per call costs nothing that matters.
+
+-- A switch process is alive (at start, then every beat), or has stopped.
+CREATE OR REPLACE FUNCTION ledger.process_beat(
+  p_process_id text, p_host text, p_pid integer, p_started_at timestamptz, p_at timestamptz,
+  p_stopped boolean
+) RETURNS void
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+BEGIN
+  INSERT INTO ledger.switch_processes AS s (process_id, host, pid, started_at, beat_at,
+                                            stopped_at)
+    VALUES (p_process_id, p_host, p_pid, p_started_at, p_at,
+            CASE WHEN p_stopped THEN p_at END)
+    ON CONFLICT (process_id) DO UPDATE
+      SET beat_at = greatest(s.beat_at, EXCLUDED.beat_at),
+          stopped_at = coalesce(s.stopped_at, EXCLUDED.stopped_at);
+END $$;
+
+-- A batch of session events from one process, in its order.
+CREATE OR REPLACE FUNCTION ledger.record_terminal_events(
+  p_process_id text, terminal_ids text[], kinds text[], occurred_ats timestamptz[],
+  connection_seqs bigint[], details jsonb[]
+) RETURNS integer
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+DECLARE
+  v_count integer;
+BEGIN
+  -- Alert transitions are appended by the alert functions, in the transaction that makes them.
+  IF 'alert' = ANY (kinds) THEN
+    RAISE EXCEPTION 'alert events are written by the alert functions only'
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  INSERT INTO ledger.terminal_events (terminal_id, kind, occurred_at, process_id,
+                                      connection_seq, detail)
+    SELECT i.terminal_id, i.kind, i.occurred_at, p_process_id, i.connection_seq, i.detail
+      FROM unnest(terminal_ids, kinds, occurred_ats, connection_seqs, details) WITH ORDINALITY
+           AS i(terminal_id, kind, occurred_at, connection_seq, detail, position)
+     ORDER BY i.position;
+  GET DIAGNOSTICS v_count = ROW_COUNT;
+  RETURN v_count;
+END $$;
+
+-- Two counts-by-key objects added key by key.
+CREATE OR REPLACE FUNCTION ledger.add_counts(base jsonb, added jsonb) RETURNS jsonb
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT coalesce(jsonb_object_agg(code, total), '{}')
+    FROM (SELECT code, sum(count::bigint) AS total
+            FROM (SELECT * FROM jsonb_each_text(base)
+                  UNION ALL SELECT * FROM jsonb_each_text(added)) AS both_counts(code, count)
+           GROUP BY code) AS summed
+$$;
+
+-- Two histograms of the same bounds added bucket by bucket.
+CREATE OR REPLACE FUNCTION ledger.add_histograms(base integer[], added integer[])
+  RETURNS integer[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT array_agg(coalesce(base_count, 0) + coalesce(added_count, 0) ORDER BY position)
+    FROM unnest(base, added) WITH ORDINALITY AS buckets(base_count, added_count, position)
+$$;
+
+-- A process's traffic since its last flush, one item per terminal and bucket, added to the
+-- process's own rows (created on first use). latency_counts holds the items' histograms one
+-- after another, each of the same size.
+CREATE OR REPLACE FUNCTION ledger.record_terminal_traffic(
+  p_process_id text, terminal_ids text[], bucket_starts timestamptz[], request_counts integer[],
+  financial_counts integer[], approved_counts integer[], response_code_counts jsonb[],
+  latency_counts integer[], last_seen_ats timestamptz[]
+) RETURNS integer
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+DECLARE
+  v_count integer;
+  v_size integer := cardinality(latency_counts) / greatest(cardinality(terminal_ids), 1);
+BEGIN
+  ASSERT v_size * cardinality(terminal_ids) = cardinality(latency_counts),
+    'one histogram of the same size per item';
+  INSERT INTO ledger.terminal_traffic AS t
+    SELECT i.terminal_id, i.bucket_start, p_process_id, i.requests, i.financial, i.approved,
+           i.response_codes,
+           latency_counts[(i.position - 1) * v_size + 1 : i.position * v_size], i.last_seen_at
+      FROM unnest(terminal_ids, bucket_starts, request_counts, financial_counts,
+                  approved_counts, response_code_counts, last_seen_ats) WITH ORDINALITY
+           AS i(terminal_id, bucket_start, requests, financial, approved, response_codes,
+                last_seen_at, position)
+    ON CONFLICT (terminal_id, bucket_start, process_id) DO UPDATE
+      SET requests = t.requests + EXCLUDED.requests,
+          financial = t.financial + EXCLUDED.financial,
+          approved = t.approved + EXCLUDED.approved,
+          response_codes = ledger.add_counts(t.response_codes, EXCLUDED.response_codes),
+          latency_counts = ledger.add_histograms(t.latency_counts, EXCLUDED.latency_counts),
+          last_seen_at = greatest(t.last_seen_at, EXCLUDED.last_seen_at);
+  GET DIAGNOSTICS v_count = ROW_COUNT;
+  RETURN v_count;
+END $$;
+
+-- Each terminal's traffic with buckets starting in [p_from, p_to), summed over processes:
+-- per business day (which starts p_cutover after midnight UTC), or over the whole range when
+-- p_cutover is NULL (business_date NULL).
+CREATE OR REPLACE FUNCTION ledger.traffic_totals(p_from timestamptz, p_to timestamptz,
+                                                 p_cutover interval)
+  RETURNS TABLE (terminal_id text, business_date date, requests bigint, financial bigint,
+                 approved bigint, response_codes jsonb, latency_counts bigint[],
+                 last_seen_at timestamptz)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  WITH buckets AS (
+    SELECT t.*, ((t.bucket_start AT TIME ZONE 'UTC') - p_cutover)::date AS day
+      FROM ledger.terminal_traffic t
+     WHERE t.bucket_start >= p_from AND t.bucket_start < p_to),
+  totals AS (
+    SELECT r.terminal_id, r.day, sum(r.requests) AS requests, sum(r.financial) AS financial,
+           sum(r.approved) AS approved, max(r.last_seen_at) AS last_seen_at
+      FROM buckets r GROUP BY r.terminal_id, r.day),
+  codes AS (
+    SELECT c.terminal_id, c.day, jsonb_object_agg(c.code, c.total) AS response_codes
+      FROM (SELECT r.terminal_id, r.day, e.key AS code, sum(e.value::bigint) AS total
+              FROM buckets r CROSS JOIN LATERAL jsonb_each_text(r.response_codes) e
+             GROUP BY 1, 2, 3) c
+     GROUP BY c.terminal_id, c.day),
+  latency AS (
+    SELECT h.terminal_id, h.day, array_agg(h.total ORDER BY h.position) AS latency_counts
+      FROM (SELECT r.terminal_id, r.day, u.position, sum(u.count)::bigint AS total
+              FROM buckets r CROSS JOIN LATERAL unnest(r.latency_counts) WITH ORDINALITY
+                   AS u(count, position)
+             GROUP BY 1, 2, 3) h
+     GROUP BY h.terminal_id, h.day)
+  SELECT t.terminal_id, t.day, t.requests, t.financial, t.approved,
+         coalesce(c.response_codes, '{}'), l.latency_counts, t.last_seen_at
+    FROM totals t
+    LEFT JOIN codes c ON c.terminal_id = t.terminal_id AND c.day IS NOT DISTINCT FROM t.day
+    LEFT JOIN latency l ON l.terminal_id = t.terminal_id AND l.day IS NOT DISTINCT FROM t.day
+   ORDER BY t.terminal_id, t.day
+$$;
+
+-- Every provisioned terminal with what the fleet view decides its state from: its latest
+-- sign-on, whether that connection has closed since, the process that serves it, and when it
+-- was last seen (any event, or traffic in buckets from p_since on).
+CREATE OR REPLACE FUNCTION ledger.fleet_state(p_since timestamptz)
+  RETURNS TABLE (terminal_id text, location text, status text, signed_on_at timestamptz,
+                 closed_at timestamptz, process_id text, process_beat_at timestamptz,
+                 process_stopped_at timestamptz, last_event_at timestamptz,
+                 last_traffic_at timestamptz)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT t.terminal_id, t.location, t.status, opened.occurred_at, closed.occurred_at,
+         opened.process_id, p.beat_at, p.stopped_at, latest.occurred_at, traffic.last_seen_at
+    FROM ledger.terminals t
+    LEFT JOIN LATERAL (
+      SELECT e.occurred_at, e.process_id, e.connection_seq FROM ledger.terminal_events e
+       WHERE e.terminal_id = t.terminal_id AND e.kind = 'sign_on'
+       ORDER BY e.occurred_at DESC LIMIT 1) opened ON true
+    LEFT JOIN LATERAL (
+      SELECT e.occurred_at FROM ledger.terminal_events e
+       WHERE e.terminal_id = t.terminal_id AND e.occurred_at >= opened.occurred_at
+         AND e.kind IN ('sign_off', 'disconnect')
+         AND (e.process_id, e.connection_seq) = (opened.process_id, opened.connection_seq)
+       ORDER BY e.occurred_at DESC LIMIT 1) closed ON true
+    LEFT JOIN ledger.switch_processes p ON p.process_id = opened.process_id
+    LEFT JOIN LATERAL (
+      SELECT e.occurred_at FROM ledger.terminal_events e
+       WHERE e.terminal_id = t.terminal_id AND e.kind <> 'alert'
+       ORDER BY e.occurred_at DESC LIMIT 1) latest ON true
+    LEFT JOIN LATERAL (
+      SELECT max(r.last_seen_at) AS last_seen_at FROM ledger.terminal_traffic r
+       WHERE r.terminal_id = t.terminal_id AND r.bucket_start >= p_since) traffic ON true
+   ORDER BY t.terminal_id
+$$;
+
+-- The session events the SLA report replays for [p_from, p_to): each terminal's last one
+-- before the range (was it signed on when the range began?), then every one inside it, each
+-- with its process's last beat and stop (a session ends at the latest when its process does).
+CREATE OR REPLACE FUNCTION ledger.session_events(p_from timestamptz, p_to timestamptz)
+  RETURNS TABLE (terminal_id text, kind text, occurred_at timestamptz, process_id text,
+                 connection_seq bigint, process_beat_at timestamptz,
+                 process_stopped_at timestamptz)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  WITH events AS (
+    SELECT before.* FROM ledger.terminals t CROSS JOIN LATERAL (
+      SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq
+        FROM ledger.terminal_events e
+       WHERE e.terminal_id = t.terminal_id AND e.occurred_at < p_from
+         AND e.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect')
+       ORDER BY e.occurred_at DESC LIMIT 1) before
+    UNION ALL
+    SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq
+      FROM ledger.terminal_events e
+     WHERE e.occurred_at >= p_from AND e.occurred_at < p_to AND e.terminal_id IS NOT NULL
+       AND e.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect'))
+  SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq, p.beat_at,
+         p.stopped_at
+    FROM events e LEFT JOIN ledger.switch_processes p USING (process_id)
+   ORDER BY e.occurred_at, e.terminal_id
+$$;
+
+-- The switch processes that beat from p_since on and have not stopped.
+CREATE OR REPLACE FUNCTION ledger.live_processes(p_since timestamptz) RETURNS SETOF text
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT p.process_id FROM ledger.switch_processes p
+   WHERE p.beat_at >= p_since AND p.stopped_at IS NULL ORDER BY p.process_id
+$$;
+
+-- The terminals, for reports that list every one.
+CREATE OR REPLACE FUNCTION ledger.terminal_list()
+  RETURNS TABLE (terminal_id text, location text, status text)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT t.terminal_id, t.location, t.status FROM ledger.terminals t ORDER BY t.terminal_id
+$$;
+
+-- Appends an alert's transition to the terminal events, in the transaction that made it.
+CREATE OR REPLACE FUNCTION ledger.append_alert_event(changed ledger.alerts, p_at timestamptz,
+                                                     p_process_id text) RETURNS void
+  LANGUAGE sql AS $$
+  INSERT INTO ledger.terminal_events (terminal_id, kind, occurred_at, process_id, detail)
+    VALUES (changed.terminal_id, 'alert', p_at, p_process_id,
+            jsonb_build_object('alert_id', changed.alert_id, 'rule', changed.rule,
+                               'subject', changed.subject, 'state', changed.state))
+$$;
+
+-- Raises an alert unless one for the same rule and subject is open: `created` says which, so
+-- of several switch processes raising it at once exactly one notifies.
+CREATE OR REPLACE FUNCTION ledger.fire_alert(
+  p_rule text, p_subject text, p_terminal_id text, p_severity text, p_summary text,
+  p_at timestamptz, p_process_id text
+) RETURNS TABLE (alert jsonb, created boolean)
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+DECLARE
+  v_alert ledger.alerts;
+BEGIN
+  INSERT INTO ledger.alerts AS a (rule, subject, terminal_id, severity, summary, state,
+                                  raised_at, raised_by)
+    VALUES (p_rule, p_subject, p_terminal_id, p_severity, p_summary, 'firing', p_at,
+            p_process_id)
+    ON CONFLICT (rule, subject) WHERE state <> 'resolved' DO NOTHING
+    RETURNING a.* INTO v_alert;
+  IF v_alert.alert_id IS NULL THEN
+    SELECT a.* INTO v_alert FROM ledger.alerts a
+     WHERE (a.rule, a.subject) = (p_rule, p_subject) AND a.state <> 'resolved';
+    RETURN QUERY SELECT to_jsonb(v_alert), false;
+    RETURN;
+  END IF;
+  PERFORM ledger.append_alert_event(v_alert, p_at, p_process_id);
+  RETURN QUERY SELECT to_jsonb(v_alert), true;
+END $$;
+
+-- Resolves an open alert; NULL when it was resolved already (by another process).
+CREATE OR REPLACE FUNCTION ledger.resolve_alert(p_alert_id bigint, p_at timestamptz,
+                                                p_process_id text) RETURNS jsonb
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+DECLARE
+  v_alert ledger.alerts;
+BEGIN
+  UPDATE ledger.alerts a SET state = 'resolved', resolved_at = greatest(p_at, a.raised_at)
+   WHERE a.alert_id = p_alert_id AND a.state <> 'resolved'
+  RETURNING a.* INTO v_alert;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  PERFORM ledger.append_alert_event(v_alert, p_at, p_process_id);
+  RETURN to_jsonb(v_alert);
+END $$;
+
+-- An operator acknowledges a firing alert. outcome: 'acknowledged', 'unknown' (no such alert)
+-- or 'not_firing' (acknowledged or resolved already); `alert` is the alert as it now stands.
+CREATE OR REPLACE FUNCTION ledger.acknowledge_alert(p_alert_id bigint, p_by text,
+                                                    p_at timestamptz, p_process_id text)
+  RETURNS TABLE (outcome text, alert jsonb)
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+DECLARE
+  v_alert ledger.alerts;
+BEGIN
+  UPDATE ledger.alerts a SET state = 'acknowledged', acknowledged_by = p_by,
+         acknowledged_at = greatest(p_at, a.raised_at)
+   WHERE a.alert_id = p_alert_id AND a.state = 'firing'
+  RETURNING a.* INTO v_alert;
+  IF FOUND THEN
+    PERFORM ledger.append_alert_event(v_alert, p_at, p_process_id);
+    RETURN QUERY SELECT 'acknowledged', to_jsonb(v_alert);
+    RETURN;
+  END IF;
+  SELECT a.* INTO v_alert FROM ledger.alerts a WHERE a.alert_id = p_alert_id;
+  RETURN QUERY SELECT CASE WHEN FOUND THEN 'not_firing' ELSE 'unknown' END,
+                      CASE WHEN FOUND THEN to_jsonb(v_alert) END;
+END $$;
+
+-- Every open alert, then those raised or resolved from p_since on, newest first, at most
+-- p_limit in all.
+CREATE OR REPLACE FUNCTION ledger.alert_list(p_since timestamptz, p_limit integer)
+  RETURNS SETOF jsonb
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT to_jsonb(a) FROM ledger.alerts a
+   WHERE a.state <> 'resolved' OR a.raised_at >= p_since OR a.resolved_at >= p_since
+   ORDER BY a.state = 'resolved', a.raised_at DESC, a.alert_id DESC
+   LIMIT p_limit
+$$;
+
+-- The alerts raised in [p_from, p_to), for the SLA report.
+CREATE OR REPLACE FUNCTION ledger.alerts_raised(p_from timestamptz, p_to timestamptz)
+  RETURNS SETOF jsonb
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT to_jsonb(a) FROM ledger.alerts a
+   WHERE a.raised_at >= p_from AND a.raised_at < p_to
+   ORDER BY a.raised_at, a.alert_id
+$$;
+
+-- A run of `audit verify` by a switch process, and the latest one.
+CREATE OR REPLACE FUNCTION ledger.record_audit_check(
+  p_process_id text, p_at timestamptz, p_outcome text, p_records bigint, p_problem text
+) RETURNS void
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+BEGIN
+  INSERT INTO ledger.audit_checks (checked_at, process_id, outcome, records, problem)
+    VALUES (p_at, p_process_id, p_outcome, p_records, p_problem);
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger.latest_audit_check()
+  RETURNS TABLE (checked_at timestamptz, process_id text, outcome text, records bigint,
+                 problem text)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT c.checked_at, c.process_id, c.outcome, c.records, c.problem FROM ledger.audit_checks c
+   ORDER BY c.checked_at DESC, c.check_id DESC LIMIT 1
+$$;
+
+-- The switch executes the operations functions too; the helpers stay the owner's.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+  ledger.process_beat(text, text, integer, timestamptz, timestamptz, boolean),
+  ledger.record_terminal_events(text, text[], text[], timestamptz[], bigint[], jsonb[]),
+  ledger.record_terminal_traffic(text, text[], timestamptz[], integer[], integer[], integer[],
+                                 jsonb[], integer[], timestamptz[]),
+  ledger.traffic_totals(timestamptz, timestamptz, interval),
+  ledger.fleet_state(timestamptz),
+  ledger.session_events(timestamptz, timestamptz),
+  ledger.terminal_list(),
+  ledger.live_processes(timestamptz),
+  ledger.fire_alert(text, text, text, text, text, timestamptz, text),
+  ledger.resolve_alert(bigint, timestamptz, text),
+  ledger.acknowledge_alert(bigint, text, timestamptz, text),
+  ledger.alert_list(timestamptz, integer),
+  ledger.alerts_raised(timestamptz, timestamptz),
+  ledger.record_audit_check(text, timestamptz, text, bigint, text),
+  ledger.latest_audit_check()
   TO ledger_switch;

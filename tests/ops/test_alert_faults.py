@@ -1,0 +1,222 @@
+"""Each alert rule driven end to end by a real fault: it fires, notifies a local webhook
+receiver, is kept in the ledger, and resolves when the fault is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import datetime
+
+import aiohttp
+import asyncpg
+
+from hsm.devkeys import DevKeys
+from kiosk_sim.terminal import Terminal
+from switch.iso8583 import Message
+from tests.e2e.conftest import PIN
+from tests.ops.conftest import OpsDatabase
+from tests.ops.stack import AUTH, OpsStack, eventually, ops_stack, webhook_receiver
+
+
+async def send_all(terminal: Terminal, requests: list[Message]) -> list[str]:
+    """Pipelined on one connection, so a slow dependency costs the test one deadline."""
+    exchanges = await asyncio.gather(*(terminal.send(request) for request in requests))
+    return [exchange.code for exchange in exchanges]
+
+
+async def withdraw_all(terminal: Terminal, pan: str, amounts: list[int]) -> list[str]:
+    return await send_all(terminal, [terminal.withdrawal(pan, PIN, a) for a in amounts])
+
+
+async def inquire(terminal: Terminal, pan: str, count: int) -> list[str]:
+    """Balance inquiries: three HSM calls each (MAC, PIN, response MAC), no daily limit."""
+    return await send_all(terminal, [terminal.balance_inquiry(pan, PIN) for _ in range(count)])
+
+
+def counted(summary: str) -> tuple[int, int]:
+    """The "N of M" of an alert's summary."""
+    found = re.search(r"(\d+) of (\d+)", summary)
+    assert found is not None, summary
+    return int(found[1]), int(found[2])
+
+
+async def test_a_killed_kiosk_raises_terminal_offline_until_it_signs_on_again(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, receiver=receiver) as stack,
+    ):
+        terminal = await stack.terminal(0)
+        kiosk = terminal.terminal_id
+        await terminal.client.close()  # the kiosk dies: no sign-off
+        fired = await receiver.wait_for("terminal_offline", "firing", kiosk)
+        assert fired["alert"]["terminal_id"] == kiosk
+        assert fired["switch_process"] == stack.operations.process.process_id
+        [alert] = await stack.alerts(rule="terminal_offline", subject=kiosk)
+        assert alert["state"] == "firing"
+        fleet = await stack.get("/fleet")
+        [row] = [t for t in fleet["terminals"] if t["terminal_id"] == kiosk]
+        assert (row["state"], row["alerts"]) == ("down", [alert["alert_id"]])
+        await stack.terminal(0)  # it comes back
+        resolved = await receiver.wait_for("terminal_offline", "resolved", kiosk)
+        assert resolved["alert"]["alert_id"] == alert["alert_id"]
+        [alert] = await stack.alerts(rule="terminal_offline", subject=kiosk)
+        assert alert["state"] == "resolved"
+        assert alert["resolved_at"] > alert["raised_at"]
+        # The other terminal was never seen: never an offline alert.
+        assert not receiver.matching("terminal_offline", "firing", stack.world.terminals[1])
+
+
+async def test_a_blackholed_hsm_raises_hsm_unreachable_and_the_91_ratio_then_both_resolve(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, receiver=receiver) as stack,
+    ):
+        terminal = await stack.terminal(0)
+        pan = stack.world.customers[0].pan
+        assert await inquire(terminal, pan, 2) == ["00", "00"]
+        stack.hsm_proxy.blackhole()
+        assert await inquire(terminal, pan, 6) == ["91"] * 6
+        process = stack.operations.process.process_id
+        hsm = await receiver.wait_for("hsm_unreachable", "firing", process)
+        assert hsm["alert"]["severity"] == "critical"
+        ratio = await receiver.wait_for("unavailable_ratio", "firing", "fleet")
+        unavailable, financial = counted(ratio["alert"]["summary"])
+        assert unavailable == 6
+        assert financial in (6, 7, 8)  # the approved ones may have left the window
+        metrics = await stack.get("/metrics")
+        assert "switch_hsm_up 0" in metrics
+        await stack.hsm_proxy.heal()
+        await receiver.wait_for("hsm_unreachable", "resolved", process)
+        await receiver.wait_for("unavailable_ratio", "resolved", "fleet")
+        # The process's own alert reached the ledger too, raised and resolved.
+        [kept] = await stack.alerts(rule="hsm_unreachable")
+        assert (kept["subject"], kept["state"]) == (process, "resolved")
+        assert "switch_hsm_up 1" in await stack.get("/metrics")
+
+
+async def test_injected_declines_raise_a_decline_spike_that_resolves_when_they_stop(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, receiver=receiver) as stack,
+    ):
+        terminal = await stack.terminal(0)
+        pan = stack.world.customers[0].pan
+        # Over the card's per-transaction limit: declined 61 on their merits.
+        codes = await withdraw_all(terminal, pan, [100] + [60_000] * 6)
+        assert codes == ["00"] + ["61"] * 6
+        fired = await receiver.wait_for("decline_rate_spike", "firing", terminal.terminal_id)
+        declined, financial = counted(fired["alert"]["summary"])
+        assert financial >= 5  # [alerts] requests_min: it fires as soon as the ratio says so
+        assert declined / financial >= 0.5
+        assert "no baseline yet" in fired["alert"]["summary"]
+        assert not receiver.matching("unavailable_ratio", "firing")  # declines are not outages
+        # Once the window has passed without them, it resolves.
+        await receiver.wait_for("decline_rate_spike", "resolved", terminal.terminal_id)
+
+
+async def test_a_slow_hsm_raises_latency_p99_over_the_slo(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, receiver=receiver) as stack,
+    ):
+        terminal = await stack.terminal(0)
+        pan = stack.world.customers[0].pan
+        stack.hsm_proxy.delay_s = 0.1  # three HSM calls a withdrawal, each way delayed
+        assert await inquire(terminal, pan, 6) == ["00"] * 6
+        fired = await receiver.wait_for("latency_p99_over_slo", "firing", "fleet")
+        assert "over the 300 ms SLO" in fired["alert"]["summary"]
+        stack.hsm_proxy.delay_s = 0
+        await receiver.wait_for("latency_p99_over_slo", "resolved", "fleet")
+
+
+async def test_an_unreachable_database_is_notified_at_once_and_kept_once_it_is_back(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, receiver=receiver) as stack,
+    ):
+        terminal = await stack.terminal(0)
+        process = stack.operations.process.process_id
+        await stack.get("/fleet")  # a snapshot was read while the ledger was up
+        await stack.db_proxy.cut()
+        # Notified while the ledger is down: the process keeps its own dependency alerts.
+        fired = await receiver.wait_for("database_unreachable", "firing", process)
+        assert fired["alert"]["alert_id"] is None
+        fleet = await stack.get("/fleet")  # the last snapshot, said to be stale
+        assert fleet["stale"].startswith("the ledger cannot be read")
+        assert fleet["summary"]["checks"]["database"] is False
+        await stack.db_proxy.restore()
+        await receiver.wait_for("database_unreachable", "resolved", process)
+        [kept] = await eventually(lambda: stack.alerts(rule="database_unreachable"))
+        assert (kept["subject"], kept["state"]) == (process, "resolved")
+        assert kept["raised_at"].timestamp() == _seconds(fired["alert"]["raised_at"])
+        # The switch serves again, and so does the fleet view.
+        pan = stack.world.customers[0].pan
+        answer = await eventually(lambda: _approved(terminal, pan))
+        assert answer
+        assert (await stack.get("/fleet"))["stale"] is None
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+async def _approved(terminal: Terminal, pan: str) -> bool:
+    return (await terminal.send(terminal.withdrawal(pan, PIN, 100))).code == "00"
+
+
+async def test_a_tampered_journal_raises_audit_verify_failing_until_it_verifies_again(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    alerts = {"audit_dsn": ops_db.owner_dsn}
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, receiver=receiver, alerts=alerts) as stack,
+    ):
+        checker = stack.operations.checker
+        assert checker is not None
+        assert checker.request()
+        first = await checker.wait()
+        assert first is not None
+        assert first.outcome == "ok"
+        terminal = await stack.terminal(0)
+        assert await withdraw_all(terminal, stack.world.customers[0].pan, [700]) == ["00"]
+        superuser = await asyncpg.connect(ops_db.superuser_dsn)
+        tamper = (
+            "ALTER TABLE ledger.transactions DISABLE TRIGGER no_update_delete;"
+            "UPDATE ledger.transactions SET amount_minor = amount_minor {} 1"
+            " WHERE kind = 'withdrawal';"
+            "ALTER TABLE ledger.transactions ENABLE TRIGGER no_update_delete;"
+        )
+        try:
+            await superuser.execute(tamper.format("+"))
+            async with (
+                aiohttp.ClientSession(headers=AUTH) as http,
+                http.post(stack.admin_url + "/alerts/audit-verify") as reply,
+            ):
+                assert reply.status == 202
+            fired = await receiver.wait_for("audit_verify_failing", "firing", "journal")
+            assert "found damage" in fired["alert"]["summary"]
+            await superuser.execute(tamper.format("-"))
+        finally:
+            await superuser.close()
+        started = time.monotonic()
+        assert await eventually(lambda: _request_check(stack))
+        await receiver.wait_for("audit_verify_failing", "resolved", "journal")
+        assert time.monotonic() - started < 30
+
+
+async def _request_check(stack: OpsStack) -> bool:
+    checker = stack.operations.checker
+    assert checker is not None
+    return checker.request()
