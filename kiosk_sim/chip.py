@@ -96,6 +96,8 @@ class TerminalData:
     transaction_type: str  # F3's first two digits, "01"
     date: datetime
     unpredictable_number: bytes
+    tvr: bytes = TVR_CLEAN
+    country: bytes = TERMINAL_COUNTRY
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -208,8 +210,8 @@ def _terminal_tags(terminal: TerminalData) -> dict[int, bytes]:
     return {
         emv.TAG_AMOUNT_AUTHORISED: bytes.fromhex(f"{terminal.amount_minor:012d}"),
         emv.TAG_AMOUNT_OTHER: bytes(6),
-        emv.TAG_TERMINAL_COUNTRY: TERMINAL_COUNTRY,
-        emv.TAG_TVR: TVR_CLEAN,
+        emv.TAG_TERMINAL_COUNTRY: terminal.country,
+        emv.TAG_TVR: terminal.tvr,
         emv.TAG_CURRENCY: bytes.fromhex("0" + terminal.currency_numeric),
         emv.TAG_DATE: bytes.fromhex(terminal.date.strftime("%y%m%d")),
         emv.TAG_TRANSACTION_TYPE: bytes.fromhex(terminal.transaction_type),

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from hsm import emv
 from hsm.devkeys import DevKeys
@@ -168,3 +169,39 @@ async def test_simulated_chip_kiosks_under_load(
         replace(plan, mix={"chip_withdrawal": 1}, count=28), again, "127.0.0.1", stack.server.port
     )
     assert report.response_codes == {"00": 28}
+
+
+MALFORMED_ICC = [
+    ("truncated", "9F2608"),
+    ("a length past the field", "9F2608AABBCCDD"),
+    ("overlong length", "9F26810800000000000000009F270180"),
+    ("unknown critical tag", "9F4F0100"),
+    ("duplicate tags", "9F2701809F270180"),
+]
+
+
+async def test_malformed_icc_data_is_a_format_error_naming_the_tag_on_an_open_connection(
+    make_stack: StackFactory, dev_keys: DevKeys
+) -> None:
+    stack = await chip_stack(make_stack, dev_keys, 18)
+    terminal = await stack.terminal()
+    card = chip_card(stack, 18)
+    good = terminal.chip_withdrawal(card.generate_arqc(terminal.terminal_data(1_000)), PIN, 1_000)
+    with structlog.testing.capture_logs() as logs:
+        for _name, icc_hex in MALFORMED_ICC:
+            bad = terminal.financial("0200", {**good.replace({55: icc_hex}).fields})
+            answer = await terminal.send(bad)
+            assert (answer.code, answer.response_mac_ok) == ("30", True)
+    refused = [event for event in logs if event["event"] == "icc_data_refused"]
+    assert [(event["tag"], event["response_code"]) for event in refused] == [
+        ("9F26", "30"),
+        ("9F26", "30"),
+        ("9F26", "30"),
+        ("9F4F", "30"),
+        ("9F27", "30"),
+    ]
+    assert all("F55:" in event["reason"] for event in refused)
+    # Nothing was journalled for them, and the connection still serves the card.
+    assert await journal_codes(stack, stack.customers[0].customer_id) == []
+    assert not terminal.client.closed_by_peer
+    assert (await terminal.send(good)).code == "00"
