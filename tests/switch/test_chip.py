@@ -45,8 +45,9 @@ BASE = {
 }
 
 
-def icc_hex(tags: Mapping[int, bytes] = TAGS, **changes: bytes | None) -> str:
-    changed = {**tags, **{int(k.removeprefix("t"), 16): v for k, v in changes.items()}}
+def icc_hex(**changes: bytes | None) -> str:
+    """TAGS with `t9F27=...` changed (None: left out), as F55 holds them."""
+    changed = {**TAGS, **{int(k.removeprefix("t"), 16): v for k, v in changes.items()}}
     return tlv.encode((t, v) for t, v in changed.items() if v is not None).hex().upper()
 
 
