@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -260,3 +261,29 @@ def test_cryptogram_tags_default_the_amount_other_to_zero() -> None:
     tags = IccData(TAGS).cryptogram_tags()
     assert tags[0x9F03] == bytes(6)
     assert set(tags) == {*emv.TAG_LENGTHS, emv.TAG_IAD}
+
+
+def test_the_readme_worked_example_holds() -> None:
+    """The README's F55 example, byte for byte, verifies and answers the tag 91 it shows."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("0200's F55, 88 bytes:\n\n```\n", 1)[1].split("```", 1)[0]
+    objects = [line.split()[:3] for line in block.splitlines()]
+    icc_data = tlv.encode((int(tag, 16), bytes.fromhex(value)) for tag, _, value in objects)
+    assert len(icc_data) == 88
+    assert all(int(length, 16) == len(bytes.fromhex(value)) for _, length, value in objects)
+    icc = IccData(tlv.decode(icc_data))
+    version = emv.select_cryptogram_version(emv.Scheme.VISA, icc.iad)
+    imk = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    for code, shown in (
+        (ResponseCode.APPROVED, "91 0A 28993816AFAE4AEB 3030"),
+        (ResponseCode.INSUFFICIENT_FUNDS, "91 0A EB606748C7CCF577 3531"),
+    ):
+        result = emv.verify_arqc(
+            imk, "1234567890123456", "00", icc.atc_bytes, icc.arqc, version=version,
+            tags=icc.cryptogram_tags(), response=chip.arpc_response(version, code),
+        )  # fmt: skip
+        assert result.issuer_authentication_data is not None
+        assert chip.issuer_authentication_field(result.issuer_authentication_data) == (
+            shown.replace(" ", "")
+        )
+        assert shown in readme
