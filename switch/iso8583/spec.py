@@ -182,8 +182,8 @@ PAN_FIELD = 2
 MAC_FIELDS: tuple[int, int] = (64, 128)
 ICC_DATA_FIELD = 55
 # The requests that carry the chip's data in F55 (an authorisation's ARQC, a reversal's second
-# cryptogram), and the responses that carry the issuer's back (tag 91).
-ICC_DATA_MTIS: frozenset[str] = frozenset({"0200", "0420", "0421", "0210", "0430"})
+# cryptogram), and the response that carries the issuer's back (tag 91).
+ICC_DATA_MTIS: frozenset[str] = frozenset({"0200", "0420", "0421", "0210"})
 
 
 def _field_spec(field: FieldDef, dialect: Dialect) -> dict[str, Any]:
