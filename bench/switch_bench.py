@@ -7,7 +7,10 @@
    production), driven by kiosk_sim in closed loop at several terminal counts with approved
    withdrawals only: approved withdrawals/s and its ratio to (1), latency percentiles, CPU per
    approved withdrawal (switch + PostgreSQL + simulator) and the ratio of (1)'s CPU per
-   transaction to it, and the CPU steal seen meanwhile (see bench/cpu.py).
+   transaction to it, and the CPU steal seen meanwhile (see bench/cpu.py). At each count, the
+   same again with chip cards (`chip_*` figures): each withdrawal's ARQC verified by the HSM,
+   its ATC checked and moved in the posting, tag 91 answered and checked by the card, every
+   cryptogram version in turn; `chip_to_magstripe_t*` is the ratio of the two rates.
 3. Open loop at 80% of the best closed-loop rate: p99 at a fixed load, and where the time goes
    (the mean per pipeline step, and per ledger read and write the mean wait for a call, the
    mean call and the mean batch, from the switch's own metrics).
@@ -49,6 +52,7 @@ from ledger.postgres import ClusterInfo, LocalCluster
 TERMINAL_COUNTS = (4, 16, 48, 256)
 IDLE_CONNECTIONS = 10_000
 WITHDRAWALS_ONLY = {"withdrawal": 1}
+CHIP_WITHDRAWALS_ONLY = {"chip_withdrawal": 1}
 
 
 # Room for the idle connections; a pool for two batch calls each of reads and writes and more.
@@ -72,38 +76,88 @@ class _Processes:
         return cpu.process_cpu_s(self.switch), cpu.cluster_cpu_s(self.postmaster), own_s
 
 
+@dataclass(frozen=True, slots=True)
+class _LoopFigures:
+    """One closed-loop run: approved/s, latency, and CPU per approval by process."""
+
+    approved_per_s: float
+    p50_ms: float
+    p99_ms: float
+    switch_us: float
+    postgres_us: float
+    simulator_us: float
+    wal_bytes_per_approved: float
+    steal_percent: float
+
+    @property
+    def cpu_us(self) -> float:
+        return self.switch_us + self.postgres_us + self.simulator_us
+
+
+async def _closed_loop(
+    population: Population,
+    port: int,
+    duration_s: float,
+    processes: _Processes,
+    *,
+    count: int,
+    mix: dict[str, int],
+) -> _LoopFigures:
+    plan = load.Plan(terminals=count, seed=count, mix=mix, duration_s=duration_s)
+    cpu_before, ticks_before = processes.cpu_s(), cpu.MachineTicks.read()
+    wal_before = await wal_position_bytes(processes.info)
+    report = await load.run(plan, population, "127.0.0.1", port)
+    cpu_after, ticks_after = processes.cpu_s(), cpu.MachineTicks.read()
+    wal_after = await wal_position_bytes(processes.info)
+    latency = report.latency_ms()
+    approved = max(1, report.approved)
+    switch_us, postgres_us, simulator_us = (
+        1e6 * (after - before) / approved
+        for before, after in zip(cpu_before, cpu_after, strict=True)
+    )
+    kind = next(iter(mix))
+    print(
+        f"switch_bench: {count} terminals, {kind}: {report.to_text().splitlines()[1]}",
+        file=sys.stderr,
+    )
+    return _LoopFigures(
+        round(report.rate_per_s(report.approved), 1),
+        latency["p50"],
+        latency["p99"],
+        switch_us,
+        postgres_us,
+        simulator_us,
+        (wal_after - wal_before) / approved,
+        cpu.steal_percent(ticks_before, ticks_after),
+    )
+
+
 async def closed_loops(
     population: Population, port: int, duration_s: float, processes: _Processes
 ) -> dict[str, float]:
     figures: dict[str, float] = {}
     for count in TERMINAL_COUNTS:
-        plan = load.Plan(terminals=count, seed=count, mix=WITHDRAWALS_ONLY, duration_s=duration_s)
-        cpu_before, ticks_before = processes.cpu_s(), cpu.MachineTicks.read()
-        wal_before = await wal_position_bytes(processes.info)
-        report = await load.run(plan, population, "127.0.0.1", port)
-        cpu_after, ticks_after = processes.cpu_s(), cpu.MachineTicks.read()
-        wal_after = await wal_position_bytes(processes.info)
-        latency = report.latency_ms()
-        approved = max(1, report.approved)
-        switch_us, postgres_us, simulator_us = (
-            1e6 * (after - before) / approved
-            for before, after in zip(cpu_before, cpu_after, strict=True)
+        stripe = await _closed_loop(
+            population, port, duration_s, processes, count=count, mix=WITHDRAWALS_ONLY
         )
-        figures[f"approved_withdrawals_per_s_t{count}"] = round(
-            report.rate_per_s(report.approved), 1
+        chip = await _closed_loop(
+            population, port, duration_s, processes, count=count, mix=CHIP_WITHDRAWALS_ONLY
         )
-        figures[f"p50_ms_t{count}"] = latency["p50"]
-        figures[f"p99_ms_t{count}"] = latency["p99"]
-        figures[f"cpu_us_per_approved_t{count}"] = round(switch_us + postgres_us + simulator_us)
-        figures[f"wal_bytes_per_approved_t{count}"] = round((wal_after - wal_before) / approved)
-        figures[f"steal_percent_t{count}"] = round(cpu.steal_percent(ticks_before, ticks_after), 1)
-        print(
-            f"switch_bench: {count} terminals: {report.to_text().splitlines()[1]}", file=sys.stderr
+        for prefix, run in (("", stripe), ("chip_", chip)):
+            figures[f"{prefix}approved_withdrawals_per_s_t{count}"] = run.approved_per_s
+            figures[f"{prefix}p50_ms_t{count}"] = run.p50_ms
+            figures[f"{prefix}p99_ms_t{count}"] = run.p99_ms
+            figures[f"{prefix}cpu_us_per_approved_t{count}"] = round(run.cpu_us)
+            figures[f"{prefix}wal_bytes_per_approved_t{count}"] = round(run.wal_bytes_per_approved)
+            figures[f"{prefix}steal_percent_t{count}"] = round(run.steal_percent, 1)
+        figures[f"chip_to_magstripe_t{count}"] = round(
+            chip.approved_per_s / max(stripe.approved_per_s, 0.1), 3
         )
     # Where the CPU went at the largest count: switch, server, simulator.
-    figures[f"switch_cpu_us_per_approved_t{count}"] = round(switch_us)
-    figures[f"postgres_cpu_us_per_approved_t{count}"] = round(postgres_us)
-    figures[f"simulator_cpu_us_per_approved_t{count}"] = round(simulator_us)
+    for prefix, run in (("", stripe), ("chip_", chip)):
+        figures[f"{prefix}switch_cpu_us_per_approved_t{count}"] = round(run.switch_us)
+        figures[f"{prefix}postgres_cpu_us_per_approved_t{count}"] = round(run.postgres_us)
+        figures[f"{prefix}simulator_cpu_us_per_approved_t{count}"] = round(run.simulator_us)
     return figures
 
 
@@ -206,6 +260,9 @@ async def end_to_end(
             f"approved_withdrawals_per_s_t{best_count}"
         ]
         figures["cpu_us_per_approved_best"] = figures[f"cpu_us_per_approved_t{best_count}"]
+        figures["chip_approved_withdrawals_per_s_best"] = max(
+            figures[f"chip_approved_withdrawals_per_s_t{n}"] for n in TERMINAL_COUNTS
+        )
         figures |= await open_loop(
             population,
             switch.port,

@@ -41,6 +41,7 @@ SWITCH_COMMANDS = frozenset(
         cmd.SESSION_KEYS,
         cmd.CHECK_VALUE,
         cmd.PAN_HASH,
+        cmd.VERIFY_ARQC,
     }
 )
 PROFILES: Mapping[str, frozenset[str]] = {

@@ -2,8 +2,10 @@
 
 ``make_dev_keys`` wraps a TMK, a PVK and a BDK under the given (normally the development) LMK
 and also returns the clear TMK, which the terminal simulator needs and a real deployment never
-has in software; and it wraps the development PAN-hash key (``keys.DEVELOPMENT_PAN_HASH_KEY``)
-as a PHK. A seed makes the output reproducible.
+has in software; it wraps the development PAN-hash key (``keys.DEVELOPMENT_PAN_HASH_KEY``) as a
+PHK; and it makes an issuer master key for chip cards (IMK-AC), also returned in clear for the
+simulator's cards, which derive their own keys from it as a card personalisation bureau would.
+A seed makes the output reproducible.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class DevKeys:
     pvk: StoredKey
     bdk: StoredKey
     phk: StoredKey  # the development PAN-hash key: hashes equal the ledger's development ones
+    imk_ac: StoredKey  # an issuer master key for chip cards' application cryptograms
+    imk_ac_clear_hex: str  # DEVELOPMENT ONLY: for simulated chip cards
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -56,6 +60,9 @@ class DevKeys:
             "bdk_kcv": self.bdk.kcv,
             "phk": self.phk.to_text(),
             "phk_kcv": self.phk.kcv,
+            "imk_ac": self.imk_ac.to_text(),
+            "imk_ac_kcv": self.imk_ac.kcv,
+            "imk_ac_clear": self.imk_ac_clear_hex,
         }
 
 
@@ -68,12 +75,18 @@ def make_dev_keys(lmk: Lmk, seed: bytes | None = None) -> DevKeys:
     tmk = new_key()
     stored_tmk = lmk.wrap(KeyRole.TMK, Algorithm.TDES, tmk, rng=rng)
     assert stored_tmk.kcv == kcv_hex(Algorithm.TDES, tmk), "KCV block must match the key"
+    pvk = lmk.wrap(KeyRole.PVK, Algorithm.TDES, new_key(), rng=rng)
+    bdk = lmk.wrap(KeyRole.BDK, Algorithm.TDES, new_key(), rng=rng)
+    phk = lmk.wrap(KeyRole.PHK, Algorithm.HMAC, DEVELOPMENT_PAN_HASH_KEY, rng=rng)
+    # Drawn after the others, so the keys above stay what earlier seeds gave.
+    imk_ac = new_key()
     return DevKeys(
         lmk_kcv=lmk.kcv,
         tmk=stored_tmk,
         tmk_clear_hex=tmk.hex().upper(),
-        pvk=lmk.wrap(KeyRole.PVK, Algorithm.TDES, new_key(), rng=rng),
-        bdk=lmk.wrap(KeyRole.BDK, Algorithm.TDES, new_key(), rng=rng),
-        # Last, so the keys above stay what earlier seeds gave.
-        phk=lmk.wrap(KeyRole.PHK, Algorithm.HMAC, DEVELOPMENT_PAN_HASH_KEY, rng=rng),
+        pvk=pvk,
+        bdk=bdk,
+        phk=phk,
+        imk_ac=lmk.wrap(KeyRole.IMK_AC, Algorithm.TDES, imk_ac, rng=rng),
+        imk_ac_clear_hex=imk_ac.hex().upper(),
     )

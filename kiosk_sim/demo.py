@@ -30,6 +30,7 @@ import aiohttp
 from hsm.devkeys import make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
 from kiosk_sim import load, scrape
+from kiosk_sim.chip import ChipCard, ChipProfile
 from kiosk_sim.client import TerminalClient
 from kiosk_sim.epp import Epp
 from kiosk_sim.population import LedgerView, build, provision
@@ -51,13 +52,30 @@ ADA_CARD, ADA_PIN = "4111111111111111", "1234"
 BOB_CARD, BOB_PIN = "5555555555554444", "4321"
 CHEN_CARD, CHEN_PIN = "4000056655665556", "1111"
 BLOCKED_CARD, BLOCKED_PIN = "4012888888881881", "2222"
+CHIP_CARD, CHIP_PIN, CHIP_PSN = "4761739001010010", "1234", "01"  # Ada's, Visa CVN 18
+CHIP_CVN = 18
 EUR, USD = "978", "840"
+# The load phase's sessions: the usual mix with chip cards in it.
+LOAD_MIX = {
+    **load.DEFAULT_MIX,
+    "chip_withdrawal": 4,
+    "chip_replay": 1,
+    "bad_arqc": 1,
+    "fallback": 1,
+}
 
 
 def demo_tmk(terminal_id: str) -> bytes:
     """A demo terminal's clear TMK, as its EPP would hold it (DEVELOPMENT ONLY)."""
     keys = make_dev_keys(Lmk(DEVELOPMENT_LMK), seed=f"demo {terminal_id}".encode())
     return bytes.fromhex(keys.tmk_clear_hex)
+
+
+def demo_chip_card() -> ChipCard:
+    """Ada's chip card, personalised from the demo IMK-AC (DEVELOPMENT ONLY, public)."""
+    keys = make_dev_keys(Lmk(DEVELOPMENT_LMK), seed=b"demo bank")
+    imk = bytes.fromhex(keys.imk_ac_clear_hex)
+    return ChipCard(ChipProfile.personalise(imk, CHIP_CARD, CHIP_PSN, CHIP_CVN))
 
 
 def free_port() -> int:
@@ -186,9 +204,11 @@ DESCRIPTIONS = {
     "05": "do not honour",
     "51": "insufficient funds",
     "55": "incorrect PIN",
+    "57": "not permitted to cardholder",
     "58": "not permitted to terminal",
     "61": "exceeds amount limit",
     "62": "restricted card",
+    "63": "security violation",
     "65": "exceeds frequency limit",
     "75": "PIN tries exceeded",
     "91": "unavailable",
@@ -273,6 +293,7 @@ async def scripted(port: int, say: Say) -> None:
             await kiosk.send(tampered),
             "  (security event, audited)",
         )
+        await chip(kiosk, n)
     finally:
         await kiosk.client.close()
     usd = await connect("KIOSK003", port, seed=3)
@@ -288,10 +309,30 @@ async def scripted(port: int, say: Say) -> None:
         await usd.client.close()
 
 
+async def chip(kiosk: Terminal, n: Narrator) -> None:
+    """Ada's chip card: its ARQC verified and the ARPC checked by the card; a replay of it, and
+    a read of its stripe, refused."""
+    card = demo_chip_card()  # the demo's ledger is new: the card's counter starts at 0
+    cryptogram = card.generate_arqc(kiosk.terminal_data(4_000))
+    exchange = await kiosk.send(kiosk.chip_withdrawal(cryptogram, CHIP_PIN, 4_000))
+    verdict = card.authenticate_issuer(cryptogram, exchange.response.get(55))
+    checked = "ARPC ok, card approves" if verdict.approve else "ARPC FAILED, card declines"
+    n.show(kiosk, f"chip withdraw EUR 40.00, ATC {cryptogram.atc}", exchange, f"  ({checked})")
+    if exchange.approved and not verdict.approve:
+        reversal = kiosk.chip_reversal(exchange.request, card.decline(cryptogram))
+        n.show(kiosk, "reversal 0420 with the card's AAC", await kiosk.send(reversal))
+    replay = kiosk.chip_withdrawal(cryptogram, CHIP_PIN, 4_000)
+    n.show(kiosk, "the same chip data again (replay)", await kiosk.send(replay), "  (audited)")
+    stripe = kiosk.stripe_withdrawal(
+        CHIP_CARD, CHIP_PIN, 4_000, expiry_yymm="2912", service_code="201"
+    )
+    n.show(kiosk, "chip card read by its stripe", await kiosk.send(stripe), "  (no fallback)")
+
+
 async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
     """Simulated kiosks with a seeded population of their own, end state checked after."""
     population = build(seed=2026, customers=24, terminals=LOAD_TERMINALS)
-    plan = load.Plan(terminals=LOAD_TERMINALS, seed=2026, duration_s=LOAD_SECONDS)
+    plan = load.Plan(terminals=LOAD_TERMINALS, seed=2026, duration_s=LOAD_SECONDS, mix=LOAD_MIX)
     with running_cluster(data_dir) as cluster:  # the switch's: reused, left running
         await provision(cluster.owner_dsn, population)
 

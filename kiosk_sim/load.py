@@ -18,14 +18,34 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from kiosk_sim.chip import AtcExhausted, ChipCard, Cryptogram
 from kiosk_sim.client import SwitchConnectionClosed, TerminalClient
 from kiosk_sim.epp import Epp
-from kiosk_sim.population import LedgerView, Population, SimCard, SimTerminal
+from kiosk_sim.population import (
+    CHIP_EXPIRY_YYMM,
+    CHIP_SERVICE_CODE,
+    LedgerView,
+    Population,
+    SimCard,
+    SimTerminal,
+)
 from kiosk_sim.report import Report
 from kiosk_sim.terminal import Exchange, Terminal
 from switch.iso8583 import Message
 
-SESSIONS = ("balance", "withdrawal", "transfer", "wrong_pin", "partial", "duplicate", "reversal")
+SESSIONS = (
+    "balance",
+    "withdrawal",
+    "transfer",
+    "wrong_pin",
+    "partial",
+    "duplicate",
+    "reversal",
+    "chip_withdrawal",
+    "chip_replay",
+    "bad_arqc",
+    "fallback",
+)
 DEFAULT_MIX: Mapping[str, int] = {
     "balance": 4,
     "withdrawal": 4,
@@ -173,9 +193,11 @@ class Kiosk:
         *,
         address: tuple[str, int],
         faults: Mapping[str, float],
+        chips: Mapping[str, ChipCard],
     ) -> None:
         self.terminal, self.cards, self.report, self.model = terminal, cards, report, model
         self.rng = rng
+        self.chips = chips  # the population's: each chip is its own card's, at this kiosk only
         self._address = address
         self._faults = faults
         self._fault_rng = random.Random(rng.random())
@@ -390,6 +412,90 @@ class Kiosk:
         if answer is not None and answer.approved:
             self.model.deltas[card.checking] += amount
 
+    # chip cards: the card's twin, read by its chip (F55) or by its stripe (fallback)
+
+    async def _chip_withdrawal(self, card: SimCard, started: float | None) -> None:
+        await self._chip_withdraw(card, started)
+
+    async def _chip_withdraw(self, card: SimCard, started: float | None) -> Cryptogram | None:
+        """The card's ARQC goes online; the card checks the ARPC in the answer. An approval
+        whose ARPC fails is declined by the card, and the kiosk reverses it with the card's
+        AAC. The cryptogram when the card approved, else None."""
+        chip = self.chips[card.chip.pan]
+        amount = self.rng.choice(AMOUNTS_MINOR)
+        try:
+            cryptogram = chip.generate_arqc(self.terminal.terminal_data(amount))
+        except AtcExhausted:
+            self.report.record_error("chip_atc_exhausted", at_s=time.perf_counter())
+            return None
+        request = self.terminal.chip_withdrawal(cryptogram, card.pin, amount)
+        exchange = await self.send(request, started)
+        if exchange is None or not exchange.approved:
+            return None
+        if chip.authenticate_issuer(cryptogram, exchange.response.get(55)).approve:
+            self.model.deltas[card.checking] -= amount
+            return cryptogram
+        self.report.record_error("arpc_failed", at_s=time.perf_counter())
+        await self.send(self.terminal.chip_reversal(request, chip.decline(cryptogram)))
+        return None
+
+    async def _chip_replay(self, card: SimCard, started: float | None) -> None:
+        """A chip withdrawal, then another at the same ATC (a fresh ARQC for an old counter,
+        as a clone would send): it must be declined."""
+        approved = await self._chip_withdraw(card, started)
+        if approved is None:
+            return
+        chip = self.chips[card.chip.pan]
+        amount = self.rng.choice(AMOUNTS_MINOR)
+        replayed = chip.cryptogram_at(approved.atc, self.terminal.terminal_data(amount))
+        exchange = await self.send(self.terminal.chip_withdrawal(replayed, card.pin, amount))
+        self._must_not_approve(exchange, card, amount, "a replayed ATC")
+
+    async def _bad_arqc(self, card: SimCard, started: float | None) -> None:
+        """A chip request whose ARQC is not the card's (one bit changed): it must be declined."""
+        chip = self.chips[card.chip.pan]
+        amount = self.rng.choice(AMOUNTS_MINOR)
+        try:
+            cryptogram = chip.generate_arqc(self.terminal.terminal_data(amount))
+        except AtcExhausted:
+            self.report.record_error("chip_atc_exhausted", at_s=time.perf_counter())
+            return
+        forged = cryptogram.with_arqc(bytes([cryptogram.arqc[0] ^ 1]) + cryptogram.arqc[1:])
+        exchange = await self.send(self.terminal.chip_withdrawal(forged, card.pin, amount), started)
+        self._must_not_approve(exchange, card, amount, "a forged ARQC")
+
+    async def _fallback(self, card: SimCard, started: float | None) -> None:
+        """The chip card read by its stripe: approved only where its profile allows fallback."""
+        chip = card.chip
+        amount = self.rng.choice(AMOUNTS_MINOR)
+        request = self.terminal.stripe_withdrawal(
+            chip.pan, card.pin, amount, expiry_yymm=CHIP_EXPIRY_YYMM, service_code=CHIP_SERVICE_CODE
+        )
+        exchange = await self.send(request, started)
+        if exchange is None:
+            return
+        if chip.fallback_allowed and exchange.code == "57":
+            self.model.unresolved.append(
+                f"{self.terminal.terminal_id} STAN {request.stan}: fallback refused (57) to a card"
+                " whose profile allows it"
+            )
+        if exchange.approved:
+            self.model.deltas[card.checking] -= amount
+            if not chip.fallback_allowed:
+                self._unexpected_approval(request, "a fallback the card's profile refuses")
+
+    def _must_not_approve(
+        self, exchange: Exchange | None, card: SimCard, amount: int, what: str
+    ) -> None:
+        if exchange is not None and exchange.approved:
+            self.model.deltas[card.checking] -= amount  # the money did move
+            self._unexpected_approval(exchange.request, what)
+
+    def _unexpected_approval(self, request: Message, what: str) -> None:
+        self.model.unresolved.append(
+            f"{self.terminal.terminal_id} STAN {request.stan}: {what} was approved"
+        )
+
 
 def _share(count: int | None, kiosks: int, index: int) -> int | None:
     return None if count is None else count // kiosks + (index < count % kiosks)
@@ -410,6 +516,7 @@ async def start_kiosk(
     report: Report,
     model: Model,
     seed: int,
+    chips: Mapping[str, ChipCard],
 ) -> Kiosk:
     host, port = address
     client = await TerminalClient.connect(host, port, timeout_ms=plan.timeout_ms)
@@ -428,7 +535,9 @@ async def start_kiosk(
             await client.close()
             report.errors[f"{step}_declined"] += 1
             raise SignOnDeclined(sim.terminal_id, step, exchange.code, report)
-    return Kiosk(terminal, cards, report, model, rng, address=address, faults=plan.faults)
+    return Kiosk(
+        terminal, cards, report, model, rng, address=address, faults=plan.faults, chips=chips
+    )
 
 
 async def closed_loop(kiosk: Kiosk, budget: Budget, pick: Callable[[], str]) -> None:
@@ -502,6 +611,7 @@ async def run(
                     report=report,
                     model=model,
                     seed=plan.seed * 7919 + i,
+                    chips=population.chips,
                 )
             )
     except SignOnDeclined:

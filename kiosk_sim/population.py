@@ -3,6 +3,12 @@
 Everything is derived from the seed: PANs, PINs, balances and each terminal's TMK, so two runs
 with one seed meet the same world. PIN verification data comes from the HSM (the development
 LMK); the terminals' clear TMKs stay with the simulator, as they would in each kiosk's EPP.
+
+Each card has a chip twin on the same accounts with the same PIN: an EMV card of one of the
+cryptogram versions in turn, personalised from the seed's issuer master key (IMK-AC), half of
+them allowing fallback to the stripe. The chip cards' counters are state: they live in the
+population, shared by every run of it, and `provision` moves them up to what the ledger last
+saw, so a population provisioned again goes on where it left off.
 """
 
 from __future__ import annotations
@@ -10,24 +16,44 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from hsm import emv
 from hsm.api import Ibm3624Method
-from hsm.devkeys import make_dev_keys
+from hsm.devkeys import DevKeys, make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
 from hsm.local import LocalHSM
+from kiosk_sim.chip import CVNS, ChipCard, ChipProfile
 from ledger.fixtures import load_fixtures
 from ledger.migrations import require_current
-from ledger.pan import luhn_complete
+from ledger.pan import luhn_complete, pan_hash
 from ledger.settings import pan_hash_key_from_env
 
 LMK = Lmk(DEVELOPMENT_LMK)
 OPENING_MINOR = 10_000_000  # EUR 100,000.00 per account: load runs decline on limits, not funds
 CUSTOMER_ID_BASE = 100_000
 CONNECT_WITHIN_S = 60.0
+
+
+CHIP_PSN = "01"
+CHIP_EXPIRY_YYMM = "3012"
+CHIP_SERVICE_CODE = "201"  # international, ICC present; normal authorisation, PIN required
+
+
+@dataclass(frozen=True, slots=True)
+class SimChip:
+    """A card's chip twin: its personalisation and whether its profile allows fallback."""
+
+    profile: ChipProfile
+    fallback_allowed: bool
+
+    @property
+    def pan(self) -> str:
+        return self.profile.pan
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +63,7 @@ class SimCard:
     customer_id: int
     checking: str  # account numbers
     savings: str
+    chip: SimChip
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +77,8 @@ class Population:
     seed: int
     cards: tuple[SimCard, ...]
     terminals: tuple[SimTerminal, ...]
+    # The chip cards by PAN, with their counters: state, shared by every run of the population.
+    chips: Mapping[str, ChipCard] = field(default_factory=dict, compare=False)
 
     @property
     def accounts(self) -> tuple[str, ...]:
@@ -69,6 +98,7 @@ def build(seed: int, customers: int, terminals: int, cards: int | None = None) -
     the load generator deals them to other kiosks, so one customer is served at two at once.
     """
     rng = random.Random(seed)
+    imk_ac = bytes.fromhex(_bank_keys(seed).imk_ac_clear_hex)
     base = CUSTOMER_ID_BASE + (seed % 10_000) * 10_000
     assert 1 <= customers <= CUSTOMERS_MAX, "ids of one seed stay in their own range"
     cards = customers if cards is None else cards
@@ -79,24 +109,46 @@ def build(seed: int, customers: int, terminals: int, cards: int | None = None) -
         # A customer's k-th card: prefix 49, 48, ... (the first card's PAN is as it always was).
         pan = luhn_complete(f"{49 - n // customers}{customer_id:013d}")
         pin = f"{rng.randrange(10_000):04d}"
+        chip = SimChip(_chip_profile(imk_ac, n, customers, customer_id), n % 2 == 1)
         sim_cards.append(
-            SimCard(pan, pin, customer_id, f"SIM-{customer_id}-20", f"SIM-{customer_id}-10")
+            SimCard(pan, pin, customer_id, f"SIM-{customer_id}-20", f"SIM-{customer_id}-10", chip)
         )
     sims = []
     for n in range(terminals):
         terminal_id = f"S{seed % 1000:03d}{n:04d}"
         keys = make_dev_keys(LMK, seed=f"sim {seed} {terminal_id}".encode())
         sims.append(SimTerminal(terminal_id, bytes.fromhex(keys.tmk_clear_hex)))
-    return Population(seed, tuple(sim_cards), tuple(sims))
+    chips = {card.chip.pan: ChipCard(card.chip.profile) for card in sim_cards}
+    return Population(seed, tuple(sim_cards), tuple(sims), chips)
+
+
+def _bank_keys(seed: int) -> DevKeys:
+    """The seed's issuer keys: its PVK, and its IMK-AC for chip cards."""
+    return make_dev_keys(LMK, seed=f"sim {seed} bank".encode())
+
+
+def _chip_profile(imk_ac: bytes, n: int, customers: int, customer_id: int) -> ChipProfile:
+    """Card n's chip twin: the cryptogram versions in turn; Visa's with 17-digit PANs (ICC
+    master key option B), Mastercard's with 16, so no chip PAN is a stripe card's."""
+    cvn = CVNS[n % len(CVNS)]
+    digits = f"{9 - n // customers}{customer_id:013d}"
+    visa = emv.cryptogram_version(cvn).scheme is emv.Scheme.VISA
+    prefix = f"4{digits}7" if visa else f"5{digits}"
+    return ChipProfile.personalise(imk_ac, luhn_complete(prefix), CHIP_PSN, cvn)
 
 
 async def fixtures(population: Population) -> dict[str, Any]:
     """The population in `python -m ledger load`'s format, with real PIN data and TMKs."""
     hsm = LocalHSM(LMK)
-    pvk = make_dev_keys(LMK, seed=f"sim {population.seed} bank".encode()).pvk
+    bank = _bank_keys(population.seed)
+    pvk = bank.pvk
     customers: dict[int, dict[str, Any]] = {}
     for card in population.cards:
         offset = await hsm.derive_pin_verification_data(pvk, card.pan, card.pin, Ibm3624Method())
+        chip = card.chip
+        chip_offset = await hsm.derive_pin_verification_data(
+            pvk, chip.pan, card.pin, Ibm3624Method()
+        )
         customer = customers.setdefault(
             card.customer_id,
             {
@@ -118,6 +170,16 @@ async def fixtures(population: Population) -> dict[str, Any]:
              "pin": {"method": "ibm3624", "pvk": pvk.to_text(), "offset": offset,
                      "pin_length": 4}}
         )  # fmt: skip
+        customer["cards"].append(
+            {"pan": chip.pan, "expiry": CHIP_EXPIRY_YYMM, "status": "active", "currency": "EUR",
+             "max_per_txn_minor": 100_000, "daily_amount_minor": 10**12, "daily_count": 10**6,
+             "accounts": {"20": card.checking, "10": card.savings},
+             "pin": {"method": "ibm3624", "pvk": pvk.to_text(), "offset": chip_offset,
+                     "pin_length": 4},
+             "emv": {"imk_ac": bank.imk_ac.to_text(), "psn": chip.profile.psn,
+                     "scheme": chip.profile.scheme, "cvn": chip.profile.cvn,
+                     "fallback_allowed": chip.fallback_allowed}}
+        )  # fmt: skip
     terminals = []
     for terminal in population.terminals:
         stored = make_dev_keys(LMK, seed=f"sim {population.seed} {terminal.terminal_id}".encode())
@@ -138,9 +200,27 @@ async def provision(owner_dsn: str, population: Population, *, timeout_ms: int =
     try:
         await require_current(conn, timeout_ms=timeout_ms)  # SchemaTooOld names the fix
         data = await fixtures(population)
-        await load_fixtures(conn, data, pan_hash_key=pan_hash_key_from_env(), timeout_ms=timeout_ms)
+        key = pan_hash_key_from_env()
+        await load_fixtures(conn, data, pan_hash_key=key, timeout_ms=timeout_ms)
+        await _resume_counters(conn, population, key, timeout_ms=timeout_ms)
     finally:
         await conn.close()
+
+
+async def _resume_counters(
+    conn: asyncpg.Connection, population: Population, key: bytes, *, timeout_ms: int
+) -> None:
+    """Each chip card goes on from the last ATC the ledger saw of it (an earlier run's)."""
+    hashes = {pan_hash(pan, key): chip for pan, chip in population.chips.items()}
+    rows = await conn.fetch(
+        "SELECT pan_hash, emv_last_atc FROM ledger.cards"
+        " WHERE pan_hash = ANY($1::bytea[]) AND emv_last_atc IS NOT NULL",
+        list(hashes),
+        timeout=timeout_ms / 1000,
+    )
+    for row in rows:
+        chip = hashes[bytes(row["pan_hash"])]
+        chip.last_atc = max(chip.last_atc, row["emv_last_atc"])
 
 
 class LedgerView:

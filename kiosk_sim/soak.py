@@ -324,7 +324,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def _pans_in(text: str, population: Population) -> int:
-    return sum(text.count(card.pan) for card in population.cards)
+    return sum(text.count(card.pan) + text.count(card.chip.pan) for card in population.cards)
 
 
 async def _verify(owner_dsn: str) -> audit.VerifyReport:

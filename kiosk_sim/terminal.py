@@ -12,10 +12,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from kiosk_sim.chip import Cryptogram, TerminalData
 from kiosk_sim.client import TerminalClient, network_request, transmission_time
 from kiosk_sim.epp import Epp
 from switch.iso8583 import Dialect, Message, mac_input, prepared_for_mac, with_mac
 from switch.iso8583.elements import KeyChangeData, OriginalData, ReplacementAmounts
+
+# F22: PAN entry mode (05 chip, 90 whole magnetic stripe), then 1: the kiosk takes PINs.
+CHIP_ENTRY_MODE = "051"
+STRIPE_ENTRY_MODE = "901"
+TRACK_2_DISCRETIONARY = "00000000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,67 @@ class Terminal:
             },
         )
 
+    def terminal_data(
+        self, amount_minor: int, *, currency: str = "978", transaction_type: str = "01"
+    ) -> TerminalData:
+        """What the kiosk hands a chip card for its cryptogram: amount, date, a fresh
+        unpredictable number."""
+        return TerminalData(
+            amount_minor, currency, transaction_type, self._clock(), self._rng.randbytes(4)
+        )
+
+    def chip_withdrawal(
+        self,
+        cryptogram: Cryptogram,
+        pin: str,
+        amount_minor: int,
+        *,
+        currency: str = "978",
+        account: str = "00",
+    ) -> Message:
+        """A withdrawal read by the card's chip: F22 051 (ICC, PIN capable), F23 the PAN
+        sequence number, F55 the card's ARQC and the data it covers."""
+        profile = cryptogram.profile
+        return self.financial(
+            "0200",
+            {
+                2: profile.pan,
+                3: f"01{account}00",
+                4: f"{amount_minor:012d}",
+                22: CHIP_ENTRY_MODE,
+                23: profile.psn.rjust(3, "0"),
+                49: currency,
+                55: cryptogram.field_55(),
+                **self._pin(pin, profile.pan),
+            },
+        )
+
+    def stripe_withdrawal(
+        self,
+        pan: str,
+        pin: str,
+        amount_minor: int,
+        *,
+        expiry_yymm: str,
+        service_code: str,
+        currency: str = "978",
+        account: str = "00",
+    ) -> Message:
+        """A withdrawal read by the card's magnetic stripe: F22 901, F35 track 2 (a chip card's
+        service code starts with 2: read this way, it is a fallback)."""
+        return self.financial(
+            "0200",
+            {
+                2: pan,
+                3: f"01{account}00",
+                4: f"{amount_minor:012d}",
+                22: STRIPE_ENTRY_MODE,
+                35: f"{pan}={expiry_yymm}{service_code}{TRACK_2_DISCRETIONARY}",
+                49: currency,
+                **self._pin(pin, pan),
+            },
+        )
+
     def balance_inquiry(self, pan: str, pin: str, *, account: str = "00") -> Message:
         return self.financial("0200", {2: pan, 3: f"31{account}00", **self._pin(pin, pan)})
 
@@ -151,6 +218,12 @@ class Terminal:
         if dispensed_minor is not None:
             fields[95] = ReplacementAmounts(dispensed_minor).encode()
         return self.financial("0420", fields)
+
+    def chip_reversal(self, original: Message, declined: Cryptogram) -> Message:
+        """The 0420 after the card declined the host's approval: F55 carries its AAC."""
+        reversal = self.reversal(original)
+        fields = {22: CHIP_ENTRY_MODE, 55: declined.field_55()}
+        return self.sign(reversal.replace(fields))
 
     def repeat_of(self, request: Message) -> Message:
         """The same request sent again: 0201 or 0421, same F7 and STAN, MACed anew."""

@@ -13,6 +13,7 @@ from ledger.model import (
     BalanceInquiry,
     Card,
     Decision,
+    EmvProfile,
     Outcome,
     Request,
     Result,
@@ -79,6 +80,7 @@ class WriteItem(NamedTuple):
     card_usage_day: date | None
     card_usage_amount_minor: int | None
     card_usage_count: int | None
+    atc: int | None
     authorisation: bytes | None  # the HSM's word (hsm/authorisation.py), for an approval
 
 
@@ -167,8 +169,13 @@ def write_item(
         reply.xmin if reply else None, update is not None,
         update.status if update else None, update.pin_tries if update else None,
         update.usage_day if update else None, update.usage_amount_minor if update else None,
-        update.usage_count if update else None, authorisation,
+        update.usage_count if update else None, decision.atc, authorisation,
     )  # fmt: skip
+
+
+def atc_of(request: Request) -> int | None:
+    """A chip request's counter; reversals carry none (theirs is the original's)."""
+    return None if isinstance(request, Reversal) else request.atc
 
 
 def _card(row: Mapping[str, Any] | None) -> Card | None:
@@ -191,6 +198,21 @@ def _card(row: Mapping[str, Any] | None) -> Card | None:
         usage_amount_minor=int(row["usage_amount_minor"]),
         usage_count=int(row["usage_count"]),
         xmin=int(row["xmin"]),
+        emv=_emv_profile(row),
+        last_atc=row["emv_last_atc"],
+    )
+
+
+def _emv_profile(row: Mapping[str, Any]) -> EmvProfile | None:
+    if row["emv_imk_ac"] is None:
+        return None
+    cvn = row["emv_cvn"]
+    return EmvProfile(
+        imk_ac=row["emv_imk_ac"],
+        psn=row["emv_psn"],
+        scheme=row["emv_scheme"],
+        cvn=None if cvn is None else int(cvn),
+        fallback_allowed=bool(row["emv_fallback_allowed"]),
     )
 
 

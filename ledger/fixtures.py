@@ -65,6 +65,7 @@ FIELDS: Mapping[str, Mapping[str, Field]] = MappingProxyType(
             "daily_count": Field(int),
             "accounts": Field(dict, required=False),
             "pin": Field(dict, required=False),
+            "emv": Field(dict, required=False),
         },
         "terminals": {
             "id": Field(str),
@@ -249,6 +250,45 @@ def _check_card(card: Mapping[str, Any], where: Entry) -> None:
                 f" ({', '.join(CUSTOMER_ACCOUNT_TYPES)}) to account numbers,"
                 f" got {type_code!r} = {_toml_kind(number)}",
             )
+    if "emv" in card:
+        _check_emv(card["emv"], where)
+
+
+# A chip card's EMV profile: field, its TOML kind, and whether it is required.
+EMV_FIELDS: Mapping[str, tuple[type, bool]] = MappingProxyType(
+    {
+        "imk_ac": (str, True),
+        "psn": (str, True),
+        "scheme": (str, True),
+        "cvn": (int, False),
+        "fallback_allowed": (bool, False),
+    }
+)
+EMV_SCHEMES = ("visa", "mastercard")
+_PSN = re.compile(r"[0-9]{2}")
+_CVN_RANGE = range(1, 256)
+
+
+def _check_emv(emv: Mapping[str, Any], where: Entry) -> None:
+    """The EMV profile table of a card: the IMK-AC key block (under the LMK), the PAN sequence
+    number, the scheme, and optionally the cryptogram version and whether fallback is allowed."""
+    for name, value in emv.items():
+        if name not in EMV_FIELDS:
+            known = ", ".join(EMV_FIELDS)
+            raise EntryError(where, f"unknown field 'emv.{name}' (known: {known})")
+        kind, _ = EMV_FIELDS[name]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            expected = "a boolean" if kind is bool else _EXPECTED[kind]
+            raise EntryError(where, f"field 'emv.{name}' must be {expected}")
+    missing = [name for name, (_, required) in EMV_FIELDS.items() if required and name not in emv]
+    if missing:
+        raise EntryError(where, f"field 'emv.{missing[0]}' is missing")
+    if not _PSN.fullmatch(emv["psn"]):
+        raise EntryError(where, "field 'emv.psn' must be two digits ('00' when the card has none)")
+    if emv["scheme"] not in EMV_SCHEMES:
+        raise EntryError(where, f"field 'emv.scheme' must be one of {', '.join(EMV_SCHEMES)}")
+    if "cvn" in emv and emv["cvn"] not in _CVN_RANGE:
+        raise EntryError(where, "field 'emv.cvn' must be a cryptogram version from 1 to 255")
 
 
 _CHECKS: Mapping[str, Callable[[Mapping[str, Any], Entry], None]] = MappingProxyType(
@@ -357,6 +397,7 @@ async def _load_card(
     )  # fmt: skip
     if card_id is None:
         raise EntryError(where, f"card {mask_pan(pan)} belongs to another customer")
+    await _load_emv_profile(conn, card_id, entry.get("emv"), timeout_s=timeout_s)
     for type_code, number in entry.get("accounts", {}).items():
         linked = await conn.execute(
             "INSERT INTO ledger.card_accounts"
@@ -368,6 +409,22 @@ async def _load_card(
         )  # fmt: skip
         if linked != "INSERT 0 1":
             raise EntryError(where, f"no {type_code} account {number} of this customer")
+
+
+async def _load_emv_profile(
+    conn: Connection, card_id: int, emv: Mapping[str, Any] | None, *, timeout_s: float
+) -> None:
+    """The card's EMV profile as the file says (none: not a chip card). Its last ATC is kept:
+    a reload that reset it would let every old cryptogram of the card be replayed."""
+    profile = emv or {}
+    await conn.execute(
+        "UPDATE ledger.cards SET emv_imk_ac = $2, emv_psn = $3, emv_scheme = $4, emv_cvn = $5,"
+        "  emv_fallback_allowed = $6"
+        " WHERE card_id = $1",
+        card_id, profile.get("imk_ac"), profile.get("psn"), profile.get("scheme"),
+        profile.get("cvn"), profile.get("fallback_allowed", False),
+        timeout=timeout_s,
+    )  # fmt: skip
 
 
 async def _load_terminal(conn: Connection, entry: Mapping[str, Any], timeout_s: float) -> None:

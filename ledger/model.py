@@ -33,6 +33,8 @@ class Outcome(StrEnum):
     RESTRICTED_CARD = "restricted_card"  # 62
     EXCEEDS_FREQUENCY_LIMIT = "exceeds_frequency_limit"  # 65
     PIN_TRIES_EXCEEDED = "pin_tries_exceeded"  # 75
+    # A chip card's cryptogram failed, or its counter (ATC) was used before: a replay.
+    SECURITY_VIOLATION = "security_violation"  # 63
     DUPLICATE = "duplicate"  # 94
 
 
@@ -53,6 +55,7 @@ RESPONSE_CODES: Mapping[Outcome, str] = {
     Outcome.RESTRICTED_CARD: "62",
     Outcome.EXCEEDS_FREQUENCY_LIMIT: "65",
     Outcome.PIN_TRIES_EXCEEDED: "75",
+    Outcome.SECURITY_VIOLATION: "63",
     Outcome.DUPLICATE: "94",
 }
 
@@ -97,6 +100,7 @@ class BalanceInquiry:
     key: RequestKey
     audit: AuditFields
     account_type: str
+    atc: int | None = None  # a chip card's counter (see Withdrawal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,9 @@ class Withdrawal:
     account_type: str
     amount_minor: int
     currency: str
+    # A chip card's application transaction counter, from a cryptogram the HSM verified: it must
+    # be above the card's last, which the write moves to it.
+    atc: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,7 @@ class Transfer:
     currency: str
     to_type: str | None = None
     to_account: str | None = None
+    atc: int | None = None  # a chip card's counter (see Withdrawal)
 
     def __post_init__(self) -> None:
         assert (self.to_type is None) != (self.to_account is None), "exactly one destination"
@@ -138,6 +146,7 @@ class Reversal:
 
 
 Request = BalanceInquiry | Withdrawal | Transfer | Reversal
+CardRequest = BalanceInquiry | Withdrawal | Transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +166,22 @@ class Account:
         return None if self.floor_minor is None else self.balance_minor - self.floor_minor
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class EmvProfile:
+    """A chip card as its issuer knows it. `imk_ac` is the issuer master key its keys derive
+    from, as a key block under the LMK (never a clear key); `scheme` is "visa" or "mastercard";
+    `cvn` the cryptogram version when the card's IAD does not name it in its scheme's layout."""
+
+    imk_ac: str
+    psn: str
+    scheme: str
+    cvn: int | None
+    fallback_allowed: bool
+
+    def __repr__(self) -> str:
+        return f"EmvProfile({self.scheme}, cvn={self.cvn}, fallback={self.fallback_allowed})"
+
+
 @dataclass(frozen=True, slots=True)
 class Card:
     card_id: int
@@ -174,6 +199,9 @@ class Card:
     usage_amount_minor: int
     usage_count: int
     xmin: int  # as Account.xmin
+    emv: EmvProfile | None = None  # None: not a chip card the issuer profiled
+    # The highest ATC of a verified cryptogram so far; None when none was seen yet.
+    last_atc: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +266,8 @@ class Decision:
     currency: str = ""
     # The account whose balances go back in the reply (after this decision's postings).
     reply_account: Account | None = None
+    # A chip card's counter this write moves the card's last ATC to (checked above it).
+    atc: int | None = None
 
     def __post_init__(self) -> None:
         totals: dict[str, int] = {}

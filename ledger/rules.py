@@ -9,6 +9,7 @@ from ledger.model import (
     Account,
     BalanceInquiry,
     Card,
+    CardRequest,
     CardUpdate,
     Decision,
     Outcome,
@@ -61,18 +62,34 @@ def _card_state(card: Card) -> CardUpdate:
     )
 
 
-def decide_pin_failure(snapshot: Snapshot, policy: Policy) -> Decision:
-    """One more wrong PIN: count it, and block the card when the limit is reached."""
+def decide_pin_failure(snapshot: Snapshot, policy: Policy, *, atc: int | None = None) -> Decision:
+    """One more wrong PIN: count it, and block the card when the limit is reached. A chip
+    request's counter is spent all the same (see `decide`)."""
     card = snapshot.card
     if card is None:
         return Decision(Outcome.INVALID_CARD, "pin")
+    if atc_replayed(card, atc):
+        return Decision(Outcome.SECURITY_VIOLATION, "pin")
     tries = min(card.pin_tries + 1, policy.pin_tries_max)
     blocked = tries >= policy.pin_tries_max
     update = replace(
         _card_state(card), pin_tries=tries, status="blocked" if blocked else card.status
     )
     outcome = Outcome.PIN_TRIES_EXCEEDED if blocked else Outcome.INCORRECT_PIN
-    return Decision(outcome, "pin", card_update=update)
+    return _spending_atc(Decision(outcome, "pin", card_update=update), card, atc)
+
+
+def atc_replayed(card: Card, atc: int | None) -> bool:
+    """A chip request whose counter is not above the last one the card used: a replay."""
+    return atc is not None and card.last_atc is not None and atc <= card.last_atc
+
+
+def _spending_atc(decision: Decision, card: Card | None, atc: int | None) -> Decision:
+    """A verified cryptogram spends its counter whatever the outcome: a declined request
+    replayed later (when the funds are there) must not be approved."""
+    if atc is None or card is None or card.emv is None:
+        return decision
+    return replace(decision, atc=atc)
 
 
 def _verified(card: Card) -> CardUpdate | None:
@@ -81,12 +98,27 @@ def _verified(card: Card) -> CardUpdate | None:
 
 
 def decide(snapshot: Snapshot, request: Request, now: datetime, policy: Policy) -> Decision:
-    """The decision for a request whose PIN (if any) the HSM has verified."""
+    """The decision for a request whose PIN (if any) and chip cryptogram (if any) the HSM has
+    verified. A chip request's counter is checked here too: decided again on state read under
+    lock, a request whose ATC another one used meanwhile is declined as a replay."""
     if isinstance(request, Reversal):
         return _decide_reversal(snapshot, request)
-    kind = "withdrawal" if isinstance(request, Withdrawal) else "transfer"
+    card = snapshot.card
+    if card is not None and atc_replayed(card, request.atc):
+        return Decision(Outcome.SECURITY_VIOLATION, _kind(request))
+    return _spending_atc(_decide_card_request(snapshot, request, now, policy), card, request.atc)
+
+
+def _kind(request: CardRequest) -> str:
     if isinstance(request, BalanceInquiry):
-        kind = "inquiry"
+        return "inquiry"
+    return "withdrawal" if isinstance(request, Withdrawal) else "transfer"
+
+
+def _decide_card_request(
+    snapshot: Snapshot, request: CardRequest, now: datetime, policy: Policy
+) -> Decision:
+    kind = _kind(request)
     if snapshot.self_reversal is not None:
         # Its reversal came first: the late original must not move money.
         return Decision(Outcome.DO_NOT_HONOUR, kind)

@@ -194,7 +194,9 @@ class LedgerStore:
         """Count a wrong PIN (blocking the card at the limit) and record the decline."""
         return await self._decide_and_apply(
             lookup,
-            lambda snapshot, _at: rules.decide_pin_failure(snapshot, self.policy),
+            lambda snapshot, _at: rules.decide_pin_failure(
+                snapshot, self.policy, atc=codec.atc_of(lookup.request)
+            ),
             authorisation=None,
             now=now,
             timeout_ms=timeout_ms,

@@ -1,7 +1,9 @@
 """The switch's request handler: the pipeline steps that call the HSM and the ledger.
 
-Per financial request: validate → verify MAC → look up (duplicate check, card, terminal) →
-verify PIN → post → respond → MAC the response. Each step either hands the context on or ends
+Per financial request: validate → read the card's chip data → verify MAC → look up (duplicate
+check, card, terminal) → chip checks (fallback, amount, ATC, ARQC) → verify PIN → post → respond
+(with the ARPC when an ARQC verified) → MAC the response. Each step either hands the context on
+or ends
 the request with an outcome; nothing after a decline posts anything. The deadline covers every
 call up to the posting; once the ledger write has started it runs to completion (bounded by the
 ledger's statement timeout), so a terminal is never told "declined" about money that moved. If
@@ -32,6 +34,8 @@ from ledger.errors import LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result
 from ledger.store import LedgerStore, Lookup
+from switch.chip import CardRead, ChipRefusal, read_card
+from switch.chip_steps import ChipSteps, VerifiedArqc, refusal_logged
 from switch.iso8583.codec import mac_input, prepared_for_mac, with_mac
 from switch.iso8583.elements import KeyChangeData
 from switch.iso8583.message import Message
@@ -41,9 +45,8 @@ from switch.pipeline import (
     DeadlinePassed,
     Outcome,
     PinDataError,
+    answer,
     ledger_request,
-    response_code,
-    result_fields,
     retrieval_reference,
     run_steps,
     verification_from_pin_data,
@@ -58,6 +61,8 @@ from switch.transaction import Kind, Refusal, Transaction, parse_transaction
 
 log = structlog.get_logger("switch.flows")
 AES_KSN_BYTES = 12
+# An answer's own HSM calls (its MAC, a decline's ARPC) get at least this long, deadline or not.
+MIN_RESPONSE_HSM_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,8 @@ class Context:
     transaction: Transaction
     rrn: str
     lookup: Lookup | None = None
+    card_read: CardRead | None = None
+    arqc: VerifiedArqc | None = None  # a chip request's ARQC, once the HSM verified it
     # The HSM's word that the PIN was right, which the ledger checks before any approval.
     authorisation: bytes | None = None
 
@@ -102,6 +109,13 @@ class Flows:
         self._count_error = count_error
         self._time_step = time_step
         self._write_timeout_ms = write_timeout_ms
+        self._chip = ChipSteps(
+            hsm=hsm,
+            ledger=ledger,
+            wall_clock=wall_clock,
+            write_timeout_ms=write_timeout_ms,
+            atc_jump_logged=settings.atc_jump_logged,
+        )
 
     async def __call__(self, request: Message, link: Link) -> Message | None:
         deadline = Deadline(self._settings.request_deadline_ms)
@@ -155,7 +169,14 @@ class Flows:
             steps_ms[step] = elapsed_ms
 
         try:
-            outcome = await run_steps(steps, context, timed=timed)
+            outcome, decided_on = await run_steps(steps, context, timed=timed)
+            if decided_on.arqc is not None:
+                outcome = await self._chip.with_arpc(
+                    parsed,
+                    decided_on.arqc,
+                    outcome,
+                    timeout_ms=max(deadline_left(deadline), MIN_RESPONSE_HSM_MS),
+                )
         finally:
             # Also when a step raised (a dependency down, the deadline): those are the slow ones.
             if sum(steps_ms.values()) >= self._settings.slow_request_ms:
@@ -166,6 +187,12 @@ class Flows:
                     steps_ms={step: round(ms, 1) for step, ms in steps_ms.items()},
                 )
         return replace(outcome, fields={37: context.rrn, **outcome.fields})
+
+    async def read_chip(self, context: Context) -> Context | Outcome:
+        read = read_card(context.transaction)
+        if isinstance(read, ChipRefusal):
+            return refusal_logged(context.transaction, read)
+        return replace(context, card_read=read)
 
     async def check_mac(self, context: Context) -> Context | Outcome:
         if not self._settings.require_mac:
@@ -198,6 +225,36 @@ class Flows:
         if lookup.answered is not None:
             return self._answer(context, lookup.answered, reason="repeat: stored response")
         return replace(context, lookup=lookup)
+
+    async def check_card_read(self, context: Context) -> Context | Outcome:
+        read, lookup = context.card_read, context.lookup
+        assert read is not None, "read_chip runs first"
+        assert lookup is not None, "look_up runs first"
+        refused = await self._chip.check_card_read(context.transaction, read, lookup)
+        return context if refused is None else refused
+
+    async def check_chip_data(self, context: Context) -> Context | Outcome:
+        read, lookup = context.card_read, context.lookup
+        assert read is not None, "read_chip runs first"
+        assert lookup is not None, "look_up runs first"
+        if read.icc is None:
+            return context
+        refused = await self._chip.check_chip_data(context.transaction, read.icc, lookup)
+        return context if refused is None else refused
+
+    async def verify_arqc(self, context: Context) -> Context | Outcome:
+        read, lookup = context.card_read, context.lookup
+        assert read is not None, "read_chip runs first"
+        assert lookup is not None, "look_up runs first"
+        card = lookup.card
+        if read.icc is None or card is None or card.emv is None:
+            return context  # no chip data, or a card check_card_read passed to the ledger
+        verified = await self._chip.verify_arqc(
+            context.transaction, read.icc, card.emv, lookup, context.deadline
+        )
+        if isinstance(verified, Outcome):
+            return verified
+        return replace(context, arqc=verified)
 
     async def verify_pin(self, context: Context) -> Context | Outcome:
         lookup = context.lookup
@@ -258,7 +315,10 @@ class Flows:
     async def _lookup(self, context: Context) -> Lookup:
         if context.lookup is not None:
             return context.lookup
-        request = ledger_request(context.transaction, context.rrn)
+        read = context.card_read
+        atc = read.icc.atc if read is not None and read.icc is not None else None
+        # The ledger spends the counter only on decisions made after the ARQC verified.
+        request = ledger_request(context.transaction, context.rrn, atc=atc)
         remaining_ms = context.deadline.remaining_ms()
         try:
             # A read writes nothing: at the deadline the request stops waiting at once (the
@@ -276,8 +336,7 @@ class Flows:
             ) from None
 
     def _answer(self, context: Context, result: Result, reason: str | None = None) -> Outcome:
-        fields = result_fields(context.transaction, result)
-        return Outcome(response_code(result.outcome), MappingProxyType(fields), reason)
+        return answer(context.transaction, result, reason)
 
     # network management
 
@@ -336,7 +395,7 @@ class Flows:
             mac = await self._hsm.generate_mac(
                 tak,
                 mac_input(prepared, self._dialect),
-                timeout_ms=max(deadline_left(deadline), 100),
+                timeout_ms=max(deadline_left(deadline), MIN_RESPONSE_HSM_MS),
             )
         except HsmUnavailable as exc:
             self._count_error("hsm")
@@ -392,12 +451,23 @@ def _stored(text: str | None) -> StoredKey | None:
     return None if text is None else StoredKey.from_text(text)
 
 
-_FINANCIAL: Sequence[StepMethod] = (Flows.check_mac, Flows.look_up, Flows.verify_pin, Flows.post)
+_FINANCIAL: Sequence[StepMethod] = (
+    Flows.read_chip,
+    Flows.check_mac,
+    Flows.look_up,
+    Flows.check_card_read,
+    Flows.check_chip_data,
+    Flows.verify_arqc,
+    Flows.verify_pin,
+    Flows.post,
+)
 STEPS: Mapping[Kind, Sequence[StepMethod]] = MappingProxyType(
     {
         Kind.WITHDRAWAL: _FINANCIAL,
         Kind.BALANCE_INQUIRY: _FINANCIAL,
         Kind.TRANSFER: _FINANCIAL,
-        Kind.REVERSAL: (Flows.check_mac, Flows.look_up, Flows.post),
+        # A reversal's F55 (the card's second cryptogram) is read for form only: the reversal
+        # is applied whatever the card said, as any other.
+        Kind.REVERSAL: (Flows.read_chip, Flows.check_mac, Flows.look_up, Flows.post),
     }
 )

@@ -84,9 +84,10 @@ async def run_steps(
     *,
     timed: Callable[[str, float], None],
     clock: Callable[[], float] = time.perf_counter,
-) -> Outcome:
-    """Run the named steps in order until one decides. Each step that runs is timed, also the one
-    that raises: `timed(name, elapsed_ms)` (where a request's time goes, as jPOS's profiler)."""
+) -> tuple[Outcome, C]:
+    """Run the named steps in order until one decides: its outcome, and the context it decided
+    on. Each step that runs is timed, also the one that raises: `timed(name, elapsed_ms)` (where
+    a request's time goes, as jPOS's profiler)."""
     for name, step in steps:
         started = clock()
         try:
@@ -94,13 +95,13 @@ async def run_steps(
         finally:
             timed(name, (clock() - started) * 1000)
         if isinstance(result, Outcome):
-            return result
+            return result, context
         context = result
     raise AssertionError("a pipeline's last step always decides")
 
 
-def ledger_request(transaction: Transaction, rrn: str) -> LedgerRequest:
-    """The ledger's view of a validated transaction."""
+def ledger_request(transaction: Transaction, rrn: str, *, atc: int | None = None) -> LedgerRequest:
+    """The ledger's view of a validated transaction; `atc`, a chip request's counter."""
     request = transaction.request
     key = RequestKey(
         transaction.terminal_id,
@@ -111,12 +112,12 @@ def ledger_request(transaction: Transaction, rrn: str) -> LedgerRequest:
     audit = AuditFields(request.mti, str(request.processing_code), rrn)
     from_type = _account_type(transaction.from_account_type)
     if transaction.kind is Kind.BALANCE_INQUIRY:
-        return BalanceInquiry(transaction.pan, key, audit, from_type)
+        return BalanceInquiry(transaction.pan, key, audit, from_type, atc)
     currency = transaction.currency
     assert currency is not None, "field 49 is required for money movements"
     if transaction.kind is Kind.WITHDRAWAL:
         return Withdrawal(
-            transaction.pan, key, audit, from_type, transaction.amount_minor, currency
+            transaction.pan, key, audit, from_type, transaction.amount_minor, currency, atc
         )
     if transaction.kind is Kind.TRANSFER:
         to_account = request.get(103)
@@ -129,6 +130,7 @@ def ledger_request(transaction: Transaction, rrn: str) -> LedgerRequest:
             currency,
             to_type=None if to_account else _account_type(transaction.to_account_type),
             to_account=to_account.strip() if to_account else None,
+            atc=atc,
         )
     original = transaction.original
     assert original is not None, "a reversal carries field 90"
@@ -161,6 +163,12 @@ def retrieval_reference(transaction: Transaction, now: datetime) -> str:
         day = 28
     day_of_year = date(year, month, day).timetuple().tm_yday
     return f"{year % 10}{day_of_year:03d}{hour}{transaction.stan}"
+
+
+def answer(transaction: Transaction, result: Result, reason: str | None = None) -> Outcome:
+    """The outcome of a request the ledger decided (or recorded the decline of)."""
+    fields = result_fields(transaction, result)
+    return Outcome(response_code(result.outcome), MappingProxyType(fields), reason)
 
 
 def result_fields(transaction: Transaction, result: Result) -> dict[int, str]:

@@ -18,6 +18,7 @@ class ResponseCode(StrEnum):
     NOT_PERMITTED_TO_TERMINAL = "58"
     EXCEEDS_AMOUNT_LIMIT = "61"
     RESTRICTED_CARD = "62"
+    SECURITY_VIOLATION = "63"  # a chip cryptogram that fails, or a replayed ATC
     EXCEEDS_FREQUENCY_LIMIT = "65"
     PIN_TRIES_EXCEEDED = "75"
     ISSUER_UNAVAILABLE = "91"

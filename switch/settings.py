@@ -161,6 +161,9 @@ class PipelineSettings:
     # A financial request whose pipeline takes this long is logged again as `slow_request`,
     # with the time of each step it went through.
     slow_request_ms: int
+    # A chip card's ATC this far or further above its last is logged as `atc_jump` (a card used
+    # offline many times, or a clone that started ahead); it is not declined.
+    atc_jump_logged: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +457,7 @@ def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
         slow_request_ms=pipeline_table.integer(
             "slow_request_ms", 1_000, minimum=1, maximum=600_000
         ),
+        atc_jump_logged=pipeline_table.integer("atc_jump_logged", 100, minimum=2, maximum=65_535),
     )
     pipeline_table.finish()
     logs = root.table("logging")

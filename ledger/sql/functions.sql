@@ -394,7 +394,7 @@ CREATE OR REPLACE FUNCTION ledger.post_batch(
   processing_codes text[], rrns text[], card_xmins bigint[], checked_account_ids bigint[],
   checked_account_xmins bigint[], card_updates boolean[], card_statuses text[],
   card_pin_tries integer[], card_usage_days date[], card_usage_amounts_minor bigint[],
-  card_usage_counts integer[], authorisations bytea[]
+  card_usage_counts integer[], atcs integer[], authorisations bytea[]
 ) RETURNS TABLE (item integer, status text, result jsonb, state jsonb)
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 #variable_conflict use_column
@@ -538,6 +538,20 @@ BEGIN
     RAISE EXCEPTION 'refused: %', v_refusal USING ERRCODE = 'insufficient_privilege';
   END IF;
 
+  -- EMV (0003_emv): a chip request's ATC, from a cryptogram the HSM verified, must be above the
+  -- last its card used. Checked here under the customer's lock and moved forward below, in the
+  -- transaction that writes the request, so two requests with one ATC never both succeed. The
+  -- switch declines a replay itself; one that reaches this point was decided on the card's row
+  -- as it still is (else its status is 'stale'), so it is a decision the rules do not allow.
+  IF EXISTS (SELECT 1 FROM unnest(v_items) v
+               JOIN unnest(atcs) WITH ORDINALITY AS e(atc, position) ON e.position = v.position
+               JOIN ledger.cards c ON c.card_id = v.card_id
+              WHERE v.status = 'write' AND e.atc IS NOT NULL
+                AND (c.emv_imk_ac IS NULL OR c.emv_last_atc >= e.atc)) THEN
+    RAISE EXCEPTION 'refused: an ATC not above the card''s last, or for a card with no EMV profile'
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+
   WITH w AS (
     SELECT v.*, i.* FROM unnest(v_items) v
       JOIN unnest(terminal_ids, transmission_times, stans, message_classes, kinds, outcomes,
@@ -602,6 +616,12 @@ BEGIN
   SELECT count(*), string_agg(leaf, ''::bytea ORDER BY transaction_id) INTO v_count, v_leaves
     FROM inserted;
   PERFORM ledger.close_block(v_lane, v_seq, v_prev_hash, now(), v_count, v_leaves);
+  -- EMV (0003_emv): each written chip request moves its card's last ATC to its own (checked
+  -- above). A statement of its own: the counters above may have updated the same row.
+  UPDATE ledger.cards c SET emv_last_atc = e.atc
+    FROM unnest(v_items) v
+    JOIN unnest(atcs) WITH ORDINALITY AS e(atc, position) ON e.position = v.position
+   WHERE c.card_id = v.card_id AND v.status = 'write' AND e.atc IS NOT NULL;
 
   RETURN QUERY
     SELECT v.position, v.status,
@@ -737,7 +757,7 @@ GRANT EXECUTE ON FUNCTION
                     text[], bigint[], text[], text[], text[], text[], text[], text[], text[],
                     text[], bigint[], bigint[], date[], timestamptz[], text[], text[], text[],
                     text[], bigint[], bigint[], bigint[], boolean[], text[], integer[], date[],
-                    bigint[], integer[], bytea[]),
+                    bigint[], integer[], integer[], bytea[]),
   ledger.terminal_keys(text),
   ledger.set_session_keys(text, text, text),
   ledger.schema_state(),
@@ -1087,3 +1107,11 @@ GRANT EXECUTE ON FUNCTION
   ledger.record_audit_check(text, timestamptz, text, bigint, text),
   ledger.latest_audit_check()
   TO ledger_switch;
+
+-- EMV (0003_emv): post_batch took no ATCs before; dropped so that no version without the ATC
+-- check is left to call.
+DROP FUNCTION IF EXISTS ledger.post_batch(
+  bytea[], text[], text[], text[], text[], text[], text[], text[], bigint[], text[], bigint[],
+  text[], text[], text[], text[], text[], text[], text[], text[], bigint[], bigint[], date[],
+  timestamptz[], text[], text[], text[], text[], bigint[], bigint[], bigint[], boolean[], text[],
+  integer[], date[], bigint[], integer[]);

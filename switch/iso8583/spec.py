@@ -126,6 +126,7 @@ FIELDS: Mapping[int, FieldDef] = MappingProxyType(
         # LLVAR of up to 48 characters holding the KSN in hex.
         53: _llvar("ans", 48, "Security related control information (DUKPT KSN, hex)"),
         54: _lllvar("an", 120, "Additional amounts"),
+        # BER-TLV (EMV 4.3 Book 3 Annex B; switch/iso8583/tlv.py), on ICC_DATA_MTIS only.
         55: _lllvar("b", 255, "ICC data"),
         56: _lllvar("ans", 999, _RESERVED),
         **{n: _lllvar("ans", 999, _RESERVED) for n in range(57, 64)},
@@ -179,6 +180,10 @@ BINARY_FIELDS: frozenset[int] = frozenset(n for n, f in FIELDS.items() if f.cont
 SENSITIVE_FIELDS: frozenset[int] = frozenset({35, 36, 45, 52, 55})
 PAN_FIELD = 2
 MAC_FIELDS: tuple[int, int] = (64, 128)
+ICC_DATA_FIELD = 55
+# The requests that carry the chip's data in F55 (an authorisation's ARQC, a reversal's second
+# cryptogram), and the response that carries the issuer's back (tag 91).
+ICC_DATA_MTIS: frozenset[str] = frozenset({"0200", "0420", "0421", "0210"})
 
 
 def _field_spec(field: FieldDef, dialect: Dialect) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from tests.switch.conftest import LISTENER
 PIN = "1234"
 LMK = Lmk(DEVELOPMENT_LMK)
 DEADLINE_MS = 1_500
+ATC_JUMP_LOGGED = 100
 
 
 def now() -> datetime:
@@ -192,7 +193,10 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
             hsm=hsm,
             ledger=store,
             settings=PipelineSettings(
-                request_deadline_ms=DEADLINE_MS, require_mac=True, slow_request_ms=1_000
+                request_deadline_ms=DEADLINE_MS,
+                require_mac=True,
+                slow_request_ms=1_000,
+                atc_jump_logged=ATC_JUMP_LOGGED,
             ),
             dialect=Dialect(),
             wall_clock=now,

@@ -13,6 +13,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
+from hsm.devkeys import make_dev_keys
 from kiosk_sim import load
 from kiosk_sim.epp import Epp
 from kiosk_sim.population import LedgerView, build, provision
@@ -24,7 +25,7 @@ from switch.iso8583.elements import KeyChangeData
 from switch.logging import configure_logging
 from switch.settings import LoggingSettings
 from tests.conftest import PgCluster
-from tests.e2e.conftest import PIN, StackFactory
+from tests.e2e.conftest import LMK, PIN, StackFactory
 
 TOKEN = DEVELOPMENT_TOKENS[Role.VIEWER]
 
@@ -124,12 +125,22 @@ async def test_no_card_data_anywhere_after_every_flow_and_fault(
     await provision(pg_cluster.owner_dsn, population)
     for card in population.cards:
         secrets.add(card.pan)
+        secrets.add(card.chip.pan)
+        secrets.add(card.chip.profile.icc_mk)  # a chip card's own key
     for sim in population.terminals:
         secrets.add(sim.tmk)
     secrets.add(stack.keys.tmk_clear_hex)
+    secrets.add(make_dev_keys(LMK, seed=b"sim 21 bank").imk_ac_clear_hex)
     faults = {"drop": 0.05, "no_read": 0.05, "garbage": 0.05, "slow": 0.05}
+    chip = {"chip_withdrawal": 2, "chip_replay": 1, "bad_arqc": 1, "fallback": 1}
     plan = load.Plan(
-        terminals=4, seed=21, duration_s=None, count=120, faults=faults, timeout_ms=3_000
+        terminals=4,
+        seed=21,
+        mix={**load.DEFAULT_MIX, **chip},
+        duration_s=None,
+        count=160,
+        faults=faults,
+        timeout_ms=3_000,
     )
     report = await load.run(
         plan, population, "127.0.0.1", stack.server.port, ledger=LedgerView(pg_cluster.owner_dsn)

@@ -36,6 +36,12 @@ def test_dev_keys_prints_labelled_key_material(capsys: pytest.CaptureFixture[str
     assert len(keys["tmk_clear"]) == 32
     assert StoredKey.from_text(keys["pvk"]).role.value == "PVK"
     assert StoredKey.from_text(keys["phk"]).role is KeyRole.PHK
+    imk_ac = StoredKey.from_text(keys["imk_ac"])
+    assert (imk_ac.role, imk_ac.kcv, len(keys["imk_ac_clear"])) == (
+        KeyRole.IMK_AC,
+        keys["imk_ac_kcv"],
+        32,
+    )
 
 
 def tls_config(pki: Pki) -> str:

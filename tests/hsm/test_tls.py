@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -14,12 +15,13 @@ import pytest
 import structlog
 
 from hsm import commands as cmd
-from hsm import mac, wire
+from hsm import emv, mac, wire
 from hsm.access import PROFILES, AccessPolicy, ClientRule
 from hsm.api import Ibm3624Method
 from hsm.client import NetworkHSM
 from hsm.crypto import Algorithm
 from hsm.devkeys import DevKeys
+from hsm.emv import ArqcResult
 from hsm.engine import SoftHsm
 from hsm.errors import CommandNotPermittedError, HsmUnavailable
 from hsm.keys import KeyRole
@@ -38,6 +40,20 @@ TAK_CLEAR = bytes(range(16))
 TAK = LMK.wrap(KeyRole.TAK, Algorithm.TDES, TAK_CLEAR)
 DATA = b"0200 withdrawal"
 POLICY = AccessPolicy((ClientRule("switch-1", "switch"), ClientRule("officer", "admin")))
+# The Visa CVN 18 vector of tests/vectors/emv.json.
+VISA = json.loads((Path(__file__).parents[1] / "vectors" / "emv.json").read_text())["cvn"]
+
+
+def verify_published_arqc(hsm: NetworkHSM) -> Awaitable[ArqcResult]:
+    tags = {int(tag, 16): bytes.fromhex(value) for tag, value in VISA["visa"]["tags"].items()}
+    tags[emv.TAG_IAD] = bytes.fromhex(VISA["visa"]["cvn18"]["iad"])
+    imk = LMK.wrap(KeyRole.IMK_AC, Algorithm.TDES, bytes.fromhex(VISA["imk_ac"]))
+    arqc = bytes.fromhex(VISA["visa"]["cvn18"]["arqc"])
+    atc = bytes.fromhex(VISA["atc"])
+    csu = emv.Csu(bytes(4))
+    return hsm.verify_arqc(
+        imk, VISA["pan"], VISA["psn"], atc, arqc, cvn=18, tags=tags, response=csu
+    )
 
 
 async def start(pki: Pki, dev_keys: DevKeys, *, tls_of: Issued | None = None) -> HsmServer:
@@ -86,6 +102,7 @@ async def test_switch_certificate_runs_the_switch_commands(server: HsmServer, pk
         assert await hsm.health() == LMK.kcv
         assert await hsm.verify_mac(TAK, DATA, mac.iso9797_alg3(TAK_CLEAR, DATA))
         assert len(await hsm.pan_hash(PAN)) == 32
+        assert (await verify_published_arqc(hsm)).verified  # chip cards (EMV)
     assert server.stats.commands_not_permitted_total == 0
     assert server.stats.connections_total >= 1
 

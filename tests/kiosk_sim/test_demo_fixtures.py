@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hsm import emv
 from hsm.api import Ibm3624Method, VisaPvvMethod
 from hsm.crypto import Algorithm, key_check_value
 from hsm.keys import DEVELOPMENT_LMK, KeyRole, Lmk, StoredKey
@@ -20,6 +21,7 @@ PINS = {
     demo.BOB_CARD: demo.BOB_PIN,
     demo.CHEN_CARD: demo.CHEN_PIN,
     demo.BLOCKED_CARD: demo.BLOCKED_PIN,
+    demo.CHIP_CARD: demo.CHIP_PIN,
 }
 
 
@@ -48,10 +50,22 @@ def test_each_demo_terminal_tmk_is_the_one_its_epp_holds(terminal: dict[str, str
     assert Lmk(DEVELOPMENT_LMK).unwrap(stored, (KeyRole.TMK,)) == clear
 
 
+def test_the_demo_chip_card_is_personalised_from_the_imk_ac_the_ledger_holds() -> None:
+    profile = CARDS[demo.CHIP_CARD]["emv"]
+    stored = StoredKey.from_text(profile["imk_ac"])
+    assert stored.role is KeyRole.IMK_AC
+    imk = Lmk(DEVELOPMENT_LMK).unwrap(stored, (KeyRole.IMK_AC,))
+    card = demo.demo_chip_card().profile
+    assert (profile["psn"], profile["scheme"], card.scheme) == (demo.CHIP_PSN, "visa", "visa")
+    version = emv.cryptogram_version(demo.CHIP_CVN)
+    assert card.icc_mk == emv.icc_master_key(imk, demo.CHIP_CARD, demo.CHIP_PSN, version.master_key)
+    assert profile["fallback_allowed"] is False
+
+
 def test_readme_lists_the_demo_credentials() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert demo.demo_tmk("KIOSK001").hex().upper() in readme
-    for pan in (demo.ADA_CARD, demo.BOB_CARD, demo.BLOCKED_CARD):
+    for pan in (demo.ADA_CARD, demo.BOB_CARD, demo.BLOCKED_CARD, demo.CHIP_CARD):
         assert f"`{pan}` | `{PINS[pan]}`" in readme
 
 

@@ -6,11 +6,13 @@ import asyncpg
 import pytest
 
 from kiosk_sim.__main__ import main
+from kiosk_sim.chip import CVNS
 from kiosk_sim.demo import free_port
 from kiosk_sim.population import build, fixtures, provision
 from ledger.errors import SchemaTooOld
-from ledger.pan import luhn_valid
+from ledger.pan import luhn_valid, pan_hash
 from ledger.postgres import SUPERUSER
+from ledger.settings import DEVELOPMENT_PAN_HASH_KEY
 from tests.conftest import PgCluster
 
 
@@ -28,7 +30,13 @@ async def test_cards_are_dealt_to_customers_in_turn_and_share_their_accounts(
     assert population.cards[:4] == build(seed=3, customers=4, terminals=2).cards
     assert len(population.accounts) == 2 * 4
     data = await fixtures(population)
-    assert [len(customer["cards"]) for customer in data["customers"]] == per_customer
+    # Each card with its chip twin, on the same accounts.
+    assert [len(customer["cards"]) for customer in data["customers"]] == [
+        2 * n for n in per_customer
+    ]
+    chip_pans = [card.chip.pan for card in population.cards]
+    assert len(set(chip_pans + pans)) == 2 * len(pans)
+    assert all(luhn_valid(pan) for pan in chip_pans)
     for customer in data["customers"]:
         numbers = {account["number"] for account in customer["accounts"]}
         assert all(set(card["accounts"].values()) == numbers for card in customer["cards"])
@@ -76,3 +84,34 @@ async def test_provisioning_an_unmigrated_ledger_names_the_fix(pg_cluster: PgClu
         await conn.close()
     with pytest.raises(SchemaTooOld, match="run `python -m ledger migrate`"):
         await provision(pg_cluster.info.dsn(SUPERUSER, "unmigrated"), build(3, 4, 2))
+
+
+def test_chip_twins_cover_every_cryptogram_version_and_both_fallback_rules() -> None:
+    population = build(seed=3, customers=14, terminals=2)
+    chips = [card.chip for card in population.cards]
+    assert {chip.profile.cvn for chip in chips} == set(CVNS)
+    assert {(chip.profile.cvn, chip.fallback_allowed) for chip in chips} == {
+        (cvn, allowed) for cvn in CVNS for allowed in (False, True)
+    }
+    # Visa's on 17 digits (ICC master key option B), Mastercard's on 16.
+    assert {len(chip.pan) for chip in chips if chip.profile.scheme == "visa"} == {17}
+    assert {len(chip.pan) for chip in chips if chip.profile.scheme == "mastercard"} == {16}
+    assert set(population.chips) == {chip.pan for chip in chips}
+
+
+async def test_provisioning_again_resumes_each_chip_counter(pg_cluster: PgCluster) -> None:
+    population = build(seed=4, customers=2, terminals=1)
+    await provision(pg_cluster.owner_dsn, population)
+    chip = population.cards[0].chip
+    conn = await asyncpg.connect(pg_cluster.owner_dsn)
+    try:
+        await conn.execute(
+            "UPDATE ledger.cards SET emv_last_atc = 41 WHERE pan_hash = $1",
+            pan_hash(chip.pan, DEVELOPMENT_PAN_HASH_KEY),
+        )
+    finally:
+        await conn.close()
+    again = build(seed=4, customers=2, terminals=1)
+    await provision(pg_cluster.owner_dsn, again)
+    assert again.chips[chip.pan].last_atc == 41
+    assert again.chips[population.cards[1].chip.pan].last_atc == 0

@@ -55,7 +55,7 @@ async def test_serve_loads_the_demo_and_a_terminal_can_transact() -> None:
         output = await asyncio.wait_for(
             _output_until(process.stdout, '"event": "listening"'), START_WITHIN_S
         )
-        assert "loaded 3 customers, 6 accounts, 4 cards, 3 terminals" in output
+        assert "loaded 3 customers, 6 accounts, 5 cards, 3 terminals" in output
         assert f"terminals connect to  127.0.0.1:{port}" in output
         assert "demo terminal         KIOSK001, cash in EUR" in output
         assert f"its TMK (clear)       {demo_tmk('KIOSK001').hex().upper()}  KCV B906D5" in output

@@ -250,11 +250,16 @@ async def test_demo_fixtures_load_idempotently(
     for _ in range(2):
         code, out = await asyncio.to_thread(_cli, "load", str(DEMO), "--dsn", pg_cluster.owner_dsn)
         assert code == 0
-        assert "loaded 3 customers, 6 accounts, 4 cards, 3 terminals" in out
+        assert "loaded 3 customers, 6 accounts, 5 cards, 3 terminals" in out
     assert await balance(owner_conn, "EUR-0001-20") == 250_000
     assert await balance(owner_conn, "CASH-KIOSK003") == 0
-    masked = await owner_conn.fetchval("SELECT pan_masked FROM ledger.cards WHERE customer_id = 1")
-    assert masked == "411111******1111"
+    cards = await owner_conn.fetch(
+        "SELECT pan_masked, emv_scheme FROM ledger.cards WHERE customer_id = 1 ORDER BY card_id"
+    )
+    assert [tuple(card) for card in cards] == [
+        ("411111******1111", None),
+        ("476173******0010", "visa"),  # Ada's chip card
+    ]
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ from switch.settings import (
     PipelineSettings,
     WebhookSection,
 )
-from tests.e2e.conftest import LMK, load_world
+from tests.e2e.conftest import ATC_JUMP_LOGGED, LMK, load_world
 from tests.e2e.proxy import CuttableProxy
 from tests.ledger.factory import World
 from tests.ops.conftest import OpsDatabase
@@ -345,7 +345,10 @@ async def _switch(
         hsm=hsm,
         ledger=store,
         settings=PipelineSettings(
-            request_deadline_ms=DEADLINE_MS, require_mac=True, slow_request_ms=1_000
+            request_deadline_ms=DEADLINE_MS,
+            require_mac=True,
+            slow_request_ms=1_000,
+            atc_jump_logged=ATC_JUMP_LOGGED,
         ),
         dialect=Dialect(),
         wall_clock=now,

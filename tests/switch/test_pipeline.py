@@ -83,8 +83,9 @@ async def test_the_first_outcome_ends_the_steps() -> None:
 
     timed: list[tuple[str, float]] = []
     steps = [("one", one), ("decline", decline), ("never", never)]
-    outcome = await run_steps(steps, 1, timed=lambda *step: timed.append(step))
+    outcome, decided_on = await run_steps(steps, 1, timed=lambda *step: timed.append(step))
     assert outcome == Outcome(ResponseCode.INSUFFICIENT_FUNDS, reason="2")
+    assert decided_on == 2  # the context the deciding step was given
     assert ran == ["one", "decline"]
     assert [name for name, _ms in timed] == ["one", "decline"]
 

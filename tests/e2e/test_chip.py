@@ -1,0 +1,207 @@
+"""EMV chip cards end to end over TCP, for every cryptogram version: terminal → switch → HSM
+(its own TCP protocol) → PostgreSQL, and the card checking the issuer's ARPC at the end."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import structlog.testing
+
+from hsm import emv
+from hsm.devkeys import DevKeys
+from kiosk_sim import load
+from kiosk_sim.chip import ChipCard, ChipProfile, Cryptogram, IssuerAuthentication
+from kiosk_sim.population import LedgerView, build, provision
+from kiosk_sim.terminal import Exchange, Terminal
+from switch.iso8583 import tlv
+from tests.conftest import PgCluster
+from tests.e2e.conftest import PIN, Stack, StackFactory
+
+START_MINOR = 100_000
+PSN = "01"
+
+
+def emv_profile(keys: DevKeys, cvn: int, *, fallback_allowed: bool = False) -> dict[str, Any]:
+    scheme = "visa" if emv.cryptogram_version(cvn).scheme is emv.Scheme.VISA else "mastercard"
+    return {
+        "imk_ac": keys.imk_ac.to_text(),
+        "psn": PSN,
+        "scheme": scheme,
+        "cvn": cvn,
+        "fallback_allowed": fallback_allowed,
+    }
+
+
+async def chip_stack(make_stack: StackFactory, keys: DevKeys, cvn: int, **card: Any) -> Stack:
+    return await make_stack(customers=1, emv=emv_profile(keys, cvn, **card))
+
+
+def chip_card(stack: Stack, cvn: int, customer: int = 0) -> ChipCard:
+    imk = bytes.fromhex(stack.keys.imk_ac_clear_hex)
+    return ChipCard(ChipProfile.personalise(imk, stack.customers[customer].pan, PSN, cvn))
+
+
+async def withdraw(
+    terminal: Terminal, card: ChipCard, amount_minor: int
+) -> tuple[Cryptogram, Exchange, IssuerAuthentication]:
+    cryptogram = card.generate_arqc(terminal.terminal_data(amount_minor))
+    exchange = await terminal.send(terminal.chip_withdrawal(cryptogram, PIN, amount_minor))
+    return cryptogram, exchange, card.authenticate_issuer(cryptogram, exchange.response.get(55))
+
+
+async def journal_codes(stack: Stack, customer_id: int) -> list[tuple[str, str]]:
+    rows = await stack.owner.fetch(
+        "SELECT kind, response_code FROM ledger.transactions"
+        " WHERE customer_id = $1 AND kind <> 'opening' ORDER BY transaction_id",
+        customer_id,
+    )
+    return [(row["kind"], row["response_code"]) for row in rows]
+
+
+async def last_atc(stack: Stack, customer_id: int) -> int | None:
+    value: int | None = await stack.owner.fetchval(
+        "SELECT emv_last_atc FROM ledger.cards WHERE customer_id = $1", customer_id
+    )
+    return value
+
+
+@pytest.mark.parametrize("cvn", emv.CRYPTOGRAM_VERSIONS)
+async def test_chip_withdrawal_replay_and_bad_arqc(
+    make_stack: StackFactory, dev_keys: DevKeys, cvn: int
+) -> None:
+    stack = await chip_stack(make_stack, dev_keys, cvn)
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    card = chip_card(stack, cvn)
+
+    sent, approved, card_says = await withdraw(terminal, card, 2_000)
+    assert (approved.code, approved.response_mac_ok) == ("00", True)
+    assert card_says == IssuerAuthentication(arpc_verified=True, issuer_approves=True)
+    assert set(tlv.decode(bytes.fromhex(approved.response.get(55) or ""))) == {0x91}
+    assert await stack.balance(customer.checking) == START_MINOR - 2_000
+    assert await last_atc(stack, customer.customer_id) == sent.atc
+
+    # The very same F55 again under a new STAN, then a fresh ARQC for the old counter.
+    replayed = await terminal.send(terminal.chip_withdrawal(sent, PIN, 2_000))
+    clone = card.cryptogram_at(sent.atc, terminal.terminal_data(3_000))
+    cloned = await terminal.send(terminal.chip_withdrawal(clone, PIN, 3_000))
+    assert (replayed.code, cloned.code) == ("63", "63")
+    assert replayed.response.get(55) is None  # no ARPC for a replay
+
+    # An ARQC under another key: the card's, but a bit changed.
+    fresh = card.generate_arqc(terminal.terminal_data(1_000))
+    forged = fresh.with_arqc(bytes([fresh.arqc[0] ^ 0x01]) + fresh.arqc[1:])
+    bad = await terminal.send(terminal.chip_withdrawal(forged, PIN, 1_000))
+    assert (bad.code, bad.response.get(55)) == ("63", None)
+
+    # A decline after the ARQC verified still carries an ARPC, one the card verifies and that
+    # tells it the issuer declined; the ATC is spent all the same.
+    _sent, over, card_says = await withdraw(terminal, card, 60_000)  # the card's limit: 50,000
+    assert over.code == "61"
+    assert card_says == IssuerAuthentication(arpc_verified=True, issuer_approves=False)
+
+    assert await stack.balance(customer.checking) == START_MINOR - 2_000
+    assert await journal_codes(stack, customer.customer_id) == [
+        ("withdrawal", "00"),
+        ("decline", "63"),
+        ("decline", "63"),
+        ("decline", "63"),
+        ("withdrawal", "61"),
+    ]
+    assert await last_atc(stack, customer.customer_id) == card.last_atc
+
+
+@pytest.mark.parametrize("cvn", emv.CRYPTOGRAM_VERSIONS)
+async def test_fallback_and_the_cards_own_decline(
+    make_stack: StackFactory, dev_keys: DevKeys, cvn: int
+) -> None:
+    refused = await chip_stack(make_stack, dev_keys, cvn)
+    allowed = await chip_stack(make_stack, dev_keys, cvn, fallback_allowed=True)
+    for stack, code in ((refused, "57"), (allowed, "00")):
+        terminal = await stack.terminal()
+        customer = stack.customers[0]
+        stripe = terminal.stripe_withdrawal(
+            customer.pan, PIN, 1_000, expiry_yymm="2812", service_code="201"
+        )
+        assert (await terminal.send(stripe)).code == code
+        expected_minor = START_MINOR - (1_000 if code == "00" else 0)
+        assert await stack.balance(customer.checking) == expected_minor
+
+    # The host approves, but the card finds the ARPC wrong (here: one bit of it flipped on the
+    # way) and declines with an AAC; the kiosk reverses with that second cryptogram in F55.
+    terminal = await allowed.terminal()
+    customer = allowed.customers[0]
+    card = chip_card(allowed, cvn)
+    sent, approved, _ = await withdraw(terminal, card, 4_000)
+    assert approved.code == "00"
+    data = tlv.decode(bytes.fromhex(approved.response.get(55) or ""))[0x91]
+    garbled = tlv.encode([(0x91, bytes([data[0] ^ 0x80]) + data[1:])]).hex()
+    assert not card.authenticate_issuer(sent, garbled).approve
+    reversal = terminal.chip_reversal(approved.request, card.decline(sent))
+    assert (await terminal.send(reversal)).code == "00"
+    assert await allowed.balance(customer.checking) == START_MINOR - 1_000
+
+
+async def test_simulated_chip_kiosks_under_load(
+    make_stack: StackFactory, pg_cluster: PgCluster
+) -> None:
+    """Every chip scenario from seeded kiosks at once; the kiosks' cards check each ARPC, the
+    replays, forged ARQCs and refused fallbacks must all be declined, and the end state must be
+    what the answers said."""
+    stack = await make_stack(customers=1)
+    population = build(seed=61, customers=14, terminals=4)  # every CVN, fallback both ways
+    await provision(pg_cluster.owner_dsn, population)
+    mix = {"chip_withdrawal": 3, "chip_replay": 1, "bad_arqc": 1, "fallback": 2}
+    plan = load.Plan(terminals=4, seed=61, mix=mix, duration_s=None, count=120)
+    report = await load.run(
+        plan, population, "127.0.0.1", stack.server.port, ledger=LedgerView(pg_cluster.owner_dsn)
+    )
+    assert report.differences == []
+    assert report.errors.get("arpc_failed", 0) == 0
+    assert {"00", "57", "63"} <= set(report.response_codes)
+    assert set(report.response_codes) <= {"00", "57", "63"}
+    # Provisioned again, the cards go on from the ATCs the ledger saw: nothing is a replay.
+    again = build(seed=61, customers=14, terminals=4)
+    await provision(pg_cluster.owner_dsn, again)
+    report = await load.run(
+        replace(plan, mix={"chip_withdrawal": 1}, count=28), again, "127.0.0.1", stack.server.port
+    )
+    assert report.response_codes == {"00": 28}
+
+
+MALFORMED_ICC = [
+    ("truncated", "9F2608"),
+    ("a length past the field", "9F2608AABBCCDD"),
+    ("overlong length", "9F26810800000000000000009F270180"),
+    ("unknown critical tag", "9F4F0100"),
+    ("duplicate tags", "9F2701809F270180"),
+]
+
+
+async def test_malformed_icc_data_is_a_format_error_naming_the_tag_on_an_open_connection(
+    make_stack: StackFactory, dev_keys: DevKeys
+) -> None:
+    stack = await chip_stack(make_stack, dev_keys, 18)
+    terminal = await stack.terminal()
+    card = chip_card(stack, 18)
+    good = terminal.chip_withdrawal(card.generate_arqc(terminal.terminal_data(1_000)), PIN, 1_000)
+    with structlog.testing.capture_logs() as logs:
+        for _name, icc_hex in MALFORMED_ICC:
+            bad = terminal.financial("0200", {**good.replace({55: icc_hex}).fields})
+            answer = await terminal.send(bad)
+            assert (answer.code, answer.response_mac_ok) == ("30", True)
+    refused = [event for event in logs if event["event"] == "icc_data_refused"]
+    assert [(event["tag"], event["response_code"]) for event in refused] == [
+        ("9F26", "30"),
+        ("9F26", "30"),
+        ("9F26", "30"),
+        ("9F4F", "30"),
+        ("9F27", "30"),
+    ]
+    assert all("F55:" in event["reason"] for event in refused)
+    # Nothing was journalled for them, and the connection still serves the card.
+    assert await journal_codes(stack, stack.customers[0].customer_id) == []
+    assert not terminal.client.closed_by_peer
+    assert (await terminal.send(good)).code == "00"
