@@ -14,9 +14,13 @@ class LedgerUnavailable(LedgerError):
 class SchemaTooOld(LedgerError):
     """The database schema is older than this code; run `python -m ledger migrate`."""
 
-    def __init__(self, applied: int, required: int) -> None:
+    def __init__(self, applied: int, required: int, *, problem: str | None = None) -> None:
         self.applied = applied
         self.required = required
+        if problem is not None:
+            self.problem = problem
+            super().__init__(problem)
+            return
         self.problem = (
             f"schema version {applied} is older than {required}"
             if applied < required

@@ -87,6 +87,7 @@ async def migrate(conn: Connection, *, timeout_ms: int = 60_000) -> list[Migrati
             timeout=timeout_s,
         )
         current = await applied_version(conn, timeout_ms=timeout_ms)
+        await _require_same_history(conn, timeout_s=timeout_s)
         for migration in available():
             if migration.version <= current:
                 continue
@@ -117,6 +118,23 @@ async def migrate(conn: Connection, *, timeout_ms: int = 60_000) -> list[Migrati
     finally:
         await conn.execute(f"SELECT pg_advisory_unlock({_ADVISORY_LOCK_KEY})", timeout=timeout_s)
     return done
+
+
+async def _require_same_history(conn: Connection, *, timeout_s: float) -> None:
+    """Each applied version must be this code's migration of that version: a database made by
+    an earlier history (before the migrations were squashed into one baseline) cannot be
+    brought forward, and is refused by name rather than half-migrated."""
+    names = {m.version: m.name for m in available()}
+    for row in await conn.fetch(
+        "SELECT version, name FROM ledger.schema_migrations ORDER BY version", timeout=timeout_s
+    ):
+        if names.get(row["version"]) != row["name"]:
+            raise SchemaTooOld(
+                row["version"], required_version(),
+                problem=f"this database's migration {row['version']} is {row['name']!r}, not"
+                " this code's: it predates the squashed baseline; make a new one (for the"
+                " private cluster, remove its data directory)",
+            )  # fmt: skip
 
 
 async def require_current(conn: Connection, *, timeout_ms: int) -> None:

@@ -92,3 +92,21 @@ async def test_a_switch_deciding_by_another_policy_does_not_start(
 ) -> None:
     with pytest.raises(LedgerError, match=r"pin_tries_max = 3.*differs from the switch's settings"):
         await open_store(replace(ledger_settings, pin_tries_max=5), timeout_ms=10_000)
+
+
+async def test_a_database_of_an_earlier_history_is_refused_by_name(
+    pg_cluster: PgCluster,
+) -> None:
+    cluster = postgres.LocalCluster(pg_cluster.data_dir)
+    cluster.info = pg_cluster.info
+    conn = await asyncpg.connect(cluster.create_database("earlier_history"))
+    try:
+        await conn.execute(
+            "CREATE SCHEMA ledger; CREATE TABLE ledger.schema_migrations (version integer"
+            " PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
+            " INSERT INTO ledger.schema_migrations (version, name) VALUES (1, 'tables')"
+        )
+        with pytest.raises(SchemaTooOld, match="migration 1 is 'tables', not this code's"):
+            await migrate(conn, timeout_ms=60_000)
+    finally:
+        await conn.close()
