@@ -10,7 +10,13 @@ import pytest
 
 from ledger import postgres
 from ledger.errors import LedgerError, ProvisioningError, SchemaTooOld
-from ledger.migrations import applied_version, functions_sha256, migrate, required_version
+from ledger.migrations import (
+    applied_version,
+    available,
+    functions_sha256,
+    migrate,
+    required_version,
+)
 from ledger.settings import LedgerSettings
 from ledger.store import open_store
 from tests.conftest import PgCluster
@@ -21,7 +27,7 @@ async def test_migrations_are_recorded_and_idempotent(owner_conn: asyncpg.Connec
     assert await migrate(owner_conn, timeout_ms=60_000) == []
     names = [r[0] for r in await owner_conn.fetch(
         "SELECT name FROM ledger.schema_migrations ORDER BY version")]  # fmt: skip
-    assert names == ["baseline"]
+    assert names == [migration.name for migration in available()]
     digest = await owner_conn.fetchval("SELECT sha256 FROM ledger.schema_functions")
     assert digest == functions_sha256()
 
