@@ -10,7 +10,12 @@ import pytest
 
 from ledger import postgres
 from ledger.errors import LedgerError, ProvisioningError, SchemaTooOld
-from ledger.migrations import applied_version, functions_sha256, migrate, required_version
+from ledger.migrations import (
+    applied_version,
+    functions_sha256,
+    migrate,
+    required_version,
+)
 from ledger.settings import LedgerSettings
 from ledger.store import open_store
 from tests.conftest import PgCluster
