@@ -721,8 +721,8 @@ GRANT EXECUTE ON FUNCTION
   ledger.current_policy()
   TO ledger_switch;
 
--- EMV (0002_emv): post_batch took no ATCs before; dropped so that no version without the ATC
--- check is left to call.
+-- EMV (0002_emv): a post_batch without the atcs array has no ATC check; none may be left in a
+-- database migrated before, for anyone to call.
 DROP FUNCTION IF EXISTS ledger.post_batch(
   bytea[], text[], text[], text[], text[], text[], text[], text[], bigint[], text[], bigint[],
   text[], text[], text[], text[], text[], text[], text[], text[], bigint[], bigint[], date[],
