@@ -161,6 +161,14 @@ def read_card(transaction: Transaction) -> CardRead | ChipRefusal:
     return CardRead(chip, service_code, icc)
 
 
+def authorisation_atc(transaction: Transaction, read: CardRead | None) -> int | None:
+    """The ATC an authorisation read by the chip spends; a reversal's F55 spends none (its
+    cryptogram is the original's second, at the original's ATC, and need not carry 9F36)."""
+    if read is None or read.icc is None or transaction.kind is Kind.REVERSAL:
+        return None
+    return read.icc.atc
+
+
 def _service_code(transaction: Transaction) -> str | ChipRefusal | None:
     """The service code in track 2 (F35: PAN, separator, YYMM, service code, ...)."""
     track = transaction.request.get(TRACK_2_FIELD)

@@ -3,11 +3,10 @@
 Per financial request: validate → read the card's chip data → verify MAC → look up (duplicate
 check, card, terminal) → chip checks (fallback, amount, ATC, ARQC) → verify PIN → post → respond
 (with the ARPC when an ARQC verified) → MAC the response. Each step either hands the context on
-or ends
-the request with an outcome; nothing after a decline posts anything. The deadline covers every
-call up to the posting; once the ledger write has started it runs to completion (bounded by the
-ledger's statement timeout), so a terminal is never told "declined" about money that moved. If
-the ledger goes away during the posting, the switch does not answer at all (see
+or ends the request with an outcome; nothing after a decline posts anything. The deadline covers
+every call up to the posting; once the ledger write has started it runs to completion (bounded by
+the ledger's statement timeout), so a terminal is never told "declined" about money that moved.
+If the ledger goes away during the posting, the switch does not answer at all (see
 `PostingInDoubt`): the terminal's reversal settles it.
 """
 
@@ -34,7 +33,7 @@ from ledger.errors import LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result
 from ledger.store import LedgerStore, Lookup
-from switch.chip import CardRead, ChipRefusal, read_card
+from switch.chip import CardRead, ChipRefusal, authorisation_atc, read_card
 from switch.chip_steps import ChipSteps, VerifiedArqc, refusal_logged
 from switch.iso8583.codec import mac_input, prepared_for_mac, with_mac
 from switch.iso8583.elements import KeyChangeData
@@ -315,9 +314,8 @@ class Flows:
     async def _lookup(self, context: Context) -> Lookup:
         if context.lookup is not None:
             return context.lookup
-        read = context.card_read
-        atc = read.icc.atc if read is not None and read.icc is not None else None
         # The ledger spends the counter only on decisions made after the ARQC verified.
+        atc = authorisation_atc(context.transaction, context.card_read)
         request = ledger_request(context.transaction, context.rrn, atc=atc)
         remaining_ms = context.deadline.remaining_ms()
         try:

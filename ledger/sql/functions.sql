@@ -767,7 +767,7 @@ GRANT EXECUTE ON FUNCTION
   TO ledger_switch;
 
 -- Operations: the switch processes, terminal events, traffic, alerts and journal checks
--- (tables in 0003_terminal_events.sql). The switch writes them only through these functions,
+-- (tables in 0002_terminal_events.sql). The switch writes them only through these functions,
 -- which append events and never rewrite them, and reads them through the rest. Reads are SQL:
 -- they run once per refresh, not per request, so a plan per call costs nothing that matters.
 
@@ -1108,8 +1108,8 @@ GRANT EXECUTE ON FUNCTION
   ledger.latest_audit_check()
   TO ledger_switch;
 
--- EMV (0003_emv): post_batch took no ATCs before; dropped so that no version without the ATC
--- check is left to call.
+-- EMV (0003_emv): a post_batch without the atcs array has no ATC check; none may be left in a
+-- database migrated before, for anyone to call.
 DROP FUNCTION IF EXISTS ledger.post_batch(
   bytea[], text[], text[], text[], text[], text[], text[], text[], bigint[], text[], bigint[],
   text[], text[], text[], text[], text[], text[], text[], text[], bigint[], bigint[], date[],

@@ -204,4 +204,9 @@ async def test_malformed_icc_data_is_a_format_error_naming_the_tag_on_an_open_co
     # Nothing was journalled for them, and the connection still serves the card.
     assert await journal_codes(stack, stack.customers[0].customer_id) == []
     assert not terminal.client.closed_by_peer
-    assert (await terminal.send(good)).code == "00"
+    approved = await terminal.send(good)
+    assert approved.code == "00"
+    # A reversal's F55 is checked for form only: the card's cryptogram type alone will do.
+    undo = terminal.reversal(approved.request).replace({22: "051", 55: "9F270100"})
+    assert (await terminal.send(terminal.sign(undo))).code == "00"
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR

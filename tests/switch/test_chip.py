@@ -148,11 +148,21 @@ def test_the_cryptogram_must_be_an_arqc(cid: int, accepted: bool) -> None:
         )
 
 
-def test_a_reversal_carries_any_well_formed_icc_data() -> None:
+def test_a_reversal_carries_any_well_formed_icc_data_and_spends_no_atc() -> None:
     aac = icc_hex(t9F27=bytes([0x00]), t9F37=None)
-    read = chip.read_card(reversal({22: "051", 55: aac}))
+    undo = reversal({22: "051", 55: aac})
+    read = chip.read_card(undo)
     assert isinstance(read, CardRead)
     assert read.icc is not None
+    assert chip.authorisation_atc(undo, read) is None
+    minimal = reversal({22: "051", 55: "9F270100"})  # no 9F36 at all
+    minimal_read = chip.read_card(minimal)
+    assert isinstance(minimal_read, CardRead)
+    assert chip.authorisation_atc(minimal, minimal_read) is None
+    authorisation = chip_request()
+    authorisation_read = chip.read_card(authorisation)
+    assert isinstance(authorisation_read, CardRead)
+    assert chip.authorisation_atc(authorisation, authorisation_read) == 0x1C
     assert chip.read_card(reversal({22: "051"})) == CardRead(True)  # no second cryptogram
     malformed = chip.read_card(reversal({22: "051", 55: "9F27"}))
     assert isinstance(malformed, ChipRefusal)
