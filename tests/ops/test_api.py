@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from hsm.devkeys import DevKeys
+from switch.access import DEVELOPMENT_TOKENS, Role
 from tests.ops.conftest import OpsDatabase
 from tests.ops.stack import AUTH, OpsStack, eventually, ops_stack
 
@@ -86,6 +87,44 @@ async def test_bad_requests_name_what_is_wrong(
         got, body = await call(stack, method, path, **options)
     assert got == status
     assert error in body["error"]
+
+
+# The role matrix of the routes that read the operations (the rest: tests/switch/test_admin.py).
+# Callers, in column order: operator, auditor, viewer, no key, a wrong secret.
+EVENT_CALLERS: tuple[str | None, ...] = (
+    DEVELOPMENT_TOKENS[Role.OPERATOR],
+    DEVELOPMENT_TOKENS[Role.AUDITOR],
+    DEVELOPMENT_TOKENS[Role.VIEWER],
+    None,
+    "dev-operator.not-its-secret",
+)
+EVENT_MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
+    ("GET", "/fleet"): (200, 403, 200, 401, 401),
+    ("GET", "/alerts"): (200, 403, 200, 401, 401),
+    # No such alert, and no journal check configured: the operator is let through, and told so.
+    ("POST", "/alerts/{alert_id}/acknowledge"): (404, 403, 403, 401, 401),
+    ("POST", "/alerts/audit-verify"): (404, 403, 403, 401, 401),
+    ("GET", "/reports/sla"): (200, 200, 403, 401, 401),
+}
+EVENT_TARGETS = {
+    "/alerts/{alert_id}/acknowledge": "/alerts/987654321/acknowledge",
+    "/reports/sla": "/reports/sla?from=2026-11-23&to=2026-11-23",
+}
+
+
+async def test_the_role_matrix_of_the_operations_routes(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    async with ops_stack(ops_db, dev_keys, terminals=1) as stack, aiohttp.ClientSession() as http:
+        for (method, path), expected in EVENT_MATRIX.items():
+            statuses = []
+            for key in EVENT_CALLERS:
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                url = stack.admin_url + EVENT_TARGETS.get(path, path)
+                async with http.request(method, url, headers=headers) as reply:
+                    await reply.read()
+                    statuses.append(reply.status)
+            assert tuple(statuses) == expected, (method, path)
 
 
 async def test_the_endpoints_need_the_token(ops_db: OpsDatabase, dev_keys: DevKeys) -> None:

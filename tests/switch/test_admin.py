@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 
 from kiosk_sim.client import TerminalClient, network_request
 from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, Role
-from switch.admin import ROUTES, create_admin_app
+from switch.admin import EVENT_ROUTES, ROUTES, create_admin_app
 from switch.auditor_api import JournalSettings
 from switch.iso8583 import Message
 from switch.monitor import Monitor
@@ -22,6 +22,7 @@ from switch.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link, Stats, SwitchServer
 from tests.conftest import PgCluster
+from tests.ops.test_api import EVENT_MATRIX
 from tests.switch.conftest import LISTENER, signing_on
 from tests.switch.scraped import by_label
 
@@ -221,10 +222,14 @@ async def ops(pg_cluster: PgCluster) -> AsyncIterator[TestClient[web.Request, we
 
 
 def test_the_matrix_names_every_route_of_the_app() -> None:
+    """The matrix here covers every route an app without operations serves; the fleet, alert
+    and report routes have theirs in tests/ops/test_api.py, against a running operations."""
     app = _app(None)
     registered = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
     assert registered == set(MATRIX)
-    assert {(route.method, route.path) for route in ROUTES} == set(MATRIX)
+    events = {(route.method, route.path) for route in EVENT_ROUTES}
+    assert {(route.method, route.path) for route in ROUTES} == set(MATRIX) | events
+    assert events == set(EVENT_MATRIX)
 
 
 @pytest.mark.parametrize(("method", "path"), list(MATRIX))
