@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from hsm.api import Ibm3624Method
+from hsm.api import HSM, Ibm3624Method
 from hsm.client import NetworkHSM
 from hsm.devkeys import DevKeys, make_dev_keys
 from hsm.engine import SoftHsm
@@ -49,6 +49,27 @@ ATC_JUMP_LOGGED = 100
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def switch_flows(
+    hsm: HSM, store: LedgerStore, monitor: Monitor, wall_clock: Callable[[], datetime]
+) -> Flows:
+    """The switch's request flows as every end-to-end stack runs them: MACs required."""
+    return Flows(
+        hsm=hsm,
+        ledger=store,
+        settings=PipelineSettings(
+            request_deadline_ms=DEADLINE_MS,
+            require_mac=True,
+            slow_request_ms=1_000,
+            atc_jump_logged=ATC_JUMP_LOGGED,
+        ),
+        dialect=Dialect(),
+        wall_clock=wall_clock,
+        count_error=monitor.metrics.count_error,
+        time_step=monitor.metrics.observe_step,
+        write_timeout_ms=4_000,
+    )
 
 
 @dataclass
@@ -189,21 +210,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
             timeout_ms=30_000,
         )
         monitor = Monitor(now)
-        flows = Flows(
-            hsm=hsm,
-            ledger=store,
-            settings=PipelineSettings(
-                request_deadline_ms=DEADLINE_MS,
-                require_mac=True,
-                slow_request_ms=1_000,
-                atc_jump_logged=ATC_JUMP_LOGGED,
-            ),
-            dialect=Dialect(),
-            wall_clock=now,
-            count_error=monitor.metrics.count_error,
-            time_step=monitor.metrics.observe_step,
-            write_timeout_ms=4_000,
-        )
+        flows = switch_flows(hsm, store, monitor, now)
         server = SwitchServer(LISTENER, flows, observer=monitor)
         await server.start()
         stack = Stack(

@@ -36,18 +36,15 @@ from ledger.store import LedgerStore, open_store
 from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, Role
 from switch.admin import create_admin_app
 from switch.app import readiness
-from switch.flows import Flows
-from switch.iso8583 import Dialect
 from switch.monitor import Monitor
 from switch.operations import Operations, activity_recorder, running_operations
 from switch.server import SwitchServer
 from switch.settings import (
     AlertsSettings,
     OperationsSettings,
-    PipelineSettings,
     WebhookSection,
 )
-from tests.e2e.conftest import ATC_JUMP_LOGGED, LMK, load_world
+from tests.e2e.conftest import LMK, load_world, switch_flows
 from tests.e2e.proxy import CuttableProxy
 from tests.ledger.factory import World
 from tests.ops.conftest import OpsDatabase
@@ -56,7 +53,6 @@ from tests.switch.conftest import LISTENER
 # The operator's development key: the fleet page, alerts and reports are an operator's.
 TOKEN = DEVELOPMENT_TOKENS[Role.OPERATOR]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-DEADLINE_MS = 1_500
 START_MINOR = 100_000
 
 OPERATIONS = OperationsSettings(
@@ -341,21 +337,7 @@ async def _switch(
     hsm, store = edges.hsm, edges.store
     recorder = activity_recorder(settings, time.time)
     monitor = Monitor(now, recorder)
-    flows = Flows(
-        hsm=hsm,
-        ledger=store,
-        settings=PipelineSettings(
-            request_deadline_ms=DEADLINE_MS,
-            require_mac=True,
-            slow_request_ms=1_000,
-            atc_jump_logged=ATC_JUMP_LOGGED,
-        ),
-        dialect=Dialect(),
-        wall_clock=now,
-        count_error=monitor.metrics.count_error,
-        time_step=monitor.metrics.observe_step,
-        write_timeout_ms=4_000,
-    )
+    flows = switch_flows(hsm, store, monitor, now)
     server = SwitchServer(LISTENER, flows, observer=monitor)
     operations = await stack.enter_async_context(
         running_operations(
