@@ -42,6 +42,7 @@ SWITCH_COMMANDS = frozenset(
         cmd.CHECK_VALUE,
         cmd.PAN_HASH,
         cmd.VERIFY_ARQC,
+        cmd.VERIFY_ARQC_FOR,
     }
 )
 PROFILES: Mapping[str, frozenset[str]] = {

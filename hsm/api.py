@@ -79,6 +79,15 @@ class DeliveredKey:
 class SessionKeys:
     tpk: DeliveredKey
     tak: DeliveredKey
+    authorisation: bytes  # the ledger's word that they are this terminal's (hsm/authorisation.py)
+
+
+@dataclass(frozen=True)
+class AuthorisedArqc:
+    """An ARQC's verdict, with the ledger's word for its ATC when it verified for the request."""
+
+    result: ArqcResult
+    authorisation: bytes | None
 
 
 class HSM(Protocol):
@@ -147,7 +156,7 @@ class HSM(Protocol):
     ) -> bool: ...
 
     async def generate_session_keys(
-        self, tmk: StoredKey, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+        self, tmk: StoredKey, *, terminal_id: str, timeout_ms: int = DEFAULT_TIMEOUT_MS
     ) -> SessionKeys: ...
 
     async def verify_arqc(
@@ -166,6 +175,24 @@ class HSM(Protocol):
         """Verify a chip card's ARQC under its IMK-AC, by the CVN's row in the cryptogram
         version table; a verified ARQC comes back with its ARPC (``Arc`` for method 1, ``Csu``
         for method 2). A wrong ARQC is ``verified=False``; bad data a typed ``EmvError``."""
+        ...
+
+    async def verify_arqc_for(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        request: Authorisation,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> AuthorisedArqc:
+        """``verify_arqc``, with the ledger's word for `request`'s ATC (hsm/authorisation.py)
+        when the ARQC verified and its amount (9F02) is the request's; None otherwise."""
         ...
 
     async def generate_key(

@@ -11,6 +11,16 @@ hashes' key nor any PIN key (see docs/security.md).
 The token covers the UTF-8 text `kiosk-switch authorisation v1` followed by, one per line,
 terminal id, transmission time, STAN, message class, PAN hash (hex), amount in minor units and
 currency; the ledger's ledger.authorisation_valid builds the same text.
+
+The same key gives two more words, each with its own first line so that no word stands for
+another:
+- `kiosk-switch chip authorisation v1`: the same lines and then the ATC (decimal), for a chip
+  card's cryptogram the HSM verified (the ARQC covers the amount and the ATC). Without it the
+  ledger moves no card's ATC, so a stolen login cannot burn a card's counter.
+- `kiosk-switch session keys v1`: terminal id, its TMK, TPK and TAK (each as stored under the
+  LMK), for session keys the HSM generated under that terminal's TMK. The ledger stores a
+  terminal's session keys only with it, and only for the TMK the terminal was provisioned with,
+  so a stolen login cannot copy one terminal's keys onto another.
 """
 
 from __future__ import annotations
@@ -41,14 +51,28 @@ class Authorisation:
         )  # fmt: skip
         return "\n".join(fields).encode()
 
+    def chip_message(self, pan_hash: bytes, atc: int) -> bytes:
+        fields = (
+            "kiosk-switch chip authorisation v1", self.terminal_id, self.transmission_time,
+            self.stan, self.message_class, pan_hash.hex(), str(self.amount_minor), self.currency,
+            str(atc),
+        )  # fmt: skip
+        return "\n".join(fields).encode()
+
+
+def session_keys_message(terminal_id: str, tmk: str, tpk: str, tak: str) -> bytes:
+    """What the session keys' word covers: the keys as stored, under the LMK."""
+    return "\n".join(("kiosk-switch session keys v1", terminal_id, tmk, tpk, tak)).encode()
+
 
 def authorisation_key(pan_hash_key: bytes) -> bytes:
     """The authorisation key derived from the PAN-hash key (one way: it does not reveal it)."""
     return hmac.digest(pan_hash_key, _KEY_LABEL, hashlib.sha256)
 
 
-def token(key: bytes, pan_hash: bytes, authorisation: Authorisation) -> bytes:
-    return hmac.digest(key, authorisation.message(pan_hash), hashlib.sha256)[:TOKEN_BYTES]
+def token(key: bytes, message: bytes) -> bytes:
+    """The word for `message` (one of the three above)."""
+    return hmac.digest(key, message, hashlib.sha256)[:TOKEN_BYTES]
 
 
 def check_value(key: bytes) -> str:

@@ -19,7 +19,7 @@ import structlog
 
 from hsm import commands as cmd
 from hsm import emv, wire
-from hsm.api import PinKey, PinMethod, SessionKeys, Verification
+from hsm.api import AuthorisedArqc, PinKey, PinMethod, SessionKeys, Verification
 from hsm.authorisation import Authorisation
 from hsm.commands import Fields, hex_of
 from hsm.crypto import Algorithm
@@ -280,10 +280,10 @@ class NetworkHSM:
         return cmd.is_yes(await self.call(cmd.VERIFY_MAC, fields, timeout_ms=timeout_ms))
 
     async def generate_session_keys(
-        self, tmk: StoredKey, *, timeout_ms: int | None = None
+        self, tmk: StoredKey, *, terminal_id: str, timeout_ms: int | None = None
     ) -> SessionKeys:
-        reply = await self.call(cmd.SESSION_KEYS, (tmk.to_text(),), timeout_ms=timeout_ms)
-        return cmd.session_keys_of(reply)
+        fields = (tmk.to_text(), terminal_id)
+        return cmd.session_keys_of(await self.call(cmd.SESSION_KEYS, fields, timeout_ms=timeout_ms))
 
     async def verify_arqc(
         self,
@@ -304,6 +304,27 @@ class NetworkHSM:
         fields += cmd.response_fields(response)
         reply = await self.call(cmd.VERIFY_ARQC, fields, timeout_ms=timeout_ms)
         return cmd.arqc_result_of(reply)
+
+    async def verify_arqc_for(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        request: Authorisation,
+        timeout_ms: int | None = None,
+    ) -> AuthorisedArqc:
+        tags_text = cmd.tags_field(emv.cryptogram_version(cvn), tags)
+        fields: Fields = cmd.authorisation_fields(request)
+        fields += (imk.to_text(), pan, psn, hex_of(atc), hex_of(arqc), str(cvn), tags_text)
+        fields += cmd.response_fields(response)
+        reply = await self.call(cmd.VERIFY_ARQC_FOR, fields, timeout_ms=timeout_ms)
+        return cmd.authorised_arqc_of(reply)
 
     async def generate_key(
         self,

@@ -14,6 +14,7 @@ import structlog
 
 from hsm import emv
 from hsm.api import (
+    AuthorisedArqc,
     DeliveredKey,
     Dukpt,
     Ibm3624Method,
@@ -51,6 +52,7 @@ PAN_HASH = "PH"
 VERIFY_PIN_FOR = "PA"
 AUTHORISATION_CHECK = "AC"
 VERIFY_ARQC = "AQ"
+VERIFY_ARQC_FOR = "AA"
 
 Fields = tuple[str, ...]
 _TAGS_MAX = 16  # a CVN reads at most 11 tags; the field is bounded before it is split
@@ -133,13 +135,14 @@ def _format(text: str) -> PinBlockFormat:
 def session_keys_of(f: Fields) -> SessionKeys:
     tpk = DeliveredKey(StoredKey.from_text(f[0]), f[1], f[2])
     tak = DeliveredKey(StoredKey.from_text(f[3]), f[4], f[5])
-    return SessionKeys(tpk, tak)
+    return SessionKeys(tpk, tak, bytes_of(f[6]))
 
 
 def _session_key_fields(keys: SessionKeys) -> Fields:
-    return tuple(
+    delivered = tuple(
         text for d in (keys.tpk, keys.tak) for text in (d.stored.to_text(), d.under_tmk, d.kcv)
     )
+    return (*delivered, hex_of(keys.authorisation))
 
 
 def tags_field(version: emv.CryptogramVersion, tags: EmvTags) -> str:
@@ -184,6 +187,12 @@ def arqc_result_of(f: Fields) -> ArqcResult:
         case ("Y", arpc, issuer_authentication_data):
             return ArqcResult(True, bytes_of(arpc), bytes_of(issuer_authentication_data))
     raise RequestError("an ARQC reply is Y, ARPC, tag 91 data or N, empty, empty")
+
+
+def authorised_arqc_of(f: Fields) -> AuthorisedArqc:
+    if len(f) != 4:
+        raise RequestError("an authorised ARQC reply is an ARQC reply and a token")
+    return AuthorisedArqc(arqc_result_of(f[:3]), bytes_of(f[3]) if f[3] else None)
 
 
 def _arqc_result_fields(result: ArqcResult) -> Fields:
@@ -268,6 +277,22 @@ def _verify_arqc(hsm: SoftHsm, f: Fields) -> Fields:
     return _arqc_result_fields(result)
 
 
+def _verify_arqc_for(hsm: SoftHsm, f: Fields) -> Fields:
+    authorised = hsm.verify_arqc_for(
+        StoredKey.from_text(f[6]),
+        f[7],
+        f[8],
+        bytes_of(f[9]),
+        bytes_of(f[10]),
+        cvn=_int(f[11]),
+        tags=_tags(f[12]),
+        response=_response(f[13:]),
+        request=_authorisation(f[:6]),
+    )
+    token = authorised.authorisation
+    return (*_arqc_result_fields(authorised.result), "" if token is None else hex_of(token))
+
+
 # Command code -> (request field count, handler).
 COMMANDS: dict[str, tuple[int, Handler]] = {
     HEALTH: (0, lambda hsm, f: (hsm.lmk_kcv,)),
@@ -280,8 +305,10 @@ COMMANDS: dict[str, tuple[int, Handler]] = {
         lambda hsm, f: yes_no(hsm.verify_mac(StoredKey(f[0]), bytes_of(f[1]), bytes_of(f[2]))),
     ),
     SESSION_KEYS: (
-        1,
-        lambda hsm, f: _session_key_fields(hsm.generate_session_keys(StoredKey(f[0]))),
+        2,
+        lambda hsm, f: _session_key_fields(
+            hsm.generate_session_keys(StoredKey(f[0]), terminal_id=f[1])
+        ),
     ),
     GENERATE_KEY: (
         3,
@@ -294,6 +321,7 @@ COMMANDS: dict[str, tuple[int, Handler]] = {
     VERIFY_PIN_FOR: (18, _verify_pin_for),
     AUTHORISATION_CHECK: (0, lambda hsm, _f: (hsm.authorisation_check_value(),)),
     VERIFY_ARQC: (10, _verify_arqc),
+    VERIFY_ARQC_FOR: (16, _verify_arqc_for),
 }
 
 

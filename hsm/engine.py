@@ -18,6 +18,7 @@ import time
 
 from hsm import authorisation, crypto, dukpt, emv, mac, pinblock, pinverify, tr31
 from hsm.api import (
+    AuthorisedArqc,
     DeliveredKey,
     Dukpt,
     Ibm3624Method,
@@ -144,7 +145,7 @@ class SoftHsm:
         """The ledger's token for `request` when the PIN is right; None when it is wrong."""
         if not self.verify_pin(pin_block, pan, key, pin_block_format, verification):
             return None
-        return authorisation.token(self._authorisation_key(), self.pan_hash(pan), request)
+        return authorisation.token(self._authorisation_key(), request.message(self.pan_hash(pan)))
 
     def authorisation_check_value(self) -> str:
         return authorisation.check_value(self._authorisation_key())
@@ -247,6 +248,28 @@ class SoftHsm:
             self._imk(imk), pan, psn, atc, arqc, version=version, tags=tags, response=response
         )
 
+    def verify_arqc_for(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        request: Authorisation,
+    ) -> AuthorisedArqc:
+        """`verify_arqc`, and the ledger's word for the request's ATC when the ARQC verified and
+        the amount it covers (9F02) is the request's."""
+        result = self.verify_arqc(imk, pan, psn, atc, arqc, cvn=cvn, tags=tags, response=response)
+        amount = tags.get(emv.TAG_AMOUNT_AUTHORISED)
+        if not result.verified or amount is None or amount.hex() != f"{request.amount_minor:012d}":
+            return AuthorisedArqc(result, None)
+        message = request.chip_message(self.pan_hash(pan), int.from_bytes(atc, "big"))
+        return AuthorisedArqc(result, authorisation.token(self._authorisation_key(), message))
+
     # --- keys ------------------------------------------------------------------------------
 
     def _new_key(self, algorithm: Algorithm, length: int) -> bytes:
@@ -258,8 +281,9 @@ class SoftHsm:
     def generate_key(self, role: KeyRole, algorithm: Algorithm, length: int) -> StoredKey:
         return self._lmk.wrap(role, algorithm, self._new_key(algorithm, length), rng=self._rng)
 
-    def generate_session_keys(self, tmk: StoredKey) -> SessionKeys:
-        """New TPK and TAK of the TMK's algorithm, each under the LMK and under the TMK."""
+    def generate_session_keys(self, tmk: StoredKey, *, terminal_id: str) -> SessionKeys:
+        """New TPK and TAK of the TMK's algorithm, each under the LMK and under the TMK, with the
+        ledger's word that they are `terminal_id`'s under this TMK."""
         tmk_clear = self._lmk.unwrap(tmk, (KeyRole.TMK,), "BE")
         algorithm = tmk.algorithm
 
@@ -269,7 +293,11 @@ class SoftHsm:
             stored = self._lmk.wrap(role, algorithm, key, rng=self._rng)
             return DeliveredKey(stored, under_tmk, kcv_hex(algorithm, key))
 
-        return SessionKeys(tpk=deliver(KeyRole.TPK), tak=deliver(KeyRole.TAK))
+        tpk, tak = deliver(KeyRole.TPK), deliver(KeyRole.TAK)
+        message = authorisation.session_keys_message(
+            terminal_id, tmk.to_text(), tpk.stored.to_text(), tak.stored.to_text()
+        )
+        return SessionKeys(tpk, tak, authorisation.token(self._authorisation_key(), message))
 
     def key_check_value(self, key: StoredKey) -> str:
         return kcv_hex(key.algorithm, self._lmk.unwrap(key, tuple(KeyRole)))

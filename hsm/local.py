@@ -12,6 +12,7 @@ import time
 from hsm import crypto
 from hsm.api import (
     DEFAULT_TIMEOUT_MS,
+    AuthorisedArqc,
     PinKey,
     PinMethod,
     SessionKeys,
@@ -125,9 +126,9 @@ class LocalHSM:
         return self._core.verify_mac(tak, data, mac)
 
     async def generate_session_keys(
-        self, tmk: StoredKey, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+        self, tmk: StoredKey, *, terminal_id: str, timeout_ms: int = DEFAULT_TIMEOUT_MS
     ) -> SessionKeys:
-        return self._core.generate_session_keys(tmk)
+        return self._core.generate_session_keys(tmk, terminal_id=terminal_id)
 
     async def verify_arqc(
         self,
@@ -144,6 +145,24 @@ class LocalHSM:
     ) -> ArqcResult:
         return self._core.verify_arqc(
             imk, pan, psn, atc, arqc, cvn=cvn, tags=tags, response=response
+        )
+
+    async def verify_arqc_for(
+        self,
+        imk: StoredKey,
+        pan: str,
+        psn: str,
+        atc: bytes,
+        arqc: bytes,
+        *,
+        cvn: int,
+        tags: EmvTags,
+        response: ArpcResponse,
+        request: Authorisation,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> AuthorisedArqc:
+        return self._core.verify_arqc_for(
+            imk, pan, psn, atc, arqc, cvn=cvn, tags=tags, response=response, request=request
         )
 
     async def generate_key(

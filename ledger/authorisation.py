@@ -70,10 +70,29 @@ def development_token(request: Request, pan_hash: bytes) -> bytes:
     """The word a development HSM gives for `request` when its PIN is right: for the ledger's
     own tools, tests and benchmarks, which stand for the HSM (the same bytes as
     hsm.authorisation.token with the development key; a test keeps them equal)."""
+    return _development_word(_request_lines("kiosk-switch authorisation v1", request, pan_hash))
+
+
+def development_chip_token(request: Request, pan_hash: bytes, atc: int) -> bytes:
+    """The word a development HSM gives for a chip request whose ARQC at `atc` verified."""
+    lines = _request_lines("kiosk-switch chip authorisation v1", request, pan_hash)
+    return _development_word((*lines, str(atc)))
+
+
+def development_session_keys_token(terminal_id: str, tmk: str, tpk: str, tak: str) -> bytes:
+    """The word a development HSM gives with session keys it generated under `tmk`."""
+    return _development_word(("kiosk-switch session keys v1", terminal_id, tmk, tpk, tak))
+
+
+def _request_lines(label: str, request: Request, pan_hash: bytes) -> tuple[str, ...]:
     key = request.key
     amount_minor, currency = requested(request)
-    text = "\n".join((
-        "kiosk-switch authorisation v1", key.terminal_id, key.transmission_time, key.stan,
-        key.message_class, pan_hash.hex(), str(amount_minor), currency,
-    ))  # fmt: skip
-    return hmac.digest(DEVELOPMENT_AUTHORISATION_KEY, text.encode(), hashlib.sha256)[:16]
+    return (
+        label, key.terminal_id, key.transmission_time, key.stan, key.message_class,
+        pan_hash.hex(), str(amount_minor), currency,
+    )  # fmt: skip
+
+
+def _development_word(lines: tuple[str, ...]) -> bytes:
+    text = "\n".join(lines).encode()
+    return hmac.digest(DEVELOPMENT_AUTHORISATION_KEY, text, hashlib.sha256)[:16]

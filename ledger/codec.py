@@ -82,6 +82,7 @@ class WriteItem(NamedTuple):
     card_usage_count: int | None
     atc: int | None
     authorisation: bytes | None  # the HSM's word (hsm/authorisation.py), for an approval
+    chip_authorisation: bytes | None  # and for a chip request's ATC
 
 
 def columns(items: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
@@ -149,6 +150,7 @@ def write_item(
     recorded_at: datetime,
     business_date: date,
     authorisation: bytes | None,
+    chip_authorisation: bytes | None,
 ) -> WriteItem:
     """What the ledger writes for a decided request. The ledger derives the postings itself; the
     decision's amount, card counters and reversal mark are checked against what it derives."""
@@ -170,6 +172,7 @@ def write_item(
         update.status if update else None, update.pin_tries if update else None,
         update.usage_day if update else None, update.usage_amount_minor if update else None,
         update.usage_count if update else None, decision.atc, authorisation,
+        chip_authorisation if decision.atc is not None else None,
     )  # fmt: skip
 
 

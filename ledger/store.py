@@ -174,30 +174,38 @@ class LedgerStore:
         lookup: Lookup,
         *,
         authorisation: bytes | None,
+        chip_authorisation: bytes | None = None,
         now: datetime | None = None,
         timeout_ms: int,
     ) -> Result:
         """Run the request whose PIN (if any) was verified; a repeat returns the stored outcome.
         `authorisation`: the HSM's word for it (its PIN verified), without which the ledger
-        approves no withdrawal, transfer or inquiry."""
+        approves no withdrawal, transfer or inquiry; `chip_authorisation`: its word for a chip
+        request's ATC (the ARQC verified), without which the ledger moves no ATC."""
         return await self._decide_and_apply(
             lookup,
             lambda snapshot, at: rules.decide(snapshot, lookup.request, at, self.policy),
-            authorisation=authorisation,
+            words=(authorisation, chip_authorisation),
             now=now,
             timeout_ms=timeout_ms,
         )
 
     async def record_pin_failure(
-        self, lookup: Lookup, *, now: datetime | None = None, timeout_ms: int
+        self,
+        lookup: Lookup,
+        *,
+        chip_authorisation: bytes | None = None,
+        now: datetime | None = None,
+        timeout_ms: int,
     ) -> Result:
-        """Count a wrong PIN (blocking the card at the limit) and record the decline."""
+        """Count a wrong PIN (blocking the card at the limit) and record the decline; a chip
+        request spends its ATC, with the HSM's word for it."""
         return await self._decide_and_apply(
             lookup,
             lambda snapshot, _at: rules.decide_pin_failure(
                 snapshot, self.policy, atc=codec.atc_of(lookup.request)
             ),
-            authorisation=None,
+            words=(None, chip_authorisation),
             now=now,
             timeout_ms=timeout_ms,
         )
@@ -208,7 +216,7 @@ class LedgerStore:
         """Record a decline made outside the ledger (e.g. a bad MAC): audited, idempotent."""
         assert outcome is not Outcome.APPROVED, "only declines are recorded this way"
         return await self._decide_and_apply(
-            lookup, lambda _snapshot, _at: Decision(outcome, "decline"), authorisation=None,
+            lookup, lambda _snapshot, _at: Decision(outcome, "decline"), words=(None, None),
             now=now, timeout_ms=timeout_ms,
         )  # fmt: skip
 
@@ -217,14 +225,20 @@ class LedgerStore:
         request: Request,
         *,
         authorise: Callable[[Lookup], bytes | None],
+        authorise_chip: Callable[[Lookup], bytes | None] = lambda _lookup: None,
         now: datetime | None = None,
         timeout_ms: int,
     ) -> Result:
-        """Lookup then execute, with `authorise` standing for the HSM (tools and tests)."""
+        """Lookup then execute, with `authorise` and `authorise_chip` standing for the HSM
+        (tools and tests)."""
         deadline = Deadline(timeout_ms)
         lookup = await self.lookup(request, timeout_ms=deadline.left_ms())
         return await self.execute(
-            lookup, authorisation=authorise(lookup), now=now, timeout_ms=deadline.left_ms()
+            lookup,
+            authorisation=authorise(lookup),
+            chip_authorisation=authorise_chip(lookup),
+            now=now,
+            timeout_ms=deadline.left_ms(),
         )
 
     async def _decide_and_apply(
@@ -232,7 +246,7 @@ class LedgerStore:
         lookup: Lookup,
         decide: Callable[[Snapshot, datetime], Decision],
         *,
-        authorisation: bytes | None,
+        words: tuple[bytes | None, bytes | None],
         now: datetime | None,
         timeout_ms: int,
     ) -> Result:
@@ -248,11 +262,11 @@ class LedgerStore:
                 raise LedgerError("the customer's state kept changing; request not applied")
             snapshot = codec.parse_snapshot(reply["state"])
             decisions.append(decide(snapshot, at))
-            item = self._item(lookup, snapshot, decisions[-1], at, authorisation)
+            item = self._item(lookup, snapshot, decisions[-1], at, words)
             return item, frozenset(snapshot.admitted)
 
         reply = await self._writes.call(
-            self._item(lookup, lookup.snapshot, decisions[0], at, authorisation),
+            self._item(lookup, lookup.snapshot, decisions[0], at, words),
             Deadline(timeout_ms),
             customers=frozenset(lookup.snapshot.admitted),
             again=again,
@@ -268,7 +282,7 @@ class LedgerStore:
         snapshot: Snapshot,
         decision: Decision,
         at: datetime,
-        authorisation: bytes | None,
+        words: tuple[bytes | None, bytes | None],
     ) -> WriteItem:
         card = snapshot.card
         return codec.write_item(
@@ -280,7 +294,8 @@ class LedgerStore:
             response_code=self._response_codes.get(decision.outcome, ""),
             recorded_at=at,
             business_date=rules.business_day(at, self.policy.business_day_cutover),
-            authorisation=authorisation,
+            authorisation=words[0],
+            chip_authorisation=words[1],
         )
 
     async def terminal_keys(self, terminal_id: str, *, timeout_ms: int) -> TerminalKeys | None:
@@ -293,15 +308,16 @@ class LedgerStore:
         return None if row is None else TerminalKeys(**dict(row))
 
     async def set_terminal_keys(
-        self, terminal_id: str, *, tpk: str, tak: str, timeout_ms: int
+        self, terminal_id: str, *, tpk: str, tak: str, authorisation: bytes, timeout_ms: int
     ) -> None:
-        """Store new session key cryptograms after a key change. A terminal's master key is set
-        by provisioning only: the switch's role cannot change it."""
+        """Store new session key cryptograms after a key change, with the HSM's word that they
+        were generated under this terminal's TMK. A terminal's master key is set by provisioning
+        only: the switch's role cannot change it."""
         deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
             found = await conn.fetchval(
-                "SELECT ledger.set_session_keys($1, $2, $3)", terminal_id, tpk, tak,
-                timeout=deadline.left_s(),
+                "SELECT ledger.set_session_keys($1, $2, $3, $4)", terminal_id, tpk, tak,
+                authorisation, timeout=deadline.left_s(),
             )  # fmt: skip
         if not found:
             raise LedgerError(f"unknown terminal {terminal_id!r}")

@@ -18,6 +18,7 @@ import structlog
 
 from hsm import emv
 from hsm.api import HSM
+from hsm.authorisation import Authorisation
 from hsm.emv import ArqcResult, CryptogramVersion
 from hsm.errors import EmvError, HsmError, KeyMaterialError
 from hsm.keys import StoredKey
@@ -44,6 +45,7 @@ class VerifiedArqc:
     psn: str
     version: CryptogramVersion
     result: ArqcResult
+    authorisation: bytes  # the HSM's word for the request's ATC (hsm/authorisation.py)
 
     def __repr__(self) -> str:
         return f"VerifiedArqc(cvn={self.version.cvn})"
@@ -115,11 +117,11 @@ class ChipSteps:
         return None
 
     async def verify_arqc(
-        self, transaction: Transaction, icc: IccData, profile: EmvProfile, lookup: Lookup,
-        deadline: Deadline,
+        self, transaction: Transaction, icc: IccData, profile: EmvProfile, lookup: Lookup, *,
+        request: Authorisation, deadline: Deadline,
     ) -> VerifiedArqc | Outcome:  # fmt: skip
         """The HSM recomputes the ARQC under the card's keys (derived from the profile's IMK-AC)
-        and answers the ARPC of an approval."""
+        and answers the ARPC of an approval, with its word for `request`'s ATC."""
         try:
             version = emv.select_cryptogram_version(
                 chip.scheme(profile.scheme), icc.iad, profile_cvn=profile.cvn
@@ -128,7 +130,7 @@ class ChipSteps:
             return self._format_error(transaction, f"cryptogram version: {exc}")
         try:
             imk = StoredKey.from_text(profile.imk_ac)
-            result = await self._hsm.verify_arqc(
+            authorised = await self._hsm.verify_arqc_for(
                 imk,
                 transaction.pan,
                 profile.psn,
@@ -137,6 +139,7 @@ class ChipSteps:
                 cvn=version.cvn,
                 tags=icc.cryptogram_tags(),
                 response=chip.arpc_response(version, ResponseCode.APPROVED),
+                request=request,
                 timeout_ms=deadline.remaining_ms(),
             )
         except EmvError as exc:
@@ -146,12 +149,18 @@ class ChipSteps:
             return await self._decline(
                 transaction, lookup, LedgerOutcome.DO_NOT_HONOUR, "card's IMK-AC unusable"
             )
+        result = authorised.result
         if not result.verified:
             self._security_event("arqc_failure", transaction, f"CVN {version.cvn}")
             return await self._decline(
                 transaction, lookup, LedgerOutcome.SECURITY_VIOLATION, "ARQC does not verify"
             )
-        return VerifiedArqc(icc, imk, profile.psn, version, result)
+        if authorised.authorisation is None:  # check_chip_data compared 9F02 with F4 already
+            self._security_event("arqc_not_for_request", transaction, f"CVN {version.cvn}")
+            return await self._decline(
+                transaction, lookup, LedgerOutcome.SECURITY_VIOLATION, "ARQC not for this amount"
+            )
+        return VerifiedArqc(icc, imk, profile.psn, version, result, authorised.authorisation)
 
     async def with_arpc(
         self, transaction: Transaction, verified: VerifiedArqc, outcome: Outcome, *,

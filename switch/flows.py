@@ -249,8 +249,9 @@ class Flows:
         if read.icc is None or card is None or card.emv is None:
             return context  # no chip data, or a card check_card_read passed to the ledger
         verified = await self._chip.verify_arqc(
-            context.transaction, read.icc, card.emv, lookup, context.deadline
-        )
+            context.transaction, read.icc, card.emv, lookup, request=_authorisation(lookup),
+            deadline=context.deadline,
+        )  # fmt: skip
         if isinstance(verified, Outcome):
             return verified
         return replace(context, arqc=verified)
@@ -292,7 +293,10 @@ class Flows:
         if word is not None:
             return replace(context, authorisation=word)
         result = await self._ledger.record_pin_failure(
-            lookup, now=self._now(), timeout_ms=self._write_timeout_ms
+            lookup,
+            chip_authorisation=_chip_authorisation(context),
+            now=self._now(),
+            timeout_ms=self._write_timeout_ms,
         )
         return self._answer(context, result, reason="wrong PIN")
 
@@ -304,6 +308,7 @@ class Flows:
             result = await self._ledger.execute(
                 lookup,
                 authorisation=context.authorisation,
+                chip_authorisation=_chip_authorisation(context),
                 now=self._now(),
                 timeout_ms=self._write_timeout_ms,
             )
@@ -367,11 +372,14 @@ class Flows:
         tmk = _session_key(link, "tmk")
         if tmk is None or session.terminal_id is None:
             return respond(request, ResponseCode.NOT_PERMITTED_TO_TERMINAL)
-        keys = await self._hsm.generate_session_keys(tmk, timeout_ms=deadline.remaining_ms())
+        keys = await self._hsm.generate_session_keys(
+            tmk, terminal_id=session.terminal_id, timeout_ms=deadline.remaining_ms()
+        )
         await self._ledger.set_terminal_keys(
             session.terminal_id,
             tpk=keys.tpk.stored.to_text(),
             tak=keys.tak.stored.to_text(),
+            authorisation=keys.authorisation,
             timeout_ms=deadline.remaining_ms(),
         )
         held = session.keys
@@ -420,6 +428,11 @@ def _authorisation(lookup: Lookup) -> Authorisation:
     return Authorisation(
         key.terminal_id, key.transmission_time, key.stan, key.message_class, amount_minor, currency
     )
+
+
+def _chip_authorisation(context: Context) -> bytes | None:
+    """The HSM's word for the request's ATC, once its ARQC verified."""
+    return None if context.arqc is None else context.arqc.authorisation
 
 
 def _pin_key(context: Context) -> tuple[PinKey, PinBlockFormat] | Outcome:

@@ -300,18 +300,31 @@ BEGIN
   END IF;
 END $$;
 
--- Whether `p_token` is the HSM's word for this request (hsm/authorisation.py): HMAC-SHA256,
--- from the key's two pads, over the request's identity, its card and its amount.
-CREATE OR REPLACE FUNCTION ledger.authorisation_valid(
-  p_key ledger.authorisation_key, p_token bytea, p_terminal_id text, p_transmission_time text,
-  p_stan text, p_message_class text, p_pan_hash bytea, p_amount_minor bigint, p_currency text
+-- Whether `p_token` is the HSM's word for `p_lines` (hsm/authorisation.py): HMAC-SHA256, from
+-- the key's two pads, over the lines joined by newlines, truncated to 16 bytes.
+CREATE OR REPLACE FUNCTION ledger.word_valid(
+  p_key ledger.authorisation_key, p_token bytea, p_lines text[]
 ) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
   RETURN p_token IS NOT NULL AND p_key.inner_pad IS NOT NULL AND p_token = substring(
-    sha256(p_key.outer_pad || sha256(p_key.inner_pad || convert_to(concat_ws(E'\n',
-      'kiosk-switch authorisation v1', p_terminal_id, p_transmission_time, p_stan,
-      p_message_class, encode(p_pan_hash, 'hex'), p_amount_minor::text, p_currency), 'UTF8')))
+    sha256(p_key.outer_pad || sha256(p_key.inner_pad
+      || convert_to(array_to_string(p_lines, E'\n'), 'UTF8')))
     FROM 1 FOR 16);
+END $$;
+
+-- Whether `p_token` is the HSM's word for this request: a PIN it verified (p_atc NULL), or a
+-- chip cryptogram it verified at that ATC.
+CREATE OR REPLACE FUNCTION ledger.authorisation_valid(
+  p_key ledger.authorisation_key, p_token bytea, p_terminal_id text, p_transmission_time text,
+  p_stan text, p_message_class text, p_pan_hash bytea, p_amount_minor bigint, p_currency text,
+  p_atc integer
+) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  RETURN ledger.word_valid(p_key, p_token, ARRAY[
+    CASE WHEN p_atc IS NULL THEN 'kiosk-switch authorisation v1'
+         ELSE 'kiosk-switch chip authorisation v1' END,
+    p_terminal_id, p_transmission_time, p_stan, p_message_class, encode(p_pan_hash, 'hex'),
+    p_amount_minor::text, p_currency, p_atc::text]);
 END $$;
 
 -- Why the ledger refuses a decided request, or NULL: the decision is not one the rules allow.
@@ -394,7 +407,8 @@ CREATE OR REPLACE FUNCTION ledger.post_batch(
   processing_codes text[], rrns text[], card_xmins bigint[], checked_account_ids bigint[],
   checked_account_xmins bigint[], card_updates boolean[], card_statuses text[],
   card_pin_tries integer[], card_usage_days date[], card_usage_amounts_minor bigint[],
-  card_usage_counts integer[], atcs integer[], authorisations bytea[]
+  card_usage_counts integer[], atcs integer[], authorisations bytea[],
+  chip_authorisations bytea[]
 ) RETURNS TABLE (item integer, status text, result jsonb, state jsonb)
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 #variable_conflict use_column
@@ -454,7 +468,7 @@ BEGIN
         i.card_usage_amount_minor, i.card_usage_count,
         ledger.authorisation_valid(v_key, i.authorisation, i.terminal_id, i.transmission_time,
                                    i.stan, i.message_class, i.pan_hash, i.requested_minor,
-                                   i.requested_currency)) END
+                                   i.requested_currency, NULL)) END
     )::ledger.post_item ORDER BY i.position) INTO v_items
     FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes, kinds,
                 outcomes, amounts_minor, currencies, from_types, to_types, to_accounts,
@@ -538,18 +552,37 @@ BEGIN
     RAISE EXCEPTION 'refused: %', v_refusal USING ERRCODE = 'insufficient_privilege';
   END IF;
 
-  -- EMV (0003_emv): a chip request's ATC, from a cryptogram the HSM verified, must be above the
-  -- last its card used. Checked here under the customer's lock and moved forward below, in the
-  -- transaction that writes the request, so two requests with one ATC never both succeed. The
-  -- switch declines a replay itself; one that reaches this point was decided on the card's row
-  -- as it still is (else its status is 'stale'), so it is a decision the rules do not allow.
-  IF EXISTS (SELECT 1 FROM unnest(v_items) v
-               JOIN unnest(atcs) WITH ORDINALITY AS e(atc, position) ON e.position = v.position
-               JOIN ledger.cards c ON c.card_id = v.card_id
-              WHERE v.status = 'write' AND e.atc IS NOT NULL
-                AND (c.emv_imk_ac IS NULL OR c.emv_last_atc >= e.atc)) THEN
-    RAISE EXCEPTION 'refused: an ATC not above the card''s last, or for a card with no EMV profile'
-      USING ERRCODE = 'insufficient_privilege';
+  -- EMV (0003_emv): a chip request's ATC must come with the HSM's word for it (a cryptogram it
+  -- verified at that ATC, for this request and amount) and be above the last its card used.
+  -- Checked here under the customer's lock and moved forward below, in the transaction that
+  -- writes the request, so two requests with one ATC never both succeed. The switch declines a
+  -- replay itself; one that reaches this point was decided on the card's row as it still is
+  -- (else its status is 'stale'), so it is a decision the rules do not allow. And a chip card
+  -- whose profile allows no fallback is approved only by its chip.
+  SELECT CASE
+      WHEN e.atc IS NOT NULL AND NOT ledger.authorisation_valid(v_key, e.word, e.terminal_id,
+             e.transmission_time, e.stan, e.message_class, e.pan_hash, e.requested_minor,
+             e.requested_currency, e.atc)
+        THEN 'no valid word from the HSM (a cryptogram it verified) for this ATC'
+      WHEN e.atc IS NOT NULL AND (c.emv_imk_ac IS NULL OR c.emv_last_atc >= e.atc)
+        THEN 'an ATC not above the card''s last, or for a card with no EMV profile'
+      WHEN e.atc IS NULL AND e.outcome = 'approved'
+           AND e.kind IN ('withdrawal', 'transfer', 'inquiry')
+           AND c.emv_imk_ac IS NOT NULL AND NOT c.emv_fallback_allowed
+        THEN 'this chip card is approved only by its chip'
+      END INTO v_refusal
+    FROM unnest(v_items) v
+    JOIN unnest(atcs, chip_authorisations, terminal_ids, transmission_times, stans,
+                message_classes, pan_hashes, requested_minor, requested_currencies, outcomes,
+                kinds) WITH ORDINALITY
+         AS e(atc, word, terminal_id, transmission_time, stan, message_class, pan_hash,
+              requested_minor, requested_currency, outcome, kind, position)
+      ON e.position = v.position
+    JOIN ledger.cards c ON c.card_id = v.card_id
+   WHERE v.status = 'write'
+   ORDER BY 1 NULLS LAST LIMIT 1;
+  IF v_refusal IS NOT NULL THEN
+    RAISE EXCEPTION 'refused: %', v_refusal USING ERRCODE = 'insufficient_privilege';
   END IF;
 
   WITH w AS (
@@ -705,13 +738,28 @@ BEGIN
 END $$;
 
 -- New session keys after a key change. Only the session keys: a terminal's master key and base
--- derivation key are set by provisioning, never by the switch.
-CREATE OR REPLACE FUNCTION ledger.set_session_keys(p_terminal_id text, p_tpk text, p_tak text)
+-- derivation key are set by provisioning, never by the switch. And only with the HSM's word
+-- that it generated them under this terminal's own TMK: keys copied from another terminal, or
+-- generated under another terminal's TMK, are refused.
+CREATE OR REPLACE FUNCTION ledger.set_session_keys(p_terminal_id text, p_tpk text, p_tak text,
+                                                   p_authorisation bytea)
   RETURNS boolean
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+DECLARE
+  v_key ledger.authorisation_key;
+  v_tmk text;
 BEGIN
+  SELECT * INTO v_key FROM ledger.authorisation_key;
+  SELECT tmk INTO v_tmk FROM ledger.terminals WHERE terminal_id = p_terminal_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN false;
+  ELSIF NOT ledger.word_valid(v_key, p_authorisation, ARRAY['kiosk-switch session keys v1',
+          p_terminal_id, v_tmk, p_tpk, p_tak]) THEN
+    RAISE EXCEPTION 'refused: no valid word from the HSM for these session keys of %',
+      p_terminal_id USING ERRCODE = 'insufficient_privilege';
+  END IF;
   UPDATE ledger.terminals SET tpk = p_tpk, tak = p_tak WHERE terminal_id = p_terminal_id;
-  RETURN FOUND;
+  RETURN true;
 END $$;
 
 -- The applied migration and the functions file's digest, so a switch refuses a schema older
@@ -757,9 +805,9 @@ GRANT EXECUTE ON FUNCTION
                     text[], bigint[], text[], text[], text[], text[], text[], text[], text[],
                     text[], bigint[], bigint[], date[], timestamptz[], text[], text[], text[],
                     text[], bigint[], bigint[], bigint[], boolean[], text[], integer[], date[],
-                    bigint[], integer[], integer[], bytea[]),
+                    bigint[], integer[], integer[], bytea[], bytea[]),
   ledger.terminal_keys(text),
-  ledger.set_session_keys(text, text, text),
+  ledger.set_session_keys(text, text, text, bytea),
   ledger.schema_state(),
   ledger.current_policy(),
   ledger.audit_heads_now(),
@@ -1108,10 +1156,19 @@ GRANT EXECUTE ON FUNCTION
   ledger.latest_audit_check()
   TO ledger_switch;
 
--- EMV (0003_emv): a post_batch without the atcs array has no ATC check; none may be left in a
--- database migrated before, for anyone to call.
+-- Superseded signatures: none may be left in a database migrated before, for anyone to call.
+-- A post_batch without the atcs array has no ATC check (0003_emv); one without the chip words
+-- moves an ATC on the switch's say-so; set_session_keys without the HSM's word copies keys.
 DROP FUNCTION IF EXISTS ledger.post_batch(
   bytea[], text[], text[], text[], text[], text[], text[], text[], bigint[], text[], bigint[],
   text[], text[], text[], text[], text[], text[], text[], text[], bigint[], bigint[], date[],
   timestamptz[], text[], text[], text[], text[], bigint[], bigint[], bigint[], boolean[], text[],
   integer[], date[], bigint[], integer[]);
+DROP FUNCTION IF EXISTS ledger.post_batch(
+  bytea[], text[], text[], text[], text[], text[], text[], text[], bigint[], text[], bigint[],
+  text[], text[], text[], text[], text[], text[], text[], text[], bigint[], bigint[], date[],
+  timestamptz[], text[], text[], text[], text[], bigint[], bigint[], bigint[], boolean[], text[],
+  integer[], date[], bigint[], integer[], integer[], bytea[]);
+DROP FUNCTION IF EXISTS ledger.set_session_keys(text, text, text);
+DROP FUNCTION IF EXISTS ledger.authorisation_valid(
+  ledger.authorisation_key, bytea, text, text, text, text, bytea, bigint, text);

@@ -14,7 +14,7 @@ from hsm.engine import SoftHsm
 from hsm.local import LocalHSM
 from hsm.server import HsmServer, ServerConfig
 
-from .support import LMK, Pki, make_pki
+from .support import LMK, PAN_HASH_KEY, Pki, make_pki
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +44,11 @@ async def hsm_server() -> AsyncIterator[HsmServer]:
 async def hsm(request: pytest.FixtureRequest) -> AsyncIterator[HSM]:
     """The same suite runs against the in-process HSM and the networked one over loopback."""
     if request.param == "local":
-        yield LocalHSM(LMK)
+        yield LocalHSM(LMK, pan_hash_key=PAN_HASH_KEY)
         return
-    server = HsmServer(SoftHsm(LMK), ServerConfig(host="127.0.0.1", port=0))
+    server = HsmServer(
+        SoftHsm(LMK, pan_hash_key=PAN_HASH_KEY), ServerConfig(host="127.0.0.1", port=0)
+    )
     await server.start()
     client = NetworkHSM([("127.0.0.1", server.port)], timeout_ms=2000)
     yield client

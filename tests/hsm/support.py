@@ -9,11 +9,14 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from hsm.keys import DEVELOPMENT_LMK, Lmk
+from hsm.crypto import Algorithm
+from hsm.keys import DEVELOPMENT_LMK, DEVELOPMENT_PAN_HASH_KEY, KeyRole, Lmk
 from hsm.tls import ServerTls
 from tests.switch.test_tls import Authority, Issued
 
 LMK = Lmk(DEVELOPMENT_LMK)
+# A switch's HSM holds one: PAN hashes and the ledger's words (session keys' too) come from it.
+PAN_HASH_KEY = LMK.wrap(KeyRole.PHK, Algorithm.HMAC, DEVELOPMENT_PAN_HASH_KEY)
 
 
 class FakeClock:

@@ -39,7 +39,7 @@ PIN = "1234"
 
 async def session(hsm: HSM, dev_keys: DevKeys) -> tuple[SessionKeys, bytes, bytes]:
     """Generate session keys and open them as the terminal does, with its clear TMK."""
-    keys = await hsm.generate_session_keys(dev_keys.tmk)
+    keys = await hsm.generate_session_keys(dev_keys.tmk, terminal_id="KIOSK001")
     tmk = h(dev_keys.tmk_clear_hex)
     tpk = crypto.tdes_ecb_decrypt(tmk, h(keys.tpk.under_tmk))
     tak = crypto.tdes_ecb_decrypt(tmk, h(keys.tak.under_tmk))
@@ -215,7 +215,11 @@ async def test_negative_table(hsm: HSM, dev_keys: DevKeys) -> None:
             KeyBlockError,
         ),
         ("TPK as TAK", lambda: hsm.generate_mac(keys.tpk.stored, b"x"), KeyUsageError),
-        ("TAK as TMK", lambda: hsm.generate_session_keys(keys.tak.stored), KeyUsageError),
+        (
+            "TAK as TMK",
+            lambda: hsm.generate_session_keys(keys.tak.stored, terminal_id="KIOSK001"),
+            KeyUsageError,
+        ),
         (
             "PIN too short",
             lambda: hsm.derive_pin_verification_data(dev_keys.pvk, PAN, "123", VisaPvvMethod("1")),

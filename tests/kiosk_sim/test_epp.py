@@ -24,10 +24,10 @@ LMK = Lmk(bytes(range(32)))
 
 
 async def test_key_change_installs_keys_the_hsm_can_use() -> None:
-    hsm = LocalHSM(LMK)
+    hsm = LocalHSM(LMK, pan_hash_key=LMK.wrap(KeyRole.PHK, Algorithm.HMAC, bytes(range(32))))
     tmk_clear = crypto.with_odd_parity(bytes(range(16)))
     tmk = LMK.wrap(KeyRole.TMK, Algorithm.TDES, tmk_clear)
-    keys = await hsm.generate_session_keys(tmk)
+    keys = await hsm.generate_session_keys(tmk, terminal_id="KIOSK001")
     delivered = KeyChangeData(keys.tpk.under_tmk, keys.tpk.kcv, keys.tak.under_tmk, keys.tak.kcv)
     epp = Epp(tmk_clear).install_session_keys(KeyChangeData.parse(delivered.encode()))
 

@@ -82,7 +82,13 @@ class World:
             terminal_id = f"T{next_id():07d}"
             self.terminals.append(terminal_id)
             data["terminals"].append(
-                {"id": terminal_id, "location": "test", "currency": self.currency, "tmk": "TMK"}
+                # Each terminal's own TMK (a placeholder: these tests never open it).
+                {
+                    "id": terminal_id,
+                    "location": "test",
+                    "currency": self.currency,
+                    "tmk": f"TMK-{terminal_id}",
+                }
             )
         return data
 

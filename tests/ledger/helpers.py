@@ -6,7 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from ledger.authorisation import development_token
+from ledger.authorisation import development_chip_token, development_token
+from ledger.codec import atc_of
 from ledger.migrations import Connection
 from ledger.model import Request, Result
 from ledger.store import LedgerStore, Lookup
@@ -20,8 +21,21 @@ def authorised(lookup: Lookup) -> bytes:
     return development_token(lookup.request, lookup.pan_hash)
 
 
+def chip_authorised(lookup: Lookup) -> bytes | None:
+    """The HSM's word for a chip request's ATC, as a development HSM gives it for a verified
+    ARQC; None for a request with no ATC."""
+    atc = atc_of(lookup.request)
+    return None if atc is None else development_chip_token(lookup.request, lookup.pan_hash, atc)
+
+
 async def run(store: LedgerStore, request: Request, now: datetime = NOW) -> Result:
-    return await store.process(request, authorise=authorised, now=now, timeout_ms=TIMEOUT_MS)
+    return await store.process(
+        request,
+        authorise=authorised,
+        authorise_chip=chip_authorised,
+        now=now,
+        timeout_ms=TIMEOUT_MS,
+    )
 
 
 async def balance(conn: Connection, account_number: str) -> int:

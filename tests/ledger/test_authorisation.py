@@ -24,7 +24,15 @@ def test_the_ledger_and_the_hsm_agree_on_the_development_word() -> None:
     hsm_key = hsm_authorisation.authorisation_key(DEVELOPMENT_PAN_HASH_KEY)
     assert hsm_key == authorisation.DEVELOPMENT_AUTHORISATION_KEY
     assert authorisation.development_token(request, pan_hash) == hsm_authorisation.token(
-        hsm_key, pan_hash, word
+        hsm_key, word.message(pan_hash)
+    )
+    assert authorisation.development_chip_token(request, pan_hash, 9) == hsm_authorisation.token(
+        hsm_key, word.chip_message(pan_hash, 9)
+    )
+    assert authorisation.development_session_keys_token(
+        "KIOSK001", "M", "P", "A"
+    ) == hsm_authorisation.token(
+        hsm_key, hsm_authorisation.session_keys_message("KIOSK001", "M", "P", "A")
     )
     assert authorisation.check_value(hsm_key) == hsm_authorisation.check_value(hsm_key)
 
@@ -127,3 +135,32 @@ async def test_a_transfer_redirected_to_another_customer_is_refused(
         )
     assert await balance(owner_conn, bob.checking) == 100_000
     assert await balance(owner_conn, alice.checking) == 100_000
+
+
+@pytest.mark.parametrize("attack", ["copied", "under-another-tmk", "made-up"])
+async def test_another_terminals_keys_cannot_be_copied(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, attack: str
+) -> None:
+    """What a stolen switch login would try: give terminal B the session keys of terminal A
+    (whose keys it knows, say from a rogue terminal A), with A's word, with a word for B asked
+    of the HSM under A's TMK, or with none. Each is refused; B keeps its keys."""
+    world = World()
+    await world.load(owner_conn, 0, terminals=2)
+    a, b = world.terminals
+    tpk, tak = f"TPK-{a}", f"TAK-{a}"
+    a_word = authorisation.development_session_keys_token(a, f"TMK-{a}", tpk, tak)
+    await ledger_store.set_terminal_keys(
+        a, tpk=tpk, tak=tak, authorisation=a_word, timeout_ms=TIMEOUT_MS
+    )
+    word = {
+        "copied": a_word,
+        "under-another-tmk": authorisation.development_session_keys_token(b, f"TMK-{a}", tpk, tak),
+        "made-up": bytes(16),
+    }[attack]
+    with pytest.raises(LedgerError, match=r"42501.*no valid word from the HSM for these session"):
+        await ledger_store.set_terminal_keys(
+            b, tpk=tpk, tak=tak, authorisation=word, timeout_ms=TIMEOUT_MS
+        )
+    keys = await ledger_store.terminal_keys(b, timeout_ms=TIMEOUT_MS)
+    assert keys is not None
+    assert (keys.tpk, keys.tak) == (None, None)

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from ledger import rules
+from ledger.authorisation import development_chip_token
 from ledger.codec import WriteItem
 from ledger.errors import LedgerError
 from ledger.fixtures import EntryError, check_fixtures, load_fixtures
@@ -19,7 +20,7 @@ from ledger.model import EmvProfile, Outcome, Withdrawal
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings
 from ledger.store import LedgerStore, Lookup, open_store
 from tests.ledger.factory import AUDIT, NOW, World, key
-from tests.ledger.helpers import TIMEOUT_MS, authorised, balance, run
+from tests.ledger.helpers import TIMEOUT_MS, authorised, balance, chip_authorised, run
 from tests.ledger.test_rules import CARD, snapshot_with
 
 START_MINOR = 100_000
@@ -105,11 +106,15 @@ async def test_a_wrong_pin_spends_the_atc_too(
 ) -> None:
     world = await chip_world(owner_conn)
     lookup = await ledger_store.lookup(withdrawal(world, 3), timeout_ms=TIMEOUT_MS)
-    failed = await ledger_store.record_pin_failure(lookup, now=NOW, timeout_ms=TIMEOUT_MS)
+    failed = await ledger_store.record_pin_failure(
+        lookup, chip_authorisation=chip_authorised(lookup), now=NOW, timeout_ms=TIMEOUT_MS
+    )
     assert failed.outcome is Outcome.INCORRECT_PIN
     assert await last_atc(owner_conn, world.customers[0].customer_id) == 3
     lookup = await ledger_store.lookup(withdrawal(world, 3), timeout_ms=TIMEOUT_MS)
-    again = await ledger_store.record_pin_failure(lookup, now=NOW, timeout_ms=TIMEOUT_MS)
+    again = await ledger_store.record_pin_failure(
+        lookup, chip_authorisation=chip_authorised(lookup), now=NOW, timeout_ms=TIMEOUT_MS
+    )
     assert again.outcome is Outcome.SECURITY_VIOLATION  # a replay never counts as a PIN try
 
 
@@ -130,11 +135,15 @@ async def test_two_switches_racing_one_atc_never_both_succeed(
         )
         assert all(lookup.card is not None for lookup in lookups)
         results = await asyncio.gather(
-            ledger_store.execute(
-                lookups[0], authorisation=authorised(lookups[0]), now=NOW, timeout_ms=TIMEOUT_MS
-            ),
-            second_store.execute(
-                lookups[1], authorisation=authorised(lookups[1]), now=NOW, timeout_ms=TIMEOUT_MS
+            *(
+                store.execute(
+                    lookup,
+                    authorisation=authorised(lookup),
+                    chip_authorisation=chip_authorised(lookup),
+                    now=NOW,
+                    timeout_ms=TIMEOUT_MS,
+                )
+                for store, lookup in zip((ledger_store, second_store), lookups, strict=True)
             ),
         )
         outcomes = sorted(result.outcome for result in results)
@@ -153,7 +162,11 @@ async def test_one_switch_with_both_in_its_queue_approves_one(
     results = await asyncio.gather(
         *(
             ledger_store.execute(
-                lookup, authorisation=authorised(lookup), now=NOW, timeout_ms=TIMEOUT_MS
+                lookup,
+                authorisation=authorised(lookup),
+                chip_authorisation=chip_authorised(lookup),
+                now=NOW,
+                timeout_ms=TIMEOUT_MS,
             )
             for lookup in lookups
         )
@@ -176,7 +189,9 @@ async def test_the_database_refuses_an_atc_the_rules_would_decline(
     item = ledger_store._item  # the write tampered with on purpose
 
     def replaying(lookup: Lookup, *args: Any) -> WriteItem:
-        return item(lookup, *args)._replace(atc=20)
+        # With the HSM's word for ATC 20 (a switch that kept the word of the first request).
+        word = development_chip_token(lookup.request, lookup.pan_hash, 20)
+        return item(lookup, *args)._replace(atc=20, chip_authorisation=word)
 
     monkeypatch.setattr(ledger_store, "_item", replaying)
     for target in (withdrawal(world, 21), withdrawal(plain, None)):
@@ -250,3 +265,46 @@ def test_a_pin_failure_spends_the_atc_of_a_chip_card_only() -> None:
         None,
         None,
     )
+
+
+@pytest.mark.parametrize("word", ["none", "made-up", "another-atc"])
+async def test_an_atc_moves_only_with_the_hsms_word(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, word: str
+) -> None:
+    """What a stolen switch login would try: spend a card's counter (or approve a chip request)
+    without a cryptogram the HSM verified: the ledger refuses, and nothing moves."""
+    world = await chip_world(owner_conn)
+    lookup = await ledger_store.lookup(withdrawal(world, 9), timeout_ms=TIMEOUT_MS)
+    chip_word = {
+        "none": None,
+        "made-up": bytes(16),
+        "another-atc": development_chip_token(lookup.request, lookup.pan_hash, 8),
+    }[word]
+    with pytest.raises(LedgerError, match=r"42501.*no valid word from the HSM \(a cryptogram"):
+        await ledger_store.execute(
+            lookup,
+            authorisation=authorised(lookup),
+            chip_authorisation=chip_word,
+            now=NOW,
+            timeout_ms=TIMEOUT_MS,
+        )
+    assert await last_atc(owner_conn, world.customers[0].customer_id) is None
+    assert await balance(owner_conn, world.customers[0].checking) == START_MINOR
+
+
+@pytest.mark.parametrize(("fallback_allowed", "approved"), [(False, False), (True, True)])
+async def test_a_chip_card_is_approved_without_its_chip_only_where_fallback_is_allowed(
+    ledger_store: LedgerStore,
+    owner_conn: asyncpg.Connection,
+    fallback_allowed: bool,
+    approved: bool,
+) -> None:
+    """A switch that drops the chip data (a stolen login, or a terminal's stripe read) cannot
+    approve a chip card whose profile allows no fallback: the database says no too."""
+    world = await chip_world(owner_conn, fallback_allowed=fallback_allowed)
+    if approved:
+        assert (await run(ledger_store, withdrawal(world, None))).outcome is Outcome.APPROVED
+        return
+    with pytest.raises(LedgerError, match=r"42501.*approved only by its chip"):
+        await run(ledger_store, withdrawal(world, None))
+    assert await balance(owner_conn, world.customers[0].checking) == START_MINOR

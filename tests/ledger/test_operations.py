@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ledger.authorisation import development_session_keys_token
 from ledger.errors import LedgerError
 from ledger.model import (
     BalanceInquiry,
@@ -425,15 +426,18 @@ async def test_terminal_keys(ledger_store: LedgerStore, owner_conn: asyncpg.Conn
     terminal_id = world.terminals[0]
     keys = await ledger_store.terminal_keys(terminal_id, timeout_ms=TIMEOUT_MS)
     assert keys is not None
-    assert (keys.tmk, keys.tpk, keys.tak, keys.status) == ("TMK", None, None, "active")
-    await ledger_store.set_terminal_keys(terminal_id, tpk="TPK1", tak="TAK1", timeout_ms=TIMEOUT_MS)
-    keys = await ledger_store.terminal_keys(terminal_id, timeout_ms=TIMEOUT_MS)
-    assert keys is not None
-    assert (keys.tpk, keys.tak) == ("TPK1", "TAK1")
-    await ledger_store.set_terminal_keys(terminal_id, tpk="TPK2", tak="TAK2", timeout_ms=TIMEOUT_MS)
-    keys = await ledger_store.terminal_keys(terminal_id, timeout_ms=TIMEOUT_MS)
-    assert keys is not None
-    assert (keys.tmk, keys.tpk, keys.tak) == ("TMK", "TPK2", "TAK2")
+    tmk = f"TMK-{terminal_id}"
+    assert (keys.tmk, keys.tpk, keys.tak, keys.status) == (tmk, None, None, "active")
+    for tpk, tak in (("TPK1", "TAK1"), ("TPK2", "TAK2")):
+        word = development_session_keys_token(terminal_id, tmk, tpk, tak)
+        await ledger_store.set_terminal_keys(
+            terminal_id, tpk=tpk, tak=tak, authorisation=word, timeout_ms=TIMEOUT_MS
+        )
+        keys = await ledger_store.terminal_keys(terminal_id, timeout_ms=TIMEOUT_MS)
+        assert keys is not None
+        assert (keys.tmk, keys.tpk, keys.tak) == (tmk, tpk, tak)
     assert await ledger_store.terminal_keys("NOPE", timeout_ms=TIMEOUT_MS) is None
     with pytest.raises(LedgerError, match="unknown terminal"):
-        await ledger_store.set_terminal_keys("NOPE", tpk="x", tak="y", timeout_ms=TIMEOUT_MS)
+        await ledger_store.set_terminal_keys(
+            "NOPE", tpk="x", tak="y", authorisation=bytes(16), timeout_ms=TIMEOUT_MS
+        )
