@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from kiosk_sim import load
 from kiosk_sim.chip import ChipCard, ChipProfile, Cryptogram, IssuerAuthentication
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Exchange, Terminal
+from ledger.pan import mask_pan
 from switch.iso8583 import tlv
 from tests.conftest import PgCluster
 from tests.e2e.conftest import PIN, Stack, StackFactory
@@ -142,6 +144,50 @@ async def test_fallback_and_the_cards_own_decline(
     reversal = terminal.chip_reversal(approved.request, card.decline(sent))
     assert (await terminal.send(reversal)).code == "00"
     assert await allowed.balance(customer.checking) == START_MINOR - 1_000
+
+
+OTHER_PAN = "4111111111111111"
+
+
+@pytest.mark.parametrize("cvn", [18, 20])
+async def test_the_chips_card_number_and_sequence_number_are_the_requests(
+    make_stack: StackFactory, dev_keys: DevKeys, cvn: int
+) -> None:
+    """5A and 57 naming another card than F2: `30`, the tag logged, no digits of either number;
+    a chip of another PAN sequence number than the profile's: `14`, recorded."""
+    stack = await chip_stack(make_stack, dev_keys, cvn)
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    card = chip_card(stack, cvn)
+    other_track = bytes.fromhex(f"{OTHER_PAN}D2812201" + "00000F")
+    with structlog.testing.capture_logs() as logs:
+        codes = []
+        for tag, value in ((0x5A, bytes.fromhex(OTHER_PAN)), (0x57, other_track)):
+            sent = card.generate_arqc(terminal.terminal_data(1_000))
+            forged = Cryptogram(sent.profile, MappingProxyType({**sent.tags, tag: value}))
+            answer = await terminal.send(terminal.chip_withdrawal(forged, PIN, 1_000))
+            codes.append((answer.code, answer.response_mac_ok, answer.response.get(55)))
+        reissued = ChipCard(
+            ChipProfile.personalise(
+                bytes.fromhex(stack.keys.imk_ac_clear_hex), customer.pan, "02", cvn
+            )
+        )
+        _, other_issue, _ = await withdraw(terminal, reissued, 1_000)
+    assert codes == [("30", True, None), ("30", True, None)]
+    assert other_issue.code == "14"
+    refused = [(e["tag"], e["reason"]) for e in logs if e["event"] == "icc_data_refused"]
+    assert refused == [
+        ("5A", "tag 5A's card number is not F2's"),
+        ("57", "tag 57's card number is not F2's"),
+    ]
+    events = [(e.get("event_kind"), e.get("card")) for e in logs if e["event"] == "security_event"]
+    assert events == [("psn_mismatch", mask_pan(customer.pan))]
+    for number in (customer.pan, OTHER_PAN):
+        assert number not in repr(logs)
+    # The refusals were not journalled and spent no ATC; the PSN decline is recorded.
+    assert await journal_codes(stack, customer.customer_id) == [("decline", "14")]
+    assert await last_atc(stack, customer.customer_id) is None
+    assert (await withdraw(terminal, card, 1_000))[1].code == "00"
 
 
 async def test_simulated_chip_kiosks_under_load(
