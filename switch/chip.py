@@ -71,6 +71,9 @@ AMOUNT_OTHER_NONE = bytes(emv.TAG_LENGTHS[emv.TAG_AMOUNT_OTHER])
 # CSU byte 2, bit 8: "issuer approves online transaction" (EMV CCD, Visa VIS 1.6).
 _CSU_APPROVED = bytes([0x00, 0x80, 0x00, 0x00])
 _CSU_DECLINED = bytes(4)
+# The kinds of the ledger's rows that its own rules decided (ledger.rules): for a chip request,
+# only ever after its ARQC verified. A decline before that is recorded as a "decline".
+ARQC_DECIDED_KINDS = frozenset({"inquiry", "withdrawal", "transfer", "pin"})
 _SCHEMES: Mapping[str, Scheme] = MappingProxyType(
     {"visa": Scheme.VISA, "mastercard": Scheme.MASTERCARD}
 )
@@ -172,6 +175,17 @@ def authorisation_atc(transaction: Transaction, read: CardRead | None) -> int | 
     if read is None or read.icc is None or transaction.kind is Kind.REVERSAL:
         return None
     return read.icc.atc
+
+
+def repeat_carries_arpc(answered_kind: str, atc: int | None, last_atc: int | None) -> bool:
+    """Whether a repeated chip authorisation's first answer carried tag 91, so that its repeat
+    must too. It did when its ARQC verified; the ledger then decided the request by its own
+    rules (`ARQC_DECIDED_KINDS`, approved or declined) and spent its ATC, which is still the
+    card's last. A stored answer of another kind was a decline before the ARQC verified (a
+    replay, a forged ARQC, a wrong amount: no tag 91). A repeat whose ATC is not the card's last
+    is not a retransmission of that request (a retransmission's F55 is the same), or the card
+    has been used since: no tag 91, and the card declines by itself."""
+    return answered_kind in ARQC_DECIDED_KINDS and atc is not None and atc == last_atc
 
 
 def _service_code(transaction: Transaction) -> str | ChipRefusal | None:

@@ -146,6 +146,50 @@ async def test_fallback_and_the_cards_own_decline(
     assert await allowed.balance(customer.checking) == START_MINOR - 1_000
 
 
+@pytest.mark.parametrize("cvn", emv.CRYPTOGRAM_VERSIONS)
+async def test_a_repeated_chip_request_carries_its_arpc_again(
+    make_stack: StackFactory, dev_keys: DevKeys, cvn: int
+) -> None:
+    """The same 0200 sent again (same F7 and STAN: its answer was lost) gets the first answer's
+    F55, MACed, and the card verifies it; nothing moves again, nor does the card's ATC."""
+    stack = await chip_stack(make_stack, dev_keys, cvn)
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    card = chip_card(stack, cvn)
+
+    # Approved, declined by the ledger (the card's limit is 50,000), a wrong PIN: each repeated.
+    firsts = []
+    for amount_minor, pin, code in ((2_000, PIN, "00"), (60_000, PIN, "61"), (1_000, "9999", "55")):
+        sent = card.generate_arqc(terminal.terminal_data(amount_minor))
+        first = await terminal.send(terminal.chip_withdrawal(sent, pin, amount_minor))
+        again = await terminal.send(first.request)
+        assert (first.code, again.code, again.response_mac_ok) == (code, code, True)
+        assert again.response.get(55) == first.response.get(55) is not None
+        assert card.authenticate_issuer(sent, again.response.get(55)) == IssuerAuthentication(
+            arpc_verified=True, issuer_approves=code == "00"
+        )
+        firsts.append((sent, first))
+
+    # A declined replay of the first ATC had no tag 91; nor has its repeat.
+    (approved_sent, approved), *_ = firsts
+    replay = await terminal.send(terminal.chip_withdrawal(approved_sent, PIN, 2_000))
+    replay_again = await terminal.send(replay.request)
+    assert [(e.code, e.response.get(55)) for e in (replay, replay_again)] == [("63", None)] * 2
+    # The card has been used since the approval: its repeat now is not a retransmission of the
+    # card's last request, and gets the stored approval without tag 91.
+    late = await terminal.send(approved.request)
+    assert (late.code, late.response.get(55), late.response_mac_ok) == ("00", None, True)
+
+    assert await stack.balance(customer.checking) == START_MINOR - 2_000
+    assert await last_atc(stack, customer.customer_id) == card.last_atc == 3
+    assert await journal_codes(stack, customer.customer_id) == [
+        ("withdrawal", "00"),
+        ("withdrawal", "61"),
+        ("pin", "55"),
+        ("decline", "63"),
+    ]
+
+
 OTHER_PAN = "4111111111111111"
 
 

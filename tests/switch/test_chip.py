@@ -315,6 +315,27 @@ def test_what_the_arpc_carries(cvn: int, code: ResponseCode, response: emv.ArpcR
     assert chip.arpc_response(emv.cryptogram_version(cvn), code) == response
 
 
+@pytest.mark.parametrize(
+    ("kind", "atc", "last_atc", "carries"),
+    [
+        ("withdrawal", 28, 28, True),  # approved or declined by the ledger: the ARQC verified
+        ("inquiry", 28, 28, True),
+        ("transfer", 28, 28, True),
+        ("pin", 28, 28, True),  # a wrong PIN, after the ARQC verified
+        ("decline", 28, 28, False),  # declined before (a replay, a forged ARQC, a wrong amount)
+        ("withdrawal", 27, 28, False),  # not the ATC the request spent: not a retransmission
+        ("withdrawal", 29, 28, False),
+        ("withdrawal", 28, None, False),
+        ("withdrawal", None, 28, False),  # no chip data, or a reversal's
+        ("reversal", 28, 28, False),
+    ],
+)
+def test_which_repeats_carry_tag_91_again(
+    kind: str, atc: int | None, last_atc: int | None, carries: bool
+) -> None:
+    assert chip.repeat_carries_arpc(kind, atc, last_atc) is carries
+
+
 def test_the_answer_carries_tag_91_only() -> None:
     data = bytes.fromhex("9AF514C100800000")
     assert chip.issuer_authentication_field(data) == "91089AF514C100800000"
