@@ -116,6 +116,44 @@ async def test_chip_withdrawal_replay_and_bad_arqc(
 
 
 @pytest.mark.parametrize("cvn", emv.CRYPTOGRAM_VERSIONS)
+async def test_an_arqc_under_another_key_or_for_another_amount_is_declined_and_audited(
+    make_stack: StackFactory, dev_keys: DevKeys, cvn: int
+) -> None:
+    stack = await chip_stack(make_stack, dev_keys, cvn)
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    card = chip_card(stack, cvn)
+    # A card whose keys come from another issuer master key: a cloned number, not the card.
+    clone = ChipCard(ChipProfile.personalise(bytes(range(16)), customer.pan, PSN, cvn))
+    sent = card.generate_arqc(terminal.terminal_data(1_000))
+    # The ARQC covers 10.00: 9F02 raised to the 50.00 of F4 no longer matches it; F4 alone
+    # raised is not what the chip says.
+    raised = Cryptogram(
+        sent.profile, MappingProxyType({**sent.tags, 0x9F02: bytes.fromhex("000000005000")})
+    )
+    with structlog.testing.capture_logs() as logs:
+        answers = [
+            (await withdraw(terminal, clone, 1_000))[1],
+            await terminal.send(terminal.chip_withdrawal(raised, PIN, 5_000)),
+            await terminal.send(terminal.chip_withdrawal(sent, PIN, 5_000)),
+        ]
+    assert [(a.code, a.response.get(55), a.response_mac_ok) for a in answers] == [
+        ("63", None, True),
+        ("63", None, True),
+        ("13", None, True),
+    ]
+    events = [e["event_kind"] for e in logs if e["event"] == "security_event"]
+    assert events == ["arqc_failure", "arqc_failure", "icc_amount_mismatch"]
+    # Nothing posted, each recorded in the journal, no ATC spent: the card's own goes through.
+    assert await stack.balance(customer.checking) == START_MINOR
+    assert await journal_codes(stack, customer.customer_id) == [("decline", "63")] * 2 + [
+        ("decline", "13")
+    ]
+    assert await last_atc(stack, customer.customer_id) is None
+    assert (await terminal.send(terminal.chip_withdrawal(sent, PIN, 1_000))).code == "00"
+
+
+@pytest.mark.parametrize("cvn", emv.CRYPTOGRAM_VERSIONS)
 async def test_fallback_and_the_cards_own_decline(
     make_stack: StackFactory, dev_keys: DevKeys, cvn: int
 ) -> None:
