@@ -259,15 +259,18 @@ class Flows:
                 stored,
                 timeout_ms=max(deadline_left(context.deadline), MIN_RESPONSE_HSM_MS),
             )
-        except (HsmUnavailable, DeadlinePassed) as exc:
+        except HsmUnavailable as exc:
             self._count_error("hsm")
-            log.error(
-                "arpc_not_generated",
-                terminal_id=context.transaction.terminal_id,
-                stan=context.transaction.stan,
-                error=str(exc) or type(exc).__name__,
-            )
-            return stored
+            error = str(exc)
+        except DeadlinePassed:
+            error = "deadline passed"
+        log.error(
+            "arpc_not_generated",
+            terminal_id=context.transaction.terminal_id,
+            stan=context.transaction.stan,
+            error=error,
+        )
+        return stored
 
     async def check_card_read(self, context: Context) -> Context | Outcome:
         read, lookup = context.card_read, context.lookup

@@ -12,11 +12,13 @@ import structlog.testing
 
 from hsm import emv
 from hsm.devkeys import DevKeys
+from hsm.errors import HsmUnavailable
 from kiosk_sim import load
 from kiosk_sim.chip import ChipCard, ChipProfile, Cryptogram, IssuerAuthentication
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Exchange, Terminal
 from ledger.pan import mask_pan
+from switch.flows import Flows
 from switch.iso8583 import tlv
 from tests.conftest import PgCluster
 from tests.e2e.conftest import PIN, Stack, StackFactory
@@ -226,6 +228,27 @@ async def test_a_repeated_chip_request_carries_its_arpc_again(
         ("pin", "55"),
         ("decline", "63"),
     ]
+
+
+async def test_a_repeat_the_hsm_cannot_answer_gets_its_stored_answer_without_tag_91(
+    make_stack: StackFactory, dev_keys: DevKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = await chip_stack(make_stack, dev_keys, 18)
+    terminal = await stack.terminal()
+    card = chip_card(stack, 18)
+    _, approved, _ = await withdraw(terminal, card, 2_000)
+    assert approved.code == "00"
+
+    async def unavailable(*_args: object, **_kwargs: object) -> None:
+        raise HsmUnavailable("no HSM answered")
+
+    assert isinstance(stack.server.handler, Flows)
+    monkeypatch.setattr(stack.server.handler._hsm, "verify_arqc", unavailable)
+    with structlog.testing.capture_logs() as logs:
+        again = await terminal.send(approved.request)
+    assert (again.code, again.response.get(55), again.response_mac_ok) == ("00", None, True)
+    assert [e["error"] for e in logs if e["event"] == "arpc_not_generated"] == ["no HSM answered"]
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR - 2_000
 
 
 OTHER_PAN = "4111111111111111"
