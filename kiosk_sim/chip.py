@@ -28,6 +28,7 @@ ATC_MAX = 0xFFFF
 TAG_ARQC = 0x9F26
 TAG_CID = 0x9F27
 TAG_PSN = 0x5F34
+TAG_PAN = 0x5A
 TAG_ISSUER_AUTHENTICATION_DATA = 0x91
 CID_ARQC, CID_TC, CID_AAC = 0x80, 0x40, 0x00
 # An ATM in Germany: terminal country 276; the AIP of a card with SDA, DDA, cardholder
@@ -163,6 +164,7 @@ class ChipCard:
             emv.TAG_ATC: atc.to_bytes(2, "big"),
             emv.TAG_IAD: IAD_BY_CVN[self.profile.cvn],
             emv.TAG_AIP: AIP,
+            TAG_PAN: _compressed_numeric(self.profile.pan),
             TAG_PSN: bytes.fromhex(self.profile.psn),
         }
         arqc = self._cryptogram(tags)
@@ -226,3 +228,8 @@ def _issuer_authentication_data(field_55: str | None) -> bytes | None:
         return tlv.decode(bytes.fromhex(field_55)).get(TAG_ISSUER_AUTHENTICATION_DATA)
     except (ValueError, tlv.TlvError):
         return None
+
+
+def _compressed_numeric(digits: str) -> bytes:
+    """EMV's `cn` format (5A): the digits as nibbles, then F to a whole byte."""
+    return bytes.fromhex(digits + "F" * (len(digits) % 2))

@@ -30,7 +30,7 @@ import aiohttp
 from hsm.devkeys import make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
 from kiosk_sim import load, scrape
-from kiosk_sim.chip import ChipCard, ChipProfile
+from kiosk_sim.chip import ChipCard, ChipProfile, IssuerAuthentication
 from kiosk_sim.client import TerminalClient
 from kiosk_sim.epp import Epp
 from kiosk_sim.population import LedgerView, build, provision
@@ -316,17 +316,26 @@ async def chip(kiosk: Terminal, n: Narrator) -> None:
     cryptogram = card.generate_arqc(kiosk.terminal_data(4_000))
     exchange = await kiosk.send(kiosk.chip_withdrawal(cryptogram, CHIP_PIN, 4_000))
     verdict = card.authenticate_issuer(cryptogram, exchange.response.get(55))
-    checked = "ARPC ok, card approves" if verdict.approve else "ARPC FAILED, card declines"
-    n.show(kiosk, f"chip withdraw EUR 40.00, ATC {cryptogram.atc}", exchange, f"  ({checked})")
+    n.show(kiosk, f"chip withdraw EUR 40.00, ATC {cryptogram.atc}", exchange, _arpc_note(verdict))
     if exchange.approved and not verdict.approve:
         reversal = kiosk.chip_reversal(exchange.request, card.decline(cryptogram))
         n.show(kiosk, "reversal 0420 with the card's AAC", await kiosk.send(reversal))
+    # As when the 0210 was lost: the stored answer, with the same tag 91, and no second debit.
+    again = await kiosk.send(exchange.request)
+    verdict = card.authenticate_issuer(cryptogram, again.response.get(55))
+    n.show(kiosk, "same chip 0200 again (answer lost)", again, _arpc_note(verdict))
     replay = kiosk.chip_withdrawal(cryptogram, CHIP_PIN, 4_000)
     n.show(kiosk, "the same chip data again (replay)", await kiosk.send(replay), "  (audited)")
     stripe = kiosk.stripe_withdrawal(
         CHIP_CARD, CHIP_PIN, 4_000, expiry_yymm="2912", service_code="201"
     )
     n.show(kiosk, "chip card read by its stripe", await kiosk.send(stripe), "  (no fallback)")
+
+
+def _arpc_note(verdict: IssuerAuthentication) -> str:
+    if verdict.approve:
+        return "  (card checked the ARPC in tag 91: issuer approves)"
+    return "  (ARPC FAILED: the card declines)"
 
 
 async def load_phase(port: int, data_dir: Path, say: Say) -> Report:

@@ -11,7 +11,9 @@ Response codes (ISO 8583:1987): malformed ICC data, a missing or wrongly sized t
 a chip entry mode or a chip entry mode without F55: `30`. A cryptogram that is not an ARQC (the
 card declined offline, or already approved): `12`. The chip's amount or currency not the
 request's: `13`. A fallback the profile does not allow: `57`. Chip data for a card with no EMV
-profile: `05`. A replayed ATC or an ARQC that does not verify: `63` (security violation).
+profile: `05`. A replayed ATC or an ARQC that does not verify: `63` (security violation). The
+chip's own copy of the card number (5A, 57) not F2's: `30`, as F35 not F2's; its PAN sequence
+number (5F34) not the profile's: `14` (see `card_number_refusal` and `psn_mismatch`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from types import MappingProxyType
 
 from hsm import emv
 from hsm.emv import ArpcMethod, ArpcResponse, CryptogramVersion, Scheme
-from ledger.model import Card
+from ledger.model import Card, EmvProfile
 from ledger.model import Outcome as LedgerOutcome
 from switch.iso8583 import tlv
 from switch.iso8583.spec import ICC_DATA_FIELD, ICC_DATA_MTIS
@@ -38,6 +40,9 @@ ENTRY_MODE_FIELD = 22
 TAG_ARQC = 0x9F26
 TAG_CID = 0x9F27
 TAG_ISSUER_AUTHENTICATION_DATA = 0x91
+TAG_PAN = 0x5A
+TAG_TRACK_2_EQUIVALENT = 0x57
+TAG_PSN = 0x5F34
 # What an authorisation's F55 must hold.
 REQUIRED_TAGS: tuple[int, ...] = (
     TAG_ARQC,
@@ -66,6 +71,9 @@ AMOUNT_OTHER_NONE = bytes(emv.TAG_LENGTHS[emv.TAG_AMOUNT_OTHER])
 # CSU byte 2, bit 8: "issuer approves online transaction" (EMV CCD, Visa VIS 1.6).
 _CSU_APPROVED = bytes([0x00, 0x80, 0x00, 0x00])
 _CSU_DECLINED = bytes(4)
+# The kinds of the ledger's rows that its own rules decided (ledger.rules): for a chip request,
+# only ever after its ARQC verified. A decline before that is recorded as a "decline".
+ARQC_DECIDED_KINDS = frozenset({"inquiry", "withdrawal", "transfer", "pin"})
 _SCHEMES: Mapping[str, Scheme] = MappingProxyType(
     {"visa": Scheme.VISA, "mastercard": Scheme.MASTERCARD}
 )
@@ -155,7 +163,7 @@ def read_card(transaction: Transaction) -> CardRead | ChipRefusal:
         tag = None if exc.tag is None else tlv.tag_name(exc.tag)
         return ChipRefusal(ResponseCode.FORMAT_ERROR, f"F55: {exc}", tag)
     if transaction.kind is not Kind.REVERSAL:
-        refusal = _authorisation_refusal(icc)
+        refusal = _authorisation_refusal(icc) or card_number_refusal(transaction, icc)
         if refusal is not None:
             return refusal
     return CardRead(chip, service_code, icc)
@@ -167,6 +175,17 @@ def authorisation_atc(transaction: Transaction, read: CardRead | None) -> int | 
     if read is None or read.icc is None or transaction.kind is Kind.REVERSAL:
         return None
     return read.icc.atc
+
+
+def repeat_carries_arpc(answered_kind: str, atc: int | None, last_atc: int | None) -> bool:
+    """Whether a repeated chip authorisation's first answer carried tag 91, so that its repeat
+    must too. It did when its ARQC verified; the ledger then decided the request by its own
+    rules (`ARQC_DECIDED_KINDS`, approved or declined) and spent its ATC, which is still the
+    card's last. A stored answer of another kind was a decline before the ARQC verified (a
+    replay, a forged ARQC, a wrong amount: no tag 91). A repeat whose ATC is not the card's last
+    is not a retransmission of that request (a retransmission's F55 is the same), or the card
+    has been used since: no tag 91, and the card declines by itself."""
+    return answered_kind in ARQC_DECIDED_KINDS and atc is not None and atc == last_atc
 
 
 def _service_code(transaction: Transaction) -> str | ChipRefusal | None:
@@ -197,6 +216,58 @@ def _authorisation_refusal(icc: IccData) -> ChipRefusal | None:
         cid = icc.tags[TAG_CID].hex().upper()
         return ChipRefusal(ResponseCode.INVALID_TRANSACTION, f"9F27 {cid} is not an ARQC", "9F27")
     return None
+
+
+def card_number_refusal(transaction: Transaction, icc: IccData) -> ChipRefusal | None:
+    """The chip's own copies of the card number, when F55 carries them: 5A (application PAN) and
+    57 (track 2 equivalent data) must hold F2's, and 5F34 must be one PSN byte.
+
+    `30`, as for an F35 that is not F2's: the message contradicts itself about which card it is
+    for, so no account can be declined on its behalf; it is the terminal's fault (or a tampered
+    message's), and the ARQC, verified under F2's card keys, does not cover 5A or 57. A
+    reversal is not checked: it is applied by its original's key whatever its chip data says.
+    """
+    for tag, card_number in ((TAG_PAN, _application_pan), (TAG_TRACK_2_EQUIVALENT, _track_2_pan)):
+        value = icc.tags.get(tag)
+        if value is None:
+            continue
+        name = tlv.tag_name(tag)
+        pan = card_number(value)
+        if pan is None:
+            return ChipRefusal(ResponseCode.FORMAT_ERROR, f"tag {name} holds no card number", name)
+        if pan != transaction.pan:
+            return ChipRefusal(
+                ResponseCode.FORMAT_ERROR, f"tag {name}'s card number is not F2's", name
+            )
+    psn = icc.tags.get(TAG_PSN)
+    if psn is not None and (len(psn) != 1 or not psn.hex().isdigit()):
+        return ChipRefusal(ResponseCode.FORMAT_ERROR, "tag 5F34 is not one BCD byte", "5F34")
+    return None
+
+
+def _application_pan(value: bytes) -> str | None:
+    """5A, compressed numeric: the digits, then F to whole bytes."""
+    digits = value.hex().upper().rstrip("F")
+    return digits if digits.isdigit() else None
+
+
+def _track_2_pan(value: bytes) -> str | None:
+    """57: the PAN, separator D, expiry YYMM, service code, discretionary data, F to a whole
+    byte."""
+    pan, separator, rest = value.hex().upper().removesuffix("F").partition("D")
+    if not separator or not pan.isdigit() or len(rest) < 7 or not rest[:7].isdigit():
+        return None
+    return pan
+
+
+def psn_mismatch(icc: IccData, profile: EmvProfile) -> bool:
+    """Whether the chip's PAN sequence number (5F34, when sent) is not the one the issuer
+    profiled. The PSN tells apart the issues of one card number, and the card's keys derive from
+    PAN and PSN: a chip of another PSN is a card the issuer does not hold under that number (one
+    replaced, or a copy), so `14` (invalid card), recorded, rather than a `63` from an ARQC that
+    could never verify."""
+    psn = icc.tags.get(TAG_PSN)
+    return psn is not None and psn.hex() != profile.psn
 
 
 def icc_mismatch(transaction: Transaction, icc: IccData) -> str | None:

@@ -91,12 +91,17 @@ class ChipSteps:
     async def check_chip_data(
         self, transaction: Transaction, icc: IccData, lookup: Lookup
     ) -> Outcome | None:
-        """The chip's amount and currency are the request's; its ATC is above the card's last."""
+        """The chip's amount and currency are the request's, its PAN sequence number the
+        profile's, its ATC above the card's last."""
         mismatch = chip.icc_mismatch(transaction, icc)
         if mismatch is not None:
             self._security_event("icc_amount_mismatch", transaction, mismatch)
             return await self._decline(transaction, lookup, LedgerOutcome.INVALID_AMOUNT, mismatch)
         card = lookup.card
+        if card is not None and card.emv is not None and chip.psn_mismatch(icc, card.emv):
+            reason = "5F34 is not the card's PAN sequence number"
+            self._security_event("psn_mismatch", transaction, reason)
+            return await self._decline(transaction, lookup, LedgerOutcome.INVALID_CARD, reason)
         last_atc = None if card is None else card.last_atc
         verdict = chip.check_atc(icc.atc, last_atc, self._atc_jump_logged)
         if verdict is AtcCheck.REPLAY:

@@ -2,8 +2,9 @@
 
 Per financial request: validate → read the card's chip data → verify MAC → look up (duplicate
 check, card, terminal) → chip checks (fallback, amount, ATC, ARQC) → verify PIN → post → respond
-(with the ARPC when an ARQC verified) → MAC the response. Each step either hands the context on
-or ends the request with an outcome; nothing after a decline posts anything. The deadline covers
+(with the ARPC when an ARQC verified) → MAC the response. A repeat gets its stored answer, with
+the ARPC again when the first answer carried one. Each step either hands the context on or ends
+the request with an outcome; nothing after a decline posts anything. The deadline covers
 every call up to the posting; once the ledger write has started it runs to completion (bounded by
 the ledger's statement timeout), so a terminal is never told "declined" about money that moved.
 If the ledger goes away during the posting, the switch does not answer at all (see
@@ -33,7 +34,13 @@ from ledger.errors import LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result
 from ledger.store import LedgerStore, Lookup
-from switch.chip import CardRead, ChipRefusal, authorisation_atc, read_card
+from switch.chip import (
+    CardRead,
+    ChipRefusal,
+    authorisation_atc,
+    read_card,
+    repeat_carries_arpc,
+)
 from switch.chip_steps import ChipSteps, VerifiedArqc, refusal_logged
 from switch.iso8583.codec import mac_input, prepared_for_mac, with_mac
 from switch.iso8583.elements import KeyChangeData
@@ -222,8 +229,48 @@ class Flows:
     async def look_up(self, context: Context) -> Context | Outcome:
         lookup = await self._lookup(context)
         if lookup.answered is not None:
-            return self._answer(context, lookup.answered, reason="repeat: stored response")
+            stored = self._answer(context, lookup.answered, reason="repeat: stored response")
+            return await self._repeat(context, lookup, stored)
         return replace(context, lookup=lookup)
+
+    async def _repeat(self, context: Context, lookup: Lookup, stored: Outcome) -> Outcome:
+        """A repeat's stored answer. When the first answer to a chip request carried tag 91, the
+        repeat's does too (without it the card declines what the ledger approved): the same
+        ARQC (a retransmission's is the same) is verified again and answered with the stored
+        response code, which gives the very ARPC of the first answer. Its ATC is not checked:
+        the first copy spent it. Nothing is written; if the HSM cannot answer, the stored answer
+        goes without tag 91."""
+        read, card, answered = context.card_read, lookup.card, lookup.snapshot.answered
+        assert answered is not None, "a repeat has its stored answer"
+        atc = authorisation_atc(context.transaction, read)
+        if read is None or read.icc is None or card is None or card.emv is None:
+            return stored
+        if not repeat_carries_arpc(answered["kind"], atc, card.last_atc):
+            return stored
+        try:
+            verified = await self._chip.verify_arqc(
+                context.transaction, read.icc, card.emv, lookup, context.deadline
+            )
+            if isinstance(verified, Outcome):
+                return stored  # logged as a security event; the ledger kept the stored answer
+            return await self._chip.with_arpc(
+                context.transaction,
+                verified,
+                stored,
+                timeout_ms=max(deadline_left(context.deadline), MIN_RESPONSE_HSM_MS),
+            )
+        except HsmUnavailable as exc:
+            self._count_error("hsm")
+            error = str(exc)
+        except DeadlinePassed:
+            error = "deadline passed"
+        log.error(
+            "arpc_not_generated",
+            terminal_id=context.transaction.terminal_id,
+            stan=context.transaction.stan,
+            error=error,
+        )
+        return stored
 
     async def check_card_read(self, context: Context) -> Context | Outcome:
         read, lookup = context.card_read, context.lookup

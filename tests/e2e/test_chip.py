@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -11,10 +12,13 @@ import structlog.testing
 
 from hsm import emv
 from hsm.devkeys import DevKeys
+from hsm.errors import HsmUnavailable
 from kiosk_sim import load
 from kiosk_sim.chip import ChipCard, ChipProfile, Cryptogram, IssuerAuthentication
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Exchange, Terminal
+from ledger.pan import mask_pan
+from switch.flows import Flows
 from switch.iso8583 import tlv
 from tests.conftest import PgCluster
 from tests.e2e.conftest import PIN, Stack, StackFactory
@@ -114,6 +118,44 @@ async def test_chip_withdrawal_replay_and_bad_arqc(
 
 
 @pytest.mark.parametrize("cvn", emv.CRYPTOGRAM_VERSIONS)
+async def test_an_arqc_under_another_key_or_for_another_amount_is_declined_and_audited(
+    make_stack: StackFactory, dev_keys: DevKeys, cvn: int
+) -> None:
+    stack = await chip_stack(make_stack, dev_keys, cvn)
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    card = chip_card(stack, cvn)
+    # A card whose keys come from another issuer master key: a cloned number, not the card.
+    clone = ChipCard(ChipProfile.personalise(bytes(range(16)), customer.pan, PSN, cvn))
+    sent = card.generate_arqc(terminal.terminal_data(1_000))
+    # The ARQC covers 10.00: 9F02 raised to the 50.00 of F4 no longer matches it; F4 alone
+    # raised is not what the chip says.
+    raised = Cryptogram(
+        sent.profile, MappingProxyType({**sent.tags, 0x9F02: bytes.fromhex("000000005000")})
+    )
+    with structlog.testing.capture_logs() as logs:
+        answers = [
+            (await withdraw(terminal, clone, 1_000))[1],
+            await terminal.send(terminal.chip_withdrawal(raised, PIN, 5_000)),
+            await terminal.send(terminal.chip_withdrawal(sent, PIN, 5_000)),
+        ]
+    assert [(a.code, a.response.get(55), a.response_mac_ok) for a in answers] == [
+        ("63", None, True),
+        ("63", None, True),
+        ("13", None, True),
+    ]
+    events = [e["event_kind"] for e in logs if e["event"] == "security_event"]
+    assert events == ["arqc_failure", "arqc_failure", "icc_amount_mismatch"]
+    # Nothing posted, each recorded in the journal, no ATC spent: the card's own goes through.
+    assert await stack.balance(customer.checking) == START_MINOR
+    assert await journal_codes(stack, customer.customer_id) == [("decline", "63")] * 2 + [
+        ("decline", "13")
+    ]
+    assert await last_atc(stack, customer.customer_id) is None
+    assert (await terminal.send(terminal.chip_withdrawal(sent, PIN, 1_000))).code == "00"
+
+
+@pytest.mark.parametrize("cvn", emv.CRYPTOGRAM_VERSIONS)
 async def test_fallback_and_the_cards_own_decline(
     make_stack: StackFactory, dev_keys: DevKeys, cvn: int
 ) -> None:
@@ -142,6 +184,115 @@ async def test_fallback_and_the_cards_own_decline(
     reversal = terminal.chip_reversal(approved.request, card.decline(sent))
     assert (await terminal.send(reversal)).code == "00"
     assert await allowed.balance(customer.checking) == START_MINOR - 1_000
+
+
+@pytest.mark.parametrize("cvn", emv.CRYPTOGRAM_VERSIONS)
+async def test_a_repeated_chip_request_carries_its_arpc_again(
+    make_stack: StackFactory, dev_keys: DevKeys, cvn: int
+) -> None:
+    """The same 0200 sent again (same F7 and STAN: its answer was lost) gets the first answer's
+    F55, MACed, and the card verifies it; nothing moves again, nor does the card's ATC."""
+    stack = await chip_stack(make_stack, dev_keys, cvn)
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    card = chip_card(stack, cvn)
+
+    # Approved, declined by the ledger (the card's limit is 50,000), a wrong PIN: each repeated.
+    firsts = []
+    for amount_minor, pin, code in ((2_000, PIN, "00"), (60_000, PIN, "61"), (1_000, "9999", "55")):
+        sent = card.generate_arqc(terminal.terminal_data(amount_minor))
+        first = await terminal.send(terminal.chip_withdrawal(sent, pin, amount_minor))
+        again = await terminal.send(first.request)
+        assert (first.code, again.code, again.response_mac_ok) == (code, code, True)
+        assert again.response.get(55) == first.response.get(55) is not None
+        assert card.authenticate_issuer(sent, again.response.get(55)) == IssuerAuthentication(
+            arpc_verified=True, issuer_approves=code == "00"
+        )
+        firsts.append((sent, first))
+
+    # A declined replay of the first ATC had no tag 91; nor has its repeat.
+    (approved_sent, approved), *_ = firsts
+    replay = await terminal.send(terminal.chip_withdrawal(approved_sent, PIN, 2_000))
+    replay_again = await terminal.send(replay.request)
+    assert [(e.code, e.response.get(55)) for e in (replay, replay_again)] == [("63", None)] * 2
+    # The card has been used since the approval: its repeat now is not a retransmission of the
+    # card's last request, and gets the stored approval without tag 91.
+    late = await terminal.send(approved.request)
+    assert (late.code, late.response.get(55), late.response_mac_ok) == ("00", None, True)
+
+    assert await stack.balance(customer.checking) == START_MINOR - 2_000
+    assert await last_atc(stack, customer.customer_id) == card.last_atc == 3
+    assert await journal_codes(stack, customer.customer_id) == [
+        ("withdrawal", "00"),
+        ("withdrawal", "61"),
+        ("pin", "55"),
+        ("decline", "63"),
+    ]
+
+
+async def test_a_repeat_the_hsm_cannot_answer_gets_its_stored_answer_without_tag_91(
+    make_stack: StackFactory, dev_keys: DevKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = await chip_stack(make_stack, dev_keys, 18)
+    terminal = await stack.terminal()
+    card = chip_card(stack, 18)
+    _, approved, _ = await withdraw(terminal, card, 2_000)
+    assert approved.code == "00"
+
+    async def unavailable(*_args: object, **_kwargs: object) -> None:
+        raise HsmUnavailable("no HSM answered")
+
+    assert isinstance(stack.server.handler, Flows)
+    monkeypatch.setattr(stack.server.handler._hsm, "verify_arqc", unavailable)
+    with structlog.testing.capture_logs() as logs:
+        again = await terminal.send(approved.request)
+    assert (again.code, again.response.get(55), again.response_mac_ok) == ("00", None, True)
+    assert [e["error"] for e in logs if e["event"] == "arpc_not_generated"] == ["no HSM answered"]
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR - 2_000
+
+
+OTHER_PAN = "4111111111111111"
+
+
+@pytest.mark.parametrize("cvn", [18, 20])
+async def test_the_chips_card_number_and_sequence_number_are_the_requests(
+    make_stack: StackFactory, dev_keys: DevKeys, cvn: int
+) -> None:
+    """5A and 57 naming another card than F2: `30`, the tag logged, no digits of either number;
+    a chip of another PAN sequence number than the profile's: `14`, recorded."""
+    stack = await chip_stack(make_stack, dev_keys, cvn)
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    card = chip_card(stack, cvn)
+    other_track = bytes.fromhex(f"{OTHER_PAN}D2812201" + "00000F")
+    with structlog.testing.capture_logs() as logs:
+        codes = []
+        for tag, value in ((0x5A, bytes.fromhex(OTHER_PAN)), (0x57, other_track)):
+            sent = card.generate_arqc(terminal.terminal_data(1_000))
+            forged = Cryptogram(sent.profile, MappingProxyType({**sent.tags, tag: value}))
+            answer = await terminal.send(terminal.chip_withdrawal(forged, PIN, 1_000))
+            codes.append((answer.code, answer.response_mac_ok, answer.response.get(55)))
+        reissued = ChipCard(
+            ChipProfile.personalise(
+                bytes.fromhex(stack.keys.imk_ac_clear_hex), customer.pan, "02", cvn
+            )
+        )
+        _, other_issue, _ = await withdraw(terminal, reissued, 1_000)
+    assert codes == [("30", True, None), ("30", True, None)]
+    assert other_issue.code == "14"
+    refused = [(e["tag"], e["reason"]) for e in logs if e["event"] == "icc_data_refused"]
+    assert refused == [
+        ("5A", "tag 5A's card number is not F2's"),
+        ("57", "tag 57's card number is not F2's"),
+    ]
+    events = [(e.get("event_kind"), e.get("card")) for e in logs if e["event"] == "security_event"]
+    assert events == [("psn_mismatch", mask_pan(customer.pan))]
+    for number in (customer.pan, OTHER_PAN):
+        assert number not in repr(logs)
+    # The refusals were not journalled and spent no ATC; the PSN decline is recorded.
+    assert await journal_codes(stack, customer.customer_id) == [("decline", "14")]
+    assert await last_atc(stack, customer.customer_id) is None
+    assert (await withdraw(terminal, card, 1_000))[1].code == "00"
 
 
 async def test_simulated_chip_kiosks_under_load(

@@ -168,6 +168,64 @@ def test_a_reversal_carries_any_well_formed_icc_data_and_spends_no_atc() -> None
     assert isinstance(malformed, ChipRefusal)
 
 
+TRACK_2_EQUIVALENT = f"{PAN}D2912201" + "00000F"  # expiry 2912, service code 201
+
+
+@pytest.mark.parametrize(
+    ("changes", "refused"),
+    [
+        ({}, None),  # neither sent: nothing to compare
+        ({"t5A": bytes.fromhex(PAN)}, None),
+        ({"t5A": bytes.fromhex(PAN + "FFFF")}, None),  # cn: padded with F
+        ({"t5A": bytes.fromhex("4111111111111111")}, ("5A", "tag 5A's card number is not F2's")),
+        ({"t5A": bytes.fromhex(PAN[:14])}, ("5A", "tag 5A's card number is not F2's")),
+        ({"t5A": bytes.fromhex(PAN[:-1] + "F")}, ("5A", "tag 5A's card number is not F2's")),
+        ({"t5A": bytes.fromhex("47617390010A0010")}, ("5A", "tag 5A holds no card number")),
+        ({"t5A": b""}, ("5A", "tag 5A holds no card number")),
+        ({"t57": bytes.fromhex(TRACK_2_EQUIVALENT)}, None),
+        ({"t57": bytes.fromhex(f"{PAN}D2912201")}, None),  # no discretionary data, no F
+        (
+            {"t57": bytes.fromhex("4111111111111111D2912201" + "00000F")},
+            ("57", "tag 57's card number is not F2's"),
+        ),
+        ({"t57": bytes.fromhex(PAN + "2912201F")}, ("57", "tag 57 holds no card number")),
+        ({"t57": bytes.fromhex(f"{PAN}D291220F")}, ("57", "tag 57 holds no card number")),
+        ({"t57": bytes.fromhex(f"{PAN}DD912201")}, ("57", "tag 57 holds no card number")),
+        (  # both sent: each must agree
+            {"t5A": bytes.fromhex(PAN), "t57": bytes.fromhex("4111111111111111D2912201")},
+            ("57", "tag 57's card number is not F2's"),
+        ),
+        ({"t5F34": bytes.fromhex("01")}, None),
+        ({"t5F34": bytes.fromhex("0A")}, ("5F34", "tag 5F34 is not one BCD byte")),
+        ({"t5F34": bytes.fromhex("0001")}, ("5F34", "tag 5F34 is not one BCD byte")),
+    ],
+)
+def test_the_chips_card_number_is_the_requests(
+    changes: dict[str, bytes], refused: tuple[str, str] | None
+) -> None:
+    read = chip.read_card(chip_request(**changes))
+    if refused is None:
+        assert isinstance(read, CardRead)
+        return
+    tag, reason = refused
+    assert read == ChipRefusal(ResponseCode.FORMAT_ERROR, reason, tag)
+    assert PAN not in repr(read)
+    assert "4111111111111111" not in repr(read)
+
+
+def test_a_reversal_is_not_refused_for_the_chips_card_number() -> None:
+    other = icc_hex(t9F27=bytes([0x00]), t5A=bytes.fromhex("4111111111111111"))
+    assert isinstance(chip.read_card(reversal({22: "051", 55: other})), CardRead)
+
+
+@pytest.mark.parametrize(
+    ("psn", "mismatch"), [(None, False), ("01", False), ("00", True), ("02", True)]
+)
+def test_the_chips_pan_sequence_number_is_the_profiles(psn: str | None, mismatch: bool) -> None:
+    tags = {**TAGS} if psn is None else {**TAGS, 0x5F34: bytes.fromhex(psn)}
+    assert chip.psn_mismatch(IccData(tags), PROFILE) is mismatch
+
+
 @pytest.mark.parametrize(
     ("fields", "changes", "mismatch"),
     [
@@ -255,6 +313,27 @@ def test_atc(atc: int, last: int | None, verdict: AtcCheck) -> None:
 )
 def test_what_the_arpc_carries(cvn: int, code: ResponseCode, response: emv.ArpcResponse) -> None:
     assert chip.arpc_response(emv.cryptogram_version(cvn), code) == response
+
+
+@pytest.mark.parametrize(
+    ("kind", "atc", "last_atc", "carries"),
+    [
+        ("withdrawal", 28, 28, True),  # approved or declined by the ledger: the ARQC verified
+        ("inquiry", 28, 28, True),
+        ("transfer", 28, 28, True),
+        ("pin", 28, 28, True),  # a wrong PIN, after the ARQC verified
+        ("decline", 28, 28, False),  # declined before (a replay, a forged ARQC, a wrong amount)
+        ("withdrawal", 27, 28, False),  # not the ATC the request spent: not a retransmission
+        ("withdrawal", 29, 28, False),
+        ("withdrawal", 28, None, False),
+        ("withdrawal", None, 28, False),  # no chip data, or a reversal's
+        ("reversal", 28, 28, False),
+    ],
+)
+def test_which_repeats_carry_tag_91_again(
+    kind: str, atc: int | None, last_atc: int | None, carries: bool
+) -> None:
+    assert chip.repeat_carries_arpc(kind, atc, last_atc) is carries
 
 
 def test_the_answer_carries_tag_91_only() -> None:
