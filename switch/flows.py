@@ -249,8 +249,9 @@ class Flows:
             return stored
         try:
             verified = await self._chip.verify_arqc(
-                context.transaction, read.icc, card.emv, lookup, context.deadline
-            )
+                context.transaction, read.icc, card.emv, lookup,
+                request=_authorisation(lookup), deadline=context.deadline,
+            )  # fmt: skip
             if isinstance(verified, Outcome):
                 return stored  # logged as a security event; the ledger kept the stored answer
             return await self._chip.with_arpc(

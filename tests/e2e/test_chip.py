@@ -243,7 +243,8 @@ async def test_a_repeat_the_hsm_cannot_answer_gets_its_stored_answer_without_tag
         raise HsmUnavailable("no HSM answered")
 
     assert isinstance(stack.server.handler, Flows)
-    monkeypatch.setattr(stack.server.handler._hsm, "verify_arqc", unavailable)
+    for name in ("verify_arqc", "verify_arqc_for"):
+        monkeypatch.setattr(stack.server.handler._hsm, name, unavailable)
     with structlog.testing.capture_logs() as logs:
         again = await terminal.send(approved.request)
     assert (again.code, again.response.get(55), again.response_mac_ok) == ("00", None, True)
