@@ -96,10 +96,6 @@ class AdminSettings:
     # The API keys (their hashes) and roles; unset in development: the published development
     # keys (switch.access.DEVELOPMENT_TOKENS), refused in production.
     keys: tuple[ApiKey, ...]
-    # The database role the auditor API reads the journal as (read-only transactions). Unset:
-    # the private cluster's schema owner when ledger.dsn is unset too, else no auditor API
-    # (its routes answer 503).
-    audit_dsn: str | None = field(repr=False)
 
 
 HsmBackend = Literal["local", "network"]
@@ -137,6 +133,10 @@ class LedgerSection:
     (SWITCH__LEDGER__DSN). Card numbers are hashed by the HSM (`hsm.pan_hash_key`)."""
 
     dsn: str | None
+    # The role the journal is read as, by the auditor API and the alerts' `audit verify` (an
+    # auditor role, or the owner: the switch's role reads no table). Unset: the private
+    # cluster's owner when dsn is unset too, else neither (the auditor API answers 503).
+    audit_dsn: str | None = field(repr=False)
     data_dir: Path
     pool_size_min: int
     pool_size_max: int
@@ -205,9 +205,6 @@ class AlertsSettings:
     unavailable_ratio_max: float
     latency_p99_slo_ms: int
     dependency_for_ms: int
-    # The DSN `audit verify` reads the journal with (an auditor or the owner); none: the
-    # private cluster's owner, and no journal check with a [ledger] dsn.
-    audit_dsn: str | None = field(repr=False)
     audit_interval_ms: int
     audit_timeout_ms: int
     webhook: WebhookSection
@@ -351,9 +348,7 @@ def _parse_operations(table: TomlTable) -> OperationsSettings:
 def _parse_alerts(
     table: TomlTable, environment: Environment, env: Mapping[str, str]
 ) -> AlertsSettings:
-    audit_dsn = table.optional_text("audit_dsn")
-    if audit_dsn is not None:
-        _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
+    _refuse_moved_audit_dsn(table)
     settings = AlertsSettings(
         evaluate_interval_ms=table.integer(
             "evaluate_interval_ms", 5_000, minimum=10, maximum=600_000
@@ -369,7 +364,6 @@ def _parse_alerts(
         unavailable_ratio_max=table.ratio("unavailable_ratio_max", 0.05, minimum=0, maximum=1),
         latency_p99_slo_ms=table.integer("latency_p99_slo_ms", 1_000, minimum=1, maximum=600_000),
         dependency_for_ms=table.integer("dependency_for_ms", 10_000, minimum=0, maximum=3_600_000),
-        audit_dsn=audit_dsn,
         audit_interval_ms=table.integer(
             "audit_interval_ms", 3_600_000, minimum=1_000, maximum=604_800_000
         ),
@@ -432,8 +426,12 @@ def _parse_ledger(
     dsn = table.optional_text("dsn")
     if dsn is not None:
         _check_dsn(table, dsn, environment, env)
+    audit_dsn = table.optional_text("audit_dsn")
+    if audit_dsn is not None:
+        _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
     settings = LedgerSection(
         dsn=dsn,
+        audit_dsn=audit_dsn,
         data_dir=data_dir,
         pool_size_min=table.integer("pool_size_min", 2, minimum=1, maximum=1_000),
         pool_size_max=table.integer("pool_size_max", 16, minimum=1, maximum=1_000),
@@ -455,6 +453,18 @@ def _parse_ledger(
         )
     table.finish()
     return settings
+
+
+def _refuse_moved_audit_dsn(table: TomlTable) -> None:
+    # [admin] and [alerts] each had one; a config still carrying it would otherwise be read
+    # with the journal quietly unread.
+    if table.has("audit_dsn"):
+        raise SettingsError(
+            table.source,
+            table.key_name("audit_dsn"),
+            "no audit_dsn here: it is [ledger] audit_dsn, which the auditor API and the"
+            " journal check both read",
+        )
 
 
 def _check_dsn(
@@ -491,9 +501,7 @@ def _parse_admin(
             "no token: the operations app takes API keys with roles instead ([[admin.keys]];"
             " mint one with `python -m switch keys new --role operator`)",
         )
-    audit_dsn = table.optional_text("audit_dsn")
-    if audit_dsn is not None:
-        _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
+    _refuse_moved_audit_dsn(table)
     key_tables = table.tables("keys")
     if key_tables is None:
         keys = DEVELOPMENT_KEYS if environment == "development" else ()
@@ -511,7 +519,6 @@ def _parse_admin(
         host=table.text("host", "127.0.0.1"),
         port=table.integer("port", 8584, minimum=0, maximum=65535),
         keys=keys,
-        audit_dsn=audit_dsn,
     )
     table.finish()
     return settings

@@ -79,7 +79,6 @@ ALERTS = AlertsSettings(
     unavailable_ratio_max=0.3,
     latency_p99_slo_ms=300,
     dependency_for_ms=300,
-    audit_dsn=None,
     audit_interval_ms=86_400_000,
     audit_timeout_ms=60_000,
     webhook=WebhookSection(
@@ -302,11 +301,12 @@ async def ops_stack(
     operations: Mapping[str, Any] | None = None,
     process: ProcessInfo | None = None,
     tmk: Callable[[str], bytes] | None = None,
+    audit_dsn: str | None = None,
 ) -> AsyncIterator[OpsStack]:
     """A switch process on `db`; loads a new world unless one is given (another process's).
     `alerts`, `operations`: [alerts] and [operations] settings to change; `tmk`: each
     terminal's clear TMK (default: the development keys' one, which every loaded world's
-    terminals share)."""
+    terminals share); `audit_dsn`: where the journal check reads (none: no check)."""
     async with contextlib.AsyncExitStack() as stack:
         edges = await _edges(stack, db)
         if world is None:
@@ -318,7 +318,7 @@ async def ops_stack(
         )
         ops = await _switch(
             stack, edges, db=db, world=world, alerts=settings, process=process,
-            settings=replace(OPERATIONS, **(operations or {})),
+            settings=replace(OPERATIONS, **(operations or {})), audit_dsn=audit_dsn,
         )  # fmt: skip
         ops.tmk = tmk or (lambda _: bytes.fromhex(keys.tmk_clear_hex))
         yield ops
@@ -333,6 +333,7 @@ async def _switch(
     alerts: AlertsSettings,
     settings: OperationsSettings,
     process: ProcessInfo | None,
+    audit_dsn: str | None,
 ) -> OpsStack:
     hsm, store = edges.hsm, edges.store
     recorder = activity_recorder(settings, time.time)
@@ -347,7 +348,7 @@ async def _switch(
             store=edges.operations_store,
             probe=lambda: readiness(hsm, store),
             cutover=store.settings.business_day_cutover,
-            audit_dsn=alerts.audit_dsn,
+            audit_dsn=audit_dsn,
             clock=now,
             process=process,
         )

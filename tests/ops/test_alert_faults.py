@@ -178,10 +178,9 @@ async def _approved(terminal: Terminal, pan: str) -> bool:
 async def test_a_tampered_journal_raises_audit_verify_failing_until_it_verifies_again(
     ops_db: OpsDatabase, dev_keys: DevKeys
 ) -> None:
-    alerts = {"audit_dsn": ops_db.owner_dsn}
     async with (
         webhook_receiver() as receiver,
-        ops_stack(ops_db, dev_keys, receiver=receiver, alerts=alerts) as stack,
+        ops_stack(ops_db, dev_keys, receiver=receiver, audit_dsn=ops_db.owner_dsn) as stack,
     ):
         checker = stack.operations.checker
         assert checker is not None
