@@ -43,7 +43,13 @@ from switch.auditor_api import JournalSettings
 from switch.flows import Flows
 from switch.metrics import multiprocess
 from switch.monitor import Monitor
-from switch.operations import Operations, activity_recorder, running_operations
+from switch.operations import (
+    CertificateWatch,
+    Operations,
+    activity_recorder,
+    certificate_watch,
+    running_operations,
+)
 from switch.server import ListenError, SwitchServer
 from switch.settings import ENV_PREFIX, Settings
 
@@ -194,6 +200,17 @@ async def open_operations_store(settings: Settings) -> AsyncIterator[OperationsS
         await store.close(timeout_ms=section.timeout_ms)
 
 
+def watched_certificates(settings: Settings, monitor: Monitor) -> CertificateWatch | None:
+    try:
+        return certificate_watch(settings.listener.tls, monitor.fleet)
+    except ValueError:
+        tls = settings.listener.tls
+        assert tls is not None
+        raise StartupError(
+            f"listener.tls.cert_file: {tls.cert_file} holds no PEM certificate"
+        ) from None
+
+
 def ledger_figures(ledger: LedgerStore) -> Mapping[str, float]:
     """Database calls and the requests they carried (their ratio is the mean batch size), the
     writes decided again because their customer changed meanwhile, and the time requests
@@ -322,6 +339,7 @@ async def serve(settings: Settings) -> None:
             cutover=settings.ledger.business_day_cutover,
             audit_dsn=await journal_dsn(settings),
             clock=clock,
+            certificates=watched_certificates(settings, monitor),
         ) as operations:
             await start_listener(server)
             try:
