@@ -5,5 +5,5 @@ Modules: ``api`` (the async HSM interface and its values), ``local`` (in-process
 ``access`` (client profiles) and ``config`` (the server's TOML), ``keys`` (LMK and stored
 keys), ``engine`` (the operations, sans I/O) with ``ratelimit`` (PIN verifications per card),
 and the pure primitives ``crypto``, ``pinblock``, ``pinverify``, ``mac``, ``dukpt``, ``tr31``,
-``emv``. See the HSM section of README.md (EMV: docs/emv.md).
+``emv``. See docs/hsm.md (EMV: docs/emv.md).
 """

@@ -2,7 +2,7 @@
 
 The client side turns typed arguments into text fields (``*_fields``) and reply fields back into
 typed results; the server side (``execute``) turns fields into a ``SoftHsm`` call. Both live
-here so a command's layout is defined once. The layout table is in README.md (HSM); EMV's is
+here so a command's layout is defined once. The layout table is in docs/hsm.md; EMV's is
 in docs/emv.md.
 """
 

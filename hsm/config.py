@@ -19,6 +19,7 @@ from hsm.keys import KeyRole, StoredKey
 from hsm.ratelimit import PinRateLimit
 from hsm.server import ServerConfig
 from hsm.tls import ServerTls, server_context
+from tomltable import TomlTable
 
 
 class ConfigError(Exception):
@@ -43,92 +44,6 @@ class HsmConfig:
     pin_rate_limit: PinRateLimit | None
 
 
-class _Table:
-    """One TOML table being read; remembers which keys were used so leftovers are reported."""
-
-    def __init__(self, data: Mapping[str, object], prefix: str, source: str, base: Path) -> None:
-        self._data = data
-        self._prefix = prefix
-        self.source = source
-        self.base = base
-        self._used: set[str] = set()
-
-    def error(self, key: str, expected: str) -> ConfigError:
-        """An error about ``key`` of this table, or about the table itself when ``key`` is
-        empty."""
-        return ConfigError(self.source, f"{self._prefix}{key}".rstrip("."), expected)
-
-    def has(self, key: str) -> bool:
-        return key in self._data
-
-    def _get(self, key: str) -> object:
-        self._used.add(key)
-        return self._data.get(key)
-
-    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise self.error(key, f"an integer from {minimum} to {maximum}, got {value!r}")
-        return value
-
-    def text(self, key: str) -> str | None:
-        value = self._get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.error(key, f"a non-empty string, got {value!r}")
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.error(key, f"true or false, got {value!r}")
-        return value
-
-    def file(self, key: str) -> Path | None:
-        text = self.text(key)
-        if text is None:
-            return None
-        path = self.base / text
-        if not path.is_file():
-            raise self.error(key, f"a readable file, got {path}")
-        return path
-
-    def required_file(self, key: str) -> Path:
-        path = self.file(key)
-        if path is None:
-            raise self.error(key, "a file path (this key is required)")
-        return path
-
-    def table(self, key: str) -> _Table | None:
-        value = self._get(key)
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise self.error(key, f"a table, got {value!r}")
-        return self._child(cast(Mapping[str, object], value), f"{key}.")
-
-    def tables(self, key: str) -> list[_Table]:
-        value = self._get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
-            raise self.error(key, f"an array of tables ([[{self._prefix}{key}]]), got {value!r}")
-        return [self._child(v, f"{key}[{i}].") for i, v in enumerate(value)]
-
-    def _child(self, data: Mapping[str, object], prefix: str) -> _Table:
-        return _Table(data, f"{self._prefix}{prefix}", self.source, self.base)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self._data) - self._used)
-        if unknown:
-            raise self.error(unknown[0], "no such key (check its spelling)")
-
-
 def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> HsmConfig:
     """Read the ``[hsm]`` table of ``path`` (or only defaults), apply ``overrides``, validate."""
     data: dict[str, object] = {}
@@ -142,7 +57,7 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
     merged = {**cast(Mapping[str, object], hsm), **(overrides or {})}
     if overrides:
         source = f"{source} + command line"
-    return _parse(_Table(merged, "hsm.", source, base))
+    return _parse(TomlTable(merged, "hsm.", source, error=ConfigError, base=base))
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -155,14 +70,14 @@ def _read_toml(path: Path) -> dict[str, object]:
         raise ConfigError(str(path), "(file)", f"valid TOML: {exc}") from None
 
 
-def _parse(table: _Table) -> HsmConfig:
+def _parse(table: TomlTable) -> HsmConfig:
     production = table.flag("production", False)
-    tls_table = table.table("tls")
+    tls_table = table.optional_table("tls")
     tls = None if tls_table is None else _tls(tls_table)
-    clients = tuple(_client(t) for t in table.tables("clients"))
+    clients = tuple(_client(t) for t in table.tables("clients") or ())
     _check_access(table, tls, clients, production=production)
     server = ServerConfig(
-        host=table.text("host") or ServerConfig.host,
+        host=table.text("host", ServerConfig.host),
         port=table.integer("port", ServerConfig.port, minimum=0, maximum=65_535),
         connections_max=table.integer(
             "connections_max", ServerConfig.connections_max, minimum=1, maximum=100_000
@@ -178,7 +93,7 @@ def _parse(table: _Table) -> HsmConfig:
         server=server,
         production=production,
         lmk_file=table.file("lmk_file"),
-        lmk_hex=table.text("lmk_hex"),
+        lmk_hex=table.optional_text("lmk_hex"),
         pan_hash_key=_pan_hash_key(table),
         pin_rate_limit=_pin_rate_limit(table),
     )
@@ -186,7 +101,7 @@ def _parse(table: _Table) -> HsmConfig:
     return config
 
 
-def _tls(table: _Table) -> ServerTls:
+def _tls(table: TomlTable) -> ServerTls:
     tls = ServerTls(
         cert_file=table.required_file("cert_file"),
         key_file=table.required_file("key_file"),
@@ -205,20 +120,20 @@ def _tls(table: _Table) -> ServerTls:
     return tls
 
 
-def _client(table: _Table) -> ClientRule:
-    cn = table.text("cn")
+def _client(table: TomlTable) -> ClientRule:
+    cn = table.optional_text("cn")
     if cn is None:
         raise table.error("cn", "the subject common name of the client's certificate")
-    profile = table.text("profile")
+    profile = table.optional_text("profile")
     if profile is None or profile not in PROFILES:
         raise table.error("profile", f"one of {', '.join(sorted(PROFILES))}, got {profile!r}")
-    pin = table.text("sha256")
+    pin = table.optional_text("sha256")
     rule = ClientRule(cn, profile, None if pin is None else _fingerprint(table, pin))
     table.finish()
     return rule
 
 
-def _fingerprint(table: _Table, text: str) -> bytes:
+def _fingerprint(table: TomlTable, text: str) -> bytes:
     try:
         raw = bytes.fromhex(text.replace(":", ""))
     except ValueError:
@@ -229,7 +144,7 @@ def _fingerprint(table: _Table, text: str) -> bytes:
 
 
 def _check_access(
-    table: _Table, tls: ServerTls | None, clients: tuple[ClientRule, ...], *, production: bool
+    table: TomlTable, tls: ServerTls | None, clients: tuple[ClientRule, ...], *, production: bool
 ) -> None:
     if tls is None and production:
         raise table.error(
@@ -251,8 +166,8 @@ def _check_access(
             raise table.error(f"clients[{index}].cn", f"a CN no other client has, got {name!r}")
 
 
-def _pan_hash_key(table: _Table) -> StoredKey | None:
-    text = table.text("pan_hash_key")
+def _pan_hash_key(table: TomlTable) -> StoredKey | None:
+    text = table.optional_text("pan_hash_key")
     if text is None:
         return None
     try:
@@ -264,7 +179,7 @@ def _pan_hash_key(table: _Table) -> StoredKey | None:
     return key
 
 
-def _pin_rate_limit(table: _Table) -> PinRateLimit | None:
+def _pin_rate_limit(table: TomlTable) -> PinRateLimit | None:
     keys = ("pin_verifications_per_minute_max", "pin_cards_tracked_max")
     if not any(table.has(key) for key in keys):
         return None

@@ -401,7 +401,7 @@ def run_demo(say: Say = print) -> int:
             "SWITCH__LEDGER__DATA_DIR": f'"{data_dir}"',
         }
         say(f"== starting the HSM (port {ports.hsm}) and the switch (port {ports.switch})")
-        say(f"   operations app: http://127.0.0.1:{ports.admin}/ (token in config/switch.toml)")
+        say(f"   operations app: http://127.0.0.1:{ports.admin}/ (API keys: config/switch.toml)")
         anchors = _anchoring(say)
         publisher = ["ledger", "anchors", "publish", *anchors.publish_args, "--data-dir", data_dir]
         say("== signing the journal's chain heads outside the database, every second")

@@ -14,12 +14,12 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import asyncpg
 
-from ledger import anchors, audit, authorisation, exports, rules, sla
+from ledger import anchors, audit, authorisation, exports, retention, rules, sla
 from ledger.anchors import AnchorError
 from ledger.errors import LedgerError
 from ledger.fixtures import EntryError, load_fixtures, read_fixtures
@@ -209,6 +209,27 @@ async def _sla(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _prune_events(conn: Connection, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    before = args.before if args.before is not None else now - timedelta(days=args.keep_days)
+    if before > now:
+        print(f"error: --before {before:%Y-%m-%d %H:%M} UTC is in the future", file=sys.stderr)
+        return 2
+    pruned = await retention.prune_operations(conn, before, timeout_ms=args.timeout_ms)
+    print(
+        f"pruned before {before:%Y-%m-%d %H:%M:%S} UTC: {pruned.events} terminal events,"
+        f" {pruned.traffic} traffic rows, {pruned.alerts} resolved alerts,"
+        f" {pruned.processes} switch processes"
+    )
+    return 0
+
+
+def _keep_days(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of days, 1 or more, got {text!r}")
+    return int(text)
+
+
 def _service_hours(text: str) -> sla.ServiceHours:
     try:
         return sla.ServiceHours.parse(text)
@@ -362,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cross-customer-transfers", choices=("yes", "no"),
         help="whether transfers to another customer's account are allowed",
     )  # fmt: skip
+    _prune_parser(subparsers)
     _audit_parsers(subparsers)
     _anchor_parsers(subparsers)
     key_parser = subparsers.add_parser(
@@ -387,6 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
     _cutover(terminals)
     _sla_parser(report_sub)
     return parser
+
+
+def _prune_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _subcommand(
+        subparsers, "prune-events", _prune_events,
+        "delete terminal events, traffic, resolved alerts and stopped switch processes older "
+        "than a retention, keeping what the fleet view and the SLA report still need (each "
+        "terminal's latest sign-on on, and every open alert); never the journal",
+    )  # fmt: skip
+    cut_off = parser.add_mutually_exclusive_group(required=True)
+    cut_off.add_argument(
+        "--before", type=_timestamp,
+        help="delete what is older than this (ISO 8601 date or date-time; UTC if no zone)",
+    )  # fmt: skip
+    cut_off.add_argument(
+        "--keep-days", type=_keep_days, help="delete what is older than this many days"
+    )
 
 
 def _cutover(parser: argparse.ArgumentParser) -> None:

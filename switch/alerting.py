@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,6 +22,7 @@ from ledger.migrations import Connection
 from ledger.operations import Acknowledgement, OperationsStore
 from switch.alerts import (
     AlertRules,
+    HeldCertificate,
     Observation,
     Pending,
     Plan,
@@ -36,6 +37,8 @@ from switch.notify import Notifier
 
 log = structlog.get_logger("switch.alerting")
 Probe = Callable[[], Awaitable[Mapping[str, bool]]]
+# The certificates this process holds now (its listener's, its signed-on terminals').
+Certificates = Callable[[], Sequence[HeldCertificate]]
 # This process's dependency alerts waiting to be written while the ledger is down.
 PROCESS_ALERTS_MAX = 32
 
@@ -72,8 +75,10 @@ class Alerting:
         probe: Probe,
         notifier: Notifier,
         clock: Callable[[], datetime],
+        certificates: Certificates = tuple,
     ) -> None:
         self._settings = settings
+        self._certificates = certificates
         self._reader = reader
         self._store = store
         self.process_id = process_id
@@ -112,7 +117,9 @@ class Alerting:
         if snapshot is not None:
             self.views = terminal_views(snapshot, now, windows.process_dead_after)
         rules = self._settings.rules
-        observation = Observation(now, self.process_id, self.checks, snapshot, self.views)
+        observation = Observation(
+            now, self.process_id, self.checks, snapshot, self.views, self._certificates()
+        )
         active = self._pending.held(evaluate(observation, rules), now, rules)
         for transition in self._process_alerts.update(active, now):
             self._notify(transition, now)

@@ -10,12 +10,17 @@ Rules (each also in config/prometheus-alerts.yml, over /metrics):
 - unavailable_ratio: the fleet's financial requests answered 91 or 96 over a ratio;
 - latency_p99_over_slo: the fleet's financial latency p99 in the recent window over the SLO;
 - hsm_unreachable, database_unreachable: this process's probe failed for a while;
-- audit_verify_failing: the latest `audit verify` found damage or could not finish.
+- audit_verify_failing: the latest `audit verify` found damage or could not finish;
+- certificate_expiring: this process's server certificate, or the client certificate of a
+  terminal signed on to it, expires within the warning window.
 
 Fleet rules read only the ledger, so every switch process reaches the same conclusion and the
 ledger's unique open alert per rule and subject makes exactly one of them raise (and notify) it.
 Dependency rules are about the process that probes: their subject is the process id, and the
 process keeps them itself (`ProcessAlerts`), since the database may be what is down.
+Certificate alerts are about what only one process sees (its own certificate, the terminals
+connected to it): they are kept in the ledger like fleet alerts, but only the process that
+raised one resolves it (or any process, once that one is gone).
 
 Another subsystem adds a rule by adding a function to `FLEET_RULES` over what it puts in the
 snapshot: cash low or out and a balancing imbalance once cassettes are in the ledger, an ARQC
@@ -47,6 +52,7 @@ class Rule(StrEnum):
     HSM_UNREACHABLE = "hsm_unreachable"
     DATABASE_UNREACHABLE = "database_unreachable"
     AUDIT_VERIFY_FAILING = "audit_verify_failing"
+    CERTIFICATE_EXPIRING = "certificate_expiring"
 
 
 # About the process that raises them: subject = its process id.
@@ -54,6 +60,8 @@ PROCESS_RULES: Mapping[Rule, str] = {
     Rule.HSM_UNREACHABLE: "hsm",
     Rule.DATABASE_UNREACHABLE: "database",
 }
+# Seen by one process only: another process's silence about them says nothing.
+HELD_RULES = frozenset({Rule.CERTIFICATE_EXPIRING})
 FLEET_SUBJECT = "fleet"
 JOURNAL_SUBJECT = "journal"
 
@@ -72,6 +80,8 @@ class AlertRules:
     latency_p99_slo_ms: float
     # How long a dependency probe must keep failing before its alert fires.
     dependency_for: timedelta
+    # A certificate that ends within this is about to take its terminal (or the switch) down.
+    certificate_expiry_warning: timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,16 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldCertificate:
+    """A certificate this process holds: the one its listener serves (terminal_id None), or
+    the client certificate a terminal signed on with. `subject` names it in the alert."""
+
+    subject: str
+    terminal_id: str | None
+    not_valid_after: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Observation:
     now: datetime
     process_id: str
@@ -101,6 +121,7 @@ class Observation:
     # None when the ledger could not be read: the fleet rules then decide nothing.
     snapshot: FleetSnapshot | None
     views: Sequence[TerminalView]
+    certificates: Sequence[HeldCertificate] = ()
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -225,6 +246,34 @@ def unreachable(observation: Observation, _rules: AlertRules) -> list[Condition]
     ]
 
 
+def certificate_expiring(observation: Observation, rules: AlertRules) -> list[Condition]:
+    now = observation.now
+    conditions = []
+    for held in observation.certificates:
+        left = held.not_valid_after - now
+        if left >= rules.certificate_expiry_warning:
+            continue
+        whose = (
+            "this switch's server certificate"
+            if held.terminal_id is None
+            else f"the client certificate of terminal {held.terminal_id}"
+        )
+        when = f"{held.not_valid_after:%Y-%m-%d %H:%M:%S} UTC"
+        days = left.total_seconds() / 86_400
+        conditions.append(
+            Condition(
+                Rule.CERTIFICATE_EXPIRING,
+                held.subject,
+                held.terminal_id,
+                Severity.WARNING,
+                f"{whose} expired at {when}"
+                if days <= 0
+                else f"{whose} expires at {when} ({days:.1f} days left)",
+            )
+        )
+    return conditions
+
+
 RuleFunction = Callable[[Observation, AlertRules], list[Condition]]
 FLEET_RULES: tuple[RuleFunction, ...] = (
     terminal_offline,
@@ -237,7 +286,7 @@ FLEET_RULES: tuple[RuleFunction, ...] = (
 
 def evaluate(observation: Observation, rules: AlertRules) -> list[Condition]:
     """The conditions that hold now; the fleet rules only when the snapshot could be read."""
-    conditions = unreachable(observation, rules)
+    conditions = unreachable(observation, rules) + certificate_expiring(observation, rules)
     if observation.snapshot is not None:
         for rule in FLEET_RULES:
             conditions += rule(observation, rules)
@@ -277,7 +326,9 @@ def plan(
 ) -> Plan:
     """Fleet conditions without an open alert fire; open fleet alerts whose condition no
     longer holds resolve, and so do the dependency alerts of processes no longer alive (nobody
-    else would). This process's own dependency alerts are `ProcessAlerts`' business."""
+    else would). This process's own dependency alerts are `ProcessAlerts`' business. A held
+    alert (a certificate's) resolves when the process that raised it no longer sees its
+    condition, or is gone."""
     active_keys = {c.key for c in active}
     open_keys = {(a.rule, a.subject) for a in open_alerts}
     fire = [c for c in active if c.rule not in PROCESS_RULES and c.key not in open_keys]
@@ -285,6 +336,12 @@ def plan(
     for alert in open_alerts:
         if alert.rule in PROCESS_RULES:
             if alert.subject != process_id and alert.subject not in live_processes:
+                resolve.append(alert)
+        elif alert.rule in HELD_RULES:
+            ours = alert.raised_by == process_id
+            if (ours and (alert.rule, alert.subject) not in active_keys) or (
+                not ours and alert.raised_by not in live_processes
+            ):
                 resolve.append(alert)
         elif (alert.rule, alert.subject) not in active_keys:
             resolve.append(alert)

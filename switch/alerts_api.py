@@ -81,7 +81,7 @@ async def audit_verify(request: web.Request) -> web.Response:
     checker = request.app[OPERATIONS_KEY].checker
     if checker is None:
         raise web.HTTPNotFound(
-            text=json.dumps({"error": "no journal check: set [alerts] audit_dsn"}),
+            text=json.dumps({"error": "no journal check: set [ledger] audit_dsn"}),
             content_type="application/json",
         )
     started = checker.request()

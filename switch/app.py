@@ -43,7 +43,13 @@ from switch.auditor_api import JournalSettings
 from switch.flows import Flows
 from switch.metrics import multiprocess
 from switch.monitor import Monitor
-from switch.operations import Operations, activity_recorder, running_operations
+from switch.operations import (
+    CertificateWatch,
+    Operations,
+    activity_recorder,
+    certificate_watch,
+    running_operations,
+)
 from switch.server import ListenError, SwitchServer
 from switch.settings import ENV_PREFIX, Settings
 
@@ -194,11 +200,15 @@ async def open_operations_store(settings: Settings) -> AsyncIterator[OperationsS
         await store.close(timeout_ms=section.timeout_ms)
 
 
-def audit_dsn(settings: Settings) -> str | None:
-    """Where the journal check reads: [alerts] audit_dsn, else the private cluster's owner."""
-    if settings.alerts.audit_dsn is not None or settings.ledger.dsn is not None:
-        return settings.alerts.audit_dsn
-    return LocalCluster(settings.ledger.data_dir).start().owner_dsn
+def watched_certificates(settings: Settings, monitor: Monitor) -> CertificateWatch | None:
+    try:
+        return certificate_watch(settings.listener.tls, monitor.fleet)
+    except ValueError:
+        tls = settings.listener.tls
+        assert tls is not None
+        raise StartupError(
+            f"listener.tls.cert_file: {tls.cert_file} holds no PEM certificate"
+        ) from None
 
 
 def ledger_figures(ledger: LedgerStore) -> Mapping[str, float]:
@@ -233,20 +243,17 @@ async def readiness(hsm: HSM, ledger: LedgerStore) -> Mapping[str, bool]:
     return checks
 
 
-async def journal_settings(settings: Settings) -> JournalSettings | None:
-    """Where the auditor API reads the journal: admin.audit_dsn, else the private cluster's
-    schema owner (as `python -m ledger audit` does), else nowhere."""
-    dsn = settings.admin.audit_dsn
-    if dsn is None and settings.ledger.dsn is None:
-        # The ledger started the cluster already: this finds it running and only reads its port.
-        try:
-            info = await asyncio.to_thread(LocalCluster(settings.ledger.data_dir).start)
-        except ProvisioningError as exc:
-            raise StartupError(f"ledger: {exc}") from None
-        dsn = info.owner_dsn
-    if dsn is None:
-        return None
-    return JournalSettings(dsn, settings.ledger.business_day_cutover)
+async def journal_dsn(settings: Settings) -> str | None:
+    """Where the auditor API and the journal check read the journal: ledger.audit_dsn, else
+    the private cluster's schema owner (as `python -m ledger audit` does), else nowhere."""
+    if settings.ledger.audit_dsn is not None or settings.ledger.dsn is not None:
+        return settings.ledger.audit_dsn
+    # The ledger started the cluster already: this finds it running and only reads its port.
+    try:
+        info = await asyncio.to_thread(LocalCluster(settings.ledger.data_dir).start)
+    except ProvisioningError as exc:
+        raise StartupError(f"ledger: {exc}") from None
+    return info.owner_dsn
 
 
 @contextlib.asynccontextmanager
@@ -262,7 +269,8 @@ async def running_admin(
     if not settings.admin.enabled:
         yield
         return
-    journal = await journal_settings(settings)
+    dsn = await journal_dsn(settings)
+    journal = None if dsn is None else JournalSettings(dsn, settings.ledger.business_day_cutover)
     app = create_admin_app(
         settings.admin.keys,
         monitor=monitor,
@@ -285,7 +293,7 @@ async def running_admin(
             host=settings.admin.host,
             port=runner.addresses[0][1],
             api_keys=len(settings.admin.keys),
-            # Off with a ledger.dsn and no admin.audit_dsn: its routes answer 503.
+            # Off with a ledger.dsn and no ledger.audit_dsn: its routes answer 503.
             auditor_api=journal is not None,
         )
         yield
@@ -329,8 +337,9 @@ async def serve(settings: Settings) -> None:
             store=operations_store,
             probe=lambda: readiness(hsm, ledger),
             cutover=settings.ledger.business_day_cutover,
-            audit_dsn=await asyncio.to_thread(audit_dsn, settings),
+            audit_dsn=await journal_dsn(settings),
             clock=clock,
+            certificates=watched_certificates(settings, monitor),
         ) as operations:
             await start_listener(server)
             try:

@@ -2,7 +2,7 @@
 
 Everything here reads the ledger through the functions the auditors' CLI runs (`ledger.audit`)
 and the paged reads of `ledger.journal_query`, over a small pool of its own, connected as the
-role in `admin.audit_dsn` with every transaction read-only. Memory is bounded whatever the
+role in `ledger.audit_dsn` with every transaction read-only. Memory is bounded whatever the
 journal's size: a page holds at most `PAGE_ROWS_MAX` records, an export and a verification read
 through a cursor, and an export writes each chunk to the client before it reads on (a client
 that stops reading stops the export, and is cut off after `EXPORT_WRITE_TIMEOUT_S`).
@@ -260,7 +260,7 @@ def _journal(request: web.Request) -> Journal:
             text=json.dumps(
                 {
                     "error": "journal_unavailable",
-                    "detail": "the auditor API has no database: set admin.audit_dsn",
+                    "detail": "the auditor API has no database: set ledger.audit_dsn",
                 }
             ),
             content_type=JSON,
@@ -421,7 +421,9 @@ async def terminal_report(request: web.Request) -> web.Response:
 
 
 _AUDITOR = frozenset({Role.AUDITOR})
-_UNAVAILABLE = Reply(503, "No journal database configured (admin.audit_dsn), or it did not answer.")
+_UNAVAILABLE = Reply(
+    503, "No journal database configured (ledger.audit_dsn), or it did not answer."
+)
 _JOB_NOT_FOUND = Reply(404, "No such job in this process.")
 
 ROUTES: tuple[Route, ...] = (

@@ -79,14 +79,15 @@ class Fleet:
         now = self._clock()
         return [self._terminals[t].as_json(now) for t in sorted(self._terminals)]
 
+    def certificates(self) -> list[tuple[str, PeerCertificate]]:
+        """Each signed-on terminal's client certificate (mutual TLS only)."""
+        return [
+            (terminal_id, status.certificate)
+            for terminal_id, status in sorted(self._terminals.items())
+            if status.signed_on and status.certificate is not None
+        ]
+
     def certificate_days_left_min(self) -> float | None:
         """The fewest days any signed-on terminal's certificate has left; None without one."""
         now = self._clock()
-        return min(
-            (
-                status.certificate.days_left(now)
-                for status in self._terminals.values()
-                if status.signed_on and status.certificate is not None
-            ),
-            default=None,
-        )
+        return min((c.days_left(now) for _, c in self.certificates()), default=None)

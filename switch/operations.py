@@ -14,17 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from aiohttp import web
+from cryptography import x509
 
 from ledger.activity import ProcessInfo
 from ledger.operations import OperationsStore
 from switch.activity import ActivityRecorder
 from switch.alerting import Alerting, AlertingSettings, Probe, running_alerting
-from switch.alerts import AlertRules
+from switch.alerts import AlertRules, HeldCertificate
 from switch.audit_check import AuditChecker, AuditCheckSettings, running_checker
+from switch.fleet import Fleet
 from switch.fleet_reader import FleetReader, Windows
 from switch.notify import Notifier, WebhookSettings, running_notifier
 from switch.recorder import ActivityWriter, RecorderSettings, running_writer
-from switch.settings import AlertsSettings, OperationsSettings
+from switch.settings import AlertsSettings, OperationsSettings, TlsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,40 @@ def activity_recorder(settings: OperationsSettings, clock: Callable[[], float]) 
     )
 
 
-def alert_rules(settings: AlertsSettings) -> AlertRules:
+@dataclass(frozen=True, slots=True)
+class CertificateWatch:
+    """What the certificate_expiring rule looks at: the listener's own certificate, read once
+    (the switch serves it until it restarts), and the signed-on terminals' ones."""
+
+    warning_days: int
+    server: HeldCertificate
+    fleet: Fleet
+
+    def held(self) -> list[HeldCertificate]:
+        terminals = [
+            HeldCertificate(terminal_id, terminal_id, certificate.not_valid_after)
+            for terminal_id, certificate in self.fleet.certificates()
+        ]
+        return [self.server, *terminals]
+
+
+def certificate_watch(tls: TlsSettings | None, fleet: Fleet) -> CertificateWatch | None:
+    """None without TLS (no certificate to watch). Raises ValueError when the listener's
+    certificate file holds no PEM certificate."""
+    if tls is None:
+        return None
+    return CertificateWatch(tls.certificate_expiry_warning_days, server_certificate(tls), fleet)
+
+
+def server_certificate(tls: TlsSettings) -> HeldCertificate:
+    # The first certificate of the file is the listener's own; the rest is its chain.
+    certificate = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+    return HeldCertificate(
+        f"server {certificate.subject.rfc4514_string()}", None, certificate.not_valid_after_utc
+    )
+
+
+def alert_rules(settings: AlertsSettings, certificate_expiry_warning_days: int) -> AlertRules:
     return AlertRules(
         terminal_offline_after=timedelta(milliseconds=settings.terminal_offline_after_ms),
         decline_ratio_min=settings.decline_ratio_min,
@@ -81,6 +116,7 @@ def alert_rules(settings: AlertsSettings) -> AlertRules:
         unavailable_ratio_max=settings.unavailable_ratio_max,
         latency_p99_slo_ms=settings.latency_p99_slo_ms,
         dependency_for=timedelta(milliseconds=settings.dependency_for_ms),
+        certificate_expiry_warning=timedelta(days=certificate_expiry_warning_days),
     )
 
 
@@ -108,9 +144,10 @@ async def running_operations(
     audit_dsn: str | None,
     clock: Callable[[], datetime],
     process: ProcessInfo | None = None,
+    certificates: CertificateWatch | None = None,
 ) -> AsyncIterator[Operations]:
     """`audit_dsn`: where `audit verify` reads the journal; None: no journal check. `process`:
-    this process (tests run several in one)."""
+    this process (tests run several in one). `certificates`: None without TLS."""
     process = process or ProcessInfo(socket.gethostname(), os.getpid(), clock())
     writer = ActivityWriter(
         recorder,
@@ -139,14 +176,18 @@ async def running_operations(
         clock=clock,
     )
     notifier = Notifier(webhook_settings(alerts))
+    warning_days = 0 if certificates is None else certificates.warning_days
     alerting = Alerting(
-        AlertingSettings(alert_rules(alerts), alerts.evaluate_interval_ms, settings.timeout_ms),
+        AlertingSettings(
+            alert_rules(alerts, warning_days), alerts.evaluate_interval_ms, settings.timeout_ms
+        ),
         reader=reader,
         store=store,
         process_id=process.process_id,
         probe=probe,
         notifier=notifier,
         clock=clock,
+        certificates=tuple if certificates is None else certificates.held,
     )
     checker = (
         None

@@ -10,13 +10,12 @@ development and weak secrets are refused the same way (see `switch.production`).
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
-from typing import Literal, TypeVar, cast
+from typing import Literal, cast
 from urllib.parse import urlsplit
 
 from switch.access import DEVELOPMENT_KEYS, HASH_FORMAT, KEY_ID, ApiKey, Role, development_key_in
@@ -33,6 +32,7 @@ from switch.production import (
     unguarded_dsn,
     weak_secret,
 )
+from tomltable import TomlTable
 
 ENV_PREFIX = "SWITCH__"
 LogFormat = Literal["auto", "json", "console"]
@@ -40,10 +40,6 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 Environment = Literal["development", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
-# The least `ledger.settings.LedgerSettings` accepts as a PAN hash key, in any environment.
-
-_C = TypeVar("_C", bound=str)
-_ADDRESS = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 
 
 class SettingsError(Exception):
@@ -100,10 +96,6 @@ class AdminSettings:
     # The API keys (their hashes) and roles; unset in development: the published development
     # keys (switch.access.DEVELOPMENT_TOKENS), refused in production.
     keys: tuple[ApiKey, ...]
-    # The database role the auditor API reads the journal as (read-only transactions). Unset:
-    # the private cluster's schema owner when ledger.dsn is unset too, else no auditor API
-    # (its routes answer 503).
-    audit_dsn: str | None = field(repr=False)
 
 
 HsmBackend = Literal["local", "network"]
@@ -141,6 +133,10 @@ class LedgerSection:
     (SWITCH__LEDGER__DSN). Card numbers are hashed by the HSM (`hsm.pan_hash_key`)."""
 
     dsn: str | None
+    # The role the journal is read as, by the auditor API and the alerts' `audit verify` (an
+    # auditor role, or the owner: the switch's role reads no table). Unset: the private
+    # cluster's owner when dsn is unset too, else neither (the auditor API answers 503).
+    audit_dsn: str | None = field(repr=False)
     data_dir: Path
     pool_size_min: int
     pool_size_max: int
@@ -209,9 +205,6 @@ class AlertsSettings:
     unavailable_ratio_max: float
     latency_p99_slo_ms: int
     dependency_for_ms: int
-    # The DSN `audit verify` reads the journal with (an auditor or the owner); none: the
-    # private cluster's owner, and no journal check with a [ledger] dsn.
-    audit_dsn: str | None = field(repr=False)
     audit_interval_ms: int
     audit_timeout_ms: int
     webhook: WebhookSection
@@ -232,166 +225,6 @@ class Settings:
     alerts: AlertsSettings
 
 
-class _Table:
-    """One TOML table being read; remembers which keys were used so leftovers are reported."""
-
-    def __init__(self, data: Mapping[str, object], prefix: str, source: str) -> None:
-        self._data = data
-        self._prefix = prefix
-        self.source = source
-        self._used: set[str] = set()
-
-    def key_name(self, key: str) -> str:
-        return f"{self._prefix}{key}"
-
-    def _get(self, key: str) -> object:
-        self._used.add(key)
-        return self._data.get(key)
-
-    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise SettingsError(
-                self.source,
-                self.key_name(key),
-                f"an integer from {minimum} to {maximum}, got {value!r}",
-            )
-        return value
-
-    def ratio(self, key: str, default: float, *, minimum: float, maximum: float) -> float:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            value = None
-        if value is None or not minimum <= value <= maximum:
-            raise SettingsError(
-                self.source,
-                self.key_name(key),
-                f"a number from {minimum:g} to {maximum:g}, got {self._data.get(key)!r}",
-            )
-        return float(value)
-
-    def urls(self, key: str) -> tuple[str, ...]:
-        value = self._get(key)
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not all(
-            isinstance(v, str) and urlsplit(v).scheme in ("http", "https") and urlsplit(v).netloc
-            for v in value
-        ):
-            raise SettingsError(
-                self.source, self.key_name(key), f"a list of http(s):// URLs, got {value!r}"
-            )
-        return tuple(value)
-
-    def text(self, key: str, default: str) -> str:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str) or not value:
-            raise SettingsError(
-                self.source, self.key_name(key), f"a non-empty string, got {value!r}"
-            )
-        return value
-
-    def choice(self, key: str, default: _C, choices: tuple[_C, ...]) -> _C:
-        value = self._get(key)
-        if value is None:
-            return default
-        if value not in choices:
-            raise SettingsError(
-                self.source, self.key_name(key), f"one of {', '.join(choices)}, got {value!r}"
-            )
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise SettingsError(self.source, self.key_name(key), f"true or false, got {value!r}")
-        return value
-
-    def path(self, key: str, base: Path) -> Path | None:
-        value = self._get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise SettingsError(self.source, self.key_name(key), f"a file path, got {value!r}")
-        return base / value
-
-    def pem_file(self, key: str, base: Path) -> Path:
-        value = self.path(key, base)
-        if value is None or not value.is_file():
-            expected = f"a readable PEM file, got {value}"
-            raise SettingsError(self.source, self.key_name(key), expected)
-        return value
-
-    def tables(self, key: str) -> list[_Table] | None:
-        """An array of tables (`[[key]]`), None when absent."""
-        value = self._get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
-            raise SettingsError(
-                self.source, self.key_name(key), f"an array of tables ([[{key}]]), got {value!r}"
-            )
-        return [
-            _Table(cast(Mapping[str, object], item), f"{self.key_name(key)}[{index}].", self.source)
-            for index, item in enumerate(value)
-        ]
-
-    def optional_text(self, key: str) -> str | None:
-        return None if self._data.get(key) is None else self.text(key, "")
-
-    def addresses(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self._get(key)
-        if value is None:
-            return default
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(v, str) and _ADDRESS.fullmatch(v) for v in value)
-        ):
-            raise SettingsError(
-                self.source, self.key_name(key), f'a list of "host:port" strings, got {value!r}'
-            )
-        return tuple(value)
-
-    def time_of_day(self, key: str, default: time) -> time:
-        value = self._get(key)
-        if value is None:
-            return default
-        expected = f'a time of day "HH:MM", got {value!r}'
-        if not isinstance(value, str):
-            raise SettingsError(self.source, self.key_name(key), expected)
-        try:
-            return time.fromisoformat(value)
-        except ValueError:
-            raise SettingsError(self.source, self.key_name(key), expected) from None
-
-    def table(self, key: str) -> _Table:
-        value = self._get(key)
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise SettingsError(self.source, self.key_name(key), f"a table, got {value!r}")
-        return _Table(cast(Mapping[str, object], value), f"{self.key_name(key)}.", self.source)
-
-    def has(self, key: str) -> bool:
-        return key in self._data
-
-    def finish(self) -> None:
-        unknown = sorted(set(self._data) - self._used)
-        if unknown:
-            raise SettingsError(
-                self.source, self.key_name(unknown[0]), "no such key (check its spelling)"
-            )
-
-
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read `path` (or only defaults), apply `SWITCH__…` overrides from `env`, validate."""
     data: dict[str, object] = {}
@@ -402,8 +235,9 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
         base = path.parent
         data = _read_toml(path)
     overridden = _apply_env(data, env or {})
-    table = _Table(data, "", source if not overridden else f"{source} + environment")
-    return _parse(table, base, env or {})
+    source = source if not overridden else f"{source} + environment"
+    table = TomlTable(data, "", source, error=SettingsError, base=base)
+    return _parse(table, env or {})
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -442,11 +276,11 @@ def _env_value(raw: str) -> object:
         return raw
 
 
-def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
+def _parse(root: TomlTable, env: Mapping[str, str]) -> Settings:
     environment = root.choice("environment", "development", ENVIRONMENTS)
-    listener = _parse_listener(root.table("listener"), base)
+    listener = _parse_listener(root.table("listener"))
     admin = _parse_admin(root.table("admin"), environment, env)
-    hsm = _parse_hsm(root.table("hsm"), base, environment)
+    hsm = _parse_hsm(root.table("hsm"), environment)
     ledger = _parse_ledger(root.table("ledger"), environment, env)
     pipeline_table = root.table("pipeline")
     pipeline = PipelineSettings(
@@ -487,7 +321,7 @@ def _parse(root: _Table, base: Path, env: Mapping[str, str]) -> Settings:
     )
 
 
-def _parse_operations(table: _Table) -> OperationsSettings:
+def _parse_operations(table: TomlTable) -> OperationsSettings:
     settings = OperationsSettings(
         flush_interval_ms=table.integer("flush_interval_ms", 1_000, minimum=10, maximum=60_000),
         traffic_flush_interval_ms=table.integer(
@@ -512,11 +346,9 @@ def _parse_operations(table: _Table) -> OperationsSettings:
 
 
 def _parse_alerts(
-    table: _Table, environment: Environment, env: Mapping[str, str]
+    table: TomlTable, environment: Environment, env: Mapping[str, str]
 ) -> AlertsSettings:
-    audit_dsn = table.optional_text("audit_dsn")
-    if audit_dsn is not None:
-        _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
+    _refuse_moved_audit_dsn(table)
     settings = AlertsSettings(
         evaluate_interval_ms=table.integer(
             "evaluate_interval_ms", 5_000, minimum=10, maximum=600_000
@@ -532,7 +364,6 @@ def _parse_alerts(
         unavailable_ratio_max=table.ratio("unavailable_ratio_max", 0.05, minimum=0, maximum=1),
         latency_p99_slo_ms=table.integer("latency_p99_slo_ms", 1_000, minimum=1, maximum=600_000),
         dependency_for_ms=table.integer("dependency_for_ms", 10_000, minimum=0, maximum=3_600_000),
-        audit_dsn=audit_dsn,
         audit_interval_ms=table.integer(
             "audit_interval_ms", 3_600_000, minimum=1_000, maximum=604_800_000
         ),
@@ -545,7 +376,7 @@ def _parse_alerts(
     return settings
 
 
-def _parse_webhook(table: _Table) -> WebhookSection:
+def _parse_webhook(table: TomlTable) -> WebhookSection:
     settings = WebhookSection(
         urls=table.urls("urls"),
         timeout_ms=table.integer("timeout_ms", 2_000, minimum=10, maximum=60_000),
@@ -558,16 +389,16 @@ def _parse_webhook(table: _Table) -> WebhookSection:
     return settings
 
 
-def _parse_hsm(table: _Table, base: Path, environment: Environment) -> HsmSettings:
+def _parse_hsm(table: TomlTable, environment: Environment) -> HsmSettings:
     backend = table.choice("backend", "local", HSM_BACKENDS)
     addresses = table.addresses("addresses", ("127.0.0.1:1500",))
     settings = HsmSettings(
         backend=backend,
-        lmk_file=table.path("lmk_file", base),
+        lmk_file=table.path("lmk_file"),
         addresses=addresses,
         pool_size=table.integer("pool_size", 4, minimum=1, maximum=256),
         timeout_ms=table.integer("timeout_ms", 1_000, minimum=10, maximum=60_000),
-        tls=_parse_hsm_tls(table.table("tls"), base) if table.has("tls") else None,
+        tls=_parse_hsm_tls(table.table("tls")) if table.has("tls") else None,
         pan_hash_key=table.optional_text("pan_hash_key"),
     )
     if environment == "production" and backend == "local" and settings.pan_hash_key is None:
@@ -577,24 +408,30 @@ def _parse_hsm(table: _Table, base: Path, environment: Environment) -> HsmSettin
     return settings
 
 
-def _parse_hsm_tls(table: _Table, base: Path) -> HsmTlsSettings:
+def _parse_hsm_tls(table: TomlTable) -> HsmTlsSettings:
     settings = HsmTlsSettings(
-        ca_file=table.pem_file("ca_file", base),
-        cert_file=table.pem_file("cert_file", base),
-        key_file=table.pem_file("key_file", base),
+        ca_file=table.pem_file("ca_file"),
+        cert_file=table.pem_file("cert_file"),
+        key_file=table.pem_file("key_file"),
     )
     table.finish()
     return settings
 
 
-def _parse_ledger(table: _Table, environment: Environment, env: Mapping[str, str]) -> LedgerSection:
+def _parse_ledger(
+    table: TomlTable, environment: Environment, env: Mapping[str, str]
+) -> LedgerSection:
     # Relative to the working directory, as for `python -m ledger --data-dir`.
     data_dir = Path(table.optional_text("data_dir") or ".var/pg")
     dsn = table.optional_text("dsn")
     if dsn is not None:
         _check_dsn(table, dsn, environment, env)
+    audit_dsn = table.optional_text("audit_dsn")
+    if audit_dsn is not None:
+        _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
     settings = LedgerSection(
         dsn=dsn,
+        audit_dsn=audit_dsn,
         data_dir=data_dir,
         pool_size_min=table.integer("pool_size_min", 2, minimum=1, maximum=1_000),
         pool_size_max=table.integer("pool_size_max", 16, minimum=1, maximum=1_000),
@@ -618,8 +455,25 @@ def _parse_ledger(table: _Table, environment: Environment, env: Mapping[str, str
     return settings
 
 
+def _refuse_moved_audit_dsn(table: TomlTable) -> None:
+    # [admin] and [alerts] each had one; a config still carrying it would otherwise be read
+    # with the journal quietly unread.
+    if table.has("audit_dsn"):
+        raise SettingsError(
+            table.source,
+            table.key_name("audit_dsn"),
+            "no audit_dsn here: it is [ledger] audit_dsn, which the auditor API and the"
+            " journal check both read",
+        )
+
+
 def _check_dsn(
-    table: _Table, dsn: str, environment: Environment, env: Mapping[str, str], *, key: str = "dsn"
+    table: TomlTable,
+    dsn: str,
+    environment: Environment,
+    env: Mapping[str, str],
+    *,
+    key: str = "dsn",
 ) -> None:
     key = table.key_name(key)
     if urlsplit(dsn).scheme not in POSTGRES_SCHEMES:
@@ -637,7 +491,9 @@ def _check_dsn(
         raise SettingsError(table.source, key, problem)
 
 
-def _parse_admin(table: _Table, environment: Environment, env: Mapping[str, str]) -> AdminSettings:
+def _parse_admin(
+    table: TomlTable, environment: Environment, env: Mapping[str, str]
+) -> AdminSettings:
     if table.has("token"):
         raise SettingsError(
             table.source,
@@ -645,9 +501,7 @@ def _parse_admin(table: _Table, environment: Environment, env: Mapping[str, str]
             "no token: the operations app takes API keys with roles instead ([[admin.keys]];"
             " mint one with `python -m switch keys new --role operator`)",
         )
-    audit_dsn = table.optional_text("audit_dsn")
-    if audit_dsn is not None:
-        _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
+    _refuse_moved_audit_dsn(table)
     key_tables = table.tables("keys")
     if key_tables is None:
         keys = DEVELOPMENT_KEYS if environment == "development" else ()
@@ -665,13 +519,12 @@ def _parse_admin(table: _Table, environment: Environment, env: Mapping[str, str]
         host=table.text("host", "127.0.0.1"),
         port=table.integer("port", 8584, minimum=0, maximum=65535),
         keys=keys,
-        audit_dsn=audit_dsn,
     )
     table.finish()
     return settings
 
 
-def _parse_key(table: _Table, environment: Environment) -> ApiKey:
+def _parse_key(table: TomlTable, environment: Environment) -> ApiKey:
     """One `[[admin.keys]]` entry: id, role and the hash `python -m switch keys new` printed."""
     key_id = table.text("id", "")
     if not KEY_ID.fullmatch(key_id):
@@ -699,7 +552,7 @@ def _parse_key(table: _Table, environment: Environment) -> ApiKey:
     return key
 
 
-def _parse_listener(table: _Table, base: Path) -> ListenerSettings:
+def _parse_listener(table: TomlTable) -> ListenerSettings:
     dialect = Dialect(
         bitmap=table.choice("bitmap", "binary", BITMAP_ENCODINGS),
         binary_fields=table.choice("binary_fields", "raw", BINARY_FIELD_ENCODINGS),
@@ -717,21 +570,21 @@ def _parse_listener(table: _Table, base: Path) -> ListenerSettings:
         max_frame_bytes=table.integer("max_frame_bytes", 4_096, minimum=64, maximum=65_535),
         idle_timeout_ms=table.integer("idle_timeout_ms", 300_000, minimum=100, maximum=86_400_000),
         frame_timeout_ms=table.integer("frame_timeout_ms", 10_000, minimum=100, maximum=600_000),
-        tls=_parse_tls(table.table("tls"), base) if table.has("tls") else None,
+        tls=_parse_tls(table.table("tls")) if table.has("tls") else None,
     )
     table.finish()
     return settings
 
 
-def _parse_tls(table: _Table, base: Path) -> TlsSettings:
-    cert_file = table.path("cert_file", base)
-    key_file = table.path("key_file", base)
+def _parse_tls(table: TomlTable) -> TlsSettings:
+    cert_file = table.path("cert_file")
+    key_file = table.path("key_file")
     for key, value in (("cert_file", cert_file), ("key_file", key_file)):
         if value is None or not value.is_file():
             raise SettingsError(
                 table.source, table.key_name(key), f"a readable PEM file, got {value}"
             )
-    client_ca_file = table.path("client_ca_file", base)
+    client_ca_file = table.path("client_ca_file")
     if client_ca_file is not None and not client_ca_file.is_file():
         raise SettingsError(
             table.source,

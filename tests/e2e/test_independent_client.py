@@ -1,7 +1,8 @@
-"""A terminal written from the README alone: pyiso8583's stock spec, `cryptography`, a socket.
+"""A terminal written from docs/terminal-integration.md alone: pyiso8583's stock spec,
+`cryptography`, a socket.
 
 Nothing here imports the switch, the HSM package or the simulator: PIN blocks, the retail MAC
-and key change are done from the README's description, so a mismatch with the documentation
+and key change are done from that page's description, so a mismatch with the documentation
 fails this test.
 """
 
@@ -41,7 +42,7 @@ def ecb_decrypt(cipher: Cipher[modes.ECB], data: bytes) -> bytes:
 
 
 def retail_mac(key16: bytes, data: bytes) -> bytes:
-    """ISO 9797-1 algorithm 3, padding method 1, as the README describes it."""
+    """ISO 9797-1 algorithm 3, padding method 1, as docs/terminal-integration.md describes it."""
     padded = data + b"\x00" * (-len(data) % 8)
     left, right = des(key16[:8]), des(key16[8:])
     block = bytes(8)
@@ -100,7 +101,7 @@ class Kiosk:
         return retail_mac(self.tak, bytes(encoded[:-8])).hex().upper() == expected.upper()
 
 
-async def test_a_client_written_from_the_readme(make_stack: StackFactory) -> None:
+async def test_a_client_written_from_the_documentation(make_stack: StackFactory) -> None:
     stack = await make_stack(customers=1)
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.server.port)
     kiosk = Kiosk(reader, writer, bytes.fromhex(stack.keys.tmk_clear_hex))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -37,11 +38,17 @@ from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, Role
 from switch.admin import create_admin_app
 from switch.app import readiness
 from switch.monitor import Monitor
-from switch.operations import Operations, activity_recorder, running_operations
+from switch.operations import (
+    Operations,
+    activity_recorder,
+    certificate_watch,
+    running_operations,
+)
 from switch.server import SwitchServer
 from switch.settings import (
     AlertsSettings,
     OperationsSettings,
+    TlsSettings,
     WebhookSection,
 )
 from tests.e2e.conftest import LMK, load_world, switch_flows
@@ -79,7 +86,6 @@ ALERTS = AlertsSettings(
     unavailable_ratio_max=0.3,
     latency_p99_slo_ms=300,
     dependency_for_ms=300,
-    audit_dsn=None,
     audit_interval_ms=86_400_000,
     audit_timeout_ms=60_000,
     webhook=WebhookSection(
@@ -198,9 +204,12 @@ class OpsStack:
     seed: int = 11
     _clients: list[TerminalClient] = field(default_factory=list)
 
-    async def terminal(self, index: int = 0, *, keys: bool = True) -> Terminal:
-        """A kiosk of the world, signed on (and through key change) over a new connection."""
-        client = await TerminalClient.connect("127.0.0.1", self.server.port)
+    async def terminal(
+        self, index: int = 0, *, keys: bool = True, tls: ssl.SSLContext | None = None
+    ) -> Terminal:
+        """A kiosk of the world, signed on (and through key change) over a new connection
+        (over TLS with `tls`, the kiosk's client context)."""
+        client = await TerminalClient.connect("127.0.0.1", self.server.port, tls=tls)
         self._clients.append(client)
         terminal = Terminal(
             self.world.terminals[index],
@@ -302,11 +311,14 @@ async def ops_stack(
     operations: Mapping[str, Any] | None = None,
     process: ProcessInfo | None = None,
     tmk: Callable[[str], bytes] | None = None,
+    audit_dsn: str | None = None,
+    tls: TlsSettings | None = None,
 ) -> AsyncIterator[OpsStack]:
     """A switch process on `db`; loads a new world unless one is given (another process's).
     `alerts`, `operations`: [alerts] and [operations] settings to change; `tmk`: each
     terminal's clear TMK (default: the development keys' one, which every loaded world's
-    terminals share)."""
+    terminals share); `audit_dsn`: where the journal check reads (none: no check); `tls`:
+    the listener's (none: plain TCP)."""
     async with contextlib.AsyncExitStack() as stack:
         edges = await _edges(stack, db)
         if world is None:
@@ -318,7 +330,7 @@ async def ops_stack(
         )
         ops = await _switch(
             stack, edges, db=db, world=world, alerts=settings, process=process,
-            settings=replace(OPERATIONS, **(operations or {})),
+            settings=replace(OPERATIONS, **(operations or {})), audit_dsn=audit_dsn, tls=tls,
         )  # fmt: skip
         ops.tmk = tmk or (lambda _: bytes.fromhex(keys.tmk_clear_hex))
         yield ops
@@ -333,12 +345,14 @@ async def _switch(
     alerts: AlertsSettings,
     settings: OperationsSettings,
     process: ProcessInfo | None,
+    audit_dsn: str | None,
+    tls: TlsSettings | None,
 ) -> OpsStack:
     hsm, store = edges.hsm, edges.store
     recorder = activity_recorder(settings, time.time)
     monitor = Monitor(now, recorder)
     flows = switch_flows(hsm, store, monitor, now)
-    server = SwitchServer(LISTENER, flows, observer=monitor)
+    server = SwitchServer(replace(LISTENER, tls=tls), flows, observer=monitor)
     operations = await stack.enter_async_context(
         running_operations(
             settings,
@@ -347,9 +361,10 @@ async def _switch(
             store=edges.operations_store,
             probe=lambda: readiness(hsm, store),
             cutover=store.settings.business_day_cutover,
-            audit_dsn=alerts.audit_dsn,
+            audit_dsn=audit_dsn,
             clock=now,
             process=process,
+            certificates=certificate_watch(tls, monitor.fleet),
         )
     )
     await server.start()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -14,9 +15,11 @@ import asyncpg
 from hsm.devkeys import DevKeys
 from kiosk_sim.terminal import Terminal
 from switch.iso8583 import Message
+from switch.settings import TlsSettings
 from tests.e2e.conftest import PIN
 from tests.ops.conftest import OpsDatabase
 from tests.ops.stack import AUTH, OpsStack, eventually, ops_stack, webhook_receiver
+from tests.switch.test_tls import Authority, client_context
 
 
 async def send_all(terminal: Terminal, requests: list[Message]) -> list[str]:
@@ -178,10 +181,9 @@ async def _approved(terminal: Terminal, pan: str) -> bool:
 async def test_a_tampered_journal_raises_audit_verify_failing_until_it_verifies_again(
     ops_db: OpsDatabase, dev_keys: DevKeys
 ) -> None:
-    alerts = {"audit_dsn": ops_db.owner_dsn}
     async with (
         webhook_receiver() as receiver,
-        ops_stack(ops_db, dev_keys, receiver=receiver, alerts=alerts) as stack,
+        ops_stack(ops_db, dev_keys, receiver=receiver, audit_dsn=ops_db.owner_dsn) as stack,
     ):
         checker = stack.operations.checker
         assert checker is not None
@@ -220,3 +222,49 @@ async def _request_check(stack: OpsStack) -> bool:
     checker = stack.operations.checker
     assert checker is not None
     return checker.request()
+
+
+async def test_a_certificate_near_its_end_raises_certificate_expiring_until_it_is_renewed(
+    ops_db: OpsDatabase, dev_keys: DevKeys, tmp_path: Path
+) -> None:
+    authority = Authority(tmp_path, "terminal-ca")
+    served = authority.issue("switch", "switch.kiosk.test", server=True)  # a day left
+    tls = TlsSettings(
+        cert_file=served.cert,
+        key_file=served.key,
+        client_ca_file=authority.issued.cert,
+        handshake_timeout_ms=5_000,
+        require_subject_match=True,
+        certificate_expiry_warning_days=30,
+        refused_log_lines_max=10,
+        refused_log_interval_ms=60_000,
+    )
+    server_subject = "server CN=switch.kiosk.test"
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, receiver=receiver, terminals=1, tls=tls) as stack,
+    ):
+        kiosk = stack.world.terminals[0]
+        fired = await receiver.wait_for("certificate_expiring", "firing", server_subject)
+        assert fired["alert"]["terminal_id"] is None
+        assert fired["alert"]["summary"].startswith("this switch's server certificate expires")
+        short = authority.issue("short", kiosk)  # a day left: within 30
+        await stack.terminal(0, tls=client_context(authority.issued, short))
+        fired = await receiver.wait_for("certificate_expiring", "firing", kiosk)
+        assert fired["alert"]["terminal_id"] == kiosk
+        assert fired["alert"]["summary"].startswith(
+            f"the client certificate of terminal {kiosk} expires at"
+        )
+        [alert] = await stack.alerts(rule="certificate_expiring", subject=kiosk)
+        assert alert["state"] == "firing"
+        # The kiosk gets a certificate for a year and signs on with it.
+        await stack.close_clients()
+        renewed = authority.issue("renewed", kiosk, lifetime=timedelta(days=365))
+        await stack.terminal(0, tls=client_context(authority.issued, renewed))
+        resolved = await receiver.wait_for("certificate_expiring", "resolved", kiosk)
+        assert resolved["alert"]["alert_id"] == alert["alert_id"]
+        await asyncio.sleep(1.0)  # five evaluations: the renewed certificate raises nothing
+        assert len(receiver.matching("certificate_expiring", "firing", kiosk)) == 1
+        # The switch's own certificate is renewed only by a restart: still firing.
+        [own] = await stack.alerts(rule="certificate_expiring", subject=server_subject)
+        assert own["state"] == "firing"

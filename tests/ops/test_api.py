@@ -76,7 +76,7 @@ async def test_alerts_are_listed_filtered_and_acknowledged_once(
         ("POST", "/alerts/1/acknowledge", {"data": "{"}, 400, "body: expected JSON"),
         ("POST", "/alerts/1/acknowledge", {"json": {"by": "x" * 65}}, 400, "by: expected a name"),
         ("POST", "/alerts/1/acknowledge", {"json": ["olga"]}, 400, "by: expected a name"),
-        ("POST", "/alerts/audit-verify", {}, 404, "no journal check: set [alerts] audit_dsn"),
+        ("POST", "/alerts/audit-verify", {}, 404, "no journal check: set [ledger] audit_dsn"),
     ],
 )
 async def test_bad_requests_name_what_is_wrong(
@@ -143,8 +143,7 @@ async def test_the_endpoints_need_the_token(ops_db: OpsDatabase, dev_keys: DevKe
 async def test_every_metric_the_rules_file_uses_is_exposed(
     ops_db: OpsDatabase, dev_keys: DevKeys
 ) -> None:
-    audited = {"audit_dsn": ops_db.owner_dsn}
-    async with ops_stack(ops_db, dev_keys, terminals=1, alerts=audited) as stack:
+    async with ops_stack(ops_db, dev_keys, terminals=1, audit_dsn=ops_db.owner_dsn) as stack:
         checker = stack.operations.checker
         assert checker is not None
         assert checker.request()
@@ -173,8 +172,10 @@ async def test_every_metric_the_rules_file_uses_is_exposed(
 async def test_the_journal_check_runs_on_its_own_every_interval(
     ops_db: OpsDatabase, dev_keys: DevKeys
 ) -> None:
-    every_second = {"audit_dsn": ops_db.owner_dsn, "audit_interval_ms": 1_000}
-    async with ops_stack(ops_db, dev_keys, terminals=1, alerts=every_second) as stack:
+    every_second = {"audit_interval_ms": 1_000}
+    async with ops_stack(
+        ops_db, dev_keys, terminals=1, alerts=every_second, audit_dsn=ops_db.owner_dsn
+    ) as stack:
         checker = stack.operations.checker
         assert checker is not None
         assert checker.runs == 0  # not at start-up

@@ -34,6 +34,7 @@ from switch.activity import ActivityRecorder
 from switch.alerts import (
     AlertRules,
     Condition,
+    HeldCertificate,
     Observation,
     Pending,
     ProcessAlerts,
@@ -54,6 +55,7 @@ RULES = AlertRules(
     unavailable_ratio_max=0.05,
     latency_p99_slo_ms=1_000,
     dependency_for=timedelta(seconds=10),
+    certificate_expiry_warning=timedelta(days=30),
 )
 DEAD_AFTER = timedelta(seconds=15)
 
@@ -106,9 +108,11 @@ def observe(
     return evaluate(Observation(NOW, "p1", checks or {}, fleet, views), RULES)
 
 
-def alert(rule: str, subject: str, alert_id: int = 1, state: str = "firing") -> AlertRecord:
+def alert(
+    rule: str, subject: str, alert_id: int = 1, state: str = "firing", raised_by: str = "p1"
+) -> AlertRecord:
     return AlertRecord(
-        alert_id, rule, subject, None, "warning", "", state, NOW, "p1", None, None, None
+        alert_id, rule, subject, None, "warning", "", state, NOW, raised_by, None, None, None
     )
 
 
@@ -377,6 +381,50 @@ def test_the_plan_fires_what_holds_and_resolves_what_no_longer_does() -> None:
     )
     assert decided.fire == [spike]
     assert [a.alert_id for a in decided.resolve] == [2, 5]
+
+
+@pytest.mark.parametrize(
+    ("held", "summary"),
+    [
+        (HeldCertificate("KIOSK001", "KIOSK001", NOW + timedelta(days=30)), None),
+        (HeldCertificate("KIOSK001", "KIOSK001", NOW + timedelta(days=29, hours=12)),
+         "the client certificate of terminal KIOSK001 expires at 2026-12-23 00:00:00 UTC"
+         " (29.5 days left)"),
+        (HeldCertificate("server CN=switch", None, NOW + timedelta(hours=6)),
+         "this switch's server certificate expires at 2026-11-23 18:00:00 UTC (0.2 days left)"),
+        (HeldCertificate("server CN=switch", None, NOW),
+         "this switch's server certificate expired at 2026-11-23 12:00:00 UTC"),
+    ],
+)  # fmt: skip
+def test_a_certificate_within_the_warning_window_is_expiring(
+    held: HeldCertificate, summary: str | None
+) -> None:
+    observation = Observation(NOW, "p1", {}, None, [], [held])
+    conditions = evaluate(observation, RULES)  # no ledger needed to see it
+    if summary is None:
+        assert conditions == []
+        return
+    assert conditions == [
+        Condition(
+            Rule.CERTIFICATE_EXPIRING, held.subject, held.terminal_id, Severity.WARNING, summary
+        )
+    ]
+
+
+def test_only_the_process_holding_a_certificate_resolves_its_alert() -> None:
+    expiring = Condition(Rule.CERTIFICATE_EXPIRING, "T1", "T1", Severity.WARNING, "")
+    open_alerts = [
+        alert("certificate_expiring", "T1", 1),  # ours, still holds
+        alert("certificate_expiring", "T2", 2),  # ours, renewed or signed off
+        alert("certificate_expiring", "T3", 3, raised_by="p2"),  # a live process's
+        alert("certificate_expiring", "T4", 4, raised_by="p9"),  # a process gone
+    ]
+    decided = plan([expiring], open_alerts, process_id="p1", live_processes=frozenset({"p1", "p2"}))
+    assert decided.fire == []
+    assert [a.alert_id for a in decided.resolve] == [2, 4]
+    # Another process sees the terminal now: it raises the alert once ours is resolved.
+    decided = plan([expiring], [], process_id="p2", live_processes=frozenset({"p1", "p2"}))
+    assert decided.fire == [expiring]
 
 
 def test_process_alerts_notify_at_once_and_wait_to_be_written() -> None:

@@ -12,7 +12,7 @@ def test_defaults() -> None:
     assert settings.operations.bucket_ms == 60_000
     assert settings.alerts.terminal_offline_after_ms == 300_000
     assert settings.alerts.decline_ratio_min == 0.2
-    assert settings.alerts.audit_dsn is None
+    assert settings.ledger.audit_dsn is None
     assert settings.alerts.webhook.urls == ()
 
 
@@ -37,7 +37,8 @@ def test_environment_overrides_reach_the_nested_webhook_table() -> None:
         ("ALERTS__DECLINE_RATIO_MIN", "true", "alerts.decline_ratio_min", "a number from 0 to 1"),
         ("ALERTS__WEBHOOK__URLS", '["ftp://x/"]', "alerts.webhook.urls", "http(s):// URLs"),
         ("ALERTS__WEBHOOK__ATTEMPTS_MAX", "0", "alerts.webhook.attempts_max", "from 1 to 100"),
-        ("ALERTS__AUDIT_DSN", '"host=db"', "alerts.audit_dsn", "a postgresql:// URI"),
+        ("LEDGER__AUDIT_DSN", '"host=db"', "ledger.audit_dsn", "a postgresql:// URI"),
+        ("ALERTS__AUDIT_DSN", '"postgresql://db/x"', "alerts.audit_dsn", "[ledger] audit_dsn"),
         ("ALERTS__LOUDNESS", "11", "alerts.loudness", "no such key"),
     ],
 )

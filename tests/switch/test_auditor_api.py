@@ -327,7 +327,7 @@ async def test_without_a_journal_database_the_auditor_routes_answer_503(
             assert reply.status == 503
             assert await reply.json() == {
                 "error": "journal_unavailable",
-                "detail": "the auditor API has no database: set admin.audit_dsn",
+                "detail": "the auditor API has no database: set ledger.audit_dsn",
             }
 
 

@@ -352,10 +352,11 @@ def test_cryptogram_tags_default_the_amount_other_to_zero() -> None:
     assert set(tags) == {*emv.TAG_LENGTHS, emv.TAG_IAD}
 
 
-def test_the_readme_worked_example_holds() -> None:
-    """The README's F55 example, byte for byte, verifies and answers the tag 91 it shows."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    block = readme.split("0200's F55, 88 bytes:\n\n```\n", 1)[1].split("```", 1)[0]
+def test_the_worked_example_of_field_55_holds() -> None:
+    """The F55 example of the terminal integration page, byte for byte, verifies and answers
+    the tag 91 it shows."""
+    page = (Path(__file__).parents[2] / "docs" / "terminal-integration.md").read_text()
+    block = page.split("0200's F55, 88 bytes:\n\n```\n", 1)[1].split("```", 1)[0]
     objects = [line.split()[:3] for line in block.splitlines()]
     icc_data = tlv.encode((int(tag, 16), bytes.fromhex(value)) for tag, _, value in objects)
     assert len(icc_data) == 88
@@ -375,4 +376,4 @@ def test_the_readme_worked_example_holds() -> None:
         assert chip.issuer_authentication_field(result.issuer_authentication_data) == (
             shown.replace(" ", "")
         )
-        assert shown in readme
+        assert shown in page

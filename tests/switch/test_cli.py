@@ -232,7 +232,7 @@ async def test_a_running_switch_admits_a_minted_key_to_its_role_only(
             **os.environ,
             "SWITCH__ADMIN__PORT": str(admin_port),
             "SWITCH__LEDGER__DSN": f'"{pg_cluster.switch_dsn}"',
-            "SWITCH__ADMIN__AUDIT_DSN": f'"{pg_cluster.owner_dsn}"',
+            "SWITCH__LEDGER__AUDIT_DSN": f'"{pg_cluster.owner_dsn}"',
         },
     )
     url = f"http://127.0.0.1:{admin_port}"

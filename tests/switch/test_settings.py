@@ -339,7 +339,7 @@ def test_the_production_example_loads_with_its_secrets_from_the_environment(
     assert settings.listener.tls.require_subject_match
     # No development key in production: none until the operator adds their own.
     assert settings.admin.keys == ()
-    assert settings.admin.audit_dsn is not None
+    assert settings.ledger.audit_dsn is not None
     assert "ledger_auditor" not in repr(settings)
     # Keys as the environment gives them: an array of inline tables.
     own = f'[{{id = "prometheus", role = "viewer", hash = "{OWN.key.hash_text}"}}]'
@@ -414,8 +414,8 @@ BAD_KEYS = [
     ),
     pytest.param('[admin]\nkeys = "x"\n', "admin.keys", "an array of tables", id="not-tables"),
     pytest.param(
-        '[admin]\naudit_dsn = "host=db user=a"\n',
-        "admin.audit_dsn",
+        '[ledger]\naudit_dsn = "host=db user=a"\n',
+        "ledger.audit_dsn",
         "a postgresql:// URI",
         id="audit-dsn",
     ),
@@ -436,9 +436,23 @@ def test_bad_api_keys_are_named_and_never_shown(
 def test_production_checks_the_audit_dsn_as_the_ledger_dsn(tmp_path: Path) -> None:
     path = production_file(tmp_path)
     path.write_text(
-        path.read_text() + '[admin]\naudit_dsn = "postgresql://auditor@db.example/ledger"\n'
+        path.read_text() + '[ledger]\naudit_dsn = "postgresql://auditor@db.example/ledger"\n'
     )
     with pytest.raises(SettingsError) as caught:
         load_settings(path, PRODUCTION_ENV)
-    assert caught.value.key == "admin.audit_dsn"
+    assert caught.value.key == "ledger.audit_dsn"
     assert "got neither for db.example" in caught.value.expected
+
+
+@pytest.mark.parametrize("table", ["admin", "alerts"])
+def test_an_audit_dsn_where_it_used_to_be_is_refused_naming_the_file_and_the_key(
+    tmp_path: Path, table: str
+) -> None:
+    path = tmp_path / "switch.toml"
+    path.write_text(f'[{table}]\naudit_dsn = "postgresql://auditor@db.example/ledger"\n')
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    assert str(caught.value) == (
+        f"{path}: {table}.audit_dsn: expected no audit_dsn here: it is [ledger] audit_dsn,"
+        " which the auditor API and the journal check both read"
+    )

@@ -105,13 +105,14 @@ class Authority:
         *common_names: str,
         server: bool = False,
         ended_ago: dt.timedelta | None = None,
+        lifetime: dt.timedelta = DAY,
     ) -> Issued:
-        """Valid for a day from five minutes ago, or ended `ended_ago` (a day long)."""
+        """Valid for `lifetime` (a day) from five minutes ago, or ended `ended_ago`."""
         key = ec.generate_private_key(ec.SECP256R1())
         start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         if ended_ago is not None:
-            start -= ended_ago + DAY
-        builder = self._builder(_name(*common_names), key.public_key(), start, start + DAY)
+            start -= ended_ago + lifetime
+        builder = self._builder(_name(*common_names), key.public_key(), start, start + lifetime)
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
