@@ -52,6 +52,7 @@ class World:
         balance_minor: int = 100_000,
         floor_minor: int = 0,
         card: dict[str, Any] | None = None,
+        cassettes: list[dict[str, int]] | None = None,
     ) -> dict[str, Any]:
         data: dict[str, Any] = {"customers": [], "terminals": []}
         for _ in range(customers):
@@ -83,6 +84,7 @@ class World:
             self.terminals.append(terminal_id)
             data["terminals"].append(
                 {"id": terminal_id, "location": "test", "currency": self.currency, "tmk": "TMK"}
+                | ({"cassettes": cassettes} if cassettes else {})
             )
         return data
 
