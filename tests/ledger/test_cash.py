@@ -5,13 +5,17 @@ the database refusing notes the rules would never send."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from ledger import audit
+from ledger.__main__ import main
 from ledger.cash import CassetteNotes, NoteMix
 from ledger.codec import WriteItem
 from ledger.errors import LedgerError
@@ -19,7 +23,8 @@ from ledger.fixtures import EntryError, check_fixtures, load_fixtures
 from ledger.model import BalanceInquiry, Outcome, Reversal, Withdrawal
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY
 from ledger.store import LedgerStore, Lookup
-from tests.ledger.factory import AUDIT, World, key
+from tests.conftest import PgCluster
+from tests.ledger.factory import AUDIT, World, key, next_id
 from tests.ledger.helpers import balance, run
 
 # Slot 1: 50.00 notes, slot 2: 20.00 notes, slot 3: 10.00 notes.
@@ -297,3 +302,56 @@ def test_cassettes_in_fixtures_are_checked() -> None:
     ]:
         with pytest.raises(EntryError, match=problem):
             check_fixtures(terminal(*cassettes))
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_replenishment_from_the_command_line(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    terminal = f"R{next_id():07d}"
+    path = tmp_path / "fixtures.toml"
+    path.write_text(
+        f'[[terminals]]\nid = "{terminal}"\nlocation = "lobby"\ncurrency = "EUR"\n'
+        "[[terminals.cassettes]]\ncassette = 1\ndenomination_minor = 2000\nnotes = 100\n"
+        "low_notes = 10\n"
+    )
+    dsn = ("--dsn", pg_cluster.owner_dsn)
+    assert _cli("load", str(path), *dsn)[0] == 0
+    code, out, _ = _cli(
+        "cash", "replenish", "--terminal", terminal, "--cassette", "1", "--notes", "150",
+        "--denomination-minor", "2000", "--by", "ops-7", *dsn,
+    )  # fmt: skip
+    assert code == 0
+    assert out.startswith(
+        f"terminal {terminal} cassette 1: 150 notes of 2000 EUR loaded (load 2); taken out 100"
+        " left and 0 rejected; 100000 moved from the vault (journal entry "
+    )
+    code, out, _ = _cli("cash", "show", "--terminal", terminal, *dsn)
+    assert out.splitlines()[1:] == [f"{terminal},1,EUR,2000,150,0,0,150,10"]
+    for argv, error in [
+        (("--cassette", "2", "--notes", "5"), f"terminal {terminal} has no cassette 2"),
+        (("--cassette", "1", "--notes", "5", "--denomination-minor", "5000"),
+         f"cassette 1 of terminal {terminal} holds notes of 2000, not 5000"),
+        (("--cassette", "1", "--notes", "-5"), "a cassette cannot hold -5 notes"),
+    ]:  # fmt: skip
+        code, _, err = _cli("cash", "replenish", "--terminal", terminal, *argv, *dsn)
+        assert (code, err) == (2, f"error: {error}\n")
+    records = asyncio.run(_replenishments(pg_cluster.owner_dsn, terminal))
+    assert records == [("fixtures", 100, 0), ("ops-7", 150, 100)]
+
+
+async def _replenishments(dsn: str, terminal_id: str) -> list[tuple[str, int, int]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT replenished_by, loaded_notes, previous_remaining_notes"
+            " FROM ledger.replenishments WHERE terminal_id = $1 ORDER BY load_seq",
+            terminal_id,
+        )
+    finally:
+        await conn.close()
+    return [tuple(row) for row in rows]
