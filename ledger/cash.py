@@ -93,6 +93,27 @@ class Undispensable(StrEnum):
     CASH_OUT = "cash_out"  # no notes of the currency left
 
 
+class CashLevel(StrEnum):
+    """A terminal's cash as the fleet view shows it."""
+
+    OK = "ok"
+    LOW = "low"  # a cassette at or below its low mark: replenish soon
+    OUT = "out"  # no note left: withdrawals are declined at once
+
+
+def cash_level(cassettes: Iterable[tuple[int, int]]) -> CashLevel | None:
+    """From each cassette's (remaining notes, low mark); None for a terminal without
+    cassettes (the host counts no notes there)."""
+    counts = list(cassettes)
+    if not counts:
+        return None
+    if not any(remaining for remaining, _ in counts):
+        return CashLevel.OUT
+    if any(remaining <= low for remaining, low in counts):
+        return CashLevel.LOW
+    return CashLevel.OK
+
+
 def cash_out(cassettes: Sequence[Cassette], currency: str) -> bool:
     """The terminal counts cash (it has cassettes) and has no note of `currency` left."""
     return bool(cassettes) and not any(

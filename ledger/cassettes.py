@@ -1,5 +1,6 @@
-"""The operator's side of ATM cash, as the schema owner: replenishing a cassette and reading
-every cassette's counts. The decisions over cassettes are in ledger/cash.py."""
+"""The operator's side of ATM cash: replenishing a cassette and reading every cassette's counts
+(the owner's tools, and the operations app through the switch role). The decisions over
+cassettes are in ledger/cash.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ import asyncpg
 
 from ledger.errors import LedgerError
 from ledger.migrations import Connection
+
+
+class NoSuchCassette(LedgerError):
+    """The terminal has no cassette of that number."""
+
+
+class ReplenishmentRefused(LedgerError):
+    """A replenishment the cassette does not allow: another denomination, negative notes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +68,19 @@ async def replenish(
     timeout_ms: int,
 ) -> Replenishment:
     """Replace the cassette with one of `notes` notes: posted against the vault, journalled,
-    recorded, all in one transaction. A cassette that does not exist, a denomination that is
-    not the cassette's or a negative count raises LedgerError, and nothing is written."""
+    recorded, all in one transaction. A cassette that does not exist (NoSuchCassette), a
+    denomination that is not the cassette's or a negative count (ReplenishmentRefused) is
+    refused, and nothing is written."""
     try:
         row = await conn.fetchrow(
             "SELECT * FROM ledger.replenish_cassette($1, $2, $3, $4, $5, $6)",
             terminal_id, cassette_no, notes, denomination_minor, at, by,
             timeout=timeout_ms / 1000,
         )  # fmt: skip
-    except (asyncpg.NoDataFoundError, asyncpg.InvalidParameterValueError) as exc:
-        raise LedgerError(str(exc)) from None
+    except asyncpg.NoDataFoundError as exc:
+        raise NoSuchCassette(str(exc)) from None
+    except asyncpg.InvalidParameterValueError as exc:
+        raise ReplenishmentRefused(str(exc)) from None
     assert row is not None
     return Replenishment(
         row["terminal_id"], row["cassette_no"], row["load_seq"], row["currency"].strip(),
@@ -81,3 +93,13 @@ async def cash_state(conn: Connection, *, timeout_ms: int) -> list[CassetteCount
     """Every terminal's cassettes, in terminal and slot order."""
     rows = await conn.fetch("SELECT * FROM ledger.cash_state()", timeout=timeout_ms / 1000)
     return [CassetteCounts(**{**dict(row), "currency": row["currency"].strip()}) for row in rows]
+
+
+def replenishment_json(done: Replenishment) -> dict[str, object]:
+    return {
+        "terminal_id": done.terminal_id, "cassette": done.cassette_no, "load": done.load_seq,
+        "currency": done.currency, "denomination_minor": done.denomination_minor,
+        "loaded_notes": done.loaded_notes, "taken_out_remaining": done.previous_remaining_notes,
+        "taken_out_rejected": done.previous_rejected_notes, "moved_minor": done.moved_minor,
+        "transaction_id": done.transaction_id,
+    }  # fmt: skip

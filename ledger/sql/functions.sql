@@ -1269,15 +1269,18 @@ BEGIN
    WHERE (c.terminal_id, c.cassette_no) = (m.terminal_id, m.cassette_no);
 END $$;
 
--- An operator's replenishment (provisioning, as the owner): the cassette taken out (its notes
--- left and those in the reject bin go back to the vault) and one of `p_notes` notes put in.
+-- An operator's replenishment (the owner's tool, or an operator through the operations app):
+-- the cassette taken out (its notes left and those in the reject bin go back to the vault) and
+-- one of `p_notes` notes put in. The switch role may call it: it moves money only between two
+-- house accounts, and every call is journalled and recorded.
 -- The difference in money is posted between the terminal's cash account and the house vault
 -- account of the currency and journalled like any transaction; the counts start again and
 -- the replenishment is recorded. `p_denomination_minor`, when given, must be the cassette's.
 CREATE OR REPLACE FUNCTION ledger.replenish_cassette(
   p_terminal_id text, p_cassette_no integer, p_notes integer, p_denomination_minor bigint,
   p_at timestamptz, p_by text
-) RETURNS ledger.replenishments LANGUAGE plpgsql AS $$
+) RETURNS ledger.replenishments
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 DECLARE
   v_terminal ledger.terminals;
   v_cassette ledger.cassettes;
@@ -1374,7 +1377,8 @@ CREATE OR REPLACE FUNCTION ledger.cash_state()
 $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ledger.cash_state() TO ledger_switch;
+GRANT EXECUTE ON FUNCTION ledger.cash_state(),
+  ledger.replenish_cassette(text, integer, integer, bigint, timestamptz, text) TO ledger_switch;
 
 -- A post_batch without note_counts moves no notes; none may be left for anyone to call.
 DROP FUNCTION IF EXISTS ledger.post_batch(
