@@ -87,14 +87,20 @@ async def test_cassettes_are_loaded_against_the_vault_and_journalled(
     # A reload leaves the counts alone.
     await world_reload(owner_conn, world)
     assert await remaining(owner_conn, terminal) == [10, 10, 2]
+    # Another denomination is a replenishment's business, not a reload's.
+    swapped = [CASSETTES[0], {**CASSETTES[1], "denomination_minor": 1_000}, CASSETTES[2]]
+    with pytest.raises(EntryError, match="cassette #2: cassette 2 holds EUR notes of 2000, not"):
+        await world_reload(owner_conn, world, swapped)
     assert (await audit.verify(owner_conn, timeout_ms=60_000)).ok
 
 
-async def world_reload(conn: asyncpg.Connection, world: World) -> None:
+async def world_reload(
+    conn: asyncpg.Connection, world: World, cassettes: list[dict[str, int]] = CASSETTES
+) -> None:
     data = {
         "terminals": [
             {"id": world.terminals[0], "location": "test", "currency": "EUR", "tmk": "TMK",
-             "cassettes": CASSETTES}
+             "cassettes": cassettes}
         ]
     }  # fmt: skip
     await load_fixtures(conn, data, pan_hash_key=DEVELOPMENT_PAN_HASH_KEY, timeout_ms=30_000)
