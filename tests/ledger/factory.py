@@ -84,8 +84,10 @@ class World:
             self.terminals.append(terminal_id)
             data["terminals"].append(
                 {"id": terminal_id, "location": "test", "currency": self.currency, "tmk": "TMK"}
-                | ({"cassettes": cassettes} if cassettes else {})
             )
+        if cassettes:
+            for entry in data["terminals"]:
+                entry["cassettes"] = cassettes
         return data
 
     async def load(self, conn: Connection, customers: int, terminals: int = 1, **kw: Any) -> None:
