@@ -1231,20 +1231,25 @@ CREATE OR REPLACE FUNCTION ledger.dispense_notes(
 DECLARE
   v_refusal text;
 BEGIN
+  -- Only requests that carry notes or move cash are judged: declines and inquiries cost
+  -- nothing here.
   SELECT r.refusal INTO v_refusal FROM (
     SELECT ledger.notes_refusal(
              kinds[v.position], outcomes[v.position] = 'approved' AND v.move_minor > 0,
              v.move_minor, currencies[v.position], terminal_ids[v.position], o.transaction_id,
-             (SELECT coalesce(jsonb_object_agg(s.cassette_no, s.notes), '{}')
-                FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
-               WHERE s.item = v.position)) AS refusal
+             coalesce(sent.notes, '{}')) AS refusal
       FROM unnest(items) v
+      LEFT JOIN (SELECT s.item, jsonb_object_agg(s.cassette_no, s.notes) AS notes
+                   FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
+                  GROUP BY s.item) sent ON sent.item = v.position
       LEFT JOIN ledger.transactions o
         ON kinds[v.position] = 'reversal'
        AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
          = (v.customer_id, terminal_ids[v.position], original_transmission_times[v.position],
             original_stans[v.position], original_message_classes[v.position])
-     WHERE v.status = 'write') r
+     WHERE v.status = 'write'
+       AND (sent.notes IS NOT NULL OR (v.move_minor > 0 AND outcomes[v.position] = 'approved'
+            AND kinds[v.position] IN ('withdrawal', 'reversal')))) r
    WHERE r.refusal IS NOT NULL LIMIT 1;
   IF v_refusal IS NULL AND EXISTS (
        SELECT 1 FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
