@@ -202,6 +202,7 @@ class Narrator:
 DESCRIPTIONS = {
     "00": "approved",
     "05": "do not honour",
+    "13": "invalid amount",
     "51": "insufficient funds",
     "55": "incorrect PIN",
     "57": "not permitted to cardholder",
@@ -242,7 +243,9 @@ async def scripted(port: int, say: Say) -> None:
             await kiosk.send(kiosk.balance_inquiry(ADA_CARD, ADA_PIN)),
         )
         withdrawal = kiosk.withdrawal(ADA_CARD, ADA_PIN, 10_000)
-        first = n.show(kiosk, "withdraw EUR 100.00, Ada", await kiosk.send(withdrawal))
+        paid = await kiosk.send(withdrawal)
+        notes = ", ".join(f"{e.notes} x {e.denomination_minor // 100}" for e in paid.notes)
+        first = n.show(kiosk, "withdraw EUR 100.00, Ada", paid, f"  notes (F121): {notes}")
         again = await kiosk.send(withdrawal)
         n.show(
             kiosk,
@@ -270,6 +273,12 @@ async def scripted(port: int, say: Say) -> None:
             await kiosk.send(
                 kiosk.transfer(ADA_CARD, ADA_PIN, 25_000, from_account="10", to_account="20")
             ),
+        )
+        n.show(
+            kiosk,
+            "withdraw EUR 125.00 (no EUR 5 notes)",
+            await kiosk.send(kiosk.withdrawal(ADA_CARD, ADA_PIN, 12_500)),
+            "  (the cassettes cannot make it)",
         )
         n.show(
             kiosk,

@@ -16,7 +16,15 @@ from kiosk_sim.chip import Cryptogram, TerminalData
 from kiosk_sim.client import TerminalClient, network_request, transmission_time
 from kiosk_sim.epp import Epp
 from switch.iso8583 import Dialect, Message, mac_input, prepared_for_mac, with_mac
-from switch.iso8583.elements import KeyChangeData, OriginalData, ReplacementAmounts
+from switch.iso8583.elements import (
+    NOTE_MIX_FIELD,
+    ElementFormatError,
+    KeyChangeData,
+    NoteEntry,
+    OriginalData,
+    ReplacementAmounts,
+    decode_note_mix,
+)
 
 # F22: PAN entry mode (05 chip, 90 whole magnetic stripe), then 1: the kiosk takes PINs.
 CHIP_ENTRY_MODE = "051"
@@ -38,6 +46,21 @@ class Exchange:
     @property
     def approved(self) -> bool:
         return self.code == "00"
+
+    @property
+    def notes(self) -> list[NoteEntry]:
+        """The notes the host tells the dispenser to pay (F121 of an approved withdrawal); none
+        from a host that does not count this kiosk's notes. A kiosk pays out only a mix worth
+        the amount it asked for: anything else raises ElementFormatError, and it dispenses
+        nothing (its reversal undoes the approval)."""
+        text = self.response.get(NOTE_MIX_FIELD)
+        if not self.approved or text is None:
+            return []
+        notes = decode_note_mix(text)
+        worth_minor = sum(entry.denomination_minor * entry.notes for entry in notes)
+        if worth_minor != self.request.amount_minor:
+            raise ElementFormatError(f"F121 is worth {worth_minor}, not the amount asked for")
+        return notes
 
 
 class Terminal:

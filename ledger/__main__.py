@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger import anchors, audit, authorisation, exports, retention, rules, sla
+from ledger import anchors, audit, authorisation, cassettes, exports, retention, rules, sla
 from ledger.anchors import AnchorError
 from ledger.errors import LedgerError
 from ledger.fixtures import EntryError, load_fixtures, read_fixtures
@@ -179,6 +179,60 @@ def _anchor_keygen(args: argparse.Namespace) -> int:
     print(f"private key: {args.private} (keep it off the database host)")
     print(f"public key: {args.public} (give it to auditors: audit verify --anchor-key)")
     return 0
+
+
+async def _replenish(conn: Connection, args: argparse.Namespace) -> int:
+    done = await cassettes.replenish(
+        conn, args.terminal, args.cassette, args.notes, denomination_minor=args.denomination_minor,
+        by=args.by, at=datetime.now(UTC), timeout_ms=args.timeout_ms,
+    )  # fmt: skip
+    print(
+        f"terminal {done.terminal_id} cassette {done.cassette_no}: {done.loaded_notes} notes of"
+        f" {done.denomination_minor} {done.currency} loaded (load {done.load_seq}); taken out"
+        f" {done.previous_remaining_notes} left and {done.previous_rejected_notes} rejected;"
+        f" {done.moved_minor} moved from the vault"
+        + (f" (journal entry {done.transaction_id})" if done.transaction_id else "")
+    )
+    return 0
+
+
+async def _cash_show(conn: Connection, args: argparse.Namespace) -> int:
+    print(
+        "terminal,cassette,currency,denomination_minor,loaded,dispensed,rejected,remaining,"
+        "low_notes"
+    )
+    for c in await cassettes.cash_state(conn, timeout_ms=args.timeout_ms):
+        if args.terminal in (None, c.terminal_id):
+            print(
+                f"{c.terminal_id},{c.cassette_no},{c.currency},{c.denomination_minor},"
+                f"{c.loaded_notes},{c.dispensed_notes},{c.rejected_notes},"
+                f"{c.remaining_notes},{c.low_notes}"
+            )
+    return 0
+
+
+def _cash_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cash_parser = subparsers.add_parser("cash", help="ATM cassettes: replenish, show")
+    cash_sub = cash_parser.add_subparsers(required=True, metavar="{replenish,show}")
+    replenish = _subcommand(
+        cash_sub, "replenish", _replenish,
+        "replace a terminal's cassette with one of --notes notes: the notes taken out (left and"
+        " rejected) go back to the vault, the difference is posted between the vault account"
+        " and the terminal's cash account and journalled, the counts start again, and the"
+        " replenishment is recorded",
+    )  # fmt: skip
+    replenish.add_argument("--terminal", required=True, help="terminal id")
+    replenish.add_argument("--cassette", type=int, required=True, help="cassette slot, 1-8")
+    replenish.add_argument("--notes", type=int, required=True, help="notes loaded")
+    replenish.add_argument(
+        "--denomination-minor", type=int,
+        help="the notes' denomination in minor units: refused unless it is the cassette's",
+    )  # fmt: skip
+    replenish.add_argument(
+        "--by", default=os.environ.get("USER", "operator"), help="who replenished (recorded)"
+    )
+    show = _subcommand(cash_sub, "show", _cash_show, "every cassette's counts (CSV)")
+    show.add_argument("--terminal", help="only this terminal's cassettes")
 
 
 async def _report(conn: Connection, args: argparse.Namespace) -> int:
@@ -367,9 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(subparsers, "migrate", _migrate, "apply pending SQL migrations (idempotent)")
     load = _subcommand(
         subparsers, "load", _load,
-        "create or update customers, accounts, cards and terminals from a TOML file "
-        "(PANs are stored hashed with the key in $LEDGER_PAN_HASH_KEY, hex; development "
-        "key if unset)",
+        "create or update customers, accounts, cards and terminals (and their cassettes) from a "
+        "TOML file (PANs are stored hashed with the key in $LEDGER_PAN_HASH_KEY, hex; "
+        "development key if unset)",
     )  # fmt: skip
     load.add_argument("fixtures", type=Path, help="fixtures file, e.g. config/demo-fixtures.toml")
     policy = _subcommand(
@@ -386,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     _prune_parser(subparsers)
     _audit_parsers(subparsers)
     _anchor_parsers(subparsers)
+    _cash_parsers(subparsers)
     key_parser = subparsers.add_parser(
         "authorisation-key", help="the key that verifies the HSM's word on each approval"
     )

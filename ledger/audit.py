@@ -174,7 +174,9 @@ async def terminal_report(
             JOIN ledger.terminals term ON term.terminal_id = t.terminal_id
             LEFT JOIN ledger.postings p ON p.transaction_id = t.transaction_id
                                        AND p.account_id = term.cash_account_id
-           WHERE t.business_date = $1 AND t.outcome = 'approved')
+           -- Replenishments move cash into the ATM, not out to cardholders: not the day's.
+           WHERE t.business_date = $1 AND t.outcome = 'approved'
+             AND t.kind IN ('withdrawal', 'reversal'))
         SELECT term.terminal_id, a.currency,
                count(*) FILTER (WHERE d.kind = 'withdrawal' AND d.cash_minor IS NOT NULL)
                  AS withdrawals,

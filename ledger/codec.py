@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
+from ledger.cash import CASSETTES_MAX, Cassette, CassetteNotes, NoteMix
 from ledger.journal import MOVING_KINDS
 from ledger.model import (
     Account,
@@ -83,6 +84,7 @@ class WriteItem(NamedTuple):
     atc: int | None
     authorisation: bytes | None  # the HSM's word (hsm/authorisation.py), for an approval
     chip_authorisation: bytes | None  # and for a chip request's ATC
+    note_counts: list[int]  # notes per cassette slot 1..8 it dispenses or puts back
 
 
 def columns(items: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
@@ -173,6 +175,7 @@ def write_item(
         update.usage_day if update else None, update.usage_amount_minor if update else None,
         update.usage_count if update else None, decision.atc, authorisation,
         chip_authorisation if decision.atc is not None else None,
+        decision.notes.counts() if decision.notes else [0] * CASSETTES_MAX,
     )  # fmt: skip
 
 
@@ -236,7 +239,27 @@ def _account(row: Mapping[str, Any]) -> Account:
 def _terminal(row: Mapping[str, Any] | None) -> Terminal | None:
     if row is None:
         return None
-    return Terminal(row["terminal_id"], row["status"], int(row["cash_account_id"]))
+    cassettes = tuple(_cassette(c) for c in row["cassettes"])
+    return Terminal(row["terminal_id"], row["status"], int(row["cash_account_id"]), cassettes)
+
+
+def _cassette(row: Mapping[str, Any]) -> Cassette:
+    return Cassette(
+        int(row["cassette_no"]), row["currency"], int(row["denomination_minor"]),
+        int(row["remaining_notes"]), int(row["load_seq"]),
+    )  # fmt: skip
+
+
+def _notes(row: Mapping[str, Any]) -> CassetteNotes:
+    return CassetteNotes(
+        int(row["cassette_no"]), int(row["denomination_minor"]), int(row["notes"]),
+        int(row["load_seq"]),
+    )  # fmt: skip
+
+
+def moved_notes(stored: Mapping[str, Any]) -> tuple[CassetteNotes, ...]:
+    """The notes a stored transaction (ledger.result_of) took out of the cassettes."""
+    return tuple(_notes(m) for m in stored.get("notes", ()) if int(m["notes"]) > 0)
 
 
 def parse_snapshot(state: Mapping[str, Any]) -> Snapshot:
@@ -267,7 +290,14 @@ def parse_result(stored: Mapping[str, Any], *, repeated: bool) -> Result:
         available_balance_minor=stored["available_balance_minor"],
         entry_id=int(stored["transaction_id"]) if moved else None,
         repeated=repeated,
+        notes=_dispensed(stored) if moved else None,
     )
+
+
+def _dispensed(stored: Mapping[str, Any]) -> NoteMix | None:
+    """A withdrawal's mix, as it was dispensed; None where the host counts no notes."""
+    parts = moved_notes(stored)
+    return NoteMix(parts) if parts and stored["kind"] == "withdrawal" else None
 
 
 def decided_result(decision: Decision, transaction_id: int) -> Result:
@@ -280,4 +310,5 @@ def decided_result(decision: Decision, transaction_id: int) -> Result:
         ledger_balance_minor=reply.balance_minor if reply else None,
         available_balance_minor=reply.available_minor if reply else None,
         entry_id=transaction_id if decision.postings else None,
+        notes=decision.notes if decision.kind == "withdrawal" else None,
     )

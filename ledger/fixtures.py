@@ -1,4 +1,5 @@
-"""Provisioning from a TOML file: customers, accounts, cards and terminals, upserted.
+"""Provisioning from a TOML file: customers, accounts, cards, terminals and their cassettes,
+upserted.
 
 Reloading is safe: rows are matched by customer id, account number, PAN and terminal id and
 updated in place. Money is never reset by a reload: an account's opening balance is posted
@@ -26,6 +27,7 @@ from typing import Any
 
 import asyncpg
 
+from ledger.cash import CASSETTES_MAX
 from ledger.errors import FixtureError
 from ledger.migrations import Connection
 from ledger.model import CUSTOMER_ACCOUNT_TYPES, HOUSE_CUSTOMER_ID
@@ -74,6 +76,15 @@ FIELDS: Mapping[str, Mapping[str, Field]] = MappingProxyType(
             "currency": Field(str),
             "tmk": Field(str, required=False),
             "bdk": Field(str, required=False),
+            "cassettes": Field(list, required=False),
+        },
+        # A terminal's cassettes, of its currency: `notes` is the first load (posted against the
+        # vault when the cassette is created; a reload never resets counts, replenishment does).
+        "terminals.cassettes": {
+            "cassette": Field(int),
+            "denomination_minor": Field(int),
+            "notes": Field(int),
+            "low_notes": Field(int, required=False),
         },
     }
 )
@@ -84,6 +95,7 @@ _NOUNS = MappingProxyType(
         "customers.accounts": "account",
         "customers.cards": "card",
         "terminals": "terminal",
+        "terminals.cassettes": "cassette",
     }
 )
 _EXPECTED = MappingProxyType(
@@ -291,12 +303,30 @@ def _check_emv(emv: Mapping[str, Any], where: Entry) -> None:
         raise EntryError(where, "field 'emv.cvn' must be a cryptogram version from 1 to 255")
 
 
+def _check_terminal(terminal: Mapping[str, Any], where: Entry) -> None:
+    slots = [cassette.get("cassette") for cassette in terminal.get("cassettes", [])]
+    repeated = next((slot for slot in slots if slots.count(slot) > 1), None)
+    if repeated is not None:
+        raise EntryError(where, f"cassette {repeated} is listed twice")
+
+
+def _check_cassette(cassette: Mapping[str, Any], where: Entry) -> None:
+    if not 1 <= cassette["cassette"] <= CASSETTES_MAX:
+        raise EntryError(where, f"field 'cassette' must be a slot from 1 to {CASSETTES_MAX}")
+    if cassette["denomination_minor"] <= 0:
+        raise EntryError(where, "field 'denomination_minor' must be positive")
+    for name in ("notes", "low_notes"):
+        if cassette.get(name, 0) < 0:
+            raise EntryError(where, f"field {name!r} must not be negative")
+
+
 _CHECKS: Mapping[str, Callable[[Mapping[str, Any], Entry], None]] = MappingProxyType(
     {
         "customers": _check_customer,
         "customers.accounts": _check_account,
         "customers.cards": _check_card,
-        "terminals": lambda _terminal, _where: None,
+        "terminals": _check_terminal,
+        "terminals.cassettes": _check_cassette,
     }
 )
 
@@ -448,6 +478,42 @@ async def _load_terminal(conn: Connection, entry: Mapping[str, Any], timeout_s: 
     )  # fmt: skip
 
 
+async def _load_cassette(
+    conn: Connection, terminal: Mapping[str, Any], entry: Mapping[str, Any], where: Entry,
+    timeout_s: float,
+) -> None:  # fmt: skip
+    """Created with its first load (posted, journalled and recorded as a replenishment); a
+    reload changes its low mark only: counts change by dispensing and replenishing."""
+    terminal_id, slot = terminal["id"], entry["cassette"]
+    existing = await conn.fetchrow(
+        "SELECT currency, denomination_minor FROM ledger.cassettes"
+        " WHERE terminal_id = $1 AND cassette_no = $2",
+        terminal_id, slot,
+        timeout=timeout_s,
+    )  # fmt: skip
+    wanted = (terminal["currency"], entry["denomination_minor"])
+    if existing is not None and (existing["currency"], existing["denomination_minor"]) != wanted:
+        raise EntryError(
+            where,
+            f"cassette {slot} holds {existing['currency']} notes of"
+            f" {existing['denomination_minor']}, not {wanted[0]} notes of {wanted[1]}",
+        )
+    await conn.execute(
+        "INSERT INTO ledger.cassettes (terminal_id, cassette_no, currency, denomination_minor,"
+        "  loaded_notes, low_notes) VALUES ($1, $2, $3, $4, 0, $5)"
+        " ON CONFLICT (terminal_id, cassette_no) DO UPDATE SET low_notes = EXCLUDED.low_notes",
+        terminal_id, slot, terminal["currency"], entry["denomination_minor"],
+        entry.get("low_notes", 0),
+        timeout=timeout_s,
+    )  # fmt: skip
+    if existing is None:
+        await conn.execute(
+            "SELECT ledger.replenish_cassette($1, $2, $3, NULL, $4, 'fixtures')",
+            terminal_id, slot, entry["notes"], datetime.now(UTC),
+            timeout=timeout_s,
+        )  # fmt: skip
+
+
 async def _load_customer(
     conn: Connection, customer: Mapping[str, Any], where: Entry, *, pan_hash_key: bytes,
     timeout_s: float,
@@ -488,8 +554,13 @@ async def load_fixtures(
                 pan_hash_key=pan_hash_key, timeout_s=timeout_s,
             )  # fmt: skip
         for index, terminal in enumerate(terminals):
-            async with _refusals_named(Entry("terminals", index)):
+            where = Entry("terminals", index)
+            async with _refusals_named(where):
                 await _load_terminal(conn, terminal, timeout_s)
+            for slot_index, cassette in enumerate(terminal.get("cassettes", [])):
+                cassette_where = Entry("terminals.cassettes", slot_index, where)
+                async with _refusals_named(cassette_where):
+                    await _load_cassette(conn, terminal, cassette, cassette_where, timeout_s)
     return LoadSummary(
         len(customers),
         sum(len(customer.get("accounts", [])) for customer in customers),

@@ -28,7 +28,7 @@ LEAF_FIELDS = (
 )  # fmt: skip
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Kinds whose approval moves money: their stored amount is what their postings moved.
-MOVING_KINDS = frozenset({"withdrawal", "transfer", "reversal", "opening"})
+MOVING_KINDS = frozenset({"withdrawal", "transfer", "reversal", "opening", "replenishment"})
 
 
 class Fields(Protocol):

@@ -14,6 +14,8 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
+from ledger.cash import Cassette, NoteMix
+
 
 class Outcome(StrEnum):
     """Neutral outcomes; each maps 1:1 to one ISO 8583 response code (in brackets)."""
@@ -209,6 +211,8 @@ class Terminal:
     terminal_id: str
     status: str
     cash_account_id: int
+    # Its cassettes in slot order; none: a terminal whose notes the host does not count.
+    cassettes: tuple[Cassette, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +272,8 @@ class Decision:
     reply_account: Account | None = None
     # A chip card's counter this write moves the card's last ATC to (checked above it).
     atc: int | None = None
+    # The notes an approved withdrawal dispenses, or its reversal puts back into the cassettes.
+    notes: NoteMix | None = None
 
     def __post_init__(self) -> None:
         totals: dict[str, int] = {}
@@ -288,3 +294,5 @@ class Result:
     available_balance_minor: int | None
     entry_id: int | None
     repeated: bool = False
+    # The notes an approved withdrawal dispenses (the terminal pays out exactly these).
+    notes: NoteMix | None = None

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from types import MappingProxyType
 
+from ledger.cash import Undispensable, note_mix, notes_back
+from ledger.codec import moved_notes
 from ledger.model import (
     Account,
     BalanceInquiry,
@@ -28,6 +31,19 @@ class Policy:
     pin_tries_max: int = 3
     business_day_cutover: time = time(0, 0)
     cross_customer_transfers: bool = False
+
+
+# A withdrawal the cassettes cannot pay (docs/cash.md): no count of the notes makes the amount
+# (13); the notes left or the dispenser's limit cannot, so a smaller amount may (61, "exceeds
+# amount limit", what ATM hosts answer to have the cardholder ask for less); no notes left at
+# all (58, not permitted at this terminal; the switch declines it before the ledger write).
+CASH_DECLINES = MappingProxyType(
+    {
+        Undispensable.NOT_A_MULTIPLE: Outcome.INVALID_AMOUNT,
+        Undispensable.NOTES_SHORT: Outcome.EXCEEDS_AMOUNT_LIMIT,
+        Undispensable.CASH_OUT: Outcome.NOT_PERMITTED_TO_TERMINAL,
+    }
+)
 
 
 def business_day(now: datetime, cutover: time) -> date:
@@ -170,6 +186,9 @@ def _decide_withdrawal(
         return Decision(Outcome.NOT_PERMITTED_TO_CARDHOLDER, "withdrawal")
     if request.currency != account.currency or cash.currency != account.currency:
         return Decision(Outcome.INVALID_TRANSACTION, "withdrawal")
+    mix = note_mix(terminal.cassettes, request.amount_minor, request.currency)
+    if terminal.cassettes and isinstance(mix, Undispensable):
+        return Decision(CASH_DECLINES[mix], "withdrawal")
     if request.amount_minor > card.max_per_txn_minor:
         return Decision(Outcome.EXCEEDS_AMOUNT_LIMIT, "withdrawal")
     day = business_day(now, policy.business_day_cutover)
@@ -181,9 +200,10 @@ def _decide_withdrawal(
     if not _has_funds(account, request.amount_minor):
         return Decision(Outcome.INSUFFICIENT_FUNDS, "withdrawal", reply_account=account)
     usage = CardUpdate(card.status, 0, day, used_minor + request.amount_minor, used_count + 1)
-    return _move(
+    approved = _move(
         "withdrawal", account, cash, request.amount_minor, card_update=usage, reversal_mark=None
     )
+    return approved if isinstance(mix, Undispensable) else replace(approved, notes=mix)
 
 
 def _amount_decline(amount_minor: int, currency: str, card: Card) -> Outcome | None:
@@ -306,10 +326,17 @@ def _decide_reversal(snapshot: Snapshot, request: Reversal) -> Decision:
     if source.floor_minor is not None and not _has_funds(source, undo_minor):
         # A transfer whose destination has since spent the money cannot be taken back.
         return Decision(Outcome.INSUFFICIENT_FUNDS, "reversal")
+    terminal = snapshot.terminal
+    cassettes = terminal.cassettes if terminal else ()
+    back = notes_back(moved_notes(result), cassettes, undo_minor) if is_withdrawal else None
+    if is_withdrawal and back is None:
+        # What F95 says was dispensed is no part of the notes the original paid out.
+        return Decision(Outcome.INVALID_AMOUNT, "reversal")
     card_update = _restored_usage(snapshot.card, result, undo_minor) if is_withdrawal else None
-    return _move(
+    reversed_ = _move(
         "reversal", source, destination, undo_minor, card_update=card_update, reversal_mark=mark
     )
+    return replace(reversed_, notes=back) if back and back.parts else reversed_
 
 
 def _restored_usage(card: Card, original: dict[str, object], undo_minor: int) -> CardUpdate | None:

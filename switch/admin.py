@@ -29,6 +29,7 @@ from switch import auditor_api
 from switch.access import ApiKey, Granted, Keyring, Refusal, Refused, Role
 from switch.alerts_api import ALERT_ROUTES
 from switch.auditor_api import JOURNAL_KEY, JournalSettings, open_journal
+from switch.cash_api import CASH_ROUTES
 from switch.fleet_api import FLEET_ROUTES
 from switch.metrics import multiprocess
 from switch.monitor import Monitor
@@ -83,7 +84,10 @@ async def metrics(request: web.Request) -> web.Response:
     monitor.metrics.refresh(_figures(request.app))
     days_left = monitor.fleet.certificate_days_left_min()
     fleet = {} if days_left is None else {"tls_client_certificate_days_left_min": days_left}
-    body = monitor.metrics.exposition(fleet)
+    # The cash as the operations' last fleet read saw it: a scrape does no ledger read.
+    operations = request.app.get(OPERATIONS_KEY)
+    last = None if operations is None else operations.reader.last
+    body = monitor.metrics.exposition(fleet, () if last is None else last.cash)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
 
@@ -148,7 +152,7 @@ OPERATIONS_ROUTES: tuple[Route, ...] = (
 )
 # The fleet, alerts and reports read the ledger's terminal events: served when the switch runs
 # its operations (create_admin_app's `operations`), and always in the document.
-EVENT_ROUTES: tuple[Route, ...] = FLEET_ROUTES + ALERT_ROUTES + REPORT_ROUTES
+EVENT_ROUTES: tuple[Route, ...] = FLEET_ROUTES + ALERT_ROUTES + REPORT_ROUTES + CASH_ROUTES
 ROUTES: tuple[Route, ...] = OPERATIONS_ROUTES + auditor_api.ROUTES + EVENT_ROUTES
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from ledger import operations
+from ledger import cassettes, operations
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.operations import OperationsStore
 from ledger.rules import business_day
@@ -109,4 +109,5 @@ class FleetReader:
             live = await operations.live_processes(
                 conn, now - windows.process_dead_after, timeout_ms=timeout_ms
             )
-        return FleetSnapshot(now, terminals, today, recent, baseline, alerts, audit, live)
+            cash = await cassettes.cash_state(conn, timeout_ms=timeout_ms)
+        return FleetSnapshot(now, terminals, today, recent, baseline, alerts, audit, live, cash)

@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from ledger.activity import NO_TRAFFIC, TrafficCounts, add_traffic
+from ledger.cash import CashLevel, cash_level
+from ledger.cassettes import CassetteCounts
 from ledger.operations import AlertRecord, AuditCheck, TerminalRecord
 
 
@@ -25,7 +27,8 @@ class TerminalState(StrEnum):
 class FleetSnapshot:
     """One read of the ledger: every provisioned terminal, traffic today (per terminal, since
     the business day began), in the recent window and in the baseline before it, the open and
-    recently closed alerts, the latest journal check and the switch processes alive."""
+    recently closed alerts, the latest journal check, the switch processes alive and every
+    terminal's cassettes."""
 
     read_at: datetime
     terminals: Sequence[TerminalRecord]
@@ -35,6 +38,31 @@ class FleetSnapshot:
     alerts: Sequence[AlertRecord]
     audit: AuditCheck | None
     live_processes: frozenset[str]
+    cash: Sequence[CassetteCounts] = ()
+
+    def cassettes(self) -> dict[str, list[CassetteCounts]]:
+        """Each terminal's cassettes (terminals without any are absent)."""
+        by_terminal: dict[str, list[CassetteCounts]] = {}
+        for cassette in self.cash:
+            by_terminal.setdefault(cassette.terminal_id, []).append(cassette)
+        return by_terminal
+
+
+def terminal_cash(cassettes: Sequence[CassetteCounts]) -> dict[str, object] | None:
+    """A terminal's cash for the page: its level and each cassette's counts."""
+    level = cash_level((c.remaining_notes, c.low_notes) for c in cassettes)
+    if level is None:
+        return None
+    return {"level": level.value, "cassettes": [_cassette_json(c) for c in cassettes]}
+
+
+def _cassette_json(c: CassetteCounts) -> dict[str, object]:
+    return {
+        "cassette": c.cassette_no, "currency": c.currency,
+        "denomination_minor": c.denomination_minor, "loaded": c.loaded_notes,
+        "dispensed": c.dispensed_notes, "rejected": c.rejected_notes,
+        "remaining": c.remaining_notes, "low_notes": c.low_notes,
+    }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +108,11 @@ def _rate(value: float | None) -> float | None:
 
 
 def _terminal_json(
-    view: TerminalView, today: TrafficCounts, alert_ids: list[int], now: datetime
+    view: TerminalView,
+    today: TrafficCounts,
+    alert_ids: list[int],
+    now: datetime,
+    cash: dict[str, object] | None,
 ) -> dict[str, object]:
     record = view.record
     seen = record.last_seen_at
@@ -96,6 +128,7 @@ def _terminal_json(
         "approval_rate": _rate(today.approval_rate),
         "response_codes": dict(sorted(today.response_codes.items())),
         "alerts": alert_ids,
+        "cash": cash,
     }
 
 
@@ -122,6 +155,9 @@ def fleet_json(
     states = {state.value: 0 for state in TerminalState}
     for view in views:
         states[view.state.value] += 1
+    cassettes = snapshot.cassettes()
+    cash = {terminal: terminal_cash(held) for terminal, held in cassettes.items()}
+    levels = [entry["level"] for entry in cash.values() if entry is not None]
     return {
         "generated_at": now.isoformat(),
         "read_at": snapshot.read_at.isoformat(),
@@ -135,6 +171,7 @@ def fleet_json(
             "latency_p99_ms": None if p99 is None else round(p99, 1),
             "approval_rate_today": _rate(today.approval_rate),
             "alerts_open": len(open_alerts),
+            "cash": {level.value: levels.count(level.value) for level in CashLevel},
         },
         "terminals": [
             _terminal_json(
@@ -142,6 +179,7 @@ def fleet_json(
                 snapshot.today.get(view.record.terminal_id, NO_TRAFFIC),
                 alerts_by_terminal.get(view.record.terminal_id, []),
                 now,
+                cash.get(view.record.terminal_id),
             )
             for view in views
         ],

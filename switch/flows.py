@@ -1,14 +1,15 @@
 """The switch's request handler: the pipeline steps that call the HSM and the ledger.
 
 Per financial request: validate → read the card's chip data → verify MAC → look up (duplicate
-check, card, terminal) → chip checks (fallback, amount, ATC, ARQC) → verify PIN → post → respond
-(with the ARPC when an ARQC verified) → MAC the response. A repeat gets its stored answer, with
-the ARPC again when the first answer carried one. Each step either hands the context on or ends
-the request with an outcome; nothing after a decline posts anything. The deadline covers
-every call up to the posting; once the ledger write has started it runs to completion (bounded by
-the ledger's statement timeout), so a terminal is never told "declined" about money that moved.
-If the ledger goes away during the posting, the switch does not answer at all (see
-`PostingInDoubt`): the terminal's reversal settles it.
+check, card, terminal) → a withdrawal at a terminal out of cash ends here → chip checks
+(fallback, amount, ATC, ARQC) → verify PIN → post → respond (with the ARPC when an ARQC
+verified, and the note mix of an approved withdrawal) → MAC the response. A repeat gets its
+stored answer, with the ARPC again when the first answer carried one. Each step either hands
+the context on or ends the request with an outcome; nothing after a decline posts anything.
+The deadline covers every call up to the posting; once the ledger write has started it runs to
+completion (bounded by the ledger's statement timeout), so a terminal is never told "declined"
+about money that moved. If the ledger goes away during the posting, the switch does not answer
+at all (see `PostingInDoubt`): the terminal's reversal settles it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from hsm.crypto import Algorithm
 from hsm.errors import HsmUnavailable, PinError
 from hsm.keys import StoredKey
 from hsm.pinblock import PinBlockFormat
+from ledger.cash import cash_out
 from ledger.codec import requested
 from ledger.errors import LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
-from ledger.model import Result
+from ledger.model import Result, Withdrawal
 from ledger.store import LedgerStore, Lookup
 from switch.chip import (
     CardRead,
@@ -272,6 +274,17 @@ class Flows:
             error=error,
         )
         return stored
+
+    async def check_cash(self, context: Context) -> Context | Outcome:
+        """A terminal out of cash declines a withdrawal at once: no PIN check, no ledger write
+        (the ledger's decision would decline it the same way, see ledger.rules.CASH_DECLINES)."""
+        lookup = context.lookup
+        assert lookup is not None, "look_up runs first"
+        terminal, request = lookup.snapshot.terminal, lookup.request
+        assert isinstance(request, Withdrawal), "a withdrawal's step"
+        if terminal is not None and cash_out(terminal.cassettes, request.currency):
+            return Outcome(ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="terminal out of cash")
+        return context
 
     async def check_card_read(self, context: Context) -> Context | Outcome:
         read, lookup = context.card_read, context.lookup
@@ -522,7 +535,7 @@ _FINANCIAL: Sequence[StepMethod] = (
 )
 STEPS: Mapping[Kind, Sequence[StepMethod]] = MappingProxyType(
     {
-        Kind.WITHDRAWAL: _FINANCIAL,
+        Kind.WITHDRAWAL: (*_FINANCIAL[:3], Flows.check_cash, *_FINANCIAL[3:]),
         Kind.BALANCE_INQUIRY: _FINANCIAL,
         Kind.TRANSFER: _FINANCIAL,
         # A reversal's F55 (the card's second cryptogram) is read for form only: the reversal

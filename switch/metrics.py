@@ -12,7 +12,7 @@ several processes, every second too (`refresh`), so that no process's share is o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -20,6 +20,8 @@ from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ledger.cash import CashLevel, cash_level
+from ledger.cassettes import CassetteCounts
 from switch.access import Refusal
 from switch.session import FINANCIAL_CLASSES
 from switch.tls import HandshakeFailure
@@ -213,14 +215,17 @@ class Metrics:
                 metric.set(value)
             self._copied[name] = value
 
-    def exposition(self, fleet_gauges: Mapping[str, float]) -> bytes:
+    def exposition(
+        self, fleet_gauges: Mapping[str, float], cash: Sequence[CassetteCounts] = ()
+    ) -> bytes:
         """The Prometheus text: this process's metrics (every process's, in multiprocess mode),
-        and `fleet_gauges`, values about the whole fleet computed for this scrape."""
+        `fleet_gauges`, values about the whole fleet computed for this scrape, and the
+        terminals' cash as last read from the ledger."""
         source: CollectorRegistry = self.registry
         if multiprocess():
             source = CollectorRegistry()
             MultiProcessCollector(source)
-        return generate_latest(_Scrape(source, fleet_gauges))
+        return generate_latest(_Scrape(source, fleet_gauges, cash))
 
 
 def _figure_metric(figure: Figure, registry: CollectorRegistry) -> Counter | Gauge:
@@ -234,13 +239,20 @@ def _figure_metric(figure: Figure, registry: CollectorRegistry) -> Counter | Gau
 class _Scrape:
     """One scrape's collector: the metrics, then the fleet's gauges of the moment."""
 
-    def __init__(self, source: CollectorRegistry, fleet_gauges: Mapping[str, float]) -> None:
+    def __init__(
+        self,
+        source: CollectorRegistry,
+        fleet_gauges: Mapping[str, float],
+        cash: Sequence[CassetteCounts],
+    ) -> None:
         self._source = source
         self._fleet_gauges = fleet_gauges
+        self._cash = cash
 
     def collect(self) -> Iterable[Metric]:
         yield from self._source.collect()
         yield from _gauges(self._fleet_gauges)
+        yield from cash_gauges(self._cash)
 
 
 def _gauges(values: Mapping[str, float]) -> Iterator[Metric]:
@@ -248,3 +260,44 @@ def _gauges(values: Mapping[str, float]) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(f"switch_{name}", FLEET_GAUGES[name])
         gauge.add_metric([], value)
         yield gauge
+
+
+# A terminal's cash level as a number, for alert expressions (`== 2`: out of cash).
+CASH_LEVEL_VALUES: Mapping[CashLevel, int] = {CashLevel.OK: 0, CashLevel.LOW: 1, CashLevel.OUT: 2}
+
+
+def cash_gauges(cash: Sequence[CassetteCounts]) -> Iterator[Metric]:
+    """Per terminal and cassette the notes left; per terminal its cash level; and how many
+    terminals are low or out (terminals without cassettes count notes nowhere: absent)."""
+    notes = GaugeMetricFamily(
+        "switch_terminal_cash_notes_remaining",
+        "Notes left in each cassette, as last read from the ledger.",
+        labels=["terminal_id", "cassette", "denomination_minor", "currency"],
+    )
+    levels = GaugeMetricFamily(
+        "switch_terminal_cash_level",
+        "Each terminal's cash: 0 ok, 1 low (a cassette at its low mark), 2 out.",
+        labels=["terminal_id"],
+    )
+    by_terminal: dict[str, list[CassetteCounts]] = {}
+    for cassette in cash:
+        by_terminal.setdefault(cassette.terminal_id, []).append(cassette)
+        notes.add_metric(
+            [cassette.terminal_id, str(cassette.cassette_no),
+             str(cassette.denomination_minor), cassette.currency],
+            cassette.remaining_notes,
+        )  # fmt: skip
+    counted = dict.fromkeys(CashLevel, 0)
+    for terminal_id, cassettes in sorted(by_terminal.items()):
+        level = cash_level((c.remaining_notes, c.low_notes) for c in cassettes)
+        assert level is not None, "a terminal listed has cassettes"
+        counted[level] += 1
+        levels.add_metric([terminal_id], CASH_LEVEL_VALUES[level])
+    yield notes
+    yield levels
+    for level in (CashLevel.LOW, CashLevel.OUT):
+        total = GaugeMetricFamily(
+            f"switch_terminals_cash_{level.value}", f"Terminals whose cash is {level.value}."
+        )
+        total.add_metric([], counted[level])
+        yield total

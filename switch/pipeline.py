@@ -38,8 +38,11 @@ from switch.iso8583.elements import (
     AVAILABLE_BALANCE,
     CURRENCY_NUMERIC,
     LEDGER_BALANCE,
+    NOTE_MIX_FIELD,
     AdditionalAmount,
+    NoteEntry,
     encode_additional_amounts,
+    encode_note_mix,
 )
 from switch.response_codes import ResponseCode
 from switch.transaction import Kind, Transaction
@@ -172,11 +175,16 @@ def answer(transaction: Transaction, result: Result, reason: str | None = None) 
 
 
 def result_fields(transaction: Transaction, result: Result) -> dict[int, str]:
-    """F38 on approval; F54 ledger and available balances where the ledger returned them."""
+    """F38 on approval; F54 ledger and available balances where the ledger returned them;
+    F121 the notes of an approved withdrawal at a terminal whose cassettes the host counts."""
     fields: dict[int, str] = {}
     if result.outcome is LedgerOutcome.APPROVED:
         # The journal entry's number; an inquiry posts nothing and carries zeros.
         fields[38] = f"{(result.entry_id or 0) % 1_000_000:06d}"
+    if result.notes is not None and result.notes.parts:
+        fields[NOTE_MIX_FIELD] = encode_note_mix(
+            [NoteEntry(p.cassette_no, p.denomination_minor, p.notes) for p in result.notes.parts]
+        )
     currency = CURRENCY_NUMERIC.get(result.currency)
     if currency is not None and transaction.kind in (Kind.BALANCE_INQUIRY, Kind.WITHDRAWAL):
         amounts = [

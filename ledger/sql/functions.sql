@@ -127,7 +127,8 @@ BEGIN
   UPDATE ledger.audit_heads SET seq = p_seq, hash = v_hash WHERE lane = p_lane;
 END $$;
 
--- What a repeat gets back, and what the store answers from: the stored outcome of one row.
+-- What a repeat gets back, and what the store answers from: the stored outcome of one row, with
+-- the notes it moved (0004_cash), so a repeated approval names the mix that was dispensed.
 CREATE OR REPLACE FUNCTION ledger.result_of(t ledger.transactions) RETURNS jsonb
   LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -136,7 +137,7 @@ BEGIN
     'amount_minor', t.amount_minor, 'currency', t.currency,
     'ledger_balance_minor', t.ledger_balance_minor,
     'available_balance_minor', t.available_balance_minor,
-    'business_date', t.business_date);
+    'business_date', t.business_date, 'notes', ledger.notes_of(t.transaction_id));
 END $$;
 
 -- Everything a decision about one request needs, as of now: the card (found by its PAN hash,
@@ -214,7 +215,8 @@ BEGIN
     'to_account_owner', v_to_owner,
     'terminal', CASE WHEN v_terminal.terminal_id IS NOT NULL THEN jsonb_build_object(
                   'terminal_id', v_terminal.terminal_id, 'status', v_terminal.status,
-                  'cash_account_id', v_terminal.cash_account_id) END,
+                  'cash_account_id', v_terminal.cash_account_id,
+                  'cassettes', ledger.cassettes_of(v_terminal.terminal_id)) END,
     'answered', CASE WHEN v_answered.transaction_id IS NOT NULL
                      THEN ledger.result_of(v_answered) END,
     'original', CASE WHEN v_original.transaction_id IS NOT NULL THEN jsonb_build_object(
@@ -408,7 +410,7 @@ CREATE OR REPLACE FUNCTION ledger.post_batch(
   checked_account_xmins bigint[], card_updates boolean[], card_statuses text[],
   card_pin_tries integer[], card_usage_days date[], card_usage_amounts_minor bigint[],
   card_usage_counts integer[], atcs integer[], authorisations bytea[],
-  chip_authorisations bytea[]
+  chip_authorisations bytea[], note_counts integer[]
 ) RETURNS TABLE (item integer, status text, result jsonb, state jsonb)
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 #variable_conflict use_column
@@ -655,6 +657,9 @@ BEGIN
     FROM unnest(v_items) v
     JOIN unnest(atcs) WITH ORDINALITY AS e(atc, position) ON e.position = v.position
    WHERE c.card_id = v.card_id AND v.status = 'write' AND e.atc IS NOT NULL;
+  -- ATM cash (0004_cash): the notes each written request moves, checked against the cassettes.
+  PERFORM ledger.dispense_notes(v_items, terminal_ids, kinds, outcomes, currencies,
+    original_transmission_times, original_stans, original_message_classes, note_counts);
 
   RETURN QUERY
     SELECT v.position, v.status,
@@ -805,7 +810,7 @@ GRANT EXECUTE ON FUNCTION
                     text[], bigint[], text[], text[], text[], text[], text[], text[], text[],
                     text[], bigint[], bigint[], date[], timestamptz[], text[], text[], text[],
                     text[], bigint[], bigint[], bigint[], boolean[], text[], integer[], date[],
-                    bigint[], integer[], integer[], bytea[], bytea[]),
+                    bigint[], integer[], integer[], bytea[], bytea[], integer[]),
   ledger.terminal_keys(text),
   ledger.set_session_keys(text, text, text, bytea),
   ledger.schema_state(),
@@ -1156,9 +1161,275 @@ GRANT EXECUTE ON FUNCTION
   ledger.latest_audit_check()
   TO ledger_switch;
 
+-- ATM cash (0004_cash): cassettes, the notes each request moves, replenishment.
+
+-- A terminal's cassettes as a decision reads them, in slot order.
+CREATE OR REPLACE FUNCTION ledger.cassettes_of(p_terminal_id text) RETURNS jsonb
+  LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'cassette_no', c.cassette_no, 'currency', c.currency,
+                   'denomination_minor', c.denomination_minor,
+                   'remaining_notes', c.remaining_notes, 'load_seq', c.load_seq)
+                 ORDER BY c.cassette_no), '[]')
+            FROM ledger.cassettes c WHERE c.terminal_id = p_terminal_id);
+END $$;
+
+-- The notes one transaction moved (positive: dispensed; negative: put back), in slot order.
+CREATE OR REPLACE FUNCTION ledger.notes_of(p_transaction_id bigint) RETURNS jsonb
+  LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'cassette_no', m.cassette_no, 'load_seq', m.load_seq,
+                   'denomination_minor', m.denomination_minor, 'notes', m.notes)
+                 ORDER BY m.cassette_no), '[]')
+            FROM ledger.note_movements m WHERE m.transaction_id = p_transaction_id);
+END $$;
+
+-- The notes of a post_batch's written requests, per request and cassette: note_counts holds one
+-- row per request (in the batch's order) and one column per cassette number, each the notes a
+-- withdrawal dispenses or a reversal puts back (never negative: the kind gives the direction).
+CREATE OR REPLACE FUNCTION ledger.notes_sent(
+  items ledger.post_item[], terminal_ids text[], kinds text[], note_counts integer[]
+) RETURNS TABLE (item integer, transaction_id bigint, terminal_id text, kind text,
+                 cassette_no integer, notes integer)
+  LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN QUERY
+    SELECT v.position, v.transaction_id, terminal_ids[v.position], kinds[v.position], slot.n,
+           note_counts[v.position][slot.n]
+      FROM unnest(items) v CROSS JOIN generate_subscripts(note_counts, 2) AS slot(n)
+     WHERE v.status = 'write' AND note_counts[v.position][slot.n] <> 0;
+END $$;
+
+-- Why the notes of one written request are not what the rules send, or NULL. A withdrawal at a
+-- terminal with cassettes carries the mix of its amount from them (how many each may give is
+-- checked over the whole batch); one at a terminal without cassettes (cash the host does not
+-- count) carries none. A reversal puts back notes its original dispensed, worth what it moves,
+-- unless a cassette was replenished since (those notes were counted out with the old load):
+-- then it puts back none. Nothing else moves notes.
+CREATE OR REPLACE FUNCTION ledger.notes_refusal(
+  p_kind text, p_moves boolean, p_move_minor bigint, p_currency text, p_terminal_id text,
+  p_original_id bigint, p_sent jsonb
+) RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  v_sent_notes integer := (SELECT coalesce(sum(value::integer), 0) FROM jsonb_each_text(p_sent));
+  v_negative boolean := EXISTS (SELECT 1 FROM jsonb_each_text(p_sent) WHERE value::integer < 0);
+  v_value_minor bigint;
+  v_unknown boolean;
+  v_other_currency boolean;
+  v_dispensed boolean;
+  v_same_load boolean;
+  v_over_original boolean;
+BEGIN
+  SELECT coalesce(sum(s.value::bigint * c.denomination_minor), 0),
+         bool_or(c.cassette_no IS NULL), bool_or(c.currency <> p_currency)
+    INTO v_value_minor, v_unknown, v_other_currency
+    FROM jsonb_each_text(p_sent) s
+    LEFT JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no) = (p_terminal_id, s.key::smallint);
+  IF v_negative THEN
+    RETURN 'a negative count of notes';
+  ELSIF v_sent_notes > 0 AND NOT (p_moves AND p_kind IN ('withdrawal', 'reversal')) THEN
+    RETURN format('notes on a request (%s) that moves no cash', p_kind);
+  ELSIF v_unknown THEN
+    RETURN 'notes from a cassette this terminal does not have';
+  ELSIF v_other_currency THEN
+    RETURN 'notes of another currency than the amount''s';
+  ELSIF p_kind = 'withdrawal' AND p_moves AND v_value_minor <> p_move_minor
+        AND EXISTS (SELECT 1 FROM ledger.cassettes c WHERE c.terminal_id = p_terminal_id) THEN
+    RETURN 'the note mix does not make the amount';
+  ELSIF p_kind = 'reversal' AND p_moves THEN
+    SELECT count(*) > 0, coalesce(bool_and(m.load_seq = c.load_seq), false),
+           coalesce(bool_or(coalesce((p_sent ->> m.cassette_no::text)::integer, 0) > m.notes), false)
+      INTO v_dispensed, v_same_load, v_over_original
+      FROM ledger.note_movements m
+      JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no) = (m.terminal_id, m.cassette_no)
+     WHERE m.transaction_id = p_original_id AND m.notes > 0;
+    IF NOT (v_dispensed AND v_same_load) AND v_sent_notes > 0 THEN
+      RETURN 'notes put back into a cassette its original did not dispense from, or since replenished';
+    ELSIF v_dispensed AND v_same_load AND (v_value_minor <> p_move_minor OR v_over_original
+          OR EXISTS (SELECT 1 FROM jsonb_each_text(p_sent) s
+                      WHERE NOT EXISTS (SELECT 1 FROM ledger.note_movements m
+                                         WHERE m.transaction_id = p_original_id
+                                           AND m.cassette_no = s.key::smallint AND m.notes > 0)))
+    THEN
+      RETURN 'the notes put back are not the undispensed part of the original''s mix';
+    END IF;
+  END IF;
+  RETURN NULL;
+END $$;
+
+-- Called by post_batch under its locks (the cash account of every terminal an approved
+-- withdrawal or reversal moves is locked, so one terminal's cassettes change in one transaction
+-- at a time): refuses, as post_batch's other refusals, notes the rules would never send, then
+-- records each request's notes and moves its cassettes' counts.
+CREATE OR REPLACE FUNCTION ledger.dispense_notes(
+  items ledger.post_item[], terminal_ids text[], kinds text[], outcomes text[],
+  currencies text[], original_transmission_times text[], original_stans text[],
+  original_message_classes text[], note_counts integer[]
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  v_refusal text;
+BEGIN
+  -- Only requests that carry notes or move cash are judged: declines and inquiries cost
+  -- nothing here.
+  SELECT r.refusal INTO v_refusal FROM (
+    SELECT ledger.notes_refusal(
+             kinds[v.position], outcomes[v.position] = 'approved' AND v.move_minor > 0,
+             v.move_minor, currencies[v.position], terminal_ids[v.position], o.transaction_id,
+             coalesce(sent.notes, '{}')) AS refusal
+      FROM unnest(items) v
+      LEFT JOIN (SELECT s.item, jsonb_object_agg(s.cassette_no, s.notes) AS notes
+                   FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
+                  GROUP BY s.item) sent ON sent.item = v.position
+      LEFT JOIN ledger.transactions o
+        ON kinds[v.position] = 'reversal'
+       AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
+         = (v.customer_id, terminal_ids[v.position], original_transmission_times[v.position],
+            original_stans[v.position], original_message_classes[v.position])
+     WHERE v.status = 'write'
+       AND (sent.notes IS NOT NULL OR (v.move_minor > 0 AND outcomes[v.position] = 'approved'
+            AND kinds[v.position] IN ('withdrawal', 'reversal')))) r
+   WHERE r.refusal IS NOT NULL LIMIT 1;
+  IF v_refusal IS NULL AND EXISTS (
+       SELECT 1 FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
+         JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no) = (s.terminal_id, s.cassette_no)
+        WHERE s.kind = 'withdrawal'
+        GROUP BY c.terminal_id, c.cassette_no, c.remaining_notes
+       HAVING sum(s.notes) > c.remaining_notes) THEN
+    v_refusal := 'more notes than the cassette holds';
+  END IF;
+  IF v_refusal IS NOT NULL THEN
+    RAISE EXCEPTION 'refused: %', v_refusal USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  WITH moved AS (
+    INSERT INTO ledger.note_movements
+      SELECT s.transaction_id, s.terminal_id, s.cassette_no, c.load_seq, c.denomination_minor,
+             CASE WHEN s.kind = 'withdrawal' THEN s.notes ELSE -s.notes END
+        FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
+        JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no) = (s.terminal_id, s.cassette_no)
+    RETURNING terminal_id, cassette_no, notes)
+  UPDATE ledger.cassettes c SET dispensed_notes = c.dispensed_notes + m.notes
+    FROM (SELECT terminal_id, cassette_no, sum(notes) AS notes FROM moved GROUP BY 1, 2) m
+   WHERE (c.terminal_id, c.cassette_no) = (m.terminal_id, m.cassette_no);
+END $$;
+
+-- An operator's replenishment (the owner's tool, or an operator through the operations app):
+-- the cassette taken out (its notes left and those in the reject bin go back to the vault) and
+-- one of `p_notes` notes put in. The switch role may call it: it moves money only between two
+-- house accounts, and every call is journalled and recorded.
+-- The difference in money is posted between the terminal's cash account and the house vault
+-- account of the currency and journalled like any transaction; the counts start again and
+-- the replenishment is recorded. `p_denomination_minor`, when given, must be the cassette's.
+CREATE OR REPLACE FUNCTION ledger.replenish_cassette(
+  p_terminal_id text, p_cassette_no integer, p_notes integer, p_denomination_minor bigint,
+  p_at timestamptz, p_by text
+) RETURNS ledger.replenishments
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+DECLARE
+  v_terminal ledger.terminals;
+  v_cassette ledger.cassettes;
+  v_currency text;
+  v_vault_id bigint;
+  v_move_minor bigint;
+  v_id bigint;
+  v_lane integer;
+  v_seq bigint;
+  v_prev_hash bytea;
+  v_row ledger.transactions;
+  v_record ledger.replenishments;
+BEGIN
+  IF p_notes < 0 THEN
+    RAISE EXCEPTION 'a cassette cannot hold % notes', p_notes
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT * INTO v_terminal FROM ledger.terminals WHERE terminal_id = p_terminal_id;
+  v_currency := (SELECT currency FROM ledger.cassettes
+                  WHERE (terminal_id, cassette_no) = (p_terminal_id, p_cassette_no));
+  IF v_currency IS NULL THEN
+    RAISE EXCEPTION 'terminal % has no cassette %', p_terminal_id, p_cassette_no
+      USING ERRCODE = 'no_data_found';
+  END IF;
+  INSERT INTO ledger.accounts (customer_id, account_number, type_code, currency)
+    VALUES (0, 'VAULT-' || v_currency, 'funding', v_currency)
+    ON CONFLICT (account_number) DO NOTHING;
+  v_vault_id := (SELECT account_id FROM ledger.accounts WHERE account_number = 'VAULT-' || v_currency);
+  -- Locks as post_batch takes them: accounts by id first, then the cassette, then a lane.
+  PERFORM 1 FROM ledger.accounts WHERE account_id IN (v_terminal.cash_account_id, v_vault_id)
+    ORDER BY account_id FOR UPDATE;
+  SELECT * INTO STRICT v_cassette FROM ledger.cassettes
+   WHERE (terminal_id, cassette_no) = (p_terminal_id, p_cassette_no) FOR UPDATE;
+  IF p_denomination_minor IS DISTINCT FROM NULL
+     AND p_denomination_minor <> v_cassette.denomination_minor THEN
+    RAISE EXCEPTION 'cassette % of terminal % holds notes of %, not %', p_cassette_no,
+      p_terminal_id, v_cassette.denomination_minor, p_denomination_minor
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  v_move_minor := (p_notes - v_cassette.remaining_notes - v_cassette.rejected_notes)::bigint
+                  * v_cassette.denomination_minor;
+  IF v_move_minor <> 0 THEN
+    v_id := nextval('ledger.transaction_ids');
+    SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash FROM ledger.open_block() b;
+    v_row := ROW(v_id, 0, p_terminal_id, to_char(p_at AT TIME ZONE 'UTC', 'MMDDHH24MISS'),
+                 v_id::text, 'replenishment', 'replenishment', 'approved', '00', abs(v_move_minor),
+                 v_currency, abs(v_move_minor), v_currency, NULL, NULL,
+                 (p_at AT TIME ZONE 'UTC')::date, p_at, '', '', '', '', NULL, NULL, NULL, NULL,
+                 v_lane, v_seq, '\x'::bytea)::ledger.transactions;
+    -- Cash into the ATM is a debit of its cash account (withdrawals credit it), so the cash
+    -- account's balance is minus the notes the host counts in the ATM.
+    v_row.leaf := ledger.leaf(v_row, (
+      SELECT string_agg(ledger.leg_line(a.account_id, a.customer_id, x.amount_minor, a.currency),
+                        E'\n' ORDER BY a.account_id)
+        FROM (VALUES (v_terminal.cash_account_id, -v_move_minor), (v_vault_id, v_move_minor))
+             AS x(account_id, amount_minor)
+        JOIN ledger.accounts a USING (account_id)));
+    INSERT INTO ledger.transactions SELECT (v_row).*;
+    INSERT INTO ledger.postings
+      SELECT v_id, a.account_id, a.customer_id, x.amount_minor, a.currency
+        FROM (VALUES (v_terminal.cash_account_id, -v_move_minor), (v_vault_id, v_move_minor))
+             AS x(account_id, amount_minor)
+        JOIN ledger.accounts a USING (account_id);
+    UPDATE ledger.accounts SET balance_minor = balance_minor + CASE account_id
+        WHEN v_vault_id THEN v_move_minor ELSE -v_move_minor END
+     WHERE account_id IN (v_terminal.cash_account_id, v_vault_id);
+    PERFORM ledger.close_block(v_lane, v_seq, v_prev_hash, now(), 1, v_row.leaf);
+  END IF;
+  UPDATE ledger.cassettes SET loaded_notes = p_notes, dispensed_notes = 0, rejected_notes = 0,
+         load_seq = load_seq + 1, loaded_at = p_at
+   WHERE (terminal_id, cassette_no) = (p_terminal_id, p_cassette_no);
+  INSERT INTO ledger.replenishments (terminal_id, cassette_no, load_seq, replenished_at,
+                                     replenished_by, currency, denomination_minor, loaded_notes,
+                                     previous_loaded_notes, previous_dispensed_notes,
+                                     previous_rejected_notes, previous_remaining_notes,
+                                     transaction_id)
+    VALUES (p_terminal_id, p_cassette_no, v_cassette.load_seq + 1, p_at, p_by, v_currency,
+            v_cassette.denomination_minor, p_notes, v_cassette.loaded_notes,
+            v_cassette.dispensed_notes, v_cassette.rejected_notes, v_cassette.remaining_notes,
+            v_id)
+  RETURNING * INTO v_record;
+  RETURN v_record;
+END $$;
+
+-- Every terminal's cassettes, for the fleet view and the metrics (no card data).
+CREATE OR REPLACE FUNCTION ledger.cash_state()
+  RETURNS TABLE (terminal_id text, cassette_no integer, currency text,
+                 denomination_minor bigint, loaded_notes integer, dispensed_notes integer,
+                 rejected_notes integer, remaining_notes integer, low_notes integer)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT c.terminal_id, c.cassette_no, c.currency, c.denomination_minor, c.loaded_notes,
+         c.dispensed_notes, c.rejected_notes, c.remaining_notes, c.low_notes
+    FROM ledger.cassettes c ORDER BY c.terminal_id, c.cassette_no
+$$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ledger.cash_state(),
+  ledger.replenish_cassette(text, integer, integer, bigint, timestamptz, text) TO ledger_switch;
+
+
 -- Superseded signatures: none may be left in a database migrated before, for anyone to call.
 -- A post_batch without the atcs array has no ATC check (0003_emv); one without the chip words
--- moves an ATC on the switch's say-so; set_session_keys without the HSM's word copies keys.
+-- moves an ATC on the switch's say-so; one without note_counts moves no notes (0004_cash);
+-- set_session_keys without the HSM's word copies keys.
 DROP FUNCTION IF EXISTS ledger.post_batch(
   bytea[], text[], text[], text[], text[], text[], text[], text[], bigint[], text[], bigint[],
   text[], text[], text[], text[], text[], text[], text[], text[], bigint[], bigint[], date[],
@@ -1169,6 +1440,11 @@ DROP FUNCTION IF EXISTS ledger.post_batch(
   text[], text[], text[], text[], text[], text[], text[], text[], bigint[], bigint[], date[],
   timestamptz[], text[], text[], text[], text[], bigint[], bigint[], bigint[], boolean[], text[],
   integer[], date[], bigint[], integer[], integer[], bytea[]);
+DROP FUNCTION IF EXISTS ledger.post_batch(
+  bytea[], text[], text[], text[], text[], text[], text[], text[], bigint[], text[], bigint[],
+  text[], text[], text[], text[], text[], text[], text[], text[], bigint[], bigint[], date[],
+  timestamptz[], text[], text[], text[], text[], bigint[], bigint[], bigint[], boolean[], text[],
+  integer[], date[], bigint[], integer[], integer[], bytea[], bytea[]);
 DROP FUNCTION IF EXISTS ledger.set_session_keys(text, text, text);
 DROP FUNCTION IF EXISTS ledger.authorisation_valid(
   ledger.authorisation_key, bytea, text, text, text, text, bytea, bigint, text);

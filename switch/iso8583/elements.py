@@ -1,4 +1,4 @@
-"""Composite data elements: the fixed layouts inside fields 48, 54, 90 and 95. Pure."""
+"""Composite data elements: the fixed layouts inside fields 48, 54, 90, 95 and 121. Pure."""
 
 from __future__ import annotations
 
@@ -122,3 +122,47 @@ class KeyChangeData:
             raise ElementFormatError("field 48 key change is 76 hex characters")
         text = text.upper()
         return cls(text[0:32], text[32:38], text[38:70], text[70:76])
+
+
+# Field 121 (private use) of an approved withdrawal's 0210: the notes to dispense (docs/cash.md).
+NOTE_MIX_FIELD = 121
+_NOTE_ENTRY = re.compile(r"([0-9]{2})([0-9]{12})([0-9]{3})")
+_NOTE_ENTRY_CHARS = 17
+_NOTE_ENTRIES_MAX = 8
+
+
+@dataclass(frozen=True, slots=True)
+class NoteEntry:
+    """One 17-character field 121 entry: cassette number (2 digits), its denomination in minor
+    units (12 digits, as the amount fields) and the notes to take from it (3 digits)."""
+
+    cassette_no: int
+    denomination_minor: int
+    notes: int
+
+    def encode(self) -> str:
+        assert 1 <= self.cassette_no <= 99, self.cassette_no
+        assert 0 < self.denomination_minor < 10**_AMOUNT_DIGITS, self.denomination_minor
+        assert 0 < self.notes <= 999, self.notes
+        return f"{self.cassette_no:02d}{self.denomination_minor:012d}{self.notes:03d}"
+
+
+def encode_note_mix(entries: Sequence[NoteEntry]) -> str:
+    assert 0 < len(entries) <= _NOTE_ENTRIES_MAX, "field 121 holds one to eight cassettes"
+    return "".join(entry.encode() for entry in entries)
+
+
+def decode_note_mix(text: str) -> list[NoteEntry]:
+    entries = len(text) // _NOTE_ENTRY_CHARS
+    if not text or len(text) % _NOTE_ENTRY_CHARS or entries > _NOTE_ENTRIES_MAX:
+        raise ElementFormatError("field 121 is one to eight entries of 17 digits")
+    decoded = []
+    for start in range(0, len(text), _NOTE_ENTRY_CHARS):
+        match = _NOTE_ENTRY.fullmatch(text[start : start + _NOTE_ENTRY_CHARS])
+        if match is None:
+            raise ElementFormatError(f"field 121 entry at character {start} is not 17 digits")
+        cassette, denomination, notes = (int(group) for group in match.groups())
+        if not cassette or not denomination or not notes:
+            raise ElementFormatError(f"field 121 entry at character {start} has a zero")
+        decoded.append(NoteEntry(cassette, denomination, notes))
+    return decoded

@@ -140,10 +140,15 @@ async def pin_data(pan: str, keys: DevKeys) -> dict[str, Any]:
 
 
 async def load_world(
-    owner: asyncpg.Connection, keys: DevKeys, customers: int, terminals: int, **card: Any
+    owner: asyncpg.Connection,
+    keys: DevKeys,
+    customers: int,
+    terminals: int,
+    cassettes: list[dict[str, int]] | None = None,
+    **card: Any,
 ) -> World:
     world = World()
-    data = world.fixtures(customers, terminals, card=card or None)
+    data = world.fixtures(customers, terminals, card=card or None, cassettes=cassettes)
     for entry in data["customers"]:
         for card_entry in entry["cards"]:
             card_entry["pin"] = await pin_data(card_entry["pan"], keys)
@@ -168,7 +173,8 @@ def hsm_core(dev_keys: DevKeys) -> SoftHsm:
 
 @pytest.fixture
 async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[StackFactory]:
-    """Builds a stack; `customers`, `terminals`, card overrides and ledger settings vary."""
+    """Builds a stack; `customers`, `terminals` (and their `cassettes`), card overrides and
+    ledger settings vary."""
     built: list[tuple[Stack, NetworkHSM]] = []
 
     async def build(
@@ -177,6 +183,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         *,
         cross_customer: bool = False,
         hsms: int = 1,
+        cassettes: list[dict[str, int]] | None = None,
         **card: Any,
     ) -> Stack:
         owner = await asyncpg.connect(pg_cluster.owner_dsn)
@@ -184,7 +191,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         await owner.execute(
             "UPDATE ledger.policy SET cross_customer_transfers = $1", cross_customer
         )
-        world = await load_world(owner, dev_keys, customers, terminals, **card)
+        world = await load_world(owner, dev_keys, customers, terminals, cassettes, **card)
         hsm_servers = [
             HsmServer(hsm_core(dev_keys), ServerConfig(host="127.0.0.1", port=0))
             for _ in range(hsms)

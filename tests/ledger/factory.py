@@ -52,6 +52,7 @@ class World:
         balance_minor: int = 100_000,
         floor_minor: int = 0,
         card: dict[str, Any] | None = None,
+        cassettes: list[dict[str, int]] | None = None,
     ) -> dict[str, Any]:
         data: dict[str, Any] = {"customers": [], "terminals": []}
         for _ in range(customers):
@@ -90,6 +91,9 @@ class World:
                     "tmk": f"TMK-{terminal_id}",
                 }
             )
+        if cassettes:
+            for entry in data["terminals"]:
+                entry["cassettes"] = cassettes
         return data
 
     async def load(self, conn: Connection, customers: int, terminals: int = 1, **kw: Any) -> None:

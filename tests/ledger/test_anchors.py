@@ -210,7 +210,8 @@ async def test_a_truncated_journal(journal: Journal) -> None:
     await _tamper(
         journal,
         f"""
-        TRUNCATE ledger.postings, ledger.transactions, ledger.audit_blocks;
+        TRUNCATE ledger.postings, ledger.note_movements, ledger.replenishments,
+          ledger.transactions, ledger.audit_blocks;
         UPDATE ledger.audit_heads SET seq = 0, hash = decode(repeat('00', 32), 'hex');
         {_REBALANCE}
         """,

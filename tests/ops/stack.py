@@ -306,6 +306,7 @@ async def ops_stack(
     world: World | None = None,
     customers: int = 2,
     terminals: int = 2,
+    cassettes: list[dict[str, int]] | None = None,
     receiver: Receiver | None = None,
     alerts: Mapping[str, Any] | None = None,
     operations: Mapping[str, Any] | None = None,
@@ -322,7 +323,7 @@ async def ops_stack(
     async with contextlib.AsyncExitStack() as stack:
         edges = await _edges(stack, db)
         if world is None:
-            world = await load_world(edges.owner, keys, customers, terminals)
+            world = await load_world(edges.owner, keys, customers, terminals, cassettes)
         settings = replace(
             ALERTS,
             **(alerts or {}),

@@ -105,8 +105,19 @@ EVENT_MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("POST", "/alerts/{alert_id}/acknowledge"): (404, 403, 403, 401, 401),
     ("POST", "/alerts/audit-verify"): (404, 403, 403, 401, 401),
     ("GET", "/reports/sla"): (200, 200, 403, 401, 401),
+    # No body: the operator is let through, and told what to send.
+    ("POST", "/terminals/{terminal_id}/cassettes/{cassette}/replenish"): (
+        400,
+        403,
+        403,
+        401,
+        401,
+    ),
 }
 EVENT_TARGETS = {
+    "/terminals/{terminal_id}/cassettes/{cassette}/replenish": (
+        "/terminals/NOSUCH01/cassettes/1/replenish"
+    ),
     "/alerts/{alert_id}/acknowledge": "/alerts/987654321/acknowledge",
     "/reports/sla": "/reports/sla?from=2026-11-23&to=2026-11-23",
 }
@@ -143,7 +154,11 @@ async def test_the_endpoints_need_the_token(ops_db: OpsDatabase, dev_keys: DevKe
 async def test_every_metric_the_rules_file_uses_is_exposed(
     ops_db: OpsDatabase, dev_keys: DevKeys
 ) -> None:
-    async with ops_stack(ops_db, dev_keys, terminals=1, audit_dsn=ops_db.owner_dsn) as stack:
+    async with ops_stack(
+        ops_db, dev_keys, terminals=1, audit_dsn=ops_db.owner_dsn, cassettes=[
+            {"cassette": 1, "denomination_minor": 2_000, "notes": 10},
+        ],
+    ) as stack:  # fmt: skip
         checker = stack.operations.checker
         assert checker is not None
         assert checker.request()
@@ -202,4 +217,4 @@ def test_the_prometheus_rules_pass_promtool_check_and_their_unit_tests() -> None
         )
         assert done.returncode == 0, done.stdout + done.stderr
         outputs.append(done.stdout)
-    assert "SUCCESS: 10 rules found" in outputs[0]
+    assert "SUCCESS: 12 rules found" in outputs[0]

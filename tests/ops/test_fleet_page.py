@@ -97,6 +97,8 @@ async def test_the_page_is_live_from_the_first_load_and_says_when_the_switch_is_
     assert (await page.wait_for(seen)).endswith(" s ago")
     codes = "document.querySelector('#rows tr[data-terminal=\"KIOSK001\"] .codes').textContent"
     await page.wait_for(f"{codes} === '00 × 1'")  # its traffic, flushed a moment later
+    cash = "document.querySelector('#rows tr[data-terminal=\"KIOSK003\"] .cash').textContent"
+    assert await page.evaluate(cash) == "ok: 1·100 2·300"  # the demo's USD cassettes
     summary = "document.getElementById('summary-terminals-up').querySelector('b').textContent"
     assert await page.evaluate(summary) == "1"
     assert await page.evaluate("document.getElementById('banner').hidden")
