@@ -60,8 +60,9 @@ async def _configure(cluster: LocalCluster, info: ClusterInfo, explain: bool) ->
     """pg_stat_statements preloaded (a restart), nested statements and planning tracked."""
     conn = await asyncpg.connect(info.superuser_dsn)
     try:
-        preload = "pg_stat_statements,auto_explain" if explain else "pg_stat_statements"
-        await conn.execute(f"ALTER SYSTEM SET shared_preload_libraries = '{preload}'")
+        # One quoted name per library: a single 'a,b' is taken as one library named "a,b".
+        preload = "'pg_stat_statements', 'auto_explain'" if explain else "'pg_stat_statements'"
+        await conn.execute(f"ALTER SYSTEM SET shared_preload_libraries = {preload}")
     finally:
         await conn.close()
     await asyncio.to_thread(cluster.restart, down_ms=0)
