@@ -131,6 +131,26 @@ async def _verify_books(conn: Connection, report: VerifyReport, *, timeout_ms: i
         report.books.append(
             f"transaction {row['transaction_id']}: {row['currency']} does not balance"
         )
+    # What foreign keys would refuse (transactions and postings have none: see the baseline).
+    for row in await conn.fetch(_STRAY_ROWS, timeout=timeout_s):
+        report.books.append(row["stray"])
+
+
+_STRAY_ROWS = """
+SELECT format('posting %s/%s: no such transaction', p.transaction_id, p.account_id) AS stray
+  FROM ledger.postings p
+ WHERE NOT EXISTS (SELECT FROM ledger.transactions t WHERE t.transaction_id = p.transaction_id)
+UNION ALL
+SELECT format('posting %s/%s: not an account of customer %s', p.transaction_id, p.account_id,
+              p.customer_id)
+  FROM ledger.postings p
+ WHERE NOT EXISTS (SELECT FROM ledger.accounts a
+                    WHERE (a.account_id, a.customer_id) = (p.account_id, p.customer_id))
+UNION ALL
+SELECT format('transaction %s: no such customer %s', t.transaction_id, t.customer_id)
+  FROM ledger.transactions t
+ WHERE NOT EXISTS (SELECT FROM ledger.customers c WHERE c.customer_id = t.customer_id)
+"""
 
 
 async def verify(

@@ -93,6 +93,11 @@ def columns(items: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*items, strict=True)]
 
 
+def empty_columns(item: type[tuple[Any, ...]]) -> list[list[Any]]:
+    """The columns of an empty batch of `item` (ReadItem or WriteItem)."""
+    return [[] for _ in item._fields]  # type: ignore[attr-defined]
+
+
 def _placeholders(count: int) -> str:
     return ", ".join(f"${n}" for n in range(1, count + 1))
 

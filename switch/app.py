@@ -330,17 +330,22 @@ async def serve(settings: Settings) -> None:
             write_timeout_ms=settings.ledger.statement_timeout_ms + 1_000,
         )
         server = SwitchServer(settings.listener, flows, observer=monitor)
-        async with running_operations(
-            settings.operations,
-            settings.alerts,
-            recorder=recorder,
-            store=operations_store,
-            probe=lambda: readiness(hsm, ledger),
-            cutover=settings.ledger.business_day_cutover,
-            audit_dsn=await journal_dsn(settings),
-            clock=clock,
-            certificates=watched_certificates(settings, monitor),
-        ) as operations:
+        async with (
+            running_operations(
+                settings.operations,
+                settings.alerts,
+                recorder=recorder,
+                store=operations_store,
+                probe=lambda: readiness(hsm, ledger),
+                cutover=settings.ledger.business_day_cutover,
+                audit_dsn=await journal_dsn(settings),
+                clock=clock,
+                certificates=watched_certificates(settings, monitor),
+            ) as operations,
+            _stop_on_signal() as stop,
+        ):
+            # Signals are handled from here on: a terminal served as soon as the listener opens
+            # may be done, and its operator send SIGINT, before the admin app has started.
             await start_listener(server)
             try:
                 async with running_admin(
@@ -351,7 +356,7 @@ async def serve(settings: Settings) -> None:
                     # pauses every request in flight for the whole heap (~55,000 objects,
                     # 15-20 ms).
                     gc.freeze()
-                    await _wait_for_signal()
+                    await stop.wait()
                     log.info("shutdown_requested", grace_ms=settings.shutdown_grace_ms)
             finally:
                 await server.shutdown(settings.shutdown_grace_ms)
@@ -361,13 +366,15 @@ async def serve(settings: Settings) -> None:
                     mark_process_dead(os.getpid())
 
 
-async def _wait_for_signal() -> None:
+@contextlib.asynccontextmanager
+async def _stop_on_signal() -> AsyncIterator[asyncio.Event]:
+    """An event SIGTERM or SIGINT sets, for as long as the context lasts."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -8,90 +8,126 @@
 -- the operation (never from the caller), refuse what the switch would never ask for, and write
 -- the journal record and its audit block.
 
--- Functions are PL/pgSQL where they run per request: their plans are cached per session (a
--- SQL-language function that is not inlined is planned again at every call).
+-- Functions are PL/pgSQL where they run statements per request (their plans are cached per
+-- session), and SQL where they are one expression: a SQL function the planner inlines costs
+-- nothing of its own, but one it does not inline is planned again at every call. It inlines a
+-- function whose body is no more volatile than declared and uses each argument once (or only
+-- cheap ones more than once); pg_stat_statements shows any that is not (a plan per call).
 
--- The per-item facts post_batch derives under lock, between its statements.
-DROP TYPE IF EXISTS ledger.post_item CASCADE;
-CREATE TYPE ledger.post_item AS (
-  position integer,
-  customer_id bigint,
-  card_id bigint,
-  -- 'write', 'answered' (its key is already in transactions) or 'stale' (decided on state that
-  -- changed since its read: decide again)
-  status text,
-  transaction_id bigint,
-  source_account_id bigint,
-  destination_account_id bigint,
-  move_minor bigint,
-  card_update boolean,
-  refusal text
-);
+-- What post_batch hands the cash functions (0004_cash) about each request of its batch, after
+-- its one statement has judged and written them. Dropped first (with the functions that take it,
+-- created again below) so that this file stays the one definition of it.
+DROP TYPE IF EXISTS ledger.written_request CASCADE;
+CREATE TYPE ledger.written_request AS (
+  position integer, status text, transaction_id bigint, customer_id bigint, move_minor bigint);
+
+-- ATM cash (0004_cash), read by read_batch and result_of below.
+
+-- A terminal's cassettes as a decision reads them, in slot order.
+CREATE OR REPLACE FUNCTION ledger.cassettes_of(p_terminal_id text) RETURNS jsonb
+  LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'cassette_no', c.cassette_no, 'currency', c.currency,
+                   'denomination_minor', c.denomination_minor,
+                   'remaining_notes', c.remaining_notes, 'load_seq', c.load_seq)
+                 ORDER BY c.cassette_no), '[]')
+            FROM ledger.cassettes c WHERE c.terminal_id = p_terminal_id);
+END $$;
+
+-- The notes one transaction moved (positive: dispensed; negative: put back), in slot order.
+CREATE OR REPLACE FUNCTION ledger.notes_of(p_transaction_id bigint) RETURNS jsonb
+  LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'cassette_no', m.cassette_no, 'load_seq', m.load_seq,
+                   'denomination_minor', m.denomination_minor, 'notes', m.notes)
+                 ORDER BY m.cassette_no), '[]')
+            FROM ledger.note_movements m WHERE m.transaction_id = p_transaction_id);
+END $$;
 
 -- One field of the canonical text a leaf hashes: "name=value", or "name" alone for NULL.
 CREATE OR REPLACE FUNCTION ledger.leaf_field(name text, value text) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT CASE WHEN value IS NULL THEN name ELSE name || '=' || value END
+  SELECT coalesce(name || '=' || value, name)
 $$;
 
 -- The SHA-256 leaf of one transaction: every column but the leaf itself, then its legs in
--- account order. ledger/journal.py computes the same bytes; docs/audit.md specifies them.
--- PL/pgSQL, not SQL: called with a row built in the query, a SQL function would not be inlined
--- and would be planned again at every call (milliseconds, measured); PL/pgSQL keeps its plan.
-CREATE OR REPLACE FUNCTION ledger.leaf(t ledger.transactions, legs text) RETURNS bytea
-  LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
-BEGIN
-  RETURN sha256(convert_to(concat_ws(E'\n',
+-- account order (ledger.leg_line lines, or NULL for none). ledger/journal.py computes the same
+-- bytes; docs/audit.md specifies them. One argument per column, each used once, so the planner
+-- inlines it into the statement that writes the row.
+CREATE OR REPLACE FUNCTION ledger.leaf(
+  transaction_id bigint, customer_id bigint, terminal_id text, transmission_time text,
+  stan text, message_class text, kind text, outcome text, response_code text,
+  amount_minor bigint, currency text, requested_minor bigint, requested_currency text,
+  ledger_balance_minor bigint, available_balance_minor bigint, business_date date,
+  recorded_at timestamptz, pan_masked text, mti text, processing_code text, rrn text,
+  original_transmission_time text, original_stan text, original_message_class text,
+  reversal_state text, lane integer, block_seq bigint, legs text
+) RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT sha256(convert_to(concat_ws(E'\n',
     'kiosk-switch leaf v1',
-    ledger.leaf_field('transaction_id', t.transaction_id::text),
-    ledger.leaf_field('customer_id', t.customer_id::text),
-    ledger.leaf_field('terminal_id', t.terminal_id),
-    ledger.leaf_field('transmission_time', t.transmission_time),
-    ledger.leaf_field('stan', t.stan),
-    ledger.leaf_field('message_class', t.message_class),
-    ledger.leaf_field('kind', t.kind),
-    ledger.leaf_field('outcome', t.outcome),
-    ledger.leaf_field('response_code', t.response_code),
-    ledger.leaf_field('amount_minor', t.amount_minor::text),
-    ledger.leaf_field('currency', t.currency),
-    ledger.leaf_field('requested_minor', t.requested_minor::text),
-    ledger.leaf_field('requested_currency', t.requested_currency),
-    ledger.leaf_field('ledger_balance_minor', t.ledger_balance_minor::text),
-    ledger.leaf_field('available_balance_minor', t.available_balance_minor::text),
-    ledger.leaf_field('business_date', t.business_date::text),
+    ledger.leaf_field('transaction_id', transaction_id::text),
+    ledger.leaf_field('customer_id', customer_id::text),
+    ledger.leaf_field('terminal_id', terminal_id),
+    ledger.leaf_field('transmission_time', transmission_time),
+    ledger.leaf_field('stan', stan),
+    ledger.leaf_field('message_class', message_class),
+    ledger.leaf_field('kind', kind),
+    ledger.leaf_field('outcome', outcome),
+    ledger.leaf_field('response_code', response_code),
+    ledger.leaf_field('amount_minor', amount_minor::text),
+    ledger.leaf_field('currency', currency),
+    ledger.leaf_field('requested_minor', requested_minor::text),
+    ledger.leaf_field('requested_currency', requested_currency),
+    ledger.leaf_field('ledger_balance_minor', ledger_balance_minor::text),
+    ledger.leaf_field('available_balance_minor', available_balance_minor::text),
+    ledger.leaf_field('business_date', business_date::text),
     ledger.leaf_field('recorded_at_us',
-                      (extract(epoch FROM t.recorded_at) * 1000000)::bigint::text),
-    ledger.leaf_field('pan_masked', t.pan_masked),
-    ledger.leaf_field('mti', t.mti),
-    ledger.leaf_field('processing_code', t.processing_code),
-    ledger.leaf_field('rrn', t.rrn),
-    ledger.leaf_field('original_transmission_time', t.original_transmission_time),
-    ledger.leaf_field('original_stan', t.original_stan),
-    ledger.leaf_field('original_message_class', t.original_message_class),
-    ledger.leaf_field('reversal_state', t.reversal_state),
-    ledger.leaf_field('lane', t.lane::text),
-    ledger.leaf_field('block_seq', t.block_seq::text),
-    legs), 'UTF8'));
-END $$;
+                      (extract(epoch FROM recorded_at) * 1000000)::bigint::text),
+    ledger.leaf_field('pan_masked', pan_masked),
+    ledger.leaf_field('mti', mti),
+    ledger.leaf_field('processing_code', processing_code),
+    ledger.leaf_field('rrn', rrn),
+    ledger.leaf_field('original_transmission_time', original_transmission_time),
+    ledger.leaf_field('original_stan', original_stan),
+    ledger.leaf_field('original_message_class', original_message_class),
+    ledger.leaf_field('reversal_state', reversal_state),
+    ledger.leaf_field('lane', lane::text),
+    ledger.leaf_field('block_seq', block_seq::text),
+    legs), 'UTF8'))
+$$;
 
--- The legs part of a leaf: "leg=account:customer:amount:currency" lines in account order.
+-- The leaf of a transaction row (post_opening builds one; so does an auditor's rehash).
+CREATE OR REPLACE FUNCTION ledger.leaf(t ledger.transactions, legs text) RETURNS bytea
+  LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT ledger.leaf(t.transaction_id, t.customer_id, t.terminal_id, t.transmission_time, t.stan,
+    t.message_class, t.kind, t.outcome, t.response_code, t.amount_minor, t.currency,
+    t.requested_minor, t.requested_currency, t.ledger_balance_minor, t.available_balance_minor,
+    t.business_date, t.recorded_at, t.pan_masked, t.mti, t.processing_code, t.rrn,
+    t.original_transmission_time, t.original_stan, t.original_message_class, t.reversal_state,
+    t.lane, t.block_seq, legs)
+$$;
+
+-- One leg of a leaf: "leg=account:customer:amount:currency". (format() would make it stable,
+-- and an immutable function calling a stable one is not inlined.)
 CREATE OR REPLACE FUNCTION ledger.leg_line(account_id bigint, customer_id bigint,
                                            amount_minor bigint, currency text) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT format('leg=%s:%s:%s:%s', account_id, customer_id, amount_minor, currency)
+  SELECT 'leg=' || account_id::text || ':' || customer_id::text || ':' || amount_minor::text
+         || ':' || currency
 $$;
 
 -- The hash of a block: the previous block's hash, the block's place and time, then its leaves.
 CREATE OR REPLACE FUNCTION ledger.block_hash(prev_hash bytea, lane integer, seq bigint,
                                              transactions integer, recorded_at timestamptz,
                                              leaves bytea)
-  RETURNS bytea LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
-BEGIN
-  RETURN sha256(prev_hash || convert_to(format(
-    E'kiosk-switch block v1\nlane=%s\nseq=%s\ntransactions=%s\nrecorded_at_us=%s\n',
-    lane, seq, transactions, (extract(epoch FROM recorded_at) * 1000000)::bigint), 'UTF8')
-    || leaves);
-END $$;
+  RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT sha256(prev_hash || convert_to(
+    E'kiosk-switch block v1\nlane=' || lane::text || E'\nseq=' || seq::text
+    || E'\ntransactions=' || transactions::text || E'\nrecorded_at_us='
+    || (extract(epoch FROM recorded_at) * 1000000)::bigint::text || E'\n', 'UTF8') || leaves)
+$$;
 
 -- Locks a free lane's head (the backend's own lane when it is free, else the next free one, so
 -- concurrent calls rarely wait on one head) and returns the lane, the next block's number and
@@ -128,260 +164,165 @@ BEGIN
 END $$;
 
 -- What a repeat gets back, and what the store answers from: the stored outcome of one row, with
--- the notes it moved (0004_cash), so a repeated approval names the mix that was dispensed.
+-- the notes it moved (0004_cash), so a repeated approval names the mix that was dispensed. SQL,
+-- inlined where it is called with a row variable.
 CREATE OR REPLACE FUNCTION ledger.result_of(t ledger.transactions) RETURNS jsonb
-  LANGUAGE plpgsql STABLE AS $$
-BEGIN
-  RETURN jsonb_build_object(
+  LANGUAGE sql STABLE AS $$
+  SELECT jsonb_build_object(
     'transaction_id', t.transaction_id, 'outcome', t.outcome, 'kind', t.kind,
     'amount_minor', t.amount_minor, 'currency', t.currency,
     'ledger_balance_minor', t.ledger_balance_minor,
     'available_balance_minor', t.available_balance_minor,
-    'business_date', t.business_date, 'notes', ledger.notes_of(t.transaction_id));
-END $$;
+    'business_date', t.business_date, 'notes', ledger.notes_of(t.transaction_id))
+$$;
 
--- Everything a decision about one request needs, as of now: the card (found by its PAN hash,
--- which only the HSM can compute), its customer's accounts, the terminal, the request's stored
--- outcome if it was answered, its original (for a reversal) and the reversal marks on both keys.
--- `xmin` of the card and of each account lets post_batch tell whether the state a decision was
--- made on is still current. `admitted`: the customers post_batch would lock for it.
-CREATE OR REPLACE FUNCTION ledger.state_of(
-  p_pan_hash bytea, p_terminal_id text, p_transmission_time text, p_stan text,
-  p_message_class text, p_original_transmission_time text, p_original_stan text,
-  p_original_message_class text, p_to_account text
-) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
-DECLARE
-  v_card jsonb;
-  v_card_id bigint;
-  v_customer_id bigint := 0;
-  v_terminal ledger.terminals;
-  v_original ledger.transactions;
-  v_answered ledger.transactions;
-  v_to_owner bigint;
-  v_cross boolean := (SELECT cross_customer_transfers FROM ledger.policy);
-  v_legs jsonb;
-  v_admitted bigint[] := '{}';
-BEGIN
-  SELECT to_jsonb(c) - 'pan_hash' || jsonb_build_object('xmin', c.xmin::text::bigint),
-         c.card_id, c.customer_id
-    INTO v_card, v_card_id, v_customer_id
-    FROM ledger.cards c WHERE c.pan_hash = p_pan_hash;
-  IF v_card_id IS NOT NULL THEN
-    v_admitted := ARRAY[v_customer_id];
-  ELSE
-    v_customer_id := 0;
-  END IF;
-  SELECT t.* INTO v_terminal FROM ledger.terminals t WHERE t.terminal_id = p_terminal_id;
-  SELECT t.* INTO v_answered FROM ledger.transactions t
-   WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan, t.message_class)
-       = (v_customer_id, p_terminal_id, p_transmission_time, p_stan, p_message_class);
-  IF p_original_stan IS NOT NULL AND v_customer_id <> 0 THEN
-    SELECT t.* INTO v_original FROM ledger.transactions t
-     WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan, t.message_class)
-         = (v_customer_id, p_terminal_id, p_original_transmission_time, p_original_stan,
-            p_original_message_class);
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-             'account_id', p.account_id, 'customer_id', p.customer_id,
-             'amount_minor', p.amount_minor, 'currency', p.currency) ORDER BY p.amount_minor), '[]')
-      INTO v_legs FROM ledger.postings p WHERE p.transaction_id = v_original.transaction_id;
-    v_admitted := v_admitted || ARRAY(
-      SELECT DISTINCT (x->>'customer_id')::bigint FROM jsonb_array_elements(v_legs) x
-       WHERE (x->>'customer_id')::bigint NOT IN (0, v_customer_id));
-  END IF;
-  IF p_to_account IS NOT NULL THEN
-    v_to_owner := (SELECT customer_id FROM ledger.accounts WHERE account_number = p_to_account);
-    IF v_cross AND v_customer_id <> 0 AND v_to_owner NOT IN (0, v_customer_id) THEN
-      v_admitted := v_admitted || v_to_owner;
-    END IF;
-  END IF;
-  RETURN jsonb_build_object(
-    'customer_id', v_customer_id,
-    'admitted', to_jsonb(ARRAY(SELECT DISTINCT unnest(v_admitted) ORDER BY 1)),
-    'card', v_card,
-    'links', (SELECT coalesce(jsonb_object_agg(ca.type_code, ca.account_id), '{}')
-                FROM ledger.card_accounts ca WHERE ca.card_id = v_card_id),
-    'accounts', (SELECT coalesce(jsonb_agg(to_jsonb(a) || jsonb_build_object(
-                          'xmin', a.xmin::text::bigint) ORDER BY a.account_id), '[]')
-                   FROM ledger.accounts a
-                  WHERE a.account_id IN (
-                          SELECT account_id FROM ledger.accounts
-                           WHERE customer_id = v_customer_id AND v_customer_id <> 0
-                          UNION ALL SELECT v_terminal.cash_account_id
-                          UNION ALL SELECT account_id FROM ledger.accounts
-                           WHERE account_number = p_to_account
-                             AND customer_id = ANY (v_admitted)
-                          UNION ALL SELECT (x->>'account_id')::bigint
-                            FROM jsonb_array_elements(v_legs) x)),
-    'to_account_owner', v_to_owner,
-    'terminal', CASE WHEN v_terminal.terminal_id IS NOT NULL THEN jsonb_build_object(
-                  'terminal_id', v_terminal.terminal_id, 'status', v_terminal.status,
-                  'cash_account_id', v_terminal.cash_account_id,
-                  'cassettes', ledger.cassettes_of(v_terminal.terminal_id)) END,
-    'answered', CASE WHEN v_answered.transaction_id IS NOT NULL
-                     THEN ledger.result_of(v_answered) END,
-    'original', CASE WHEN v_original.transaction_id IS NOT NULL THEN jsonb_build_object(
-                  'outcome', v_original.outcome,
-                  'result', ledger.result_of(v_original) || jsonb_build_object('postings', v_legs))
-                END,
-    'self_reversal', (SELECT reversal_state FROM ledger.transactions t
-                       WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
-                              t.original_stan, t.original_message_class)
-                           = (v_customer_id, p_terminal_id, p_transmission_time, p_stan,
-                              p_message_class)
-                         AND t.reversal_state IS NOT NULL),
-    'original_reversal', (SELECT reversal_state FROM ledger.transactions t
-                           WHERE p_original_stan IS NOT NULL
-                             AND (t.customer_id, t.terminal_id, t.original_transmission_time,
-                                  t.original_stan, t.original_message_class)
-                               = (v_customer_id, p_terminal_id, p_original_transmission_time,
-                                  p_original_stan, p_original_message_class)
-                             AND t.reversal_state IS NOT NULL));
-END $$;
-
--- The reads of a batch of requests, in their order: one round trip and no locks.
+-- The reads of a batch of requests, in their order: one round trip, one statement and no locks.
+-- For each request, everything a decision about it needs, as of now: the card (found by its PAN
+-- hash, which only the HSM can compute), its customer's accounts, the terminal, the request's
+-- stored outcome if it was answered, its original (for a reversal) and the reversal marks on
+-- both keys. `xmin` of the card and of each account lets post_batch tell whether the state a
+-- decision was made on is still current. `admitted`: the customers post_batch would lock for
+-- it. Every lookup is a LATERAL subquery or a subquery on a key, planned as post_batch's are.
 CREATE OR REPLACE FUNCTION ledger.read_batch(
   pan_hashes bytea[], terminal_ids text[], transmission_times text[], stans text[],
   message_classes text[], original_transmission_times text[], original_stans text[],
   original_message_classes text[], to_accounts text[]
 ) RETURNS SETOF jsonb
-  LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+  SET enable_memoize = off SET join_collapse_limit = 1 SET from_collapse_limit = 1
+  SET jit = off AS $$
 BEGIN
   RETURN QUERY
-    SELECT ledger.state_of(i.pan_hash, i.terminal_id, i.transmission_time, i.stan,
-                           i.message_class, i.original_transmission_time, i.original_stan,
-                           i.original_message_class, i.to_account)
+    SELECT jsonb_build_object(
+      'customer_id', owner.customer_id,
+      'admitted', to_jsonb(admitted.customer_ids),
+      'card', card.fields,
+      'links', (SELECT coalesce(jsonb_object_agg(ca.type_code, ca.account_id), '{}')
+                  FROM ledger.card_accounts ca WHERE ca.card_id = card.card_id),
+      'accounts', (SELECT coalesce(jsonb_agg(to_jsonb(a) || jsonb_build_object(
+                            'xmin', a.xmin::text::bigint) ORDER BY a.account_id), '[]')
+                     FROM ledger.accounts a
+                    WHERE a.account_id = ANY (ARRAY(
+                            SELECT own.account_id FROM ledger.accounts own
+                             WHERE own.customer_id = owner.customer_id AND owner.customer_id <> 0
+                            UNION ALL SELECT term.cash_account_id
+                            UNION ALL SELECT destination.account_id
+                             WHERE destination.customer_id = ANY (admitted.customer_ids)
+                            UNION ALL SELECT unnest(original.account_ids)))),
+      'to_account_owner', destination.customer_id,
+      'terminal', CASE WHEN term.terminal_id IS NOT NULL THEN jsonb_build_object(
+                    'terminal_id', term.terminal_id, 'status', term.status,
+                    'cash_account_id', term.cash_account_id,
+                    'cassettes', ledger.cassettes_of(term.terminal_id)) END,
+      'answered', (SELECT ledger.result_of(t) FROM ledger.transactions t
+                    WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan,
+                           t.message_class)
+                        = (owner.customer_id, i.terminal_id, i.transmission_time, i.stan,
+                           i.message_class)),
+      'original', CASE WHEN original.transaction_id IS NOT NULL THEN jsonb_build_object(
+                    'outcome', original.outcome,
+                    'result', original.result || jsonb_build_object('postings', original.legs))
+                  END,
+      'self_reversal', (SELECT t.reversal_state FROM ledger.transactions t
+                         WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
+                                t.original_stan, t.original_message_class)
+                             = (owner.customer_id, i.terminal_id, i.transmission_time, i.stan,
+                                i.message_class)
+                           AND t.reversal_state IS NOT NULL),
+      'original_reversal', (SELECT t.reversal_state FROM ledger.transactions t
+                             WHERE i.original_stan IS NOT NULL
+                               AND (t.customer_id, t.terminal_id, t.original_transmission_time,
+                                    t.original_stan, t.original_message_class)
+                                 = (owner.customer_id, i.terminal_id,
+                                    i.original_transmission_time, i.original_stan,
+                                    i.original_message_class)
+                               AND t.reversal_state IS NOT NULL))
       FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes,
                   original_transmission_times, original_stans, original_message_classes,
                   to_accounts) WITH ORDINALITY
            AS i(pan_hash, terminal_id, transmission_time, stan, message_class,
                 original_transmission_time, original_stan, original_message_class, to_account,
                 position)
+      LEFT JOIN LATERAL (SELECT c.customer_id, c.card_id,
+                                to_jsonb(c) - 'pan_hash' || jsonb_build_object(
+                                  'xmin', c.xmin::text::bigint) AS fields
+                           FROM ledger.cards c WHERE c.pan_hash = i.pan_hash LIMIT 1) card
+        ON true
+      -- The house (0) when the card is unknown.
+      CROSS JOIN LATERAL (SELECT coalesce(card.customer_id, 0) AS customer_id) owner
+      LEFT JOIN LATERAL (SELECT t.terminal_id, t.status, t.cash_account_id
+                           FROM ledger.terminals t WHERE t.terminal_id = i.terminal_id
+                          LIMIT 1) term ON true
+      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id FROM ledger.accounts a
+                          WHERE a.account_number = i.to_account LIMIT 1) destination ON true
+      -- A reversal's original, its postings and the other customers they touch.
+      LEFT JOIN LATERAL (SELECT o.transaction_id, o.outcome, ledger.result_of(o) AS result,
+                                legs.legs, legs.account_ids, legs.customer_ids
+                           FROM ledger.transactions o
+                          CROSS JOIN LATERAL (
+                            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                     'account_id', p.account_id, 'customer_id', p.customer_id,
+                                     'amount_minor', p.amount_minor, 'currency', p.currency)
+                                     ORDER BY p.amount_minor), '[]') AS legs,
+                                   array_agg(p.account_id) AS account_ids,
+                                   array_agg(p.customer_id) AS customer_ids
+                              FROM ledger.postings p
+                             WHERE p.transaction_id = o.transaction_id) legs
+                          WHERE i.original_stan IS NOT NULL AND owner.customer_id <> 0
+                            AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan,
+                                 o.message_class)
+                              = (owner.customer_id, i.terminal_id,
+                                 i.original_transmission_time, i.original_stan,
+                                 i.original_message_class)
+                          LIMIT 1) original ON true
+      CROSS JOIN LATERAL (SELECT ARRAY(
+          SELECT DISTINCT x.customer_id FROM unnest(
+                   CASE WHEN card.card_id IS NOT NULL THEN ARRAY[card.customer_id] END
+                   || ARRAY(SELECT unnest(original.customer_ids) EXCEPT SELECT 0)
+                   || CASE WHEN (SELECT cross_customer_transfers FROM ledger.policy)
+                            AND owner.customer_id <> 0
+                            AND destination.customer_id NOT IN (0, owner.customer_id)
+                           THEN ARRAY[destination.customer_id] END) AS x(customer_id)
+           WHERE x.customer_id IS NOT NULL ORDER BY 1) AS customer_ids) admitted
      ORDER BY i.position;
 END $$;
 
--- A card's counters after a request, derived from its row as it is now: a wrong PIN counts
--- (blocking the card at the limit), an approval resets the count, a withdrawal adds to the
--- day's usage and the reversal of one gives its amount back. card_update is false when the
--- request leaves the card as it is.
-CREATE OR REPLACE FUNCTION ledger.card_after(
-  c ledger.cards, p_kind text, p_outcome text, p_business_date date, p_move_minor bigint,
-  o ledger.transactions, p_pin_tries_max integer,
-  OUT card_update boolean, OUT pin_tries integer, OUT status text, OUT usage_day date,
-  OUT usage_amount_minor bigint, OUT usage_count integer
-) LANGUAGE plpgsql IMMUTABLE AS $$
+-- One request's state (see read_batch), for post_batch's answer to a stale decision.
+CREATE OR REPLACE FUNCTION ledger.state_of(
+  p_pan_hash bytea, p_terminal_id text, p_transmission_time text, p_stan text,
+  p_message_class text, p_original_transmission_time text, p_original_stan text,
+  p_original_message_class text, p_to_account text
+) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 BEGIN
-  card_update := c.card_id IS NOT NULL;
-  pin_tries := c.pin_tries;
-  status := c.status;
-  usage_day := c.usage_day;
-  usage_amount_minor := c.usage_amount_minor;
-  usage_count := c.usage_count;
-  IF NOT card_update THEN
-    RETURN;
-  ELSIF p_kind = 'pin' AND p_outcome IN ('incorrect_pin', 'pin_tries_exceeded') THEN
-    pin_tries := least(c.pin_tries + 1, p_pin_tries_max);
-    IF pin_tries >= p_pin_tries_max THEN
-      status := 'blocked';
-    END IF;
-  ELSIF p_outcome = 'approved' AND p_kind = 'withdrawal' THEN
-    pin_tries := 0;
-    usage_day := p_business_date;
-    IF c.usage_day IS DISTINCT FROM p_business_date THEN
-      usage_amount_minor := 0;
-      usage_count := 0;
-    END IF;
-    usage_amount_minor := usage_amount_minor + p_move_minor;
-    usage_count := usage_count + 1;
-  ELSIF p_outcome = 'approved' AND p_kind IN ('inquiry', 'transfer') AND c.pin_tries > 0 THEN
-    pin_tries := 0;
-  ELSIF p_outcome = 'approved' AND p_kind = 'reversal' AND p_move_minor > 0
-        AND o.kind = 'withdrawal' AND c.usage_day = o.business_date THEN
-    usage_amount_minor := greatest(0, c.usage_amount_minor - p_move_minor);
-  ELSE
-    card_update := false;
-  END IF;
+  RETURN (SELECT s FROM ledger.read_batch(
+    ARRAY[p_pan_hash], ARRAY[p_terminal_id], ARRAY[p_transmission_time], ARRAY[p_stan],
+    ARRAY[p_message_class], ARRAY[p_original_transmission_time], ARRAY[p_original_stan],
+    ARRAY[p_original_message_class], ARRAY[p_to_account]) s);
 END $$;
 
--- Whether `p_token` is the HSM's word for `p_lines` (hsm/authorisation.py): HMAC-SHA256, from
--- the key's two pads, over the lines joined by newlines, truncated to 16 bytes.
-CREATE OR REPLACE FUNCTION ledger.word_valid(
-  p_key ledger.authorisation_key, p_token bytea, p_lines text[]
-) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-  RETURN p_token IS NOT NULL AND p_key.inner_pad IS NOT NULL AND p_token = substring(
-    sha256(p_key.outer_pad || sha256(p_key.inner_pad
-      || convert_to(array_to_string(p_lines, E'\n'), 'UTF8')))
-    FROM 1 FOR 16);
-END $$;
+-- Whether `token` is the HSM's word for `lines` (hsm/authorisation.py): HMAC-SHA256, from the
+-- authorisation key's two pads, over the lines joined by newlines, truncated to 16 bytes.
+CREATE OR REPLACE FUNCTION ledger.word_valid(inner_pad bytea, outer_pad bytea, token bytea,
+                                             lines text[]) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT token IS NOT NULL AND inner_pad IS NOT NULL AND token = substring(
+    sha256(outer_pad || sha256(inner_pad || convert_to(array_to_string(lines, E'\n'), 'UTF8')))
+    FROM 1 FOR 16)
+$$;
 
--- Whether `p_token` is the HSM's word for this request: a PIN it verified (p_atc NULL), or a
--- chip cryptogram it verified at that ATC.
+-- Whether `token` is the HSM's word for this request: a PIN it verified (atc NULL), or a chip
+-- cryptogram it verified at that ATC. Scalars only, so it inlines into post_batch's statement.
 CREATE OR REPLACE FUNCTION ledger.authorisation_valid(
-  p_key ledger.authorisation_key, p_token bytea, p_terminal_id text, p_transmission_time text,
-  p_stan text, p_message_class text, p_pan_hash bytea, p_amount_minor bigint, p_currency text,
-  p_atc integer
-) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-  RETURN ledger.word_valid(p_key, p_token, ARRAY[
-    CASE WHEN p_atc IS NULL THEN 'kiosk-switch authorisation v1'
+  inner_pad bytea, outer_pad bytea, token bytea, terminal_id text, transmission_time text,
+  stan text, message_class text, pan_hash bytea, amount_minor bigint, currency text, atc integer
+) RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT ledger.word_valid(inner_pad, outer_pad, token, ARRAY[
+    CASE WHEN atc IS NULL THEN 'kiosk-switch authorisation v1'
          ELSE 'kiosk-switch chip authorisation v1' END,
-    p_terminal_id, p_transmission_time, p_stan, p_message_class, encode(p_pan_hash, 'hex'),
-    p_amount_minor::text, p_currency, p_atc::text]);
-END $$;
-
--- Why the ledger refuses a decided request, or NULL: the decision is not one the rules allow.
--- The switch never sends such a request; a caller that does is not the switch.
-CREATE OR REPLACE FUNCTION ledger.refusal(
-  p_kind text, p_outcome text, p_amount_minor bigint, p_currency text, p_reversal_state text,
-  p_business_date date, c ledger.cards, term ledger.terminals, o ledger.transactions,
-  src ledger.accounts, dst ledger.accounts, p_move_minor bigint, policy ledger.policy,
-  p_card_update boolean, p_pin_tries integer, p_status text, p_usage_day date,
-  p_usage_amount_minor bigint, p_usage_count integer, p_sent_update boolean,
-  p_sent_pin_tries integer, p_sent_status text, p_sent_usage_day date,
-  p_sent_usage_amount_minor bigint, p_sent_usage_count integer, p_authorised boolean
-) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-  IF p_outcome = 'approved' AND p_kind IN ('withdrawal', 'transfer', 'inquiry')
-     AND NOT p_authorised THEN
-    RETURN 'no valid word from the HSM (a PIN it verified) for this request';
-  ELSIF p_sent_update IS DISTINCT FROM p_card_update OR (p_card_update AND
-     (p_sent_pin_tries, p_sent_status, p_sent_usage_day, p_sent_usage_amount_minor,
-      p_sent_usage_count) IS DISTINCT FROM
-     (p_pin_tries, p_status, p_usage_day, p_usage_amount_minor, p_usage_count)) THEN
-    RETURN 'card counters differ from what the request allows';
-  ELSIF p_outcome = 'approved' AND p_kind IN ('pin', 'decline') THEN
-    RETURN format('a %s record cannot be an approval', p_kind);
-  ELSIF p_reversal_state IS NOT NULL AND p_kind <> 'reversal' THEN
-    RETURN 'only a reversal marks an original';
-  ELSIF p_amount_minor IS DISTINCT FROM p_move_minor THEN
-    RETURN 'the amount differs from the money the operation moves';
-  ELSIF p_move_minor = 0 THEN
-    RETURN NULL;
-  ELSIF src.account_id IS NULL OR dst.account_id IS NULL THEN
-    RETURN format('no accounts for this %s', p_kind);
-  ELSIF src.currency <> p_currency OR dst.currency <> p_currency THEN
-    RETURN 'currency differs from the accounts''';
-  ELSIF src.account_id = dst.account_id THEN
-    RETURN 'source and destination are one account';
-  ELSIF p_kind IN ('withdrawal', 'transfer') AND (c.status <> 'active'
-        OR c.pin_tries >= policy.pin_tries_max OR c.currency <> p_currency) THEN
-    RETURN 'this card may not move money';
-  ELSIF p_kind = 'withdrawal' AND (term.terminal_id IS NULL OR term.status <> 'active') THEN
-    RETURN 'this terminal may not dispense';
-  ELSIF p_kind = 'withdrawal' AND (p_move_minor > c.max_per_txn_minor
-        OR p_usage_amount_minor > c.daily_amount_minor OR p_usage_count > c.daily_count) THEN
-    RETURN 'over the card''s limits';
-  ELSIF p_kind = 'transfer' AND (dst.customer_id = 0 OR (dst.customer_id <> c.customer_id
-        AND NOT policy.cross_customer_transfers)) THEN
-    RETURN 'the destination is not one this card may pay into';
-  ELSIF p_kind = 'reversal' AND (o.transaction_id IS NULL OR o.outcome <> 'approved'
-        OR o.kind NOT IN ('withdrawal', 'transfer') OR p_move_minor > o.amount_minor
-        OR (p_move_minor < o.amount_minor AND o.kind <> 'withdrawal')
-        OR p_reversal_state IS DISTINCT FROM 'applied') THEN
-    RETURN 'not a reversal of this card''s original';
-  END IF;
-  RETURN NULL;
-END $$;
+    terminal_id, transmission_time, stan, message_class, encode(pan_hash, 'hex'),
+    amount_minor::text, currency, atc::text])
+$$;
 
 -- The writes of a batch of decided requests: one round trip, one transaction, no subtransaction.
 -- Each array holds one element per request, in the same order. The switch decides each request
@@ -391,13 +332,27 @@ END $$;
 --     a reversal mark changed since that read: the switch decides again;
 --   * otherwise derives the customer from the card, the postings from the operation and the
 --     card's new counters from its current row, refuses the whole batch when the decision is
---     not one the rules allow (an approved withdrawal over a limit, money to an account the
---     card may not reach, a counter reset without a verified PIN), and writes the transaction,
---     its postings, the balances, the card and one audit block.
+--     not one the rules allow (an approval without the HSM's word, an approved withdrawal over
+--     a limit, money to an account the card may not reach, a counter reset without a verified
+--     PIN, an ATC not above the card's last), and writes the transaction, its postings, the
+--     balances, the card (its last ATC too) and one audit block.
 -- A genuine error (or a refusal) aborts the batch: the store sends its requests again one per
 -- call, so one bad request never fails the others.
 -- The caller's batch never holds two requests of one customer (the store guarantees it), so
 -- every row is updated at most once per statement.
+--
+-- Five statements per call, whatever the batch's size: the policy and the authorisation key,
+-- the customers' locks, the house accounts' locks, a lane's head, then one that judges every
+-- request, writes and answers (the audit block included). A statement's fixed cost (starting and ending its plan, which
+-- pg_stat_statements counts against its caller only, and preparing the CHECK constraints of
+-- each table it writes) is paid once per call, not per request.
+-- Plans must be right whatever the statistics were when they were made (a plan lives as long
+-- as the connection): every lookup is a LATERAL subquery on a unique key with LIMIT 1, planned
+-- on its own with all its outer values as parameters, so its index condition covers the whole
+-- key; joins keep their written order (collapse limits 1) as nested loops (no hash or merge
+-- join, no sequential scan) and JIT is off (a disabled path's cost would set it off).
+-- Measured without the LIMITs on tables without statistics: the request key's index probed on
+-- customer_id alone, the rest filtered row by row.
 CREATE OR REPLACE FUNCTION ledger.post_batch(
   pan_hashes bytea[], terminal_ids text[], transmission_times text[], stans text[],
   message_classes text[], kinds text[], outcomes text[], response_codes text[],
@@ -412,229 +367,318 @@ CREATE OR REPLACE FUNCTION ledger.post_batch(
   card_usage_counts integer[], atcs integer[], authorisations bytea[],
   chip_authorisations bytea[], note_counts integer[]
 ) RETURNS TABLE (item integer, status text, result jsonb, state jsonb)
-  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+  SET enable_memoize = off SET join_collapse_limit = 1 SET from_collapse_limit = 1
+  SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
-  v_policy ledger.policy;
-  v_key ledger.authorisation_key;
-  v_lock_ids bigint[];
-  v_items ledger.post_item[];
-  v_refusal text;
+  v_pin_tries_max integer;
+  v_cross_customer_transfers boolean;
+  -- The authorisation key's pads, which verify the HSM's word on each request.
+  v_inner_pad bytea;
+  v_outer_pad bytea;
   v_lane integer;
   v_seq bigint;
   v_prev_hash bytea;
-  v_count integer;
-  v_leaves bytea;
+  v_positions integer[];
+  v_statuses text[];
+  v_results jsonb[];
+  v_states jsonb[];
+  v_written ledger.written_request[];
 BEGIN
-  SELECT * INTO v_policy FROM ledger.policy;
-  SELECT * INTO v_key FROM ledger.authorisation_key;
-  -- Locks in one global order, so concurrent batches never deadlock: customers by id, then the
-  -- house accounts that move (terminal cash) by id, then the lane's head.
-  v_lock_ids := ARRAY(
-    SELECT DISTINCT ids.customer_id FROM (
-      SELECT c.customer_id FROM unnest(pan_hashes) h JOIN ledger.cards c ON c.pan_hash = h
-      UNION ALL
-      SELECT a.customer_id FROM unnest(to_accounts) n
-        JOIN ledger.accounts a ON a.account_number = n
-       WHERE v_policy.cross_customer_transfers
-      UNION ALL
-      SELECT p.customer_id
-        FROM unnest(pan_hashes, terminal_ids, original_transmission_times, original_stans,
-                    original_message_classes) AS i(pan_hash, terminal_id, tt, stan, mc)
-        JOIN ledger.cards c ON c.pan_hash = i.pan_hash
-        JOIN ledger.transactions o
-          ON (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
-           = (c.customer_id, i.terminal_id, i.tt, i.stan, i.mc)
-        JOIN ledger.postings p ON p.transaction_id = o.transaction_id
-    ) ids WHERE ids.customer_id <> 0 ORDER BY 1);
-  PERFORM 1 FROM ledger.customers WHERE customer_id = ANY (v_lock_ids)
-    ORDER BY customer_id FOR UPDATE;
-  PERFORM 1 FROM ledger.accounts WHERE account_id = ANY (ARRAY(
-      SELECT t.cash_account_id
-        FROM unnest(terminal_ids, kinds, outcomes) AS i(terminal_id, kind, outcome)
-        JOIN ledger.terminals t ON t.terminal_id = i.terminal_id
-       WHERE i.outcome = 'approved' AND i.kind IN ('withdrawal', 'reversal')))
-    ORDER BY account_id FOR UPDATE;
-  SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash FROM ledger.open_block() b;
-
-  -- Each request judged on the rows as they are now, under the locks.
-  SELECT array_agg(ROW(
-      i.position, coalesce(c.customer_id, 0), c.card_id, judged.status,
-      CASE WHEN judged.status = 'write' THEN nextval('ledger.transaction_ids') END,
-      legs.source_account_id, legs.destination_account_id, legs.move_minor, expect.card_update,
-      CASE WHEN judged.status = 'write' THEN ledger.refusal(
-        i.kind, i.outcome, i.amount_minor, i.currency, i.reversal_state, i.business_date,
-        c, term, o, src, dst, legs.move_minor, v_policy, expect.card_update,
-        expect.pin_tries, expect.status, expect.usage_day, expect.usage_amount_minor,
-        expect.usage_count, i.card_update, i.card_pin_tries, i.card_status, i.card_usage_day,
-        i.card_usage_amount_minor, i.card_usage_count,
-        ledger.authorisation_valid(v_key, i.authorisation, i.terminal_id, i.transmission_time,
-                                   i.stan, i.message_class, i.pan_hash, i.requested_minor,
-                                   i.requested_currency, NULL)) END
-    )::ledger.post_item ORDER BY i.position) INTO v_items
-    FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes, kinds,
-                outcomes, amounts_minor, currencies, from_types, to_types, to_accounts,
-                original_transmission_times, original_stans, original_message_classes,
-                reversal_states, business_dates, card_xmins, checked_account_ids,
-                checked_account_xmins, card_updates, card_statuses, card_pin_tries,
-                card_usage_days, card_usage_amounts_minor, card_usage_counts, requested_minor,
-                requested_currencies, authorisations) WITH ORDINALITY
-         AS i(pan_hash, terminal_id, transmission_time, stan, message_class, kind, outcome,
-              amount_minor, currency, from_type, to_type, to_account, original_transmission_time,
-              original_stan, original_message_class, reversal_state, business_date, card_xmin,
-              checked_account_id, checked_account_xmin, card_update, card_status,
-              card_pin_tries, card_usage_day, card_usage_amount_minor, card_usage_count,
-              requested_minor, requested_currency, authorisation, position)
-    LEFT JOIN ledger.cards c ON c.pan_hash = i.pan_hash
-    LEFT JOIN ledger.terminals term ON term.terminal_id = i.terminal_id
-    LEFT JOIN ledger.accounts checked ON checked.account_id = i.checked_account_id
-    LEFT JOIN ledger.transactions o
-      ON i.original_stan IS NOT NULL
-     AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
-       = (c.customer_id, i.terminal_id, i.original_transmission_time, i.original_stan,
-          i.original_message_class)
-    CROSS JOIN LATERAL (SELECT
-      EXISTS (SELECT 1 FROM ledger.transactions t
-               WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan,
-                      t.message_class)
-                   = (coalesce(c.customer_id, 0), i.terminal_id, i.transmission_time, i.stan,
-                      i.message_class)) AS answered,
-      EXISTS (SELECT 1 FROM ledger.transactions t
-               WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
-                      t.original_stan, t.original_message_class)
-                   = (c.customer_id, i.terminal_id, i.transmission_time, i.stan,
-                      i.message_class)
-                 AND t.reversal_state IS NOT NULL) AS self_marked,
-      EXISTS (SELECT 1 FROM ledger.transactions t
-               WHERE i.original_stan IS NOT NULL
-                 AND (t.customer_id, t.terminal_id, t.original_transmission_time,
-                      t.original_stan, t.original_message_class)
-                   = (c.customer_id, i.terminal_id, i.original_transmission_time,
-                      i.original_stan, i.original_message_class)
-                 AND t.reversal_state IS NOT NULL) AS original_marked) marks
-    CROSS JOIN LATERAL (SELECT CASE
-      WHEN marks.answered THEN 'answered'
-      WHEN c.xmin::text::bigint IS DISTINCT FROM i.card_xmin
-        OR checked.xmin::text::bigint IS DISTINCT FROM i.checked_account_xmin
-        OR (i.reversal_state IS NOT NULL AND marks.original_marked)
-        OR (i.reversal_state = 'applied' AND o.transaction_id IS NULL)
-        OR (i.reversal_state = 'pending' AND o.transaction_id IS NOT NULL)
-        OR (i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer') AND marks.self_marked)
-        THEN 'stale'
-      ELSE 'write' END AS status) judged
-    -- The accounts money moves between, from the operation: never from the caller.
-    CROSS JOIN LATERAL (SELECT
-      CASE WHEN i.kind IN ('withdrawal', 'transfer')
-           THEN (SELECT account_id FROM ledger.card_accounts
-                  WHERE card_id = c.card_id AND type_code = i.from_type)
-           ELSE (SELECT account_id FROM ledger.postings
-                  WHERE transaction_id = o.transaction_id AND amount_minor > 0) END
-        AS source_account_id,
-      CASE WHEN i.kind = 'withdrawal' THEN term.cash_account_id
-           WHEN i.kind = 'transfer' AND i.to_type IS NOT NULL
-           THEN (SELECT account_id FROM ledger.card_accounts
-                  WHERE card_id = c.card_id AND type_code = i.to_type)
-           WHEN i.kind = 'transfer'
-           THEN (SELECT account_id FROM ledger.accounts WHERE account_number = i.to_account)
-           ELSE (SELECT account_id FROM ledger.postings
-                  WHERE transaction_id = o.transaction_id AND amount_minor < 0) END
-        AS destination_account_id,
-      CASE WHEN i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer', 'reversal')
-           THEN i.amount_minor ELSE 0 END AS move_minor) legs
-    LEFT JOIN ledger.accounts src
-      ON src.account_id = legs.source_account_id AND legs.move_minor > 0
-    LEFT JOIN ledger.accounts dst
-      ON dst.account_id = legs.destination_account_id AND legs.move_minor > 0
-    -- The card's counters after this request, derived from its row as it is now.
-    CROSS JOIN LATERAL ledger.card_after(
-      c, i.kind, i.outcome, i.business_date, legs.move_minor, o, v_policy.pin_tries_max) expect;
-
-  SELECT v.refusal INTO v_refusal FROM unnest(v_items) v WHERE v.refusal IS NOT NULL LIMIT 1;
-  IF v_refusal IS NOT NULL THEN
-    RAISE EXCEPTION 'refused: %', v_refusal USING ERRCODE = 'insufficient_privilege';
+  SELECT p.pin_tries_max, p.cross_customer_transfers, k.inner_pad, k.outer_pad
+    INTO v_pin_tries_max, v_cross_customer_transfers, v_inner_pad, v_outer_pad
+    FROM ledger.policy p LEFT JOIN ledger.authorisation_key k ON true;
+  -- Locks in one global order, so concurrent batches never deadlock: customers by id (the
+  -- cards', a cross-customer transfer's destination's, a reversal's original's), then the house
+  -- accounts that move (terminal cash) by id, then the lane's head.
+  PERFORM 1 FROM ledger.customers
+   WHERE customer_id = ANY (ARRAY(
+           SELECT card.customer_id FROM unnest(pan_hashes) AS h(pan_hash)
+             CROSS JOIN LATERAL (SELECT c.customer_id FROM ledger.cards c
+                                  WHERE c.pan_hash = h.pan_hash LIMIT 1) card
+           UNION ALL
+           SELECT account.customer_id FROM unnest(to_accounts) AS n(account_number)
+             CROSS JOIN LATERAL (SELECT a.customer_id FROM ledger.accounts a
+                                  WHERE a.account_number = n.account_number LIMIT 1) account
+            WHERE n.account_number IS NOT NULL AND v_cross_customer_transfers
+           UNION ALL
+           SELECT p.customer_id
+             FROM unnest(pan_hashes, terminal_ids, original_transmission_times, original_stans,
+                         original_message_classes) AS i(pan_hash, terminal_id, tt, stan, mc)
+             CROSS JOIN LATERAL (SELECT o.transaction_id FROM ledger.cards c
+                                   JOIN ledger.transactions o
+                                     ON (o.customer_id, o.terminal_id, o.transmission_time,
+                                         o.stan, o.message_class)
+                                      = (c.customer_id, i.terminal_id, i.tt, i.stan, i.mc)
+                                  WHERE c.pan_hash = i.pan_hash AND i.stan IS NOT NULL
+                                  LIMIT 1) original
+             JOIN ledger.postings p ON p.transaction_id = original.transaction_id))
+     AND customer_id <> 0
+   ORDER BY customer_id FOR UPDATE;
+  PERFORM 1 FROM ledger.accounts
+   WHERE account_id = ANY (ARRAY(
+           SELECT term.cash_account_id
+             FROM unnest(terminal_ids, kinds, outcomes) AS i(terminal_id, kind, outcome)
+             CROSS JOIN LATERAL (SELECT t.cash_account_id FROM ledger.terminals t
+                                  WHERE t.terminal_id = i.terminal_id LIMIT 1) term
+            WHERE i.outcome = 'approved' AND i.kind IN ('withdrawal', 'reversal')))
+   ORDER BY account_id FOR UPDATE;
+  -- The backend's own lane when it is free (one probe; 16: the lanes the baseline makes), else
+  -- ledger.open_block's search. An empty batch (the store's warm-up of a new connection) takes
+  -- none.
+  IF cardinality(pan_hashes) > 0 THEN
+    SELECT h.lane, h.seq + 1, h.hash INTO v_lane, v_seq, v_prev_hash FROM ledger.audit_heads h
+     WHERE h.lane = pg_backend_pid() % 16 FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+      SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash
+        FROM ledger.open_block() b;
+    END IF;
   END IF;
 
-  -- EMV (0003_emv): a chip request's ATC must come with the HSM's word for it (a cryptogram it
-  -- verified at that ATC, for this request and amount) and be above the last its card used.
-  -- Checked here under the customer's lock and moved forward below, in the transaction that
-  -- writes the request, so two requests with one ATC never both succeed. The switch declines a
-  -- replay itself; one that reaches this point was decided on the card's row as it still is
-  -- (else its status is 'stale'), so it is a decision the rules do not allow. And a chip card
-  -- whose profile allows no fallback is approved only by its chip.
-  SELECT CASE
-      WHEN e.atc IS NOT NULL AND NOT ledger.authorisation_valid(v_key, e.word, e.terminal_id,
-             e.transmission_time, e.stan, e.message_class, e.pan_hash, e.requested_minor,
-             e.requested_currency, e.atc)
-        THEN 'no valid word from the HSM (a cryptogram it verified) for this ATC'
-      WHEN e.atc IS NOT NULL AND (c.emv_imk_ac IS NULL OR c.emv_last_atc >= e.atc)
-        THEN 'an ATC not above the card''s last, or for a card with no EMV profile'
-      WHEN e.atc IS NULL AND e.outcome = 'approved'
-           AND e.kind IN ('withdrawal', 'transfer', 'inquiry')
-           AND c.emv_imk_ac IS NOT NULL AND NOT c.emv_fallback_allowed
-        THEN 'this chip card is approved only by its chip'
-      END INTO v_refusal
-    FROM unnest(v_items) v
-    JOIN unnest(atcs, chip_authorisations, terminal_ids, transmission_times, stans,
-                message_classes, pan_hashes, requested_minor, requested_currencies, outcomes,
-                kinds) WITH ORDINALITY
-         AS e(atc, word, terminal_id, transmission_time, stan, message_class, pan_hash,
-              requested_minor, requested_currency, outcome, kind, position)
-      ON e.position = v.position
-    JOIN ledger.cards c ON c.card_id = v.card_id
-   WHERE v.status = 'write'
-   ORDER BY 1 NULLS LAST LIMIT 1;
-  IF v_refusal IS NOT NULL THEN
-    RAISE EXCEPTION 'refused: %', v_refusal USING ERRCODE = 'insufficient_privilege';
-  END IF;
-
-  WITH w AS (
-    SELECT v.*, i.* FROM unnest(v_items) v
-      JOIN unnest(terminal_ids, transmission_times, stans, message_classes, kinds, outcomes,
-                  response_codes, amounts_minor, currencies, requested_minor,
-                  requested_currencies, original_transmission_times, original_stans,
-                  original_message_classes, reversal_states, ledger_balances_minor,
-                  available_balances_minor, business_dates, recorded_ats, pans_masked, mtis,
-                  processing_codes, rrns, card_statuses, card_pin_tries, card_usage_days,
-                  card_usage_amounts_minor, card_usage_counts) WITH ORDINALITY
-           AS i(terminal_id, transmission_time, stan, message_class, kind, outcome,
+  WITH judged AS (
+    -- Each request judged on the rows as they are now, under the locks.
+    SELECT i.*, coalesce(card.customer_id, 0) AS customer_id, card.card_id,
+           coalesce(card.pan_masked, i.pan_masked) AS written_pan_masked,
+           answered.transaction_id AS answered_id, answered.found AS answered_row,
+           judgement.status AS judged_status,
+           CASE WHEN judgement.status = 'write' THEN nextval('ledger.transaction_ids') END
+             AS transaction_id,
+           route.move_minor, src.account_id AS source_account_id,
+           src.customer_id AS source_customer_id, src.currency AS source_currency,
+           dst.account_id AS destination_account_id, dst.customer_id AS destination_customer_id,
+           dst.currency AS destination_currency, counters.*,
+           CASE WHEN judgement.status = 'write' THEN coalesce(verdict.refusal, chip.refusal) END
+             AS refusal
+      FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes, kinds,
+                  outcomes, response_codes, amounts_minor, currencies, requested_minor,
+                  requested_currencies, from_types, to_types, to_accounts,
+                  original_transmission_times, original_stans, original_message_classes,
+                  reversal_states, ledger_balances_minor, available_balances_minor,
+                  business_dates, recorded_ats, pans_masked, mtis, processing_codes, rrns,
+                  card_xmins, checked_account_ids, checked_account_xmins, card_updates,
+                  card_statuses, card_pin_tries, card_usage_days, card_usage_amounts_minor,
+                  card_usage_counts, atcs, authorisations, chip_authorisations) WITH ORDINALITY
+           AS i(pan_hash, terminal_id, transmission_time, stan, message_class, kind, outcome,
                 response_code, amount_minor, currency, requested_minor, requested_currency,
-                original_transmission_time, original_stan, original_message_class,
-                reversal_state, ledger_balance_minor, available_balance_minor, business_date,
-                recorded_at, pan_masked, mti, processing_code, rrn, card_status, card_pin_tries,
-                card_usage_day, card_usage_amount_minor, card_usage_count, item_position)
-        ON i.item_position = v.position
-     WHERE v.status = 'write'),
+                from_type, to_type, to_account, original_transmission_time, original_stan,
+                original_message_class, reversal_state, ledger_balance_minor,
+                available_balance_minor, business_date, recorded_at, pan_masked, mti,
+                processing_code, rrn, card_xmin, checked_account_id, checked_account_xmin,
+                sent_card_update, sent_card_status, sent_pin_tries, sent_usage_day,
+                sent_usage_amount_minor, sent_usage_count, atc, authorisation,
+                chip_authorisation, position)
+      LEFT JOIN LATERAL (SELECT c.customer_id, c.card_id, c.pan_masked, c.status, c.pin_tries,
+                                c.currency, c.max_per_txn_minor, c.daily_amount_minor,
+                                c.daily_count, c.usage_day, c.usage_amount_minor, c.usage_count,
+                                c.emv_imk_ac IS NOT NULL AS chip_card, c.emv_fallback_allowed,
+                                c.emv_last_atc, c.xmin::text::bigint AS row_version
+                           FROM ledger.cards c WHERE c.pan_hash = i.pan_hash LIMIT 1) card
+        ON true
+      LEFT JOIN LATERAL (SELECT t.status, t.cash_account_id FROM ledger.terminals t
+                          WHERE t.terminal_id = i.terminal_id LIMIT 1) term ON true
+      LEFT JOIN LATERAL (SELECT a.xmin::text::bigint AS row_version FROM ledger.accounts a
+                          WHERE a.account_id = i.checked_account_id LIMIT 1) checked ON true
+      LEFT JOIN LATERAL (SELECT t.transaction_id, t AS found FROM ledger.transactions t
+                          WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan,
+                                 t.message_class)
+                              = (coalesce(card.customer_id, 0), i.terminal_id,
+                                 i.transmission_time, i.stan, i.message_class) LIMIT 1) answered
+        ON true
+      LEFT JOIN LATERAL (SELECT o.transaction_id, o.kind, o.outcome, o.amount_minor,
+                                o.business_date FROM ledger.transactions o
+                          WHERE i.original_stan IS NOT NULL
+                            AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan,
+                                 o.message_class)
+                              = (card.customer_id, i.terminal_id, i.original_transmission_time,
+                                 i.original_stan, i.original_message_class) LIMIT 1) o ON true
+      CROSS JOIN LATERAL (SELECT CASE
+        WHEN answered.transaction_id IS NOT NULL THEN 'answered'
+        WHEN card.row_version IS DISTINCT FROM i.card_xmin
+          OR checked.row_version IS DISTINCT FROM i.checked_account_xmin
+          OR (i.reversal_state = 'applied' AND o.transaction_id IS NULL)
+          OR (i.reversal_state = 'pending' AND o.transaction_id IS NOT NULL)
+          -- The reversal marks: the original's, and this request's own (a reversal came first).
+          OR (i.reversal_state IS NOT NULL AND EXISTS (
+                SELECT FROM ledger.transactions t
+                 WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
+                        t.original_stan, t.original_message_class)
+                     = (card.customer_id, i.terminal_id, i.original_transmission_time,
+                        i.original_stan, i.original_message_class)
+                   AND t.reversal_state IS NOT NULL))
+          OR (i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer') AND EXISTS (
+                SELECT FROM ledger.transactions t
+                 WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
+                        t.original_stan, t.original_message_class)
+                     = (card.customer_id, i.terminal_id, i.transmission_time, i.stan,
+                        i.message_class)
+                   AND t.reversal_state IS NOT NULL))
+          THEN 'stale'
+        ELSE 'write' END AS status OFFSET 0) judgement
+      -- The accounts money moves between, from the operation: never from the caller.
+      CROSS JOIN LATERAL (SELECT
+        CASE WHEN i.kind IN ('withdrawal', 'transfer')
+             THEN (SELECT ca.account_id FROM ledger.card_accounts ca
+                    WHERE ca.card_id = card.card_id AND ca.type_code = i.from_type)
+             WHEN i.kind = 'reversal'
+             THEN (SELECT p.account_id FROM ledger.postings p
+                    WHERE p.transaction_id = o.transaction_id AND p.amount_minor > 0) END
+          AS source_account_id,
+        CASE WHEN i.kind = 'withdrawal' THEN term.cash_account_id
+             WHEN i.kind = 'transfer' AND i.to_type IS NOT NULL
+             THEN (SELECT ca.account_id FROM ledger.card_accounts ca
+                    WHERE ca.card_id = card.card_id AND ca.type_code = i.to_type)
+             WHEN i.kind = 'transfer'
+             THEN (SELECT a.account_id FROM ledger.accounts a
+                    WHERE a.account_number = i.to_account)
+             WHEN i.kind = 'reversal'
+             THEN (SELECT p.account_id FROM ledger.postings p
+                    WHERE p.transaction_id = o.transaction_id AND p.amount_minor < 0) END
+          AS destination_account_id,
+        CASE WHEN i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer', 'reversal')
+             THEN i.amount_minor ELSE 0 END AS move_minor) route
+      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id, a.currency::text AS currency
+                           FROM ledger.accounts a
+                          WHERE a.account_id = route.source_account_id AND route.move_minor > 0
+                          LIMIT 1) src ON true
+      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id, a.currency::text AS currency
+                           FROM ledger.accounts a
+                          WHERE a.account_id = route.destination_account_id
+                            AND route.move_minor > 0 LIMIT 1) dst ON true
+      -- The card's counters after this request, derived from its row as it is now: a wrong PIN
+      -- counts (blocking the card at the limit), an approval resets the count, a withdrawal
+      -- adds to the day's usage and the reversal of one gives its amount back.
+      CROSS JOIN LATERAL (SELECT CASE
+        WHEN card.card_id IS NULL THEN NULL
+        WHEN i.kind = 'pin' AND i.outcome IN ('incorrect_pin', 'pin_tries_exceeded') THEN 'pin'
+        WHEN i.outcome = 'approved' AND i.kind = 'withdrawal' THEN 'withdrawal'
+        WHEN i.outcome = 'approved' AND i.kind IN ('inquiry', 'transfer') AND card.pin_tries > 0
+        THEN 'approval'
+        WHEN i.outcome = 'approved' AND i.kind = 'reversal' AND route.move_minor > 0
+         AND o.kind = 'withdrawal' AND card.usage_day = o.business_date THEN 'give_back'
+        END AS change, least(card.pin_tries + 1, v_pin_tries_max) AS tries_after_wrong,
+        card.usage_day IS DISTINCT FROM i.business_date AS new_day) why
+      CROSS JOIN LATERAL (SELECT
+        why.change IS NOT NULL AS card_update,
+        CASE why.change WHEN 'pin' THEN why.tries_after_wrong
+                        WHEN 'withdrawal' THEN 0 WHEN 'approval' THEN 0
+                        ELSE card.pin_tries END AS card_pin_tries,
+        CASE WHEN why.change = 'pin' AND why.tries_after_wrong >= v_pin_tries_max
+             THEN 'blocked' ELSE card.status END AS card_status,
+        CASE why.change WHEN 'withdrawal' THEN i.business_date
+                        ELSE card.usage_day END AS card_usage_day,
+        CASE why.change
+          WHEN 'withdrawal' THEN CASE WHEN why.new_day THEN 0 ELSE card.usage_amount_minor END
+                                 + route.move_minor
+          WHEN 'give_back' THEN greatest(0, card.usage_amount_minor - route.move_minor)
+          ELSE card.usage_amount_minor END AS card_usage_amount_minor,
+        CASE why.change
+          WHEN 'withdrawal' THEN CASE WHEN why.new_day THEN 0 ELSE card.usage_count END + 1
+          ELSE card.usage_count END AS card_usage_count) counters
+      -- Why the ledger refuses the decision, or NULL: the rules do not allow it. The switch
+      -- never sends such a request; a caller that does is not the switch.
+      CROSS JOIN LATERAL (SELECT CASE
+        WHEN i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer', 'inquiry')
+         AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad, i.authorisation,
+               i.terminal_id, i.transmission_time, i.stan, i.message_class, i.pan_hash,
+               i.requested_minor, i.requested_currency, NULL)
+        THEN 'no valid word from the HSM (a PIN it verified) for this request'
+        WHEN i.sent_card_update IS DISTINCT FROM counters.card_update
+          OR (counters.card_update AND
+              (i.sent_pin_tries, i.sent_card_status, i.sent_usage_day,
+               i.sent_usage_amount_minor, i.sent_usage_count) IS DISTINCT FROM
+              (counters.card_pin_tries, counters.card_status, counters.card_usage_day,
+               counters.card_usage_amount_minor, counters.card_usage_count))
+        THEN 'card counters differ from what the request allows'
+        WHEN i.outcome = 'approved' AND i.kind IN ('pin', 'decline')
+        THEN format('a %s record cannot be an approval', i.kind)
+        WHEN i.reversal_state IS NOT NULL AND i.kind <> 'reversal'
+        THEN 'only a reversal marks an original'
+        WHEN i.amount_minor IS DISTINCT FROM route.move_minor
+        THEN 'the amount differs from the money the operation moves'
+        WHEN route.move_minor = 0 THEN NULL
+        WHEN src.account_id IS NULL OR dst.account_id IS NULL
+        THEN format('no accounts for this %s', i.kind)
+        WHEN src.currency <> i.currency OR dst.currency <> i.currency
+        THEN 'currency differs from the accounts'''
+        WHEN src.account_id = dst.account_id THEN 'source and destination are one account'
+        WHEN i.kind IN ('withdrawal', 'transfer') AND (card.status <> 'active'
+          OR card.pin_tries >= v_pin_tries_max OR card.currency <> i.currency)
+        THEN 'this card may not move money'
+        WHEN i.kind = 'withdrawal' AND (term.cash_account_id IS NULL OR term.status <> 'active')
+        THEN 'this terminal may not dispense'
+        WHEN i.kind = 'withdrawal' AND (route.move_minor > card.max_per_txn_minor
+          OR counters.card_usage_amount_minor > card.daily_amount_minor
+          OR counters.card_usage_count > card.daily_count)
+        THEN 'over the card''s limits'
+        WHEN i.kind = 'transfer' AND (dst.customer_id = 0 OR (dst.customer_id <> card.customer_id
+          AND NOT v_cross_customer_transfers))
+        THEN 'the destination is not one this card may pay into'
+        WHEN i.kind = 'reversal' AND (o.transaction_id IS NULL OR o.outcome <> 'approved'
+          OR o.kind NOT IN ('withdrawal', 'transfer') OR route.move_minor > o.amount_minor
+          OR (route.move_minor < o.amount_minor AND o.kind <> 'withdrawal')
+          OR i.reversal_state IS DISTINCT FROM 'applied')
+        THEN 'not a reversal of this card''s original'
+        END AS refusal) verdict
+      -- EMV (0003_emv): a chip request's ATC must come with the HSM's word for it (a cryptogram
+      -- it verified at that ATC, for this request and amount) and be above the last its card
+      -- used; the card's row moves to it below, in the transaction that writes the request, so
+      -- two requests with one ATC never both succeed. The switch declines a replay itself; one
+      -- that reaches this point was decided on the card's row as it still is (else it is
+      -- 'stale'), so it is a decision the rules do not allow. And a chip card whose profile
+      -- allows no fallback is approved only by its chip. Checked after the refusals above
+      -- whatever the amount (an inquiry moves none).
+      CROSS JOIN LATERAL (SELECT CASE
+        WHEN card.card_id IS NULL THEN NULL
+        WHEN i.atc IS NOT NULL AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad,
+               i.chip_authorisation, i.terminal_id, i.transmission_time, i.stan,
+               i.message_class, i.pan_hash, i.requested_minor, i.requested_currency, i.atc)
+        THEN 'no valid word from the HSM (a cryptogram it verified) for this ATC'
+        WHEN i.atc IS NOT NULL AND (NOT card.chip_card OR card.emv_last_atc >= i.atc)
+        THEN 'an ATC not above the card''s last, or for a card with no EMV profile'
+        WHEN i.atc IS NULL AND i.outcome = 'approved'
+         AND i.kind IN ('withdrawal', 'transfer', 'inquiry') AND card.chip_card
+         AND NOT card.emv_fallback_allowed
+        THEN 'this chip card is approved only by its chip'
+        END AS refusal) chip),
   legs AS (
-    SELECT w.transaction_id, a.account_id, a.customer_id, x.amount_minor, a.currency
-      FROM w CROSS JOIN LATERAL (VALUES (w.source_account_id, -w.move_minor),
-                                        (w.destination_account_id, w.move_minor))
-                                AS x(account_id, amount_minor)
-      JOIN ledger.accounts a ON a.account_id = x.account_id
-     WHERE w.move_minor > 0),
-  written AS (
-    SELECT ROW(w.transaction_id, w.customer_id, w.terminal_id, w.transmission_time, w.stan,
-               w.message_class, w.kind, w.outcome, w.response_code, w.move_minor,
-               w.currency, w.requested_minor, w.requested_currency, w.ledger_balance_minor,
-               w.available_balance_minor, w.business_date, w.recorded_at,
-               coalesce((SELECT pan_masked FROM ledger.cards WHERE card_id = w.card_id),
-                        w.pan_masked),
-               w.mti, w.processing_code, w.rrn, w.original_transmission_time, w.original_stan,
-               w.original_message_class, w.reversal_state, v_lane, v_seq,
-               '\x'::bytea)::ledger.transactions AS t,
-           (SELECT string_agg(ledger.leg_line(l.account_id, l.customer_id, l.amount_minor,
-                                              l.currency), E'\n' ORDER BY l.account_id)
-              FROM legs l WHERE l.transaction_id = w.transaction_id) AS leg_lines
-      FROM w),
+    SELECT w.transaction_id, x.account_id, x.customer_id, x.amount_minor, w.currency
+      FROM judged w
+     CROSS JOIN LATERAL (VALUES
+             (w.source_account_id, w.source_customer_id, -w.move_minor),
+             (w.destination_account_id, w.destination_customer_id, w.move_minor))
+           AS x(account_id, customer_id, amount_minor)
+     WHERE w.judged_status = 'write' AND w.move_minor > 0),
   inserted AS (
     INSERT INTO ledger.transactions
-      SELECT (t).transaction_id, (t).customer_id, (t).terminal_id, (t).transmission_time,
-             (t).stan, (t).message_class, (t).kind, (t).outcome, (t).response_code,
-             (t).amount_minor, (t).currency, (t).requested_minor, (t).requested_currency,
-             (t).ledger_balance_minor, (t).available_balance_minor, (t).business_date,
-             (t).recorded_at, (t).pan_masked, (t).mti, (t).processing_code, (t).rrn,
-             (t).original_transmission_time, (t).original_stan, (t).original_message_class,
-             (t).reversal_state, (t).lane, (t).block_seq, ledger.leaf(t, leg_lines)
-        FROM written
+      SELECT w.transaction_id, w.customer_id, w.terminal_id, w.transmission_time, w.stan,
+             w.message_class, w.kind, w.outcome, w.response_code, w.move_minor, w.currency,
+             w.requested_minor, w.requested_currency, w.ledger_balance_minor,
+             w.available_balance_minor, w.business_date, w.recorded_at, w.written_pan_masked,
+             w.mti, w.processing_code, w.rrn, w.original_transmission_time, w.original_stan,
+             w.original_message_class, w.reversal_state, v_lane, v_seq,
+             ledger.leaf(w.transaction_id, w.customer_id, w.terminal_id, w.transmission_time,
+               w.stan, w.message_class, w.kind, w.outcome, w.response_code, w.move_minor,
+               w.currency, w.requested_minor, w.requested_currency, w.ledger_balance_minor,
+               w.available_balance_minor, w.business_date, w.recorded_at, w.written_pan_masked,
+               w.mti, w.processing_code, w.rrn, w.original_transmission_time, w.original_stan,
+               w.original_message_class, w.reversal_state, v_lane, v_seq,
+               CASE WHEN w.move_minor > 0 THEN concat_ws(E'\n',
+                 ledger.leg_line(least(w.source_account_id, w.destination_account_id),
+                   CASE WHEN w.source_account_id < w.destination_account_id
+                        THEN w.source_customer_id ELSE w.destination_customer_id END,
+                   CASE WHEN w.source_account_id < w.destination_account_id
+                        THEN -w.move_minor ELSE w.move_minor END, w.currency),
+                 ledger.leg_line(greatest(w.source_account_id, w.destination_account_id),
+                   CASE WHEN w.source_account_id < w.destination_account_id
+                        THEN w.destination_customer_id ELSE w.source_customer_id END,
+                   CASE WHEN w.source_account_id < w.destination_account_id
+                        THEN w.move_minor ELSE -w.move_minor END, w.currency)) END)
+        FROM judged w
+       -- A refused decision aborts the batch before anything is written.
+       WHERE w.judged_status = 'write'
+         AND CASE WHEN w.refusal IS NULL THEN true ELSE ledger.refuse(w.refusal) END
     RETURNING transaction_id, leaf),
   posted AS (
     INSERT INTO ledger.postings SELECT * FROM legs),
@@ -643,49 +687,55 @@ BEGIN
       FROM (SELECT account_id, sum(amount_minor) AS delta_minor FROM legs GROUP BY account_id)
            AS moved
      WHERE a.account_id = moved.account_id),
-  counters AS (
+  -- The counters derived above (the card's own when card_update is false), and a chip
+  -- request's ATC as the card's last.
+  cards_after AS (
     UPDATE ledger.cards c SET status = w.card_status, pin_tries = w.card_pin_tries,
         usage_day = w.card_usage_day, usage_amount_minor = w.card_usage_amount_minor,
-        usage_count = w.card_usage_count
-      FROM w WHERE c.card_id = w.card_id AND w.card_update)
-  SELECT count(*), string_agg(leaf, ''::bytea ORDER BY transaction_id) INTO v_count, v_leaves
-    FROM inserted;
-  PERFORM ledger.close_block(v_lane, v_seq, v_prev_hash, now(), v_count, v_leaves);
-  -- EMV (0003_emv): each written chip request moves its card's last ATC to its own (checked
-  -- above). A statement of its own: the counters above may have updated the same row.
-  UPDATE ledger.cards c SET emv_last_atc = e.atc
-    FROM unnest(v_items) v
-    JOIN unnest(atcs) WITH ORDINALITY AS e(atc, position) ON e.position = v.position
-   WHERE c.card_id = v.card_id AND v.status = 'write' AND e.atc IS NOT NULL;
-  -- ATM cash (0004_cash): the notes each written request moves, checked against the cassettes.
-  PERFORM ledger.dispense_notes(v_items, terminal_ids, kinds, outcomes, currencies,
+        usage_count = w.card_usage_count, emv_last_atc = coalesce(w.atc, c.emv_last_atc)
+      FROM judged w
+     WHERE c.card_id = w.card_id AND w.judged_status = 'write'
+       AND (w.card_update OR w.atc IS NOT NULL)),
+  block AS (
+    INSERT INTO ledger.audit_blocks
+      SELECT v_lane, v_seq, now(), count(*), v_prev_hash,
+             ledger.block_hash(v_prev_hash, v_lane, v_seq, count(*)::integer, now(),
+                               string_agg(leaf, ''::bytea ORDER BY transaction_id))
+        FROM inserted HAVING count(*) > 0
+    RETURNING hash),
+  head AS (
+    UPDATE ledger.audit_heads h SET seq = v_seq, hash = block.hash FROM block
+     WHERE h.lane = v_lane)
+  -- The answers, kept for after the notes below.
+  SELECT array_agg(j.position::integer ORDER BY j.position),
+         array_agg(j.judged_status ORDER BY j.position),
+         array_agg(CASE j.judged_status
+                     WHEN 'write' THEN jsonb_build_object('transaction_id', j.transaction_id)
+                     WHEN 'answered' THEN ledger.result_of(j.answered_row) END
+                   ORDER BY j.position),
+         array_agg(CASE WHEN j.judged_status = 'stale' THEN ledger.state_of(
+                     j.pan_hash, j.terminal_id, j.transmission_time, j.stan, j.message_class,
+                     j.original_transmission_time, j.original_stan, j.original_message_class,
+                     j.to_account) END
+                   ORDER BY j.position),
+         array_agg(ROW(j.position, j.judged_status, j.transaction_id, j.customer_id,
+                       j.move_minor)::ledger.written_request ORDER BY j.position)
+    INTO v_positions, v_statuses, v_results, v_states, v_written
+    FROM judged j;
+  -- ATM cash (0004_cash): the notes each written request moves, checked against the cassettes
+  -- (a refusal aborts the batch, as the others do).
+  PERFORM ledger.dispense_notes(v_written, terminal_ids, kinds, outcomes, currencies,
     original_transmission_times, original_stans, original_message_classes, note_counts);
-
-  RETURN QUERY
-    SELECT v.position, v.status,
-           CASE v.status
-             WHEN 'write' THEN jsonb_build_object('transaction_id', v.transaction_id)
-             WHEN 'answered' THEN (
-               SELECT ledger.result_of(t) FROM ledger.transactions t
-                WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan,
-                       t.message_class)
-                    = (v.customer_id, i.terminal_id, i.transmission_time, i.stan,
-                       i.message_class)) END,
-           CASE WHEN v.status = 'stale' THEN ledger.state_of(
-             i.pan_hash, i.terminal_id, i.transmission_time, i.stan, i.message_class,
-             i.original_transmission_time, i.original_stan, i.original_message_class,
-             i.to_account) END
-      FROM unnest(v_items) v
-      JOIN unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes,
-                  original_transmission_times, original_stans, original_message_classes,
-                  to_accounts) WITH ORDINALITY
-           AS i(pan_hash, terminal_id, transmission_time, stan, message_class,
-                original_transmission_time, original_stan, original_message_class, to_account,
-                position)
-        ON i.position = v.position
-     ORDER BY v.position;
+  RETURN QUERY SELECT * FROM unnest(v_positions, v_statuses, v_results, v_states);
 END $$;
 
+-- Raises the refusal of a decided request (see post_batch): aborts its batch.
+CREATE OR REPLACE FUNCTION ledger.refuse(reason text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'refused: %', reason USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+-- An account's opening balance, posted against the house funding account of its currency and
 -- An account's opening balance, posted against the house funding account of its currency and
 -- journalled like any transaction (provisioning, as the owner).
 CREATE OR REPLACE FUNCTION ledger.post_opening(p_account_id bigint, p_amount_minor bigint,
@@ -758,8 +808,8 @@ BEGIN
   SELECT tmk INTO v_tmk FROM ledger.terminals WHERE terminal_id = p_terminal_id FOR UPDATE;
   IF NOT FOUND THEN
     RETURN false;
-  ELSIF NOT ledger.word_valid(v_key, p_authorisation, ARRAY['kiosk-switch session keys v1',
-          p_terminal_id, v_tmk, p_tpk, p_tak]) THEN
+  ELSIF NOT ledger.word_valid(v_key.inner_pad, v_key.outer_pad, p_authorisation, ARRAY[
+          'kiosk-switch session keys v1', p_terminal_id, v_tmk, p_tpk, p_tak]) THEN
     RAISE EXCEPTION 'refused: no valid word from the HSM for these session keys of %',
       p_terminal_id USING ERRCODE = 'insufficient_privilege';
   END IF;
@@ -1163,34 +1213,11 @@ GRANT EXECUTE ON FUNCTION
 
 -- ATM cash (0004_cash): cassettes, the notes each request moves, replenishment.
 
--- A terminal's cassettes as a decision reads them, in slot order.
-CREATE OR REPLACE FUNCTION ledger.cassettes_of(p_terminal_id text) RETURNS jsonb
-  LANGUAGE plpgsql STABLE AS $$
-BEGIN
-  RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'cassette_no', c.cassette_no, 'currency', c.currency,
-                   'denomination_minor', c.denomination_minor,
-                   'remaining_notes', c.remaining_notes, 'load_seq', c.load_seq)
-                 ORDER BY c.cassette_no), '[]')
-            FROM ledger.cassettes c WHERE c.terminal_id = p_terminal_id);
-END $$;
-
--- The notes one transaction moved (positive: dispensed; negative: put back), in slot order.
-CREATE OR REPLACE FUNCTION ledger.notes_of(p_transaction_id bigint) RETURNS jsonb
-  LANGUAGE plpgsql STABLE AS $$
-BEGIN
-  RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'cassette_no', m.cassette_no, 'load_seq', m.load_seq,
-                   'denomination_minor', m.denomination_minor, 'notes', m.notes)
-                 ORDER BY m.cassette_no), '[]')
-            FROM ledger.note_movements m WHERE m.transaction_id = p_transaction_id);
-END $$;
-
 -- The notes of a post_batch's written requests, per request and cassette: note_counts holds one
 -- row per request (in the batch's order) and one column per cassette number, each the notes a
 -- withdrawal dispenses or a reversal puts back (never negative: the kind gives the direction).
 CREATE OR REPLACE FUNCTION ledger.notes_sent(
-  items ledger.post_item[], terminal_ids text[], kinds text[], note_counts integer[]
+  items ledger.written_request[], terminal_ids text[], kinds text[], note_counts integer[]
 ) RETURNS TABLE (item integer, transaction_id bigint, terminal_id text, kind text,
                  cassette_no integer, notes integer)
   LANGUAGE plpgsql STABLE AS $$
@@ -1264,7 +1291,7 @@ END $$;
 -- at a time): refuses, as post_batch's other refusals, notes the rules would never send, then
 -- records each request's notes and moves its cassettes' counts.
 CREATE OR REPLACE FUNCTION ledger.dispense_notes(
-  items ledger.post_item[], terminal_ids text[], kinds text[], outcomes text[],
+  items ledger.written_request[], terminal_ids text[], kinds text[], outcomes text[],
   currencies text[], original_transmission_times text[], original_stans text[],
   original_message_classes text[], note_counts integer[]
 ) RETURNS void LANGUAGE plpgsql AS $$
@@ -1448,3 +1475,15 @@ DROP FUNCTION IF EXISTS ledger.post_batch(
 DROP FUNCTION IF EXISTS ledger.set_session_keys(text, text, text);
 DROP FUNCTION IF EXISTS ledger.authorisation_valid(
   ledger.authorisation_key, bytea, text, text, text, text, bytea, bigint, text);
+-- post_batch's per-item helpers before it judged every item in one statement: whole-row
+-- arguments cost a row built per call, and a composite type kept the items between statements.
+DROP FUNCTION IF EXISTS ledger.card_after(ledger.cards, text, text, date, bigint,
+                                          ledger.transactions, integer);
+DROP FUNCTION IF EXISTS ledger.refusal(text, text, bigint, text, text, date, ledger.cards,
+  ledger.terminals, ledger.transactions, ledger.accounts, ledger.accounts, bigint, ledger.policy,
+  boolean, integer, text, date, bigint, integer, boolean, integer, text, date, bigint, integer,
+  boolean);
+DROP FUNCTION IF EXISTS ledger.authorisation_valid(
+  ledger.authorisation_key, bytea, text, text, text, text, bytea, bigint, text, integer);
+DROP FUNCTION IF EXISTS ledger.word_valid(ledger.authorisation_key, bytea, text[]);
+DROP TYPE IF EXISTS ledger.post_item;

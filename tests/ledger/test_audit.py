@@ -127,6 +127,42 @@ async def test_verify_finds_postings_changed_with_their_balances(
     assert (await audit.verify(owner_conn, timeout_ms=60_000)).ok
 
 
+async def test_verify_finds_what_foreign_keys_would_refuse(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
+) -> None:
+    """Transactions and postings have no foreign keys (only the ledger's functions write them,
+    taking the ids from the rows referenced): verify checks what the keys would."""
+    world = await _activity(ledger_store, owner_conn)
+    first = (await _rows(owner_conn, world.terminals[0]))[0]
+    transaction_id, customer_id = first["transaction_id"], first["customer_id"]
+    (debited, credited), (_, credited_owner) = first["account_ids"], first["customer_ids"]
+    far = 10**12
+    moved = "UPDATE ledger.postings SET transaction_id = transaction_id + $2 WHERE account_id = $1"
+    owner = "UPDATE ledger.postings SET customer_id = customer_id + $2 WHERE account_id = $1"
+    orphan = (
+        "UPDATE ledger.transactions SET customer_id = customer_id + $2 WHERE transaction_id = $1"
+    )
+    one_leg = f"{moved} AND transaction_id = {transaction_id}"
+    await _tampered(pg_cluster, one_leg, debited, far)
+    await _tampered(pg_cluster, f"{owner} AND transaction_id = {transaction_id}", credited, far)
+    await _tampered(pg_cluster, orphan, transaction_id, far)
+    try:
+        report = await audit.verify(owner_conn, timeout_ms=60_000)
+        assert sorted(line for line in report.books if "does not balance" not in line) == [
+            f"posting {transaction_id + far}/{debited}: no such transaction",
+            f"posting {transaction_id}/{credited}: not an account of customer"
+            f" {credited_owner + far}",
+            f"transaction {transaction_id}: no such customer {customer_id + far}",
+        ]
+    finally:
+        await _tampered(pg_cluster, f"{moved} AND transaction_id = {transaction_id + far}",
+                        debited, -far)  # fmt: skip
+        await _tampered(pg_cluster, f"{owner} AND transaction_id = {transaction_id}", credited,
+                        -far)  # fmt: skip
+        await _tampered(pg_cluster, orphan, transaction_id, -far)
+    assert (await audit.verify(owner_conn, timeout_ms=60_000)).ok
+
+
 async def test_verify_finds_a_removed_block_and_bad_books(
     ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -16,7 +17,7 @@ from ledger.model import Outcome, Withdrawal
 from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, Lookup, open_store
 from tests.ledger.factory import AUDIT, NOW, World, key
-from tests.ledger.helpers import TIMEOUT_MS, authorised, balance, run
+from tests.ledger.helpers import TIMEOUT_MS, authorised, balance, postings, run
 
 START_MINOR = 100_000
 
@@ -124,3 +125,69 @@ async def test_an_item_that_fails_fails_alone(
     ) == 0  # fmt: skip
     # The first alone, the five together (refused whole), then each of the five alone.
     assert one_call_store.batch_figures().write_calls == 7
+
+
+async def test_a_batch_of_500_requests(
+    ledger_settings: LedgerSettings, owner_conn: asyncpg.Connection
+) -> None:
+    world = World()
+    await world.load(owner_conn, 500)
+    settings = replace(ledger_settings, calls_in_flight_max=1, batch_size_max=500)
+    store = await open_store(settings, timeout_ms=30_000)
+    try:
+        # An unknown card's request goes first and alone, in its read and in its write (a
+        # decline: it locks no customer); the 500 that arrive meanwhile go in one call each.
+        first = Withdrawal("4000009999999999", key(world.terminals[0]), AUDIT, "20", 1_000, "EUR")
+        requests = [first] + [
+            Withdrawal(c.pan, key(world.terminals[0]), AUDIT, "20", 1_000, "EUR")
+            for c in world.customers
+        ]
+        lookups = await asyncio.gather(*(store.lookup(r, timeout_ms=TIMEOUT_MS) for r in requests))
+        results = await asyncio.gather(
+            *(
+                store.execute(
+                    lookup,
+                    authorisation=authorised(lookup),
+                    now=NOW,
+                    timeout_ms=TIMEOUT_MS,
+                )
+                for lookup in lookups
+            )
+        )
+        figures = store.batch_figures()
+    finally:
+        await store.close(timeout_ms=10_000)
+    assert results[0].outcome is not Outcome.APPROVED
+    assert [r.outcome for r in results[1:]] == [Outcome.APPROVED] * 500
+    assert (figures.read_calls, figures.reads) == (2, 501)
+    assert (figures.write_calls, figures.writes, figures.decided_again) == (2, 501, 0)
+    assert {await balance(owner_conn, c.checking) for c in world.customers} == {START_MINOR - 1_000}
+    assert len({r.entry_id for r in results[1:]}) == 500
+    block_sizes = await owner_conn.fetch(
+        "SELECT b.transactions FROM ledger.audit_blocks b"
+        " WHERE (b.lane, b.seq) IN (SELECT lane, block_seq FROM ledger.transactions"
+        "                             WHERE transaction_id = ANY ($1::bigint[]))",
+        [r.entry_id for r in results[1:]],
+    )
+    assert [row["transactions"] for row in block_sizes] == [500]
+
+
+async def test_200_requests_of_one_customer_at_once_lose_no_update_and_overdraw_nothing(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection
+) -> None:
+    world = World()
+    limits = {"daily_count": 1_000, "daily_amount_minor": 10**9}
+    await world.load(owner_conn, 1, 4, balance_minor=100_000, floor_minor=0, card=limits)
+    customer = world.customers[0]
+    requests = [
+        Withdrawal(customer.pan, key(world.terminals[i % 4]), AUDIT, "20", 1_000, "EUR")
+        for i in range(200)
+    ]
+    results = await asyncio.gather(*(run(ledger_store, r, NOW) for r in requests))
+    outcomes = Counter(r.outcome for r in results)
+    # Exactly what the balance allows, each approval posted once: none lost, none twice.
+    assert outcomes == {Outcome.APPROVED: 100, Outcome.INSUFFICIENT_FUNDS: 100}
+    assert await balance(owner_conn, customer.checking) == 0
+    assert await postings(owner_conn, customer.checking) == 1 + 100  # the opening balance too
+    approved_balances = sorted(r.ledger_balance_minor or 0 for r in results if r.entry_id)
+    assert approved_balances == list(range(0, 100_000, 1_000))
