@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger import anchors, audit, authorisation, backup, exports, retention, rules, sla
+from ledger import anchors, audit, authorisation, backup, exports, ha, retention, rules, sla
 from ledger.anchors import AnchorError
 from ledger.errors import LedgerError
 from ledger.fixtures import EntryError, load_fixtures, read_fixtures
@@ -382,6 +382,33 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    if not args.ha:
+        raise LedgerError(
+            "cluster: only --ha so far (each command starts the single-node private cluster"
+            " it needs)"
+        )
+    cluster = ha.HaCluster(args.dir)
+    if args.stop:
+        cluster.stop(timeout_ms=args.timeout_ms)
+        print(f"stopped the monitor and nodes under {cluster.root}")
+        return 0
+    info = cluster.start(timeout_ms=args.timeout_ms)
+    asyncio.run(_migrate_at(info.owner_dsn, args))
+    print(f"primary {cluster.primary().name}, synchronous secondary; logs in {cluster.root}")
+    print(f"switch ([ledger] dsn): {info.switch_dsn}")
+    print(f"owner (--dsn): {info.owner_dsn}")
+    return 0
+
+
+async def _migrate_at(dsn: str, args: argparse.Namespace) -> None:
+    conn = await asyncpg.connect(dsn, timeout=args.timeout_ms / 1000)
+    try:
+        await _migrate(conn, args)
+    finally:
+        await conn.close()
+
+
 def _backup_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     made = subparsers.add_parser(
         "backup", help="back up the private cluster with pgBackRest, archiving its WAL",
@@ -400,6 +427,19 @@ def _backup_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="the moment to restore to (ISO 8601; UTC if no zone); after the first backup",
     )  # fmt: skip
     restore.set_defaults(offline=_restore)
+    cluster = subparsers.add_parser(
+        "cluster", help="start (or --stop) a local monitor, primary and synchronous secondary",
+        description="with --ha: create on first use and start pg_auto_failover's monitor, a"
+        " primary and a synchronous secondary under --dir, apply the migrations on the primary"
+        " and print the multi-host DSNs; they keep running until `cluster --ha --stop`",
+    )  # fmt: skip
+    cluster.add_argument("--ha", action="store_true", help="the pg_auto_failover formation")
+    cluster.add_argument("--stop", action="store_true", help="stop it instead")
+    cluster.add_argument(
+        "--dir", type=Path, default=Path(".var/ha"), help="where it lives (default: .var/ha)"
+    )
+    cluster.add_argument("--timeout-ms", type=int, default=_TIMEOUT_MS)
+    cluster.set_defaults(offline=_cluster)
     for parser, data_dir in ((made, "the cluster to back up"), (restore, "the new one")):
         parser.add_argument(
             "--data-dir", type=Path, required=parser is restore, default=Path(".var/pg"),

@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ def find_binary(name: str) -> Path:
     return Path(found)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -61,7 +61,13 @@ def service_user() -> str | None:
     raise ProvisioningError("running as root and neither 'postgres' nor 'nobody' exists")
 
 
-def run_as(args: Sequence[str], *, user: str | None, timeout_ms: int) -> str:
+def run_as(
+    args: Sequence[str],
+    *,
+    user: str | None,
+    timeout_ms: int,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Run a server-side tool as `user` (None: as ourselves); its stdout, or ProvisioningError
     with its stderr."""
     try:
@@ -74,6 +80,7 @@ def run_as(args: Sequence[str], *, user: str | None, timeout_ms: int) -> str:
             timeout=timeout_ms / 1000,
             user=user,
             cwd="/",
+            env=env,
         )
     except subprocess.CalledProcessError as exc:
         output = exc.stderr.strip() or exc.stdout.strip()
@@ -81,6 +88,44 @@ def run_as(args: Sequence[str], *, user: str | None, timeout_ms: int) -> str:
     except subprocess.TimeoutExpired as exc:
         raise ProvisioningError(f"{Path(args[0]).name} timed out") from exc
     return done.stdout
+
+
+def run_psql(
+    sql: str, *, host: str, port: int, database: str, user: str | None, timeout_ms: int
+) -> str:
+    """One statement as the superuser, its rows unaligned."""
+    return run_as(
+        [
+            str(find_binary("psql")), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
+            "-h", host, "-p", str(port), "-U", SUPERUSER, "-d", database, "-c", sql,
+        ],
+        user=user,
+        timeout_ms=timeout_ms,
+    )  # fmt: skip
+
+
+def create_roles_and_database(psql: Callable[[str, str], str]) -> None:
+    """The owner and switch roles and the ledger's database owned by the owner, through
+    `psql(statement, database)` as the superuser; what exists already is left as it is."""
+    # Role and database names are module constants, not input.
+    roles = f"""
+    DO $$ BEGIN
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
+        CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE;
+      END IF;
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SWITCH_ROLE}') THEN
+        CREATE ROLE {SWITCH_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+      END IF;
+    END $$;"""  # noqa: S608
+    psql(roles, "postgres")
+    owner = psql(
+        f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{DATABASE}'",  # noqa: S608
+        "postgres",
+    ).strip()
+    if not owner:
+        psql(f"CREATE DATABASE {DATABASE} OWNER {OWNER_ROLE}", "postgres")
+    elif owner != OWNER_ROLE:  # made by another tool (pg_autoctl creates it as the superuser)
+        psql(f"ALTER DATABASE {DATABASE} OWNER TO {OWNER_ROLE}", "postgres")
 
 
 def give_to(path: Path, user: str | None) -> None:
@@ -163,7 +208,7 @@ class LocalCluster:
             self._initdb(timeout_ms=timeout_ms)
         port = self._running_port()
         if port is None:
-            port = _free_port()
+            port = free_port()
             self._pg_ctl_start(port, deadline)
             self._started_here = True
         self.info = ClusterInfo(self.data_dir, port)
@@ -198,36 +243,15 @@ class LocalCluster:
 
     def psql(self, sql: str, *, database: str, timeout_ms: int) -> str:
         assert self.info is not None
-        return self._run(
-            str(find_binary("psql")), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
-            "-h", str(self.info.socket_dir), "-p", str(self.info.port),
-            "-U", SUPERUSER, "-d", database, "-c", sql,
-            timeout_ms=timeout_ms,
+        return run_psql(
+            sql, host=str(self.info.socket_dir), port=self.info.port, database=database,
+            user=self._user, timeout_ms=timeout_ms,
         )  # fmt: skip
 
     def _create_roles_and_database(self, *, timeout_ms: int) -> None:
-        # Role and database names are module constants, not input.
-        roles = f"""
-        DO $$ BEGIN
-          IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
-            CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE;
-          END IF;
-          IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SWITCH_ROLE}') THEN
-            CREATE ROLE {SWITCH_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
-          END IF;
-        END $$;"""  # noqa: S608
-        self.psql(roles, database="postgres", timeout_ms=timeout_ms)
-        exists = self.psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",  # noqa: S608
-            database="postgres",
-            timeout_ms=timeout_ms,
+        create_roles_and_database(
+            lambda sql, database: self.psql(sql, database=database, timeout_ms=timeout_ms)
         )
-        if not exists.strip():
-            self.psql(
-                f"CREATE DATABASE {DATABASE} OWNER {OWNER_ROLE}",
-                database="postgres",
-                timeout_ms=timeout_ms,
-            )
 
     def create_database(self, name: str, *, timeout_ms: int = 30_000) -> str:
         """Create (or recreate) a scratch database, e.g. for pgbench; returns a superuser DSN."""
