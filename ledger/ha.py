@@ -146,7 +146,7 @@ class HaCluster:
             if not self._created(name):
                 self._create_node(name, deadline)
             self.run_node(name)
-        self._wait(self._settled, "a primary and a synchronous secondary", deadline)
+        self._wait(self.settled, "a primary and a synchronous secondary", deadline)
         port = self.primary().port
         create_roles_and_database(lambda sql, database: self.sql(port, sql, database=database))
         return self.info()
@@ -252,7 +252,7 @@ class HaCluster:
         except ProvisioningError:
             return None
 
-    def _settled(self) -> bool:
+    def settled(self) -> bool:
         """The monitor says primary and secondary (what it says may be from before a restart),
         and the primary itself confirms: writable, with a synchronous standby streaming."""
         nodes = [n for n in self.nodes() if n.reported_state == n.assigned_state]
