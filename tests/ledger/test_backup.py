@@ -3,6 +3,7 @@ and restoring the shared one would disturb the other tests)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ def _backup(label: str, stopped_at: datetime) -> backup.Backup:
 
 
 @pytest.mark.parametrize(
-    ("to", "backups", "expected"),
+    ("to", "backups", "target"),
     [
         (T0, [_backup("F1", T0)], "2026-12-01 09:00:00.000000+00"),
         (T0 + timedelta(microseconds=250), [_backup("F1", T0)], "2026-12-01 09:00:00.000250+00"),
@@ -56,16 +57,33 @@ def _backup(label: str, stopped_at: datetime) -> backup.Backup:
             [_backup("F1", T0)],
             "2026-12-01 11:00:00.000000+00",
         ),
-        (T0 - timedelta(seconds=1), [_backup("F1", T0)], "before the first backup (F1)"),
-        (T0, [], "no backup in /repo"),
+        # Between two backups: the first reaches it (pgBackRest picks it).
+        (
+            T0 + timedelta(minutes=1),
+            [_backup("F1", T0), _backup("F2", T0 + timedelta(hours=1))],
+            "2026-12-01 09:01:00.000000+00",
+        ),
     ],
 )
-def test_restore_target(to: datetime, backups: list[backup.Backup], expected: str) -> None:
-    if "backup" in expected:
-        with pytest.raises(BackupError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-            backup.restore_target(to, backups, Path("/repo"))
-    else:
-        assert backup.restore_target(to, backups, Path("/repo")) == expected
+def test_restore_target(to: datetime, backups: list[backup.Backup], target: str) -> None:
+    assert backup.restore_target(to, backups, Path("/repo")) == target
+
+
+@pytest.mark.parametrize(
+    ("to", "backups", "message"),
+    [
+        (
+            T0 - timedelta(seconds=1),
+            [_backup("F1", T0), _backup("F2", T0 + timedelta(hours=1))],
+            "2026-12-01T08:59:59+00:00 is before the first backup (F1) ended at"
+            " 2026-12-01T09:00:00+00:00: a restore can only reach a moment after it",
+        ),
+        (T0, [], "no backup in /repo: run `python -m ledger backup` first"),
+    ],
+)
+def test_restore_target_refused(to: datetime, backups: list[backup.Backup], message: str) -> None:
+    with pytest.raises(BackupError, match=f"^{re.escape(message)}$"):
+        backup.restore_target(to, backups, Path("/repo"))
 
 
 def test_parse_backups() -> None:
