@@ -164,8 +164,13 @@ class HaCluster:
         ]  # fmt: skip
 
     def primary(self) -> Node:
-        (primary,) = [n for n in self.nodes() if n.reported_state in ("primary", "wait_primary")]
-        return primary
+        """The node taking writes (with a standby or, in wait_primary, without)."""
+        nodes = self.nodes()
+        writable = [n for n in nodes if n.reported_state in ("primary", "wait_primary")]
+        if len(writable) != 1:
+            states = ", ".join(f"{n.name} {n.reported_state}" for n in nodes)
+            raise ProvisioningError(f"no single primary in {self.root}: {states}")
+        return writable[0]
 
     def running(self, name: str) -> bool:
         try:
@@ -194,8 +199,8 @@ class HaCluster:
         return pid
 
     def stop(self, *, timeout_ms: int = 120_000) -> None:
-        """Secondaries first, then the primary (it would otherwise fail over to them), then the
-        monitor; each waits until its server is down."""
+        """Secondaries first (stopping the primary first would promote one), then the primary,
+        then the monitor; each waits until its server is down."""
         deadline = time.monotonic() + timeout_ms / 1000
         order: list[str] = list(NODES)
         if self.running(MONITOR):

@@ -130,14 +130,16 @@ def _rejoined(cluster: HaCluster, name: str) -> bool:
     return _roles(cluster)[name] == "secondary" and cluster.settled()
 
 
-async def _switch_login(port: int) -> str:
-    conn = await asyncpg.connect(f"postgresql://ledger_switch@127.0.0.1:{port}/ledger")
-    try:
-        user = await conn.fetchval("SELECT current_user")
-        assert isinstance(user, str)
-        return user
-    finally:
-        await conn.close()
+async def _switch_can_only_execute(cluster: HaCluster) -> None:
+    """On every node the switch's role logs in (pg_hba) and reads no table (its grants)."""
+    for node in cluster.nodes():
+        conn = await asyncpg.connect(f"postgresql://ledger_switch@127.0.0.1:{node.port}/ledger")
+        try:
+            assert await conn.fetchval("SELECT current_user") == "ledger_switch"
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetchval("SELECT count(*) FROM ledger.transactions")
+        finally:
+            await conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -202,8 +204,7 @@ async def test_failover_keeps_every_acknowledged_posting(
     assert cluster.sql(primary.port, "SHOW synchronous_standby_names").strip() == (
         "ANY 1 (pgautofailover_standby_2)"
     )
-    for node in cluster.nodes():
-        assert await _switch_login(node.port) == "ledger_switch"
+    await _switch_can_only_execute(cluster)
 
     world = World()
     conn = await asyncpg.connect(info.owner_dsn)
@@ -248,3 +249,4 @@ async def test_failover_keeps_every_acknowledged_posting(
     # While there is no primary, terminals get 91 within the request deadline (and its grace).
     assert trickle.slowest_s < (REQUEST_TIMEOUT_MS + 1_000) / 1000
     await _verify(info, [entry for _, entry in trickle.acknowledged])
+    await _switch_can_only_execute(cluster)
