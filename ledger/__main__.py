@@ -19,7 +19,18 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger import anchors, audit, authorisation, cassettes, exports, retention, rules, sla
+from ledger import (
+    anchors,
+    audit,
+    authorisation,
+    backup,
+    cassettes,
+    exports,
+    ha,
+    retention,
+    rules,
+    sla,
+)
 from ledger.anchors import AnchorError
 from ledger.errors import LedgerError
 from ledger.fixtures import EntryError, load_fixtures, read_fixtures
@@ -300,7 +311,12 @@ def _time_of_day(text: str) -> time:
 
 def _timestamp(text: str) -> datetime:
     """ISO 8601 date or date-time; without a zone it is UTC."""
-    value = datetime.fromisoformat(text)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"an ISO 8601 time such as 2026-12-01T09:30:00+00:00, got {text!r}"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -415,6 +431,92 @@ def _audit_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     verify_export.set_defaults(offline=_verify_export)
 
 
+def _backup(args: argparse.Namespace) -> int:
+    repo = args.repo or backup.default_repo(args.data_dir)
+    done = backup.backup(args.data_dir, repo, args.backup_type, timeout_ms=args.timeout_ms)
+    print(f"backup {done.label} ({done.backup_type}) in {repo}, ended {done.stopped_at}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    repo = args.repo or backup.default_repo(args.data_dir)
+    info = backup.restore(repo, args.data_dir, args.to, timeout_ms=args.timeout_ms).info
+    assert info is not None
+    print(f"restored to {args.to.isoformat()} in {info.data_dir}, running: {info.owner_dsn}")
+    print(f"check it: python -m ledger audit verify --data-dir {info.data_dir}")
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    if not args.ha:
+        raise LedgerError(
+            "cluster: only --ha so far (each command starts the single-node private cluster"
+            " it needs)"
+        )
+    cluster = ha.HaCluster(args.dir)
+    if args.stop:
+        cluster.stop(timeout_ms=args.timeout_ms)
+        print(f"stopped the monitor and nodes under {cluster.root}")
+        return 0
+    info = cluster.start(timeout_ms=args.timeout_ms)
+    asyncio.run(_migrate_at(info.owner_dsn, args))
+    print(f"primary {cluster.primary().name}, synchronous secondary; logs in {cluster.root}")
+    print(f"switch ([ledger] dsn): {info.switch_dsn}")
+    print(f"owner (--dsn): {info.owner_dsn}")
+    return 0
+
+
+async def _migrate_at(dsn: str, args: argparse.Namespace) -> None:
+    conn = await asyncpg.connect(dsn, timeout=args.timeout_ms / 1000)
+    try:
+        await _migrate(conn, args)
+    finally:
+        await conn.close()
+
+
+def _backup_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    made = subparsers.add_parser(
+        "backup", help="back up the private cluster with pgBackRest, archiving its WAL",
+        description="back up the private cluster under --data-dir with pgBackRest; the first"
+        " one sets up WAL archiving to the repository (a restart if the cluster was stopped)",
+    )  # fmt: skip
+    made.add_argument("--type", dest="backup_type", choices=("full", "incr"), default="full")
+    made.set_defaults(offline=_backup)
+    restore = subparsers.add_parser(
+        "restore", help="restore a backup as of a time into a new data directory, and start it",
+        description="restore into the new (or empty) --data-dir the ledger as it was at --to,"
+        " from the backups and WAL in --repo, promote it and leave it running",
+    )  # fmt: skip
+    restore.add_argument(
+        "--to", type=_timestamp, required=True,
+        help="the moment to restore to (ISO 8601; UTC if no zone); after the first backup",
+    )  # fmt: skip
+    restore.set_defaults(offline=_restore)
+    cluster = subparsers.add_parser(
+        "cluster", help="start (or --stop) a local monitor, primary and synchronous secondary",
+        description="with --ha: create on first use and start pg_auto_failover's monitor, a"
+        " primary and a synchronous secondary under --dir, apply the migrations on the primary"
+        " and print the multi-host DSNs; they keep running until `cluster --ha --stop`",
+    )  # fmt: skip
+    cluster.add_argument("--ha", action="store_true", help="the pg_auto_failover formation")
+    cluster.add_argument("--stop", action="store_true", help="stop it instead")
+    cluster.add_argument(
+        "--dir", type=Path, default=Path(".var/ha"), help="where it lives (default: .var/ha)"
+    )
+    cluster.add_argument("--timeout-ms", type=int, default=_TIMEOUT_MS)
+    cluster.set_defaults(offline=_cluster)
+    for parser, data_dir in ((made, "the cluster to back up"), (restore, "the new one")):
+        parser.add_argument(
+            "--data-dir", type=Path, required=parser is restore, default=Path(".var/pg"),
+            help=f"data directory: {data_dir} (default for backup: .var/pg)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--repo", type=Path,
+            help="pgBackRest's directory (default: pgbackrest next to --data-dir)",
+        )  # fmt: skip
+        parser.add_argument("--timeout-ms", type=int, default=_TIMEOUT_MS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ledger", description=__doc__)
     subparsers = parser.add_subparsers(required=True, metavar="command")
@@ -441,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_parsers(subparsers)
     _anchor_parsers(subparsers)
     _cash_parsers(subparsers)
+    _backup_parsers(subparsers)
     key_parser = subparsers.add_parser(
         "authorisation-key", help="the key that verifies the HSM's word on each approval"
     )

@@ -36,3 +36,8 @@ class ProvisioningError(LedgerError):
 class FixtureError(LedgerError):
     """A fixtures file is malformed; the message names the file, the entry (its table, its
     place in it and, when the file writes it as a `[[table]]` header, its line) and the field."""
+
+
+class BackupError(LedgerError):
+    """A backup or a restore could not be made; the message names what is wrong and, for a
+    restore, the target directory is left as it was."""

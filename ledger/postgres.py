@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +43,14 @@ def find_binary(name: str) -> Path:
     return Path(found)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _service_user() -> str | None:
+def service_user() -> str | None:
     """PostgreSQL refuses to run as root: pick an unprivileged OS user when we are root."""
     if os.geteuid() != 0:
         return None
@@ -59,6 +59,80 @@ def _service_user() -> str | None:
             pwd.getpwnam(name)
             return name
     raise ProvisioningError("running as root and neither 'postgres' nor 'nobody' exists")
+
+
+def run_as(
+    args: Sequence[str],
+    *,
+    user: str | None,
+    timeout_ms: int,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Run a server-side tool as `user` (None: as ourselves); its stdout, or ProvisioningError
+    with its stderr."""
+    try:
+        # Binaries found by find_binary or shutil.which; arguments are ours, never user input.
+        done = subprocess.run(  # noqa: S603
+            args,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout_ms / 1000,
+            user=user,
+            cwd="/",
+            env=env,
+        )
+    except subprocess.CalledProcessError as exc:
+        output = exc.stderr.strip() or exc.stdout.strip()
+        raise ProvisioningError(f"{Path(args[0]).name} failed: {output}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ProvisioningError(f"{Path(args[0]).name} timed out") from exc
+    return done.stdout
+
+
+def run_psql(
+    sql: str, *, host: str, port: int, database: str, user: str | None, timeout_ms: int
+) -> str:
+    """One statement as the superuser, its rows unaligned."""
+    return run_as(
+        [
+            str(find_binary("psql")), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
+            "-h", host, "-p", str(port), "-U", SUPERUSER, "-d", database, "-c", sql,
+        ],
+        user=user,
+        timeout_ms=timeout_ms,
+    )  # fmt: skip
+
+
+def create_roles_and_database(psql: Callable[[str, str], str]) -> None:
+    """The owner and switch roles and the ledger's database owned by the owner, through
+    `psql(statement, database)` as the superuser; what exists already is left as it is."""
+    # Role and database names are module constants, not input.
+    roles = f"""
+    DO $$ BEGIN
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
+        CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE;
+      END IF;
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SWITCH_ROLE}') THEN
+        CREATE ROLE {SWITCH_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+      END IF;
+    END $$;"""  # noqa: S608
+    psql(roles, "postgres")
+    owner = psql(
+        f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{DATABASE}'",  # noqa: S608
+        "postgres",
+    ).strip()
+    if not owner:
+        psql(f"CREATE DATABASE {DATABASE} OWNER {OWNER_ROLE}", "postgres")
+    elif owner != OWNER_ROLE:  # made by another tool (pg_autoctl creates it as the superuser)
+        psql(f"ALTER DATABASE {DATABASE} OWNER TO {OWNER_ROLE}", "postgres")
+
+
+def give_to(path: Path, user: str | None) -> None:
+    """Make `path` the service user's (when we run as root and hand the server to it)."""
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,33 +167,20 @@ class LocalCluster:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
-        self._user = _service_user()
+        self._user = service_user()
         self._started_here = False
         self.info: ClusterInfo | None = None
 
     def _run(self, *args: str, timeout_ms: int) -> str:
-        try:
-            # Binaries found by find_binary; arguments are ours, never user input.
-            done = subprocess.run(  # noqa: S603
-                args,
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=timeout_ms / 1000,
-                user=self._user,
-                cwd="/",
-            )
-        except subprocess.CalledProcessError as exc:
-            raise ProvisioningError(f"{Path(args[0]).name} failed: {exc.stderr.strip()}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise ProvisioningError(f"{Path(args[0]).name} timed out") from exc
-        return done.stdout
+        return run_as(args, user=self._user, timeout_ms=timeout_ms)
+
+    @property
+    def started_here(self) -> bool:
+        return self._started_here
 
     def _initdb(self, *, timeout_ms: int) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self._user is not None:
-            entry = pwd.getpwnam(self._user)
-            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        give_to(self.data_dir, self._user)
         self._run(
             str(find_binary("initdb")),
             "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "trust",
@@ -147,7 +208,7 @@ class LocalCluster:
             self._initdb(timeout_ms=timeout_ms)
         port = self._running_port()
         if port is None:
-            port = _free_port()
+            port = free_port()
             self._pg_ctl_start(port, deadline)
             self._started_here = True
         self.info = ClusterInfo(self.data_dir, port)
@@ -180,46 +241,25 @@ class LocalCluster:
         time.sleep(down_ms / 1000)
         self._pg_ctl_start(self.info.port, deadline)
 
-    def _psql(self, sql: str, *, database: str, timeout_ms: int) -> str:
+    def psql(self, sql: str, *, database: str, timeout_ms: int) -> str:
         assert self.info is not None
-        return self._run(
-            str(find_binary("psql")), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
-            "-h", str(self.info.socket_dir), "-p", str(self.info.port),
-            "-U", SUPERUSER, "-d", database, "-c", sql,
-            timeout_ms=timeout_ms,
+        return run_psql(
+            sql, host=str(self.info.socket_dir), port=self.info.port, database=database,
+            user=self._user, timeout_ms=timeout_ms,
         )  # fmt: skip
 
     def _create_roles_and_database(self, *, timeout_ms: int) -> None:
-        # Role and database names are module constants, not input.
-        roles = f"""
-        DO $$ BEGIN
-          IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
-            CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE;
-          END IF;
-          IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SWITCH_ROLE}') THEN
-            CREATE ROLE {SWITCH_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
-          END IF;
-        END $$;"""  # noqa: S608
-        self._psql(roles, database="postgres", timeout_ms=timeout_ms)
-        exists = self._psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",  # noqa: S608
-            database="postgres",
-            timeout_ms=timeout_ms,
+        create_roles_and_database(
+            lambda sql, database: self.psql(sql, database=database, timeout_ms=timeout_ms)
         )
-        if not exists.strip():
-            self._psql(
-                f"CREATE DATABASE {DATABASE} OWNER {OWNER_ROLE}",
-                database="postgres",
-                timeout_ms=timeout_ms,
-            )
 
     def create_database(self, name: str, *, timeout_ms: int = 30_000) -> str:
         """Create (or recreate) a scratch database, e.g. for pgbench; returns a superuser DSN."""
         assert self.info is not None
         assert name.isidentifier(), name
         assert name != DATABASE, name
-        self._psql(f"DROP DATABASE IF EXISTS {name}", database="postgres", timeout_ms=timeout_ms)
-        self._psql(f"CREATE DATABASE {name}", database="postgres", timeout_ms=timeout_ms)
+        self.psql(f"DROP DATABASE IF EXISTS {name}", database="postgres", timeout_ms=timeout_ms)
+        self.psql(f"CREATE DATABASE {name}", database="postgres", timeout_ms=timeout_ms)
         return self.info.dsn(SUPERUSER, name)
 
     def stop(self, *, timeout_ms: int = 60_000) -> None:
