@@ -18,7 +18,7 @@ import shlex
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -95,10 +95,13 @@ def restore_target(to: datetime, backups: list[Backup], repo: Path) -> str:
     if not backups:
         raise BackupError(f"no backup in {repo}: run `python -m ledger backup` first")
     first = backups[0]
-    if to < first.stopped_at:
+    # pgBackRest keeps a backup's stop time in whole seconds and wants it strictly before the
+    # target's whole second: a target in the second the first backup ended cannot be reached.
+    if to < first.stopped_at + timedelta(seconds=1):
         raise BackupError(
             f"{to.isoformat()} is before the first backup ({first.label}) ended at"
-            f" {first.stopped_at.isoformat()}: a restore can only reach a moment after it"
+            f" {first.stopped_at.isoformat()}: a restore can only reach a moment from the next"
+            " second on"
         )
     return to.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 

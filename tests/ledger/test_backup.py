@@ -3,6 +3,7 @@ and restoring the shared one would disturb the other tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import tempfile
@@ -50,8 +51,12 @@ def _backup(label: str, stopped_at: datetime) -> backup.Backup:
 @pytest.mark.parametrize(
     ("to", "backups", "target"),
     [
-        (T0, [_backup("F1", T0)], "2026-12-01 09:00:00.000000+00"),
-        (T0 + timedelta(microseconds=250), [_backup("F1", T0)], "2026-12-01 09:00:00.000250+00"),
+        (T0 + timedelta(seconds=1), [_backup("F1", T0)], "2026-12-01 09:00:01.000000+00"),
+        (
+            T0 + timedelta(seconds=1, microseconds=250),
+            [_backup("F1", T0)],
+            "2026-12-01 09:00:01.000250+00",
+        ),
         (
             datetime(2026, 12, 1, 13, 0, tzinfo=timezone(timedelta(hours=2))),
             [_backup("F1", T0)],
@@ -76,7 +81,14 @@ def test_restore_target(to: datetime, backups: list[backup.Backup], target: str)
             T0 - timedelta(seconds=1),
             [_backup("F1", T0), _backup("F2", T0 + timedelta(hours=1))],
             "2026-12-01T08:59:59+00:00 is before the first backup (F1) ended at"
-            " 2026-12-01T09:00:00+00:00: a restore can only reach a moment after it",
+            " 2026-12-01T09:00:00+00:00: a restore can only reach a moment from the next second on",
+        ),
+        # pgBackRest keeps stop times in whole seconds: the second the backup ended is refused.
+        (
+            T0 + timedelta(microseconds=250),
+            [_backup("F1", T0)],
+            "2026-12-01T09:00:00.000250+00:00 is before the first backup (F1) ended at"
+            " 2026-12-01T09:00:00+00:00: a restore can only reach a moment from the next second on",
         ),
         (T0, [], "no backup in /repo: run `python -m ledger backup` first"),
     ],
@@ -208,6 +220,9 @@ async def test_restore_to_a_time_keeps_what_was_acknowledged_before_it(
         )
         store = await open_store(settings, timeout_ms=30_000)
         try:
+            # A restore reaches only the seconds after the first backup's (see restore_target).
+            wait_s = (first.stopped_at - datetime.now(UTC)).total_seconds() + 1.1
+            await asyncio.sleep(max(0.0, wait_s))
             before = await _withdraw(store, world, range(3))
             restore_to = datetime.now(UTC)
             after = await _withdraw(store, world, range(3, 6))
