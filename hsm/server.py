@@ -11,7 +11,6 @@ without a word: each is logged with the peer's address, and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from dataclasses import dataclass, field
 
@@ -24,6 +23,10 @@ from hsm.errors import CommandNotPermittedError, PinRateLimitError, RequestError
 from hsm.tls import ServerTls, server_context
 
 log = structlog.get_logger("hsm.server")
+
+# How long a closing connection may wait for its peer: one that never answers TLS's close (or
+# whose handshake failed half-way) would otherwise hold its handler, and the server's close().
+CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,11 @@ class HsmServer:
             finally:
                 self._connections.discard(task)
                 writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
+                try:
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                        await writer.wait_closed()
+                except (ConnectionError, ssl.SSLError, TimeoutError):
+                    writer.transport.abort()
 
     async def _admit(self, writer: asyncio.StreamWriter) -> Client | None:
         """The client on this connection once TLS is up; None if its handshake failed."""
