@@ -45,17 +45,15 @@ class Authorisation:
     currency: str
 
     def message(self, pan_hash: bytes) -> bytes:
-        fields = (
-            "kiosk-switch authorisation v1", self.terminal_id, self.transmission_time,
-            self.stan, self.message_class, pan_hash.hex(), str(self.amount_minor), self.currency,
-        )  # fmt: skip
-        return "\n".join(fields).encode()
+        return self._text("kiosk-switch authorisation v1", pan_hash)
 
     def chip_message(self, pan_hash: bytes, atc: int) -> bytes:
+        return self._text("kiosk-switch chip authorisation v1", pan_hash, str(atc))
+
+    def _text(self, label: str, pan_hash: bytes, *more: str) -> bytes:
         fields = (
-            "kiosk-switch chip authorisation v1", self.terminal_id, self.transmission_time,
-            self.stan, self.message_class, pan_hash.hex(), str(self.amount_minor), self.currency,
-            str(atc),
+            label, self.terminal_id, self.transmission_time, self.stan, self.message_class,
+            pan_hash.hex(), str(self.amount_minor), self.currency, *more,
         )  # fmt: skip
         return "\n".join(fields).encode()
 
