@@ -22,6 +22,7 @@ LATENCY_BOUNDS_MS: tuple[int, ...] = (
 )  # fmt: skip
 HISTOGRAM_SIZE = len(LATENCY_BOUNDS_MS) + 1
 UNAVAILABLE_CODES = frozenset({"91", "96"})
+CHIP_SECURITY_CODE = "63"
 APPROVED_CODE = "00"
 
 
@@ -67,16 +68,19 @@ def latency_bucket(latency_ms: float) -> int:
 @dataclass(frozen=True, slots=True)
 class TrafficCounts:
     """A terminal's answered requests over some period: all of them, the financial ones, those
-    approved, financial responses by code and their latency histogram."""
+    approved, financial responses by code, their latency histogram, and the financial ones that
+    carried chip data (F55)."""
 
     requests: int
     financial: int
     approved: int
     response_codes: Mapping[str, int]
     latency_counts: Sequence[int]
+    chip: int = 0
 
     def __post_init__(self) -> None:
         assert 0 <= self.approved <= self.financial <= self.requests, self
+        assert 0 <= self.chip <= self.financial, self
         assert len(self.latency_counts) == HISTOGRAM_SIZE, len(self.latency_counts)
 
     @property
@@ -88,6 +92,12 @@ class TrafficCounts:
     def declined(self) -> int:
         """Financial requests declined on their merits (91 and 96 are not the card's fault)."""
         return self.financial - self.approved - self.unavailable
+
+    @property
+    def chip_refused(self) -> int:
+        """Chip requests refused for their card's security: an ARQC that does not verify (or
+        not for this request), a replayed ATC, a wrong PSN. Only these are answered 63."""
+        return self.response_codes.get(CHIP_SECURITY_CODE, 0)
 
     @property
     def approval_rate(self) -> float | None:
@@ -116,6 +126,7 @@ def add_traffic(counts: Sequence[TrafficCounts]) -> TrafficCounts:
         )
         if counts
         else EMPTY_HISTOGRAM,
+        chip=sum(each.chip for each in counts),
     )
 
 

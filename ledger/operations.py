@@ -202,7 +202,7 @@ async def record_traffic(
     # One row may be changed once per statement: the caller adds up a bucket's counts first.
     assert len(keys) == len(buckets), "one item per terminal and bucket"
     count = await conn.fetchval(
-        "SELECT ledger.record_terminal_traffic($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "SELECT ledger.record_terminal_traffic($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         process_id,
         [bucket.terminal_id for bucket in buckets],
         [bucket.bucket_start for bucket in buckets],
@@ -212,6 +212,7 @@ async def record_traffic(
         [dict(bucket.counts.response_codes) for bucket in buckets],
         [count for bucket in buckets for count in bucket.counts.latency_counts],
         [bucket.last_seen_at for bucket in buckets],
+        [bucket.counts.chip for bucket in buckets],
         timeout=timeout_ms / 1000,
     )
     assert count == len(buckets), (count, len(buckets))
@@ -226,6 +227,7 @@ def _counts(row: asyncpg.Record) -> TrafficCounts:
         approved=row["approved"],
         response_codes={code: int(count) for code, count in row["response_codes"].items()},
         latency_counts=tuple(latency) if latency else (0,) * HISTOGRAM_SIZE,
+        chip=row["chip"],
     )
 
 

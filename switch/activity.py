@@ -36,6 +36,7 @@ class _Counts:
     approved: int = 0
     response_codes: dict[str, int] = field(default_factory=dict)
     latency_counts: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_SIZE)
+    chip: int = 0
     # Seconds since the epoch: counted per message, so the cheapest clock there is.
     last_seen_s: float = 0.0
 
@@ -43,6 +44,7 @@ class _Counts:
         self.requests += counts.requests
         self.financial += counts.financial
         self.approved += counts.approved
+        self.chip += counts.chip
         for code, count in counts.response_codes.items():
             self.response_codes[code] = self.response_codes.get(code, 0) + count
         for slot, count in enumerate(counts.latency_counts):
@@ -56,6 +58,7 @@ class _Counts:
             self.approved,
             dict(self.response_codes),
             tuple(self.latency_counts),
+            self.chip,
         )
 
 
@@ -103,9 +106,10 @@ class ActivityRecorder:
         network_code: str | None,
         response_code: str,
         latency_ms: float,
+        chip: bool = False,
     ) -> None:
         """`terminal_id`: the one the connection signed on as (a provisioned terminal), so a
-        stranger's field 41 never reaches the ledger."""
+        stranger's field 41 never reaches the ledger. `chip`: the request carried chip data."""
         if terminal_id is None:
             return
         approved = response_code == APPROVED_CODE
@@ -124,6 +128,7 @@ class ActivityRecorder:
         if request_mti[:3] in FINANCIAL_CLASSES:
             counts.financial += 1
             counts.approved += approved
+            counts.chip += chip
             codes = counts.response_codes
             codes[response_code] = codes.get(response_code, 0) + 1
             counts.latency_counts[latency_bucket(latency_ms)] += 1

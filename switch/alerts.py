@@ -12,7 +12,12 @@ Rules (each also in config/prometheus-alerts.yml, over /metrics):
 - hsm_unreachable, database_unreachable: this process's probe failed for a while;
 - audit_verify_failing: the latest `audit verify` found damage or could not finish;
 - certificate_expiring: this process's server certificate, or the client certificate of a
-  terminal signed on to it, expires within the warning window.
+  terminal signed on to it, expires within the warning window;
+- cash_low, cash_out: a terminal's cassettes (as the ledger counts them) are at a low mark, or
+  hold no note at all (its withdrawals are declined at once);
+- arqc_failure_ratio: the fleet's chip requests refused for the card's security (answered 63:
+  an ARQC that does not verify, a replayed ATC, a wrong PSN) over a ratio: a wrong IMK in a
+  profile, or cloned cards at work.
 
 Fleet rules read only the ledger, so every switch process reaches the same conclusion and the
 ledger's unique open alert per rule and subject makes exactly one of them raise (and notify) it.
@@ -23,8 +28,7 @@ connected to it): they are kept in the ledger like fleet alerts, but only the pr
 raised one resolves it (or any process, once that one is gone).
 
 Another subsystem adds a rule by adding a function to `FLEET_RULES` over what it puts in the
-snapshot: cash low or out and a balancing imbalance once cassettes are in the ledger, an ARQC
-failure ratio once EMV results are counted there.
+snapshot.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from ledger.activity import TrafficCounts, add_traffic
+from ledger.cash import CashLevel, cash_level
 from ledger.operations import AlertRecord, NewAlert
 from switch.fleet_view import FleetSnapshot, TerminalState, TerminalView
 
@@ -53,6 +58,9 @@ class Rule(StrEnum):
     DATABASE_UNREACHABLE = "database_unreachable"
     AUDIT_VERIFY_FAILING = "audit_verify_failing"
     CERTIFICATE_EXPIRING = "certificate_expiring"
+    CASH_LOW = "cash_low"
+    CASH_OUT = "cash_out"
+    ARQC_FAILURE_RATIO = "arqc_failure_ratio"
 
 
 # About the process that raises them: subject = its process id.
@@ -77,6 +85,8 @@ class AlertRules:
     # Fewer financial requests than this in a window say nothing about a ratio or a p99.
     requests_min: int
     unavailable_ratio_max: float
+    # Chip requests answered 63 (card security), as a share of the chip requests.
+    arqc_failure_ratio_max: float
     latency_p99_slo_ms: float
     # How long a dependency probe must keep failing before its alert fires.
     dependency_for: timedelta
@@ -197,6 +207,62 @@ def unavailable_ratio(observation: Observation, rules: AlertRules) -> list[Condi
     ]
 
 
+def arqc_failure_ratio(observation: Observation, rules: AlertRules) -> list[Condition]:
+    assert observation.snapshot is not None
+    recent = observation.snapshot.recent
+    fleet = add_traffic(list(recent.values()))
+    ratio = _ratio(fleet.chip_refused, fleet.chip)
+    if fleet.chip < rules.requests_min or ratio <= rules.arqc_failure_ratio_max:
+        return []
+    worst = sorted(
+        ((counts.chip_refused, terminal_id) for terminal_id, counts in recent.items()),
+        key=lambda item: (-item[0], item[1]),
+    )
+    at = ", ".join(f"{terminal_id} {count}" for count, terminal_id in worst[:3] if count)
+    return [
+        Condition(
+            Rule.ARQC_FAILURE_RATIO,
+            FLEET_SUBJECT,
+            None,
+            Severity.CRITICAL,
+            f"{fleet.chip_refused} of {fleet.chip} chip requests refused for the card's security"
+            f" (63; {100 * ratio:.1f}%, over {100 * rules.arqc_failure_ratio_max:g}%); most at"
+            f" {at}",
+        )
+    ]
+
+
+def cash(observation: Observation, _rules: AlertRules) -> list[Condition]:
+    """Cash out (critical: withdrawals are declined) or low (warning), never both at once; not
+    for a terminal out of service, which takes no withdrawals anyway."""
+    snapshot = observation.snapshot
+    assert snapshot is not None
+    in_service = {
+        view.record.terminal_id: view.record.location
+        for view in observation.views
+        if view.state is not TerminalState.OUT_OF_SERVICE
+    }
+    conditions = []
+    for terminal_id, cassettes in sorted(snapshot.cassettes().items()):
+        location = in_service.get(terminal_id)
+        level = cash_level((c.remaining_notes, c.low_notes) for c in cassettes)
+        if location is None or level is None or level is CashLevel.OK:
+            continue
+        if level is CashLevel.OUT:
+            rule, severity, what = Rule.CASH_OUT, Severity.CRITICAL, "no note left"
+        else:
+            low = [c for c in cassettes if c.remaining_notes <= c.low_notes]
+            rule, severity = Rule.CASH_LOW, Severity.WARNING
+            what = "; ".join(
+                f"cassette {c.cassette_no} (notes of {c.denomination_minor} {c.currency} minor"
+                f" units) {c.remaining_notes} left, low mark {c.low_notes}"
+                for c in low
+            )
+        summary = f"terminal {terminal_id} ({location}) cash {level.value}: {what}"
+        conditions.append(Condition(rule, terminal_id, terminal_id, severity, summary))
+    return conditions
+
+
 def latency_p99_over_slo(observation: Observation, rules: AlertRules) -> list[Condition]:
     assert observation.snapshot is not None
     recent = add_traffic(list(observation.snapshot.recent.values()))
@@ -279,8 +345,10 @@ FLEET_RULES: tuple[RuleFunction, ...] = (
     terminal_offline,
     decline_rate_spike,
     unavailable_ratio,
+    arqc_failure_ratio,
     latency_p99_over_slo,
     audit_verify_failing,
+    cash,
 )
 
 

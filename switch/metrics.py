@@ -20,6 +20,7 @@ from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ledger.activity import APPROVED_CODE, CHIP_SECURITY_CODE
 from ledger.cash import CashLevel, cash_level
 from ledger.cassettes import CassetteCounts
 from switch.access import Refusal
@@ -115,6 +116,13 @@ class Metrics:
             ["mti", "response_code"],
             registry=registry,
         )
+        self._chip_requests = Counter(
+            "switch_chip_requests_total",
+            "Financial requests with chip data (F55) answered, by response code (63: refused"
+            " for the card's security).",
+            ["response_code"],
+            registry=registry,
+        )
         self._latency = Histogram(
             "switch_request_latency_seconds",
             "Time from request received to response sent.",
@@ -164,13 +172,15 @@ class Metrics:
             self._tls_failures.labels(reason)
         for refusal in Refusal:
             self._api_refusals.labels(refusal)
+        for code in (APPROVED_CODE, CHIP_SECURITY_CODE):
+            self._chip_requests.labels(code)
         self._figures = {figure.name: _figure_metric(figure, registry) for figure in FIGURES}
         self._copied: dict[str, float] = dict.fromkeys(_FIGURES, 0.0)
         # labels() takes a lock and builds a key: the children are kept for the request path.
         self._request_series: dict[tuple[str, str], Counter] = {}
         self._step_series: dict[str, Histogram] = {}
 
-    def observe(self, mti: str, response_code: str, latency_ms: float) -> None:
+    def observe(self, mti: str, response_code: str, latency_ms: float, *, chip: bool) -> None:
         series = self._request_series.get((mti, response_code))
         if series is None:
             series = self._request_series[(mti, response_code)] = self._requests.labels(
@@ -180,6 +190,8 @@ class Metrics:
         self._latency.observe(latency_ms / 1000)
         if mti[:3] in FINANCIAL_CLASSES:
             self._financial_latency.observe(latency_ms / 1000)
+            if chip:
+                self._chip_requests.labels(response_code).inc()
 
     def observe_step(self, step: str, latency_ms: float) -> None:
         """How long one pipeline step of a request took (waiting for the HSM or ledger included)."""

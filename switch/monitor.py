@@ -33,9 +33,11 @@ class Monitor:
         response: Message,
         latency_ms: float,
         link: Link,
+        *,
+        chip: bool,
     ) -> None:
         code = response.response_code or ""
-        self.metrics.observe(request_mti, code, latency_ms)
+        self.metrics.observe(request_mti, code, latency_ms, chip=chip)
         self.fleet.observe(terminal_id, request_mti, response.network_code, code, link.certificate)
         if self.activity is not None:
             self.activity.message(
@@ -45,6 +47,7 @@ class Monitor:
                 network_code=response.network_code,
                 response_code=code,
                 latency_ms=latency_ms,
+                chip=chip,
             )
 
     def disconnected(self, link: Link, reason: str) -> None:

@@ -114,6 +114,7 @@ def alert_rules(settings: AlertsSettings, certificate_expiry_warning_days: int) 
         decline_spike_factor=settings.decline_spike_factor,
         requests_min=settings.requests_min,
         unavailable_ratio_max=settings.unavailable_ratio_max,
+        arqc_failure_ratio_max=settings.arqc_failure_ratio_max,
         latency_p99_slo_ms=settings.latency_p99_slo_ms,
         dependency_for=timedelta(milliseconds=settings.dependency_for_ms),
         certificate_expiry_warning=timedelta(days=certificate_expiry_warning_days),

@@ -32,6 +32,7 @@ from switch.dispatch import route
 from switch.iso8583.codec import DecodeError, EncodeError, decode, wire_of
 from switch.iso8583.framing import FrameBuffer, FramingError, LengthHeader, frame
 from switch.iso8583.message import Message
+from switch.iso8583.spec import ICC_DATA_FIELD
 from switch.ratelimit import LogRateLimiter
 from switch.response_codes import ResponseCode
 from switch.responses import format_error, is_request_mti, respond
@@ -82,6 +83,8 @@ class Observer(Protocol):
         response: Message,
         latency_ms: float,
         link: Link,
+        *,
+        chip: bool,
     ) -> None: ...
 
     def disconnected(self, link: Link, reason: str) -> None: ...
@@ -532,7 +535,10 @@ class SwitchServer:
         }
         log.info("message", **{k: v for k, v in event.items() if v is not None})
         if self._observer is not None:
-            self._observer.message(terminal_id, request_mti, response, latency_ms, connection)
+            chip = request is not None and ICC_DATA_FIELD in request
+            self._observer.message(
+                terminal_id, request_mti, response, latency_ms, connection, chip=chip
+            )
 
     async def shutdown(self, grace_ms: int) -> None:
         if not self._listening:

@@ -203,6 +203,7 @@ class AlertsSettings:
     decline_spike_factor: float
     requests_min: int
     unavailable_ratio_max: float
+    arqc_failure_ratio_max: float
     latency_p99_slo_ms: int
     dependency_for_ms: int
     audit_interval_ms: int
@@ -362,6 +363,7 @@ def _parse_alerts(
         decline_spike_factor=table.ratio("decline_spike_factor", 3.0, minimum=1, maximum=1_000),
         requests_min=table.integer("requests_min", 20, minimum=1, maximum=1_000_000),
         unavailable_ratio_max=table.ratio("unavailable_ratio_max", 0.05, minimum=0, maximum=1),
+        arqc_failure_ratio_max=table.ratio("arqc_failure_ratio_max", 0.02, minimum=0, maximum=1),
         latency_p99_slo_ms=table.integer("latency_p99_slo_ms", 1_000, minimum=1, maximum=600_000),
         dependency_for_ms=table.integer("dependency_for_ms", 10_000, minimum=0, maximum=3_600_000),
         audit_interval_ms=table.integer(

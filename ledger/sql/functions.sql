@@ -937,7 +937,7 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.record_terminal_traffic(
   p_process_id text, terminal_ids text[], bucket_starts timestamptz[], request_counts integer[],
   financial_counts integer[], approved_counts integer[], response_code_counts jsonb[],
-  latency_counts integer[], last_seen_ats timestamptz[]
+  latency_counts integer[], last_seen_ats timestamptz[], chip_counts integer[]
 ) RETURNS integer
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 DECLARE
@@ -949,15 +949,18 @@ BEGIN
   INSERT INTO ledger.terminal_traffic AS t
     SELECT i.terminal_id, i.bucket_start, p_process_id, i.requests, i.financial, i.approved,
            i.response_codes,
-           latency_counts[(i.position - 1) * v_size + 1 : i.position * v_size], i.last_seen_at
+           latency_counts[(i.position - 1) * v_size + 1 : i.position * v_size], i.last_seen_at,
+           i.chip
       FROM unnest(terminal_ids, bucket_starts, request_counts, financial_counts,
-                  approved_counts, response_code_counts, last_seen_ats) WITH ORDINALITY
+                  approved_counts, response_code_counts, last_seen_ats, chip_counts)
+           WITH ORDINALITY
            AS i(terminal_id, bucket_start, requests, financial, approved, response_codes,
-                last_seen_at, position)
+                last_seen_at, chip, position)
     ON CONFLICT (terminal_id, bucket_start, process_id) DO UPDATE
       SET requests = t.requests + EXCLUDED.requests,
           financial = t.financial + EXCLUDED.financial,
           approved = t.approved + EXCLUDED.approved,
+          chip = t.chip + EXCLUDED.chip,
           response_codes = ledger.add_counts(t.response_codes, EXCLUDED.response_codes),
           latency_counts = ledger.add_histograms(t.latency_counts, EXCLUDED.latency_counts),
           last_seen_at = greatest(t.last_seen_at, EXCLUDED.last_seen_at);
@@ -968,11 +971,13 @@ END $$;
 -- Each terminal's traffic with buckets starting in [p_from, p_to), summed over processes:
 -- per business day (which starts p_cutover after midnight UTC), or over the whole range when
 -- p_cutover is NULL (business_date NULL).
+-- Its columns grew (chip, 0006): a changed result type needs the old function gone first.
+DROP FUNCTION IF EXISTS ledger.traffic_totals(timestamptz, timestamptz, interval);
 CREATE OR REPLACE FUNCTION ledger.traffic_totals(p_from timestamptz, p_to timestamptz,
                                                  p_cutover interval)
   RETURNS TABLE (terminal_id text, business_date date, requests bigint, financial bigint,
                  approved bigint, response_codes jsonb, latency_counts bigint[],
-                 last_seen_at timestamptz)
+                 last_seen_at timestamptz, chip bigint)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
   WITH buckets AS (
     SELECT t.*, ((t.bucket_start AT TIME ZONE 'UTC') - p_cutover)::date AS day
@@ -980,7 +985,8 @@ CREATE OR REPLACE FUNCTION ledger.traffic_totals(p_from timestamptz, p_to timest
      WHERE t.bucket_start >= p_from AND t.bucket_start < p_to),
   totals AS (
     SELECT r.terminal_id, r.day, sum(r.requests) AS requests, sum(r.financial) AS financial,
-           sum(r.approved) AS approved, max(r.last_seen_at) AS last_seen_at
+           sum(r.approved) AS approved, max(r.last_seen_at) AS last_seen_at,
+           sum(r.chip) AS chip
       FROM buckets r GROUP BY r.terminal_id, r.day),
   codes AS (
     SELECT c.terminal_id, c.day, jsonb_object_agg(c.code, c.total) AS response_codes
@@ -996,7 +1002,7 @@ CREATE OR REPLACE FUNCTION ledger.traffic_totals(p_from timestamptz, p_to timest
              GROUP BY 1, 2, 3) h
      GROUP BY h.terminal_id, h.day)
   SELECT t.terminal_id, t.day, t.requests, t.financial, t.approved,
-         coalesce(c.response_codes, '{}'), l.latency_counts, t.last_seen_at
+         coalesce(c.response_codes, '{}'), l.latency_counts, t.last_seen_at, t.chip
     FROM totals t
     LEFT JOIN codes c ON c.terminal_id = t.terminal_id AND c.day IS NOT DISTINCT FROM t.day
     LEFT JOIN latency l ON l.terminal_id = t.terminal_id AND l.day IS NOT DISTINCT FROM t.day
@@ -1196,7 +1202,7 @@ GRANT EXECUTE ON FUNCTION
   ledger.process_beat(text, text, integer, timestamptz, timestamptz, boolean),
   ledger.record_terminal_events(text, text[], text[], timestamptz[], bigint[], jsonb[]),
   ledger.record_terminal_traffic(text, text[], timestamptz[], integer[], integer[], integer[],
-                                 jsonb[], integer[], timestamptz[]),
+                                 jsonb[], integer[], timestamptz[], integer[]),
   ledger.traffic_totals(timestamptz, timestamptz, interval),
   ledger.fleet_state(timestamptz),
   ledger.session_events(timestamptz, timestamptz),
@@ -1473,6 +1479,9 @@ DROP FUNCTION IF EXISTS ledger.post_batch(
   timestamptz[], text[], text[], text[], text[], bigint[], bigint[], bigint[], boolean[], text[],
   integer[], date[], bigint[], integer[], integer[], bytea[], bytea[]);
 DROP FUNCTION IF EXISTS ledger.set_session_keys(text, text, text);
+-- Traffic without its chip count (before 0006).
+DROP FUNCTION IF EXISTS ledger.record_terminal_traffic(text, text[], timestamptz[], integer[],
+  integer[], integer[], jsonb[], integer[], timestamptz[]);
 DROP FUNCTION IF EXISTS ledger.authorisation_valid(
   ledger.authorisation_key, bytea, text, text, text, text, bytea, bigint, text);
 -- post_batch's per-item helpers before it judged every item in one statement: whole-row

@@ -84,6 +84,7 @@ ALERTS = AlertsSettings(
     decline_spike_factor=3.0,
     requests_min=5,
     unavailable_ratio_max=0.3,
+    arqc_failure_ratio_max=0.3,
     latency_p99_slo_ms=300,
     dependency_for_ms=300,
     audit_interval_ms=86_400_000,

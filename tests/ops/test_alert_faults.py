@@ -8,18 +8,24 @@ import re
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 
 from hsm.devkeys import DevKeys
+from kiosk_sim.chip import ChipCard, ChipProfile
 from kiosk_sim.terminal import Terminal
 from switch.iso8583 import Message
 from switch.settings import TlsSettings
-from tests.e2e.conftest import PIN
+from tests.e2e.conftest import PIN, load_world
+from tests.e2e.test_chip import PSN, emv_profile
 from tests.ops.conftest import OpsDatabase
 from tests.ops.stack import AUTH, OpsStack, eventually, ops_stack, webhook_receiver
+from tests.ops.test_api import call
 from tests.switch.test_tls import Authority, client_context
+
+CVN = 10
 
 
 async def send_all(terminal: Terminal, requests: list[Message]) -> list[str]:
@@ -268,3 +274,82 @@ async def test_a_certificate_near_its_end_raises_certificate_expiring_until_it_i
         # The switch's own certificate is renewed only by a restart: still firing.
         [own] = await stack.alerts(rule="certificate_expiring", subject=server_subject)
         assert own["state"] == "firing"
+
+
+async def test_forged_cryptograms_raise_the_arqc_failure_ratio_until_they_stop(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    owner = await asyncpg.connect(ops_db.owner_dsn)
+    try:
+        world = await load_world(owner, dev_keys, 1, 1, emv=emv_profile(dev_keys, CVN))
+    finally:
+        await owner.close()
+    imk = bytes.fromhex(dev_keys.imk_ac_clear_hex)
+    card = ChipCard(ChipProfile.personalise(imk, world.customers[0].pan, PSN, CVN))
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, world=world, receiver=receiver) as stack,
+    ):
+        terminal = await stack.terminal(0)
+        codes = []
+        for forged in (False, False, True, False, True, False, True):
+            sent = card.generate_arqc(terminal.terminal_data(1_000))
+            if forged:  # a cloned card's cryptogram: one bit off
+                sent = sent.with_arqc(bytes([sent.arqc[0] ^ 0x01]) + sent.arqc[1:])
+            exchange = await terminal.send(terminal.chip_withdrawal(sent, PIN, 1_000))
+            codes.append(exchange.code)
+        assert codes == ["00", "00", "63", "00", "63", "00", "63"]
+        # A magstripe decline is not a chip refusal, and a magstripe request not a chip one.
+        await withdraw_all(terminal, world.customers[0].pan, [10_000_000])
+        fired = await receiver.wait_for("arqc_failure_ratio", "firing", "fleet")
+        assert fired["alert"]["summary"].startswith(
+            "3 of 7 chip requests refused for the card's security (63; 42.9%, over 30%); most at"
+            f" {terminal.terminal_id} 3"
+        )
+        assert fired["alert"]["severity"] == "critical"
+        metrics: str = await stack.get("/metrics")
+        assert 'switch_chip_requests_total{response_code="63"} 3.0' in metrics
+        # Once the window has passed without them, it resolves.
+        await receiver.wait_for("arqc_failure_ratio", "resolved", "fleet")
+
+
+async def test_a_kiosk_paid_out_to_its_last_note_raises_cash_low_then_out_until_replenished(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    cassettes = [
+        {"cassette": 1, "denomination_minor": 5_000, "notes": 2, "low_notes": 1},
+        {"cassette": 2, "denomination_minor": 2_000, "notes": 5, "low_notes": 0},
+    ]
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, terminals=1, cassettes=cassettes, receiver=receiver) as stack,
+    ):
+        terminal = await stack.terminal(0)
+        kiosk = terminal.terminal_id
+        pan = stack.world.customers[0].pan
+        assert await withdraw_all(terminal, pan, [5_000]) == ["00"]  # one 50 left: its low mark
+        low = await receiver.wait_for("cash_low", "firing", kiosk)
+        assert low["alert"]["summary"].endswith(
+            "cash low: cassette 1 (notes of 5000 EUR minor units) 1 left, low mark 1"
+        )
+        assert await withdraw_all(terminal, pan, [15_000]) == ["00"]  # 50 + 5 x 20: none left
+        out = await receiver.wait_for("cash_out", "firing", kiosk)
+        assert (out["alert"]["severity"], out["alert"]["terminal_id"]) == ("critical", kiosk)
+        await receiver.wait_for("cash_low", "resolved", kiosk)  # out, not low: one alert
+        status, _ = await call(
+            stack, "POST", f"/terminals/{kiosk}/cassettes/2/replenish", json={"notes": 50}
+        )
+        assert status == 200
+        await receiver.wait_for("cash_out", "resolved", kiosk)
+        # Cassette 1 is still empty: low again, a new alert, until it is replenished too.
+        again = await eventually(lambda: _nth(receiver.matching("cash_low", "firing", kiosk), 1))
+        assert again["alert"]["alert_id"] != low["alert"]["alert_id"]
+        status, _ = await call(
+            stack, "POST", f"/terminals/{kiosk}/cassettes/1/replenish", json={"notes": 20}
+        )
+        assert status == 200
+        await eventually(lambda: _nth(receiver.matching("cash_low", "resolved", kiosk), 1))
+
+
+async def _nth(found: list[dict[str, Any]], index: int) -> dict[str, Any] | None:
+    return found[index] if len(found) > index else None

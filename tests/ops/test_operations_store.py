@@ -54,12 +54,14 @@ async def world(ops_db: OpsDatabase) -> World:
         await conn.close()
 
 
-def counts(requests: int, financial: int, approved: int, latency_ms: float) -> TrafficCounts:
+def counts(
+    requests: int, financial: int, approved: int, latency_ms: float, *, chip: int = 0
+) -> TrafficCounts:
     histogram = [0] * HISTOGRAM_SIZE
     histogram[latency_bucket(latency_ms)] = financial
     declined = financial - approved
     codes = {"00": approved} | ({"51": declined} if declined else {})
-    return TrafficCounts(requests, financial, approved, codes, tuple(histogram))
+    return TrafficCounts(requests, financial, approved, codes, tuple(histogram), chip)
 
 
 async def test_the_switch_role_reads_and_writes_only_through_the_functions(
@@ -116,9 +118,9 @@ async def test_traffic_adds_up_across_flushes_and_processes(
     other = ProcessInfo("host-b", 7, T0)
     bucket = T0.replace(minute=5)
     async with store.connection(timeout_ms=TIMEOUT_MS) as conn:
-        for process, flush in ((PROCESS, counts(5, 4, 3, 12)), (PROCESS, counts(3, 2, 2, 40))):
+        for flush in (counts(5, 4, 3, 12, chip=2), counts(3, 2, 2, 40, chip=1)):
             await operations.record_traffic(
-                conn, process.process_id, [TrafficBucket(terminal, bucket, flush, bucket)],
+                conn, PROCESS.process_id, [TrafficBucket(terminal, bucket, flush, bucket)],
                 timeout_ms=TIMEOUT_MS,
             )  # fmt: skip
         later = bucket + timedelta(seconds=30)
@@ -138,7 +140,7 @@ async def test_traffic_adds_up_across_flushes_and_processes(
             if r.terminal_id == terminal
         ]
     total = totals[terminal]
-    assert (total.requests, total.financial, total.approved) == (9, 7, 5)
+    assert (total.requests, total.financial, total.approved, total.chip) == (9, 7, 5, 3)
     assert total.response_codes == {"00": 5, "51": 2}
     assert total.latency_counts[latency_bucket(12)] == 5
     assert total.latency_counts[latency_bucket(40)] == 2

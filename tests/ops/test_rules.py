@@ -5,6 +5,7 @@ the latency histogram."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from ledger.activity import (
     latency_bucket,
     latency_quantile_ms,
 )
+from ledger.cassettes import CassetteCounts
 from ledger.operations import AlertRecord, AuditCheck, TerminalRecord
 from ledger.sla import (
     ReportError,
@@ -53,6 +55,7 @@ RULES = AlertRules(
     decline_spike_factor=3.0,
     requests_min=20,
     unavailable_ratio_max=0.05,
+    arqc_failure_ratio_max=0.02,
     latency_p99_slo_ms=1_000,
     dependency_for=timedelta(seconds=10),
     certificate_expiry_warning=timedelta(days=30),
@@ -317,6 +320,86 @@ def test_the_unavailable_ratio_is_the_fleet_s() -> None:
     [condition] = [c for c in observe(outage) if c.rule is Rule.UNAVAILABLE_RATIO]
     assert condition.subject == "fleet"
     assert condition.summary.startswith("3 of 40 financial requests answered 91 or 96")
+
+
+def chip_traffic(chip: int, refused: int) -> TrafficCounts:
+    counts = traffic(
+        chip + 10, chip + 10 - refused, codes={"00": chip + 10 - refused, "63": refused}
+    )
+    return replace(counts, chip=chip)
+
+
+@pytest.mark.parametrize(
+    ("recent", "summary"),
+    [
+        # 63 over 2% of chip requests (magstripe requests are not the denominator): fires.
+        (
+            {"T1": chip_traffic(40, 1), "T2": chip_traffic(40, 2)},
+            "3 of 80 chip requests refused for the card's security (63; 3.8%, over 2%);"
+            " most at T2 2, T1 1",
+        ),
+        ({"T1": chip_traffic(50, 1)}, None),  # 2.0%: at the ratio, not over it
+        ({"T1": chip_traffic(19, 19)}, None),  # fewer chip requests than requests_min
+        ({"T1": traffic(100, 90, codes={"00": 90, "63": 10})}, None),  # no chip request
+    ],
+)
+def test_the_arqc_failure_ratio_is_over_chip_requests(
+    recent: dict[str, TrafficCounts], summary: str | None
+) -> None:
+    found = [c for c in observe(snapshot(recent=recent)) if c.rule is Rule.ARQC_FAILURE_RATIO]
+    assert [(c.subject, c.severity, c.summary) for c in found] == (
+        [] if summary is None else [("fleet", Severity.CRITICAL, summary)]
+    )
+
+
+def cassette(terminal_id: str, number: int, remaining: int, low: int = 10) -> CassetteCounts:
+    return CassetteCounts(terminal_id, number, "EUR", 2000 * number, 100, 100 - remaining, 0,
+                          remaining, low)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cash", "status", "expected"),
+    [
+        ([cassette("T1", 1, 50), cassette("T1", 2, 11)], "active", []),
+        (
+            [cassette("T1", 1, 50), cassette("T1", 2, 10)],
+            "active",
+            [
+                (
+                    Rule.CASH_LOW,
+                    Severity.WARNING,
+                    "terminal T1 (hall) cash low: cassette 2 (notes of 4000 EUR minor units)"
+                    " 10 left, low mark 10",
+                )
+            ],
+        ),
+        (
+            [cassette("T1", 1, 0), cassette("T1", 2, 0)],
+            "active",
+            [(Rule.CASH_OUT, Severity.CRITICAL, "terminal T1 (hall) cash out: no note left")],
+        ),
+        ([cassette("T1", 1, 0)], "out_of_service", []),  # takes no withdrawals anyway
+        ([], "active", []),  # the host counts no notes there
+    ],
+)
+def test_cash_low_and_out_are_per_terminal(
+    cash: list[CassetteCounts], status: str, expected: list[tuple[Rule, Severity, str]]
+) -> None:
+    fleet = snapshot(terminals=[record("T1", status=status)], cash=cash)
+    found = [c for c in observe(fleet) if c.rule in (Rule.CASH_LOW, Rule.CASH_OUT)]
+    assert [(c.rule, c.severity, c.summary) for c in found] == expected
+    assert all(c.subject == c.terminal_id == "T1" for c in found)
+
+
+def test_chip_requests_are_counted_apart() -> None:
+    activity = recorder()
+    for chip, code in ((True, "00"), (True, "63"), (False, "00")):
+        activity.message(
+            "T1", 7, request_mti="0200", network_code=None, response_code=code, latency_ms=9.0,
+            chip=chip,
+        )  # fmt: skip
+    [bucket] = activity.take_traffic()
+    assert (bucket.counts.financial, bucket.counts.chip, bucket.counts.chip_refused) == (3, 2, 1)
 
 
 def test_latency_p99_over_the_slo() -> None:

@@ -47,7 +47,7 @@ def test_step_latencies_are_one_histogram_with_a_series_per_step() -> None:
 
 def test_request_latency_keeps_its_series_without_labels() -> None:
     metrics = Metrics()
-    metrics.observe("0200", "00", 12.5)
+    metrics.observe("0200", "00", 12.5, chip=False)
     name = "switch_request_latency_seconds"
     assert value(metrics, f"{name}_bucket", le="0.01") == 0
     assert value(metrics, f"{name}_bucket", le="0.02") == 1
@@ -60,7 +60,7 @@ def test_request_latency_keeps_its_series_without_labels() -> None:
 def test_financial_requests_and_reversals_also_have_a_histogram_of_their_own() -> None:
     metrics = Metrics()
     for mti, latency_ms in [("0200", 12.5), ("0420", 3.0), ("0800", 0.5), ("0421", 4.0)]:
-        metrics.observe(mti, "00", latency_ms)
+        metrics.observe(mti, "00", latency_ms, chip=False)
     assert value(metrics, "switch_request_latency_seconds_count") == 4
     assert value(metrics, "switch_financial_latency_seconds_sum") == pytest.approx(0.0195)
     assert value(metrics, "switch_financial_latency_seconds_count") == 3
@@ -156,7 +156,7 @@ _PROCESS = """
 from switch.metrics import Metrics
 metrics = Metrics()
 for _ in range({requests}):
-    metrics.observe("0200", "00", 5.0)
+    metrics.observe("0200", "00", 5.0, chip=False)
 metrics.refresh({{"connections": {connections}, "ledger_writes_total": 7}})
 """
 # The one answering the scrape: every process's values, and the fleet's gauges of its own.
