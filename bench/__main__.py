@@ -6,6 +6,7 @@ figures; a suite that fails is reported as failed and the others still run.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import inspect
@@ -51,10 +52,28 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run the benchmarks (all of them by default: several minutes), write"
+        " bench/results/<timestamp>.json and print a table. Figures are measured, never"
+        " asserted.",
+    )
+    parser.add_argument(
+        "--suite",
+        action="append",
+        choices=[name.removeprefix("bench.") for name in SUITES],
+        help="run only this suite (repeatable)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    chosen = [f"bench.{name}" for name in args.suite] if args.suite else list(SUITES)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     results: dict[str, dict[str, Any]] = {}
-    for suite in SUITES:
+    for suite in chosen:
         print(f"bench: running {suite} ...", file=sys.stderr, flush=True)
         results[suite.removeprefix("bench.")] = run_suite(suite)
     RESULTS_DIR.mkdir(exist_ok=True)

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from bench import cpu
+from bench.__main__ import parse_args
 from bench.ledger_bench import pgbench_latencies
 
 
@@ -57,3 +58,21 @@ def test_pgbench_latencies_skip_failed_and_skipped_lines() -> None:
     latencies = pgbench_latencies(log)  # below 128 µs the histogram is exact
     assert latencies.total == 3
     assert (latencies.min_us, latencies.percentile_us(50), latencies.max_us) == (100, 110, 120)
+
+
+@pytest.mark.parametrize(
+    ("argv", "suites"),
+    [
+        ([], None),
+        (["--suite", "codec_bench", "--suite", "ledger_bench"], ["codec_bench", "ledger_bench"]),
+    ],
+)
+def test_the_bench_runs_the_suites_asked_for(argv: list[str], suites: list[str] | None) -> None:
+    assert parse_args(argv).suite == suites
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--suite", "nope"]])
+def test_the_bench_answers_help_and_bad_arguments_without_running(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == (0 if argv == ["--help"] else 2)
