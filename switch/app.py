@@ -98,6 +98,7 @@ def ledger_settings(settings: Settings) -> LedgerSettings:
         statement_timeout_ms=section.statement_timeout_ms,
         calls_in_flight_max=section.calls_in_flight_max,
         batch_size_max=section.batch_size_max,
+        stale_retries_max=section.stale_retries_max,
     )
 
 

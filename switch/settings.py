@@ -146,6 +146,7 @@ class LedgerSection:
     statement_timeout_ms: int
     calls_in_flight_max: int
     batch_size_max: int
+    stale_retries_max: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +446,7 @@ def _parse_ledger(
         ),
         calls_in_flight_max=table.integer("calls_in_flight_max", 2, minimum=1, maximum=1_000),
         batch_size_max=table.integer("batch_size_max", 32, minimum=1, maximum=1_000),
+        stale_retries_max=table.integer("stale_retries_max", 64, minimum=1, maximum=10_000),
     )
     if settings.pool_size_min > settings.pool_size_max:
         raise SettingsError(table.source, table.key_name("pool_size_min"), "at most pool_size_max")

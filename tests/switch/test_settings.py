@@ -87,6 +87,12 @@ BAD_FILES = [
         id="pool",
     ),
     pytest.param(
+        "[ledger]\nstale_retries_max = 0\n",
+        "ledger.stale_retries_max",
+        "from 1",
+        id="stale-retries",
+    ),
+    pytest.param(
         "[pipeline]\nrequest_deadline_ms = 1\n",
         "pipeline.request_deadline_ms",
         "from 50",
