@@ -4,9 +4,12 @@ switch cannot have it MAC a forged reversal. Locally and over the wire, in every
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import hmac
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -165,3 +168,16 @@ def test_a_dialect_the_codec_does_not_know_is_the_clients_error(dialect: tuple[s
         RequestError.code,
         ("a dialect's bitmap is binary or hex, its binary fields raw or hex",),
     )
+
+
+def test_the_hsm_reads_with_the_switchs_codec_and_nothing_else_of_the_switch() -> None:
+    """The HSM server depends on the pure ISO 8583 package only (no asyncio server, no flows)."""
+    script = (
+        "import sys, hsm.server; print(sorted(m for m in sys.modules if m.startswith('switch')))"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = ast.literal_eval(shown)
+    assert "switch.iso8583.codec" in loaded
+    assert all(m == "switch" or m.startswith("switch.iso8583") for m in loaded), loaded

@@ -36,10 +36,17 @@ def test_the_ledger_and_the_hsm_agree_on_the_development_word() -> None:
     ) == hsm_authorisation.token(
         hsm_key, hsm_authorisation.session_keys_message("KIOSK001", "M", "P", "A")
     )
+    reversal = Reversal(request.pan, key("KIOSK001", "0420"), AUDIT, request.key, 500)
+    reversed_ = hsm_authorisation.ReversalAuthorisation(
+        *vars_of(reversal), *vars_of(request)[1:], 2_500, 500
+    )
+    assert authorisation.development_reversal_token(
+        reversal, pan_hash, 2_500
+    ) == hsm_authorisation.token(hsm_key, reversed_.message(pan_hash))
     assert authorisation.check_value(hsm_key) == hsm_authorisation.check_value(hsm_key)
 
 
-def vars_of(request: Withdrawal) -> tuple[str, str, str, str]:
+def vars_of(request: Withdrawal | Reversal) -> tuple[str, str, str, str]:
     k = request.key
     return k.terminal_id, k.transmission_time, k.stan, k.message_class
 
