@@ -184,6 +184,20 @@ async def test_a_reversal_changed_after_its_mac_gives_nothing_back(
     assert await stack.balance(customer.checking) == START_MINOR - 10_000
 
 
+async def test_a_reversal_stating_another_amount_than_its_original_is_declined(
+    make_stack: StackFactory,
+) -> None:
+    """MACed by the terminal, so the HSM gives its word, but for F4 = 90.00 where the original
+    was 100.00: no reversal of that original (13), and nothing moves."""
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    taken = await terminal.send(terminal.withdrawal(customer.pan, PIN, 10_000))
+    other = terminal.sign(terminal.reversal(taken.request).replace({4: f"{9_000:012d}"}))
+    assert (await terminal.send(other)).code == "13"
+    assert await stack.balance(customer.checking) == START_MINOR - 10_000
+
+
 async def test_a_switch_that_checks_no_macs_declines_reversals(make_stack: StackFactory) -> None:
     """Without MACs there is no word for a reversal: it is declined (58), recorded, and its
     repeat gets the same answer; the withdrawal stands (settled at balancing)."""
