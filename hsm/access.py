@@ -38,6 +38,7 @@ SWITCH_COMMANDS = frozenset(
         cmd.AUTHORISATION_CHECK,
         cmd.GENERATE_MAC,
         cmd.VERIFY_MAC,
+        cmd.REVERSAL_WORD,
         cmd.SESSION_KEYS,
         cmd.CHECK_VALUE,
         cmd.PAN_HASH,

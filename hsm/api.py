@@ -16,6 +16,7 @@ from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.keys import KeyRole, StoredKey
 from hsm.pinblock import PinBlockFormat
 from hsm.pinverify import DEFAULT_DECIMALIZATION_TABLE, DEFAULT_VALIDATION_DATA
+from switch.iso8583.spec import Dialect
 
 DEFAULT_TIMEOUT_MS = 1000
 
@@ -154,6 +155,20 @@ class HSM(Protocol):
     async def verify_mac(
         self, tak: StoredKey, data: bytes, mac: bytes, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
     ) -> bool: ...
+
+    async def reversal_word(
+        self,
+        tak: StoredKey,
+        data: bytes,
+        mac: bytes,
+        *,
+        dialect: Dialect,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> bytes | None:
+        """``verify_mac`` over a terminal's 0420 or 0421 (its MAC input, in `dialect`), with the
+        ledger's word for what it reverses, read from those bytes (hsm/authorisation.py); None
+        when the MAC does not verify. A ``MessageTypeError`` for bytes that are no reversal."""
+        ...
 
     async def generate_session_keys(
         self, tmk: StoredKey, *, terminal_id: str, timeout_ms: int = DEFAULT_TIMEOUT_MS

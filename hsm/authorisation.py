@@ -21,6 +21,12 @@ another:
   LMK), for session keys the HSM generated under that terminal's TMK. The ledger stores a
   terminal's session keys only with it, and only for the TMK the terminal was provisioned with,
   so a stolen login cannot copy one terminal's keys onto another.
+- `kiosk-switch reversal v1`: terminal id, transmission time, STAN, message class (0420 for an
+  0420 and its 0421 repeats), PAN hash (hex), the original's transmission time, STAN and
+  message class (F90), the original's amount (F4) and what was dispensed (F95's actual amount;
+  0 for a full reversal), for a reversal whose MAC under the terminal's TAK the HSM verified
+  over the very bytes it read these from (hsm/reversal.py). The ledger moves a reversal's money
+  only with it, and only as much as it says (the original's amount less what was dispensed).
 """
 
 from __future__ import annotations
@@ -58,6 +64,30 @@ class Authorisation:
         return "\n".join(fields).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class ReversalAuthorisation:
+    """What a reversal word vouches for, as read from the terminal's MACed reversal."""
+
+    terminal_id: str
+    transmission_time: str
+    stan: str
+    message_class: str
+    original_transmission_time: str
+    original_stan: str
+    original_message_class: str
+    original_amount_minor: int
+    dispensed_minor: int
+
+    def message(self, pan_hash: bytes) -> bytes:
+        fields = (
+            "kiosk-switch reversal v1", self.terminal_id, self.transmission_time, self.stan,
+            self.message_class, pan_hash.hex(), self.original_transmission_time,
+            self.original_stan, self.original_message_class, str(self.original_amount_minor),
+            str(self.dispensed_minor),
+        )  # fmt: skip
+        return "\n".join(fields).encode()
+
+
 def session_keys_message(terminal_id: str, tmk: str, tpk: str, tak: str) -> bytes:
     """What the session keys' word covers: the keys as stored, under the LMK."""
     return "\n".join(("kiosk-switch session keys v1", terminal_id, tmk, tpk, tak)).encode()
@@ -69,7 +99,7 @@ def authorisation_key(pan_hash_key: bytes) -> bytes:
 
 
 def token(key: bytes, message: bytes) -> bytes:
-    """The word for `message` (one of the three above)."""
+    """The word for `message` (one of the four above)."""
     return hmac.digest(key, message, hashlib.sha256)[:TOKEN_BYTES]
 
 

@@ -27,6 +27,7 @@ from hsm.emv import ArpcResponse, ArqcResult, EmvTags
 from hsm.errors import ERRORS_BY_CODE, HsmError, HsmTimeout
 from hsm.keys import KeyRole, StoredKey
 from hsm.pinblock import PinBlockFormat
+from switch.iso8583.spec import Dialect
 
 log = structlog.get_logger("hsm.client")
 
@@ -278,6 +279,19 @@ class NetworkHSM:
     ) -> bool:
         fields = (tak.to_text(), hex_of(data), hex_of(mac))
         return cmd.is_yes(await self.call(cmd.VERIFY_MAC, fields, timeout_ms=timeout_ms))
+
+    async def reversal_word(
+        self,
+        tak: StoredKey,
+        data: bytes,
+        mac: bytes,
+        *,
+        dialect: Dialect,
+        timeout_ms: int | None = None,
+    ) -> bytes | None:
+        fields = (tak.to_text(), hex_of(data), hex_of(mac), *cmd.dialect_fields(dialect))
+        (word,) = await self.call(cmd.REVERSAL_WORD, fields, timeout_ms=timeout_ms)
+        return cmd.bytes_of(word) if word else None
 
     async def generate_session_keys(
         self, tmk: StoredKey, *, terminal_id: str, timeout_ms: int | None = None

@@ -34,6 +34,13 @@ from hsm.errors import HsmError, RequestError, UnknownCommandError
 from hsm.keys import KeyRole, StoredKey
 from hsm.pinblock import PinBlockFormat
 from hsm.wire import Message
+from switch.iso8583.spec import (
+    BINARY_FIELD_ENCODINGS,
+    BITMAP_ENCODINGS,
+    BinaryFieldEncoding,
+    BitmapEncoding,
+    Dialect,
+)
 
 log = structlog.get_logger("hsm.commands")
 
@@ -53,6 +60,7 @@ VERIFY_PIN_FOR = "PA"
 AUTHORISATION_CHECK = "AC"
 VERIFY_ARQC = "AQ"
 VERIFY_ARQC_FOR = "AA"
+REVERSAL_WORD = "RW"
 
 Fields = tuple[str, ...]
 _TAGS_MAX = 16  # a CVN reads at most 11 tags; the field is bounded before it is split
@@ -214,6 +222,23 @@ def _algorithm(text: str) -> Algorithm:
         raise RequestError("algorithm must be T, A or H") from None
 
 
+def dialect_fields(dialect: Dialect) -> Fields:
+    """How the MACed bytes encode bitmaps and binary fields (all a MAC input's parse needs)."""
+    return (dialect.bitmap, dialect.binary_fields)
+
+
+_BITMAPS: dict[str, BitmapEncoding] = {encoding: encoding for encoding in BITMAP_ENCODINGS}
+_BINARY_FIELDS: dict[str, BinaryFieldEncoding] = {e: e for e in BINARY_FIELD_ENCODINGS}
+
+
+def _dialect(f: Fields) -> Dialect:
+    # Looked up here: Dialect asserts, and a bad request is the client's error, not a bug.
+    bitmap, binary_fields = _BITMAPS.get(f[0]), _BINARY_FIELDS.get(f[1])
+    if bitmap is None or binary_fields is None:
+        raise RequestError("a dialect's bitmap is binary or hex, its binary fields raw or hex")
+    return Dialect(bitmap=bitmap, binary_fields=binary_fields)
+
+
 # --- server side ----------------------------------------------------------------------------
 
 Handler = Callable[[SoftHsm, Fields], Fields]
@@ -293,6 +318,13 @@ def _verify_arqc_for(hsm: SoftHsm, f: Fields) -> Fields:
     return (*_arqc_result_fields(authorised.result), "" if token is None else hex_of(token))
 
 
+def _reversal_word(hsm: SoftHsm, f: Fields) -> Fields:
+    word = hsm.reversal_word(
+        StoredKey(f[0]), bytes_of(f[1]), bytes_of(f[2]), dialect=_dialect(f[3:])
+    )
+    return ("" if word is None else hex_of(word),)
+
+
 # Command code -> (request field count, handler).
 COMMANDS: dict[str, tuple[int, Handler]] = {
     HEALTH: (0, lambda hsm, f: (hsm.lmk_kcv,)),
@@ -322,6 +354,7 @@ COMMANDS: dict[str, tuple[int, Handler]] = {
     AUTHORISATION_CHECK: (0, lambda hsm, _f: (hsm.authorisation_check_value(),)),
     VERIFY_ARQC: (10, _verify_arqc),
     VERIFY_ARQC_FOR: (16, _verify_arqc_for),
+    REVERSAL_WORD: (5, _reversal_word),
 }
 
 

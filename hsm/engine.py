@@ -16,7 +16,7 @@ import hmac
 import os
 import time
 
-from hsm import authorisation, crypto, dukpt, emv, mac, pinblock, pinverify, tr31
+from hsm import authorisation, crypto, dukpt, emv, mac, pinblock, pinverify, reversal, tr31
 from hsm.api import (
     AuthorisedArqc,
     DeliveredKey,
@@ -38,12 +38,14 @@ from hsm.errors import (
     KeyLengthError,
     KeyMaterialError,
     KeyUsageError,
+    MessageTypeError,
     PanError,
     RequestError,
 )
 from hsm.keys import DEVELOPMENT_PAN_HASH_KEY, ROLE_SPECS, KeyRole, Lmk, StoredKey, kcv_hex
 from hsm.pinblock import PAN_LENGTH_MAX, PinBlockFormat
 from hsm.ratelimit import Clock, PinRateLimit, PinRateLimiter
+from switch.iso8583.spec import Dialect
 
 _PIN_KEY_ROLES = (KeyRole.TPK, KeyRole.ZPK)
 _MAC_KEY_ROLES = (KeyRole.TAK, KeyRole.ZAK)
@@ -200,10 +202,27 @@ class SoftHsm:
         return clear
 
     def generate_mac(self, tak: StoredKey, data: bytes) -> bytes:
+        """A MAC for the switch's answer. Never over a message a terminal initiates: the
+        switch's certificate may generate MACs under a terminal's TAK, and one over a forged
+        0420 would get it a reversal word."""
+        if reversal.is_initiating(data):
+            raise MessageTypeError("no MAC is generated over a request: only a terminal sends one")
         return mac.generate_mac(tak.algorithm, self._mac_key(tak, "CG"), data)
 
     def verify_mac(self, tak: StoredKey, data: bytes, mac_value: bytes) -> bool:
         return mac.verify_mac(tak.algorithm, self._mac_key(tak, "CV"), data, mac_value)
+
+    def reversal_word(
+        self, tak: StoredKey, data: bytes, mac_value: bytes, *, dialect: Dialect
+    ) -> bytes | None:
+        """The ledger's word for the reversal in `data` (an 0420 or 0421's MAC input in
+        `dialect`) when its MAC verifies under the terminal's TAK; None when it does not. What
+        the word covers is read from the bytes the MAC covers, never from the caller."""
+        reversed_, pan = reversal.read_reversal(data, dialect)
+        if not self.verify_mac(tak, data, mac_value):
+            return None
+        message = reversed_.message(self.pan_hash(pan))
+        return authorisation.token(self._authorisation_key(), message)
 
     # --- PAN hash --------------------------------------------------------------------------
 

@@ -107,6 +107,13 @@ class UnknownCommandError(RequestError):
     code = "41"
 
 
+class MessageTypeError(RequestError):
+    """The MACed bytes are not a message this command serves: a MAC generated over a terminal's
+    request (a switch answers, it never asks), or a reversal word for what is not a reversal."""
+
+    code = "42"
+
+
 class AccessError(HsmError):
     """Base of refusals by the HSM's access policy: the request was well formed, and would have
     worked, but this caller may not have it now."""
@@ -159,6 +166,7 @@ ERRORS_BY_CODE: dict[str, type[HsmError]] = {
         EmvDataError,
         RequestError,
         UnknownCommandError,
+        MessageTypeError,
         AccessError,
         CommandNotPermittedError,
         PinRateLimitError,

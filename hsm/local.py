@@ -25,6 +25,7 @@ from hsm.engine import SoftHsm
 from hsm.keys import KeyRole, Lmk, StoredKey
 from hsm.pinblock import PinBlockFormat
 from hsm.ratelimit import Clock, PinRateLimit
+from switch.iso8583.spec import Dialect
 
 
 class LocalHSM:
@@ -124,6 +125,17 @@ class LocalHSM:
         self, tak: StoredKey, data: bytes, mac: bytes, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
     ) -> bool:
         return self._core.verify_mac(tak, data, mac)
+
+    async def reversal_word(
+        self,
+        tak: StoredKey,
+        data: bytes,
+        mac: bytes,
+        *,
+        dialect: Dialect,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> bytes | None:
+        return self._core.reversal_word(tak, data, mac, dialect=dialect)
 
     async def generate_session_keys(
         self, tmk: StoredKey, *, terminal_id: str, timeout_ms: int = DEFAULT_TIMEOUT_MS

@@ -15,7 +15,7 @@ import hmac
 from typing import TYPE_CHECKING
 
 from ledger.codec import requested
-from ledger.model import Request
+from ledger.model import Request, Reversal
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY
 
 if TYPE_CHECKING:  # the migrations install the development key: they import this module
@@ -82,6 +82,19 @@ def development_chip_token(request: Request, pan_hash: bytes, atc: int) -> bytes
 def development_session_keys_token(terminal_id: str, tmk: str, tpk: str, tak: str) -> bytes:
     """The word a development HSM gives with session keys it generated under `tmk`."""
     return _development_word(("kiosk-switch session keys v1", terminal_id, tmk, tpk, tak))
+
+
+def development_reversal_token(
+    request: Reversal, pan_hash: bytes, original_amount_minor: int
+) -> bytes:
+    """The word a development HSM gives for a reversal whose MAC verified, its F4 being
+    `original_amount_minor` (the original's amount, which the ledger checks it against)."""
+    key, original = request.key, request.original
+    return _development_word((
+        "kiosk-switch reversal v1", key.terminal_id, key.transmission_time, key.stan,
+        key.message_class, pan_hash.hex(), original.transmission_time, original.stan,
+        original.message_class, str(original_amount_minor), str(request.dispensed_minor),
+    ))  # fmt: skip
 
 
 def _request_lines(label: str, request: Request, pan_hash: bytes) -> tuple[str, ...]:

@@ -138,13 +138,16 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class Reversal:
-    """Reverses `original`; `dispensed_minor` > 0 makes it partial (what was actually paid out)."""
+    """Reverses `original`; `dispensed_minor` > 0 makes it partial (what was actually paid out).
+    `amount_minor`: the terminal's F4, the original's amount (the HSM's reversal word covers
+    it): a reversal that states another is declined; None where there is no F4 (tools)."""
 
     pan: str
     key: RequestKey
     audit: AuditFields
     original: RequestKey
     dispensed_minor: int = 0
+    amount_minor: int | None = None
 
 
 Request = BalanceInquiry | Withdrawal | Transfer | Reversal

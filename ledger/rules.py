@@ -314,7 +314,8 @@ def _decide_reversal(snapshot: Snapshot, request: Reversal) -> Decision:
     is_withdrawal = result["kind"] == "withdrawal"
     dispensed_minor = request.dispensed_minor
     if (
-        dispensed_minor < 0
+        request.amount_minor not in (None, amount_minor)  # not the original it names
+        or dispensed_minor < 0
         or dispensed_minor >= amount_minor
         or (dispensed_minor and not is_withdrawal)
     ):

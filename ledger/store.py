@@ -207,9 +207,10 @@ class LedgerStore:
         timeout_ms: int,
     ) -> Result:
         """Run the request whose PIN (if any) was verified; a repeat returns the stored outcome.
-        `authorisation`: the HSM's word for it (its PIN verified), without which the ledger
-        approves no withdrawal, transfer or inquiry; `chip_authorisation`: its word for a chip
-        request's ATC (the ARQC verified), without which the ledger moves no ATC."""
+        `authorisation`: the HSM's word for it (its PIN verified; a reversal's MAC), without
+        which the ledger approves no withdrawal, transfer or inquiry and gives nothing back;
+        `chip_authorisation`: its word for a chip request's ATC (the ARQC verified), without
+        which the ledger moves no ATC."""
         return await self._decide_and_apply(
             lookup,
             lambda snapshot, at: rules.decide(snapshot, lookup.request, at, self.policy),

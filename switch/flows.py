@@ -83,7 +83,8 @@ class Context:
     lookup: Lookup | None = None
     card_read: CardRead | None = None
     arqc: VerifiedArqc | None = None  # a chip request's ARQC, once the HSM verified it
-    # The HSM's word that the PIN was right, which the ledger checks before any approval.
+    # The HSM's word that the PIN was right (for a reversal: that its MAC was), which the
+    # ledger checks before any approval.
     authorisation: bytes | None = None
 
 
@@ -205,17 +206,40 @@ class Flows:
     async def check_mac(self, context: Context) -> Context | Outcome:
         if not self._settings.require_mac:
             return context
-        tak = _session_key(context.link, "tak")
-        if tak is None:
-            return Outcome(
-                ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TAK: key change first"
-            )
-        mac = context.request.mac
-        if mac is None:
-            return Outcome(ResponseCode.FORMAT_ERROR, reason="MAC required")
+        maced = _maced(context)
+        if isinstance(maced, Outcome):
+            return maced
+        tak, mac = maced
         data = mac_input(context.request, self._dialect)
         if await self._hsm.verify_mac(tak, data, mac, timeout_ms=context.deadline.remaining_ms()):
             return context
+        return await self._mac_failed(context)
+
+    async def check_reversal_mac(self, context: Context) -> Context | Outcome:
+        """A reversal's MAC, verified by the HSM, which answers with the ledger's word for what
+        it reverses, read from the very bytes the MAC covers: the ledger gives no money back
+        without it. A switch that checks no MACs has no word to give: it declines reversals
+        (recorded, so the terminal's repeats get the same answer)."""
+        if not self._settings.require_mac:
+            lookup = await self._lookup(context)
+            result = await self._ledger.record_decline(
+                lookup, LedgerOutcome.NOT_PERMITTED_TO_TERMINAL, now=self._now(),
+                timeout_ms=self._write_timeout_ms,
+            )  # fmt: skip
+            return self._answer(context, result, reason="reversal without a MAC")
+        maced = _maced(context)
+        if isinstance(maced, Outcome):
+            return maced
+        tak, mac = maced
+        word = await self._hsm.reversal_word(
+            tak, mac_input(context.request, self._dialect), mac, dialect=self._dialect,
+            timeout_ms=context.deadline.remaining_ms(),
+        )  # fmt: skip
+        if word is None:
+            return await self._mac_failed(context)
+        return replace(context, authorisation=word)
+
+    async def _mac_failed(self, context: Context) -> Outcome:
         log.warning(
             "security_event",
             event_kind="mac_failure",
@@ -491,6 +515,17 @@ def _authorisation(lookup: Lookup) -> Authorisation:
     )
 
 
+def _maced(context: Context) -> tuple[StoredKey, bytes] | Outcome:
+    """The terminal's TAK and the request's MAC, or why the request cannot be checked."""
+    tak = _session_key(context.link, "tak")
+    if tak is None:
+        return Outcome(ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TAK: key change first")
+    mac = context.request.mac
+    if mac is None:
+        return Outcome(ResponseCode.FORMAT_ERROR, reason="MAC required")
+    return tak, mac
+
+
 def _chip_authorisation(context: Context) -> bytes | None:
     """The HSM's word for the request's ATC, once its ARQC verified."""
     return None if context.arqc is None else context.arqc.authorisation
@@ -540,6 +575,6 @@ STEPS: Mapping[Kind, Sequence[StepMethod]] = MappingProxyType(
         Kind.TRANSFER: _FINANCIAL,
         # A reversal's F55 (the card's second cryptogram) is read for form only: the reversal
         # is applied whatever the card said, as any other.
-        Kind.REVERSAL: (Flows.read_chip, Flows.check_mac, Flows.look_up, Flows.post),
+        Kind.REVERSAL: (Flows.read_chip, Flows.check_reversal_mac, Flows.look_up, Flows.post),
     }
 )

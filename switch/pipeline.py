@@ -143,7 +143,10 @@ def ledger_request(transaction: Transaction, rrn: str, *, atc: int | None = None
         original.stan,
         message_class=original.mti[:3] + "0",
     )
-    return Reversal(transaction.pan, key, audit, original_key, transaction.dispensed_minor or 0)
+    return Reversal(
+        transaction.pan, key, audit, original_key, transaction.dispensed_minor or 0,
+        amount_minor=transaction.amount_minor,
+    )  # fmt: skip
 
 
 def _account_type(code: str) -> str:

@@ -584,6 +584,17 @@ BEGIN
                i.terminal_id, i.transmission_time, i.stan, i.message_class, i.pan_hash,
                i.requested_minor, i.requested_currency, NULL)
         THEN 'no valid word from the HSM (a PIN it verified) for this request'
+        -- A reversal gives money back only with the HSM's word for it, which the HSM gives
+        -- only for the terminal's MAC it verified, over what it read from the MACed bytes: the
+        -- reversal's key, the card, the original's key, the original's amount (F4) and what
+        -- was dispensed (F95); what moves back is exactly the one less the other (below).
+        WHEN i.outcome = 'approved' AND i.kind = 'reversal' AND route.move_minor > 0
+         AND NOT ledger.word_valid(v_inner_pad, v_outer_pad, i.authorisation, ARRAY[
+               'kiosk-switch reversal v1', i.terminal_id, i.transmission_time, i.stan,
+               i.message_class, encode(i.pan_hash, 'hex'), i.original_transmission_time,
+               i.original_stan, i.original_message_class, o.amount_minor::text,
+               i.requested_minor::text])
+        THEN 'no valid word from the HSM (a MAC it verified) for this reversal'
         WHEN i.sent_card_update IS DISTINCT FROM counters.card_update
           OR (counters.card_update AND
               (i.sent_pin_tries, i.sent_card_status, i.sent_usage_day,
@@ -617,6 +628,7 @@ BEGIN
         THEN 'the destination is not one this card may pay into'
         WHEN i.kind = 'reversal' AND (o.transaction_id IS NULL OR o.outcome <> 'approved'
           OR o.kind NOT IN ('withdrawal', 'transfer') OR route.move_minor > o.amount_minor
+          OR route.move_minor <> o.amount_minor - i.requested_minor
           OR (route.move_minor < o.amount_minor AND o.kind <> 'withdrawal')
           OR i.reversal_state IS DISTINCT FROM 'applied')
         THEN 'not a reversal of this card''s original'

@@ -52,15 +52,21 @@ def now() -> datetime:
 
 
 def switch_flows(
-    hsm: HSM, store: LedgerStore, monitor: Monitor, wall_clock: Callable[[], datetime]
+    hsm: HSM,
+    store: LedgerStore,
+    monitor: Monitor,
+    wall_clock: Callable[[], datetime],
+    *,
+    require_mac: bool = True,
 ) -> Flows:
-    """The switch's request flows as every end-to-end stack runs them: MACs required."""
+    """The switch's request flows as every end-to-end stack runs them: MACs required, unless a
+    test says otherwise."""
     return Flows(
         hsm=hsm,
         ledger=store,
         settings=PipelineSettings(
             request_deadline_ms=DEADLINE_MS,
-            require_mac=True,
+            require_mac=require_mac,
             slow_request_ms=1_000,
             atc_jump_logged=ATC_JUMP_LOGGED,
         ),
@@ -91,7 +97,7 @@ class Stack:
         return self.world.customers
 
     async def terminal(
-        self, index: int = 0, *, sign_on: bool = True, keys: bool = True
+        self, index: int = 0, *, sign_on: bool = True, keys: bool = True, mac: bool = True
     ) -> Terminal:
         client = await TerminalClient.connect("127.0.0.1", self.server.port)
         self._clients.append(client)
@@ -102,6 +108,7 @@ class Stack:
             client,
             clock=now,
             rng=random.Random(self.seed + len(self._clients)),
+            mac=mac,
         )
         if sign_on:
             assert (await terminal.sign_on()).approved
@@ -184,6 +191,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         cross_customer: bool = False,
         hsms: int = 1,
         cassettes: list[dict[str, int]] | None = None,
+        require_mac: bool = True,
         **card: Any,
     ) -> Stack:
         owner = await asyncpg.connect(pg_cluster.owner_dsn)
@@ -217,7 +225,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
             timeout_ms=30_000,
         )
         monitor = Monitor(now)
-        flows = switch_flows(hsm, store, monitor, now)
+        flows = switch_flows(hsm, store, monitor, now, require_mac=require_mac)
         server = SwitchServer(LISTENER, flows, observer=monitor)
         await server.start()
         stack = Stack(

@@ -14,7 +14,7 @@ from hsm.server import HsmServer, ServerConfig
 from kiosk_sim import load
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Terminal
-from switch.iso8583.elements import decode_additional_amounts
+from switch.iso8583.elements import ReplacementAmounts, decode_additional_amounts
 from tests.conftest import PgCluster
 from tests.e2e.conftest import (
     DEADLINE_MS,
@@ -167,6 +167,49 @@ async def test_reversal_full_partial_and_repeated(make_stack: StackFactory) -> N
         await terminal.send(terminal.reversal(partial.request, dispensed_minor=4_000))
     ).code == "00"
     assert await stack.balance(customer.checking) == START_MINOR - 4_000
+
+
+async def test_a_reversal_changed_after_its_mac_gives_nothing_back(
+    make_stack: StackFactory,
+) -> None:
+    """A partial reversal (40.00 of 100.00 dispensed) whose F95 is changed on the way to say
+    nothing was: the HSM's MAC check fails, so it gives no word; declined and recorded."""
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    taken = await terminal.send(terminal.withdrawal(customer.pan, PIN, 10_000))
+    partial = terminal.reversal(taken.request, dispensed_minor=4_000)
+    tampered = partial.replace({95: ReplacementAmounts(0).encode()})  # the MAC was over 4,000
+    assert (await terminal.send(tampered)).code == "05"
+    assert await stack.balance(customer.checking) == START_MINOR - 10_000
+
+
+async def test_a_reversal_stating_another_amount_than_its_original_is_declined(
+    make_stack: StackFactory,
+) -> None:
+    """MACed by the terminal, so the HSM gives its word, but for F4 = 90.00 where the original
+    was 100.00: no reversal of that original (13), and nothing moves."""
+    stack = await make_stack()
+    terminal = await stack.terminal()
+    customer = stack.customers[0]
+    taken = await terminal.send(terminal.withdrawal(customer.pan, PIN, 10_000))
+    other = terminal.sign(terminal.reversal(taken.request).replace({4: f"{9_000:012d}"}))
+    assert (await terminal.send(other)).code == "13"
+    assert await stack.balance(customer.checking) == START_MINOR - 10_000
+
+
+async def test_a_switch_that_checks_no_macs_declines_reversals(make_stack: StackFactory) -> None:
+    """Without MACs there is no word for a reversal: it is declined (58), recorded, and its
+    repeat gets the same answer; the withdrawal stands (settled at balancing)."""
+    stack = await make_stack(require_mac=False)
+    terminal = await stack.terminal(mac=False)
+    customer = stack.customers[0]
+    taken = await terminal.send(terminal.withdrawal(customer.pan, PIN, 5_000))
+    assert taken.code == "00"
+    reversal = terminal.reversal(taken.request)
+    assert (await terminal.send(reversal)).code == "58"
+    assert (await terminal.send(terminal.repeat_of(reversal))).code == "58"
+    assert await stack.balance(customer.checking) == START_MINOR - 5_000
 
 
 async def test_reversal_before_its_original_declines_the_late_original(

@@ -29,10 +29,12 @@ from hsm.pinblock import PinBlockFormat as F
 from hsm.server import HsmServer, ServerConfig
 from hsm.tls import client_context
 from switch.app import open_hsm
+from switch.iso8583.spec import Dialect
 from switch.settings import SettingsError, load_settings
 from tests.switch.test_tls import Issued
 from tests.switch.test_tls import client_context as raw_context
 
+from . import test_reversal_word
 from .support import LMK, Pki, der
 
 PAN = "4012345678909"
@@ -103,6 +105,9 @@ async def test_switch_certificate_runs_the_switch_commands(server: HsmServer, pk
         assert await hsm.verify_mac(TAK, DATA, mac.iso9797_alg3(TAK_CLEAR, DATA))
         assert len(await hsm.pan_hash(PAN)) == 32
         assert (await verify_published_arqc(hsm)).verified  # chip cards (EMV)
+        data, value = test_reversal_word.maced(test_reversal_word.reversal(), Dialect())
+        word = await hsm.reversal_word(test_reversal_word.TAK, data, value, dialect=Dialect())
+        assert word is not None  # reversals: the word that gives money back
     assert server.stats.commands_not_permitted_total == 0
     assert server.stats.connections_total >= 1
 

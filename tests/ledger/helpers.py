@@ -6,19 +6,30 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from ledger.authorisation import development_chip_token, development_token
+from ledger.authorisation import (
+    development_chip_token,
+    development_reversal_token,
+    development_token,
+)
 from ledger.codec import atc_of
 from ledger.migrations import Connection
-from ledger.model import Request, Result
+from ledger.model import Request, Result, Reversal
 from ledger.store import LedgerStore, Lookup
 from tests.ledger.factory import NOW
 
 TIMEOUT_MS = 15_000
 
 
-def authorised(lookup: Lookup) -> bytes:
-    """The HSM's word for the request, as a development HSM gives it for a right PIN."""
-    return development_token(lookup.request, lookup.pan_hash)
+def authorised(lookup: Lookup) -> bytes | None:
+    """The HSM's word for the request, as a development HSM gives it for a right PIN (for a
+    reversal: for its MAC, over the original's amount; None when it has no original)."""
+    request, original = lookup.request, lookup.snapshot.original
+    if not isinstance(request, Reversal):
+        return development_token(request, lookup.pan_hash)
+    if original is None:
+        return None
+    amount_minor = int(original["result"]["amount_minor"])
+    return development_reversal_token(request, lookup.pan_hash, amount_minor)
 
 
 def chip_authorised(lookup: Lookup) -> bytes | None:

@@ -348,6 +348,33 @@ async def test_reversal_full_and_partial(
         assert cash == dispensed_minor
 
 
+@pytest.mark.parametrize(
+    ("amount_minor", "expected", "balance_after"),
+    [
+        (None, Outcome.APPROVED, 100_000),  # the ledger's own tools state no F4
+        (4_000, Outcome.APPROVED, 100_000),
+        (3_999, Outcome.INVALID_AMOUNT, 96_000),
+        (9_000, Outcome.INVALID_AMOUNT, 96_000),
+    ],
+)
+async def test_a_reversal_states_its_originals_amount(
+    ledger_store: LedgerStore,
+    owner_conn: asyncpg.Connection,
+    amount_minor: int | None,
+    expected: Outcome,
+    balance_after: int,
+) -> None:
+    """F4 of an 0420 is the original's amount: one that states another is no reversal of that
+    original, and is declined (13) before it could need a word the ledger would refuse."""
+    world = World()
+    await world.load(owner_conn, 1)
+    original = withdrawal(world, 4_000)
+    assert (await run(ledger_store, original)).outcome is Outcome.APPROVED
+    undo = replace(reversal(world, original.key), amount_minor=amount_minor)
+    assert (await run(ledger_store, undo)).outcome is expected
+    assert await balance(owner_conn, world.customers[0].checking) == balance_after
+
+
 async def test_reversal_applies_at_most_once(
     ledger_store: LedgerStore, owner_conn: asyncpg.Connection
 ) -> None:
