@@ -302,7 +302,11 @@ class LedgerStore:
         if reply["status"] == "answered":
             return codec.parse_result(reply["result"], repeated=True)
         assert reply["status"] == "write", reply["status"]
-        return codec.decided_result(decisions[-1], int(reply["result"]["transaction_id"]))
+        return codec.decided_result(
+            decisions[-1],
+            int(reply["result"]["transaction_id"]),
+            rules.business_day(at, self.policy.business_day_cutover),
+        )
 
     def _item(
         self,

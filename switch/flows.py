@@ -35,6 +35,7 @@ from ledger.codec import requested
 from ledger.errors import LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result, Withdrawal
+from ledger.rules import business_day
 from ledger.store import LedgerStore, Lookup
 from switch.chip import (
     CardRead,
@@ -49,6 +50,7 @@ from switch.iso8583.elements import KeyChangeData
 from switch.iso8583.message import Message
 from switch.iso8583.spec import Dialect
 from switch.pipeline import (
+    SETTLEMENT_DATE_FIELD,
     Deadline,
     DeadlinePassed,
     Outcome,
@@ -57,6 +59,7 @@ from switch.pipeline import (
     ledger_request,
     retrieval_reference,
     run_steps,
+    settlement_date,
     verification_from_pin_data,
 )
 from switch.response_codes import ResponseCode
@@ -71,6 +74,7 @@ log = structlog.get_logger("switch.flows")
 AES_KSN_BYTES = 12
 # An answer's own HSM calls (its MAC, a decline's ARPC) get at least this long, deadline or not.
 MIN_RESPONSE_HSM_MS = 100
+DATED_CLASSES = frozenset({"020", "042"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,13 @@ class Flows:
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason=f"ledger: {exc}")
         except DeadlinePassed:
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason="deadline passed")
+        if request.message_class in DATED_CLASSES:
+            # Every 0210 and 0430 names its business day: the ledger's, when it booked the
+            # request; today's, when the switch answered alone.
+            today = business_day(self._now(), self._ledger.policy.business_day_cutover)
+            outcome = replace(
+                outcome, fields={SETTLEMENT_DATE_FIELD: settlement_date(today), **outcome.fields}
+            )
         if outcome.code in (ResponseCode.ISSUER_UNAVAILABLE, ResponseCode.SYSTEM_MALFUNCTION):
             log.warning(
                 "request_failed",
