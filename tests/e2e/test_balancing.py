@@ -241,8 +241,8 @@ async def test_replenish_withdraw_reverse_close_then_the_settlement_report_match
     }
     assert positions == {"cassettes_open": [(1, 4, 0), (2, 10, 0)],
                          "cassettes_close": [(1, 4, 1), (2, 10, 1)]}  # fmt: skip
-    assert await asyncio.to_thread(main, ["report", "settlement", "--date", SETTLED_DAY.isoformat(), "--format", "csv",
-                 *dsn]) == 0  # fmt: skip
+    as_csv = ["report", "settlement", "--date", SETTLED_DAY.isoformat(), "--format", "csv", *dsn]
+    assert await asyncio.to_thread(main, as_csv) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     (row,) = [r for r in rows if r["terminal_id"] == terminal.terminal_id]
     assert (row["result"], row["host_debits_minor"], row["terminal_net_minor"]) == (
