@@ -358,3 +358,26 @@ async def test_host_figures_are_the_sum_over_the_postings(
         debits=len(out), debit_reversals=len(back), inquiries=inquiries,
         debits_minor=sum(out), debit_reversals_minor=sum(back), net_minor=sum(out) - sum(back),
     )  # fmt: skip
+
+
+async def test_the_latest_imbalance_per_terminal_is_readable_by_the_switch(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, pg_cluster: PgCluster
+) -> None:
+    since = await owner_conn.fetchval("SELECT now()")
+    righted, wrong = await a_day(ledger_store, owner_conn), await a_day(ledger_store, owner_conn)
+    untouched = (CassetteCounter(1, 5_000, 0, 0, 20), CassetteCounter(2, 2_000, 0, 0, 20))
+    off = DayFigures(inquiries=1)
+    await righted.balance(righted.report(off, untouched))
+    await righted.balance(righted.report(DayFigures(), untouched))  # balanced since: not listed
+    await wrong.balance(wrong.report(DayFigures(), untouched))
+    last = await wrong.balance(wrong.report(off, untouched))
+    switch = await asyncpg.connect(pg_cluster.switch_dsn)
+    try:
+        rows = await balancing.latest_imbalances(switch, since, timeout_s=TIMEOUT_MS / 1000)
+    finally:
+        await switch.close()
+    mine = [r for r in rows if r["terminal_id"] in (righted.terminal_id, wrong.terminal_id)]
+    assert [(r["terminal_id"], r["business_date"], r["differences"], r["balancing_id"])
+            for r in mine] == [
+        (wrong.terminal_id, wrong.date, ["F80"], last.balancing_id)
+    ]  # fmt: skip
