@@ -10,6 +10,10 @@ The deadline covers every call up to the posting; once the ledger write has star
 completion (bounded by the ledger's statement timeout), so a terminal is never told "declined"
 about money that moved. If the ledger goes away during the posting, the switch does not answer
 at all (see `PostingInDoubt`): the terminal's reversal settles it.
+
+An 0500 (terminal balancing) is read, its MAC verified, then recorded and compared by the ledger
+in one call; its 0510 says 00, or 95 with the host's figures. Every 0210 and 0430 carries the
+business day it was booked under (F15).
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from hsm.keys import StoredKey
 from hsm.pinblock import PinBlockFormat
 from ledger.cash import cash_out
 from ledger.codec import requested
-from ledger.errors import LedgerUnavailable
+from ledger.errors import BalancingRefused, LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result, Withdrawal
+from ledger.rules import business_day
 from ledger.store import LedgerStore, Lookup
+from switch import balancing
 from switch.chip import (
     CardRead,
     ChipRefusal,
@@ -49,6 +55,7 @@ from switch.iso8583.elements import KeyChangeData
 from switch.iso8583.message import Message
 from switch.iso8583.spec import Dialect
 from switch.pipeline import (
+    SETTLEMENT_DATE_FIELD,
     Deadline,
     DeadlinePassed,
     Outcome,
@@ -57,6 +64,7 @@ from switch.pipeline import (
     ledger_request,
     retrieval_reference,
     run_steps,
+    settlement_date,
     verification_from_pin_data,
 )
 from switch.response_codes import ResponseCode
@@ -71,6 +79,8 @@ log = structlog.get_logger("switch.flows")
 AES_KSN_BYTES = 12
 # An answer's own HSM calls (its MAC, a decline's ARPC) get at least this long, deadline or not.
 MIN_RESPONSE_HSM_MS = 100
+DATED_CLASSES = frozenset({"020", "042"})
+BALANCING_CLASS = "050"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +141,10 @@ class Flows:
         try:
             if request.message_class == "080":
                 return await self._network(request, link, deadline)
-            outcome = await self._financial(request, link, deadline)
+            if request.message_class == BALANCING_CLASS:
+                outcome = await self._balancing(request, link, deadline)
+            else:
+                outcome = await self._financial(request, link, deadline)
         except PostingInDoubt as exc:
             # The posting may have committed: a decline now could leave a customer debited
             # with no cash. No answer instead: the terminal times out and sends its reversal,
@@ -152,6 +165,16 @@ class Flows:
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason=f"ledger: {exc}")
         except DeadlinePassed:
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason="deadline passed")
+        if request.message_class == BALANCING_CLASS:
+            echoed = {n: request.fields[n] for n in balancing.ECHOED if n in request}
+            outcome = replace(outcome, fields={**echoed, **outcome.fields})
+        if request.message_class in DATED_CLASSES:
+            # Every 0210 and 0430 names its business day: the ledger's, when it booked the
+            # request; today's, when the switch answered alone.
+            today = business_day(self._now(), self._ledger.policy.business_day_cutover)
+            outcome = replace(
+                outcome, fields={SETTLEMENT_DATE_FIELD: settlement_date(today), **outcome.fields}
+            )
         if outcome.code in (ResponseCode.ISSUER_UNAVAILABLE, ResponseCode.SYSTEM_MALFUNCTION):
             log.warning(
                 "request_failed",
@@ -203,17 +226,30 @@ class Flows:
             return refusal_logged(context.transaction, read)
         return replace(context, card_read=read)
 
-    async def check_mac(self, context: Context) -> Context | Outcome:
+    async def _mac_verified(
+        self, request: Message, link: Link, deadline: Deadline
+    ) -> bool | Outcome:
+        """Whether the request's MAC verified under the session TAK (logged when not); the
+        refusal when it cannot be checked. True when MACs are not required."""
         if not self._settings.require_mac:
-            return context
-        maced = _maced(context)
+            return True
+        maced = _maced(request, link)
         if isinstance(maced, Outcome):
             return maced
         tak, mac = maced
-        data = mac_input(context.request, self._dialect)
-        if await self._hsm.verify_mac(tak, data, mac, timeout_ms=context.deadline.remaining_ms()):
+        data = mac_input(request, self._dialect)
+        if await self._hsm.verify_mac(tak, data, mac, timeout_ms=deadline.remaining_ms()):
+            return True
+        _log_mac_failure(request, link)
+        return False
+
+    async def check_mac(self, context: Context) -> Context | Outcome:
+        verified = await self._mac_verified(context.request, context.link, context.deadline)
+        if isinstance(verified, Outcome):
+            return verified
+        if verified:
             return context
-        return await self._mac_failed(context)
+        return await self._declined_for_mac(context)
 
     async def check_reversal_mac(self, context: Context) -> Context | Outcome:
         """A reversal's MAC, verified by the HSM, which answers with the ledger's word for what
@@ -227,7 +263,7 @@ class Flows:
                 timeout_ms=self._write_timeout_ms,
             )  # fmt: skip
             return self._answer(context, result, reason="reversal without a MAC")
-        maced = _maced(context)
+        maced = _maced(context.request, context.link)
         if isinstance(maced, Outcome):
             return maced
         tak, mac = maced
@@ -236,16 +272,11 @@ class Flows:
             timeout_ms=context.deadline.remaining_ms(),
         )  # fmt: skip
         if word is None:
-            return await self._mac_failed(context)
+            _log_mac_failure(context.request, context.link)
+            return await self._declined_for_mac(context)
         return replace(context, authorisation=word)
 
-    async def _mac_failed(self, context: Context) -> Outcome:
-        log.warning(
-            "security_event",
-            event_kind="mac_failure",
-            terminal_id=context.transaction.terminal_id,
-            stan=context.transaction.stan,
-        )
+    async def _declined_for_mac(self, context: Context) -> Outcome:
         lookup = await self._lookup(context)
         result = await self._ledger.record_decline(
             lookup, LedgerOutcome.DO_NOT_HONOUR, now=self._now(), timeout_ms=self._write_timeout_ms
@@ -426,6 +457,44 @@ class Flows:
     def _answer(self, context: Context, result: Result, reason: str | None = None) -> Outcome:
         return answer(context.transaction, result, reason)
 
+    # terminal balancing
+
+    async def _balancing(self, request: Message, link: Link, deadline: Deadline) -> Outcome:
+        """0500: the terminal's totals for a business day, compared with the host's by the
+        ledger in one call that also records them. Nothing is written unless the MAC verified
+        and every field is consistent; a refused 0500 changes nothing."""
+        now = self._now()
+        parsed = balancing.parse_balancing(
+            request, business_day(now, self._ledger.policy.business_day_cutover)
+        )
+        if isinstance(parsed, Refusal):
+            return Outcome(parsed.code, reason=parsed.reason)
+        verified = await self._mac_verified(request, link, deadline)
+        if isinstance(verified, Outcome):
+            return verified
+        if not verified:
+            return Outcome(ResponseCode.DO_NOT_HONOUR, reason="MAC verification failed")
+        try:
+            found = await self._ledger.record_balancing(
+                parsed, now=now, timeout_ms=deadline.remaining_ms()
+            )
+        except BalancingRefused as exc:
+            return Outcome(BALANCING_REFUSALS[exc.reason], reason=str(exc))
+        if found.balanced:
+            return Outcome(ResponseCode.APPROVED)
+        log.warning(
+            "balancing_imbalance",
+            terminal_id=parsed.terminal_id,
+            business_date=parsed.business_date.isoformat(),
+            currency=parsed.currency,
+            differences=list(found.differences),
+        )
+        return Outcome(
+            ResponseCode.RECONCILE_ERROR,
+            MappingProxyType(balancing.host_fields(found)),
+            reason=f"imbalance in {' '.join(found.differences)}",
+        )
+
     # network management
 
     async def _network(self, request: Message, link: Link, deadline: Deadline) -> Message:
@@ -515,15 +584,24 @@ def _authorisation(lookup: Lookup) -> Authorisation:
     )
 
 
-def _maced(context: Context) -> tuple[StoredKey, bytes] | Outcome:
+def _maced(request: Message, link: Link) -> tuple[StoredKey, bytes] | Outcome:
     """The terminal's TAK and the request's MAC, or why the request cannot be checked."""
-    tak = _session_key(context.link, "tak")
+    tak = _session_key(link, "tak")
     if tak is None:
         return Outcome(ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TAK: key change first")
-    mac = context.request.mac
+    mac = request.mac
     if mac is None:
         return Outcome(ResponseCode.FORMAT_ERROR, reason="MAC required")
     return tak, mac
+
+
+def _log_mac_failure(request: Message, link: Link) -> None:
+    log.warning(
+        "security_event",
+        event_kind="mac_failure",
+        terminal_id=link.session.terminal_id,
+        stan=request.stan,
+    )
 
 
 def _chip_authorisation(context: Context) -> bytes | None:
@@ -567,6 +645,15 @@ _FINANCIAL: Sequence[StepMethod] = (
     Flows.verify_arqc,
     Flows.verify_pin,
     Flows.post,
+)
+# The ledger's refusals of an 0500 (ledger.balancing.REFUSALS), as the 0510 answers them.
+BALANCING_REFUSALS: Mapping[str, ResponseCode] = MappingProxyType(
+    {
+        "day_closed": ResponseCode.INVALID_TRANSACTION,
+        "day_not_begun": ResponseCode.FORMAT_ERROR,
+        "counters": ResponseCode.INVALID_AMOUNT,
+        "currency": ResponseCode.INVALID_AMOUNT,
+    }
 )
 STEPS: Mapping[Kind, Sequence[StepMethod]] = MappingProxyType(
     {

@@ -180,8 +180,8 @@ def hsm_core(dev_keys: DevKeys) -> SoftHsm:
 
 @pytest.fixture
 async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[StackFactory]:
-    """Builds a stack; `customers`, `terminals` (and their `cassettes`), card overrides and
-    ledger settings vary."""
+    """Builds a stack; `customers`, `terminals` (and their `cassettes`), card overrides, ledger
+    settings and the switch's wall clock (the business day its requests are booked on) vary."""
     built: list[tuple[Stack, NetworkHSM]] = []
 
     async def build(
@@ -192,6 +192,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         hsms: int = 1,
         cassettes: list[dict[str, int]] | None = None,
         require_mac: bool = True,
+        wall_clock: Callable[[], datetime] = now,
         **card: Any,
     ) -> Stack:
         owner = await asyncpg.connect(pg_cluster.owner_dsn)
@@ -225,7 +226,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
             timeout_ms=30_000,
         )
         monitor = Monitor(now)
-        flows = switch_flows(hsm, store, monitor, now, require_mac=require_mac)
+        flows = switch_flows(hsm, store, monitor, wall_clock, require_mac=require_mac)
         server = SwitchServer(LISTENER, flows, observer=monitor)
         await server.start()
         stack = Stack(
