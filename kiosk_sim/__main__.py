@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     soak.add_argument("--kills", type=int, default=10, help="switch SIGKILLs (default 10)")
+    soak.add_argument(
+        "--worker-kills",
+        type=int,
+        default=10,
+        help="SIGKILLs of one of two `--workers 2` workers (default 10)",
+    )
     soak.add_argument("--outages", type=int, default=5, help="PostgreSQL restarts (default 5)")
     soak.add_argument(
         "--tcp-frames",
@@ -287,6 +293,15 @@ def run_soak(args: argparse.Namespace) -> int:
     with soak.private_ledger() as (cluster, dsns):
         crashes = soak.crash_safety(dsns, work_dir, kills=args.kills, seed=args.seed)
         rows.append(asyncio.run(crashes))
+        print(
+            f"soak: {args.worker_kills} of two switch workers SIGKILLed under load ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        worker_crashes = soak.worker_crashes(
+            dsns, work_dir, kills=args.worker_kills, seed=args.seed
+        )
+        rows.append(asyncio.run(worker_crashes))
         print(
             f"soak: {args.outages} PostgreSQL outages under load ...", file=sys.stderr, flush=True
         )

@@ -94,10 +94,19 @@ class Exit:
     was_ready: bool
 
     @property
+    def stopped_cleanly(self) -> bool:
+        """Drained and exited 0, or stopped while it was still starting (it served nothing)."""
+        return self.returncode == 0 or (not self.was_ready and self.returncode == -signal.SIGTERM)
+
+    @property
     def status(self) -> str:
         if self.returncode < 0:
             return f"signal {signal.Signals(-self.returncode).name}"
         return f"exit {self.returncode}"
+
+
+# A slot asked to stop while it waited to restart its worker: stopped cleanly.
+NOTHING_TO_DRAIN = Exit(0, 0.0, was_ready=False)
 
 
 def after_exit(
@@ -141,24 +150,24 @@ class Supervisor:
         self._grace_ms, self._metrics_dir, self._policy = grace_ms, metrics_dir, policy
         self.stop = asyncio.Event()
         self._ever_ready = False
-        # Set by the first reason to end: 0 asked to stop, 1 a crash loop, 2 cannot start.
+        # Set by the first reason to give up: 1 a crash loop, 2 a worker cannot start.
         self._exit_code: int | None = None
 
     async def run(self) -> int:
         """Until `stop` is set or a slot gives up; every worker has exited when this returns."""
-        statuses = await asyncio.gather(*(self._run_slot(slot) for slot in range(self._count)))
-        if self._exit_code not in (None, 0):
+        last = await asyncio.gather(*(self._run_slot(slot) for slot in range(self._count)))
+        if self._exit_code is not None:
             return self._exit_code
         # Asked to stop: 0 when every worker drained and exited cleanly.
-        return 0 if all(code == 0 for code in statuses) else 1
+        return 0 if all(exited.stopped_cleanly for exited in last) else 1
 
     def _give_up(self, code: int) -> None:
         if self._exit_code is None:
             self._exit_code = code
         self.stop.set()
 
-    async def _run_slot(self, slot: int) -> int:
-        """Keep one worker running; its last worker's return code."""
+    async def _run_slot(self, slot: int) -> Exit:
+        """Keep one worker running; how its last worker exited."""
         history = SlotHistory()
         while True:
             worker = await self._start(slot)
@@ -167,20 +176,20 @@ class Supervisor:
                 mark_process_dead(worker.process.pid, str(self._metrics_dir))
             if self.stop.is_set():
                 log.info("worker_exited", slot=slot, pid=worker.process.pid, status=exited.status)
-                return exited.returncode
+                return exited
             history, delay_ms = after_exit(self._policy, history, exited)
             self._log_exit(worker, exited, history, delay_ms)
             if not exited.was_ready and exited.returncode == CANNOT_START and not self._ever_ready:
                 # As a single process would: its reason is on stderr already.
                 self._give_up(CANNOT_START)
-                return exited.returncode
+                return exited
             if delay_ms is None:
                 self._give_up(1)
-                return exited.returncode
+                return exited
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), delay_ms / 1000)
             if self.stop.is_set():
-                return exited.returncode
+                return NOTHING_TO_DRAIN
 
     def _log_exit(
         self, worker: Worker, exited: Exit, history: SlotHistory, delay_ms: int | None
