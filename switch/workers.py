@@ -16,8 +16,10 @@ The parent serves nothing itself. Before the first worker starts it:
 
 It restarts a worker that exits (with a backoff that grows while workers keep exiting soon
 after they start: `RestartPolicy`), and gives up on a crash loop: a worker slot whose workers
-keep exiting before they are ready. SIGTERM or SIGINT reaches the parent, which passes SIGTERM
-to every worker (each drains as a single process does) and exits 0 when all have exited 0.
+keep exiting before they are ready. A worker that exits before any worker was ready stops the
+parent at once, with the worker's exit code, as a single process that cannot start does.
+SIGTERM or SIGINT reaches the parent, which passes SIGTERM to every worker (each drains as a
+single process does) and exits 0 when all have exited 0.
 """
 
 from __future__ import annotations
@@ -50,8 +52,6 @@ from switch.settings import ENV_PREFIX, Settings
 log = structlog.get_logger("switch.workers")
 
 READY = b"R"
-# A worker's exit code when it cannot start (settings, ports, schema: `python -m switch`'s 2).
-CANNOT_START = 2
 # Beyond shutdown.grace_ms, what a draining worker may take to close its pools and exit.
 STOP_MARGIN_MS = 15_000
 _PR_SET_PDEATHSIG = 1
@@ -150,7 +150,8 @@ class Supervisor:
         self._grace_ms, self._metrics_dir, self._policy = grace_ms, metrics_dir, policy
         self.stop = asyncio.Event()
         self._ever_ready = False
-        # Set by the first reason to give up: 1 a crash loop, 2 a worker cannot start.
+        # Set by the first reason to give up: 1 a crash loop, or the code of a worker that
+        # exited before any worker was ready.
         self._exit_code: int | None = None
 
     async def run(self) -> int:
@@ -179,9 +180,10 @@ class Supervisor:
                 return exited
             history, delay_ms = after_exit(self._policy, history, exited)
             self._log_exit(worker, exited, history, delay_ms)
-            if not exited.was_ready and exited.returncode == CANNOT_START and not self._ever_ready:
-                # As a single process would: its reason is on stderr already.
-                self._give_up(CANNOT_START)
+            if not exited.was_ready and not self._ever_ready:
+                # The service never came up: exit as a single process would have, with its
+                # code (its reason is on stderr already).
+                self._give_up(exited.returncode if exited.returncode > 0 else 1)
                 return exited
             if delay_ms is None:
                 self._give_up(1)
@@ -414,7 +416,13 @@ def run_workers(settings: Settings, config: Path | None) -> int:
         env = worker_env(
             os.environ, admin_port=admin_port, metrics_dir=metrics_dir, ledger_dsns=ledger_dsns
         )
-        log.info("workers_starting", workers=settings.workers, port=port, admin_port=admin_port)
+        log.info(
+            "workers_starting",
+            workers=settings.workers,
+            port=port,
+            admin_port=admin_port,
+            metrics_dir=str(metrics_dir),
+        )
         argv = worker_argv(settings, config, port)
         return asyncio.run(_supervise(settings, argv, env, metrics_dir))
 
