@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="break things on purpose and count what was lost (what `make soak` runs)",
         description=(
             "On a fresh private PostgreSQL cluster: SIGKILL the switch at random moments under"
-            " kiosk_sim load and restart it, then check every account, the audit chains and the"
-            " logs; fuzz the decoder with random and mutated frames. Prints one row per scenario:"
-            " faults injected, requests, and lost / doubled / leaked, which must all be 0. Exits 1"
+            " kiosk_sim load and restart it, and one of two `--workers 2` workers (its parent"
+            " restarts it), then check every account, the audit chains and the logs; fuzz the"
+            " decoder with random and mutated frames. Prints one row per scenario: faults"
+            " injected, requests, and lost / doubled / leaked, which must all be 0. Exits 1"
             " otherwise."
         ),
     )
