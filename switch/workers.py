@@ -35,7 +35,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -145,8 +145,10 @@ class Supervisor:
         grace_ms: int,
         metrics_dir: Path,
         policy: RestartPolicy = RestartPolicy(),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._argv, self._env, self._count = list(argv), dict(env), count
+        """`clock`: seconds, for how long each worker ran."""
+        self._argv, self._env, self._count, self._clock = list(argv), dict(env), count, clock
         self._grace_ms, self._metrics_dir, self._policy = grace_ms, metrics_dir, policy
         self.stop = asyncio.Event()
         self._ever_ready = False
@@ -168,7 +170,9 @@ class Supervisor:
         self.stop.set()
 
     async def _run_slot(self, slot: int) -> Exit:
-        """Keep one worker running; how its last worker exited."""
+        """Keep one worker running; how its last worker exited. Its restarts are bounded by
+        the policy: at most one per `backoff_max_ms` once they come fast, and none after
+        `failed_starts_max` failed starts in a row."""
         history = SlotHistory()
         while True:
             worker = await self._start(slot)
@@ -231,7 +235,7 @@ class Supervisor:
         finally:
             os.close(write_fd)
         log.info("worker_started", slot=slot, pid=process.pid)
-        return Worker(slot, process, read_fd, time.monotonic())
+        return Worker(slot, process, read_fd, self._clock())
 
     async def _watch(self, worker: Worker) -> Exit:
         """Until the worker exits; on `stop`, SIGTERM it and wait for it to drain."""
@@ -254,7 +258,7 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(ready, stopping, return_exceptions=True)
             os.close(worker.ready_fd)
-        return Exit(returncode, 1000 * (time.monotonic() - worker.started_s), was_ready)
+        return Exit(returncode, 1000 * (self._clock() - worker.started_s), was_ready)
 
     async def _drain(self, worker: Worker) -> None:
         with contextlib.suppress(ProcessLookupError):
