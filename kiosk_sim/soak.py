@@ -248,6 +248,7 @@ async def worker_crashes(dsns: LedgerDsns, work_dir: Path, *, kills: int, seed: 
         seed=seed + 2,
         fault=kill_one,
         workers=2,
+        recovery_s=FAULT_RECOVERY_S + WORKER_RESTART_S,
     )
 
 
@@ -274,6 +275,9 @@ async def database_outages(
 Fault = Callable[[SwitchProcess], Awaitable[None]]
 # A kiosk's request timeout (2 s) and a switch's restart (about 1 s).
 FAULT_RECOVERY_S = 3.0
+# A worker is killed only once both serve: the killed one's replacement must have started
+# (a few seconds on a busy 2-core machine) before the next kill.
+WORKER_RESTART_S = 5.0
 
 
 async def _under_faults(
@@ -285,6 +289,7 @@ async def _under_faults(
     seed: int,
     fault: Fault,
     workers: int = 1,
+    recovery_s: float = FAULT_RECOVERY_S,
 ) -> SoakRow:
     """Kiosks run withdrawals, partial dispenses and reversals while `fault` strikes `faults`
     times at random moments; then the model, the audit chains and the logs are checked. With
@@ -302,7 +307,7 @@ async def _under_faults(
         mix={"withdrawal": 4, "partial": 1, "reversal": 1, "balance": 1},
         # After each fault the kiosks wait out their timeout and reconnect: the run outlasts that,
         # so the load has resumed before it ends and the row counts load, not the outage.
-        duration_s=sum(pauses_s) + faults * FAULT_RECOVERY_S + 2.0,
+        duration_s=sum(pauses_s) + faults * recovery_s + 2.0,
         timeout_ms=2_000,
     )
 

@@ -457,9 +457,15 @@ def _cluster(args: argparse.Namespace) -> int:
         return 0
     info = cluster.start(timeout_ms=args.timeout_ms)
     asyncio.run(_migrate_at(info.owner_dsn, args))
-    print(f"primary {cluster.primary().name}, synchronous secondary; logs in {cluster.root}")
-    print(f"switch ([ledger] dsn): {info.switch_dsn}")
-    print(f"owner (--dsn): {info.owner_dsn}")
+    where = f"primary {cluster.primary().name}, synchronous secondary; logs in {cluster.root}"
+    return _started(where, info.switch_dsn, info.owner_dsn)
+
+
+def _started(where: str, switch_dsn: str, owner_dsn: str) -> int:
+    """What `cluster` prints once it runs and is migrated: where, and the two DSNs."""
+    print(where)
+    print(f"switch ([ledger] dsn): {switch_dsn}")
+    print(f"owner (--dsn): {owner_dsn}")
     return 0
 
 
@@ -473,10 +479,8 @@ def _private_cluster(args: argparse.Namespace) -> int:
         return 0
     info = cluster.start(timeout_ms=args.timeout_ms)
     asyncio.run(_migrate_at(info.owner_dsn, args))
-    print(f"running under {cluster.data_dir} until `python -m ledger cluster --stop`")
-    print(f"switch ([ledger] dsn): {info.switch_dsn}")
-    print(f"owner (--dsn): {info.owner_dsn}")
-    return 0
+    where = f"running under {cluster.data_dir} until `python -m ledger cluster --stop`"
+    return _started(where, info.switch_dsn, info.owner_dsn)
 
 
 async def _migrate_at(dsn: str, args: argparse.Namespace) -> None:

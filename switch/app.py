@@ -178,15 +178,19 @@ async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
     try:
         yield store
     finally:
-        others = await store.close()
-        if others:
-            # Its other users would be cut off: it stays up until `ledger cluster --stop`.
-            log.info(
-                "cluster_left_running",
-                data_dir=str(settings.ledger.data_dir),
-                other_clients=others,
-                stop_with=f"python -m ledger cluster --stop --data-dir {settings.ledger.data_dir}",
-            )
+        report_cluster_left_running(settings, await store.close())
+
+
+def report_cluster_left_running(settings: Settings, other_clients: int) -> None:
+    """A private cluster this process started and did not stop, because `other_clients` still
+    use it (none: nothing to say): it stays up until `ledger cluster --stop`."""
+    if other_clients:
+        log.info(
+            "cluster_left_running",
+            data_dir=str(settings.ledger.data_dir),
+            other_clients=other_clients,
+            stop_with=f"python -m ledger cluster --stop --data-dir {settings.ledger.data_dir}",
+        )
 
 
 @contextlib.asynccontextmanager

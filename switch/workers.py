@@ -45,7 +45,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from ledger.errors import ProvisioningError
 from ledger.postgres import LocalCluster
-from switch.app import StartupError, cannot_listen
+from switch.app import StartupError, cannot_listen, report_cluster_left_running
 from switch.metrics import MULTIPROCESS_ENV
 from switch.settings import ENV_PREFIX, Settings
 
@@ -386,14 +386,7 @@ def owned_cluster(settings: Settings) -> Iterator[tuple[str, str] | None]:
         # cluster's owner.
         yield info.switch_dsn, settings.ledger.audit_dsn or info.owner_dsn
     finally:
-        others = cluster.stop_unless_used()
-        if others:
-            log.info(
-                "cluster_left_running",
-                data_dir=str(settings.ledger.data_dir),
-                other_clients=others,
-                stop_with=f"python -m ledger cluster --stop --data-dir {settings.ledger.data_dir}",
-            )
+        report_cluster_left_running(settings, cluster.stop_unless_used())
 
 
 @contextlib.contextmanager
