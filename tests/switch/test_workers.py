@@ -213,6 +213,7 @@ async def test_two_workers_serve_one_port_survive_a_kill_and_drain_on_sigterm(
         # Connections spread over both workers (the kernel hashes each connection's
         # addresses); each echo's STAN says which worker answered it.
         clients = [await _echo(port, stan) for stan in range(1, 25)]
+        await serving.until("message", 24)  # a worker logs a message after answering it
         by_stan = _served_by(serving)
         assert len(by_stan) == 24
         assert len(set(by_stan.values())) == 2
