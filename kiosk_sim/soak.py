@@ -331,12 +331,16 @@ async def _under_faults(
             await asyncio.sleep(pause_s)
             await fault(switch)
 
+    striking = asyncio.create_task(strike())
     try:
-        report, _ = await asyncio.gather(
-            load.run(plan, population, "127.0.0.1", switch.port, ledger=LedgerView(dsns.owner)),
-            strike(),
+        report = await load.run(
+            plan, population, "127.0.0.1", switch.port, ledger=LedgerView(dsns.owner)
         )
+        await striking
     finally:
+        # A run that failed must not leave a fault behind to start a switch after this stop.
+        striking.cancel()
+        await asyncio.gather(striking, return_exceptions=True)
         exit_code = await switch.stop()
     verified = await _verify(dsns.owner)
     discrepancies = report.discrepancies or {}
