@@ -15,6 +15,9 @@
    (the mean per pipeline step, and per ledger read and write the mean wait for a call, the
    mean call and the mean batch, from the switch's own metrics).
 4. 10,000 idle terminal connections, each echoed once: the switch's memory per connection.
+5. `python -m switch serve --workers 2` (`w2_*` figures): (2)'s magstripe closed loops again,
+   the switch's CPU being its parent's and both workers', and the ratio of its best rate to one
+   process's (`w2_to_w1_best`). The figures without a prefix are one process's.
 
 The load generator shares the machine's cores with the switch and PostgreSQL. Figures are
 measured, never asserted.
@@ -67,13 +70,14 @@ class _Processes:
     """Where the CPU of an end-to-end run goes: the switch, PostgreSQL, and this process (the
     simulator)."""
 
-    switch: int
+    switch: tuple[int, ...]  # one process, or a parent and its workers
     postmaster: int
     info: ClusterInfo
 
     def cpu_s(self) -> tuple[float, float, float]:
         own_s, _ = cpu.own_and_children_cpu_s()
-        return cpu.process_cpu_s(self.switch), cpu.cluster_cpu_s(self.postmaster), own_s
+        switch_s = sum(cpu.process_cpu_s(pid) for pid in self.switch)
+        return switch_s, cpu.cluster_cpu_s(self.postmaster), own_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +257,7 @@ async def end_to_end(
     )
     await switch.start()
     try:
-        processes = _Processes(switch.pid, cpu.postmaster_pid(cluster.data_dir), info)
+        processes = _Processes((switch.pid,), cpu.postmaster_pid(cluster.data_dir), info)
         figures = await closed_loops(population, switch.port, duration_s, processes)
         best_count = max(TERMINAL_COUNTS, key=lambda n: figures[f"approved_withdrawals_per_s_t{n}"])
         figures["approved_withdrawals_per_s_best"] = figures[
@@ -273,6 +277,43 @@ async def end_to_end(
         figures |= await idle_connections(switch.port, switch.pid)
     finally:
         await switch.stop()
+    return figures
+
+
+async def two_workers(
+    info: ClusterInfo,
+    cluster: LocalCluster,
+    population: Population,
+    duration_s: float,
+    log_path: Path,
+) -> dict[str, float]:
+    """Step 5: the magstripe closed loops against `serve --workers 2`."""
+    switch = SwitchProcess(
+        LedgerDsns(owner=info.owner_dsn, switch=info.switch_dsn),
+        free_port(),
+        log_path,
+        SWITCH_SETTINGS,
+        workers=2,
+    )
+    await switch.start()
+    figures: dict[str, float] = {}
+    try:
+        pids = (switch.pid, *sorted(switch.ready_workers()))
+        processes = _Processes(pids, cpu.postmaster_pid(cluster.data_dir), info)
+        for count in TERMINAL_COUNTS:
+            run = await _closed_loop(
+                population, switch.port, duration_s, processes, count=count, mix=WITHDRAWALS_ONLY
+            )
+            figures[f"w2_approved_withdrawals_per_s_t{count}"] = run.approved_per_s
+            figures[f"w2_p50_ms_t{count}"] = run.p50_ms
+            figures[f"w2_p99_ms_t{count}"] = run.p99_ms
+            figures[f"w2_cpu_us_per_approved_t{count}"] = round(run.cpu_us)
+            figures[f"w2_switch_cpu_us_per_approved_t{count}"] = round(run.switch_us)
+    finally:
+        await switch.stop()
+    figures["w2_approved_withdrawals_per_s_best"] = max(
+        figures[f"w2_approved_withdrawals_per_s_t{n}"] for n in TERMINAL_COUNTS
+    )
     return figures
 
 
@@ -299,6 +340,10 @@ def run(duration_s: float = 8.0) -> dict[str, float]:
             end_to_end(info, cluster, population, duration_s, work / "switch.log")
         )
         best = figures["approved_withdrawals_per_s_best"]
+        figures |= uvloop.run(
+            two_workers(info, cluster, population, duration_s, work / "switch-w2.log")
+        )
+        figures["w2_to_w1_best"] = round(figures["w2_approved_withdrawals_per_s_best"] / best, 3)
         figures["ratio_to_pgbench"] = round(best / pgbench.tps, 3)
         # The same comparison by CPU spent per transaction: what the ratio would be with both
         # CPU-bound on an unshared machine (the whole stack, simulator included).

@@ -74,13 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="break things on purpose and count what was lost (what `make soak` runs)",
         description=(
             "On a fresh private PostgreSQL cluster: SIGKILL the switch at random moments under"
-            " kiosk_sim load and restart it, then check every account, the audit chains and the"
-            " logs; fuzz the decoder with random and mutated frames. Prints one row per scenario:"
-            " faults injected, requests, and lost / doubled / leaked, which must all be 0. Exits 1"
+            " kiosk_sim load and restart it, and one of two `--workers 2` workers (its parent"
+            " restarts it), then check every account, the audit chains and the logs; fuzz the"
+            " decoder with random and mutated frames. Prints one row per scenario: faults"
+            " injected, requests, and lost / doubled / leaked, which must all be 0. Exits 1"
             " otherwise."
         ),
     )
     soak.add_argument("--kills", type=int, default=10, help="switch SIGKILLs (default 10)")
+    soak.add_argument(
+        "--worker-kills",
+        type=int,
+        default=10,
+        help="SIGKILLs of one of two `--workers 2` workers (default 10)",
+    )
     soak.add_argument("--outages", type=int, default=5, help="PostgreSQL restarts (default 5)")
     soak.add_argument(
         "--tcp-frames",
@@ -287,6 +294,15 @@ def run_soak(args: argparse.Namespace) -> int:
     with soak.private_ledger() as (cluster, dsns):
         crashes = soak.crash_safety(dsns, work_dir, kills=args.kills, seed=args.seed)
         rows.append(asyncio.run(crashes))
+        print(
+            f"soak: {args.worker_kills} of two switch workers SIGKILLed under load ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        worker_crashes = soak.worker_crashes(
+            dsns, work_dir, kills=args.worker_kills, seed=args.seed
+        )
+        rows.append(asyncio.run(worker_crashes))
         print(
             f"soak: {args.outages} PostgreSQL outages under load ...", file=sys.stderr, flush=True
         )

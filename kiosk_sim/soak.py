@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -16,10 +17,11 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 
@@ -74,7 +76,8 @@ class LedgerDsns:
 
 
 class SwitchProcess:
-    """`python -m switch serve` on a fixed port, killed and restarted at will, logging JSON."""
+    """`python -m switch serve` on a fixed port, killed and restarted at will, logging JSON;
+    with `workers` above 1, a parent and its workers, whose workers can be killed one by one."""
 
     def __init__(
         self,
@@ -82,11 +85,16 @@ class SwitchProcess:
         port: int,
         log_path: Path,
         settings: Mapping[str, str] | None = None,
+        *,
+        workers: int = 1,
     ) -> None:
         """`settings`: more `SWITCH__TABLE__KEY` environment entries, over the ones set here."""
         self._dsns, self.port, self._log_path = dsns, port, log_path
         self._settings = dict(settings or {})
+        self.workers = workers
         self._child: asyncio.subprocess.Process | None = None
+        self._log_start = 0
+        self.killed_workers: list[int] = []
 
     @property
     def pid(self) -> int:
@@ -107,10 +115,13 @@ class SwitchProcess:
             "SWITCH__LOGGING__FORMAT": '"json"',
             **self._settings,
         }
+        workers = ("--workers", str(self.workers)) if self.workers > 1 else ()
         with self._log_path.open("ab") as log_file:
+            self._log_start = log_file.tell()
             child = self._child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "switch", "serve", stdout=log_file, stderr=log_file, env=env
-            )
+                sys.executable, "-m", "switch", "serve", *workers,
+                stdout=log_file, stderr=log_file, env=env,
+            )  # fmt: skip
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if child.returncode is not None:
@@ -120,19 +131,94 @@ class SwitchProcess:
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()
+                if self.workers == 1:
+                    return
+                await self.all_workers_ready(deadline)
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError("the switch did not come back")
+
+    def events(self) -> list[dict[str, object]]:
+        """The JSON lines logged since the last start (a line still being written is left out)."""
+        with self._log_path.open("rb") as log_file:
+            log_file.seek(self._log_start)
+            lines = log_file.read().splitlines()
+        events = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    events.append(event)
+        return events
+
+    def ready_workers(self) -> set[int]:
+        """The workers serving now, as their parent logged them."""
+        ready: set[int] = set()
+        for event in self.events():
+            pid = event.get("pid")
+            if event.get("event") == "worker_ready" and isinstance(pid, int):
+                ready.add(pid)
+            elif event.get("event") == "worker_exited":
+                ready.discard(cast(int, pid))
+        return ready
+
+    async def all_workers_ready(self, deadline: float) -> set[int]:
+        while time.monotonic() < deadline:
+            ready = self.ready_workers()
+            if len(ready) == self.workers:
+                return ready
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the switch's workers were not all ready (log {self._log_path})")
+
+    async def until_served(self, terminals: int) -> None:
+        """Until `terminals` terminals have been answered (by any worker)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if len(set().union(*served_by(self.events()).values())) >= terminals:
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"fewer than {terminals} terminals served (log {self._log_path})")
+
+    async def kill_worker(self, rng: random.Random) -> int:
+        """Once every worker serves, SIGKILL one of them; its pid."""
+        ready = await self.all_workers_ready(time.monotonic() + STARTUP_TIMEOUT_S)
+        pid = rng.choice(sorted(ready))
+        os.kill(pid, signal.SIGKILL)
+        self.killed_workers.append(pid)
+        return pid
 
     async def kill(self) -> None:
         assert self._child is not None
         self._child.send_signal(signal.SIGKILL)
         await self._child.wait()
 
-    async def stop(self) -> None:
+    async def stop(self) -> int | None:
+        """SIGTERM and its exit code (None: it was not running)."""
         if self._child is not None and self._child.returncode is None:
             self._child.terminate()
-            await asyncio.wait_for(self._child.wait(), 30)
+            return await asyncio.wait_for(self._child.wait(), 30)
+        return None
+
+
+def served_by(events: Sequence[Mapping[str, object]]) -> dict[int, set[str]]:
+    """The terminals each worker answered a message for (its pid on every line it logs)."""
+    served: dict[int, set[str]] = {}
+    for event in events:
+        pid, terminal_id = event.get("pid"), event.get("terminal_id")
+        if event.get("event") == "message" and isinstance(pid, int) and terminal_id:
+            served.setdefault(pid, set()).add(str(terminal_id))
+    return served
+
+
+def stranded(events: Sequence[Mapping[str, object]], killed: Sequence[int]) -> set[str]:
+    """Terminals a killed worker served that no other worker answered after it was killed."""
+    left: set[str] = set()
+    for pid in killed:
+        last = max((i for i, event in enumerate(events) if event.get("pid") == pid), default=-1)
+        later = served_by(events[last + 1 :])
+        elsewhere = set().union(*(ids for other, ids in later.items() if other != pid))
+        left |= served_by(events[: last + 1]).get(pid, set()) - elsewhere
+    return left
 
 
 async def crash_safety(dsns: LedgerDsns, work_dir: Path, *, kills: int, seed: int) -> SoakRow:
@@ -151,6 +237,31 @@ async def crash_safety(dsns: LedgerDsns, work_dir: Path, *, kills: int, seed: in
         faults=kills,
         seed=seed,
         fault=kill_and_restart,
+    )
+
+
+async def worker_crashes(dsns: LedgerDsns, work_dir: Path, *, kills: int, seed: int) -> SoakRow:
+    """`serve --workers 2`: SIGKILL one of the two workers at random moments under load. The
+    parent restarts it; its kiosks reconnect, to the other worker or the new one, and carry on
+    (keys and PIN tries are in the ledger); nothing is lost or doubled."""
+    rng = random.Random(seed)
+
+    async def kill_one(switch: SwitchProcess) -> None:
+        if not switch.killed_workers:
+            # The simulator gives up on a kiosk whose first sign-on is cut off: strike once
+            # every kiosk has been answered (on a busy machine that takes a while).
+            await switch.until_served(FAULT_TERMINALS)
+        await switch.kill_worker(rng)
+
+    return await _under_faults(
+        "one of two switch workers killed under load",
+        dsns,
+        work_dir,
+        faults=kills,
+        seed=seed + 2,
+        fault=kill_one,
+        workers=2,
+        recovery_s=FAULT_RECOVERY_S + WORKER_RESTART_S,
     )
 
 
@@ -175,29 +286,43 @@ async def database_outages(
 
 
 Fault = Callable[[SwitchProcess], Awaitable[None]]
+# The kiosks of the runs under faults.
+FAULT_TERMINALS = 8
 # A kiosk's request timeout (2 s) and a switch's restart (about 1 s).
 FAULT_RECOVERY_S = 3.0
+# A worker is killed only once both serve: the killed one's replacement must have started
+# (a few seconds on a busy 2-core machine) before the next kill.
+WORKER_RESTART_S = 5.0
 
 
 async def _under_faults(
-    scenario: str, dsns: LedgerDsns, work_dir: Path, *, faults: int, seed: int, fault: Fault
+    scenario: str,
+    dsns: LedgerDsns,
+    work_dir: Path,
+    *,
+    faults: int,
+    seed: int,
+    fault: Fault,
+    workers: int = 1,
+    recovery_s: float = FAULT_RECOVERY_S,
 ) -> SoakRow:
     """Kiosks run withdrawals, partial dispenses and reversals while `fault` strikes `faults`
-    times at random moments; then the model, the audit chains and the logs are checked."""
-    population = build(seed=seed, customers=32, terminals=8)
+    times at random moments; then the model, the audit chains and the logs are checked. With
+    several workers, each killed worker's kiosks must have been served again by another."""
+    population = build(seed=seed, customers=32, terminals=FAULT_TERMINALS)
     await provision(dsns.owner, population)
     log_path = work_dir / f"switch-{seed}.log"
-    switch = SwitchProcess(dsns, free_port(), log_path)
+    switch = SwitchProcess(dsns, free_port(), log_path, workers=workers)
     await switch.start()
     rng = random.Random(seed)
     pauses_s = [rng.uniform(0.4, 1.2) for _ in range(faults)]
     plan = load.Plan(
-        terminals=8,
+        terminals=FAULT_TERMINALS,
         seed=seed,
         mix={"withdrawal": 4, "partial": 1, "reversal": 1, "balance": 1},
         # After each fault the kiosks wait out their timeout and reconnect: the run outlasts that,
         # so the load has resumed before it ends and the row counts load, not the outage.
-        duration_s=sum(pauses_s) + faults * FAULT_RECOVERY_S + 2.0,
+        duration_s=sum(pauses_s) + faults * recovery_s + 2.0,
         timeout_ms=2_000,
     )
 
@@ -206,16 +331,26 @@ async def _under_faults(
             await asyncio.sleep(pause_s)
             await fault(switch)
 
+    striking = asyncio.create_task(strike())
     try:
-        report, _ = await asyncio.gather(
-            load.run(plan, population, "127.0.0.1", switch.port, ledger=LedgerView(dsns.owner)),
-            strike(),
+        report = await load.run(
+            plan, population, "127.0.0.1", switch.port, ledger=LedgerView(dsns.owner)
         )
+        await striking
     finally:
-        await switch.stop()
+        # A run that failed must not leave a fault behind to start a switch after this stop.
+        striking.cancel()
+        await asyncio.gather(striking, return_exceptions=True)
+        exit_code = await switch.stop()
     verified = await _verify(dsns.owner)
     discrepancies = report.discrepancies or {}
     unresolved = len(report.differences or []) - len(discrepancies)
+    notes = [] if verified.ok else [f"audit verify: {(verified.damage or verified.books)[0]}"]
+    left = stranded(switch.events(), switch.killed_workers)
+    if left:
+        notes.append(f"never served again after their worker was killed: {sorted(left)}")
+    if workers > 1 and exit_code != 0:
+        notes.append(f"the parent exited {exit_code} on SIGTERM")
     return SoakRow(
         scenario,
         faults,
@@ -223,8 +358,11 @@ async def _under_faults(
         lost=sum(1 for v in discrepancies.values() if v > 0),
         doubled=sum(1 for v in discrepancies.values() if v < 0),
         leaked=_pans_in(log_path.read_text(errors="replace"), population),
-        other_failures=unresolved + (0 if verified.ok else 1),
-        note="" if verified.ok else f"audit verify: {(verified.damage or verified.books)[0]}",
+        other_failures=unresolved
+        + (0 if verified.ok else 1)
+        + len(left)
+        + (workers > 1 and exit_code != 0),
+        note="; ".join(notes),
     )
 
 

@@ -39,7 +39,7 @@ from ledger.fixtures import EntryError, load_fixtures, read_fixtures
 from ledger.journal import Head
 from ledger.migrations import Connection, migrate
 from ledger.operations import init_connection
-from ledger.postgres import running_cluster
+from ledger.postgres import LocalCluster, running_cluster
 from ledger.settings import DSN_ENV, LedgerSettings, pan_hash_key_from_env
 from ledger.sla_page import as_html
 
@@ -481,10 +481,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> int:
     if not args.ha:
-        raise LedgerError(
-            "cluster: only --ha so far (each command starts the single-node private cluster"
-            " it needs)"
-        )
+        return _private_cluster(args)
     cluster = ha.HaCluster(args.dir)
     if args.stop:
         cluster.stop(timeout_ms=args.timeout_ms)
@@ -492,10 +489,30 @@ def _cluster(args: argparse.Namespace) -> int:
         return 0
     info = cluster.start(timeout_ms=args.timeout_ms)
     asyncio.run(_migrate_at(info.owner_dsn, args))
-    print(f"primary {cluster.primary().name}, synchronous secondary; logs in {cluster.root}")
-    print(f"switch ([ledger] dsn): {info.switch_dsn}")
-    print(f"owner (--dsn): {info.owner_dsn}")
+    where = f"primary {cluster.primary().name}, synchronous secondary; logs in {cluster.root}"
+    return _started(where, info.switch_dsn, info.owner_dsn)
+
+
+def _started(where: str, switch_dsn: str, owner_dsn: str) -> int:
+    """What `cluster` prints once it runs and is migrated: where, and the two DSNs."""
+    print(where)
+    print(f"switch ([ledger] dsn): {switch_dsn}")
+    print(f"owner (--dsn): {owner_dsn}")
     return 0
+
+
+def _private_cluster(args: argparse.Namespace) -> int:
+    """The single-node private cluster, left running for several switch processes (each finds
+    it running and leaves it so), or stopped whoever started it."""
+    cluster = LocalCluster(args.data_dir)
+    if args.stop:
+        cluster.stop_running(timeout_ms=args.timeout_ms)
+        print(f"stopped the private cluster under {cluster.data_dir}")
+        return 0
+    info = cluster.start(timeout_ms=args.timeout_ms)
+    asyncio.run(_migrate_at(info.owner_dsn, args))
+    where = f"running under {cluster.data_dir} until `python -m ledger cluster --stop`"
+    return _started(where, info.switch_dsn, info.owner_dsn)
 
 
 async def _migrate_at(dsn: str, args: argparse.Namespace) -> None:
@@ -525,16 +542,25 @@ def _backup_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     )  # fmt: skip
     restore.set_defaults(offline=_restore)
     cluster = subparsers.add_parser(
-        "cluster", help="start (or --stop) a local monitor, primary and synchronous secondary",
-        description="with --ha: create on first use and start pg_auto_failover's monitor, a"
-        " primary and a synchronous secondary under --dir, apply the migrations on the primary"
-        " and print the multi-host DSNs; they keep running until `cluster --ha --stop`",
+        "cluster", help="start (or --stop) the private cluster, or with --ha a local monitor,"
+        " primary and synchronous secondary",
+        description="start the private cluster under --data-dir (created on first use), apply"
+        " the migrations and print its DSNs; it keeps running until `cluster --stop`, which"
+        " stops it whoever started it (a switch leaves a cluster it started running while"
+        " other processes use it). With --ha: create on first use and start pg_auto_failover's"
+        " monitor, a primary and a synchronous secondary under --dir, apply the migrations on"
+        " the primary and print the multi-host DSNs; they keep running until"
+        " `cluster --ha --stop`",
     )  # fmt: skip
     cluster.add_argument("--ha", action="store_true", help="the pg_auto_failover formation")
     cluster.add_argument("--stop", action="store_true", help="stop it instead")
     cluster.add_argument(
         "--dir", type=Path, default=Path(".var/ha"), help="where it lives (default: .var/ha)"
     )
+    cluster.add_argument(
+        "--data-dir", type=Path, default=Path(".var/pg"),
+        help="without --ha: the private cluster's data directory (default: .var/pg)",
+    )  # fmt: skip
     cluster.add_argument("--timeout-ms", type=int, default=_TIMEOUT_MS)
     cluster.set_defaults(offline=_cluster)
     for parser, data_dir in ((made, "the cluster to back up"), (restore, "the new one")):

@@ -27,6 +27,8 @@ SUPERUSER = "postgres"
 OWNER_ROLE = "ledger_owner"
 SWITCH_ROLE = "ledger_switch"
 DATABASE = "ledger"
+# How long the backends of connections a process has just closed may take to exit.
+OWN_BACKENDS_EXIT_MS = 2_000
 _INSTALL_HINT = "install the PostgreSQL server binaries (Debian/Ubuntu: apt-get install postgresql)"
 
 
@@ -266,11 +268,45 @@ class LocalCluster:
         """Stop the server if this object started it (fast shutdown: clients are cut off)."""
         if not self._started_here:
             return
-        self._run(
-            str(find_binary("pg_ctl")), "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
-            timeout_ms=timeout_ms,
-        )  # fmt: skip
+        self.stop_running(timeout_ms=timeout_ms)
+
+    def stop_running(self, *, timeout_ms: int = 60_000) -> None:
+        """Stop the server on this data directory, whoever started it (`python -m ledger cluster
+        --stop`); a directory with no server running is left as it is."""
+        if self._running_port() is not None:
+            self._run(
+                str(find_binary("pg_ctl")), "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
+                timeout_ms=timeout_ms,
+            )  # fmt: skip
         self._started_here = False
+
+    def stop_unless_used(self, *, timeout_ms: int = 60_000) -> int:
+        """Stop the server if this object started it and no other process is connected to it;
+        the clients that keep it running (0: stopped, or not ours to stop).
+
+        Several switch processes may share one private cluster: the one that started it must
+        not cut the others off when it exits. Its own connections are closed by now, but a
+        backend takes a moment to exit after its client has gone, so the count is read again
+        for up to `OWN_BACKENDS_EXIT_MS` before others are assumed."""
+        if not self._started_here:
+            return 0
+        deadline = time.monotonic() + OWN_BACKENDS_EXIT_MS / 1000
+        while (others := self._other_clients(timeout_ms=timeout_ms)) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        if others:
+            return others
+        self.stop(timeout_ms=timeout_ms)
+        return 0
+
+    def _other_clients(self, *, timeout_ms: int) -> int:
+        # The superuser's psql asking is itself a client backend: not counted.
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        return int(self.psql(sql, database="postgres", timeout_ms=timeout_ms).strip())
 
 
 def _remaining_ms(deadline: float) -> int:

@@ -390,16 +390,22 @@ class LedgerStore:
         assert value is None or isinstance(value, str)
         return value
 
-    async def close(self, *, timeout_ms: int = 10_000) -> None:
-        """Drain the pool (terminate what is left at the deadline); stop a cluster we started."""
+    async def close(self, *, timeout_ms: int = 10_000) -> int:
+        """Drain the pool (terminate what is left at the deadline); stop a cluster we started,
+        unless other processes use it. Returns how many clients kept it running (0: stopped,
+        or none of ours)."""
         self._warming.cancel()
         try:
             await asyncio.wait_for(self._pool.close(), timeout_ms / 1000)
         except TimeoutError:
             self._pool.terminate()
         finally:
+            others = 0
             if self._cluster is not None:
-                await asyncio.to_thread(self._cluster.stop, timeout_ms=timeout_ms)
+                others = await asyncio.to_thread(
+                    self._cluster.stop_unless_used, timeout_ms=timeout_ms
+                )
+        return others
 
 
 async def _require_same_policy(

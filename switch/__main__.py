@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import uvloop
@@ -14,7 +15,8 @@ import uvloop
 from switch.access import Role, config_lines, mint
 from switch.app import StartupError, serve
 from switch.logging import configure_logging
-from switch.settings import Settings, SettingsError, load_settings
+from switch.settings import WORKERS_MAX, Settings, SettingsError, load_settings
+from switch.workers import announce_ready, as_worker, die_with_parent, run_workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run the switch. Settings come from --config (TOML; see config/switch.toml for "
             "every key and its default), then SWITCH__<TABLE>__<KEY> environment variables, "
-            "then --host/--port. SIGTERM or SIGINT stops accepting, lets in-flight requests "
-            "finish within shutdown.grace_ms, and exits."
+            "then --host/--port/--workers. SIGTERM or SIGINT stops accepting, lets in-flight "
+            "requests finish within shutdown.grace_ms, and exits. With --workers N above 1, a "
+            "parent process runs N worker processes sharing both ports (SO_REUSEPORT), restarts "
+            "one that dies, and drains them all on SIGTERM or SIGINT."
         ),
     )
     serve_cmd.add_argument(
@@ -47,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="terminal listener TCP port, 0 for any free port (listener.port)",
     )
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help=f"processes serving terminals, 1 to {WORKERS_MAX} (switch.workers; default 1: this"
+        " process alone)",
+    )
+    # Set by the parent of --workers on the workers it starts: its pid, and the pipe on which
+    # the worker says it serves.
+    serve_cmd.add_argument("--worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--ready-fd", type=int, metavar="FD", help=argparse.SUPPRESS)
     _keys_parser(commands)
     return parser
 
@@ -104,7 +119,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                 "--port", "listener.port", f"a port from 0 to 65535, got {args.port}"
             )
         listener = replace(listener, port=args.port)
-    return replace(settings, listener=listener)
+    workers = settings.workers
+    if args.workers is not None:
+        if not 1 <= args.workers <= WORKERS_MAX:
+            raise SettingsError(
+                "--workers",
+                "switch.workers",
+                f"from 1 to {WORKERS_MAX} processes, got {args.workers}",
+            )
+        workers = args.workers
+    return replace(settings, listener=listener, workers=workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,11 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"switch: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.worker_of is not None:
+        return _serve_worker(settings, args.worker_of, args.ready_fd)
     configure_logging(settings.logging)
     try:
+        if settings.workers > 1:
+            return run_workers(settings, args.config)
         uvloop.run(serve(settings))
     except StartupError as exc:
         print(f"switch: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve_worker(settings: Settings, parent_pid: int, ready_fd: int) -> int:
+    """One worker of `--workers`: every line it logs carries its pid."""
+    configure_logging(settings.logging, fields={"pid": os.getpid()})
+    try:
+        die_with_parent(parent_pid)
+        uvloop.run(serve(as_worker(settings), ready=partial(announce_ready, ready_fd)))
+    except StartupError as exc:
+        print(f"switch: worker {os.getpid()} cannot start: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,7 +18,7 @@ import resource
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 
@@ -179,7 +179,19 @@ async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
     try:
         yield store
     finally:
-        await store.close()
+        report_cluster_left_running(settings, await store.close())
+
+
+def report_cluster_left_running(settings: Settings, other_clients: int) -> None:
+    """A private cluster this process started and did not stop, because `other_clients` still
+    use it (none: nothing to say): it stays up until `ledger cluster --stop`."""
+    if other_clients:
+        log.info(
+            "cluster_left_running",
+            data_dir=str(settings.ledger.data_dir),
+            other_clients=other_clients,
+            stop_with=f"python -m ledger cluster --stop --data-dir {settings.ledger.data_dir}",
+        )
 
 
 @contextlib.asynccontextmanager
@@ -284,7 +296,12 @@ async def running_admin(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.admin.host, settings.admin.port)
+        site = web.TCPSite(
+            runner,
+            settings.admin.host,
+            settings.admin.port,
+            reuse_port=settings.admin.reuse_port or None,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -309,7 +326,9 @@ async def start_listener(server: SwitchServer) -> None:
         raise cannot_listen("listener", exc.host, exc.port, exc.error) from None
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, ready: Callable[[], None] = lambda: None) -> None:
+    """Run until SIGTERM or SIGINT. `ready` is called once terminals and the operations app
+    are served (a worker of `--workers` tells its parent so)."""
     raise_open_file_limit()
     clock = partial(datetime.now, UTC)
     recorder = activity_recorder(settings.operations, time.time)
@@ -357,6 +376,7 @@ async def serve(settings: Settings) -> None:
                     # pauses every request in flight for the whole heap (~55,000 objects,
                     # 15-20 ms).
                     gc.freeze()
+                    ready()
                     await stop.wait()
                     log.info("shutdown_requested", grace_ms=settings.shutdown_grace_ms)
             finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -83,11 +83,27 @@ def _mask_exception(
     return event_dict
 
 
-def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -> None:
+def configure_logging(
+    settings: LoggingSettings,
+    stream: TextIO | None = None,
+    *,
+    fields: Mapping[str, object] | None = None,
+) -> None:
+    """`fields`: added to every line (a worker of `--workers` adds its pid)."""
     out = stream if stream is not None else sys.stderr
+    constant = dict(fields or {})
+
+    def add_fields(
+        _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in constant.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
     console = settings.format == "console" or (settings.format == "auto" and out.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_card_data,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import disable_created_metrics
@@ -36,13 +37,31 @@ _BUCKETS_S = tuple(bound_ms / 1000 for bound_ms in LATENCY_BUCKETS_MS)
 DEPENDENCIES = ("hsm", "database")
 
 
+# How a gauge's values from several processes make one (prometheus-client's multiprocess
+# modes; "live" ones leave out the processes that have exited):
+# - what each process holds a share of (its connections, its queues): their sum;
+GaugeMode = Literal["livesum", "livemin", "livemostrecent"]
+LIVE_SUM: GaugeMode = "livesum"
+# - a probe each process makes of the HSM or the ledger: down when any live process finds it so;
+LIVE_MIN: GaugeMode = "livemin"
+# - what each process reads from the ledger, alike in all of them: the latest read.
+LIVE_LATEST: GaugeMode = "livemostrecent"
+GAUGE_MODES = (LIVE_SUM, LIVE_MIN, LIVE_LATEST)
+
+
 @dataclass(frozen=True, slots=True)
 class Figure:
     """A value another object keeps, copied in at scrape time: a gauge, or a `_total` that only
-    grows (a counter)."""
+    grows (a counter, summed over every process that ever ran). A gauge's `mode` says how
+    several processes' values make one."""
 
     name: str
     help_text: str
+    mode: GaugeMode = LIVE_SUM
+
+    def __post_init__(self) -> None:
+        assert self.mode in GAUGE_MODES, self.mode
+        assert not (self.is_counter and self.mode != LIVE_SUM), f"{self.name} is a counter"
 
     @property
     def is_counter(self) -> bool:
@@ -79,16 +98,20 @@ FIGURES: tuple[Figure, ...] = (
         "alert_notifications_dropped_after_retries_total",
         "Notifications dropped after their last retry.",
     ),
-    Figure("hsm_up", "The HSM answered the last probe (1) or not (0)."),
-    Figure("database_up", "The ledger answered the last probe (1) or not (0)."),
-    Figure("terminals_up", "Provisioned terminals up."),
-    Figure("terminals_down", "Provisioned terminals down."),
-    Figure("terminals_never_seen", "Provisioned terminals never seen."),
-    Figure("terminals_out_of_service", "Provisioned terminals out of service."),
-    Figure("terminals_down_seconds_max", "The longest a seen terminal has been down."),
-    Figure("alerts_open", "Alerts firing or acknowledged, as last read."),
-    Figure("audit_verify_ok", "The last journal check passed (1) or not (0)."),
-    Figure("audit_verify_timestamp_seconds", "When the last journal check ran (Unix time)."),
+    Figure("hsm_up", "The HSM answered the last probe (1) or not (0).", LIVE_MIN),
+    Figure("database_up", "The ledger answered the last probe (1) or not (0).", LIVE_MIN),
+    Figure("terminals_up", "Provisioned terminals up.", LIVE_LATEST),
+    Figure("terminals_down", "Provisioned terminals down.", LIVE_LATEST),
+    Figure("terminals_never_seen", "Provisioned terminals never seen.", LIVE_LATEST),
+    Figure("terminals_out_of_service", "Provisioned terminals out of service.", LIVE_LATEST),
+    Figure("terminals_down_seconds_max", "The longest a seen terminal has been down.", LIVE_LATEST),
+    Figure("alerts_open", "Alerts firing or acknowledged, as last read.", LIVE_LATEST),
+    Figure("audit_verify_ok", "The last journal check passed (1) or not (0).", LIVE_LATEST),
+    Figure(
+        "audit_verify_timestamp_seconds",
+        "When the last journal check ran (Unix time).",
+        LIVE_LATEST,
+    ),
     Figure("alert_evaluations_total", "Alert rule evaluations."),
     Figure("alert_evaluation_failures_total", "Alert rule evaluations that failed."),
 )
@@ -244,8 +267,7 @@ def _figure_metric(figure: Figure, registry: CollectorRegistry) -> Counter | Gau
     name = f"switch_{figure.name}"
     if figure.is_counter:
         return Counter(name, figure.help_text, registry=registry)
-    # With several processes: the sum over those alive (a dead one has no connections).
-    return Gauge(name, figure.help_text, registry=registry, multiprocess_mode="livesum")
+    return Gauge(name, figure.help_text, registry=registry, multiprocess_mode=figure.mode)
 
 
 class _Scrape:

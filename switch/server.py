@@ -432,7 +432,10 @@ class SwitchServer:
         self._ssl_context = server_ssl_context(tls) if tls is not None else None
         try:
             self._listening = await _listen(
-                self.settings.host, self.settings.port, min(self.settings.max_connections, 4096)
+                self.settings.host,
+                self.settings.port,
+                min(self.settings.max_connections, 4096),
+                reuse_port=self.settings.reuse_port,
             )
         except OSError as exc:
             raise ListenError(self.settings.host, self.settings.port, exc) from exc
@@ -564,14 +567,17 @@ class SwitchServer:
         log.info("stopped", unfinished=unfinished)
 
 
-async def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """A listening socket per address `host` resolves to, as `loop.create_server` binds them."""
+async def _listen(host: str, port: int, backlog: int, *, reuse_port: bool) -> list[socket.socket]:
+    """A listening socket per address `host` resolves to, as `loop.create_server` binds them;
+    with `reuse_port`, other processes' sockets may listen on the same port (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     listening: list[socket.socket] = []
     try:
         for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
-            sock = socket.create_server(address, family=family, backlog=backlog)
+            sock = socket.create_server(
+                address, family=family, backlog=backlog, reuse_port=reuse_port
+            )
             listening.append(sock)
             sock.setblocking(False)
     except OSError:

@@ -80,6 +80,9 @@ class ListenerSettings:
     # A frame that has begun arriving must be complete within this (slow senders are closed).
     frame_timeout_ms: int
     tls: TlsSettings | None
+    # Set for the workers of `serve --workers N` (never from a file): their listeners share
+    # the port with SO_REUSEPORT.
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,8 @@ class AdminSettings:
     # The API keys (their hashes) and roles; unset in development: the published development
     # keys (switch.access.DEVELOPMENT_TOKENS), refused in production.
     keys: tuple[ApiKey, ...]
+    # As `ListenerSettings.reuse_port`: the workers of `--workers` share this port too.
+    reuse_port: bool = False
 
 
 HsmBackend = Literal["local", "network"]
@@ -225,6 +230,11 @@ class Settings:
     source: str
     operations: OperationsSettings
     alerts: AlertsSettings
+    # `[switch] workers`: processes sharing the listener and the operations port (1: this one).
+    workers: int = 1
+
+
+WORKERS_MAX = 64
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -307,6 +317,9 @@ def _parse(root: TomlTable, env: Mapping[str, str]) -> Settings:
     shutdown.finish()
     operations = _parse_operations(root.table("operations"))
     alerts = _parse_alerts(root.table("alerts"), environment, env)
+    process = root.table("switch")
+    workers = process.integer("workers", 1, minimum=1, maximum=WORKERS_MAX)
+    process.finish()
     root.finish()
     return Settings(
         environment,
@@ -320,6 +333,7 @@ def _parse(root: TomlTable, env: Mapping[str, str]) -> Settings:
         root.source,
         operations,
         alerts,
+        workers=workers,
     )
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from kiosk_sim.soak import LedgerDsns, crash_safety, database_outages, decoder_fuzz, private_ledger
+from kiosk_sim.soak import (
+    LedgerDsns,
+    crash_safety,
+    database_outages,
+    decoder_fuzz,
+    private_ledger,
+    worker_crashes,
+)
 from tests.conftest import PgCluster
 
 
@@ -18,6 +25,18 @@ async def test_switch_killed_under_load_loses_and_doubles_nothing(
     # The load ran through the kills (about 300 answers on an idle machine; a loaded one, whose
     # restarts take seconds, leaves far fewer): what is asserted is nothing lost or doubled.
     assert row.requests > 20
+    assert (row.lost, row.doubled, row.leaked, row.other_failures) == (0, 0, 0, 0), row
+
+
+async def test_a_worker_killed_under_load_loses_and_doubles_nothing(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    # Each killed worker's kiosks must be answered again by another (the row counts those that
+    # were not as other failures), and the parent must drain both and exit 0.
+    row = await worker_crashes(
+        LedgerDsns(pg_cluster.owner_dsn, pg_cluster.switch_dsn), tmp_path, kills=1, seed=37
+    )
+    assert row.requests > 100
     assert (row.lost, row.doubled, row.leaked, row.other_failures) == (0, 0, 0, 0), row
 
 

@@ -157,7 +157,8 @@ from switch.metrics import Metrics
 metrics = Metrics()
 for _ in range({requests}):
     metrics.observe("0200", "00", 5.0, chip=False)
-metrics.refresh({{"connections": {connections}, "ledger_writes_total": 7}})
+metrics.refresh({{"connections": {connections}, "ledger_writes_total": 7,
+                 "database_up": {database_up}, "terminals_up": 3}})
 """
 # The one answering the scrape: every process's values, and the fleet's gauges of its own.
 _SCRAPE = """
@@ -166,7 +167,9 @@ from prometheus_client.multiprocess import mark_process_dead
 from switch.metrics import Metrics
 for pid in sys.argv[1:]:
     mark_process_dead(int(pid))
-sys.stdout.write(Metrics().exposition({"tls_client_certificate_days_left_min": 3.0}).decode())
+metrics = Metrics()
+metrics.refresh({"database_up": 1, "terminals_up": 3})
+sys.stdout.write(metrics.exposition({"tls_client_certificate_days_left_min": 3.0}).decode())
 """
 
 
@@ -193,20 +196,26 @@ def _scraped(directory: Path, *dead: int) -> dict[tuple[str, tuple[tuple[str, st
 
 def test_multiprocess_mode_sums_every_process(tmp_path: Path) -> None:
     first = subprocess.Popen(
-        [sys.executable, "-c", _PROCESS.format(requests=3, connections=2)],
+        [sys.executable, "-c", _PROCESS.format(requests=3, connections=2, database_up=0)],
         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
         cwd=REPO,
     )
     assert first.wait(timeout=60) == 0
-    _python(_PROCESS.format(requests=4, connections=5), tmp_path)
+    _python(_PROCESS.format(requests=4, connections=5, database_up=1), tmp_path)
     scraped = _scraped(tmp_path)
     assert scraped[("switch_requests_total", (("mti", "0200"), ("response_code", "00")))] == 7
     assert scraped[("switch_request_latency_seconds_count", ())] == 7
     assert scraped[("switch_connections", ())] == 7
     assert scraped[("switch_ledger_writes_total", ())] == 14
     assert scraped[("switch_tls_client_certificate_days_left_min", ())] == 3.0
-    # A process gone: its connections leave the sum, what it counted stays counted.
+    # A probe: down when any process finds it down. What every process reads from the ledger
+    # alike: the latest read, not a sum.
+    assert scraped[("switch_database_up", ())] == 0
+    assert scraped[("switch_terminals_up", ())] == 3
+    # A process gone: its connections and its probe leave, what it counted stays counted.
     scraped = _scraped(tmp_path, first.pid)
     assert scraped[("switch_connections", ())] == 5
+    assert scraped[("switch_database_up", ())] == 1
+    assert scraped[("switch_terminals_up", ())] == 3
     assert scraped[("switch_ledger_writes_total", ())] == 14
     assert scraped[("switch_requests_total", (("mti", "0200"), ("response_code", "00")))] == 7
