@@ -7,7 +7,7 @@ in the database from the journal (ledger/sql/functions.sql, "Terminal balancing"
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
 from datetime import date, datetime
 from types import MappingProxyType
@@ -143,12 +143,32 @@ async def close_day(conn: Connection, business_date: date, *, by: str, timeout_s
     return bool(closed)
 
 
+@dataclass(frozen=True, slots=True)
+class Imbalance:
+    """A terminal's latest 0500 that did not balance: the day, the currency and the fields
+    whose figures differed (F124 for the cassette counters)."""
+
+    terminal_id: str
+    business_date: date
+    currency: str
+    differences: tuple[str, ...]
+    received_at: datetime
+    balancing_id: int
+
+
 async def latest_imbalances(
     conn: Connection, since: datetime, *, timeout_s: float
-) -> Sequence[asyncpg.Record]:
-    """Per terminal, its latest balancing since `since` when it did not balance (terminal_id,
-    business_date, currency, differences, received_at, balancing_id)."""
-    rows: Sequence[asyncpg.Record] = await conn.fetch(
-        "SELECT * FROM ledger.latest_imbalances($1)", since, timeout=timeout_s
-    )
-    return rows
+) -> list[Imbalance]:
+    """Per terminal, its latest balancing since `since`, when that one did not balance."""
+    rows = await conn.fetch("SELECT * FROM ledger.latest_imbalances($1)", since, timeout=timeout_s)
+    return [
+        Imbalance(
+            row["terminal_id"],
+            row["business_date"],
+            row["currency"],
+            tuple(row["differences"]),
+            row["received_at"],
+            row["balancing_id"],
+        )
+        for row in rows
+    ]

@@ -214,7 +214,8 @@ class Alerting:
 
     def figures(self) -> dict[str, float]:
         """For /metrics: the probes (1 reachable, 0 not), the fleet's terminals by state and
-        the longest a seen terminal has been down, the open alerts as last read."""
+        the longest a seen terminal has been down, the open alerts and the terminals that did
+        not balance as last read."""
         now = self._clock()
         figures = {f"{name}_up": float(up) for name, up in self.checks.items()}
         for state in TerminalState:
@@ -232,6 +233,7 @@ class Alerting:
         last = self._reader.last
         if last is not None:
             figures["alerts_open"] = float(sum(1 for a in last.alerts if a.is_open))
+            figures["terminals_imbalanced"] = float(len(last.imbalances))
             if last.audit is not None:
                 figures["audit_verify_ok"] = float(last.audit.outcome == "ok")
                 figures["audit_verify_timestamp_seconds"] = last.audit.checked_at.timestamp()

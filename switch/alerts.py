@@ -15,6 +15,8 @@ Rules (each also in config/prometheus-alerts.yml, over /metrics):
   terminal signed on to it, expires within the warning window;
 - cash_low, cash_out: a terminal's cassettes (as the ledger counts them) are at a low mark, or
   hold no note at all (its withdrawals are declined at once);
+- terminal_imbalance: a terminal's latest 0500 (terminal balancing) of the last two business
+  days did not balance: its counters and the host's differ, until it balances again;
 - arqc_failure_ratio: the fleet's chip requests refused for the card's security (answered 63:
   an ARQC that does not verify, a replayed ATC, a wrong PSN) over a ratio: a wrong IMK in a
   profile, or cloned cards at work.
@@ -61,6 +63,7 @@ class Rule(StrEnum):
     CASH_LOW = "cash_low"
     CASH_OUT = "cash_out"
     ARQC_FAILURE_RATIO = "arqc_failure_ratio"
+    TERMINAL_IMBALANCE = "terminal_imbalance"
 
 
 # About the process that raises them: subject = its process id.
@@ -263,6 +266,25 @@ def cash(observation: Observation, _rules: AlertRules) -> list[Condition]:
     return conditions
 
 
+def terminal_imbalance(observation: Observation, _rules: AlertRules) -> list[Condition]:
+    """A terminal whose counters disagree with the host's: cash or transactions unaccounted
+    for, to be counted at the ATM before its next business day is settled."""
+    snapshot = observation.snapshot
+    assert snapshot is not None
+    return [
+        Condition(
+            Rule.TERMINAL_IMBALANCE,
+            imbalance.terminal_id,
+            imbalance.terminal_id,
+            Severity.CRITICAL,
+            f"terminal {imbalance.terminal_id} does not balance for business day"
+            f" {imbalance.business_date:%Y-%m-%d} ({imbalance.currency}): its"
+            f" {', '.join(imbalance.differences)} differ from the host's",
+        )
+        for imbalance in snapshot.imbalances
+    ]
+
+
 def latency_p99_over_slo(observation: Observation, rules: AlertRules) -> list[Condition]:
     assert observation.snapshot is not None
     recent = add_traffic(list(observation.snapshot.recent.values()))
@@ -349,6 +371,7 @@ FLEET_RULES: tuple[RuleFunction, ...] = (
     latency_p99_over_slo,
     audit_verify_failing,
     cash,
+    terminal_imbalance,
 )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from ledger import cassettes, operations
+from ledger import balancing, cassettes, operations
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.operations import OperationsStore
 from ledger.rules import business_day
@@ -110,4 +110,11 @@ class FleetReader:
                 conn, now - windows.process_dead_after, timeout_ms=timeout_ms
             )
             cash = await cassettes.cash_state(conn, timeout_ms=timeout_ms)
-        return FleetSnapshot(now, terminals, today, recent, baseline, alerts, audit, live, cash)
+            # A terminal balances at the end of its day, so yesterday's 0500 is the latest one
+            # for most of today.
+            imbalances = await balancing.latest_imbalances(
+                conn, day_start - timedelta(days=1), timeout_s=timeout_ms / 1000
+            )
+        return FleetSnapshot(
+            now, terminals, today, recent, baseline, alerts, audit, live, cash, imbalances
+        )

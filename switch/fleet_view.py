@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from ledger.activity import NO_TRAFFIC, TrafficCounts, add_traffic
+from ledger.balancing import Imbalance
 from ledger.cash import CashLevel, cash_level
 from ledger.cassettes import CassetteCounts
 from ledger.operations import AlertRecord, AuditCheck, TerminalRecord
@@ -27,8 +28,8 @@ class TerminalState(StrEnum):
 class FleetSnapshot:
     """One read of the ledger: every provisioned terminal, traffic today (per terminal, since
     the business day began), in the recent window and in the baseline before it, the open and
-    recently closed alerts, the latest journal check, the switch processes alive and every
-    terminal's cassettes."""
+    recently closed alerts, the latest journal check, the switch processes alive, every
+    terminal's cassettes and the balancings that did not balance."""
 
     read_at: datetime
     terminals: Sequence[TerminalRecord]
@@ -39,6 +40,8 @@ class FleetSnapshot:
     audit: AuditCheck | None
     live_processes: frozenset[str]
     cash: Sequence[CassetteCounts] = ()
+    # Terminals whose latest 0500 of the last two business days did not balance.
+    imbalances: Sequence[Imbalance] = ()
 
     def cassettes(self) -> dict[str, list[CassetteCounts]]:
         """Each terminal's cassettes (terminals without any are absent)."""

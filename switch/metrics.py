@@ -106,6 +106,11 @@ FIGURES: tuple[Figure, ...] = (
     Figure("terminals_out_of_service", "Provisioned terminals out of service.", LIVE_LATEST),
     Figure("terminals_down_seconds_max", "The longest a seen terminal has been down.", LIVE_LATEST),
     Figure("alerts_open", "Alerts firing or acknowledged, as last read.", LIVE_LATEST),
+    Figure(
+        "terminals_imbalanced",
+        "Terminals whose latest 0500 of the last two business days did not balance.",
+        LIVE_LATEST,
+    ),
     Figure("audit_verify_ok", "The last journal check passed (1) or not (0).", LIVE_LATEST),
     Figure(
         "audit_verify_timestamp_seconds",

@@ -376,8 +376,7 @@ async def test_the_latest_imbalance_per_terminal_is_readable_by_the_switch(
         rows = await balancing.latest_imbalances(switch, since, timeout_s=TIMEOUT_MS / 1000)
     finally:
         await switch.close()
-    mine = [r for r in rows if r["terminal_id"] in (righted.terminal_id, wrong.terminal_id)]
-    assert [(r["terminal_id"], r["business_date"], r["differences"], r["balancing_id"])
-            for r in mine] == [
-        (wrong.terminal_id, wrong.date, ["F80"], last.balancing_id)
-    ]  # fmt: skip
+    mine = [r for r in rows if r.terminal_id in (righted.terminal_id, wrong.terminal_id)]
+    assert [(r.terminal_id, r.business_date, r.differences, r.balancing_id) for r in mine] == [
+        (wrong.terminal_id, wrong.date, ("F80",), last.balancing_id)
+    ]

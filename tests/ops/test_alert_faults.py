@@ -16,9 +16,11 @@ import asyncpg
 from hsm.devkeys import DevKeys
 from kiosk_sim.chip import ChipCard, ChipProfile
 from kiosk_sim.terminal import Terminal
+from ledger.balancing import CassetteCounter, DayFigures
 from switch.iso8583 import Message
 from switch.settings import TlsSettings
 from tests.e2e.conftest import PIN, load_world
+from tests.e2e.test_balancing import CASSETTES, balancing_request
 from tests.e2e.test_chip import PSN, emv_profile
 from tests.ops.conftest import OpsDatabase
 from tests.ops.stack import AUTH, OpsStack, eventually, ops_stack, webhook_receiver
@@ -302,10 +304,12 @@ async def test_forged_cryptograms_raise_the_arqc_failure_ratio_until_they_stop(
         # A magstripe decline is not a chip refusal, and a magstripe request not a chip one.
         await withdraw_all(terminal, world.customers[0].pan, [10_000_000])
         fired = await receiver.wait_for("arqc_failure_ratio", "firing", "fleet")
-        assert fired["alert"]["summary"].startswith(
-            "3 of 7 chip requests refused for the card's security (63; 42.9%, over 30%); most at"
-            f" {terminal.terminal_id} 3"
-        )
+        # It fires as soon as the window holds requests_min (5) chip requests over the ratio.
+        summary = fired["alert"]["summary"]
+        refused, chip = counted(summary)
+        assert chip >= 5, summary
+        assert refused / chip > 0.3, summary
+        assert summary.endswith(f" over 30%); most at {terminal.terminal_id} {refused}")
         assert fired["alert"]["severity"] == "critical"
         metrics: str = await stack.get("/metrics")
         assert 'switch_chip_requests_total{response_code="63"} 3.0' in metrics
@@ -353,3 +357,31 @@ async def test_a_kiosk_paid_out_to_its_last_note_raises_cash_low_then_out_until_
 
 async def _nth(found: list[dict[str, Any]], index: int) -> dict[str, Any] | None:
     return found[index] if len(found) > index else None
+
+
+async def test_a_miscounting_kiosk_raises_terminal_imbalance_until_it_balances(
+    ops_db: OpsDatabase, dev_keys: DevKeys
+) -> None:
+    async with (
+        webhook_receiver() as receiver,
+        ops_stack(ops_db, dev_keys, terminals=1, cassettes=CASSETTES, receiver=receiver) as stack,
+    ):
+        terminal = await stack.terminal(0)
+        kiosk = terminal.terminal_id
+        withdrawal = await terminal.send(
+            terminal.withdrawal(stack.world.customers[0].pan, PIN, 9_000)
+        )
+        assert withdrawal.code == "00"
+        day = withdrawal.response.fields[15]
+        figures = DayFigures(debits=1, debits_minor=9_000, net_minor=9_000)
+        counted = (CassetteCounter(1, 5_000, 1, 0, 1), CassetteCounter(2, 2_000, 2, 0, 1))
+        miscounted = (counted[0], CassetteCounter(2, 2_000, 3, 0, 0))  # one note too many
+        assert (
+            await terminal.send(balancing_request(terminal, day, figures, miscounted))
+        ).code == "95"
+        fired = await receiver.wait_for("terminal_imbalance", "firing", kiosk)
+        assert fired["alert"]["summary"].endswith("(EUR): its F124 differ from the host's")
+        assert (
+            await terminal.send(balancing_request(terminal, day, figures, counted))
+        ).code == "00"
+        await receiver.wait_for("terminal_imbalance", "resolved", kiosk)

@@ -220,4 +220,4 @@ def test_the_prometheus_rules_pass_promtool_check_and_their_unit_tests() -> None
         )
         assert done.returncode == 0, done.stdout + done.stderr
         outputs.append(done.stdout)
-    assert "SUCCESS: 13 rules found" in outputs[0]
+    assert "SUCCESS: 14 rules found" in outputs[0]

@@ -21,6 +21,7 @@ from ledger.activity import (
     latency_bucket,
     latency_quantile_ms,
 )
+from ledger.balancing import Imbalance
 from ledger.cassettes import CassetteCounts
 from ledger.operations import AlertRecord, AuditCheck, TerminalRecord
 from ledger.sla import (
@@ -389,6 +390,21 @@ def test_cash_low_and_out_are_per_terminal(
     found = [c for c in observe(fleet) if c.rule in (Rule.CASH_LOW, Rule.CASH_OUT)]
     assert [(c.rule, c.severity, c.summary) for c in found] == expected
     assert all(c.subject == c.terminal_id == "T1" for c in found)
+
+
+def test_a_terminal_whose_last_balancing_differs_is_imbalanced() -> None:
+    imbalance = Imbalance("T1", date(2026, 11, 22), "EUR", ("F88", "F124"), NOW, 7)
+    [condition] = [
+        c for c in observe(snapshot(imbalances=[imbalance])) if c.rule is Rule.TERMINAL_IMBALANCE
+    ]
+    assert (condition.subject, condition.terminal_id, condition.severity) == (
+        "T1", "T1", Severity.CRITICAL,
+    )  # fmt: skip
+    assert condition.summary == (
+        "terminal T1 does not balance for business day 2026-11-22 (EUR): its F88, F124 differ"
+        " from the host's"
+    )
+    assert not [c for c in observe(snapshot()) if c.rule is Rule.TERMINAL_IMBALANCE]
 
 
 def test_chip_requests_are_counted_apart() -> None:
