@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from kiosk_sim.chip import Cryptogram, TerminalData
 from kiosk_sim.client import TerminalClient, network_request, transmission_time
@@ -87,6 +87,10 @@ class Terminal:
         self.timeout_ms = timeout_ms
         self._stan = rng.randrange(1, 999_999)
         self._dukpt_counter = 0
+
+    def today(self) -> date:
+        """The kiosk's own date (UTC), on its injected clock."""
+        return self._clock().date()
 
     def next_stan(self) -> str:
         self._stan = self._stan % 999_999 + 1
