@@ -63,8 +63,9 @@ LOAD_MIX = {
     "bad_arqc": 1,
     "fallback": 1,
 }
-# Its kiosks have cassettes; now and then a dispenser jams or rejects a note.
-LOAD_FAULTS = {"jam": 0.02, "reject": 0.01}
+# Its kiosks have cassettes; now and then a dispenser jams or rejects a note; one kiosk
+# miscounts, so that its end-of-day balancing must be caught (95).
+LOAD_FAULTS = {"jam": 0.02, "reject": 0.01, "miscount": 1}
 # The cassette the operator reloads after the scripted flows took notes from it.
 REPLENISHED_TERMINAL, REPLENISHED_CASSETTE, REPLENISHED_NOTES = "KIOSK001", 2, 400
 
@@ -360,6 +361,7 @@ async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
         duration_s=LOAD_SECONDS,
         mix=LOAD_MIX,
         faults=LOAD_FAULTS,
+        balance=True,
     )
     with running_cluster(data_dir) as cluster:  # the switch's: reused, left running
         await provision(cluster.owner_dsn, population)
@@ -379,6 +381,19 @@ async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
             port,
             ledger=LedgerView(cluster.owner_dsn),
             progress=progress,
+        )
+
+
+def end_of_day(report: Report, say: Say) -> None:
+    """Each simulated kiosk's 0500 and the host's answer; the miscounting one's must be 95 (the
+    report above lists what differs, with the host's figures)."""
+    for result in report.balancing or ():
+        verdict = "balanced" if result.balanced else "reconcile error"
+        if result.terminal_id == report.miscounting:
+            verdict += ": miscounted on purpose, caught" if not result.balanced else ": MISSED"
+        say(
+            f"  {result.terminal_id}  0500 for {result.business_date_mmdd}"
+            f" -> 0510 {result.code} {verdict}"
         )
 
 
@@ -450,6 +465,8 @@ def run_demo(say: Say = print) -> int:
                 say(f"== load: {LOAD_TERMINALS} simulated kiosks for {LOAD_SECONDS:.0f} s")
                 report = asyncio.run(load_phase(ports.switch, Path(data_dir), say))
                 say(report.to_text())
+                say("== end of day: every kiosk balances its counters (0500 -> 0510)")
+                end_of_day(report, say)
                 say("== the operations app")
                 asyncio.run(admin_view(ports.admin, say))
         if report.differences:
