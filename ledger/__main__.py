@@ -24,15 +24,17 @@ from ledger import (
     audit,
     authorisation,
     backup,
+    balancing,
     cassettes,
     exports,
     ha,
     retention,
     rules,
+    settlement,
     sla,
 )
 from ledger.anchors import AnchorError
-from ledger.errors import LedgerError
+from ledger.errors import DayNotOver, LedgerError
 from ledger.fixtures import EntryError, load_fixtures, read_fixtures
 from ledger.journal import Head
 from ledger.migrations import Connection, migrate
@@ -75,10 +77,40 @@ async def _policy(conn: Connection, args: argparse.Namespace) -> int:
             "UPDATE ledger.policy SET cross_customer_transfers = $1",
             args.cross_customer_transfers == "yes",
         )
-    row = await conn.fetchrow("SELECT pin_tries_max, cross_customer_transfers FROM ledger.policy")
+    if args.business_day_cutover is not None:
+        await conn.execute(
+            "UPDATE ledger.policy SET business_day_cutover = $1", args.business_day_cutover
+        )
+    row = await conn.fetchrow(
+        "SELECT pin_tries_max, cross_customer_transfers, business_day_cutover FROM ledger.policy"
+    )
     assert row is not None
     print(f"pin_tries_max = {row['pin_tries_max']}")
     print(f"cross_customer_transfers = {str(row['cross_customer_transfers']).lower()}")
+    print(f'business_day_cutover = "{row["business_day_cutover"]:%H:%M}"')
+    return 0
+
+
+async def _day_close(conn: Connection, args: argparse.Namespace) -> int:
+    try:
+        closed = await balancing.close_day(
+            conn, args.date, by=args.by, timeout_s=args.timeout_ms / 1000
+        )
+    except DayNotOver as exc:
+        print(f"refused: {str(exc).removeprefix('refused: ')}", file=sys.stderr)
+        return 1
+    print(f"business day {args.date} " + ("closed" if closed else "is already closed"))
+    return 0
+
+
+async def _settlement(conn: Connection, args: argparse.Namespace) -> int:
+    try:
+        report = await settlement.fetch(conn, args.date, timeout_s=args.timeout_ms / 1000)
+    except settlement.DayNotClosed as exc:
+        print(f"{exc}: close it first (python -m ledger day close --date {args.date})",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(settlement.as_csv(report) if args.format == "csv" else settlement.as_json(report), end="")
     return 0
 
 
@@ -539,6 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cross-customer-transfers", choices=("yes", "no"),
         help="whether transfers to another customer's account are allowed",
     )  # fmt: skip
+    policy.add_argument(
+        "--business-day-cutover", type=_time_of_day,
+        help="UTC time of day a business day starts, HH:MM (the switch's"
+        " ledger.business_day_cutover must be the same): a day closes only after it",
+    )  # fmt: skip
+    _day_parsers(subparsers)
     _prune_parser(subparsers)
     _audit_parsers(subparsers)
     _anchor_parsers(subparsers)
@@ -554,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`python -m hsm authorisation-key`); `migrate` installs the development key until then",
     )  # fmt: skip
     report_parser = subparsers.add_parser("report", help="reports for auditors")
-    report_sub = report_parser.add_subparsers(required=True, metavar="{terminals,sla}")
+    report_sub = report_parser.add_subparsers(required=True, metavar="{terminals,sla,settlement}")
     terminals = _subcommand(
         report_sub, "terminals", _report,
         "per terminal: withdrawals, reversals and net cash out for a business day, reconciled "
@@ -566,7 +604,33 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _cutover(terminals)
     _sla_parser(report_sub)
+    settlement_parser = _subcommand(
+        report_sub, "settlement", _settlement,
+        "the settlement report of a closed business day: per terminal, host totals, the totals"
+        " of its last 0500, their difference, the verdict, cassettes at open and close",
+    )  # fmt: skip
+    settlement_parser.add_argument(
+        "--date", type=date.fromisoformat, required=True, help="business day, YYYY-MM-DD"
+    )
+    settlement_parser.add_argument("--format", choices=("csv", "json"), default="json")
     return parser
+
+
+def _day_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    day_parser = subparsers.add_parser("day", help="business days: close")
+    day_sub = day_parser.add_subparsers(required=True, metavar="{close}")
+    close = _subcommand(
+        day_sub, "close", _day_close,
+        "close a business day that is over (by the database's clock and the policy's cutover):"
+        " freeze its totals and cassette positions; postings dated on it are refused after."
+        " Closing a closed day changes nothing",
+    )  # fmt: skip
+    close.add_argument(
+        "--date", type=date.fromisoformat, required=True, help="business day, YYYY-MM-DD"
+    )
+    close.add_argument(
+        "--by", default=os.environ.get("USER", "operator"), help="who closed it (recorded)"
+    )
 
 
 def _prune_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -296,6 +296,7 @@ def parse_result(stored: Mapping[str, Any], *, repeated: bool) -> Result:
         entry_id=int(stored["transaction_id"]) if moved else None,
         repeated=repeated,
         notes=_dispensed(stored) if moved else None,
+        business_date=date.fromisoformat(stored["business_date"]),
     )
 
 
@@ -305,8 +306,8 @@ def _dispensed(stored: Mapping[str, Any]) -> NoteMix | None:
     return NoteMix(parts) if parts and stored["kind"] == "withdrawal" else None
 
 
-def decided_result(decision: Decision, transaction_id: int) -> Result:
-    """The outcome of a decision just written as `transaction_id`."""
+def decided_result(decision: Decision, transaction_id: int, business_date: date) -> Result:
+    """The outcome of a decision just written as `transaction_id` under `business_date`."""
     reply = decision.reply_account
     return Result(
         outcome=decision.outcome,
@@ -316,4 +317,5 @@ def decided_result(decision: Decision, transaction_id: int) -> Result:
         available_balance_minor=reply.available_minor if reply else None,
         entry_id=transaction_id if decision.postings else None,
         notes=decision.notes if decision.kind == "withdrawal" else None,
+        business_date=business_date,
     )

@@ -41,3 +41,20 @@ class FixtureError(LedgerError):
 class BackupError(LedgerError):
     """A backup or a restore could not be made; the message names what is wrong and, for a
     restore, the target directory is left as it was."""
+
+
+class BalancingRefused(LedgerError):
+    """An 0500 the ledger refused, writing nothing; `reason` names why (a closed day, a day not
+    begun, counters that cannot be, another currency)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class DayClosed(LedgerError):
+    """A posting dated on a business day that is closed; nothing was posted."""
+
+
+class DayNotOver(LedgerError):
+    """A business day cannot be closed before the next one has begun."""

@@ -296,3 +296,5 @@ class Result:
     repeated: bool = False
     # The notes an approved withdrawal dispenses (the terminal pays out exactly these).
     notes: NoteMix | None = None
+    # The business day the request was booked under (F15 of the answer).
+    business_date: date | None = None

@@ -18,7 +18,13 @@ from switch.session import SecurityEvent, Session, SessionEvent, advance, classi
 
 # Fields without which a request cannot even be routed (by message class).
 ROUTING_FIELDS: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {"080": (7, 11, 70), "010": (3, 7, 11, 41), "020": (3, 7, 11, 41), "042": (3, 7, 11, 41, 90)}
+    {
+        "080": (7, 11, 70),
+        "010": (3, 7, 11, 41),
+        "020": (3, 7, 11, 41),
+        "042": (3, 7, 11, 41, 90),
+        "050": (7, 11, 41),
+    }
 )
 _ANSWERED_HERE = frozenset({SessionEvent.SIGN_OFF, SessionEvent.ECHO})
 

@@ -32,10 +32,12 @@ from hsm.keys import StoredKey
 from hsm.pinblock import PinBlockFormat
 from ledger.cash import cash_out
 from ledger.codec import requested
-from ledger.errors import LedgerUnavailable
+from ledger.errors import BalancingRefused, LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result, Withdrawal
+from ledger.rules import business_day
 from ledger.store import LedgerStore, Lookup
+from switch import balancing
 from switch.chip import (
     CardRead,
     ChipRefusal,
@@ -49,6 +51,7 @@ from switch.iso8583.elements import KeyChangeData
 from switch.iso8583.message import Message
 from switch.iso8583.spec import Dialect
 from switch.pipeline import (
+    SETTLEMENT_DATE_FIELD,
     Deadline,
     DeadlinePassed,
     Outcome,
@@ -57,6 +60,7 @@ from switch.pipeline import (
     ledger_request,
     retrieval_reference,
     run_steps,
+    settlement_date,
     verification_from_pin_data,
 )
 from switch.response_codes import ResponseCode
@@ -71,6 +75,8 @@ log = structlog.get_logger("switch.flows")
 AES_KSN_BYTES = 12
 # An answer's own HSM calls (its MAC, a decline's ARPC) get at least this long, deadline or not.
 MIN_RESPONSE_HSM_MS = 100
+DATED_CLASSES = frozenset({"020", "042"})
+BALANCING_CLASS = "050"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,10 @@ class Flows:
         try:
             if request.message_class == "080":
                 return await self._network(request, link, deadline)
-            outcome = await self._financial(request, link, deadline)
+            if request.message_class == BALANCING_CLASS:
+                outcome = await self._balancing(request, link, deadline)
+            else:
+                outcome = await self._financial(request, link, deadline)
         except PostingInDoubt as exc:
             # The posting may have committed: a decline now could leave a customer debited
             # with no cash. No answer instead: the terminal times out and sends its reversal,
@@ -151,6 +160,16 @@ class Flows:
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason=f"ledger: {exc}")
         except DeadlinePassed:
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason="deadline passed")
+        if request.message_class == BALANCING_CLASS:
+            echoed = {n: request.fields[n] for n in balancing.ECHOED if n in request}
+            outcome = replace(outcome, fields={**echoed, **outcome.fields})
+        if request.message_class in DATED_CLASSES:
+            # Every 0210 and 0430 names its business day: the ledger's, when it booked the
+            # request; today's, when the switch answered alone.
+            today = business_day(self._now(), self._ledger.policy.business_day_cutover)
+            outcome = replace(
+                outcome, fields={SETTLEMENT_DATE_FIELD: settlement_date(today), **outcome.fields}
+            )
         if outcome.code in (ResponseCode.ISSUER_UNAVAILABLE, ResponseCode.SYSTEM_MALFUNCTION):
             log.warning(
                 "request_failed",
@@ -202,26 +221,38 @@ class Flows:
             return refusal_logged(context.transaction, read)
         return replace(context, card_read=read)
 
-    async def check_mac(self, context: Context) -> Context | Outcome:
+    async def _mac_verified(
+        self, request: Message, link: Link, deadline: Deadline
+    ) -> bool | Outcome:
+        """Whether the request's MAC verified under the session TAK (logged when not); the
+        refusal when it cannot be checked. True when MACs are not required."""
         if not self._settings.require_mac:
-            return context
-        tak = _session_key(context.link, "tak")
+            return True
+        tak = _session_key(link, "tak")
         if tak is None:
             return Outcome(
                 ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TAK: key change first"
             )
-        mac = context.request.mac
+        mac = request.mac
         if mac is None:
             return Outcome(ResponseCode.FORMAT_ERROR, reason="MAC required")
-        data = mac_input(context.request, self._dialect)
-        if await self._hsm.verify_mac(tak, data, mac, timeout_ms=context.deadline.remaining_ms()):
-            return context
+        data = mac_input(request, self._dialect)
+        if await self._hsm.verify_mac(tak, data, mac, timeout_ms=deadline.remaining_ms()):
+            return True
         log.warning(
             "security_event",
             event_kind="mac_failure",
-            terminal_id=context.transaction.terminal_id,
-            stan=context.transaction.stan,
+            terminal_id=link.session.terminal_id,
+            stan=request.stan,
         )
+        return False
+
+    async def check_mac(self, context: Context) -> Context | Outcome:
+        verified = await self._mac_verified(context.request, context.link, context.deadline)
+        if isinstance(verified, Outcome):
+            return verified
+        if verified:
+            return context
         lookup = await self._lookup(context)
         result = await self._ledger.record_decline(
             lookup, LedgerOutcome.DO_NOT_HONOUR, now=self._now(), timeout_ms=self._write_timeout_ms
@@ -402,6 +433,44 @@ class Flows:
     def _answer(self, context: Context, result: Result, reason: str | None = None) -> Outcome:
         return answer(context.transaction, result, reason)
 
+    # terminal balancing
+
+    async def _balancing(self, request: Message, link: Link, deadline: Deadline) -> Outcome:
+        """0500: the terminal's totals for a business day, compared with the host's by the
+        ledger in one call that also records them. Nothing is written unless the MAC verified
+        and every field is consistent; a refused 0500 changes nothing."""
+        now = self._now()
+        parsed = balancing.parse_balancing(
+            request, business_day(now, self._ledger.policy.business_day_cutover)
+        )
+        if isinstance(parsed, Refusal):
+            return Outcome(parsed.code, reason=parsed.reason)
+        verified = await self._mac_verified(request, link, deadline)
+        if isinstance(verified, Outcome):
+            return verified
+        if not verified:
+            return Outcome(ResponseCode.DO_NOT_HONOUR, reason="MAC verification failed")
+        try:
+            found = await self._ledger.record_balancing(
+                parsed, now=now, timeout_ms=deadline.remaining_ms()
+            )
+        except BalancingRefused as exc:
+            return Outcome(BALANCING_REFUSALS[exc.reason], reason=str(exc))
+        if found.balanced:
+            return Outcome(ResponseCode.APPROVED)
+        log.warning(
+            "balancing_imbalance",
+            terminal_id=parsed.terminal_id,
+            business_date=parsed.business_date.isoformat(),
+            currency=parsed.currency,
+            differences=list(found.differences),
+        )
+        return Outcome(
+            ResponseCode.RECONCILE_ERROR,
+            MappingProxyType(balancing.host_fields(found)),
+            reason=f"imbalance in {' '.join(found.differences)}",
+        )
+
     # network management
 
     async def _network(self, request: Message, link: Link, deadline: Deadline) -> Message:
@@ -532,6 +601,15 @@ _FINANCIAL: Sequence[StepMethod] = (
     Flows.verify_arqc,
     Flows.verify_pin,
     Flows.post,
+)
+# The ledger's refusals of an 0500 (ledger.balancing.REFUSALS), as the 0510 answers them.
+BALANCING_REFUSALS: Mapping[str, ResponseCode] = MappingProxyType(
+    {
+        "day_closed": ResponseCode.INVALID_TRANSACTION,
+        "day_not_begun": ResponseCode.FORMAT_ERROR,
+        "counters": ResponseCode.INVALID_AMOUNT,
+        "currency": ResponseCode.INVALID_AMOUNT,
+    }
 )
 STEPS: Mapping[Kind, Sequence[StepMethod]] = MappingProxyType(
     {

@@ -49,6 +49,7 @@ from switch.transaction import Kind, Transaction
 
 # Processing-code account type 00 ("default") means the card's checking account.
 DEFAULT_ACCOUNT_TYPE = "20"
+SETTLEMENT_DATE_FIELD = 15
 
 
 class DeadlinePassed(Exception):
@@ -174,10 +175,18 @@ def answer(transaction: Transaction, result: Result, reason: str | None = None) 
     return Outcome(response_code(result.outcome), MappingProxyType(fields), reason)
 
 
+def settlement_date(business_date: date) -> str:
+    """F15, MMDD: the business day the host booked a request under (or balances, in 0500)."""
+    return f"{business_date:%m%d}"
+
+
 def result_fields(transaction: Transaction, result: Result) -> dict[int, str]:
-    """F38 on approval; F54 ledger and available balances where the ledger returned them;
-    F121 the notes of an approved withdrawal at a terminal whose cassettes the host counts."""
+    """F15 the business day the ledger booked it under; F38 on approval; F54 ledger and
+    available balances where the ledger returned them; F121 the notes of an approved withdrawal
+    at a terminal whose cassettes the host counts."""
     fields: dict[int, str] = {}
+    if result.business_date is not None:
+        fields[SETTLEMENT_DATE_FIELD] = settlement_date(result.business_date)
     if result.outcome is LedgerOutcome.APPROVED:
         # The journal entry's number; an inquiry posts nothing and carries zeros.
         fields[38] = f"{(result.entry_id or 0) % 1_000_000:06d}"

@@ -23,4 +23,6 @@ class ResponseCode(StrEnum):
     PIN_TRIES_EXCEEDED = "75"
     ISSUER_UNAVAILABLE = "91"
     DUPLICATE = "94"
+    # The terminal's balancing totals differ from the host's (the 0510 carries the host's).
+    RECONCILE_ERROR = "95"
     SYSTEM_MALFUNCTION = "96"

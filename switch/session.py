@@ -58,7 +58,8 @@ TRANSITIONS: Mapping[tuple[SessionState, SessionEvent], SessionState] = MappingP
 NETWORK_EVENTS: Mapping[str, SessionEvent] = MappingProxyType(
     {"001": _E.SIGN_ON, "002": _E.SIGN_OFF, "301": _E.ECHO, "161": _E.KEY_CHANGE}
 )
-FINANCIAL_CLASSES: frozenset[str] = frozenset({"010", "020", "042"})
+# Terminal balancing (0500) is admitted as financial requests are: signed on, its own terminal.
+FINANCIAL_CLASSES: frozenset[str] = frozenset({"010", "020", "042", "050"})
 
 
 def classify(request: Message) -> SessionEvent | None:

@@ -726,6 +726,8 @@ BEGIN
   -- (a refusal aborts the batch, as the others do).
   PERFORM ledger.dispense_notes(v_written, terminal_ids, kinds, outcomes, currencies,
     original_transmission_times, original_stans, original_message_classes, note_counts);
+  -- A closed business day takes no more postings (0006_balancing).
+  PERFORM ledger.refuse_closed_days(business_dates);
   RETURN QUERY SELECT * FROM unnest(v_positions, v_statuses, v_results, v_states);
 END $$;
 
@@ -1451,6 +1453,335 @@ $$;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger.cash_state(),
   ledger.replenish_cassette(text, integer, integer, bigint, timestamptz, text) TO ledger_switch;
+
+
+-- Terminal balancing and the business day (0006_balancing).
+
+-- The business day `p_at` falls in, by the policy's cutover (as ledger.rules.business_day).
+CREATE OR REPLACE FUNCTION ledger.business_day_of(p_at timestamptz) RETURNS date
+  LANGUAGE sql STABLE AS $$
+  SELECT ((p_at AT TIME ZONE 'UTC') - p.business_day_cutover)::date FROM ledger.policy p
+$$;
+
+-- Refuses (SQLSTATE KB001) a write dated on a closed business day. post_batch calls it after
+-- its inserts: a close waits for the writes in flight (it locks the journal in SHARE mode), and
+-- a write that began before the close but reaches this check after it sees the closed day here.
+CREATE OR REPLACE FUNCTION ledger.refuse_closed_days(p_business_dates date[]) RETURNS void
+  LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  v_closed date := (SELECT min(d.business_date) FROM ledger.closed_days d
+                     WHERE d.business_date = ANY (p_business_dates));
+BEGIN
+  IF v_closed IS NOT NULL THEN
+    RAISE EXCEPTION 'refused: business day % is closed', v_closed USING ERRCODE = 'KB001';
+  END IF;
+END $$;
+
+-- The host's figures for one terminal, business day and currency, recomputed from the journal:
+-- approved withdrawals and the reversals that gave their money back (amounts from the postings
+-- on the terminal's cash account, so they match the audit journal), approved transfers and the
+-- reversals that moved their money back, approved inquiries (whatever their currency: they
+-- move none). Reversals count on the day of their own answer. No deposits: credits are 0.
+CREATE OR REPLACE FUNCTION ledger.host_figures(p_terminal_id text, p_business_date date,
+                                               p_currency text) RETURNS ledger.day_figures
+  LANGUAGE sql STABLE AS $$
+  WITH day AS (
+    SELECT t.kind, o.kind AS original_kind, t.currency = p_currency AS ours, t.amount_minor,
+           cash.amount_minor AS cash_minor
+      FROM ledger.transactions t
+      JOIN ledger.terminals term ON term.terminal_id = t.terminal_id
+      LEFT JOIN ledger.postings cash
+        ON cash.transaction_id = t.transaction_id AND cash.account_id = term.cash_account_id
+      LEFT JOIN ledger.transactions o
+        ON t.kind = 'reversal'
+       AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
+         = (t.customer_id, t.terminal_id, t.original_transmission_time, t.original_stan,
+            t.original_message_class)
+     WHERE t.terminal_id = p_terminal_id AND t.business_date = p_business_date
+       AND t.outcome = 'approved' AND t.kind IN ('withdrawal', 'transfer', 'inquiry', 'reversal')),
+  counted AS (
+    SELECT
+      count(*) FILTER (WHERE kind = 'withdrawal' AND ours AND cash_minor IS NOT NULL) AS debits,
+      count(*) FILTER (WHERE kind = 'reversal' AND original_kind = 'withdrawal' AND ours
+                         AND cash_minor IS NOT NULL) AS debit_reversals,
+      count(*) FILTER (WHERE kind = 'transfer' AND ours) AS transfers,
+      count(*) FILTER (WHERE kind = 'reversal' AND original_kind = 'transfer' AND ours
+                         AND amount_minor > 0) AS transfer_reversals,
+      count(*) FILTER (WHERE kind = 'inquiry') AS inquiries,
+      coalesce(sum(cash_minor) FILTER (WHERE kind = 'withdrawal' AND ours), 0)::bigint
+        AS debits_minor,
+      coalesce(-sum(cash_minor) FILTER (WHERE kind = 'reversal' AND original_kind = 'withdrawal'
+                                          AND ours), 0)::bigint AS debit_reversals_minor
+      FROM day)
+  SELECT ROW(0, 0, c.debits, c.debit_reversals, c.transfers, c.transfer_reversals, c.inquiries,
+             0, 0, c.debits_minor, c.debit_reversals_minor,
+             c.debits_minor - c.debit_reversals_minor)::ledger.day_figures
+    FROM counted c
+$$;
+
+-- The host's cassette counters since each cassette's last load, as F124 carries them.
+CREATE OR REPLACE FUNCTION ledger.host_cassettes(p_terminal_id text, p_currency text)
+  RETURNS jsonb LANGUAGE sql STABLE AS $$
+  SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'cassette_no', c.cassette_no, 'denomination_minor', c.denomination_minor,
+           'dispensed', c.dispensed_notes, 'rejected', c.rejected_notes,
+           'remaining', c.remaining_notes) ORDER BY c.cassette_no), '[]')
+    FROM ledger.cassettes c WHERE c.terminal_id = p_terminal_id AND c.currency = p_currency
+$$;
+
+-- The wire fields in which two sets of figures differ, in field order.
+CREATE OR REPLACE FUNCTION ledger.figures_differences(
+  terminal ledger.day_figures, host ledger.day_figures
+) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
+  SELECT coalesce(array_agg(f.name ORDER BY f.n), '{}') FROM (VALUES
+    (1, 'F74', terminal.credits, host.credits),
+    (2, 'F75', terminal.credit_reversals, host.credit_reversals),
+    (3, 'F76', terminal.debits, host.debits),
+    (4, 'F77', terminal.debit_reversals, host.debit_reversals),
+    (5, 'F78', terminal.transfers, host.transfers),
+    (6, 'F79', terminal.transfer_reversals, host.transfer_reversals),
+    (7, 'F80', terminal.inquiries, host.inquiries),
+    (8, 'F86', terminal.credits_minor, host.credits_minor),
+    (9, 'F87', terminal.credit_reversals_minor, host.credit_reversals_minor),
+    (10, 'F88', terminal.debits_minor, host.debits_minor),
+    (11, 'F89', terminal.debit_reversals_minor, host.debit_reversals_minor),
+    (12, 'F97', terminal.net_minor, host.net_minor)) AS f(n, name, theirs, ours)
+   WHERE f.theirs IS DISTINCT FROM f.ours
+$$;
+
+-- One 0500: the terminal's figures (p_figures: F74-F80, F86-F89, then F97 signed, 12 values)
+-- and cassette counters (p_cassettes: one row per F124 entry: slot, denomination, dispensed,
+-- rejected, remaining) for its business day and currency. Records the rejected notes onto the
+-- cassettes (a counter since the load: it never goes down, and never past the notes left),
+-- compares with the host's figures and dispensed counters, records the balancing and returns
+-- {balancing_id, balanced, differences, host_figures, host_cassettes}. Refuses, writing
+-- nothing: KB001 a closed day, KB002 a day not begun yet (by the database's clock), KB003
+-- rejected counts that cannot be, KB004 a currency that is not the terminal's cash.
+CREATE OR REPLACE FUNCTION ledger.record_balancing(
+  p_terminal_id text, p_business_date date, p_currency text, p_transmission_time text,
+  p_stan text, p_figures bigint[], p_cassettes bigint[], p_at timestamptz
+) RETURNS jsonb
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+DECLARE
+  v_terminal ledger.terminals;
+  v_theirs ledger.day_figures;
+  v_ours ledger.day_figures;
+  v_sent jsonb;
+  v_host jsonb;
+  v_differences text[];
+  v_id bigint;
+BEGIN
+  IF cardinality(p_figures) <> 12 OR EXISTS (SELECT FROM unnest(p_figures) v WHERE v IS NULL)
+     OR (cardinality(p_cassettes) > 0 AND array_length(p_cassettes, 2) <> 5) THEN
+    RAISE EXCEPTION 'twelve figures and five counters per cassette'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT * INTO v_terminal FROM ledger.terminals WHERE terminal_id = p_terminal_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'unknown terminal %', p_terminal_id USING ERRCODE = 'no_data_found';
+  END IF;
+  IF EXISTS (SELECT FROM ledger.closed_days d WHERE d.business_date = p_business_date) THEN
+    RAISE EXCEPTION 'business day % is closed', p_business_date USING ERRCODE = 'KB001';
+  END IF;
+  IF p_business_date > ledger.business_day_of(now()) THEN
+    RAISE EXCEPTION 'business day % has not begun', p_business_date USING ERRCODE = 'KB002';
+  END IF;
+  IF (SELECT a.currency FROM ledger.accounts a WHERE a.account_id = v_terminal.cash_account_id)
+       <> p_currency
+     OR EXISTS (SELECT FROM ledger.cassettes c
+                 WHERE c.terminal_id = p_terminal_id AND c.currency <> p_currency) THEN
+    RAISE EXCEPTION 'terminal % holds no cash in %', p_terminal_id, p_currency
+      USING ERRCODE = 'KB004';
+  END IF;
+  -- Locks as post_batch takes them (the cash account, then the cassettes): the counts read
+  -- below are those of the last committed withdrawal.
+  PERFORM 1 FROM ledger.accounts WHERE account_id = v_terminal.cash_account_id FOR UPDATE;
+  v_sent := coalesce((SELECT jsonb_agg(jsonb_build_object(
+              'cassette_no', p_cassettes[n][1], 'denomination_minor', p_cassettes[n][2],
+              'dispensed', p_cassettes[n][3], 'rejected', p_cassettes[n][4],
+              'remaining', p_cassettes[n][5]) ORDER BY n)
+              FROM generate_subscripts(p_cassettes, 1) AS n), '[]');
+  IF EXISTS (SELECT FROM jsonb_to_recordset(v_sent)
+                           AS s(cassette_no integer, denomination_minor bigint, rejected bigint)
+               JOIN ledger.cassettes c
+                 ON (c.terminal_id, c.cassette_no, c.denomination_minor)
+                  = (p_terminal_id, s.cassette_no, s.denomination_minor)
+              WHERE s.rejected < c.rejected_notes
+                 OR s.rejected > c.loaded_notes - c.dispensed_notes) THEN
+    RAISE EXCEPTION 'rejected notes fewer than recorded, or more than the cassette holds'
+      USING ERRCODE = 'KB003';
+  END IF;
+  UPDATE ledger.cassettes c SET rejected_notes = s.rejected
+    FROM jsonb_to_recordset(v_sent) AS s(cassette_no integer, denomination_minor bigint,
+                                         rejected integer)
+   WHERE (c.terminal_id, c.cassette_no, c.denomination_minor)
+       = (p_terminal_id, s.cassette_no, s.denomination_minor)
+     AND c.rejected_notes <> s.rejected;
+  v_theirs := ROW(p_figures[1], p_figures[2], p_figures[3], p_figures[4], p_figures[5],
+                  p_figures[6], p_figures[7], p_figures[8], p_figures[9], p_figures[10],
+                  p_figures[11], p_figures[12])::ledger.day_figures;
+  v_ours := ledger.host_figures(p_terminal_id, p_business_date, p_currency);
+  v_host := ledger.host_cassettes(p_terminal_id, p_currency);
+  v_differences := ledger.figures_differences(v_theirs, v_ours);
+  -- The dispensed counters balance when the same cassettes hold the same denominations and
+  -- have dispensed the same notes.
+  IF (SELECT coalesce(array_agg(ARRAY[s.cassette_no, s.denomination_minor, s.dispensed]
+                                ORDER BY s.cassette_no), '{}')
+        FROM jsonb_to_recordset(v_sent)
+             AS s(cassette_no bigint, denomination_minor bigint, dispensed bigint))
+     IS DISTINCT FROM
+     (SELECT coalesce(array_agg(ARRAY[h.cassette_no, h.denomination_minor, h.dispensed]
+                                ORDER BY h.cassette_no), '{}')
+        FROM jsonb_to_recordset(v_host)
+             AS h(cassette_no bigint, denomination_minor bigint, dispensed bigint)) THEN
+    v_differences := v_differences || 'F124';
+  END IF;
+  INSERT INTO ledger.balancings (terminal_id, business_date, currency, transmission_time, stan,
+                                 terminal_figures, host_figures, terminal_cassettes,
+                                 host_cassettes, result, differences, received_at)
+    VALUES (p_terminal_id, p_business_date, p_currency, p_transmission_time, p_stan, v_theirs,
+            v_ours, v_sent, v_host,
+            CASE WHEN cardinality(v_differences) = 0 THEN 'balanced' ELSE 'imbalance' END,
+            v_differences, p_at)
+  RETURNING balancing_id INTO v_id;
+  RETURN jsonb_build_object('balancing_id', v_id, 'balanced', cardinality(v_differences) = 0,
+                            'differences', to_jsonb(v_differences),
+                            'host_figures', to_jsonb(v_ours), 'host_cassettes', v_host);
+END $$;
+
+-- Per terminal, its latest balancing when that one did not balance (an alert rule's input:
+-- a terminal that balanced since is not listed). Received since `p_since`.
+CREATE OR REPLACE FUNCTION ledger.latest_imbalances(p_since timestamptz)
+  RETURNS TABLE (terminal_id text, business_date date, currency text, differences text[],
+                 received_at timestamptz, balancing_id bigint)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT b.terminal_id, b.business_date, b.currency::text, b.differences, b.received_at,
+         b.balancing_id
+    FROM (SELECT DISTINCT ON (terminal_id) * FROM ledger.balancings
+           WHERE received_at >= p_since ORDER BY terminal_id, balancing_id DESC) b
+   WHERE b.result = 'imbalance' ORDER BY b.terminal_id
+$$;
+
+-- Each cassette of a terminal as it stood at `p_at`: its load then (the last replenishment at
+-- or before it) and the notes dispensed from that load by requests recorded before it.
+CREATE OR REPLACE FUNCTION ledger.cassettes_at(p_terminal_id text, p_at timestamptz)
+  RETURNS TABLE (cassette_no smallint, currency text, denomination_minor bigint,
+                 load_seq integer, loaded_notes integer, dispensed_notes integer)
+  LANGUAGE sql STABLE AS $$
+  SELECT r.cassette_no, r.currency::text, r.denomination_minor, r.load_seq, r.loaded_notes,
+         coalesce((SELECT sum(m.notes) FROM ledger.note_movements m
+                     JOIN ledger.transactions t ON t.transaction_id = m.transaction_id
+                    WHERE (m.terminal_id, m.cassette_no, m.load_seq)
+                        = (r.terminal_id, r.cassette_no, r.load_seq)
+                      AND t.recorded_at < p_at), 0)::integer
+    FROM (SELECT DISTINCT ON (x.cassette_no) x.* FROM ledger.replenishments x
+           WHERE x.terminal_id = p_terminal_id AND x.replenished_at <= p_at
+           ORDER BY x.cassette_no, x.load_seq DESC) r
+   ORDER BY r.cassette_no
+$$;
+
+-- Closes a business day that is over by the database's clock (now at or after the next day's
+-- cutover): freezes its totals per terminal, currency and kind from the postings, and its
+-- cassette positions at open and close. From then on no posting may carry its date. Returns
+-- false, changing nothing, when the day was closed already. The owner's tool only.
+CREATE OR REPLACE FUNCTION ledger.close_business_day(p_business_date date, p_by text)
+  RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  v_cutover time := (SELECT business_day_cutover FROM ledger.policy);
+  v_start timestamptz := (p_business_date + v_cutover) AT TIME ZONE 'UTC';
+  v_end timestamptz := (p_business_date + 1 + v_cutover) AT TIME ZONE 'UTC';
+BEGIN
+  IF now() < v_end THEN
+    RAISE EXCEPTION 'business day % is not over until % UTC', p_business_date,
+      to_char(v_end AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') USING ERRCODE = 'KB005';
+  END IF;
+  -- Writes in flight finish first, and none starts until this commits (post_batch then finds
+  -- the day closed): the totals are the day's last word.
+  LOCK TABLE ledger.transactions IN SHARE MODE;
+  INSERT INTO ledger.closed_days VALUES (p_business_date, v_cutover, now(), p_by)
+    ON CONFLICT (business_date) DO NOTHING;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  INSERT INTO ledger.day_totals
+    SELECT p_business_date, term.terminal_id, f.currency, k.kind, k.approved, k.approved_minor,
+           k.reversals, k.reversed_minor, k.approved_minor - k.reversed_minor
+      FROM ledger.terminals term
+      JOIN ledger.accounts a ON a.account_id = term.cash_account_id
+      CROSS JOIN LATERAL (SELECT a.currency::text AS currency) f
+      CROSS JOIN LATERAL ledger.host_figures(term.terminal_id, p_business_date, f.currency) h
+      CROSS JOIN LATERAL (VALUES
+        ('withdrawal', h.debits, h.debits_minor, h.debit_reversals, h.debit_reversals_minor),
+        ('transfer', h.transfers, 0::bigint, h.transfer_reversals, 0::bigint),
+        ('inquiry', h.inquiries, 0::bigint, 0::bigint, 0::bigint))
+        AS k(kind, approved, approved_minor, reversals, reversed_minor)
+     WHERE h.debits + h.debit_reversals + h.transfers + h.transfer_reversals + h.inquiries > 0;
+  INSERT INTO ledger.day_cassettes
+    SELECT p_business_date, term.terminal_id, c.cassette_no, edge.at_open, c.currency,
+           c.denomination_minor, c.load_seq, c.loaded_notes, c.dispensed_notes
+      FROM ledger.terminals term
+      CROSS JOIN (VALUES (true, v_start), (false, v_end)) AS edge(at_open, at)
+      CROSS JOIN LATERAL ledger.cassettes_at(term.terminal_id, edge.at) c;
+  RETURN true;
+END $$;
+
+-- The settlement report of a closed day (NULL when the day is not closed): per terminal, the
+-- host's totals frozen at close, the figures of its last 0500 for the day and their difference
+-- (terminal minus host), that balancing's verdict ('none' without an 0500), and its cassettes
+-- at the day's open and close. Read by the owner's tool and the operations app.
+CREATE OR REPLACE FUNCTION ledger.settlement_report(p_business_date date) RETURNS jsonb
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
+  SELECT jsonb_build_object(
+    'business_date', d.business_date, 'closed_at', d.closed_at, 'closed_by', d.closed_by,
+    'cutover', to_char(d.cutover, 'HH24:MI'),
+    'terminals', coalesce((SELECT jsonb_agg(t.entry ORDER BY t.terminal_id) FROM (
+      SELECT term.terminal_id, jsonb_build_object(
+        'terminal_id', term.terminal_id, 'currency', a.currency,
+        'host', to_jsonb(host.figures), 'terminal', to_jsonb(last.terminal_figures),
+        'difference', CASE WHEN last.balancing_id IS NOT NULL THEN (
+          SELECT jsonb_object_agg(theirs.key, theirs.value::bigint - ours.value::bigint)
+            FROM jsonb_each_text(to_jsonb(last.terminal_figures)) theirs
+            JOIN jsonb_each_text(to_jsonb(host.figures)) ours USING (key)) END,
+        'result', coalesce(last.result, 'none'), 'differences', to_jsonb(last.differences),
+        'terminal_cassettes', last.terminal_cassettes,
+        'cassettes_open', (SELECT coalesce(jsonb_agg(to_jsonb(c) - 'business_date' - 'terminal_id'
+                                                     - 'at_open' ORDER BY c.cassette_no), '[]')
+                             FROM ledger.day_cassettes c
+                            WHERE (c.business_date, c.terminal_id, c.at_open)
+                                = (d.business_date, term.terminal_id, true)),
+        'cassettes_close', (SELECT coalesce(jsonb_agg(to_jsonb(c) - 'business_date' - 'terminal_id'
+                                                      - 'at_open' ORDER BY c.cassette_no), '[]')
+                              FROM ledger.day_cassettes c
+                             WHERE (c.business_date, c.terminal_id, c.at_open)
+                                 = (d.business_date, term.terminal_id, false))) AS entry
+        FROM ledger.terminals term
+        JOIN ledger.accounts a ON a.account_id = term.cash_account_id
+        CROSS JOIN LATERAL (SELECT ROW(0, 0,
+            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'withdrawal'), 0),
+            coalesce(sum(x.reversal_count) FILTER (WHERE x.kind = 'withdrawal'), 0),
+            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'transfer'), 0),
+            coalesce(sum(x.reversal_count) FILTER (WHERE x.kind = 'transfer'), 0),
+            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'inquiry'), 0), 0, 0,
+            coalesce(sum(x.approved_minor) FILTER (WHERE x.kind = 'withdrawal'), 0),
+            coalesce(sum(x.reversed_minor) FILTER (WHERE x.kind = 'withdrawal'), 0),
+            coalesce(sum(x.net_minor) FILTER (WHERE x.kind = 'withdrawal'), 0)
+          )::ledger.day_figures AS figures
+            FROM ledger.day_totals x
+           WHERE (x.business_date, x.terminal_id) = (d.business_date, term.terminal_id)) host
+        LEFT JOIN LATERAL (SELECT b.* FROM ledger.balancings b
+                            WHERE (b.terminal_id, b.business_date)
+                                = (term.terminal_id, d.business_date)
+                            ORDER BY b.balancing_id DESC LIMIT 1) last ON true) t), '[]'))
+    FROM ledger.closed_days d WHERE d.business_date = p_business_date
+$$;
+
+GRANT EXECUTE ON FUNCTION ledger.settlement_report(date) TO ledger_switch;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+  ledger.record_balancing(text, date, text, text, text, bigint[], bigint[], timestamptz),
+  ledger.latest_imbalances(timestamptz)
+  TO ledger_switch;
 
 
 -- Superseded signatures: none may be left in a database migrated before, for anyone to call.

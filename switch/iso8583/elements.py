@@ -1,4 +1,5 @@
-"""Composite data elements: the fixed layouts inside fields 48, 54, 90, 95 and 121. Pure."""
+"""Composite data elements: the fixed layouts inside fields 48, 54, 90, 95, 97, 121 and 124.
+Pure."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from ledger.balancing import CassetteCounter
 
 # ISO 4217 numeric (field 49) to alphabetic codes for the currencies the switch is set up for.
 CURRENCY_ALPHA: Mapping[str, str] = MappingProxyType(
@@ -166,3 +169,56 @@ def decode_note_mix(text: str) -> list[NoteEntry]:
             raise ElementFormatError(f"field 121 entry at character {start} has a zero")
         decoded.append(NoteEntry(cassette, denomination, notes))
     return decoded
+
+
+# Field 97 (xn 17): `D` and 16 digits for a net amount paid out (or nil), `C` for one paid in.
+_NET_AMOUNT = re.compile(r"([CD])([0-9]{16})")
+_COUNTER_ENTRY = re.compile(r"([0-9]{2})([0-9]{12})([0-9]{5})([0-9]{5})([0-9]{5})")
+_COUNTER_ENTRY_CHARS = 29
+_COUNT_MAX = 99_999
+
+
+def encode_net_amount(net_minor: int) -> str:
+    assert abs(net_minor) < 10**16, "net amount does not fit field 97"
+    return f"{'D' if net_minor >= 0 else 'C'}{abs(net_minor):016d}"
+
+
+def decode_net_amount(text: str) -> int:
+    match = _NET_AMOUNT.fullmatch(text)
+    if match is None:
+        raise ElementFormatError("field 97 is C or D and 16 digits")
+    sign, digits = match.groups()
+    return int(digits) * (1 if sign == "D" else -1)
+
+
+def encode_cassette_counters(counters: Sequence[CassetteCounter]) -> str:
+    """Field 124 of 0500/0510: one 29-digit entry per cassette, in slot order: slot (2),
+    denomination in minor units (12), notes dispensed, rejected and remaining (5 each)."""
+    assert len(counters) <= _NOTE_ENTRIES_MAX, "field 124 holds at most eight cassettes"
+    for c in counters:
+        assert 1 <= c.cassette_no <= 99, c
+        assert 0 < c.denomination_minor < 10**_AMOUNT_DIGITS, c
+        assert all(0 <= n <= _COUNT_MAX for n in (c.dispensed, c.rejected, c.remaining)), c
+    return "".join(
+        f"{c.cassette_no:02d}{c.denomination_minor:012d}{c.dispensed:05d}{c.rejected:05d}"
+        f"{c.remaining:05d}"
+        for c in counters
+    )
+
+
+def decode_cassette_counters(text: str) -> tuple[CassetteCounter, ...]:
+    entries = len(text) // _COUNTER_ENTRY_CHARS
+    if len(text) % _COUNTER_ENTRY_CHARS or entries > _NOTE_ENTRIES_MAX:
+        raise ElementFormatError("field 124 is zero to eight entries of 29 digits")
+    decoded: list[CassetteCounter] = []
+    for start in range(0, len(text), _COUNTER_ENTRY_CHARS):
+        match = _COUNTER_ENTRY.fullmatch(text[start : start + _COUNTER_ENTRY_CHARS])
+        if match is None:
+            raise ElementFormatError(f"field 124 entry at character {start} is not 29 digits")
+        counter = CassetteCounter(*(int(group) for group in match.groups()))
+        if not counter.cassette_no or not counter.denomination_minor:
+            raise ElementFormatError(f"field 124 entry at character {start} has a zero")
+        if decoded and counter.cassette_no <= decoded[-1].cassette_no:
+            raise ElementFormatError("field 124 entries are in ascending slot order")
+        decoded.append(counter)
+    return tuple(decoded)
