@@ -11,22 +11,22 @@ largest notes first), so the kiosk's physical counts and the host's stay equal.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import date
 from enum import StrEnum
 
-from switch.iso8583.elements import ElementFormatError, NoteEntry
+from ledger.balancing import CassetteCounter
+from switch.balancing import COUNTERS_FIELD, NET_FIELD, business_date_of
+from switch.iso8583.elements import (
+    ElementFormatError,
+    NoteEntry,
+    decode_cassette_counters,
+    encode_cassette_counters,
+    encode_net_amount,
+)
 
-# F124: per cassette, in slot order: slot n2, denomination n12, dispensed n5, rejected n5,
-# remaining n5 (CONTRACT: docs/cash.md, "Terminal balancing").
-CASSETTE_COUNTERS_FIELD = 124
-_COUNTER_ENTRY = re.compile(r"([0-9]{2})([0-9]{12})([0-9]{5})([0-9]{5})([0-9]{5})")
-_COUNTER_ENTRY_CHARS = 29
-NOTES_MAX = 99_999  # the largest count n5 holds
-NET_FIELD = 97
-_NET_DIGITS = 16
+NOTES_MAX = 99_999  # the largest count F124 holds (n5)
 # Rejected notes per dispense at most: a dispenser that rejects more stops (bounded loop).
 REJECTS_PER_DISPENSE_MAX = 3
 
@@ -52,6 +52,12 @@ class Cassette:
     @property
     def remaining(self) -> int:
         return self.loaded - self.dispensed - self.rejected
+
+    def counter(self) -> CassetteCounter:
+        """As F124 carries it."""
+        return CassetteCounter(
+            self.slot, self.denomination_minor, self.dispensed, self.rejected, self.remaining
+        )
 
 
 class MixNotHeld(ValueError):
@@ -145,14 +151,6 @@ def pay_out(
     return Dispensed(after, dispensed_minor, asked_minor)
 
 
-def miscounted(cassettes: Sequence[Cassette]) -> tuple[Cassette, ...]:
-    """The counters a miscounting kiosk reports: one note too many (or, with none left, too
-    few) dispensed from its first cassette."""
-    first, *rest = cassettes
-    step = 1 if first.remaining else -1
-    return (replace(first, dispensed=first.dispensed + step), *rest)
-
-
 # Day counters
 
 
@@ -204,6 +202,11 @@ class DayTotals:
         debits = self.debits_minor - self.debit_reversals_minor
         return debits - (self.credits_minor - self.credit_reversals_minor)
 
+    def miscounted(self) -> DayTotals:
+        """The totals a miscounting kiosk reports: one withdrawal more than it was approved
+        (its amounts, and so F97, still agree with each other)."""
+        return replace(self, debits=self.debits + 1)
+
 
 # The totals' fields, in DayTotals' order, and their widths.
 TOTALS_FIELDS: Mapping[int, tuple[str, int]] = {
@@ -221,46 +224,7 @@ TOTALS_FIELDS: Mapping[int, tuple[str, int]] = {
 }
 assert [name for name, _ in TOTALS_FIELDS.values()] == [f.name for f in fields(DayTotals)]
 # The fields the host compares, and in an imbalance answers with its own figures.
-BALANCED_FIELDS: tuple[int, ...] = (*TOTALS_FIELDS, NET_FIELD, CASSETTE_COUNTERS_FIELD)
-
-
-def encode_net(net_minor: int) -> str:
-    """F97: `D` and 16 digits when cash went out net (or nothing), else `C`."""
-    assert abs(net_minor) < 10**_NET_DIGITS
-    return f"{'D' if net_minor >= 0 else 'C'}{abs(net_minor):0{_NET_DIGITS}d}"
-
-
-def decode_net(text: str) -> int:
-    if len(text) != 1 + _NET_DIGITS or text[0] not in "CD" or not text[1:].isdigit():
-        raise ElementFormatError("field 97 is C or D and 16 digits")
-    return int(text[1:]) * (1 if text[0] == "D" else -1)
-
-
-def encode_cassette_counters(cassettes: Sequence[Cassette]) -> str:
-    """F124: one 29-digit entry per cassette, in slot order."""
-    assert cassettes, "a kiosk that balances cash has cassettes"
-    return "".join(
-        f"{c.slot:02d}{c.denomination_minor:012d}{c.dispensed:05d}{c.rejected:05d}{c.remaining:05d}"
-        for c in sorted(cassettes, key=lambda c: c.slot)
-    )
-
-
-def decode_cassette_counters(text: str) -> tuple[Cassette, ...]:
-    """F124 back into cassettes (loaded = dispensed + rejected + remaining)."""
-    if not text or len(text) % _COUNTER_ENTRY_CHARS:
-        raise ElementFormatError("field 124 is entries of 29 digits")
-    decoded = []
-    for start in range(0, len(text), _COUNTER_ENTRY_CHARS):
-        match = _COUNTER_ENTRY.fullmatch(text[start : start + _COUNTER_ENTRY_CHARS])
-        if match is None:
-            raise ElementFormatError(f"field 124 entry at character {start} is not 29 digits")
-        slot, denomination, dispensed, rejected, remaining = (int(g) for g in match.groups())
-        if not slot or not denomination:
-            raise ElementFormatError(f"field 124 entry at character {start} has a zero")
-        decoded.append(
-            Cassette(slot, denomination, dispensed + rejected + remaining, dispensed, rejected)
-        )
-    return tuple(decoded)
+BALANCED_FIELDS: tuple[int, ...] = (*TOTALS_FIELDS, NET_FIELD, COUNTERS_FIELD)
 
 
 def balancing_fields(
@@ -281,21 +245,11 @@ def balancing_fields(
         15: business_date_mmdd,
         50: currency,
         **counts,
-        NET_FIELD: encode_net(totals.net_minor),
-        CASSETTE_COUNTERS_FIELD: encode_cassette_counters(cassettes),
+        NET_FIELD: encode_net_amount(totals.net_minor),
+        COUNTERS_FIELD: encode_cassette_counters(
+            [cassette.counter() for cassette in sorted(cassettes, key=lambda c: c.slot)]
+        ),
     }
-
-
-def business_date(mmdd: str, today: date) -> date:
-    """The date of an MMDD: in the year that puts it nearest to `today`."""
-    month, day = int(mmdd[:2]), int(mmdd[2:])
-    candidates = []
-    for year in (today.year - 1, today.year, today.year + 1):
-        try:
-            candidates.append(date(year, month, day))
-        except ValueError:  # 29 February of a common year
-            continue
-    return min(candidates, key=lambda candidate: abs((candidate - today).days))
 
 
 # The 0510
@@ -340,17 +294,18 @@ def _differences_in(number: int, ours: str, host: str) -> list[tuple[str, str, s
     if number == NET_FIELD:
         return [(f"F{number} net", ours, host)]
     try:
-        host_cassettes = {c.slot: c for c in decode_cassette_counters(host)}
+        host_cassettes = {c.cassette_no: c for c in decode_cassette_counters(host)}
     except ElementFormatError:
         return [(f"F{number}", ours, host)]
     found = []
     for cassette in decode_cassette_counters(ours):
-        theirs = host_cassettes.get(cassette.slot)
+        slot = cassette.cassette_no
+        theirs = host_cassettes.get(slot)
         for counter in ("dispensed", "rejected", "remaining"):
             mine = getattr(cassette, counter)
             other = None if theirs is None else getattr(theirs, counter)
             if mine != other:
-                found.append((f"F{number} slot {cassette.slot} {counter}", str(mine), str(other)))
+                found.append((f"F{number} slot {slot} {counter}", str(mine), str(other)))
     return found or [(f"F{number}", ours, host)]
 
 
@@ -378,8 +333,11 @@ class KioskCash:
         return dispensed
 
     def balancing_requests(self, today: date, *, miscount: bool = False) -> list[dict[int, str]]:
-        """One 0500's fields per business date counted, oldest first; a miscounting kiosk's
-        with its cassette counters wrong."""
-        counters = miscounted(self.cassettes) if miscount else self.cassettes
-        dates = sorted(self.days, key=lambda mmdd: business_date(mmdd, today))
-        return [balancing_fields(mmdd, self.currency, self.days[mmdd], counters) for mmdd in dates]
+        """One 0500's fields per business date counted, oldest first (the cassette counters,
+        the same in each, are those of now); a miscounting kiosk's with wrong totals."""
+        dates = sorted(self.days, key=lambda mmdd: business_date_of(mmdd, today) or today)
+        requests = []
+        for mmdd in dates:
+            totals = self.days[mmdd].miscounted() if miscount else self.days[mmdd]
+            requests.append(balancing_fields(mmdd, self.currency, totals, self.cassettes))
+        return requests

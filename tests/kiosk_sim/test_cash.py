@@ -22,18 +22,12 @@ from kiosk_sim.cash import (
     MixNotHeld,
     balancing_fields,
     balancing_of,
-    business_date,
-    decode_cassette_counters,
-    decode_net,
     draw_mishaps,
-    encode_cassette_counters,
-    encode_net,
-    miscounted,
     pay_out,
     pay_out_order,
 )
 from ledger import cash as ledger_cash
-from switch.iso8583.elements import ElementFormatError, NoteEntry
+from switch.iso8583.elements import NoteEntry
 
 CASSETTES = (Cassette(1, 5_000, 10), Cassette(2, 2_000, 20), Cassette(3, 1_000, 30))
 # EUR 90.00 as the host mixes it: one 50 and two 20s.
@@ -165,38 +159,25 @@ def test_the_notes_a_jam_keeps_are_those_the_host_puts_back(
 
 
 @pytest.mark.parametrize(
-    ("net_minor", "text"),
+    ("totals", "net"),
     [
-        (0, "D0000000000000000"),
-        (12_345, "D0000000000012345"),
-        (-2_000, "C0000000000002000"),
+        (DayTotals(), "D0000000000000000"),
+        (DayTotals(debits=2, debits_minor=12_345), "D0000000000012345"),
+        # The day after: a reversal of the day before's withdrawal, and nothing paid out.
+        (DayTotals(debit_reversals=1, debit_reversals_minor=2_000), "C0000000000002000"),
     ],
+    ids=["nothing", "cash out", "cash back in"],
 )
-def test_f97_is_d_for_cash_out_and_c_for_cash_in(net_minor: int, text: str) -> None:
-    assert encode_net(net_minor) == text
-    assert decode_net(text) == net_minor
-
-
-@pytest.mark.parametrize("text", ["0000000000000000", "X0000000000000001", "D00000000000000a1"])
-def test_a_bad_f97_is_refused(text: str) -> None:
-    with pytest.raises(ElementFormatError):
-        decode_net(text)
+def test_f97_is_d_for_cash_paid_out_and_c_for_cash_back(totals: DayTotals, net: str) -> None:
+    assert balancing_fields("1201", "978", totals, CASSETTES)[97] == net
 
 
 def test_f124_is_29_digits_per_cassette_in_slot_order() -> None:
     counters = (Cassette(2, 2_000, 400, 12, 1), Cassette(1, 5_000, 200, 3))
-    text = encode_cassette_counters(counters)
-    assert text == (
+    assert balancing_fields("1201", "978", DayTotals(), counters)[124] == (
         "01" "000000005000" "00003" "00000" "00197"
         "02" "000000002000" "00012" "00001" "00387"
     )  # fmt: skip
-    assert decode_cassette_counters(text) == tuple(sorted(counters, key=lambda c: c.slot))
-
-
-@pytest.mark.parametrize("text", ["", "0" * 28, "01000000005000000030000000197x", "0" * 29])
-def test_a_bad_f124_is_refused(text: str) -> None:
-    with pytest.raises(ElementFormatError):
-        decode_cassette_counters(text)
 
 
 def test_day_totals_count_each_booking() -> None:
@@ -255,19 +236,17 @@ def test_a_kiosk_balances_each_business_date_oldest_first() -> None:
     assert [fields[76] for fields in sent] == ["0000000001", "0000000001"]
     assert [fields[80] for fields in sent] == ["0000000001", "0000000000"]
     # The counters are the cassettes' now, in every 0500.
-    assert {fields[124] for fields in sent} == {encode_cassette_counters(CASSETTES)}
+    now = balancing_fields("0101", "978", DayTotals(), CASSETTES)[124]
+    assert {fields[124] for fields in sent} == {now}
 
 
-def test_a_miscounting_kiosk_reports_one_note_wrong() -> None:
-    counters = (Cassette(1, 5_000, 10, 4), Cassette(2, 2_000, 20))
-    assert miscounted(counters) == (Cassette(1, 5_000, 10, 5), Cassette(2, 2_000, 20))
-    empty = (Cassette(1, 5_000, 10, 10),)
-    assert miscounted(empty) == (Cassette(1, 5_000, 10, 9),)
-    cash = KioskCash(counters, "978")
+def test_a_miscounting_kiosk_reports_one_withdrawal_too_many() -> None:
+    cash = KioskCash(CASSETTES, "978")
     cash.book("1201", Booking.DEBIT, 5_000)
     (honest,) = cash.balancing_requests(date(2026, 12, 1))
     (wrong,) = cash.balancing_requests(date(2026, 12, 1), miscount=True)
-    assert {n for n in honest if honest[n] != wrong[n]} == {124}
+    assert {n for n in honest if honest[n] != wrong[n]} == {76}
+    assert (honest[76], wrong[76]) == ("0000000001", "0000000002")
 
 
 def test_an_imbalance_names_the_fields_and_the_hosts_figures() -> None:
@@ -279,7 +258,9 @@ def test_an_imbalance_names_the_fields_and_the_hosts_figures() -> None:
         76: "0000000002",
         88: "0000000000020000",
         97: "D0000000000020000",
-        124: encode_cassette_counters((Cassette(1, 5_000, 10, 3), Cassette(2, 2_000, 20, 1))),
+        124: balancing_fields(
+            "1201", "978", DayTotals(), (Cassette(1, 5_000, 10, 3), *counters[1:])
+        )[124],
     }
     result = balancing_of("S0010002", sent, host, "95")
     assert result == Balancing(
@@ -301,19 +282,6 @@ def test_an_imbalance_names_the_fields_and_the_hosts_figures() -> None:
     )
     balanced = balancing_of("S0010002", sent, {**sent, 39: "00"}, "00")
     assert (balanced.balanced, balanced.differences) == (True, ())
-
-
-@pytest.mark.parametrize(
-    ("mmdd", "today", "expected"),
-    [
-        ("1231", date(2027, 1, 2), date(2026, 12, 31)),
-        ("0101", date(2026, 12, 31), date(2027, 1, 1)),
-        ("0615", date(2026, 6, 1), date(2026, 6, 15)),
-        ("0229", date(2028, 3, 1), date(2028, 2, 29)),
-    ],
-)
-def test_an_mmdd_is_the_date_nearest_today(mmdd: str, today: date, expected: date) -> None:
-    assert business_date(mmdd, today) == expected
 
 
 @pytest.mark.parametrize(
