@@ -359,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
             "kiosk_sim: jam, reject and miscount are faults of kiosks with --cash", file=sys.stderr
         )
         return 2
+    if args.cash and load.has_network_faults(faults):
+        print(
+            "kiosk_sim: --cash kiosks balance their day, which a request whose answer was lost"
+            " would unbalance (the host counts it, the kiosk cannot): leave out "
+            + ", ".join(load.FAULTS),
+            file=sys.stderr,
+        )
+        return 2
     population_error = _population_error(args)
     if population_error is not None:
         print(f"kiosk_sim: {population_error}", file=sys.stderr)

@@ -162,6 +162,11 @@ class Plan:
         assert not (self.rate_per_s and has_network_faults(self.faults)), (
             "faults run in closed loop"
         )
+        # A request whose answer was lost is counted by the host, not by the kiosk (the
+        # contract counts what the kiosk was answered 00): such a day cannot balance.
+        assert not (self.balance and has_network_faults(self.faults)), (
+            "balancing runs without network faults"
+        )
         assert self.duration_s is not None or self.count is not None, "a duration or a count"
 
 

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kiosk_sim import load
+from kiosk_sim.__main__ import main
 from kiosk_sim.cash import (
     Balancing,
     Booking,
@@ -301,3 +302,17 @@ def test_cash_faults_parse_and_leave_open_loop_allowed() -> None:
     assert (faults["jam"], faults["reject"], faults["miscount"]) == (0.05, 0.01, 1.0)
     assert not load.has_network_faults(faults)
     load.Plan(terminals=1, seed=1, rate_per_s=10, faults=faults)  # no assertion: not network
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--faults", "jam=0.1"], "jam, reject and miscount are faults of kiosks with --cash"),
+        (["--cash", "--faults", "drop=0.1"], "--cash kiosks balance their day"),
+    ],
+)
+def test_cash_faults_need_kiosks_with_cash_and_no_lost_answers(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", *argv]) == 2
+    assert error in capsys.readouterr().err
