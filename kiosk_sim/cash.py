@@ -254,6 +254,8 @@ def balancing_fields(
 
 # The 0510
 
+NO_ANSWER = ""  # the code of an 0500 the host never answered
+
 
 @dataclass(frozen=True, slots=True)
 class Balancing:
@@ -270,7 +272,7 @@ class Balancing:
         return self.code == "00"
 
     def describe(self) -> str:
-        head = f"{self.terminal_id} {self.business_date_mmdd}: {self.code}"
+        head = f"{self.terminal_id} {self.business_date_mmdd}: {self.code or 'no answer'}"
         shown = "; ".join(f"{name} {ours} (host {host})" for name, ours, host in self.differences)
         return f"{head} {shown}" if shown else head
 

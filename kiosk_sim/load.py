@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kiosk_sim.cash import (
+    NO_ANSWER,
     Balancing,
     Booking,
     DispenserFaults,
@@ -458,6 +459,7 @@ class Kiosk:
                 exchange = await self.terminal.send(request)
             except (TimeoutError, SwitchConnectionClosed):
                 self.report.record_error("balancing_unanswered", at_s=time.perf_counter())
+                results.append(Balancing(self.terminal.terminal_id, fields[15], NO_ANSWER))
                 continue
             if exchange.response_mac_ok is False:
                 self.report.record_error("response_mac_wrong", at_s=time.perf_counter())

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from kiosk_sim import load
 from kiosk_sim.__main__ import main
 from kiosk_sim.cash import (
+    NO_ANSWER,
     Balancing,
     Booking,
     Cassette,
@@ -316,3 +317,29 @@ def test_cash_faults_need_kiosks_with_cash_and_no_lost_answers(
 ) -> None:
     assert main(["run", *argv]) == 2
     assert error in capsys.readouterr().err
+
+
+OK_A, OK_B = Balancing("S1", "1201", "00"), Balancing("S2", "1201", "00")
+CAUGHT = Balancing("S2", "1201", "95", (("F76 debits", "3", "2"),))
+
+
+@pytest.mark.parametrize(
+    ("results", "miscounting", "differences"),
+    [
+        ([OK_A, OK_B], None, []),
+        ([OK_A, CAUGHT], "S2", []),
+        ([OK_A, OK_B], "S2", ["0500 S2 1201: 00: expected 95"]),
+        ([OK_A, CAUGHT], None, ["0500 S2 1201: 95 F76 debits 3 (host 2): expected 00"]),
+        (
+            [OK_A, Balancing("S2", "1201", NO_ANSWER)],
+            None,
+            ["0500 S2 1201: no answer: expected 00"],
+        ),
+        ([OK_A], "S2", ["0500: S2 miscounts but sent no 0500 (it counted nothing)"]),
+    ],
+    ids=["balanced", "miscount caught", "miscount missed", "imbalance", "unanswered", "silent"],
+)
+def test_the_end_state_check_of_the_0500s(
+    results: list[Balancing], miscounting: str | None, differences: list[str]
+) -> None:
+    assert load.balancing_differences(results, miscounting) == differences
