@@ -1,7 +1,10 @@
 """GET /reports/sla?from=YYYY-MM-DD&to=YYYY-MM-DD&format=csv|json|html&hours=HH:MM-HH:MM: the
 SLA report (ledger.sla) over the switch role's functions, the same figures as
 `python -m ledger report sla`. Both days default to the current business day. Its queries run
-within [operations] timeout_ms: for long ranges over a large fleet, use the CLI."""
+within [operations] timeout_ms: for long ranges over a large fleet, use the CLI.
+
+GET /reports/settlement?date=YYYY-MM-DD&format=json|csv: the settlement report of a closed
+business day (ledger.settlement), the same document as `python -m ledger report settlement`."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from datetime import date
 
 from aiohttp import web
 
-from ledger import sla
+from ledger import settlement, sla
 from ledger.errors import LedgerError
 from ledger.rules import business_day
 from ledger.sla_page import as_html
@@ -69,6 +72,34 @@ async def sla_report(request: web.Request) -> web.Response:
     return web.Response(text=render(report), content_type=content_type, charset="utf-8")
 
 
+SETTLEMENT_FORMATS = {
+    "csv": (settlement.as_csv, "text/csv"),
+    "json": (settlement.as_json, "application/json"),
+}
+
+
+async def settlement_report(request: web.Request) -> web.Response:
+    operations = request.app[OPERATIONS_KEY]
+    unknown = sorted(set(request.query) - {"date", "format"})
+    if unknown:
+        raise _error(web.HTTPBadRequest, f"{unknown[0]}: no such parameter")
+    output_format = request.query.get("format", "json")
+    if output_format not in SETTLEMENT_FORMATS:
+        raise _error(web.HTTPBadRequest, f"format: expected one of {', '.join(SETTLEMENT_FORMATS)}")
+    if "date" not in request.query:
+        raise _error(web.HTTPBadRequest, "date: required, YYYY-MM-DD")
+    day = _day(request, "date", date.min)
+    try:
+        async with operations.store.connection(timeout_ms=operations.timeout_ms) as conn:
+            report = await settlement.fetch(conn, day, timeout_s=operations.timeout_ms / 1000)
+    except settlement.DayNotClosed as exc:
+        raise _error(web.HTTPNotFound, str(exc)) from None
+    except LedgerError as exc:
+        raise _error(web.HTTPServiceUnavailable, f"the ledger cannot be read: {exc}") from None
+    render, content_type = SETTLEMENT_FORMATS[output_format]
+    return web.Response(text=render(report), content_type=content_type, charset="utf-8")
+
+
 REPORT_ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/reports/sla", sla_report, frozenset({Role.OPERATOR, Role.AUDITOR}),
@@ -81,5 +112,16 @@ REPORT_ROUTES: tuple[Route, ...] = (
          Parameter("format", "json (default), csv or html.", {"type": "string",
                    "enum": ["json", "csv", "html"]}),
          Parameter("hours", "The scheduled service hours, HH:MM-HH:MM.", {"type": "string"})),
+    ),
+    Route(
+        "GET", "/reports/settlement", settlement_report, frozenset({Role.OPERATOR, Role.AUDITOR}),
+        "The settlement report of a closed business day, per terminal: host totals, the totals"
+        " of its last 0500, their difference, the balancing verdict, cassettes at open and close.",
+        (Reply(200, "The report.", ("application/json", "text/csv")),
+         Reply(400, "A bad parameter, named."),
+         Reply(404, "The business day is not closed.")),
+        (Parameter("date", "The business day, YYYY-MM-DD (required).", {"type": "string"}),
+         Parameter("format", "json (default) or csv.", {"type": "string",
+                   "enum": ["json", "csv"]})),
     ),
 )  # fmt: skip

@@ -1634,7 +1634,7 @@ BEGIN
                                 ORDER BY h.cassette_no), '{}')
         FROM jsonb_to_recordset(v_host)
              AS h(cassette_no bigint, denomination_minor bigint, dispensed bigint)) THEN
-    v_differences := v_differences || 'F124';
+    v_differences := v_differences || 'F124'::text;
   END IF;
   INSERT INTO ledger.balancings (terminal_id, business_date, currency, transmission_time, stan,
                                  terminal_figures, host_figures, terminal_cassettes,

@@ -173,8 +173,8 @@ def hsm_core(dev_keys: DevKeys) -> SoftHsm:
 
 @pytest.fixture
 async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[StackFactory]:
-    """Builds a stack; `customers`, `terminals` (and their `cassettes`), card overrides and
-    ledger settings vary."""
+    """Builds a stack; `customers`, `terminals` (and their `cassettes`), card overrides, ledger
+    settings and the switch's wall clock (the business day its requests are booked on) vary."""
     built: list[tuple[Stack, NetworkHSM]] = []
 
     async def build(
@@ -184,6 +184,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
         cross_customer: bool = False,
         hsms: int = 1,
         cassettes: list[dict[str, int]] | None = None,
+        wall_clock: Callable[[], datetime] = now,
         **card: Any,
     ) -> Stack:
         owner = await asyncpg.connect(pg_cluster.owner_dsn)
@@ -217,7 +218,7 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
             timeout_ms=30_000,
         )
         monitor = Monitor(now)
-        flows = switch_flows(hsm, store, monitor, now)
+        flows = switch_flows(hsm, store, monitor, wall_clock)
         server = SwitchServer(LISTENER, flows, observer=monitor)
         await server.start()
         stack = Stack(

@@ -4,18 +4,24 @@ recorded); then the day closed and its settlement report, matching the postings.
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
+import json
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
 from kiosk_sim.terminal import Terminal
-from ledger import balancing
+from ledger import balancing, exports
+from ledger.__main__ import main
 from ledger.balancing import CassetteCounter, DayFigures
 from ledger.rules import business_day
 from switch.balancing import business_date_of, host_fields
 from switch.iso8583 import Message
 from switch.iso8583.elements import decode_cassette_counters, encode_cassette_counters
+from tests.conftest import PgCluster
 from tests.e2e.conftest import PIN, Stack, StackFactory
 
 # Slot 1: two 50.00 notes; slot 2: three 20.00 notes.
@@ -145,3 +151,103 @@ async def test_not_signed_on_or_a_bad_mac_is_refused(make_stack: StackFactory) -
         "SELECT count(*) FROM ledger.balancings WHERE terminal_id = $1", terminal.terminal_id
     )
     assert count == 0
+
+
+# A business day of its own, long over: the switch's clock stands in it, so the day can be
+# closed (the shared cluster's other tests book on today's).
+SETTLED_DAY = date(2005, 6, 15)
+
+
+def in_settled_day() -> datetime:
+    return datetime.combine(SETTLED_DAY, time(10, 0), UTC)
+
+
+async def journal_figures(stack: Stack, terminal_id: str) -> DayFigures:
+    """The day's withdrawals and their reversals as the audit journal's export carries them
+    (its hash chain verified), summed over the legs on the terminal's cash account."""
+    cash_account = await stack.owner.fetchval(
+        "SELECT cash_account_id FROM ledger.terminals WHERE terminal_id = $1", terminal_id
+    )
+    out = io.StringIO()
+    start = datetime.combine(SETTLED_DAY, time(0, 0), UTC)
+    await exports.export(
+        stack.owner, out, start=start, end=start + timedelta(days=1), terminal_id=terminal_id,
+        output_format="jsonl", timeout_ms=30_000,
+    )  # fmt: skip
+    lines = out.getvalue().encode().splitlines(keepends=True)
+    assert exports.verify_export(lines, {}).ok
+    records = [json.loads(line) for line in lines]
+    cash = {
+        (r["kind"], r["transaction_id"]): leg[2]
+        for r in records
+        if r["record"] == "transaction" and r["terminal_id"] == terminal_id
+        and r["business_date"] == SETTLED_DAY.isoformat() and r["outcome"] == "approved"
+        for leg in r["legs"] if leg[0] == cash_account
+    }  # fmt: skip
+    paid = [amount for (kind, _), amount in cash.items() if kind == "withdrawal"]
+    back = [-amount for (kind, _), amount in cash.items() if kind == "reversal"]
+    inquiries = sum(
+        1 for r in records
+        if r["record"] == "transaction" and r["kind"] == "inquiry" and r["outcome"] == "approved"
+        and r["terminal_id"] == terminal_id
+    )  # fmt: skip
+    return DayFigures(
+        debits=len(paid), debit_reversals=len(back), inquiries=inquiries,
+        debits_minor=sum(paid), debit_reversals_minor=sum(back), net_minor=sum(paid) - sum(back),
+    )  # fmt: skip
+
+
+async def test_replenish_withdraw_reverse_close_then_the_settlement_report_matches_the_journal(
+    make_stack: StackFactory, pg_cluster: PgCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = await make_stack(
+        customers=1, cassettes=CASSETTES, daily_count=20, wall_clock=in_settled_day
+    )
+    terminal = await stack.terminal()
+    evening_before = datetime.combine(SETTLED_DAY - timedelta(days=1), time(23, 0), UTC)
+    for slot, notes in ((1, 4), (2, 10)):
+        await stack.owner.execute(
+            "SELECT ledger.replenish_cassette($1, $2, $3, NULL, $4, 'olga')",
+            terminal.terminal_id, slot, notes, evening_before,
+        )  # fmt: skip
+    day = await day_of_traffic(stack, terminal)
+    assert day == f"{SETTLED_DAY:%m%d}"
+    counters = (CassetteCounter(1, 5_000, 1, 0, 3), CassetteCounter(2, 2_000, 1, 0, 9))
+    assert (await terminal.send(balancing_request(terminal, day, DAY, counters))).code == "00"
+
+    dsn = ["--dsn", pg_cluster.owner_dsn]
+    assert (
+        await asyncio.to_thread(main, ["day", "close", "--date", SETTLED_DAY.isoformat(), *dsn])
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        await asyncio.to_thread(
+            main, ["report", "settlement", "--date", SETTLED_DAY.isoformat(), *dsn]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    (entry,) = [t for t in report["terminals"] if t["terminal_id"] == terminal.terminal_id]
+    journal = await journal_figures(stack, terminal.terminal_id)
+    assert journal == DAY
+    assert DayFigures.from_row(entry["host"]) == journal
+    assert DayFigures.from_row(entry["terminal"]) == journal
+    assert set(entry["difference"].values()) == {0}
+    assert (entry["result"], entry["currency"]) == ("balanced", "EUR")
+    positions = {
+        edge: [(c["cassette_no"], c["loaded_notes"], c["dispensed_notes"]) for c in entry[edge]]
+        for edge in ("cassettes_open", "cassettes_close")
+    }
+    assert positions == {"cassettes_open": [(1, 4, 0), (2, 10, 0)],
+                         "cassettes_close": [(1, 4, 1), (2, 10, 1)]}  # fmt: skip
+    as_csv = ["report", "settlement", "--date", SETTLED_DAY.isoformat(), "--format", "csv", *dsn]
+    assert await asyncio.to_thread(main, as_csv) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    (row,) = [r for r in rows if r["terminal_id"] == terminal.terminal_id]
+    assert (row["result"], row["host_debits_minor"], row["terminal_net_minor"]) == (
+        "balanced", "11000", "7000",
+    )  # fmt: skip
+    assert row["cassettes_close"] == "1:5000:4:1;2:2000:10:1"
+    # The closed day takes nothing more: this 0500 is refused, and changes nothing.
+    assert (await terminal.send(balancing_request(terminal, day, DAY, counters))).code == "12"

@@ -105,6 +105,8 @@ EVENT_MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("POST", "/alerts/{alert_id}/acknowledge"): (404, 403, 403, 401, 401),
     ("POST", "/alerts/audit-verify"): (404, 403, 403, 401, 401),
     ("GET", "/reports/sla"): (200, 200, 403, 401, 401),
+    # A day not closed: the operator and the auditor are let through, and told so.
+    ("GET", "/reports/settlement"): (404, 404, 403, 401, 401),
     # No body: the operator is let through, and told what to send.
     ("POST", "/terminals/{terminal_id}/cassettes/{cassette}/replenish"): (
         400,
@@ -120,6 +122,7 @@ EVENT_TARGETS = {
     ),
     "/alerts/{alert_id}/acknowledge": "/alerts/987654321/acknowledge",
     "/reports/sla": "/reports/sla?from=2026-11-23&to=2026-11-23",
+    "/reports/settlement": "/reports/settlement?date=1999-12-31",
 }
 
 
