@@ -151,6 +151,14 @@ def pay_out(
     return Dispensed(after, dispensed_minor, asked_minor)
 
 
+def miscounted(cassettes: Sequence[Cassette]) -> tuple[Cassette, ...]:
+    """The counters a miscounting kiosk reports: one note too many dispensed from its first
+    cassette (one too few when it has none left)."""
+    first, *rest = cassettes
+    step = 1 if first.remaining else -1
+    return (replace(first, dispensed=first.dispensed + step), *rest)
+
+
 # Day counters
 
 
@@ -201,11 +209,6 @@ class DayTotals:
         """Cash paid out net: debits less their reversals, less credits net of theirs."""
         debits = self.debits_minor - self.debit_reversals_minor
         return debits - (self.credits_minor - self.credit_reversals_minor)
-
-    def miscounted(self) -> DayTotals:
-        """The totals a miscounting kiosk reports: one withdrawal more than it was approved
-        (its amounts, and so F97, still agree with each other)."""
-        return replace(self, debits=self.debits + 1)
 
 
 # The totals' fields, in DayTotals' order, and their widths.
@@ -335,11 +338,8 @@ class KioskCash:
         return dispensed
 
     def balancing_requests(self, today: date, *, miscount: bool = False) -> list[dict[int, str]]:
-        """One 0500's fields per business date counted, oldest first (the cassette counters,
-        the same in each, are those of now); a miscounting kiosk's with wrong totals."""
+        """One 0500's fields per business date counted, oldest first, each with the cassette
+        counters of now; a miscounting kiosk's with those wrong."""
+        counters = miscounted(self.cassettes) if miscount else self.cassettes
         dates = sorted(self.days, key=lambda mmdd: business_date_of(mmdd, today) or today)
-        requests = []
-        for mmdd in dates:
-            totals = self.days[mmdd].miscounted() if miscount else self.days[mmdd]
-            requests.append(balancing_fields(mmdd, self.currency, totals, self.cassettes))
-        return requests
+        return [balancing_fields(mmdd, self.currency, self.days[mmdd], counters) for mmdd in dates]

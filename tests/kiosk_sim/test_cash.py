@@ -25,6 +25,7 @@ from kiosk_sim.cash import (
     balancing_fields,
     balancing_of,
     draw_mishaps,
+    miscounted,
     pay_out,
     pay_out_order,
 )
@@ -242,13 +243,16 @@ def test_a_kiosk_balances_each_business_date_oldest_first() -> None:
     assert {fields[124] for fields in sent} == {now}
 
 
-def test_a_miscounting_kiosk_reports_one_withdrawal_too_many() -> None:
-    cash = KioskCash(CASSETTES, "978")
+def test_a_miscounting_kiosk_reports_one_note_wrong() -> None:
+    counters = (Cassette(1, 5_000, 10, 4), Cassette(2, 2_000, 20))
+    assert miscounted(counters) == (Cassette(1, 5_000, 10, 5), Cassette(2, 2_000, 20))
+    empty = (Cassette(1, 5_000, 10, 10),)
+    assert miscounted(empty) == (Cassette(1, 5_000, 10, 9),)
+    cash = KioskCash(counters, "978")
     cash.book("1201", Booking.DEBIT, 5_000)
     (honest,) = cash.balancing_requests(date(2026, 12, 1))
     (wrong,) = cash.balancing_requests(date(2026, 12, 1), miscount=True)
-    assert {n for n in honest if honest[n] != wrong[n]} == {76}
-    assert (honest[76], wrong[76]) == ("0000000001", "0000000002")
+    assert {n for n in honest if honest[n] != wrong[n]} == {124}
 
 
 def test_an_imbalance_names_the_fields_and_the_hosts_figures() -> None:
