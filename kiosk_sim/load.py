@@ -412,8 +412,10 @@ class Kiosk:
     ) -> None:
         """The notes of an approved withdrawal come out of the cassettes (F121). A jam, or a
         cassette its rejects emptied, pays part: the kiosk reverses the rest, with F95 saying
-        what came out. A mix it cannot pay, it pays none of, and reverses the whole amount."""
-        assert self.cash is not None
+        what came out. A mix it cannot pay, it pays none of, and reverses the whole amount. A
+        kiosk without cash pays out nothing the host counts."""
+        if self.cash is None:
+            return
         try:
             notes = exchange.notes
             if not notes:
@@ -489,7 +491,7 @@ class Kiosk:
 
     async def _withdrawal(self, card: SimCard, started: float | None) -> None:
         _request, exchange, amount = await self._withdraw(card, started)
-        if self.cash is not None and exchange is not None and exchange.approved:
+        if exchange is not None and exchange.approved:
             await self._pay_out(card, exchange, amount)
 
     async def _transfer(self, card: SimCard, started: float | None) -> None:
@@ -533,7 +535,7 @@ class Kiosk:
                 f"{self.terminal.terminal_id} STAN {request.stan}: repeat answered differently"
             )
         # One request, so one dispense whatever the answers (the repeat moved no notes).
-        if self.cash is not None and first is not None and first.approved:
+        if first is not None and first.approved:
             await self._pay_out(card, first, amount)
 
     async def _reversal(self, card: SimCard, started: float | None) -> None:
@@ -565,8 +567,7 @@ class Kiosk:
             return None
         if chip.authenticate_issuer(cryptogram, exchange.response.get(55)).approve:
             self._debited(card, exchange, amount)
-            if self.cash is not None:
-                await self._pay_out(card, exchange, amount)
+            await self._pay_out(card, exchange, amount)
             return cryptogram
         self.report.record_error("arpc_failed", at_s=time.perf_counter())
         # The host approved (and counted) it; the card's decline reverses all of it.
@@ -621,8 +622,7 @@ class Kiosk:
             self._debited(card, exchange, amount)
             if not chip.fallback_allowed:
                 self._unexpected_approval(request, "a fallback the card's profile refuses")
-            if self.cash is not None:
-                await self._pay_out(card, exchange, amount)
+            await self._pay_out(card, exchange, amount)
 
     async def _must_not_approve(
         self, exchange: Exchange | None, card: SimCard, amount: int, what: str
@@ -630,8 +630,7 @@ class Kiosk:
         if exchange is not None and exchange.approved:
             self._debited(card, exchange, amount)  # the money (and the notes) did move
             self._unexpected_approval(exchange.request, what)
-            if self.cash is not None:
-                await self._pay_out(card, exchange, amount)
+            await self._pay_out(card, exchange, amount)
 
     def _unexpected_approval(self, request: Message, what: str) -> None:
         self.model.unresolved.append(
