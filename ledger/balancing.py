@@ -46,7 +46,7 @@ class DayFigures:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> DayFigures:
-        return cls(*(int(row[f.name]) for f in fields(cls)))
+        return cls(**_integers(cls, row))
 
     def as_list(self) -> list[int]:
         return [int(value) for value in astuple(self)]
@@ -64,7 +64,12 @@ class CassetteCounter:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CassetteCounter:
-        return cls(*(int(row[f.name]) for f in fields(cls)))
+        return cls(**_integers(cls, row))
+
+
+def _integers(cls: type, row: Mapping[str, Any]) -> dict[str, int]:
+    """A row's (or a jsonb object's) values of the dataclass's fields, as integers."""
+    return {f.name: int(row[f.name]) for f in fields(cls)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ business day (ledger.settlement), the same document as `python -m ledger report 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from datetime import date
+from typing import Any
 
 from aiohttp import web
 
@@ -21,7 +23,7 @@ from switch.access import Role
 from switch.operations import OPERATIONS_KEY
 from switch.routes import Parameter, Reply, Route
 
-FORMATS = {
+FORMATS: dict[str, tuple[Callable[[Any], str], str]] = {
     "csv": (sla.as_csv, "text/csv"),
     "json": (sla.as_json, "application/json"),
     "html": (as_html, "text/html"),
@@ -44,14 +46,25 @@ def _day(request: web.Request, parameter: str, default: date) -> date:
         ) from None
 
 
-async def sla_report(request: web.Request) -> web.Response:
-    operations = request.app[OPERATIONS_KEY]
-    unknown = sorted(set(request.query) - {"from", "to", "format", "hours"})
+Renderer = tuple[Callable[[Any], str], str]
+
+
+def _renderer(
+    request: web.Request, parameters: set[str], formats: Mapping[str, Renderer]
+) -> Renderer:
+    """The `format` asked for (json by default), once no parameter is unknown."""
+    unknown = sorted(set(request.query) - parameters - {"format"})
     if unknown:
         raise _error(web.HTTPBadRequest, f"{unknown[0]}: no such parameter")
     output_format = request.query.get("format", "json")
-    if output_format not in FORMATS:
-        raise _error(web.HTTPBadRequest, f"format: expected one of {', '.join(FORMATS)}")
+    if output_format not in formats:
+        raise _error(web.HTTPBadRequest, f"format: expected one of {', '.join(formats)}")
+    return formats[output_format]
+
+
+async def sla_report(request: web.Request) -> web.Response:
+    operations = request.app[OPERATIONS_KEY]
+    render, content_type = _renderer(request, {"from", "to", "hours"}, FORMATS)
     now = operations.clock()
     today = business_day(now, operations.cutover)
     try:
@@ -68,11 +81,10 @@ async def sla_report(request: web.Request) -> web.Response:
         raise _error(web.HTTPBadRequest, str(exc)) from None
     except LedgerError as exc:
         raise _error(web.HTTPServiceUnavailable, f"the ledger cannot be read: {exc}") from None
-    render, content_type = FORMATS[output_format]
     return web.Response(text=render(report), content_type=content_type, charset="utf-8")
 
 
-SETTLEMENT_FORMATS = {
+SETTLEMENT_FORMATS: dict[str, tuple[Callable[[Any], str], str]] = {
     "csv": (settlement.as_csv, "text/csv"),
     "json": (settlement.as_json, "application/json"),
 }
@@ -80,12 +92,7 @@ SETTLEMENT_FORMATS = {
 
 async def settlement_report(request: web.Request) -> web.Response:
     operations = request.app[OPERATIONS_KEY]
-    unknown = sorted(set(request.query) - {"date", "format"})
-    if unknown:
-        raise _error(web.HTTPBadRequest, f"{unknown[0]}: no such parameter")
-    output_format = request.query.get("format", "json")
-    if output_format not in SETTLEMENT_FORMATS:
-        raise _error(web.HTTPBadRequest, f"format: expected one of {', '.join(SETTLEMENT_FORMATS)}")
+    render, content_type = _renderer(request, {"date"}, SETTLEMENT_FORMATS)
     if "date" not in request.query:
         raise _error(web.HTTPBadRequest, "date: required, YYYY-MM-DD")
     day = _day(request, "date", date.min)
@@ -96,7 +103,6 @@ async def settlement_report(request: web.Request) -> web.Response:
         raise _error(web.HTTPNotFound, str(exc)) from None
     except LedgerError as exc:
         raise _error(web.HTTPServiceUnavailable, f"the ledger cannot be read: {exc}") from None
-    render, content_type = SETTLEMENT_FORMATS[output_format]
     return web.Response(text=render(report), content_type=content_type, charset="utf-8")
 
 
