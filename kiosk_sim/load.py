@@ -399,13 +399,9 @@ class Kiosk:
     # cash: the day counters, and the notes of an approved withdrawal
 
     def _book(self, exchange: Exchange, booking: Booking, amount_minor: int = 0) -> None:
-        """Count what the host answered 00 under the business date of its answer (F15; from a
-        host that sends none, the kiosk's own date, from F7)."""
-        if self.cash is None:
-            return
-        transmitted = exchange.request.transmission_time or ""
-        business_date = exchange.response.get(15) or transmitted[:4]
-        self.cash.book(business_date, booking, amount_minor)
+        """Count what the host answered 00 under the business date of its answer."""
+        if self.cash is not None:
+            self.cash.book(exchange.business_date_mmdd, booking, amount_minor)
 
     async def _pay_out(
         self, card: SimCard, exchange: Exchange, amount: int, *, jam: bool = False

@@ -48,6 +48,13 @@ class Exchange:
         return self.code == "00"
 
     @property
+    def business_date_mmdd(self) -> str:
+        """The business day the host booked the request under: F15 of the answer (a request
+        sent just before the host's cutover may be booked on the next day); from a host that
+        sends none, the request's own date (F7)."""
+        return self.response.get(15) or (self.request.transmission_time or "")[:4]
+
+    @property
     def notes(self) -> list[NoteEntry]:
         """The notes the host tells the dispenser to pay (F121 of an approved withdrawal); none
         from a host that does not count this kiosk's notes. A kiosk pays out only a mix worth

@@ -29,7 +29,9 @@ from kiosk_sim.cash import (
     pay_out,
     pay_out_order,
 )
+from kiosk_sim.terminal import Exchange
 from ledger import cash as ledger_cash
+from switch.iso8583 import Message
 from switch.iso8583.elements import NoteEntry
 
 CASSETTES = (Cassette(1, 5_000, 10), Cassette(2, 2_000, 20), Cassette(3, 1_000, 30))
@@ -347,3 +349,19 @@ def test_the_end_state_check_of_the_0500s(
     results: list[Balancing], miscounting: str | None, differences: list[str]
 ) -> None:
     assert load.balancing_differences(results, miscounting) == differences
+
+
+@pytest.mark.parametrize(
+    ("answer", "booked_on"),
+    [
+        ({15: "0101", 39: "00"}, "0101"),  # sent before the host's cutover, booked after it
+        ({15: "1231", 39: "00"}, "1231"),
+        ({39: "00"}, "1231"),  # a host that sends no F15: the request's own date
+    ],
+)
+def test_a_request_counts_on_the_business_day_of_its_answer(
+    answer: dict[int, str], booked_on: str
+) -> None:
+    request = Message("0200", {7: "1231235959", 11: "000001", 4: "000000002000"})
+    exchange = Exchange(request, Message("0210", {7: "1231235959", 11: "000001", **answer}), None)
+    assert exchange.business_date_mmdd == booked_on
