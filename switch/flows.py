@@ -10,6 +10,10 @@ The deadline covers every call up to the posting; once the ledger write has star
 completion (bounded by the ledger's statement timeout), so a terminal is never told "declined"
 about money that moved. If the ledger goes away during the posting, the switch does not answer
 at all (see `PostingInDoubt`): the terminal's reversal settles it.
+
+An 0500 (terminal balancing) is read, its MAC verified, then recorded and compared by the ledger
+in one call; its 0510 says 00, or 95 with the host's figures. Every 0210 and 0430 carries the
+business day it was booked under (F15).
 """
 
 from __future__ import annotations

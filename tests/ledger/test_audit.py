@@ -341,13 +341,20 @@ async def test_policy_is_shown_and_set(
 ) -> None:
     dsn = ("--dsn", pg_cluster.owner_dsn)
     code, out = await asyncio.to_thread(_cli, "policy", *dsn)
-    assert (code, out) == (0, "pin_tries_max = 3\ncross_customer_transfers = false\n")
+    assert (code, out) == (
+        0, 'pin_tries_max = 3\ncross_customer_transfers = false\nbusiness_day_cutover = "00:00"\n'
+    )  # fmt: skip
     try:
         code, out = await asyncio.to_thread(
-            _cli, "policy", *dsn, "--pin-tries-max", "5", "--cross-customer-transfers", "yes"
+            _cli, "policy", *dsn, "--pin-tries-max", "5", "--cross-customer-transfers", "yes",
+            "--business-day-cutover", "22:30",
+        )  # fmt: skip
+        shown = (
+            'pin_tries_max = 5\ncross_customer_transfers = true\nbusiness_day_cutover = "22:30"\n'
         )
-        assert (code, out) == (0, "pin_tries_max = 5\ncross_customer_transfers = true\n")
+        assert (code, out) == (0, shown)
     finally:
         await owner_conn.execute(
-            "UPDATE ledger.policy SET pin_tries_max = 3, cross_customer_transfers = false"
+            "UPDATE ledger.policy SET pin_tries_max = 3, cross_customer_transfers = false,"
+            " business_day_cutover = '00:00'"
         )
