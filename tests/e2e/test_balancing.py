@@ -55,9 +55,12 @@ async def day_of_traffic(stack: Stack, terminal: Terminal) -> str:
     reversed_ = await terminal.send(terminal.reversal(ninety, dispensed_minor=5_000))
     assert reversed_.code == "00"
     assert (await terminal.send(terminal.balance_inquiry(pan, PIN))).code == "00"
-    # Every answer names its business day; they are all today's.
+    # Every answer names its business day, declines and refusals too: all the same day here.
+    declined = await terminal.send(terminal.withdrawal(pan, PIN, 2_500))  # no note makes it
+    refused = await terminal.send(terminal.financial("0200", {3: "011000"}))  # no PAN: 30
+    assert (declined.code, refused.code) == ("13", "30")
     day = approved.response.fields[15]
-    assert reversed_.response.fields[15] == day
+    assert {e.response.fields[15] for e in (reversed_, declined, refused)} == {day}
     return day
 
 

@@ -26,7 +26,9 @@ async def test_migrations_are_recorded_and_idempotent(owner_conn: asyncpg.Connec
     assert await migrate(owner_conn, timeout_ms=60_000) == []
     names = [r[0] for r in await owner_conn.fetch(
         "SELECT name FROM ledger.schema_migrations ORDER BY version")]  # fmt: skip
-    assert names == ["baseline", "terminal_events", "emv", "cash", "journal_without_foreign_keys"]
+    assert names == [
+        "baseline", "terminal_events", "emv", "cash", "journal_without_foreign_keys", "balancing",
+    ]  # fmt: skip
     digest = await owner_conn.fetchval("SELECT sha256 FROM ledger.schema_functions")
     assert digest == functions_sha256()
 
