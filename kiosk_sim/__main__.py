@@ -151,10 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help=(
             "chance per session of each fault, e.g. drop=0.01,garbage=0.005; faults: "
-            + ", ".join(load.FAULTS)
+            + ", ".join(load.ALL_FAULTS)
             + " (drop: hang up mid-request; no_read: stop reading; garbage: an unreadable frame;"
-            " slow: dribble the request out). The kiosk then reconnects and reverses what was"
-            " left unanswered (default: none)"
+            " slow: dribble the request out; the kiosk then reconnects and reverses what was"
+            " left unanswered. With --cash: jam, per dispense, pays part of the notes and"
+            " reverses the rest; reject, per note, diverts it to the reject bin; miscount=1"
+            " makes one kiosk report wrong counters, which the host must answer 95)"
+            " (default: none)"
+        ),
+    )
+    run.add_argument(
+        "--cash",
+        action="store_true",
+        help=(
+            "kiosks with cassettes: they dispense the notes of F121, count them, and at the end"
+            " balance every business date with an 0500 (each must be answered 00)"
         ),
     )
     run.add_argument(
@@ -266,7 +277,7 @@ async def _require_switch(host: str, port: int) -> None:
 
 async def run_load(args: argparse.Namespace, dsn: str) -> Report:
     await _require_switch(args.host, args.port)
-    population = build(args.seed, _customers(args), args.terminals, args.cards)
+    population = build(args.seed, _customers(args), args.terminals, args.cards, cash=args.cash)
     await provision(dsn, population)
     plan = load.Plan(
         terminals=args.terminals,
@@ -277,6 +288,7 @@ async def run_load(args: argparse.Namespace, dsn: str) -> Report:
         rate_per_s=args.rate,
         timeout_ms=args.timeout_ms,
         faults=load.parse_faults(args.faults),
+        balance=args.cash,
     )
 
     view = None if args.no_verify else LedgerView(dsn)
@@ -358,11 +370,24 @@ def main(argv: list[str] | None = None) -> int:
     except load.MixError as exc:
         print(f"kiosk_sim: {exc}", file=sys.stderr)
         return 2
+    if not args.cash and any(faults[name] for name in (*load.DISPENSER_FAULTS, load.MISCOUNT)):
+        print(
+            "kiosk_sim: jam, reject and miscount are faults of kiosks with --cash", file=sys.stderr
+        )
+        return 2
+    if args.cash and load.has_network_faults(faults):
+        print(
+            "kiosk_sim: --cash kiosks balance their day, which a request whose answer was lost"
+            " would unbalance (the host counts it, the kiosk cannot): leave out "
+            + ", ".join(load.FAULTS),
+            file=sys.stderr,
+        )
+        return 2
     population_error = _population_error(args)
     if population_error is not None:
         print(f"kiosk_sim: {population_error}", file=sys.stderr)
         return 2
-    if args.rate and any(faults.values()):
+    if args.rate and load.has_network_faults(faults):
         print("kiosk_sim: --faults run in closed loop (leave out --rate)", file=sys.stderr)
         return 2
     if args.report is not None and args.report.suffix == ".png":

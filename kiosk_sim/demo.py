@@ -63,6 +63,11 @@ LOAD_MIX = {
     "bad_arqc": 1,
     "fallback": 1,
 }
+# Its kiosks have cassettes; now and then a dispenser jams or rejects a note; one kiosk
+# miscounts, so that its end-of-day balancing must be caught (95).
+LOAD_FAULTS = {"jam": 0.02, "reject": 0.01, "miscount": 1}
+# The cassette the operator reloads after the scripted flows took notes from it.
+REPLENISHED_TERMINAL, REPLENISHED_CASSETTE, REPLENISHED_NOTES = "KIOSK001", 2, 400
 
 
 def demo_tmk(terminal_id: str) -> bytes:
@@ -349,8 +354,15 @@ def _arpc_note(verdict: IssuerAuthentication) -> str:
 
 async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
     """Simulated kiosks with a seeded population of their own, end state checked after."""
-    population = build(seed=2026, customers=24, terminals=LOAD_TERMINALS)
-    plan = load.Plan(terminals=LOAD_TERMINALS, seed=2026, duration_s=LOAD_SECONDS, mix=LOAD_MIX)
+    population = build(seed=2026, customers=24, terminals=LOAD_TERMINALS, cash=True)
+    plan = load.Plan(
+        terminals=LOAD_TERMINALS,
+        seed=2026,
+        duration_s=LOAD_SECONDS,
+        mix=LOAD_MIX,
+        faults=LOAD_FAULTS,
+        balance=True,
+    )
     with running_cluster(data_dir) as cluster:  # the switch's: reused, left running
         await provision(cluster.owner_dsn, population)
 
@@ -372,6 +384,19 @@ async def load_phase(port: int, data_dir: Path, say: Say) -> Report:
         )
 
 
+def end_of_day(report: Report, say: Say) -> None:
+    """Each simulated kiosk's 0500 and the host's answer; the miscounting one's must be 95 (the
+    report above lists what differs, with the host's figures)."""
+    for result in report.balancing or ():
+        verdict = "balanced" if result.balanced else "reconcile error"
+        if result.terminal_id == report.miscounting:
+            verdict += ": miscounted on purpose, caught" if not result.balanced else ": MISSED"
+        say(
+            f"  {result.terminal_id}  0500 for {result.business_date_mmdd}"
+            f" -> 0510 {result.code} {verdict}"
+        )
+
+
 async def admin_view(port: int, say: Say) -> None:
     async with aiohttp.ClientSession(headers=scrape.admin_headers()) as http:
         async with http.get(f"http://127.0.0.1:{port}/terminals") as reply:
@@ -386,6 +411,14 @@ async def admin_view(port: int, say: Say) -> None:
     request_ms = means.pop(scrape.REQUEST, 0.0)
     steps = ", ".join(f"{step} {ms:.1f}" for step, ms in means.items())
     say(f"  /metrics: mean financial request {request_ms:.1f} ms; per step (ms): {steps}")
+
+
+def replenishment(data_dir: str, say: Say) -> None:
+    """The operator reloads the cassette the scripted withdrawals took notes from."""
+    args = ["ledger", "cash", "replenish", "--terminal", REPLENISHED_TERMINAL,
+            "--cassette", str(REPLENISHED_CASSETTE), "--notes", str(REPLENISHED_NOTES),
+            "--by", "demo", "--data-dir", data_dir]  # fmt: skip
+    run_step(say, "replenish", args)
 
 
 def run_demo(say: Say = print) -> int:
@@ -427,9 +460,13 @@ def run_demo(say: Say = print) -> int:
                 asyncio.run(wait_listening(ports.switch, switch, "the switch"))
                 say("== every flow, one terminal at a time")
                 asyncio.run(scripted(ports.switch, say))
+                say("== cash: the operator replenishes a cassette")
+                replenishment(data_dir, say)
                 say(f"== load: {LOAD_TERMINALS} simulated kiosks for {LOAD_SECONDS:.0f} s")
                 report = asyncio.run(load_phase(ports.switch, Path(data_dir), say))
                 say(report.to_text())
+                say("== end of day: every kiosk balances its counters (0500 -> 0510)")
+                end_of_day(report, say)
                 say("== the operations app")
                 asyncio.run(admin_view(ports.admin, say))
         if report.differences:

@@ -14,10 +14,20 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from kiosk_sim.cash import (
+    NO_ANSWER,
+    Balancing,
+    Booking,
+    DispenserFaults,
+    KioskCash,
+    MixNotHeld,
+    balancing_of,
+    draw_mishaps,
+)
 from kiosk_sim.chip import AtcExhausted, ChipCard, Cryptogram
 from kiosk_sim.client import SwitchConnectionClosed, TerminalClient
 from kiosk_sim.epp import Epp
@@ -32,6 +42,7 @@ from kiosk_sim.population import (
 from kiosk_sim.report import Report
 from kiosk_sim.terminal import Exchange, Terminal
 from switch.iso8583 import Message
+from switch.iso8583.elements import ElementFormatError
 
 SESSIONS = (
     "balance",
@@ -59,6 +70,13 @@ AMOUNTS_MINOR = (2_000, 5_000, 10_000)
 REVERSAL_ATTEMPTS_MAX = 20
 # Faults a kiosk can inject instead of sending a session's first request normally.
 FAULTS = ("drop", "no_read", "garbage", "slow")
+# Faults of a kiosk's dispenser (kiosks with cash): per dispense, a jam that pays part of the
+# notes; per note, a note diverted to the reject bin.
+DISPENSER_FAULTS = ("jam", "reject")
+# A fault of the whole run, on (1) or off (0): one kiosk, chosen by the seed, reports wrong
+# cassette counters in its 0500s, which the host must answer 95.
+MISCOUNT = "miscount"
+ALL_FAULTS = (*FAULTS, *DISPENSER_FAULTS, MISCOUNT)
 SLOW_WRITE_DELAY_S = 0.002
 SLOW_WRITE_CHUNK_BYTES = 7
 NO_READ_PAUSE_S = 0.05
@@ -69,12 +87,13 @@ GARBAGE_FRAME = b"\x00\x06\x00\xffjunk"  # a whole frame whose MTI cannot be rea
 
 
 def parse_faults(text: str) -> dict[str, float]:
-    """`drop=0.01,garbage=0.005` → the chance per session of each fault."""
-    faults = dict.fromkeys(FAULTS, 0.0)
+    """`drop=0.01,garbage=0.005` → the chance per session of each fault (per dispense for a
+    jam, per note for a reject; `miscount=1`: one kiosk miscounts)."""
+    faults = dict.fromkeys(ALL_FAULTS, 0.0)
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, chance = part.partition("=")
         if name not in faults:
-            raise MixError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+            raise MixError(f"unknown fault {name!r}; known: {', '.join(ALL_FAULTS)}")
         try:
             faults[name] = float(chance)
         except ValueError:
@@ -83,7 +102,13 @@ def parse_faults(text: str) -> dict[str, float]:
             ) from None
         if not 0 <= faults[name] <= 1:
             raise MixError(f"chance of {name!r} must be from 0 to 1, got {chance}")
+    if faults[MISCOUNT] not in (0, 1):
+        raise MixError(f"{MISCOUNT} is 1 (one kiosk miscounts) or 0, got {faults[MISCOUNT]:g}")
     return faults
+
+
+def has_network_faults(faults: Mapping[str, float]) -> bool:
+    return any(faults.get(name) for name in FAULTS)
 
 
 class MixError(ValueError):
@@ -127,12 +152,22 @@ class Plan:
     rate_per_s: float | None = None  # open loop: sessions per second across all terminals
     timeout_ms: int = 5_000
     faults: Mapping[str, float] = field(default_factory=dict)
+    # At the end, each kiosk with cash sends an 0500 per business date it counted, and the
+    # end-state check expects every one balanced (but the miscounting kiosk's: 95).
+    balance: bool = False
 
     def __post_init__(self) -> None:
         assert self.terminals > 0, "at least one terminal"
         # A fault reconnects its kiosk, which would cut the other sessions an open-loop kiosk
         # has in flight on the same connection.
-        assert not (self.rate_per_s and any(self.faults.values())), "faults run in closed loop"
+        assert not (self.rate_per_s and has_network_faults(self.faults)), (
+            "faults run in closed loop"
+        )
+        # A request whose answer was lost is counted by the host, not by the kiosk (the
+        # contract counts what the kiosk was answered 00): such a day cannot balance.
+        assert not (self.balance and has_network_faults(self.faults)), (
+            "balancing runs without network faults"
+        )
         assert self.duration_s is not None or self.count is not None, "a duration or a count"
 
 
@@ -194,14 +229,22 @@ class Kiosk:
         address: tuple[str, int],
         faults: Mapping[str, float],
         chips: Mapping[str, ChipCard],
+        cash: KioskCash | None = None,
+        dispenser_rng: random.Random | None = None,
     ) -> None:
         self.terminal, self.cards, self.report, self.model = terminal, cards, report, model
         self.rng = rng
         self.chips = chips  # the population's: each chip is its own card's, at this kiosk only
+        # The population's, for this terminal: its cassettes and day counters (None: the host
+        # counts no notes here, and the kiosk keeps no cash of its own).
+        self.cash = cash
         self._address = address
         self._faults = faults
         self._fault_rng = random.Random(rng.random())
         self._fault_due: str | None = None
+        self._dispenser = DispenserFaults(faults.get("jam", 0.0), faults.get("reject", 0.0))
+        # Its own generator, so jams and rejects leave the sessions' draws as they were.
+        self._dispenser_rng = dispenser_rng or random.Random(f"dispenser {terminal.terminal_id}")
 
     async def idle_until(self, moment: float) -> None:
         """Wait for `moment` (perf_counter); echo every ECHO_IDLE_S meanwhile, as a kiosk does
@@ -349,7 +392,84 @@ class Kiosk:
         await handler(card, started)
 
     async def _balance(self, card: SimCard, started: float | None) -> None:
-        await self.send(self.terminal.balance_inquiry(card.pan, card.pin), started)
+        exchange = await self.send(self.terminal.balance_inquiry(card.pan, card.pin), started)
+        if exchange is not None and exchange.approved:
+            self._book(exchange, Booking.INQUIRY)
+
+    # cash: the day counters, and the notes of an approved withdrawal
+
+    def _book(self, exchange: Exchange, booking: Booking, amount_minor: int = 0) -> None:
+        """Count what the host answered 00 under the business date of its answer."""
+        if self.cash is not None:
+            self.cash.book(exchange.business_date_mmdd, booking, amount_minor)
+
+    async def _pay_out(
+        self, card: SimCard, exchange: Exchange, amount: int, *, jam: bool = False
+    ) -> None:
+        """The notes of an approved withdrawal come out of the cassettes (F121). A jam, or a
+        cassette its rejects emptied, pays part: the kiosk reverses the rest, with F95 saying
+        what came out. A mix it cannot pay, it pays none of, and reverses the whole amount. A
+        kiosk without cash pays out nothing the host counts."""
+        if self.cash is None:
+            return
+        try:
+            notes = exchange.notes
+            if not notes:
+                raise MixNotHeld("no note mix (F121) in the approval")
+            mishaps = draw_mishaps(
+                self._dispenser_rng,
+                sum(entry.notes for entry in notes),
+                self._dispenser,
+                force_jam=jam,
+            )
+            dispensed = self.cash.dispense(notes, mishaps)
+        except (ElementFormatError, MixNotHeld):
+            self.report.record_error("note_mix_refused", at_s=time.perf_counter())
+            await self._reverse(card, exchange.request, amount)
+            return
+        self.report.cash["notes_rejected"] += len(mishaps.rejects)
+        if dispensed.complete:
+            return
+        self.report.cash["partial_dispenses"] += 1
+        if mishaps.jam_after is not None and not jam:
+            self.report.record_error("fault_jam", at_s=time.perf_counter())
+        # Nothing came out: the whole amount goes back (F95 only says what part did).
+        dispensed_minor = dispensed.dispensed_minor or None
+        await self._reverse(card, exchange.request, amount, dispensed_minor=dispensed_minor)
+
+    async def _reverse(
+        self, card: SimCard, request: Message, amount: int, *, dispensed_minor: int | None = None
+    ) -> None:
+        """An 0420 for an approved withdrawal: all of it, or the part not dispensed."""
+        answer = await self.send(self.terminal.reversal(request, dispensed_minor=dispensed_minor))
+        if answer is not None and answer.approved:
+            given_back = amount - (dispensed_minor or 0)
+            self.model.deltas[card.checking] += given_back
+            self._book(answer, Booking.DEBIT_REVERSAL, given_back)
+
+    async def balance(self, *, miscount: bool) -> list[Balancing]:
+        """An 0500 per business date counted; what the host answered to each."""
+        assert self.cash is not None
+        results = []
+        for fields in self.cash.balancing_requests(self.terminal.today(), miscount=miscount):
+            request = self.terminal.financial("0500", fields)
+            try:
+                exchange = await self.terminal.send(request)
+            except (TimeoutError, SwitchConnectionClosed):
+                self.report.record_error("balancing_unanswered", at_s=time.perf_counter())
+                results.append(Balancing(self.terminal.terminal_id, fields[15], NO_ANSWER))
+                continue
+            if exchange.response_mac_ok is False:
+                self.report.record_error("response_mac_wrong", at_s=time.perf_counter())
+            results.append(
+                balancing_of(
+                    self.terminal.terminal_id,
+                    request.fields,
+                    exchange.response.fields,
+                    exchange.code,
+                )
+            )
+        return results
 
     async def _withdraw(
         self, card: SimCard, started: float | None
@@ -358,11 +478,17 @@ class Kiosk:
         request = self.terminal.withdrawal(card.pan, card.pin, amount)
         exchange = await self.send(request, started)
         if exchange is not None and exchange.approved:
-            self.model.deltas[card.checking] -= amount
+            self._debited(card, exchange, amount)
         return request, exchange, amount
 
+    def _debited(self, card: SimCard, exchange: Exchange, amount: int) -> None:
+        self.model.deltas[card.checking] -= amount
+        self._book(exchange, Booking.DEBIT, amount)
+
     async def _withdrawal(self, card: SimCard, started: float | None) -> None:
-        await self._withdraw(card, started)
+        _request, exchange, amount = await self._withdraw(card, started)
+        if exchange is not None and exchange.approved:
+            await self._pay_out(card, exchange, amount)
 
     async def _transfer(self, card: SimCard, started: float | None) -> None:
         amount = self.rng.choice(AMOUNTS_MINOR)
@@ -373,6 +499,7 @@ class Kiosk:
         if exchange is not None and exchange.approved:
             self.model.deltas[card.checking] -= amount
             self.model.deltas[card.savings] += amount
+            self._book(exchange, Booking.TRANSFER)
 
     async def _wrong_pin(self, card: SimCard, started: float | None) -> None:
         """A mistyped PIN, then the right one (which resets the card's try counter)."""
@@ -381,18 +508,19 @@ class Kiosk:
         await self._balance(card, None)
 
     async def _partial(self, card: SimCard, started: float | None) -> None:
-        """The dispenser jams part-way: an 0420 with F95 says what came out."""
+        """The dispenser jams part-way: an 0420 with F95 says what came out (a kiosk with
+        cash: the notes its jam let out; without: half the amount)."""
         request, exchange, amount = await self._withdraw(card, started)
         if exchange is None or not exchange.approved:
             return
-        dispensed = amount // 2
-        answer = await self.send(self.terminal.reversal(request, dispensed_minor=dispensed))
-        if answer is not None and answer.approved:
-            self.model.deltas[card.checking] += amount - dispensed
+        if self.cash is not None:
+            await self._pay_out(card, exchange, amount, jam=True)
+            return
+        await self._reverse(card, request, amount, dispensed_minor=amount // 2)
 
     async def _duplicate(self, card: SimCard, started: float | None) -> None:
         """The same 0200 sent twice: the switch answers the repeat from its store."""
-        request, first, _amount = await self._withdraw(card, started)
+        request, first, amount = await self._withdraw(card, started)
         again = await self.send(request)
         if (
             first is not None
@@ -402,15 +530,16 @@ class Kiosk:
             self.model.unresolved.append(
                 f"{self.terminal.terminal_id} STAN {request.stan}: repeat answered differently"
             )
+        # One request, so one dispense whatever the answers (the repeat moved no notes).
+        if first is not None and first.approved:
+            await self._pay_out(card, first, amount)
 
     async def _reversal(self, card: SimCard, started: float | None) -> None:
         """The customer cancels after approval: the whole amount goes back."""
         request, exchange, amount = await self._withdraw(card, started)
         if exchange is None or not exchange.approved:
             return
-        answer = await self.send(self.terminal.reversal(request))
-        if answer is not None and answer.approved:
-            self.model.deltas[card.checking] += amount
+        await self._reverse(card, request, amount)
 
     # chip cards: the card's twin, read by its chip (F55) or by its stripe (fallback)
 
@@ -433,10 +562,16 @@ class Kiosk:
         if exchange is None or not exchange.approved:
             return None
         if chip.authenticate_issuer(cryptogram, exchange.response.get(55)).approve:
-            self.model.deltas[card.checking] -= amount
+            self._debited(card, exchange, amount)
+            await self._pay_out(card, exchange, amount)
             return cryptogram
         self.report.record_error("arpc_failed", at_s=time.perf_counter())
-        await self.send(self.terminal.chip_reversal(request, chip.decline(cryptogram)))
+        # The host approved (and counted) it; the card's decline reverses all of it.
+        self._book(exchange, Booking.DEBIT, amount)
+        reversal = self.terminal.chip_reversal(request, chip.decline(cryptogram))
+        answer = await self.send(reversal)
+        if answer is not None and answer.approved:
+            self._book(answer, Booking.DEBIT_REVERSAL, amount)
         return None
 
     async def _chip_replay(self, card: SimCard, started: float | None) -> None:
@@ -449,7 +584,7 @@ class Kiosk:
         amount = self.rng.choice(AMOUNTS_MINOR)
         replayed = chip.cryptogram_at(approved.atc, self.terminal.terminal_data(amount))
         exchange = await self.send(self.terminal.chip_withdrawal(replayed, card.pin, amount))
-        self._must_not_approve(exchange, card, amount, "a replayed ATC")
+        await self._must_not_approve(exchange, card, amount, "a replayed ATC")
 
     async def _bad_arqc(self, card: SimCard, started: float | None) -> None:
         """A chip request whose ARQC is not the card's (one bit changed): it must be declined."""
@@ -462,7 +597,7 @@ class Kiosk:
             return
         forged = cryptogram.with_arqc(bytes([cryptogram.arqc[0] ^ 1]) + cryptogram.arqc[1:])
         exchange = await self.send(self.terminal.chip_withdrawal(forged, card.pin, amount), started)
-        self._must_not_approve(exchange, card, amount, "a forged ARQC")
+        await self._must_not_approve(exchange, card, amount, "a forged ARQC")
 
     async def _fallback(self, card: SimCard, started: float | None) -> None:
         """The chip card read by its stripe: approved only where its profile allows fallback."""
@@ -480,16 +615,18 @@ class Kiosk:
                 " whose profile allows it"
             )
         if exchange.approved:
-            self.model.deltas[card.checking] -= amount
+            self._debited(card, exchange, amount)
             if not chip.fallback_allowed:
                 self._unexpected_approval(request, "a fallback the card's profile refuses")
+            await self._pay_out(card, exchange, amount)
 
-    def _must_not_approve(
+    async def _must_not_approve(
         self, exchange: Exchange | None, card: SimCard, amount: int, what: str
     ) -> None:
         if exchange is not None and exchange.approved:
-            self.model.deltas[card.checking] -= amount  # the money did move
+            self._debited(card, exchange, amount)  # the money (and the notes) did move
             self._unexpected_approval(exchange.request, what)
+            await self._pay_out(card, exchange, amount)
 
     def _unexpected_approval(self, request: Message, what: str) -> None:
         self.model.unresolved.append(
@@ -517,6 +654,7 @@ async def start_kiosk(
     model: Model,
     seed: int,
     chips: Mapping[str, ChipCard],
+    cash: KioskCash | None = None,
 ) -> Kiosk:
     host, port = address
     client = await TerminalClient.connect(host, port, timeout_ms=plan.timeout_ms)
@@ -536,7 +674,16 @@ async def start_kiosk(
             report.errors[f"{step}_declined"] += 1
             raise SignOnDeclined(sim.terminal_id, step, exchange.code, report)
     return Kiosk(
-        terminal, cards, report, model, rng, address=address, faults=plan.faults, chips=chips
+        terminal,
+        cards,
+        report,
+        model,
+        rng,
+        address=address,
+        faults=plan.faults,
+        chips=chips,
+        cash=cash,
+        dispenser_rng=random.Random(f"dispenser {seed}"),
     )
 
 
@@ -599,6 +746,11 @@ async def run(
     model = Model()
     before = await ledger.balances(population.accounts) if ledger else None
     sims = population.terminals[: plan.terminals]
+    assert not plan.balance or all(s.terminal_id in population.cash for s in sims), (
+        "balancing needs kiosks with cash: build(..., cash=True), then provision"
+    )
+    miscounting = _miscounting(plan, sims)
+    report.miscounting = miscounting
     kiosks: list[Kiosk] = []
     try:
         for i, sim in enumerate(sims):
@@ -612,6 +764,7 @@ async def run(
                     model=model,
                     seed=plan.seed * 7919 + i,
                     chips=population.chips,
+                    cash=population.cash.get(sim.terminal_id),
                 )
             )
     except SignOnDeclined:
@@ -640,6 +793,8 @@ async def run(
     reporter = asyncio.ensure_future(_report_progress(report, progress)) if progress else None
     try:
         await asyncio.gather(*drivers)
+        if plan.balance:
+            report.balancing = await _balance(kiosks, miscounting)
     finally:
         report.end(at_s=time.perf_counter())
         if reporter is not None:
@@ -653,7 +808,39 @@ async def run(
             f"{currency}: accounts sum to {total}, not 0" for currency, total in unconserved.items()
         ]
         report.discrepancies = model.discrepancies(before, after)
+        if report.balancing is not None:
+            report.differences += balancing_differences(report.balancing, miscounting)
     return report
+
+
+def _miscounting(plan: Plan, sims: Sequence[SimTerminal]) -> str | None:
+    """The terminal that miscounts, chosen by the seed, when the run has that fault."""
+    if not plan.faults.get(MISCOUNT):
+        return None
+    return random.Random(f"miscount {plan.seed}").choice(sims).terminal_id
+
+
+async def _balance(kiosks: Sequence[Kiosk], miscounting: str | None) -> list[Balancing]:
+    """Every kiosk with cash balances its days, one after the other (as at a cutover)."""
+    results: list[Balancing] = []
+    for kiosk in kiosks:
+        if kiosk.cash is not None:
+            miscount = kiosk.terminal.terminal_id == miscounting
+            results += await kiosk.balance(miscount=miscount)
+    return results
+
+
+def balancing_differences(results: Sequence[Balancing], miscounting: str | None) -> list[str]:
+    """The end-state check of the 0500s: every kiosk's days balance (00), but those of the one
+    that miscounts, which must each be answered 95 (and it must have sent one)."""
+    found = []
+    for result in results:
+        expected = "95" if result.terminal_id == miscounting else "00"
+        if result.code != expected:
+            found.append(f"0500 {result.describe()}: expected {expected}")
+    if miscounting is not None and not any(r.terminal_id == miscounting for r in results):
+        found.append(f"0500: {miscounting} miscounts but sent no 0500 (it counted nothing)")
+    return found
 
 
 async def _report_progress(report: Report, progress: Callable[[Report, float], None]) -> None:

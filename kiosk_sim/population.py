@@ -27,6 +27,7 @@ from hsm.api import Ibm3624Method
 from hsm.devkeys import DevKeys, make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
 from hsm.local import LocalHSM
+from kiosk_sim.cash import Cassette, KioskCash
 from kiosk_sim.chip import CVNS, ChipCard, ChipProfile
 from ledger.fixtures import load_fixtures
 from ledger.migrations import require_current
@@ -38,6 +39,16 @@ OPENING_MINOR = 10_000_000  # EUR 100,000.00 per account: load runs decline on l
 CUSTOMER_ID_BASE = 100_000
 CONNECT_WITHIN_S = 60.0
 
+
+# Each kiosk's cassettes when the population counts cash (`build(..., cash=True)`): the notes
+# the load generator's amounts (20, 50, 100) are made of, enough for long runs.
+SIM_CASSETTES: tuple[Cassette, ...] = (
+    Cassette(1, 5_000, 5_000),
+    Cassette(2, 2_000, 5_000),
+    Cassette(3, 1_000, 5_000),
+)
+SIM_CURRENCY, SIM_CURRENCY_NUMERIC = "EUR", "978"
+LOW_NOTES_PER_LOADED = 10  # a cassette is low at a tenth of its load
 
 CHIP_PSN = "01"
 CHIP_EXPIRY_YYMM = "3012"
@@ -79,6 +90,11 @@ class Population:
     terminals: tuple[SimTerminal, ...]
     # The chip cards by PAN, with their counters: state, shared by every run of the population.
     chips: Mapping[str, ChipCard] = field(default_factory=dict, compare=False)
+    # The cassettes each terminal is provisioned with; none: the host counts no notes.
+    cassettes: tuple[Cassette, ...] = ()
+    # Each kiosk's cash by terminal id, as it counts it (filled in by `provision`): state, like
+    # the chips', so the next run of the population goes on from the last one's counters.
+    cash: dict[str, KioskCash] = field(default_factory=dict, compare=False)
 
     @property
     def accounts(self) -> tuple[str, ...]:
@@ -90,8 +106,13 @@ CUSTOMERS_MAX = 9_999  # ids of one seed stay in their own range of 10,000
 CARDS_PER_CUSTOMER_MAX = 10
 
 
-def build(seed: int, customers: int, terminals: int, cards: int | None = None) -> Population:
+def build(
+    seed: int, customers: int, terminals: int, cards: int | None = None, *, cash: bool = False
+) -> Population:
     """The population for `seed`; ids are offset by the seed so runs can share a database.
+
+    `cash`: every terminal has the cassettes of SIM_CASSETTES, its kiosk dispenses their notes
+    and counts them (without: terminals whose notes the host does not count, as before).
 
     `cards` (default one per customer): the first card of each customer comes first, then the
     others in turn; a customer's other cards draw on the same accounts (a joint account), and
@@ -119,7 +140,8 @@ def build(seed: int, customers: int, terminals: int, cards: int | None = None) -
         keys = make_dev_keys(LMK, seed=f"sim {seed} {terminal_id}".encode())
         sims.append(SimTerminal(terminal_id, bytes.fromhex(keys.tmk_clear_hex)))
     chips = {card.chip.pan: ChipCard(card.chip.profile) for card in sim_cards}
-    return Population(seed, tuple(sim_cards), tuple(sims), chips)
+    cassettes = SIM_CASSETTES if cash else ()
+    return Population(seed, tuple(sim_cards), tuple(sims), chips, cassettes)
 
 
 def _bank_keys(seed: int) -> DevKeys:
@@ -187,11 +209,28 @@ async def fixtures(population: Population) -> dict[str, Any]:
             {
                 "id": terminal.terminal_id,
                 "location": "simulated",
-                "currency": "EUR",
+                "currency": SIM_CURRENCY,
                 "tmk": stored.tmk.to_text(),
+                **_cassette_fixtures(population.cassettes),
             }
         )
     return {"customers": list(customers.values()), "terminals": terminals}
+
+
+def _cassette_fixtures(cassettes: tuple[Cassette, ...]) -> dict[str, Any]:
+    if not cassettes:
+        return {}
+    return {
+        "cassettes": [
+            {
+                "cassette": c.slot,
+                "denomination_minor": c.denomination_minor,
+                "notes": c.loaded,
+                "low_notes": c.loaded // LOW_NOTES_PER_LOADED,
+            }
+            for c in cassettes
+        ]
+    }
 
 
 async def provision(owner_dsn: str, population: Population, *, timeout_ms: int = 120_000) -> None:
@@ -203,6 +242,8 @@ async def provision(owner_dsn: str, population: Population, *, timeout_ms: int =
         key = pan_hash_key_from_env()
         await load_fixtures(conn, data, pan_hash_key=key, timeout_ms=timeout_ms)
         await _resume_counters(conn, population, key, timeout_ms=timeout_ms)
+        if population.cassettes:
+            await _resume_cash(conn, population, timeout_ms=timeout_ms)
     finally:
         await conn.close()
 
@@ -221,6 +262,35 @@ async def _resume_counters(
     for row in rows:
         chip = hashes[bytes(row["pan_hash"])]
         chip.last_atc = max(chip.last_atc, row["emv_last_atc"])
+
+
+async def _resume_cash(
+    conn: asyncpg.Connection, population: Population, *, timeout_ms: int
+) -> None:
+    """A kiosk the population has no counters for yet starts from its cassettes as the ledger
+    has them (an earlier run of the same seed may have dispensed from them); one it has keeps
+    its own, as a real kiosk's counters are its own."""
+    new = [t.terminal_id for t in population.terminals if t.terminal_id not in population.cash]
+    rows = await conn.fetch(
+        "SELECT terminal_id, cassette_no, denomination_minor, loaded_notes, dispensed_notes,"
+        " rejected_notes FROM ledger.cassettes WHERE terminal_id = ANY($1::text[])"
+        " ORDER BY terminal_id, cassette_no",
+        new,
+        timeout=timeout_ms / 1000,
+    )
+    held: dict[str, list[Cassette]] = {}
+    for row in rows:
+        held.setdefault(row["terminal_id"], []).append(
+            Cassette(
+                row["cassette_no"],
+                row["denomination_minor"],
+                row["loaded_notes"],
+                row["dispensed_notes"],
+                row["rejected_notes"],
+            )
+        )
+    for terminal_id, cassettes in held.items():
+        population.cash[terminal_id] = KioskCash(cassettes, SIM_CURRENCY_NUMERIC)
 
 
 class LedgerView:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from kiosk_sim.cash import Balancing
 from kiosk_sim.histogram import Histogram
 
 PERCENTILES: tuple[float, ...] = (50, 90, 99, 99.9)
@@ -147,6 +148,12 @@ class Report:
     differences: list[str] | None = None
     # Per account: the ledger's balance minus the model's (only accounts that differ).
     discrepancies: dict[str, int] | None = None
+    # Kiosks with cash: partial dispenses (jams, and cassettes their rejects emptied) and notes
+    # rejected.
+    cash: collections.Counter[str] = field(default_factory=collections.Counter)
+    # The 0500s sent at the end of the run and their answers; None when it did not balance.
+    balancing: list[Balancing] | None = None
+    miscounting: str | None = None  # the kiosk that reports wrong counters on purpose
 
     def begin(self, *, at_s: float, at: datetime) -> None:
         """The run starts at `at_s` on the run clock, which is `at` on the wall (UTC)."""
@@ -224,6 +231,9 @@ class Report:
             seconds=seconds,
             seconds_dropped=seconds_dropped,
             differences=None if self.differences is None else tuple(self.differences),
+            cash=tuple(sorted(self.cash.items())),
+            balancing=None if self.balancing is None else tuple(self.balancing),
+            miscounting=self.miscounting,
         )
 
     def to_text(self) -> str:
@@ -253,6 +263,9 @@ class Summary:
     seconds: tuple[SecondFigures, ...]
     seconds_dropped: int
     differences: tuple[str, ...] | None
+    cash: tuple[tuple[str, int], ...] = ()
+    balancing: tuple[Balancing, ...] | None = None
+    miscounting: str | None = None
     chart: Chart | None = None  # set once a chart was drawn (or skipped) beside a written report
 
     @property
@@ -289,9 +302,26 @@ class Summary:
             rows.append(("echoes", f"{self.idle_echoes} (idle kiosks keeping their connection)"))
         if self.chart is not None:
             rows.append(("chart", self.chart.describe()))
+        if self.cash:
+            rows.append(("cash", ", ".join(f"{name} {n}" for name, n in self.cash)))
+        if self.balancing is not None:
+            rows.append(("balancing", self._balancing()))
         if self.differences is not None:
             rows.append(("end state", f"{len(self.differences)} differences"))
         return rows
+
+    def _balancing(self) -> str:
+        balanced = sum(1 for result in self.balancing or () if result.balanced)
+        kiosks = len({result.terminal_id for result in self.balancing or ()})
+        sent = len(self.balancing or ())
+        line = f"{sent} 0500s from {kiosks} kiosks: {balanced} balanced (00), {sent - balanced} not"
+        if self.miscounting is not None:
+            line += f"; {self.miscounting} miscounts on purpose"
+        return line
+
+    def _imbalances(self) -> list[str]:
+        """Each 0500 not balanced, with the fields that differ and the host's figures."""
+        return [result.describe() for result in self.balancing or () if not result.balanced]
 
     def _answered(self) -> str:
         return (
@@ -332,12 +362,16 @@ class Summary:
 
     def text(self) -> str:
         lines = [f"{label:<9} {value}" for label, value in self.rows()]
+        lines += [f"  0510 {imbalance}" for imbalance in self._imbalances()]
         lines += [f"  - {difference}" for difference in self._differences_shown()]
         return "\n".join(lines)
 
     def markdown(self) -> str:
         lines = ["| figure | value |", "|---|---|"]
         lines += [f"| {label} | {value} |" for label, value in self.rows()]
+        imbalances = self._imbalances()
+        if imbalances:
+            lines += ["", "Not balanced (0510):", "", *(f"- {line}" for line in imbalances)]
         shown = self._differences_shown()
         if shown:
             lines += ["", *(f"- {difference}" for difference in shown)]
@@ -374,12 +408,31 @@ class Summary:
             "chart": None
             if self.chart is None
             else {"file_name": self.chart.file_name, "skipped_because": self.chart.skipped_because},
+            "cash": dict(self.cash),
+            "balancing": None
+            if self.balancing is None
+            else {
+                "miscounting": self.miscounting,
+                "results": [_balancing_as_dict(result) for result in self.balancing],
+            },
             "end_state_differences": None if self.differences is None else len(self.differences),
             "end_state_details": None if self.differences is None else list(self.differences),
         }
 
     def json(self) -> str:
         return json.dumps(self.as_dict(), indent=2)
+
+
+def _balancing_as_dict(result: Balancing) -> dict[str, object]:
+    return {
+        "terminal_id": result.terminal_id,
+        "business_date": result.business_date_mmdd,
+        "code": result.code,
+        "differences": [
+            {"field": name, "terminal": ours, "host": host}
+            for name, ours, host in result.differences
+        ],
+    }
 
 
 def _second_as_dict(second: SecondFigures) -> dict[str, object]:

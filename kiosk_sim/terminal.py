@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from kiosk_sim.chip import Cryptogram, TerminalData
 from kiosk_sim.client import TerminalClient, network_request, transmission_time
@@ -46,6 +46,13 @@ class Exchange:
     @property
     def approved(self) -> bool:
         return self.code == "00"
+
+    @property
+    def business_date_mmdd(self) -> str:
+        """The business day the host booked the request under: F15 of the answer (a request
+        sent just before the host's cutover may be booked on the next day); from a host that
+        sends none, the request's own date (F7)."""
+        return self.response.get(15) or (self.request.transmission_time or "")[:4]
 
     @property
     def notes(self) -> list[NoteEntry]:
@@ -87,6 +94,10 @@ class Terminal:
         self.timeout_ms = timeout_ms
         self._stan = rng.randrange(1, 999_999)
         self._dukpt_counter = 0
+
+    def today(self) -> date:
+        """The kiosk's own date (UTC), on its injected clock."""
+        return self._clock().date()
 
     def next_stan(self) -> str:
         self._stan = self._stan % 999_999 + 1

@@ -11,6 +11,7 @@ import pytest
 
 from kiosk_sim import scrape
 from kiosk_sim.__main__ import main, show_progress, write_report
+from kiosk_sim.cash import Balancing
 from kiosk_sim.report import Report, SecondFigures, Series
 
 START = datetime(2026, 11, 30, 23, 57, 1, 250_000, tzinfo=UTC)
@@ -390,3 +391,41 @@ switch_connections 3
         "read_call_ms": 20.0,
         "read_batch": 10.0,
     }
+
+
+def test_balancing_and_cash_in_every_format() -> None:
+    report = sample()
+    report.cash.update({"partial_dispenses": 3, "notes_rejected": 2})
+    imbalance = Balancing("S0070002", "1201", "95", (("F124 slot 1 dispensed", "41", "40"),))
+    report.balancing = [Balancing("S0070001", "1201", "00"), imbalance]
+    report.miscounting = "S0070002"
+    summary = report.summary()
+    balancing = "2 0500s from 2 kiosks: 1 balanced (00), 1 not; S0070002 miscounts on purpose"
+    shown = "S0070002 1201: 95 F124 slot 1 dispensed 41 (host 40)"
+    text = summary.text()
+    assert f"balancing {balancing}" in text
+    assert f"  0510 {shown}" in text
+    assert "cash      notes_rejected 2, partial_dispenses 3" in text
+    markdown = summary.markdown()
+    assert f"| balancing | {balancing} |" in markdown
+    assert f"- {shown}" in markdown
+    data = json.loads(summary.json())
+    assert data["cash"] == {"notes_rejected": 2, "partial_dispenses": 3}
+    assert data["balancing"] == {
+        "miscounting": "S0070002",
+        "results": [
+            {"terminal_id": "S0070001", "business_date": "1201", "code": "00", "differences": []},
+            {
+                "terminal_id": "S0070002",
+                "business_date": "1201",
+                "code": "95",
+                "differences": [{"field": "F124 slot 1 dispensed", "terminal": "41", "host": "40"}],
+            },
+        ],
+    }
+
+
+def test_a_run_that_did_not_balance_says_nothing_of_it() -> None:
+    data = sample().summary().as_dict()
+    assert (data["balancing"], data["cash"]) == (None, {})
+    assert "balancing" not in sample().to_text()
