@@ -15,7 +15,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 import asyncpg
@@ -415,14 +415,21 @@ async def _require_same_policy(
     decisions refused, so it does not start."""
     row = await conn.fetchrow("SELECT * FROM ledger.current_policy()", timeout=timeout_ms / 1000)
     assert row is not None
-    ours = (settings.pin_tries_max, settings.cross_customer_transfers)
-    theirs = (row["pin_tries_max"], row["cross_customer_transfers"])
+    names = ("pin_tries_max", "cross_customer_transfers", "business_day_cutover")
+    ours = [getattr(settings, name) for name in names]
+    theirs = [row[name] for name in names]
     if ours != theirs:
         raise LedgerError(
-            f"the ledger's policy (pin_tries_max = {theirs[0]}, cross_customer_transfers ="
-            f" {str(theirs[1]).lower()}) differs from the switch's settings ({ours[0]},"
-            f" {str(ours[1]).lower()}): set them alike (`python -m ledger policy`)"
+            f"the ledger's policy ({_policy_text(names, theirs)}) differs from the switch's"
+            f" settings ({_policy_text(names, ours)}): set them alike (`python -m ledger policy`)"
         )
+
+
+def _policy_text(names: Sequence[str], values: Sequence[object]) -> str:
+    shown = (
+        f"{value:%H:%M}" if isinstance(value, time) else str(value).lower() for value in values
+    )
+    return ", ".join(f"{name} = {text}" for name, text in zip(names, shown, strict=True))
 
 
 async def open_store(

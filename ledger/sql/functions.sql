@@ -857,11 +857,15 @@ BEGIN
 END $$;
 
 -- The rules the database enforces, so the switch can refuse to start with others.
+-- Its result grew (the cutover, 0007): a changed result type needs the old function gone first.
+DROP FUNCTION IF EXISTS ledger.current_policy();
 CREATE OR REPLACE FUNCTION ledger.current_policy(OUT pin_tries_max integer,
-                                                 OUT cross_customer_transfers boolean)
+                                                 OUT cross_customer_transfers boolean,
+                                                 OUT business_day_cutover time)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  SELECT p.pin_tries_max, p.cross_customer_transfers INTO pin_tries_max, cross_customer_transfers
+  SELECT p.pin_tries_max, p.cross_customer_transfers, p.business_day_cutover
+    INTO pin_tries_max, cross_customer_transfers, business_day_cutover
     FROM ledger.policy p;
 END $$;
 

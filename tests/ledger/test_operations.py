@@ -162,6 +162,9 @@ async def test_business_day_cutover(
     ledger_settings: LedgerSettings, owner_conn: asyncpg.Connection
 ) -> None:
     settings = replace(ledger_settings, business_day_cutover=time(22, 0))
+    # The ledger's policy and the switch's settings agree, or the store does not open; set back
+    # after the test (the cluster is shared).
+    await owner_conn.execute("UPDATE ledger.policy SET business_day_cutover = '22:00'")
     store = await open_store(settings, timeout_ms=TIMEOUT_MS)
     try:
         world = World()
@@ -175,6 +178,7 @@ async def test_business_day_cutover(
         assert limited.outcome is Outcome.EXCEEDS_FREQUENCY_LIMIT
     finally:
         await store.close()
+        await owner_conn.execute("UPDATE ledger.policy SET business_day_cutover = '00:00'")
 
 
 async def test_pin_tries_block_the_card(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import time
 from pathlib import Path
 
 import asyncpg
@@ -98,8 +99,18 @@ async def test_functions_older_than_the_code_are_refused(
 async def test_a_switch_deciding_by_another_policy_does_not_start(
     ledger_settings: LedgerSettings,
 ) -> None:
-    with pytest.raises(LedgerError, match=r"pin_tries_max = 3.*differs from the switch's settings"):
-        await open_store(replace(ledger_settings, pin_tries_max=5), timeout_ms=10_000)
+    for differing, expected in [
+        (replace(ledger_settings, pin_tries_max=5), "pin_tries_max = 5"),
+        (replace(ledger_settings, business_day_cutover=time(22, 0)), "cutover = 22:00"),
+    ]:
+        with pytest.raises(LedgerError) as refused:
+            await open_store(differing, timeout_ms=10_000)
+        message = str(refused.value)
+        assert message.startswith(
+            "the ledger's policy (pin_tries_max = 3, cross_customer_transfers = false,"
+            " business_day_cutover = 00:00) differs from the switch's settings ("
+        ), message
+        assert expected in message
 
 
 async def test_a_database_of_an_earlier_history_is_refused_by_name(
