@@ -408,6 +408,27 @@ class LedgerStore:
         return others
 
 
+# What connecting can fail with before any request: a server that is not there or refuses us.
+_CONNECT_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
+
+
+async def _create_pool(dsn: str, **options: Any) -> asyncpg.Pool:
+    """The pool, or LedgerUnavailable saying why the database cannot be reached (the DSN is
+    not repeated: it may hold a password)."""
+    try:
+        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, **options)
+    except _CONNECT_ERRORS as exc:
+        reason = str(exc) or type(exc).__name__
+        raise LedgerUnavailable(f"cannot connect to the database: {reason}") from None
+    return pool
+
+
 async def _require_same_policy(
     conn: Connection, settings: LedgerSettings, *, timeout_ms: int
 ) -> None:
@@ -451,7 +472,7 @@ async def open_store(
         dsn = info.switch_dsn
     pool: asyncpg.Pool | None = None
     try:
-        pool = await asyncpg.create_pool(
+        pool = await _create_pool(
             dsn,
             min_size=settings.pool_size_min,
             max_size=settings.pool_size_max,

@@ -174,6 +174,8 @@ async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
         store = await open_store(ledger_settings(settings))
     except SchemaTooOld as exc:
         raise StartupError(f"ledger: {exc.problem}: run `{migrate_command(settings)}`") from None
+    except LedgerUnavailable as exc:
+        raise StartupError(f"ledger: {exc}: check [ledger] dsn") from None
     except LedgerError as exc:
         raise StartupError(f"ledger: {exc}") from None
     try:

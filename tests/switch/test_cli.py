@@ -170,6 +170,23 @@ def test_an_unmigrated_data_directory_is_one_line() -> None:
     )
 
 
+def test_a_database_that_refuses_connections_is_one_line() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {
+        "SWITCH__LOGGING__LEVEL": "warning",
+        "SWITCH__ADMIN__PORT": "0",
+        "SWITCH__LEDGER__DSN": f'"postgresql://ledger_switch:secret@127.0.0.1:{port}/ledger"',
+    }
+    result = run_cli("serve", "--port", "0", env=env, timeout_s=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("switch: cannot start: ledger: cannot connect to the database:")
+    assert result.stderr.endswith(": check [ledger] dsn\n")
+    assert result.stderr.count("\n") == 1
+    assert "secret" not in result.stderr
+
+
 def _minted(role: str, key_id: str) -> tuple[str, str]:
     """`keys new`: the key (from stderr) and the config lines (stdout)."""
     result = run_cli("keys", "new", "--role", role, "--id", key_id)
