@@ -61,10 +61,11 @@ async def page(demo: OpsStack, tmp_path: Path) -> AsyncIterator[Page]:
 
 
 def state_of(terminal: str) -> str:
-    """JavaScript: the state shown in a terminal's row ('' while it has none)."""
+    """JavaScript: the state shown in a terminal's row ('' while it has none). Parenthesised:
+    `x || '' === 'up'` would be `x || ('' === 'up')`, true as soon as the row exists."""
     return (
-        f"(document.querySelector('#rows tr[data-terminal={json.dumps(terminal)}] .state')"
-        " || {}).textContent || ''"
+        f"((document.querySelector('#rows tr[data-terminal={json.dumps(terminal)}] .state')"
+        " || {}).textContent || '')"
     )
 
 
