@@ -24,6 +24,7 @@ from kiosk_sim.population import (
 )
 from kiosk_sim.report import Report, Summary
 from kiosk_sim.serve import serve_demo
+from ledger import backup
 from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
 from switch.response_codes import ResponseCode
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
             "On a fresh private PostgreSQL cluster: SIGKILL the switch at random moments under"
             " kiosk_sim load and restart it, and one of two `--workers 2` workers (its parent"
             " restarts it), then check every account, the audit chains and the logs; fuzz the"
-            " decoder with random and mutated frames. Prints one row per scenario: faults"
+            " decoder with random and mutated frames. On a pg_auto_failover formation: kill the"
+            " primary's postmaster under load (automatic failover), then restore a pgBackRest"
+            " backup to a point in time and verify it. Prints one row per scenario: faults"
             " injected, requests, and lost / doubled / leaked, which must all be 0. Exits 1"
             " otherwise."
         ),
@@ -89,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SIGKILLs of one of two `--workers 2` workers (default 10)",
     )
     soak.add_argument("--outages", type=int, default=5, help="PostgreSQL restarts (default 5)")
+    soak.add_argument(
+        "--failovers",
+        type=int,
+        default=3,
+        help="kills of the HA formation's primary, each failed over (default 3)",
+    )
     soak.add_argument(
         "--tcp-frames",
         type=int,
@@ -325,9 +334,31 @@ def run_soak(args: argparse.Namespace) -> int:
         print("soak: hostile clients ...", file=sys.stderr, flush=True)
         hostile = soak.hostile_clients(dsns, work_dir, frames=args.tcp_frames, seed=args.seed)
         rows.append(asyncio.run(hostile))
+    rows += ha_soak_rows(args, work_dir)
     print(soak.table(rows))
     print(f"\n{time.monotonic() - started:.0f} s; switch logs in {work_dir}")
     return 0 if all(row.ok for row in rows) else 1
+
+
+def ha_soak_rows(args: argparse.Namespace, work_dir: Path) -> list[soak.SoakRow]:
+    """On a pg_auto_failover formation: a full backup, the primary's postmaster killed under load
+    --failovers times, then a restore to a point after the failovers (the archive spans them)."""
+    print(
+        f"soak: {args.failovers} failovers under load, then backup and restore ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    missing = soak.missing_ha_tools()
+    if missing is not None:
+        return [soak.SoakRow("failover, backup and restore", 0, 0, 0, 0, 0, 1, missing)]
+    with soak.ha_ledger() as (cluster, dsns):
+        repo = cluster.root / "pgbackrest"
+        backup.backup_formation(cluster.root, repo, "full", timeout_ms=soak.RESTORE_TIMEOUT_MS)
+        failovers = soak.failovers(
+            cluster, dsns, work_dir, failovers=args.failovers, seed=args.seed
+        )
+        restored = soak.backup_and_restore(cluster, dsns, work_dir, repo=repo, seed=args.seed)
+        return [asyncio.run(failovers), asyncio.run(restored)]
 
 
 def write_report(report: Report, path: Path) -> Summary:

@@ -67,7 +67,9 @@ DEFAULT_MIX: Mapping[str, int] = {
     "reversal": 1,
 }
 AMOUNTS_MINOR = (2_000, 5_000, 10_000)
-REVERSAL_ATTEMPTS_MAX = 20
+# A kiosk keeps an unanswered reversal and repeats it until the host answers (store and
+# forward), for at most this long: it outlasts a database failover (10-12 s here).
+REVERSAL_RETRY_S = 60.0
 # Faults a kiosk can inject instead of sending a session's first request normally.
 FAULTS = ("drop", "no_read", "garbage", "slow")
 # Faults of a kiosk's dispenser (kiosks with cash): per dispense, a jam that pays part of the
@@ -366,19 +368,20 @@ class Kiosk:
 
     async def _until_answered(self, request: Message) -> Exchange | None:
         """Send `request`, then its repeats, until the switch answers with more than 91/96."""
-        for attempt in range(REVERSAL_ATTEMPTS_MAX):
+        give_up_at = time.monotonic() + REVERSAL_RETRY_S
+        attempt = request
+        while time.monotonic() < give_up_at:
             try:
-                answer = await self.terminal.send(
-                    request if attempt == 0 else self.terminal.repeat_of(request)
-                )
+                answer = await self.terminal.send(attempt)
             except TimeoutError:
-                continue
+                pass
             except SwitchConnectionClosed:
                 await self.reconnect()
-                continue
-            if answer.code not in ("91", "96"):
-                return answer
-            await asyncio.sleep(RECONNECT_PAUSE_S)  # the switch or its ledger is recovering
+            else:
+                if answer.code not in ("91", "96"):
+                    return answer
+                await asyncio.sleep(RECONNECT_PAUSE_S)  # the switch or its ledger is recovering
+            attempt = self.terminal.repeat_of(request)
         self.model.unresolved.append(
             f"{self.terminal.terminal_id} STAN {request.stan}: never answered"
         )

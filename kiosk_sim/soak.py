@@ -29,7 +29,10 @@ from kiosk_sim import load
 from kiosk_sim.client import SwitchConnectionClosed, TerminalClient, network_request
 from kiosk_sim.demo import free_port
 from kiosk_sim.population import LedgerView, Population, build, provision
-from ledger import audit
+from kiosk_sim.report import Report
+from ledger import audit, backup
+from ledger.errors import ProvisioningError
+from ledger.ha import HaCluster
 from ledger.migrations import migrate
 from ledger.postgres import LocalCluster
 from switch.iso8583 import DecodeError, Dialect, Message, decode, encode
@@ -286,6 +289,149 @@ async def database_outages(
     )
 
 
+async def failovers(
+    cluster: HaCluster, dsns: LedgerDsns, work_dir: Path, *, failovers: int, seed: int
+) -> SoakRow:
+    """SIGKILL the primary's node under load, each time once the formation has settled again
+    (the old primary rejoined as a synchronous standby): pg_auto_failover promotes the standby,
+    the switch's pool finds it through the multi-host DSN, requests get 91 meanwhile, and
+    nothing acknowledged is lost."""
+    without_primary_s: list[float] = []
+
+    async def fail_over(_switch: SwitchProcess) -> None:
+        await asyncio.to_thread(_until_settled, cluster)
+        without_primary_s.append(await asyncio.to_thread(_kill_primary, cluster))
+
+    def describe(report: Report) -> str:
+        gaps = ", ".join(f"{gap_s:.1f}" for gap_s in without_primary_s)
+        return f"no primary for {gaps} s; {report.response_codes['91']} answered 91"
+
+    return await _under_faults(
+        "the primary killed under load (pg_autoctl and postmaster), automatic failover",
+        dsns,
+        work_dir,
+        faults=failovers,
+        seed=seed + 3,
+        fault=fail_over,
+        recovery_s=HA_RECOVERY_S,
+        describe=describe,
+    )
+
+
+def missing_ha_tools() -> str | None:
+    """Why the failover and backup rows cannot run here, if they cannot."""
+    missing = [name for name in ("pg_autoctl", "pgbackrest") if shutil.which(name) is None]
+    if not missing:
+        return None
+    return (
+        f"not run: {' and '.join(missing)} not found (Debian: apt-get install"
+        " postgresql-15-auto-failover pg-auto-failover-cli pgbackrest)"
+    )
+
+
+def _until_settled(cluster: HaCluster) -> None:
+    deadline = time.monotonic() + HA_SETTLE_S_MAX
+    while not cluster.settled():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the formation did not settle (logs in {cluster.root})")
+        time.sleep(0.2)
+
+
+def _kill_primary(cluster: HaCluster) -> float:
+    """SIGKILL the primary's node, its pg_autoctl and its postmaster, as when its host is lost;
+    the seconds until the monitor names another node primary (taking writes, alone at first).
+    Then the node comes back and rejoins as the new secondary. The postmaster alone would be
+    restarted in place by its pg_autoctl, often before the monitor noticed: no failover."""
+    old = cluster.primary().name
+    postmaster_pid = int((cluster.data_dir(old) / "postmaster.pid").read_text().split()[0])
+    os.killpg(cluster.supervisor_pid(old), signal.SIGKILL)
+    os.kill(postmaster_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    deadline = killed_at + HA_SETTLE_S_MAX
+    while not any(
+        node.name != old and node.reported_state in WRITABLE for node in cluster.nodes()
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no node was promoted (logs in {cluster.root})")
+        time.sleep(0.1)
+    without_primary_s = time.monotonic() - killed_at
+    cluster.run_node(old)
+    return without_primary_s
+
+
+async def backup_and_restore(
+    cluster: HaCluster, dsns: LedgerDsns, work_dir: Path, *, repo: Path, seed: int
+) -> SoakRow:
+    """After a full backup of the formation (taken by the caller, before its failovers): load,
+    then a moment T, more load, an incremental backup, and a restore to T into a new directory.
+    The copy must hold exactly the transactions committed before T (lost: missing ones;
+    doubled: later ones), its audit chains must verify, and both loads must end balanced."""
+    population = build(seed=seed, customers=16, terminals=BACKUP_TERMINALS)
+    await provision(dsns.owner, population)
+    log_path = work_dir / f"switch-backup-{seed}.log"
+    switch = SwitchProcess(dsns, free_port(), log_path)
+    await switch.start()
+
+    async def burst(burst_seed: int) -> Report:
+        plan = load.Plan(
+            terminals=BACKUP_TERMINALS, seed=burst_seed, duration_s=BACKUP_BURST_S,
+            mix={"withdrawal": 4, "reversal": 1, "balance": 1}, timeout_ms=5_000,
+        )  # fmt: skip
+        view = LedgerView(dsns.owner)
+        return await load.run(plan, population, "127.0.0.1", switch.port, ledger=view)
+
+    try:
+        reports = [await burst(seed)]
+        # The first burst has ended (every request answered, or reversed by its kiosk): what
+        # the ledger holds now was committed before T.
+        before = await _transaction_ids(dsns.owner)
+        restore_to = datetime.now(UTC)
+        await asyncio.sleep(1.1)  # pgBackRest's targets are whole seconds: the next is past T
+        reports.append(await burst(seed + 1))
+    finally:
+        await switch.stop()
+    # The incremental backup switches the WAL segment: the commits after T are archived, which
+    # recovery needs to see to stop at T.
+    await asyncio.to_thread(
+        backup.backup_formation, cluster.root, repo, "incr", timeout_ms=RESTORE_TIMEOUT_MS
+    )
+    restored = await asyncio.to_thread(
+        backup.restore, repo, cluster.root / f"restored-{seed}", restore_to,
+        timeout_ms=RESTORE_TIMEOUT_MS,
+    )  # fmt: skip
+    try:
+        assert restored.info is not None
+        present = await _transaction_ids(restored.info.owner_dsn)
+        verified = await _verify(restored.info.owner_dsn)
+    finally:
+        await asyncio.to_thread(restored.stop, timeout_ms=60_000)
+        shutil.rmtree(restored.data_dir, ignore_errors=True)
+    discrepancies = [v for r in reports for v in (r.discrepancies or {}).values()]
+    unresolved = sum(len(r.differences or []) - len(r.discrepancies or {}) for r in reports)
+    notes = [f"restored to {restore_to:%H:%M:%S.%f}: {len(present)} transactions"]
+    if not verified.ok:
+        notes.append(f"audit verify: {(verified.damage or verified.books)[0]}")
+    return SoakRow(
+        "backup, restore to a point in time, audit verify",
+        1,
+        sum(r.answered for r in reports),
+        lost=len(before - present) + sum(1 for v in discrepancies if v > 0),
+        doubled=len(present - before) + sum(1 for v in discrepancies if v < 0),
+        leaked=_pans_in(log_path.read_text(errors="replace"), population),
+        other_failures=unresolved + (0 if verified.ok else 1),
+        note="; ".join(notes),
+    )
+
+
+async def _transaction_ids(owner_dsn: str) -> set[int]:
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        rows = await conn.fetch("SELECT transaction_id FROM ledger.transactions")
+    finally:
+        await conn.close()
+    return {row["transaction_id"] for row in rows}
+
+
 Fault = Callable[[SwitchProcess], Awaitable[None]]
 # The kiosks of the runs under faults.
 FAULT_TERMINALS = 8
@@ -294,6 +440,14 @@ FAULT_RECOVERY_S = 3.0
 # A worker is killed only once both serve: the killed one's replacement must have started
 # (a few seconds on a busy 2-core machine) before the next kill.
 WORKER_RESTART_S = 5.0
+# A failover (3-12 s here) and the old primary's rejoining (pg_rewind, catching up) before the
+# next kill: a formation that has not settled promotes nothing.
+HA_RECOVERY_S = 25.0
+HA_SETTLE_S_MAX = 90.0
+WRITABLE = ("primary", "wait_primary")  # wait_primary: taking writes without a standby yet
+BACKUP_TERMINALS = 4
+BACKUP_BURST_S = 3.0
+RESTORE_TIMEOUT_MS = 180_000
 
 
 async def _under_faults(
@@ -306,10 +460,12 @@ async def _under_faults(
     fault: Fault,
     workers: int = 1,
     recovery_s: float = FAULT_RECOVERY_S,
+    describe: Callable[[Report], str] | None = None,
 ) -> SoakRow:
     """Kiosks run withdrawals, partial dispenses and reversals while `fault` strikes `faults`
     times at random moments; then the model, the audit chains and the logs are checked. With
-    several workers, each killed worker's kiosks must have been served again by another."""
+    several workers, each killed worker's kiosks must have been served again by another.
+    `describe` adds what the scenario measured to the row's note."""
     population = build(seed=seed, customers=32, terminals=FAULT_TERMINALS)
     await provision(dsns.owner, population)
     log_path = work_dir / f"switch-{seed}.log"
@@ -349,7 +505,9 @@ async def _under_faults(
     verified = await _verify(dsns.owner)
     discrepancies = report.discrepancies or {}
     unresolved = len(report.differences or []) - len(discrepancies)
-    notes = [] if verified.ok else [f"audit verify: {(verified.damage or verified.books)[0]}"]
+    notes = [] if describe is None else [describe(report)]
+    if not verified.ok:
+        notes.append(f"audit verify: {(verified.damage or verified.books)[0]}")
     left = stranded(switch.events(), switch.killed_workers)
     if left:
         notes.append(f"never served again after their worker was killed: {sorted(left)}")
@@ -544,16 +702,35 @@ def private_ledger() -> Iterator[tuple[LocalCluster, LedgerDsns]]:
     cluster = LocalCluster(data_dir)
     info = cluster.start(timeout_ms=120_000)
     try:
-
-        async def migrated() -> None:
-            conn = await asyncpg.connect(info.owner_dsn)
-            try:
-                await migrate(conn, timeout_ms=120_000)
-            finally:
-                await conn.close()
-
-        asyncio.run(migrated())
+        asyncio.run(_migrate_at(info.owner_dsn))
         yield cluster, LedgerDsns(info.owner_dsn, info.switch_dsn)
     finally:
         cluster.stop(timeout_ms=60_000)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ha_ledger() -> Iterator[tuple[HaCluster, LedgerDsns]]:
+    """A fresh pg_auto_failover formation (a monitor, a primary and a synchronous secondary),
+    migrated, stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="soak-ha-"))
+    root.chmod(0o755)  # its servers run as the service user
+    try:
+        cluster = HaCluster(root)
+        try:
+            info = cluster.start(timeout_ms=180_000)
+            asyncio.run(_migrate_at(info.owner_dsn))
+            yield cluster, LedgerDsns(info.owner_dsn, info.switch_dsn)
+        finally:
+            with contextlib.suppress(ProvisioningError):
+                cluster.stop(timeout_ms=120_000)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _migrate_at(owner_dsn: str) -> None:
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        await migrate(conn, timeout_ms=120_000)
+    finally:
+        await conn.close()

@@ -464,8 +464,12 @@ def _audit_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _backup(args: argparse.Namespace) -> int:
-    repo = args.repo or backup.default_repo(args.data_dir)
-    done = backup.backup(args.data_dir, repo, args.backup_type, timeout_ms=args.timeout_ms)
+    if args.ha:
+        repo = args.repo or args.dir / "pgbackrest"
+        done = backup.backup_formation(args.dir, repo, args.backup_type, timeout_ms=args.timeout_ms)
+    else:
+        repo = args.repo or backup.default_repo(args.data_dir)
+        done = backup.backup(args.data_dir, repo, args.backup_type, timeout_ms=args.timeout_ms)
     print(f"backup {done.label} ({done.backup_type}) in {repo}, ended {done.stopped_at}")
     return 0
 
@@ -525,11 +529,20 @@ async def _migrate_at(dsn: str, args: argparse.Namespace) -> None:
 
 def _backup_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     made = subparsers.add_parser(
-        "backup", help="back up the private cluster with pgBackRest, archiving its WAL",
+        "backup", help="back up the private cluster, or with --ha the formation, with"
+        " pgBackRest, archiving its WAL",
         description="back up the private cluster under --data-dir with pgBackRest; the first"
-        " one sets up WAL archiving to the repository (a restart if the cluster was stopped)",
+        " one sets up WAL archiving to the repository (a restart if the cluster was stopped)."
+        " With --ha: back up the running pg_auto_failover formation under --dir from its"
+        " primary, each node archiving its WAL while it is primary (repository default:"
+        " pgbackrest under --dir)",
     )  # fmt: skip
     made.add_argument("--type", dest="backup_type", choices=("full", "incr"), default="full")
+    made.add_argument("--ha", action="store_true", help="the pg_auto_failover formation")
+    made.add_argument(
+        "--dir", type=Path, default=Path(".var/ha"),
+        help="with --ha: where the formation lives (default: .var/ha)",
+    )  # fmt: skip
     made.set_defaults(offline=_backup)
     restore = subparsers.add_parser(
         "restore", help="restore a backup as of a time into a new data directory, and start it",

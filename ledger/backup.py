@@ -12,17 +12,20 @@ directory and the server runs its archive_command.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 from ledger.errors import BackupError, ProvisioningError
+from ledger.ha import HaCluster
 from ledger.postgres import SUPERUSER, LocalCluster, give_to, run_as, service_user
 
 STANZA = "ledger"
@@ -43,10 +46,20 @@ def default_repo(data_dir: Path) -> Path:
     return data_dir.resolve().parent / "pgbackrest"
 
 
-def config_text(repo: Path, data_dir: Path) -> str:
-    """pgBackRest's settings for this repository and cluster. The port is not here: the private
-    cluster picks a free one at each start, so it is given on each command line."""
-    return "\n".join([
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A PostgreSQL server pgBackRest reads: its data directory and where its socket is."""
+
+    data_dir: Path
+    socket_dir: Path
+    port: int | None = None  # None: given on each command line
+
+
+def config_text(repo: Path, servers: Sequence[Server]) -> str:
+    """pgBackRest's settings for this repository and the servers (one, or each node of the HA
+    formation: pgBackRest backs up whichever is primary). The private cluster's port is not
+    here: it picks a free one at each start, so it is given on each command line."""
+    lines = [
         "[global]",
         f"repo1-path={repo}",
         # Two full backups and the WAL since the older one are kept: a restore reaches any
@@ -60,16 +73,28 @@ def config_text(repo: Path, data_dir: Path) -> str:
         "compress-type=lz4",  # cheap on CPU, which the database needs more
         "",
         f"[{STANZA}]",
-        f"pg1-path={data_dir}",
-        f"pg1-socket-path={data_dir}",
-        f"pg1-user={SUPERUSER}",
-        "",
-    ])  # fmt: skip
+    ]
+    for number, server in enumerate(servers, start=1):
+        lines += [
+            f"pg{number}-path={server.data_dir}",
+            f"pg{number}-socket-path={server.socket_dir}",
+            f"pg{number}-user={SUPERUSER}",
+        ]
+        if server.port is not None:
+            lines.append(f"pg{number}-port={server.port}")
+    return "\n".join([*lines, ""])
 
 
 def archive_command(pgbackrest: Path, config: Path) -> str:
+    """What a server runs per WAL segment. pgBackRest reads a relative %p under pg1-path, and
+    the config lists every node of a formation: each names its own data directory, which is
+    the command's working directory. The command is the same on every node, as it must be:
+    pg_rewind and pg_basebackup copy postgresql.auto.conf from one node to another."""
     config_option = shlex.quote(f"--config={config}")
-    return f"{shlex.quote(str(pgbackrest))} {config_option} --stanza={STANZA} archive-push %p"
+    return (
+        f'{shlex.quote(str(pgbackrest))} {config_option} --pg1-path="$(pwd -P)"'
+        f" --stanza={STANZA} archive-push %p"
+    )
 
 
 def parse_backups(info_json: str) -> list[Backup]:
@@ -115,13 +140,13 @@ class Repository:
         self._user = service_user()
         self._binary = _find_pgbackrest()
 
-    def prepare(self, data_dir: Path) -> None:
-        """Create the directories (the server's user's) and write the config for `data_dir`."""
+    def prepare(self, servers: Sequence[Server]) -> None:
+        """Create the directories (the server's user's) and write the config for `servers`."""
         try:
             for directory in (self.path, self.path / "log", self.path / "lock"):
                 directory.mkdir(parents=True, exist_ok=True, mode=0o750)
                 give_to(directory, self._user)
-            self.config.write_text(config_text(self.path, data_dir.resolve()))
+            self.config.write_text(config_text(self.path, servers))
             give_to(self.config, self._user)
         except OSError as exc:
             raise BackupError(f"backup repository {self.path}: {exc.strerror}") from None
@@ -159,7 +184,8 @@ def backup(data_dir: Path, repo_path: Path, backup_type: BackupType, *, timeout_
     """Back up the private cluster under `data_dir` (started for it unless running), archiving
     its WAL from now on; the stanza is created on first use."""
     repo = Repository(repo_path)
-    repo.prepare(data_dir)
+    data_dir = data_dir.resolve()
+    repo.prepare([Server(data_dir, data_dir)])
     cluster = LocalCluster(data_dir)
     info = cluster.start(timeout_ms=timeout_ms)
     try:
@@ -184,8 +210,9 @@ def _archive_to(repo: Repository, cluster: LocalCluster, *, timeout_ms: int) -> 
         .strip()
         .split("|", 1)
     )
-    if command != repo.archive_command:
-        quoted = repo.archive_command.replace("'", "''")
+    wanted = repo.archive_command
+    if command != wanted:
+        quoted = wanted.replace("'", "''")
         cluster.psql(
             f"ALTER SYSTEM SET archive_command = '{quoted}'", database="postgres",
             timeout_ms=timeout_ms,
@@ -201,6 +228,60 @@ def _archive_to(repo: Repository, cluster: LocalCluster, *, timeout_ms: int) -> 
             " or restart it yourself"
         )
     cluster.restart(down_ms=0, timeout_ms=timeout_ms)
+
+
+def backup_formation(
+    root: Path, repo_path: Path, backup_type: BackupType, *, timeout_ms: int
+) -> Backup:
+    """Back up the HA formation under `root` (`cluster --ha`, running) from its primary; every
+    node archives its WAL to the repository while it is primary, so a restore reaches past a
+    failover. The stanza is created on first use."""
+    cluster = HaCluster(root)
+    try:
+        nodes = cluster.nodes()
+    except ProvisioningError as exc:
+        raise BackupError(f"the formation under {cluster.root} is not running: {exc}") from None
+    servers = [
+        Server(cluster.data_dir(node.name), _socket_dir(cluster, node.port), node.port)
+        for node in nodes
+    ]
+    repo = Repository(repo_path)
+    repo.prepare(servers)
+    for node in nodes:
+        _archive_node(repo, cluster, node.name, node.port)
+    repo.run("stanza-create", timeout_ms=timeout_ms)
+    repo.run(f"--type={backup_type}", "backup", timeout_ms=timeout_ms)
+    return repo.backups(timeout_ms=timeout_ms)[-1]
+
+
+def _socket_dir(cluster: HaCluster, port: int) -> Path:
+    try:
+        directories = cluster.sql(port, "SHOW unix_socket_directories")
+    except ProvisioningError as exc:
+        raise BackupError(f"a node on port {port} does not answer: {exc}") from None
+    return Path(directories.strip().split(",")[0].strip())
+
+
+def _archive_node(repo: Repository, cluster: HaCluster, name: str, port: int) -> None:
+    """Set the node's archive_command (a reload; a standby keeps it for when it is promoted).
+    archive_mode is on from the node's creation, as it takes a restart."""
+    mode, command = (
+        cluster.sql(port, "SELECT current_setting('archive_mode') || '|' ||"
+                    " current_setting('archive_command')")
+        .strip()
+        .split("|", 1)
+    )  # fmt: skip
+    if mode == "off":
+        raise BackupError(
+            f"archive_mode is off on {name} (a formation made before backups were set up): on"
+            f" each node, secondary first, `ALTER SYSTEM SET archive_mode = on` and restart it"
+            f" (`pg_autoctl stop` and `pg_autoctl run --pgdata {cluster.data_dir(name)}`)"
+        )
+    wanted = repo.archive_command
+    if command != wanted:
+        quoted = wanted.replace("'", "''")
+        cluster.sql(port, f"ALTER SYSTEM SET archive_command = '{quoted}'")
+        cluster.sql(port, "SELECT pg_reload_conf()")
 
 
 def restore(repo_path: Path, target_dir: Path, to: datetime, *, timeout_ms: int) -> LocalCluster:
@@ -225,11 +306,25 @@ def restore(repo_path: Path, target_dir: Path, to: datetime, *, timeout_ms: int)
             "--target-action=promote", "--archive-mode=off", "restore",
             timeout_ms=_left_ms(deadline),
         )  # fmt: skip
+        _serve_alone(target)
         return _recover(target, deadline)
     except (BackupError, ProvisioningError) as exc:
         # Half a restore is no use to anyone: the directory goes back to how it was.
         shutil.rmtree(target) if created else _empty(target)
         raise BackupError(f"restore to {to.isoformat()} failed: {exc}") from None
+
+
+# A restored copy serves alone: it waits for no standby (a copy of an HA node names one in its
+# postgresql.auto.conf, and would never commit) and logs to server.log, where _recover reads a
+# failed recovery's reason.
+_ALONE_SETTINGS = {"synchronous_standby_names": "", "logging_collector": "off"}
+
+
+def _serve_alone(target: Path) -> None:
+    """After the restore, before the start: postgresql.auto.conf is read last, so these win."""
+    lines = "".join(f"{key} = '{value}'\n" for key, value in _ALONE_SETTINGS.items())
+    with (target / "postgresql.auto.conf").open("a") as conf:
+        conf.write(lines)
 
 
 def _recover(target: Path, deadline: float) -> LocalCluster:
@@ -243,6 +338,10 @@ def _recover(target: Path, deadline: float) -> LocalCluster:
                            timeout_ms=_left_ms(deadline)).strip() == "t":  # fmt: skip
             time.sleep(0.1)
     except ProvisioningError:
+        # A server that accepted connections in recovery (hot standby) exits by itself when
+        # recovery fails; either way it is gone before its directory is removed.
+        with contextlib.suppress(ProvisioningError):
+            cluster.stop_running(timeout_ms=_left_ms(deadline))
         fatal = _fatal_line(target / "server.log")
         if fatal is None:
             raise

@@ -73,6 +73,10 @@ SERVER_SETTINGS = {
     "wal_keep_size": "256MB",
     "max_connections": "100",
 }
+# archive_mode takes a restart, so the data nodes have it from the start; archiving goes
+# nowhere until `python -m ledger backup --ha` points archive_command at the repository (no
+# restore reaches before the first backup anyway).
+ARCHIVE_SETTINGS = {"archive_mode": "on", "archive_command": "/bin/true"}
 
 _SYNCHRONOUS_PRIMARY = (
     "SELECT NOT pg_is_in_recovery() AND EXISTS"
@@ -238,7 +242,7 @@ class HaCluster:
             timeout_ms=_left_ms(deadline),
         )  # fmt: skip
         if name == NODES[0]:  # the others are copies of it (pg_basebackup), settings and all
-            self._append_settings(name, SERVER_SETTINGS)
+            self._append_settings(name, SERVER_SETTINGS | ARCHIVE_SETTINGS)
 
     def _append_settings(self, name: str, settings: Mapping[str, str]) -> None:
         """After pg_autoctl's own file: postgresql.auto.conf is read last, so these win."""
