@@ -348,9 +348,7 @@ def _kill_primary(cluster: HaCluster) -> float:
     os.kill(postmaster_pid, signal.SIGKILL)
     killed_at = time.monotonic()
     deadline = killed_at + HA_SETTLE_S_MAX
-    while not any(
-        node.name != old and node.reported_state in WRITABLE for node in cluster.nodes()
-    ):
+    while not any(node.name != old and node.reported_state in WRITABLE for node in cluster.nodes()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"no node was promoted (logs in {cluster.root})")
         time.sleep(0.1)
