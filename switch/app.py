@@ -19,6 +19,7 @@ import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 
@@ -34,6 +35,7 @@ from hsm.keys import DEVELOPMENT_PAN_HASH_KEY, KeyRole, Lmk, StoredKey, load_lmk
 from hsm.local import LocalHSM
 from hsm.tls import client_context
 from ledger.errors import LedgerError, LedgerUnavailable, ProvisioningError, SchemaTooOld
+from ledger.ha import HaCluster
 from ledger.operations import OperationsStore, open_operations
 from ledger.postgres import LocalCluster
 from ledger.settings import LedgerSettings
@@ -161,8 +163,34 @@ async def require_same_authorisation_key(hsm: HSM, ledger: LedgerStore) -> None:
         )
 
 
+def local_formation(settings: Settings) -> Settings:
+    """With `[ledger] ha = true`: the pg_auto_failover formation under ha_dir, created on first
+    use and started unless it runs, and the settings pointing at it (its multi-host DSN, and
+    its owner for the journal unless audit_dsn says otherwise). It outlives the switch: other
+    processes may use it, and `python -m ledger cluster --ha --stop` stops it."""
+    section = settings.ledger
+    if not section.ha or section.dsn is not None:
+        return settings
+    try:
+        cluster = HaCluster(section.ha_dir)
+        info = cluster.start()
+        primary = cluster.primary().name
+    except ProvisioningError as exc:
+        raise StartupError(f"ledger.ha: {exc}") from None
+    log.info(
+        "ha_formation",
+        ha_dir=str(section.ha_dir),
+        primary=primary,
+        stop_with=f"python -m ledger cluster --ha --stop --dir {section.ha_dir}",
+    )
+    section = replace(section, dsn=info.switch_dsn, audit_dsn=section.audit_dsn or info.owner_dsn)
+    return replace(settings, ledger=section)
+
+
 def migrate_command(settings: Settings) -> str:
     """How to bring this switch's ledger up to date: migrations run as the schema owner."""
+    if settings.ledger.ha:
+        return f"python -m ledger cluster --ha --dir {settings.ledger.ha_dir}"
     if settings.ledger.dsn is not None:
         return "python -m ledger migrate --dsn <the owner role's DSN>"
     return f"python -m ledger migrate --data-dir {settings.ledger.data_dir}"
@@ -332,6 +360,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] = lambda: None)
     """Run until SIGTERM or SIGINT. `ready` is called once terminals and the operations app
     are served (a worker of `--workers` tells its parent so)."""
     raise_open_file_limit()
+    settings = await asyncio.to_thread(local_formation, settings)
     clock = partial(datetime.now, UTC)
     recorder = activity_recorder(settings.operations, time.time)
     monitor = Monitor(clock, recorder)

@@ -143,6 +143,10 @@ class LedgerSection:
     # cluster's owner when dsn is unset too, else neither (the auditor API answers 503).
     audit_dsn: str | None = field(repr=False)
     data_dir: Path
+    # With no dsn: the local pg_auto_failover formation under ha_dir (`python -m ledger
+    # cluster --ha`), started unless running, instead of the private cluster under data_dir.
+    ha: bool
+    ha_dir: Path
     pool_size_min: int
     pool_size_max: int
     pin_tries_max: int
@@ -446,10 +450,20 @@ def _parse_ledger(
     audit_dsn = table.optional_text("audit_dsn")
     if audit_dsn is not None:
         _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
+    ha = table.flag("ha", False)
+    if ha and dsn is not None:
+        raise SettingsError(
+            table.source,
+            table.key_name("ha"),
+            "false with a dsn: ha = true runs a local formation and uses its DSN (for a"
+            " formation of your own, set dsn to its multi-host DSN and leave ha unset)",
+        )
     settings = LedgerSection(
         dsn=dsn,
         audit_dsn=audit_dsn,
         data_dir=data_dir,
+        ha=ha,
+        ha_dir=Path(table.optional_text("ha_dir") or ".var/ha"),
         pool_size_min=table.integer("pool_size_min", 2, minimum=1, maximum=1_000),
         pool_size_max=table.integer("pool_size_max", 16, minimum=1, maximum=1_000),
         pin_tries_max=table.integer("pin_tries_max", 3, minimum=1, maximum=99),

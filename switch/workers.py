@@ -45,7 +45,12 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from ledger.errors import ProvisioningError
 from ledger.postgres import LocalCluster
-from switch.app import StartupError, cannot_listen, report_cluster_left_running
+from switch.app import (
+    StartupError,
+    cannot_listen,
+    local_formation,
+    report_cluster_left_running,
+)
 from switch.metrics import MULTIPROCESS_ENV
 from switch.settings import ENV_PREFIX, Settings
 
@@ -366,13 +371,21 @@ def worker_env(
         switch_dsn, journal_dsn = ledger_dsns
         overrides[f"{ENV_PREFIX}LEDGER__DSN"] = f'"{switch_dsn}"'
         overrides[f"{ENV_PREFIX}LEDGER__AUDIT_DSN"] = f'"{journal_dsn}"'
+        overrides[f"{ENV_PREFIX}LEDGER__HA"] = "false"  # the parent started it: a dsn now
     return {**env, **overrides}
 
 
 @contextlib.contextmanager
 def owned_cluster(settings: Settings) -> Iterator[tuple[str, str] | None]:
     """With no `[ledger] dsn`: the private cluster, started unless it runs already, and its
-    switch and owner DSNs; stopped at the end if started here and no other process uses it."""
+    switch and owner DSNs; stopped at the end if started here and no other process uses it.
+    With `ha = true`, the local formation's DSNs; it is left running."""
+    if settings.ledger.ha and settings.ledger.dsn is None:
+        formation = local_formation(settings).ledger
+        assert formation.dsn is not None
+        assert formation.audit_dsn is not None
+        yield formation.dsn, formation.audit_dsn
+        return
     if settings.ledger.dsn is not None:
         yield None
         return

@@ -9,6 +9,7 @@ tests/ledger/factory.py) instead of truncating: the audit journal cannot be trun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from ledger.ha import HaCluster
 from ledger.migrations import migrate
 from ledger.postgres import ClusterInfo, LocalCluster
 from ledger.settings import LedgerSettings
@@ -79,3 +81,24 @@ async def owner_conn(pg_cluster: PgCluster) -> AsyncIterator[asyncpg.Connection]
         yield conn
     finally:
         await conn.close()
+
+
+needs_pg_auto_failover = pytest.mark.skipif(
+    shutil.which("pg_autoctl") is None,
+    reason="pg_auto_failover is not installed (Debian: apt-get install"
+    " postgresql-15-auto-failover pg-auto-failover-cli)",
+)
+
+
+@pytest.fixture
+def ha_root() -> Iterator[Path]:
+    """A directory for a pg_auto_failover formation, on a short path the server's OS user
+    reaches; whatever runs in it is stopped after, and it is removed."""
+    path = Path(tempfile.mkdtemp(prefix="ledger-ha-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(Exception):
+            HaCluster(path).stop(timeout_ms=60_000)
+        shutil.rmtree(path, ignore_errors=True)

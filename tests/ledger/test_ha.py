@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,35 +22,16 @@ from ledger.ha import HaCluster, HaInfo
 from ledger.model import Outcome, Withdrawal
 from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
+from tests.conftest import needs_pg_auto_failover
 from tests.ledger.factory import AUDIT, World, key
 from tests.ledger.helpers import authorised, chip_authorised
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("pg_autoctl") is None,
-        reason="pg_auto_failover is not installed (Debian: apt-get install"
-        " postgresql-15-auto-failover pg-auto-failover-cli)",
-    ),
-    pytest.mark.slow,
-]
+pytestmark = [needs_pg_auto_failover, pytest.mark.slow]
 REQUEST_TIMEOUT_MS = 3_000  # the switch's request deadline, about
 TRICKLE_INTERVAL_S = 0.05
 FAILOVER_S_MAX = 60
 # A primary without a secondary (wait_primary) takes writes too, not waiting for a standby.
 WRITABLE = ("primary", "wait_primary")
-
-
-@pytest.fixture
-def ha_root() -> Iterator[Path]:
-    """A short path the server's OS user reaches; everything in it is stopped after."""
-    path = Path(tempfile.mkdtemp(prefix="ledger-ha-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(Exception):
-            HaCluster(path).stop(timeout_ms=60_000)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

@@ -93,6 +93,13 @@ BAD_FILES = [
         id="stale-retries",
     ),
     pytest.param(
+        '[ledger]\nha = true\ndsn = "postgresql://ledger_switch@db.example/ledger"\n',
+        "ledger.ha",
+        "false with a dsn",
+        id="ha-and-dsn",
+    ),
+    pytest.param("[ledger]\nha = 1\n", "ledger.ha", "true or false", id="ha-not-a-flag"),
+    pytest.param(
         "[pipeline]\nrequest_deadline_ms = 1\n",
         "pipeline.request_deadline_ms",
         "from 50",

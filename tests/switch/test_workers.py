@@ -24,9 +24,10 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from kiosk_sim.client import TerminalClient, network_request
+from ledger.ha import HaCluster
 from switch.settings import SettingsError, load_settings
 from switch.workers import Exit, RestartPolicy, SlotHistory, Supervisor, after_exit
-from tests.conftest import PgCluster
+from tests.conftest import PgCluster, needs_pg_auto_failover
 
 NOW = datetime(2026, 12, 1, 10, 15, tzinfo=UTC)
 VIEWER = {"Authorization": "Bearer dev-viewer.development-only-viewer-key"}
@@ -384,3 +385,43 @@ async def test_the_parent_stops_the_private_cluster_it_started_when_nobody_else_
         assert await serving.stop(signal.SIGINT) == 0
     assert not serving.events("cluster_left_running")
     assert not _postmaster_running(private_data_dir)
+
+
+@pytest.mark.slow
+@needs_pg_auto_failover
+async def test_ha_true_starts_the_formation_serves_through_it_and_leaves_it_running(
+    ha_root: Path, tmp_path: Path
+) -> None:
+    ha_dir = ha_root / "ha"
+    env = {
+        "SWITCH__LEDGER__HA": "true",
+        "SWITCH__LEDGER__HA_DIR": f'"{ha_dir}"',
+        "SWITCH__ADMIN__PORT": "0",
+    }
+    # The first start creates and starts the formation, whose ledger has no schema yet.
+    async with Serving.run(tmp_path / "first.log", "--port", "0", env=env) as first:
+        assert await asyncio.wait_for(first.process.wait(), 300) == 2
+    said = first.log_path.read_text()
+    assert f"run `python -m ledger cluster --ha --dir {ha_dir}`" in said, said
+    migrated = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ledger", "cluster", "--ha", "--dir", str(ha_dir),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.wait_for(migrated.communicate(), 300)
+    assert migrated.returncode == 0
+
+    async with Serving.run(
+        tmp_path / "switch.log", "--workers", "2", "--port", "0", env=env
+    ) as serving:
+        (starting,) = await serving.until("workers_starting")
+        await serving.until("worker_ready", 2)
+        client = await _echo(int(str(starting["port"])), 1)
+        await client.close()
+        assert await _ready(int(str(starting["admin_port"]))) == 200
+        assert await serving.stop() == 0
+    (formation,) = serving.events("ha_formation")
+    assert formation["stop_with"] == f"python -m ledger cluster --ha --stop --dir {ha_dir}"
+    cluster = HaCluster(ha_dir)
+    # Left running for whoever else uses it.
+    assert await asyncio.to_thread(cluster.running, "node1")
+    assert await asyncio.to_thread(cluster.running, "node2")
