@@ -70,7 +70,7 @@ from switch.pipeline import (
 from switch.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link
-from switch.session import TerminalKeys
+from switch.session import TerminalKeys, with_session_keys
 from switch.settings import PipelineSettings
 from switch.signon import complete_sign_on
 from switch.transaction import Kind, Refusal, Transaction, parse_transaction
@@ -536,11 +536,9 @@ class Flows:
             authorisation=keys.authorisation,
             timeout_ms=deadline.remaining_ms(),
         )
-        held = session.keys
-        assert held is not None, "a terminal with a TMK has keys"
-        link.session = replace(
-            session, keys=replace(held, tpk=keys.tpk.stored, tak=keys.tak.stored)
-        )
+        # Into the session as it is now, not as read before the awaits: a sign-off pipelined
+        # behind this key change may have been answered meanwhile, and must stay.
+        link.session = with_session_keys(link.session, keys.tpk.stored, keys.tak.stored)
         delivered = KeyChangeData(
             keys.tpk.under_tmk, keys.tpk.kcv, keys.tak.under_tmk, keys.tak.kcv
         )

@@ -107,6 +107,12 @@ class Admission:
     security_event: SecurityEvent | None = None
 
 
+def with_session_keys(session: Session, tpk: StoredKey, tak: StoredKey) -> Session:
+    """A key change's new TPK and TAK, installed in the session as it is when they arrive."""
+    assert session.keys is not None, "a terminal with a TMK has keys"
+    return replace(session, keys=replace(session.keys, tpk=tpk, tak=tak))
+
+
 def advance(session: Session, event: SessionEvent, terminal_id: str | None) -> Admission:
     """Apply one request's event. Echo needs no terminal id; everything else names this
     connection's terminal in field 41 (the one its certificate names, when that is required),

@@ -438,3 +438,41 @@ async def test_a_network_that_drops_traffic_answers_91_in_time_then_recovers(
     answer = await until_answered(terminal, lambda: terminal.withdrawal(pan, PIN, 1_000), APPROVED)
     assert answer.code == "00"
     assert await stack.balance(stack.customers[0].checking) == START_MINOR - 1_000
+
+
+async def test_a_sign_off_pipelined_behind_a_key_change_stays_signed_off(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(customers=1)
+    terminal = await stack.terminal()
+    # The key change waits for the terminal's row, which the test holds locked; the sign-off
+    # behind it on the same connection is answered meanwhile.
+    holder = await asyncpg.connect(stack.owner_dsn)
+    try:
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute(
+            "SELECT 1 FROM ledger.terminals WHERE terminal_id = $1 FOR UPDATE",
+            terminal.terminal_id,
+        )
+        key_change = asyncio.create_task(terminal.change_keys())
+        await _until_someone_waits_for_a_lock(stack.owner)
+        assert (await terminal.sign_off()).approved
+        await locked.commit()
+        assert (await key_change).approved
+    finally:
+        await holder.close()
+    # Signed off it stays: the key change did not bring back the session it read before.
+    after = await terminal.send(terminal.withdrawal(stack.customers[0].pan, PIN, 100))
+    assert after.code == "58"
+    assert await stack.balance(stack.customers[0].checking) == START_MINOR
+
+
+async def _until_someone_waits_for_a_lock(conn: asyncpg.Connection) -> None:
+    # pg_locks, as the owner may not read other roles' pg_stat_activity.
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        if await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nobody waits for a lock")
