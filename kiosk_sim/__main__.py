@@ -27,7 +27,7 @@ from kiosk_sim.serve import serve_demo
 from ledger import backup
 from ledger.errors import SchemaTooOld
 from ledger.postgres import running_cluster
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 
 # The likely cause of a declined sign-on or key change, and what to do about it.
 DECLINE_HINTS: Mapping[str, str] = {

@@ -17,10 +17,13 @@ from datetime import date
 from enum import StrEnum
 
 from ledger.balancing import CassetteCounter
-from switch.balancing import COUNTERS_FIELD, NET_FIELD, business_date_of
 from switch.iso8583.elements import (
+    BALANCING_TOTALS,
+    COUNTERS_FIELD,
+    NET_FIELD,
     ElementFormatError,
     NoteEntry,
+    business_date_of,
     decode_cassette_counters,
     encode_cassette_counters,
     encode_net_amount,
@@ -211,23 +214,9 @@ class DayTotals:
         return debits - (self.credits_minor - self.credit_reversals_minor)
 
 
-# The totals' fields, in DayTotals' order, and their widths.
-TOTALS_FIELDS: Mapping[int, tuple[str, int]] = {
-    74: ("credits", 10),
-    75: ("credit_reversals", 10),
-    76: ("debits", 10),
-    77: ("debit_reversals", 10),
-    78: ("transfers", 10),
-    79: ("transfer_reversals", 10),
-    80: ("inquiries", 10),
-    86: ("credits_minor", 16),
-    87: ("credit_reversals_minor", 16),
-    88: ("debits_minor", 16),
-    89: ("debit_reversals_minor", 16),
-}
-assert [name for name, _ in TOTALS_FIELDS.values()] == [f.name for f in fields(DayTotals)]
+assert [name for name, _ in BALANCING_TOTALS.values()] == [f.name for f in fields(DayTotals)]
 # The fields the host compares, and in an imbalance answers with its own figures.
-BALANCED_FIELDS: tuple[int, ...] = (*TOTALS_FIELDS, NET_FIELD, COUNTERS_FIELD)
+BALANCED_FIELDS: tuple[int, ...] = (*BALANCING_TOTALS, NET_FIELD, COUNTERS_FIELD)
 
 
 def balancing_fields(
@@ -242,7 +231,7 @@ def balancing_fields(
     assert business_date_mmdd.isdigit()
     counts = {
         number: f"{getattr(totals, name):0{width}d}"
-        for number, (name, width) in TOTALS_FIELDS.items()
+        for number, (name, width) in BALANCING_TOTALS.items()
     }
     return {
         15: business_date_mmdd,
@@ -294,8 +283,8 @@ def balancing_of(
 
 
 def _differences_in(number: int, ours: str, host: str) -> list[tuple[str, str, str]]:
-    if number in TOTALS_FIELDS:
-        return [(f"F{number} {TOTALS_FIELDS[number][0]}", str(int(ours)), _as_number(host))]
+    if number in BALANCING_TOTALS:
+        return [(f"F{number} {BALANCING_TOTALS[number][0]}", str(int(ours)), _as_number(host))]
     if number == NET_FIELD:
         return [(f"F{number} net", ours, host)]
     try:

@@ -15,13 +15,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from switch.access import DEVELOPMENT_TOKENS, Role
-from switch.flows import STEPS
-from switch.transaction import Kind
-
 PREFIX = "switch_"
-# What the simulator reads of the operations app: /metrics and /terminals, a viewer's routes.
-DEVELOPMENT_KEY = DEVELOPMENT_TOKENS[Role.VIEWER]
+# What the simulator reads of the operations app: /metrics and /terminals, a viewer's routes,
+# with the switch's published development viewer key (a client is given its key, as any is).
+DEVELOPMENT_KEY = "dev-viewer.development-only-viewer-key"
 # The key of the whole time of financial requests (those that run the steps), next to the steps.
 REQUEST = "request"
 
@@ -56,11 +53,8 @@ def _samples(metrics_text: str) -> Iterator[Sample]:
         yield from family.samples
 
 
-_PIPELINE_ORDER = [step.__name__ for step in STEPS[Kind.WITHDRAWAL]]
-
-
 def mean_ms_between(before: str, after: str) -> dict[str, float]:
-    """Mean milliseconds per step (in pipeline order) and per request, over what happened
+    """Mean milliseconds per step, the slowest first, then per whole request, over what happened
     between two scrapes."""
     first, last = latency_totals(before), latency_totals(after)
     means = {}
@@ -69,11 +63,7 @@ def mean_ms_between(before: str, after: str) -> dict[str, float]:
         count = totals.count - earlier.count
         if count > 0:
             means[name] = 1000 * (totals.seconds - earlier.seconds) / count
-    return dict(sorted(means.items(), key=lambda item: _rank(item[0])))
-
-
-def _rank(name: str) -> int:
-    return _PIPELINE_ORDER.index(name) if name in _PIPELINE_ORDER else len(_PIPELINE_ORDER)
+    return dict(sorted(means.items(), key=lambda item: (item[0] == REQUEST, -item[1])))
 
 
 def plain_values(metrics_text: str) -> dict[str, float]:

@@ -9,50 +9,32 @@ switch does not know.
 
 from __future__ import annotations
 
-import calendar
-from collections.abc import Mapping
-from dataclasses import astuple, fields
+from dataclasses import fields
 from datetime import date
-from types import MappingProxyType
 
 from ledger.balancing import Balancing, DayFigures, TerminalReport
 from switch.iso8583.elements import (
+    BALANCING_TOTALS,
+    COUNTERS_FIELD,
     CURRENCY_ALPHA,
+    NET_FIELD,
     ElementFormatError,
+    business_date_of,
     decode_cassette_counters,
     decode_net_amount,
     encode_cassette_counters,
     encode_net_amount,
 )
 from switch.iso8583.message import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.transaction import Refusal, valid_transmission_time
 
-# The figures' fields in DayFigures' order (F97, the net, is last and signed).
-COUNT_FIELDS: tuple[int, ...] = (74, 75, 76, 77, 78, 79, 80)
-AMOUNT_FIELDS: tuple[int, ...] = (86, 87, 88, 89)
-NET_FIELD = 97
-COUNTERS_FIELD = 124
-REQUIRED_FIELDS: tuple[int, ...] = (7, 11, 15, 41, 50, *COUNT_FIELDS, *AMOUNT_FIELDS, NET_FIELD)
+REQUIRED_FIELDS: tuple[int, ...] = (7, 11, 15, 41, 50, *BALANCING_TOTALS, NET_FIELD)
 # What an 0510 repeats of its 0500, besides the response's usual echo.
 ECHOED: tuple[int, ...] = (15, 50)
-_WIDTHS: Mapping[int, int] = MappingProxyType(
-    {**dict.fromkeys(COUNT_FIELDS, 10), **dict.fromkeys(AMOUNT_FIELDS, 16)}
-)
-
-
-def business_date_of(mmdd: str, today: date) -> date | None:
-    """F15's date: of the years around today's, the one that puts it nearest to today; None
-    when it is not a date at all."""
-    if len(mmdd) != 4 or not mmdd.isdigit():
-        return None
-    month, day = int(mmdd[:2]), int(mmdd[2:])
-    candidates = [
-        date(year, month, day)
-        for year in (today.year - 1, today.year, today.year + 1)
-        if 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
-    ]
-    return min(candidates, key=lambda d: abs(d - today)) if candidates else None
+assert [name for name, _ in BALANCING_TOTALS.values()] == [
+    f.name for f in fields(DayFigures) if f.name != "net_minor"
+], "the 0500's totals are DayFigures' fields, in order"
 
 
 def net_of(figures: DayFigures) -> int:
@@ -71,7 +53,7 @@ def parse_balancing(request: Message, today: date) -> TerminalReport | Refusal:
     business_date = business_date_of(request.fields[15], today)
     if business_date is None:
         return Refusal(ResponseCode.FORMAT_ERROR, "field 15 is not a date MMDD")
-    bad = [n for n, width in _WIDTHS.items() if not _digits(request.fields[n], width)]
+    bad = [n for n, (_, width) in BALANCING_TOTALS.items() if not _digits(request.fields[n], width)]
     if bad:
         return Refusal(ResponseCode.FORMAT_ERROR, f"fields {bad} are not counts or amounts")
     try:
@@ -82,9 +64,8 @@ def parse_balancing(request: Message, today: date) -> TerminalReport | Refusal:
     currency = CURRENCY_ALPHA.get(request.fields[50])
     if currency is None:
         return Refusal(ResponseCode.INVALID_AMOUNT, f"currency {request.fields[50]} not supported")
-    names = [f.name for f in fields(DayFigures)]
     figures = DayFigures(
-        **{name: int(request.fields[n]) for name, n in zip(names, _WIDTHS, strict=False)},
+        **{name: int(request.fields[n]) for n, (name, _) in BALANCING_TOTALS.items()},
         net_minor=net_minor,
     )
     if net_minor != net_of(figures):
@@ -107,8 +88,10 @@ def _digits(text: str, width: int) -> bool:
 def host_fields(found: Balancing) -> dict[int, str]:
     """An imbalance's 0510 carries the host's figures and counters, so the terminal can print
     both (F124 only where the host counts the terminal's notes)."""
-    values = astuple(found.host_figures)
-    host = {n: f"{value:0{_WIDTHS[n]}d}" for n, value in zip(_WIDTHS, values, strict=False)}
+    host = {
+        n: f"{getattr(found.host_figures, name):0{width}d}"
+        for n, (name, width) in BALANCING_TOTALS.items()
+    }
     host[NET_FIELD] = encode_net_amount(found.host_figures.net_minor)
     if found.host_cassettes:
         host[COUNTERS_FIELD] = encode_cassette_counters(list(found.host_cassettes))

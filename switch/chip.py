@@ -28,8 +28,8 @@ from hsm.emv import ArpcMethod, ArpcResponse, CryptogramVersion, Scheme
 from ledger.model import Card, EmvProfile
 from ledger.model import Outcome as LedgerOutcome
 from switch.iso8583 import tlv
+from switch.iso8583.response_codes import ResponseCode
 from switch.iso8583.spec import ICC_DATA_FIELD, ICC_DATA_MTIS
-from switch.response_codes import ResponseCode
 from switch.transaction import Kind, Transaction
 
 CHIP_ENTRY_MODES = frozenset({"05", "07"})

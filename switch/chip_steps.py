@@ -28,9 +28,9 @@ from ledger.pan import mask_pan
 from ledger.store import LedgerStore, Lookup
 from switch import chip
 from switch.chip import AtcCheck, CardRead, IccData
+from switch.iso8583.response_codes import ResponseCode
 from switch.iso8583.spec import ICC_DATA_FIELD
 from switch.pipeline import Deadline, Outcome, answer
-from switch.response_codes import ResponseCode
 from switch.transaction import Transaction
 
 log = structlog.get_logger("switch.chip")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from switch.iso8583.message import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.responses import is_request_mti, respond
 from switch.session import SecurityEvent, Session, SessionEvent, advance, classify
 

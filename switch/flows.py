@@ -53,6 +53,7 @@ from switch.chip_steps import ChipSteps, VerifiedArqc, refusal_logged
 from switch.iso8583.codec import mac_input, prepared_for_mac, with_mac
 from switch.iso8583.elements import KeyChangeData
 from switch.iso8583.message import Message
+from switch.iso8583.response_codes import ResponseCode
 from switch.iso8583.spec import Dialect
 from switch.pipeline import (
     SETTLEMENT_DATE_FIELD,
@@ -67,7 +68,6 @@ from switch.pipeline import (
     settlement_date,
     verification_from_pin_data,
 )
-from switch.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link
 from switch.session import TerminalKeys, with_session_keys

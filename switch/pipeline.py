@@ -44,7 +44,7 @@ from switch.iso8583.elements import (
     encode_additional_amounts,
     encode_note_mix,
 )
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.transaction import Kind, Transaction
 
 # Processing-code account type 00 ("default") means the card's checking account.

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from switch.iso8583.codec import response_tpdu
 from switch.iso8583.message import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 
 # Request fields a response repeats so the terminal can match and reconcile it. Card data
 # (PAN, track, PIN block, ICC) and the request's MAC are never echoed.

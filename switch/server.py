@@ -32,9 +32,9 @@ from switch.dispatch import route
 from switch.iso8583.codec import DecodeError, EncodeError, decode, wire_of
 from switch.iso8583.framing import FrameBuffer, FramingError, LengthHeader, frame
 from switch.iso8583.message import Message
+from switch.iso8583.response_codes import ResponseCode
 from switch.iso8583.spec import ICC_DATA_FIELD
 from switch.ratelimit import LogRateLimiter
-from switch.response_codes import ResponseCode
 from switch.responses import format_error, is_request_mti, respond
 from switch.session import SecurityEvent, Session
 from switch.settings import ListenerSettings

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from hsm.keys import StoredKey
 from switch.iso8583.message import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 
 
 class SessionState(StrEnum):

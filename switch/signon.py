@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from switch.iso8583.message import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link
 from switch.session import SessionEvent, TerminalKeys, advance

@@ -22,7 +22,7 @@ from switch.iso8583.elements import (
     ReplacementAmounts,
 )
 from switch.iso8583.message import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 
 
 class Kind(StrEnum):

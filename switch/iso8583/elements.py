@@ -3,9 +3,11 @@ Pure."""
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from types import MappingProxyType
 
 from ledger.balancing import CassetteCounter
@@ -169,6 +171,41 @@ def decode_note_mix(text: str) -> list[NoteEntry]:
             raise ElementFormatError(f"field 121 entry at character {start} has a zero")
         decoded.append(NoteEntry(cassette, denomination, notes))
     return decoded
+
+
+# An 0500's day totals, by field: counts (n10) and amounts in minor units (n16), named and
+# ordered as the ledger's DayFigures; then their net (F97) and the cassette counters (F124).
+BALANCING_TOTALS: Mapping[int, tuple[str, int]] = MappingProxyType(
+    {
+        74: ("credits", 10),
+        75: ("credit_reversals", 10),
+        76: ("debits", 10),
+        77: ("debit_reversals", 10),
+        78: ("transfers", 10),
+        79: ("transfer_reversals", 10),
+        80: ("inquiries", 10),
+        86: ("credits_minor", 16),
+        87: ("credit_reversals_minor", 16),
+        88: ("debits_minor", 16),
+        89: ("debit_reversals_minor", 16),
+    }
+)
+NET_FIELD = 97
+COUNTERS_FIELD = 124
+
+
+def business_date_of(mmdd: str, today: date) -> date | None:
+    """F15's date: of the years around today's, the one that puts it nearest to today; None
+    when it is not a date at all."""
+    if len(mmdd) != 4 or not mmdd.isdigit():
+        return None
+    month, day = int(mmdd[:2]), int(mmdd[2:])
+    candidates = [
+        date(year, month, day)
+        for year in (today.year - 1, today.year, today.year + 1)
+        if 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+    ]
+    return min(candidates, key=lambda d: abs(d - today)) if candidates else None
 
 
 # Field 97 (xn 17): `D` and 16 digits for a net amount paid out (or nil), `C` for one paid in.

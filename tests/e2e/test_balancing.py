@@ -18,9 +18,13 @@ from ledger import balancing, exports
 from ledger.__main__ import main
 from ledger.balancing import CassetteCounter, DayFigures
 from ledger.rules import business_day
-from switch.balancing import business_date_of, host_fields
+from switch.balancing import host_fields
 from switch.iso8583 import Message
-from switch.iso8583.elements import decode_cassette_counters, encode_cassette_counters
+from switch.iso8583.elements import (
+    business_date_of,
+    decode_cassette_counters,
+    encode_cassette_counters,
+)
 from tests.conftest import PgCluster
 from tests.e2e.conftest import PIN, Stack, StackFactory
 

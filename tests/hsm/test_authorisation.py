@@ -26,7 +26,7 @@ from kiosk_sim.chip import CVNS, ChipCard, ChipProfile, TerminalData
 from switch import chip
 from switch.chip import IccData
 from switch.iso8583 import tlv
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 
 from .support import LMK
 from .test_pan_hash import DEV_CONFIG_PHK, KNOWN_ANSWER, PAN

@@ -18,7 +18,7 @@ from kiosk_sim.chip import CVNS, ChipCard, ChipProfile, TerminalData
 from switch import chip
 from switch.chip import IccData
 from switch.iso8583 import tlv
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 
 LMK = Lmk(DEVELOPMENT_LMK)
 IMK_CLEAR = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")

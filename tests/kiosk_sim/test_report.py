@@ -13,6 +13,7 @@ from kiosk_sim import scrape
 from kiosk_sim.__main__ import main, show_progress, write_report
 from kiosk_sim.cash import Balancing
 from kiosk_sim.report import Report, SecondFigures, Series
+from switch.access import DEVELOPMENT_TOKENS, Role
 
 START = datetime(2026, 11, 30, 23, 57, 1, 250_000, tzinfo=UTC)
 START_ISO = "2026-11-30T23:57:01.250+00:00"
@@ -360,9 +361,9 @@ def test_step_means_between_two_scrapes() -> None:
     }
     means = scrape.mean_ms_between(BEFORE, AFTER)
     assert [(name, round(ms, 9)) for name, ms in means.items()] == [
+        ("post", 10.0),
         ("look_up", 5.0),
         ("verify_pin", 2.0),
-        ("post", 10.0),
         ("request", 10.0),
     ]
     assert scrape.mean_ms_between(AFTER, AFTER) == {}
@@ -429,3 +430,7 @@ def test_a_run_that_did_not_balance_says_nothing_of_it() -> None:
     data = sample().summary().as_dict()
     assert (data["balancing"], data["cash"]) == (None, {})
     assert "balancing" not in sample().to_text()
+
+
+def test_the_simulator_reads_with_the_switchs_development_viewer_key() -> None:
+    assert DEVELOPMENT_TOKENS[Role.VIEWER] == scrape.DEVELOPMENT_KEY

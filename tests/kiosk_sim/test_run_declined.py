@@ -13,7 +13,7 @@ import pytest
 
 from kiosk_sim.__main__ import main
 from switch.iso8583 import Dialect, FrameBuffer, LengthHeader, decode, frame, wire_of
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.responses import respond
 from tests.conftest import PgCluster
 

@@ -17,8 +17,8 @@ from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, Role
 from switch.admin import EVENT_ROUTES, ROUTES, create_admin_app
 from switch.auditor_api import JournalSettings
 from switch.iso8583 import Message
+from switch.iso8583.response_codes import ResponseCode
 from switch.monitor import Monitor
-from switch.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link, Stats, SwitchServer
 from tests.conftest import PgCluster

@@ -10,16 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.balancing import Balancing, CassetteCounter, DayFigures, TerminalReport
-from switch.balancing import business_date_of, host_fields, parse_balancing
+from switch.balancing import host_fields, parse_balancing
 from switch.iso8583 import Message
 from switch.iso8583.elements import (
     ElementFormatError,
+    business_date_of,
     decode_cassette_counters,
     decode_net_amount,
     encode_cassette_counters,
     encode_net_amount,
 )
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.transaction import Refusal
 
 TODAY = date(2026, 12, 1)

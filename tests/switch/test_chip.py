@@ -16,7 +16,7 @@ from ledger.model import Outcome as LedgerOutcome
 from switch import chip
 from switch.chip import AtcCheck, CardRead, ChipRefusal, IccData
 from switch.iso8583 import Message, tlv
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.transaction import Transaction, parse_transaction
 
 PAN = "4761739001010010"

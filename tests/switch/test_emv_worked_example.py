@@ -19,8 +19,8 @@ from switch import chip
 from switch.chip import IccData
 from switch.iso8583 import Dialect, Message, tlv
 from switch.iso8583.codec import encode
+from switch.iso8583.response_codes import ResponseCode
 from switch.iso8583.spec import BINARY_FIELD_ENCODINGS, BinaryFieldEncoding
-from switch.response_codes import ResponseCode
 
 ROOT = Path(__file__).parents[2]
 HEADING = "### Worked example: one ARQC and its ARPC"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from kiosk_sim.client import TerminalClient, network_request
 from kiosk_sim.soak import fuzz_connection
 from switch.iso8583 import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link
 from tests.switch.conftest import running_switch

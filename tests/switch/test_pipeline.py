@@ -23,6 +23,7 @@ from ledger.model import (
 )
 from switch.iso8583 import Message
 from switch.iso8583.elements import OriginalData, ReplacementAmounts
+from switch.iso8583.response_codes import ResponseCode
 from switch.pipeline import (
     Deadline,
     DeadlinePassed,
@@ -35,7 +36,6 @@ from switch.pipeline import (
     run_steps,
     verification_from_pin_data,
 )
-from switch.response_codes import ResponseCode
 from switch.transaction import Transaction, parse_transaction
 
 PAN = "4761739001010119"

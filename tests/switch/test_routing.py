@@ -8,7 +8,7 @@ import pytest
 
 from switch.dispatch import route
 from switch.iso8583 import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.session import (
     TRANSITIONS,
     SecurityEvent,

@@ -15,7 +15,7 @@ import pytest
 
 from kiosk_sim.client import SwitchConnectionClosed, TerminalClient, network_request
 from switch.iso8583 import Message
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link
 from tests.switch.conftest import running_switch

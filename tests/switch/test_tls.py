@@ -30,8 +30,8 @@ from kiosk_sim.client import SwitchConnectionClosed, TerminalClient, network_req
 from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, Role
 from switch.admin import create_admin_app
 from switch.iso8583 import Dialect, LengthHeader, Message, frame, wire_of
+from switch.iso8583.response_codes import ResponseCode
 from switch.monitor import Monitor
-from switch.response_codes import ResponseCode
 from switch.responses import respond
 from switch.server import Link, SwitchServer
 from switch.settings import TlsSettings

@@ -6,7 +6,7 @@ import pytest
 
 from switch.iso8583 import Message
 from switch.iso8583.elements import OriginalData, ReplacementAmounts
-from switch.response_codes import ResponseCode
+from switch.iso8583.response_codes import ResponseCode
 from switch.transaction import Kind, Refusal, Transaction, parse_transaction
 
 PAN = "4761739001010119"
