@@ -10,17 +10,19 @@ import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 
 from ledger.__main__ import main
 from ledger.errors import ProvisioningError
 from ledger.ha import MONITOR, NODES, HaCluster
-from ledger.settings import LedgerSettings
-from ledger.store import open_store
 from tests.conftest import needs_pg_auto_failover
-from tests.ledger.factory import World
-from tests.ledger.test_ha import REQUEST_TIMEOUT_MS, Trickle, _trickling, _verify
+from tests.ledger.test_ha import (
+    REQUEST_TIMEOUT_MS,
+    Trickle,
+    _trickling,
+    _verify,
+    loaded_store,
+)
 from tests.switch.test_workers import Serving
 
 pytestmark = [needs_pg_auto_failover, pytest.mark.slow]
@@ -77,15 +79,7 @@ async def test_monitor_down_serves_and_both_nodes_down_answer_91_then_recover(
     assert await asyncio.to_thread(main, argv) == 0
     cluster = HaCluster(ha_root)
     info = cluster.info()
-    world = World()
-    conn = await asyncpg.connect(info.owner_dsn)
-    await world.load(conn, customers=100)
-    await conn.close()
-    settings = LedgerSettings(
-        dsn=info.switch_dsn, owner_dsn=info.owner_dsn, pool_size_min=1, pool_size_max=4,
-        connect_timeout_ms=2_000,
-    )  # fmt: skip
-    store = await open_store(settings, timeout_ms=30_000)
+    world, store = await loaded_store(info, customers=100)
     env = {"SWITCH__LEDGER__DSN": f'"{info.switch_dsn}"', "SWITCH__ADMIN__PORT": "0"}
     try:
         async with Serving.run(tmp_path / "switch.log", "--port", "0", env=env) as switch:

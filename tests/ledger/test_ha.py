@@ -146,6 +146,19 @@ async def _verify(info: HaInfo, acknowledged: list[int]) -> None:
         await conn.close()
 
 
+async def loaded_store(info: HaInfo, *, customers: int) -> tuple[World, LedgerStore]:
+    """`customers` loaded through the formation's owner, and a store on its multi-host DSN."""
+    world = World()
+    conn = await asyncpg.connect(info.owner_dsn)
+    await world.load(conn, customers=customers)
+    await conn.close()
+    settings = LedgerSettings(
+        dsn=info.switch_dsn, owner_dsn=info.owner_dsn, pool_size_min=1, pool_size_max=4,
+        connect_timeout_ms=2_000,
+    )  # fmt: skip
+    return world, await open_store(settings, timeout_ms=30_000)
+
+
 async def _fail_over(
     cluster: HaCluster, trickle: Trickle, *, whole_node: bool
 ) -> tuple[str, float]:
@@ -185,15 +198,7 @@ async def test_failover_keeps_every_acknowledged_posting(
     )
     await _switch_can_only_execute(cluster)
 
-    world = World()
-    conn = await asyncpg.connect(info.owner_dsn)
-    await world.load(conn, customers=500)
-    await conn.close()
-    settings = LedgerSettings(
-        dsn=info.switch_dsn, owner_dsn=info.owner_dsn, pool_size_min=1, pool_size_max=4,
-        connect_timeout_ms=2_000,
-    )  # fmt: skip
-    store = await open_store(settings, timeout_ms=30_000)
+    world, store = await loaded_store(info, customers=500)
     trickle = Trickle(store, world)
     try:
         async with _trickling(trickle):
