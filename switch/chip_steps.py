@@ -82,8 +82,6 @@ class ChipSteps:
         if card is not None and chip.is_fallback(read, card):
             log.info(
                 "chip_fallback",
-                terminal_id=transaction.terminal_id,
-                stan=transaction.stan,
                 card=mask_pan(transaction.pan),
             )
         return None
@@ -113,8 +111,6 @@ class ChipSteps:
         if verdict is AtcCheck.JUMP:
             log.warning(
                 "atc_jump",
-                terminal_id=transaction.terminal_id,
-                stan=transaction.stan,
                 card=mask_pan(transaction.pan),
                 atc=icc.atc,
                 last_atc=last_atc,
@@ -192,8 +188,6 @@ class ChipSteps:
                 # The decline stands without it: the card declines an answer it cannot check.
                 log.error(
                     "arpc_not_generated",
-                    terminal_id=transaction.terminal_id,
-                    stan=transaction.stan,
                     error=str(exc),
                 )
                 return outcome
@@ -217,8 +211,6 @@ class ChipSteps:
         log.warning(
             "security_event",
             event_kind=kind,
-            terminal_id=transaction.terminal_id,
-            stan=transaction.stan,
             card=mask_pan(transaction.pan),
             reason=reason,
         )
@@ -228,8 +220,6 @@ def refusal_logged(transaction: Transaction, refusal: chip.ChipRefusal) -> Outco
     """A refusal of the chip data, logged with the tag at fault (never a value of it)."""
     log.warning(
         "icc_data_refused",
-        terminal_id=transaction.terminal_id,
-        stan=transaction.stan,
         response_code=refusal.code.value,
         tag=refusal.tag,
         reason=refusal.reason,

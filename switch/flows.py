@@ -152,8 +152,6 @@ class Flows:
             self._count_error("database")
             log.error(
                 "posting_in_doubt",
-                terminal_id=link.session.terminal_id,
-                stan=request.stan,
                 reason=str(exc),
             )
             return None
@@ -178,8 +176,6 @@ class Flows:
         if outcome.code in (ResponseCode.ISSUER_UNAVAILABLE, ResponseCode.SYSTEM_MALFUNCTION):
             log.warning(
                 "request_failed",
-                terminal_id=link.session.terminal_id,
-                stan=request.stan,
                 reason=outcome.reason,
             )
         return await self._mac_response(
@@ -193,6 +189,7 @@ class Flows:
         if isinstance(parsed, Refusal):
             return Outcome(parsed.code, reason=parsed.reason)
         context = Context(request, link, deadline, parsed, retrieval_reference(parsed, self._now()))
+        structlog.contextvars.bind_contextvars(rrn=context.rrn)
         steps = [(step.__name__, partial(step, self)) for step in STEPS[parsed.kind]]
         steps_ms: dict[str, float] = {}
 
@@ -214,8 +211,6 @@ class Flows:
             if sum(steps_ms.values()) >= self._settings.slow_request_ms:
                 log.warning(
                     "slow_request",
-                    terminal_id=parsed.terminal_id,
-                    stan=parsed.stan,
                     steps_ms={step: round(ms, 1) for step, ms in steps_ms.items()},
                 )
         return replace(outcome, fields={37: context.rrn, **outcome.fields})
@@ -240,7 +235,7 @@ class Flows:
         data = mac_input(request, self._dialect)
         if await self._hsm.verify_mac(tak, data, mac, timeout_ms=deadline.remaining_ms()):
             return True
-        _log_mac_failure(request, link)
+        log.warning("security_event", event_kind="mac_failure")
         return False
 
     async def check_mac(self, context: Context) -> Context | Outcome:
@@ -272,7 +267,7 @@ class Flows:
             timeout_ms=context.deadline.remaining_ms(),
         )  # fmt: skip
         if word is None:
-            _log_mac_failure(context.request, context.link)
+            log.warning("security_event", event_kind="mac_failure")
             return await self._declined_for_mac(context)
         return replace(context, authorisation=word)
 
@@ -324,8 +319,6 @@ class Flows:
             error = "deadline passed"
         log.error(
             "arpc_not_generated",
-            terminal_id=context.transaction.terminal_id,
-            stan=context.transaction.stan,
             error=error,
         )
         return stored
@@ -484,7 +477,6 @@ class Flows:
             return Outcome(ResponseCode.APPROVED)
         log.warning(
             "balancing_imbalance",
-            terminal_id=parsed.terminal_id,
             business_date=parsed.business_date.isoformat(),
             currency=parsed.currency,
             differences=list(found.differences),
@@ -559,8 +551,6 @@ class Flows:
             self._count_error("hsm")
             log.error(
                 "response_not_maced",
-                terminal_id=link.session.terminal_id,
-                stan=response.stan,
                 reason=str(exc),
             )
             return response
@@ -591,15 +581,6 @@ def _maced(request: Message, link: Link) -> tuple[StoredKey, bytes] | Outcome:
     if mac is None:
         return Outcome(ResponseCode.FORMAT_ERROR, reason="MAC required")
     return tak, mac
-
-
-def _log_mac_failure(request: Message, link: Link) -> None:
-    log.warning(
-        "security_event",
-        event_kind="mac_failure",
-        terminal_id=link.session.terminal_id,
-        stan=request.stan,
-    )
 
 
 def _chip_authorisation(context: Context) -> bytes | None:

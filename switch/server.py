@@ -270,15 +270,13 @@ class TerminalConnection(asyncio.Protocol, Link):
         self._server.on_message(self, reply, exc.mti, received, reason=str(exc))
 
     async def _handle(self, request: Message, received: float) -> None:
+        # The request's own task, so its own context: whatever it logs, here or in the flows,
+        # the HSM client or the ledger, names its terminal and STAN without passing them on.
+        structlog.contextvars.bind_contextvars(terminal_id=request.terminal_id, stan=request.stan)
         try:
             response = await self._server.handler(request, self)
         except Exception:
-            log.exception(
-                "handler_failed",
-                terminal_id=request.terminal_id,
-                stan=request.stan,
-                mti=request.mti,
-            )
+            log.exception("handler_failed", mti=request.mti)
             response = respond(request, ResponseCode.SYSTEM_MALFUNCTION)
         if response is not None:
             self._send(response, request, received)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import structlog.testing
+from structlog.contextvars import merge_contextvars
 
 from hsm import emv
 from hsm.devkeys import DevKeys
@@ -133,7 +134,7 @@ async def test_an_arqc_under_another_key_or_for_another_amount_is_declined_and_a
     raised = Cryptogram(
         sent.profile, MappingProxyType({**sent.tags, 0x9F02: bytes.fromhex("000000005000")})
     )
-    with structlog.testing.capture_logs() as logs:
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
         answers = [
             (await withdraw(terminal, clone, 1_000))[1],
             await terminal.send(terminal.chip_withdrawal(raised, PIN, 5_000)),
@@ -245,7 +246,7 @@ async def test_a_repeat_the_hsm_cannot_answer_gets_its_stored_answer_without_tag
     assert isinstance(stack.server.handler, Flows)
     for name in ("verify_arqc", "verify_arqc_for"):
         monkeypatch.setattr(stack.server.handler._hsm, name, unavailable)
-    with structlog.testing.capture_logs() as logs:
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
         again = await terminal.send(approved.request)
     assert (again.code, again.response.get(55), again.response_mac_ok) == ("00", None, True)
     assert [e["error"] for e in logs if e["event"] == "arpc_not_generated"] == ["no HSM answered"]
@@ -266,7 +267,7 @@ async def test_the_chips_card_number_and_sequence_number_are_the_requests(
     customer = stack.customers[0]
     card = chip_card(stack, cvn)
     other_track = bytes.fromhex(f"{OTHER_PAN}D2812201" + "00000F")
-    with structlog.testing.capture_logs() as logs:
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
         codes = []
         for tag, value in ((0x5A, bytes.fromhex(OTHER_PAN)), (0x57, other_track)):
             sent = card.generate_arqc(terminal.terminal_data(1_000))
@@ -342,7 +343,7 @@ async def test_malformed_icc_data_is_a_format_error_naming_the_tag_on_an_open_co
     terminal = await stack.terminal()
     card = chip_card(stack, 18)
     good = terminal.chip_withdrawal(card.generate_arqc(terminal.terminal_data(1_000)), PIN, 1_000)
-    with structlog.testing.capture_logs() as logs:
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
         for _name, icc_hex in MALFORMED_ICC:
             bad = terminal.financial("0200", {**good.replace({55: icc_hex}).fields})
             answer = await terminal.send(bad)
