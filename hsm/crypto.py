@@ -15,7 +15,7 @@ from enum import Enum
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import cmac as _cmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from hsm.errors import KeyLengthError
 
@@ -74,11 +74,15 @@ def with_odd_parity(key: bytes) -> bytes:
     return key.translate(_ODD_PARITY)
 
 
-# Cipher objects are reused per key (building one costs more than a block operation).
+# Cipher objects are reused per key (building one costs more than a block operation). An ECB
+# context keeps no state between whole blocks, so one per key and direction serves every call;
+# it is never finalized. (The HSM and the simulator call these from one thread, their event
+# loop's.)
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
-def _tdes_ecb(key: bytes) -> Cipher[modes.ECB]:
+def _tdes_ecb(key: bytes, encrypt: bool) -> CipherContext:
     # ECB is what the standards specify for single-block PIN, KCV and key-under-KEK operations.
-    return Cipher(TripleDES(expand_tdes_key(key)), modes.ECB())  # noqa: S305
+    cipher = Cipher(TripleDES(expand_tdes_key(key)), modes.ECB())  # noqa: S305
+    return cipher.encryptor() if encrypt else cipher.decryptor()
 
 
 # Each encryptor or decryptor made from a CBC Cipher starts from its IV: MACs (zero IV) reuse it.
@@ -91,8 +95,8 @@ def _tdes_cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
 # cache of its own: a stream of them would push the terminals' working keys, which come back on
 # every request, out of the main cache, and one transaction still reuses its session key.
 @functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
-def _tdes_ecb_transient(key: bytes) -> Cipher[modes.ECB]:
-    return _tdes_ecb.__wrapped__(key)
+def _tdes_ecb_transient(key: bytes, encrypt: bool) -> CipherContext:
+    return _tdes_ecb.__wrapped__(key, encrypt)
 
 
 @functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
@@ -101,8 +105,9 @@ def _tdes_cbc_transient(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
 
 
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
-def _aes_ecb(key: bytes) -> Cipher[modes.ECB]:
-    return Cipher(algorithms.AES(check_aes_key(key)), modes.ECB())  # noqa: S305
+def _aes_ecb(key: bytes, encrypt: bool) -> CipherContext:
+    cipher = Cipher(algorithms.AES(check_aes_key(key)), modes.ECB())  # noqa: S305
+    return cipher.encryptor() if encrypt else cipher.decryptor()
 
 
 def _whole_blocks(data: bytes, block: int) -> None:
@@ -112,14 +117,12 @@ def _whole_blocks(data: bytes, block: int) -> None:
 
 def tdes_ecb_encrypt(key: bytes, data: bytes, *, transient: bool = False) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = (_tdes_ecb_transient(key) if transient else _tdes_ecb(key)).encryptor()
-    return enc.update(data) + enc.finalize()
+    return (_tdes_ecb_transient(key, True) if transient else _tdes_ecb(key, True)).update(data)
 
 
 def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    dec = _tdes_ecb(key).decryptor()
-    return dec.update(data) + dec.finalize()
+    return _tdes_ecb(key, False).update(data)
 
 
 def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes, *, transient: bool = False) -> bytes:
@@ -136,14 +139,12 @@ def tdes_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
 
 def aes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
     _whole_blocks(data, AES_BLOCK)
-    enc = _aes_ecb(key).encryptor()
-    return enc.update(data) + enc.finalize()
+    return _aes_ecb(key, True).update(data)
 
 
 def aes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     _whole_blocks(data, AES_BLOCK)
-    dec = _aes_ecb(key).decryptor()
-    return dec.update(data) + dec.finalize()
+    return _aes_ecb(key, False).update(data)
 
 
 def aes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:

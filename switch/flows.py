@@ -99,6 +99,8 @@ class Context:
 
 
 StepMethod = Callable[["Flows", Context], Awaitable[Context | Outcome]]
+# A step bound to its handler, with its name for the step timings.
+NamedStep = tuple[str, Callable[[Context], Awaitable[Context | Outcome]]]
 
 
 class PostingInDoubt(Exception):
@@ -135,6 +137,11 @@ class Flows:
             write_timeout_ms=write_timeout_ms,
             atc_jump_logged=settings.atc_jump_logged,
         )
+        # Built once, not per request.
+        self._steps: Mapping[Kind, Sequence[NamedStep]] = {
+            kind: tuple((step.__name__, partial(step, self)) for step in steps)
+            for kind, steps in STEPS.items()
+        }
 
     async def __call__(self, request: Message, link: Link) -> Message | None:
         deadline = Deadline(self._settings.request_deadline_ms)
@@ -193,7 +200,7 @@ class Flows:
         if isinstance(parsed, Refusal):
             return Outcome(parsed.code, reason=parsed.reason)
         context = Context(request, link, deadline, parsed, retrieval_reference(parsed, self._now()))
-        steps = [(step.__name__, partial(step, self)) for step in STEPS[parsed.kind]]
+        steps = self._steps[parsed.kind]
         steps_ms: dict[str, float] = {}
 
         def timed(step: str, elapsed_ms: float) -> None:

@@ -142,8 +142,11 @@ class Message:
     @property
     def mac_field(self) -> int:
         """Where this message's MAC goes: F128 when a secondary bitmap is needed, else F64."""
-        needs_secondary = any(n > 64 for n in self.fields if n not in MAC_FIELDS)
-        return MAC_FIELDS[1] if needs_secondary else MAC_FIELDS[0]
+        # Fields are in ascending order: the highest that is not a MAC decides.
+        for number in reversed(tuple(self.fields)):
+            if number not in MAC_FIELDS:
+                return MAC_FIELDS[1] if number > 64 else MAC_FIELDS[0]
+        return MAC_FIELDS[0]
 
     @property
     def mac(self) -> bytes | None:
