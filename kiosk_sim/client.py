@@ -92,7 +92,9 @@ class TerminalClient:
 
     async def wait(self, stan: str, future: asyncio.Future[Message], *, timeout_ms: int) -> Message:
         try:
-            return await asyncio.wait_for(future, timeout_ms / 1000)
+            # Cheaper than wait_for, which wraps the future; a timeout cancels it all the same.
+            async with asyncio.timeout(timeout_ms / 1000):
+                return await future
         finally:
             self._waiting.pop(stan, None)
 
@@ -144,7 +146,8 @@ class TerminalClient:
 
 def transmission_time(now: datetime) -> str:
     """Field 7, MMDDhhmmss (UTC)."""
-    return now.strftime("%m%d%H%M%S")
+    # Formatted field by field: strftime costs several times more, once per request.
+    return f"{now.month:02d}{now.day:02d}{now.hour:02d}{now.minute:02d}{now.second:02d}"
 
 
 def network_request(

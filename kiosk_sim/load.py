@@ -11,6 +11,7 @@ latency counts from the scheduled start, so a slow switch cannot hide behind its
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections import Counter
@@ -775,6 +776,9 @@ async def run(
         report.begin(at_s=declined_s, at=datetime.now(UTC))
         report.end(at_s=declined_s)
         raise
+    # Everything built so far (the population, the kiosks and their connections) lives through
+    # the run: out of the collector's way, its passes stay short (gc.freeze).
+    gc.freeze()
     report.begin(at_s=time.perf_counter(), at=datetime.now(UTC))
     started = time.monotonic()
     deadline = started + plan.duration_s if plan.duration_s else None
@@ -796,6 +800,7 @@ async def run(
         if plan.balance:
             report.balancing = await _balance(kiosks, miscounting)
     finally:
+        gc.unfreeze()
         report.end(at_s=time.perf_counter())
         if reporter is not None:
             reporter.cancel()
