@@ -175,9 +175,9 @@ class Flows:
         if request.message_class == BALANCING_CLASS:
             echoed = {n: request.fields[n] for n in balancing.ECHOED if n in request}
             outcome = replace(outcome, fields={**echoed, **outcome.fields})
-        if request.message_class in DATED_CLASSES:
+        if request.message_class in DATED_CLASSES and SETTLEMENT_DATE_FIELD not in outcome.fields:
             # Every 0210 and 0430 names its business day: the ledger's, when it booked the
-            # request; today's, when the switch answered alone.
+            # request (already in the outcome); today's, when the switch answered alone.
             today = business_day(self._now(), self._ledger.policy.business_day_cutover)
             outcome = replace(
                 outcome, fields={SETTLEMENT_DATE_FIELD: settlement_date(today), **outcome.fields}
