@@ -85,7 +85,7 @@ def _tdes_ecb(key: bytes, encrypt: bool) -> CipherContext:
     return cipher.encryptor() if encrypt else cipher.decryptor()
 
 
-# Each encryptor or decryptor made from a CBC Cipher starts from its IV: MACs (zero IV) reuse it.
+# Each decryptor made from a CBC Cipher starts from its IV (encryption: `_CbcChain`).
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
 def _tdes_cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
     return Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv))
@@ -99,9 +99,36 @@ def _tdes_ecb_transient(key: bytes, encrypt: bool) -> CipherContext:
     return _tdes_ecb.__wrapped__(key, encrypt)
 
 
+class _CbcChain:
+    """A CBC encryptor kept for one key across calls (making one costs more than a MAC's
+    blocks). CBC carries a call's last ciphertext block into the next as its chaining value;
+    each call xors that block and its own IV into its first plaintext block, which gives
+    exactly what a fresh encryptor from that IV gives."""
+
+    __slots__ = ("_context", "_last")
+
+    def __init__(self, key: bytes) -> None:
+        cipher = Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(bytes(TDES_BLOCK)))
+        self._context = cipher.encryptor()
+        self._last = 0  # the chaining value: the zero IV before the first call
+
+    def encrypt(self, iv: bytes, data: bytes) -> bytes:
+        if not data:
+            return b""
+        first = int.from_bytes(data[:TDES_BLOCK], "big") ^ int.from_bytes(iv, "big") ^ self._last
+        out = self._context.update(first.to_bytes(TDES_BLOCK, "big") + data[TDES_BLOCK:])
+        self._last = int.from_bytes(out[-TDES_BLOCK:], "big")
+        return out
+
+
+@functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
+def _tdes_cbc_chain(key: bytes) -> _CbcChain:
+    return _CbcChain(key)
+
+
 @functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
-def _tdes_cbc_transient(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
-    return _tdes_cbc.__wrapped__(key, iv)
+def _tdes_cbc_chain_transient(key: bytes) -> _CbcChain:
+    return _CbcChain(key)
 
 
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
@@ -127,8 +154,10 @@ def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
 
 def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes, *, transient: bool = False) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = (_tdes_cbc_transient(key, iv) if transient else _tdes_cbc(key, iv)).encryptor()
-    return enc.update(data) + enc.finalize()
+    if len(iv) != TDES_BLOCK:
+        raise ValueError(f"a TDES IV is {TDES_BLOCK} bytes, got {len(iv)}")
+    chain = _tdes_cbc_chain_transient(key) if transient else _tdes_cbc_chain(key)
+    return chain.encrypt(iv, data)
 
 
 def tdes_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
