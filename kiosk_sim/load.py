@@ -241,6 +241,7 @@ class Kiosk:
         self.cash = cash
         self._address = address
         self._faults = faults
+        self._network_faults = has_network_faults(faults)
         self._fault_rng = random.Random(rng.random())
         self._fault_due: str | None = None
         self._dispenser = DispenserFaults(faults.get("jam", 0.0), faults.get("reject", 0.0))
@@ -281,6 +282,8 @@ class Kiosk:
         self.report.record_error("reconnects", at_s=time.perf_counter())
 
     def _fault(self) -> str | None:
+        if not self._network_faults:
+            return None  # no draws: this generator serves the faults alone
         for name in FAULTS:
             if self._fault_rng.random() < self._faults.get(name, 0.0):
                 return name
