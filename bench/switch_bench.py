@@ -23,6 +23,11 @@ The load generator shares the machine's cores with the switch and PostgreSQL. Fi
 measured, never asserted.
 
     python -m bench.switch_bench [seconds per step]
+    python -m bench.switch_bench --cpu-only TERMINALS RUNS [seconds per run]
+
+`--cpu-only` runs only (2)'s magstripe closed loop at one terminal count, `RUNS` times against
+one switch, and prints the switch's and the simulator's CPU per approved withdrawal of each run:
+a quick figure for work on either's CPU.
 """
 
 from __future__ import annotations
@@ -357,8 +362,70 @@ def run(duration_s: float = 8.0) -> dict[str, float]:
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
+async def _cpu_only_loops(
+    info: ClusterInfo,
+    cluster: LocalCluster,
+    population: Population,
+    log_path: Path,
+    *,
+    count: int,
+    runs: int,
+    duration_s: float,
+) -> None:
+    switch = SwitchProcess(
+        LedgerDsns(owner=info.owner_dsn, switch=info.switch_dsn), free_port(), log_path
+    )
+    await switch.start()
+    try:
+        print(f"switch_bench: switch pid {switch.pid}", file=sys.stderr, flush=True)
+        processes = _Processes((switch.pid,), cpu.postmaster_pid(cluster.data_dir), info)
+        for _ in range(runs):
+            run = await _closed_loop(
+                population, switch.port, duration_s, processes, count=count, mix=WITHDRAWALS_ONLY
+            )
+            print(
+                f"t{count}: {run.approved_per_s:,} approved/s, switch {run.switch_us:.0f} us, "
+                f"simulator {run.simulator_us:.0f} us, postgres {run.postgres_us:.0f} us, "
+                f"steal {run.steal_percent:.1f} %",
+                flush=True,
+            )
+    finally:
+        await switch.stop()
+
+
+def cpu_only(count: int, runs: int, duration_s: float) -> None:
+    """The `--cpu-only` mode (see the module's docstring)."""
+    work = Path(tempfile.mkdtemp(prefix="switch-bench-"))
+    pg_dir = Path(tempfile.mkdtemp(prefix="switch-bench-pg-"))
+    cluster = LocalCluster(pg_dir)
+    population = build(seed=99, customers=4 * count, terminals=count)
+    try:
+        info = cluster.start(timeout_ms=120_000)
+        uvloop.run(_prepare(info, population))
+        uvloop.run(
+            _cpu_only_loops(
+                info,
+                cluster,
+                population,
+                work / "switch.log",
+                count=count,
+                runs=runs,
+                duration_s=duration_s,
+            )
+        )
+    finally:
+        cluster.stop(timeout_ms=60_000)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
 if __name__ == "__main__":
     started = time.monotonic()
+    if sys.argv[1:2] == ["--cpu-only"]:
+        count, runs = int(sys.argv[2]), int(sys.argv[3])
+        cpu_only(count, runs, float(sys.argv[4]) if len(sys.argv) > 4 else 8.0)
+        print(f"({time.monotonic() - started:.0f} s)")
+        sys.exit(0)
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
     for name, value in run(seconds).items():
         print(f"{name}: {value:,}")

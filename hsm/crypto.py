@@ -15,7 +15,7 @@ from enum import Enum
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import cmac as _cmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from hsm.errors import KeyLengthError
 
@@ -74,14 +74,18 @@ def with_odd_parity(key: bytes) -> bytes:
     return key.translate(_ODD_PARITY)
 
 
-# Cipher objects are reused per key (building one costs more than a block operation).
+# Cipher objects are reused per key (building one costs more than a block operation). An ECB
+# context keeps no state between whole blocks, so one per key and direction serves every call;
+# it is never finalized. (The HSM and the simulator call these from one thread, their event
+# loop's.)
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
-def _tdes_ecb(key: bytes) -> Cipher[modes.ECB]:
+def _tdes_ecb(key: bytes, encrypt: bool) -> CipherContext:
     # ECB is what the standards specify for single-block PIN, KCV and key-under-KEK operations.
-    return Cipher(TripleDES(expand_tdes_key(key)), modes.ECB())  # noqa: S305
+    cipher = Cipher(TripleDES(expand_tdes_key(key)), modes.ECB())  # noqa: S305
+    return cipher.encryptor() if encrypt else cipher.decryptor()
 
 
-# Each encryptor or decryptor made from a CBC Cipher starts from its IV: MACs (zero IV) reuse it.
+# Each decryptor made from a CBC Cipher starts from its IV (encryption: `_CbcChain`).
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
 def _tdes_cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
     return Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(iv))
@@ -91,18 +95,46 @@ def _tdes_cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
 # cache of its own: a stream of them would push the terminals' working keys, which come back on
 # every request, out of the main cache, and one transaction still reuses its session key.
 @functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
-def _tdes_ecb_transient(key: bytes) -> Cipher[modes.ECB]:
-    return _tdes_ecb.__wrapped__(key)
+def _tdes_ecb_transient(key: bytes, encrypt: bool) -> CipherContext:
+    return _tdes_ecb.__wrapped__(key, encrypt)
 
 
-@functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
-def _tdes_cbc_transient(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
-    return _tdes_cbc.__wrapped__(key, iv)
+class _CbcChain:
+    """A CBC encryptor kept for one key across calls (making one costs more than a MAC's
+    blocks). CBC carries a call's last ciphertext block into the next as its chaining value;
+    each call xors that block and its own IV into its first plaintext block, which gives
+    exactly what a fresh encryptor from that IV gives."""
+
+    __slots__ = ("_context", "_last")
+
+    def __init__(self, key: bytes) -> None:
+        cipher = Cipher(TripleDES(expand_tdes_key(key)), modes.CBC(bytes(TDES_BLOCK)))
+        self._context = cipher.encryptor()
+        self._last = 0  # the chaining value: the zero IV before the first call
+
+    def encrypt(self, iv: bytes, data: bytes) -> bytes:
+        if not data:
+            return b""
+        first = int.from_bytes(data[:TDES_BLOCK], "big") ^ int.from_bytes(iv, "big") ^ self._last
+        out = self._context.update(first.to_bytes(TDES_BLOCK, "big") + data[TDES_BLOCK:])
+        self._last = int.from_bytes(out[-TDES_BLOCK:], "big")
+        return out
 
 
 @functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
-def _aes_ecb(key: bytes) -> Cipher[modes.ECB]:
-    return Cipher(algorithms.AES(check_aes_key(key)), modes.ECB())  # noqa: S305
+def _tdes_cbc_chain(key: bytes) -> _CbcChain:
+    return _CbcChain(key)
+
+
+@functools.lru_cache(maxsize=_CACHE_TRANSIENT_KEYS_MAX)
+def _tdes_cbc_chain_transient(key: bytes) -> _CbcChain:
+    return _CbcChain(key)
+
+
+@functools.lru_cache(maxsize=_CACHE_KEYS_MAX)
+def _aes_ecb(key: bytes, encrypt: bool) -> CipherContext:
+    cipher = Cipher(algorithms.AES(check_aes_key(key)), modes.ECB())  # noqa: S305
+    return cipher.encryptor() if encrypt else cipher.decryptor()
 
 
 def _whole_blocks(data: bytes, block: int) -> None:
@@ -112,20 +144,20 @@ def _whole_blocks(data: bytes, block: int) -> None:
 
 def tdes_ecb_encrypt(key: bytes, data: bytes, *, transient: bool = False) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = (_tdes_ecb_transient(key) if transient else _tdes_ecb(key)).encryptor()
-    return enc.update(data) + enc.finalize()
+    return (_tdes_ecb_transient(key, True) if transient else _tdes_ecb(key, True)).update(data)
 
 
 def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    dec = _tdes_ecb(key).decryptor()
-    return dec.update(data) + dec.finalize()
+    return _tdes_ecb(key, False).update(data)
 
 
 def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes, *, transient: bool = False) -> bytes:
     _whole_blocks(data, TDES_BLOCK)
-    enc = (_tdes_cbc_transient(key, iv) if transient else _tdes_cbc(key, iv)).encryptor()
-    return enc.update(data) + enc.finalize()
+    if len(iv) != TDES_BLOCK:
+        raise ValueError(f"a TDES IV is {TDES_BLOCK} bytes, got {len(iv)}")
+    chain = _tdes_cbc_chain_transient(key) if transient else _tdes_cbc_chain(key)
+    return chain.encrypt(iv, data)
 
 
 def tdes_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
@@ -136,14 +168,12 @@ def tdes_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
 
 def aes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
     _whole_blocks(data, AES_BLOCK)
-    enc = _aes_ecb(key).encryptor()
-    return enc.update(data) + enc.finalize()
+    return _aes_ecb(key, True).update(data)
 
 
 def aes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     _whole_blocks(data, AES_BLOCK)
-    dec = _aes_ecb(key).decryptor()
-    return dec.update(data) + dec.finalize()
+    return _aes_ecb(key, False).update(data)
 
 
 def aes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:

@@ -100,15 +100,12 @@ class StoredKey:
     kcv: str = field(init=False)
 
     def __post_init__(self) -> None:
-        header, _ = tr31.parse_header(self.text)
-        role, kcv = header.optional(ROLE_BLOCK_ID) or "", header.optional(KCV_BLOCK_ID)
-        if header.version != "D" or role not in KeyRole.__members__ or kcv is None:
-            raise KeyBlockError("not a key block of this HSM (version D, role and KCV blocks)")
-        object.__setattr__(self, "role", KeyRole[role])
-        object.__setattr__(self, "algorithm", tr31.algorithm_of(header))
-        object.__setattr__(self, "usage", header.usage)
-        object.__setattr__(self, "mode", header.mode)
-        object.__setattr__(self, "kcv", kcv[2:])
+        role, algorithm, usage, mode, kcv = _header_fields(self.text)
+        object.__setattr__(self, "role", role)
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "usage", usage)
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "kcv", kcv)
 
     @classmethod
     def from_text(cls, text: str) -> StoredKey:
@@ -119,6 +116,18 @@ class StoredKey:
 
     def __str__(self) -> str:
         return self.text
+
+
+# A card's PVK comes with every PIN it verifies: its header is read once, not per request.
+@functools.lru_cache(maxsize=OPEN_BLOCKS_MAX)
+def _header_fields(text: str) -> tuple[KeyRole, Algorithm, str, str, str]:
+    """A stored key's role, algorithm, usage, mode of use and KCV, from its block's header (a
+    block that is not one of this HSM's raises, and is not cached)."""
+    header, _ = tr31.parse_header(text)
+    role, kcv = header.optional(ROLE_BLOCK_ID) or "", header.optional(KCV_BLOCK_ID)
+    if header.version != "D" or role not in KeyRole.__members__ or kcv is None:
+        raise KeyBlockError("not a key block of this HSM (version D, role and KCV blocks)")
+    return KeyRole[role], tr31.algorithm_of(header), header.usage, header.mode, kcv[2:]
 
 
 def kcv_hex(algorithm: Algorithm, key: bytes) -> str:

@@ -85,6 +85,7 @@ class Terminal:
     ) -> None:
         assert len(terminal_id) <= 8, "F41 holds 8 characters"
         self.terminal_id = terminal_id
+        self._field_41 = terminal_id.ljust(8)
         self.epp = epp
         self.client = client
         self._clock = clock
@@ -133,7 +134,7 @@ class Terminal:
         base = {
             7: transmission_time(self._clock()),
             11: self.next_stan(),
-            41: self.terminal_id.ljust(8),
+            41: self._field_41,
         }
         return self.sign(Message(mti, {**base, **fields}))
 

@@ -57,6 +57,13 @@ from switch.settings import ENV_PREFIX, Settings
 
 log = structlog.get_logger("switch")
 READY_PROBE_TIMEOUT_MS = 1_000
+# The collector's youngest generation is collected when tracked objects allocated outnumber
+# those freed by this many. At Python's 700, the objects of the requests in flight (dozens
+# each) crossed it back and forth: under 256 kiosks, 2,000 collections per 20,000 withdrawals,
+# 0.9 s of CPU (~40 us a withdrawal), most of it in second-generation passes over requests
+# still in flight. At 20,000: 4 in a like run of 25,800 withdrawals, 0.035 s in all (each
+# pause ~10 ms, against 180 second-generation pauses of ~3 ms before).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 class StartupError(Exception):
@@ -407,6 +414,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] = lambda: None)
                     # pauses every request in flight for the whole heap (~55,000 objects,
                     # 15-20 ms).
                     gc.freeze()
+                    gc.set_threshold(GC_YOUNG_THRESHOLD)
                     ready()
                     await stop.wait()
                     log.info("shutdown_requested", grace_ms=settings.shutdown_grace_ms)

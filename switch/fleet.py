@@ -59,7 +59,9 @@ class Fleet:
         approved = response_code == "00"
         if mti == "0800" and network_code == "001" and not approved:
             return  # a refused sign-on does not make a terminal known
-        status = self._terminals.setdefault(terminal_id, TerminalStatus(terminal_id))
+        status = self._terminals.get(terminal_id)
+        if status is None:  # not setdefault: that builds a status on every message
+            status = self._terminals[terminal_id] = TerminalStatus(terminal_id)
         status.last_seen = self._clock()
         status.requests += 1
         if mti == "0800" and approved and network_code in ("001", "002"):

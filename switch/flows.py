@@ -99,6 +99,8 @@ class Context:
 
 
 StepMethod = Callable[["Flows", Context], Awaitable[Context | Outcome]]
+# A step bound to its handler, with its name for the step timings.
+NamedStep = tuple[str, Callable[[Context], Awaitable[Context | Outcome]]]
 
 
 class PostingInDoubt(Exception):
@@ -135,6 +137,11 @@ class Flows:
             write_timeout_ms=write_timeout_ms,
             atc_jump_logged=settings.atc_jump_logged,
         )
+        # Built once, not per request.
+        self._steps: Mapping[Kind, Sequence[NamedStep]] = {
+            kind: tuple((step.__name__, partial(step, self)) for step in steps)
+            for kind, steps in STEPS.items()
+        }
 
     async def __call__(self, request: Message, link: Link) -> Message | None:
         deadline = Deadline(self._settings.request_deadline_ms)
@@ -166,9 +173,9 @@ class Flows:
         if request.message_class == BALANCING_CLASS:
             echoed = {n: request.fields[n] for n in balancing.ECHOED if n in request}
             outcome = replace(outcome, fields={**echoed, **outcome.fields})
-        if request.message_class in DATED_CLASSES:
+        if request.message_class in DATED_CLASSES and SETTLEMENT_DATE_FIELD not in outcome.fields:
             # Every 0210 and 0430 names its business day: the ledger's, when it booked the
-            # request; today's, when the switch answered alone.
+            # request (already in the outcome); today's, when the switch answered alone.
             today = business_day(self._now(), self._ledger.policy.business_day_cutover)
             outcome = replace(
                 outcome, fields={SETTLEMENT_DATE_FIELD: settlement_date(today), **outcome.fields}
@@ -190,7 +197,7 @@ class Flows:
             return Outcome(parsed.code, reason=parsed.reason)
         context = Context(request, link, deadline, parsed, retrieval_reference(parsed, self._now()))
         structlog.contextvars.bind_contextvars(rrn=context.rrn)
-        steps = [(step.__name__, partial(step, self)) for step in STEPS[parsed.kind]]
+        steps = self._steps[parsed.kind]
         steps_ms: dict[str, float] = {}
 
         def timed(step: str, elapsed_ms: float) -> None:

@@ -43,8 +43,12 @@ SENSITIVE_KEYS: frozenset[str] = frozenset(
         "field_55",
     }
 )
-_PAN_LIKE = re.compile(r"(?<![0-9])[0-9]{13,19}(?![0-9])")
+PAN_DIGITS_MIN = 13
+_PAN_LIKE = re.compile(rf"(?<![0-9])[0-9]{{{PAN_DIGITS_MIN},19}}(?![0-9])")
 _REDACTED = "<redacted>"
+# Values that cannot hold a card number, passed over without a look (a request's log line is
+# made of them): shorter strings than a PAN, smaller integers, floats, None.
+_TOO_SHORT_FOR_A_PAN = 10 ** (PAN_DIGITS_MIN - 1)
 
 
 def mask_pans(text: str) -> str:
@@ -66,9 +70,14 @@ def _scrub(value: object) -> object:
 def redact_card_data(
     _logger: object, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    for key in [k for k in event_dict if k in SENSITIVE_KEYS]:
+    for key in SENSITIVE_KEYS.intersection(event_dict):
         del event_dict[key]
     for key, value in event_dict.items():
+        kind = type(value)
+        if (kind is str and len(value) < PAN_DIGITS_MIN) or value is None or kind is float:
+            continue
+        if kind is int and value < _TOO_SHORT_FOR_A_PAN:
+            continue
         event_dict[key] = _scrub(value)
     return event_dict
 

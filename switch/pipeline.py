@@ -113,7 +113,8 @@ def ledger_request(transaction: Transaction, rrn: str, *, atc: int | None = None
         transaction.stan,
         message_class=request.mti[:3] + "0",
     )
-    audit = AuditFields(request.mti, str(request.processing_code), rrn)
+    # Field 3 as received: parse_transaction checked it, and the ledger records it as text.
+    audit = AuditFields(request.mti, request.fields[3], rrn)
     from_type = _account_type(transaction.from_account_type)
     if transaction.kind is Kind.BALANCE_INQUIRY:
         return BalanceInquiry(transaction.pan, key, audit, from_type, atc)
@@ -180,7 +181,7 @@ def answer(transaction: Transaction, result: Result, reason: str | None = None) 
 
 def settlement_date(business_date: date) -> str:
     """F15, MMDD: the business day the host booked a request under (or balances, in 0500)."""
-    return f"{business_date:%m%d}"
+    return f"{business_date.month:02d}{business_date.day:02d}"  # strftime costs more
 
 
 def result_fields(transaction: Transaction, result: Result) -> dict[int, str]:

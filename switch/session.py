@@ -140,4 +140,6 @@ def advance(session: Session, event: SessionEvent, terminal_id: str | None) -> A
             "terminal id mismatch",
             SecurityEvent.TERMINAL_ID_MISMATCH,
         )
+    if next_state == session.state and bound is not None:
+        return Admission(session, None)  # a request in session: nothing changes
     return Admission(replace(session, state=next_state, terminal_id=bound or terminal_id), None)

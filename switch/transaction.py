@@ -21,7 +21,7 @@ from switch.iso8583.elements import (
     OriginalData,
     ReplacementAmounts,
 )
-from switch.iso8583.message import Message
+from switch.iso8583.message import Message, ProcessingCode
 from switch.iso8583.response_codes import ResponseCode
 
 
@@ -95,16 +95,18 @@ def valid_transmission_time(text: str) -> bool:
     return 1 <= day <= calendar.monthrange(2000, month)[1]
 
 
-def kind_of(request: Message) -> Kind | None:
+def kind_of(request: Message, code: ProcessingCode | None) -> Kind | None:
+    """What `request` asks for; `code`, its processing code (parsed once per request)."""
     if request.message_class == "042":
         return Kind.REVERSAL
-    if request.mti != "0200" or request.processing_code is None:
+    if request.mti != "0200" or code is None:
         return None
-    return KIND_BY_TRANSACTION_TYPE.get(request.processing_code.transaction_type)
+    return KIND_BY_TRANSACTION_TYPE.get(code.transaction_type)
 
 
 def parse_transaction(request: Message) -> Transaction | Refusal:
-    kind = kind_of(request)
+    code = request.processing_code
+    kind = kind_of(request, code)
     if kind is None:
         return Refusal(
             ResponseCode.INVALID_TRANSACTION, f"{request.mti} {request.get(3)} not handled"
@@ -115,7 +117,6 @@ def parse_transaction(request: Message) -> Transaction | Refusal:
     pin_block = _pin_block(request, kind)
     if isinstance(pin_block, Refusal):
         return pin_block
-    code = request.processing_code
     assert code is not None, "field 3 is required for every kind"
     if code.from_account_type not in ACCOUNT_TYPES or code.to_account_type not in ACCOUNT_TYPES:
         return Refusal(ResponseCode.INVALID_TRANSACTION, f"account types in {code}")

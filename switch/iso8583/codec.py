@@ -6,13 +6,14 @@ could be read (MTI, echo fields) so the caller can answer with a format error.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 import iso8583
 
+from switch.iso8583 import direct
+from switch.iso8583.direct import CONTENT_PATTERNS
 from switch.iso8583.message import Message
 from switch.iso8583.spec import BINARY_FIELDS, FIELDS, MAC_FIELDS, TPDU_BYTES, Dialect, build_spec
 
@@ -21,16 +22,6 @@ ECHO_FIELDS: tuple[int, ...] = (7, 11, 41)
 DEFAULT_TPDU = "6000000000"
 MAC_BYTES = 8
 
-_CONTENT_PATTERNS: Mapping[str, re.Pattern[str]] = MappingProxyType(
-    {
-        "n": re.compile(r"[0-9]*"),
-        "xn": re.compile(r"[CD][0-9]*"),
-        "z": re.compile(r"[0-9=D]*"),
-        "b": re.compile(r"[0-9A-Fa-f]*"),
-        "an": re.compile(r"[\x20-\x7e]*"),
-        "ans": re.compile(r"[\x20-\x7e]*"),
-    }
-)
 _FIELD_NAMES: Mapping[str, str] = MappingProxyType(
     {"h": "TPDU", "t": "MTI", "p": "primary bitmap", "1": "secondary bitmap"}
 )
@@ -65,6 +56,12 @@ class EncodeError(Exception):
 
 def decode(frame: bytes, dialect: Dialect) -> Message:
     """One frame's payload (without the length header) to a Message."""
+    decoded = direct.decode(frame, dialect)
+    return decoded if decoded is not None else pyiso8583_decode(frame, dialect)
+
+
+def pyiso8583_decode(frame: bytes, dialect: Dialect) -> Message:
+    """`decode` by pyiso8583 alone: the reference, and the path of every frame in error."""
     spec = build_spec(dialect)
     try:
         doc_dec, doc_enc = iso8583.decode(bytes(frame), spec)
@@ -93,9 +90,17 @@ def decode(frame: bytes, dialect: Dialect) -> Message:
 
 def encode(message: Message, dialect: Dialect) -> bytes:
     """A Message to one frame's payload (the caller adds the length header)."""
+    tpdu = (message.tpdu or DEFAULT_TPDU) if dialect.tpdu else None
+    encoded = direct.encode(message, tpdu, dialect)
+    return encoded if encoded is not None else pyiso8583_encode(message, dialect)
+
+
+def pyiso8583_encode(message: Message, dialect: Dialect) -> bytes:
+    """`encode` by pyiso8583 alone: the reference, and the path of every message in error."""
+    tpdu = (message.tpdu or DEFAULT_TPDU) if dialect.tpdu else None
     doc: dict[str, Any] = {"t": message.mti}
-    if dialect.tpdu:
-        doc["h"] = message.tpdu or DEFAULT_TPDU
+    if tpdu is not None:
+        doc["h"] = tpdu
     doc.update((str(n), v) for n, v in message.fields.items())
     try:
         encoded, _ = iso8583.encode(doc, build_spec(dialect))
@@ -129,10 +134,11 @@ def prepared_for_mac(message: Message, dialect: Dialect) -> Message:
     """`message` with a zero MAC in its MAC field, encoded once: `mac_input` reads its bytes and
     `with_mac` splices the real MAC into them."""
     mac_field = message.mac_field
-    placeholder = message.replace({mac_field: "00" * MAC_BYTES}, drop=MAC_FIELDS)
-    return Message(
-        placeholder.mti, placeholder.fields, placeholder.tpdu, encode(placeholder, dialect)
-    )
+    fields = {n: v for n, v in message.fields.items() if n not in MAC_FIELDS}
+    # The MAC field is the message's last: F64 when no field above 64 is present, else F128.
+    fields[mac_field] = "00" * MAC_BYTES
+    placeholder = Message.of_sorted(message.mti, fields, message.tpdu)
+    return Message.of_sorted(message.mti, fields, message.tpdu, encode(placeholder, dialect))
 
 
 def with_mac(prepared: Message, mac: bytes, dialect: Dialect) -> Message:
@@ -140,8 +146,9 @@ def with_mac(prepared: Message, mac: bytes, dialect: Dialect) -> Message:
     assert prepared.wire is not None, "from prepared_for_mac"
     assert len(mac) == MAC_BYTES
     on_wire = mac if dialect.binary_fields == "raw" else mac.hex().upper().encode("ascii")
-    fields = {**prepared.fields, prepared.mac_field: mac.hex().upper()}
-    return Message(prepared.mti, fields, prepared.tpdu, prepared.wire[: -len(on_wire)] + on_wire)
+    fields = {**prepared.fields, prepared.mac_field: mac.hex().upper()}  # the last, as it was
+    wire = prepared.wire[: -len(on_wire)] + on_wire
+    return Message.of_sorted(prepared.mti, fields, prepared.tpdu, wire)
 
 
 def wire_of(message: Message, dialect: Dialect) -> bytes:
@@ -168,7 +175,7 @@ def _check_contents(
             raise DecodeError("MTI must be 4 digits", field=key, offset=offset)
         if key.isdigit() and key != "1":
             definition = FIELDS[int(key)]
-            if not _CONTENT_PATTERNS[definition.content].fullmatch(doc_dec[key]):
+            if not CONTENT_PATTERNS[definition.content].fullmatch(doc_dec[key]):
                 raise DecodeError(
                     f"content is not of class {definition.content}",
                     field=key,
@@ -189,6 +196,6 @@ def _echo(doc_dec: Mapping[str, str]) -> dict[int, str]:
     echo: dict[int, str] = {}
     for number in ECHO_FIELDS:
         value = doc_dec.get(str(number))
-        if value is not None and _CONTENT_PATTERNS[FIELDS[number].content].fullmatch(value):
+        if value is not None and CONTENT_PATTERNS[FIELDS[number].content].fullmatch(value):
             echo[number] = value
     return echo

@@ -54,6 +54,21 @@ class Message:
         # Frozen means frozen: keep our own read-only copy, never the caller's dict.
         object.__setattr__(self, "fields", MappingProxyType(dict(sorted(self.fields.items()))))
 
+    @classmethod
+    def of_sorted(
+        cls, mti: str, fields: dict[int, str], tpdu: str | None = None, wire: bytes | None = None
+    ) -> Message:
+        """The codec's constructor: `fields` are known data elements in ascending order, in a
+        dict the caller made for this message and never touches again, so it is kept as it is
+        (the checks and the sorted copy of `Message(...)` were a good part of a request's
+        cost)."""
+        message = object.__new__(cls)
+        object.__setattr__(message, "mti", mti)
+        object.__setattr__(message, "fields", MappingProxyType(fields))
+        object.__setattr__(message, "tpdu", tpdu)
+        object.__setattr__(message, "wire", wire)
+        return message
+
     def __repr__(self) -> str:
         shown = {n: _redacted(n, v) for n, v in self.fields.items()}
         return f"Message(mti={self.mti!r}, fields={shown!r})"
@@ -127,8 +142,11 @@ class Message:
     @property
     def mac_field(self) -> int:
         """Where this message's MAC goes: F128 when a secondary bitmap is needed, else F64."""
-        needs_secondary = any(n > 64 for n in self.fields if n not in MAC_FIELDS)
-        return MAC_FIELDS[1] if needs_secondary else MAC_FIELDS[0]
+        # Fields are in ascending order: the highest that is not a MAC decides.
+        for number in reversed(tuple(self.fields)):
+            if number not in MAC_FIELDS:
+                return MAC_FIELDS[1] if number > 64 else MAC_FIELDS[0]
+        return MAC_FIELDS[0]
 
     @property
     def mac(self) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import cmac
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -171,3 +172,24 @@ def test_mac_refuses_any_single_bit_change(data: bytes, algorithm: Algorithm, pi
     assert mac.verify_mac(algorithm, key, data, tag)
     assert not mac.verify_mac(algorithm, key, flip(data, pick % (8 * len(data))), tag)
     assert not mac.verify_mac(algorithm, key, data, flip(tag, pick % 64))
+
+
+@settings(max_examples=200)
+@given(
+    key=st.sampled_from([TAK, TAK[:8], bytes(range(24))]),
+    calls=st.lists(
+        st.tuples(st.binary(min_size=8, max_size=8), st.integers(0, 12)), min_size=1, max_size=6
+    ),
+    transient=st.booleans(),
+    seed=st.binary(min_size=1, max_size=96),
+)
+def test_cbc_encryption_reusing_its_encryptor_equals_a_fresh_one(
+    key: bytes, calls: list[tuple[bytes, int]], transient: bool, seed: bytes
+) -> None:
+    """The kept encryptor carries its chaining value from call to call; each call's output is
+    still exactly a fresh encryptor's from that call's IV."""
+    for iv, blocks in calls:
+        data = (seed * 96)[: 8 * blocks]
+        fresh = Cipher(TripleDES(crypto.expand_tdes_key(key)), modes.CBC(iv)).encryptor()
+        expected = fresh.update(data) + fresh.finalize()
+        assert crypto.tdes_cbc_encrypt(key, iv, data, transient=transient) == expected

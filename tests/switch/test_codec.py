@@ -14,13 +14,14 @@ from switch.iso8583 import (
     EncodeError,
     Message,
     decode,
+    direct,
     encode,
     mac_input,
     prepared_for_mac,
     wire_of,
     with_mac,
 )
-from switch.iso8583.codec import response_tpdu
+from switch.iso8583.codec import pyiso8583_decode, pyiso8583_encode, response_tpdu
 from switch.iso8583.spec import FIELDS, FieldDef
 
 PRIMARY_0800 = bytes.fromhex("8220000000000000")  # bits 1 (secondary bitmap), 7, 11
@@ -305,6 +306,85 @@ def test_a_mac_spliced_into_the_bytes_equals_encoding_the_maced_message(
     received = decode(wire_of(sealed, dialect), dialect)
     assert received.wire == sealed.wire
     assert mac_input(received, dialect) == mac_input(prepared, dialect)
+
+
+def _mutated(wire: bytes, edits: list[tuple[int, int, str]]) -> bytes:
+    changed = bytearray(wire)
+    for position, value, kind in edits:
+        at = position % (len(changed) + 1)
+        if kind == "s" and at < len(changed):
+            changed[at] = value
+        elif kind == "i":
+            changed.insert(at, value)
+        elif kind == "d" and at < len(changed):
+            del changed[at]
+    return bytes(changed)
+
+
+def _reference_decode(wire: bytes, dialect: Dialect) -> Message | DecodeError:
+    try:
+        return pyiso8583_decode(wire, dialect)
+    except DecodeError as exc:
+        return exc
+
+
+@settings(max_examples=1000)
+@given(
+    message=messages(),
+    dialect=DIALECTS,
+    edits=st.lists(
+        st.tuples(st.integers(0, 400), st.integers(0, 255), st.sampled_from("sid")), max_size=3
+    ),
+)
+def test_the_direct_decode_agrees_with_pyiso8583_or_leaves_it_to_it(
+    message: Message, dialect: Dialect, edits: list[tuple[int, int, str]]
+) -> None:
+    wire = _mutated(pyiso8583_encode(message, dialect), edits)
+    direct_message = direct.decode(wire, dialect)
+    reference = _reference_decode(wire, dialect)
+    if not edits:
+        assert direct_message is not None, "a well-formed frame takes the direct path"
+    if direct_message is not None:
+        assert isinstance(reference, Message)
+        assert direct_message == reference
+        assert direct_message.wire == reference.wire == wire
+        assert list(direct_message.fields) == list(reference.fields)
+        assert direct_message.tpdu == reference.tpdu
+
+
+@settings(max_examples=500)
+@given(message=messages(), dialect=DIALECTS, tpdu=st.sampled_from([None, "6000010002", "60000"]))
+def test_the_direct_encode_gives_pyiso8583_bytes_or_leaves_it_to_it(
+    message: Message, dialect: Dialect, tpdu: str | None
+) -> None:
+    message = Message(message.mti, message.fields, tpdu=tpdu)
+    try:
+        reference: bytes | EncodeError = pyiso8583_encode(message, dialect)
+    except EncodeError as exc:
+        reference = exc
+    sent_tpdu = (tpdu or "6000000000") if dialect.tpdu else None
+    direct_bytes = direct.encode(message, sent_tpdu, dialect)
+    if isinstance(reference, bytes):
+        assert direct_bytes == reference
+    else:
+        assert direct_bytes is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {2: "4" * 20},  # longer than its maximum
+        {3: "01000"},  # short of its fixed length
+        {41: "KIOSK\u00e9"},  # not ASCII
+        {52: "0123456789ABCDEZ"},  # not hex
+        {104: "x" * 1000},  # more than its length prefix can say
+    ],
+)
+def test_the_direct_encode_leaves_a_bad_value_to_pyiso8583(fields: dict[int, str]) -> None:
+    message = Message("0200", fields)
+    assert direct.encode(message, None, Dialect()) is None
+    with pytest.raises(EncodeError):
+        encode(message, Dialect())
 
 
 def test_a_changed_message_drops_its_wire_bytes() -> None:
