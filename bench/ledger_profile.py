@@ -10,6 +10,11 @@ statements (`track = all`) and planning, and prints per concurrency:
   again every time), plan and execution time per call, rows;
 - per table, inserts, updates and HOT updates (an update that is not HOT writes index entries).
 
+A nested statement's time is its run only: building and freeing its executor state (for
+post_batch's statements, most of a call's fixed cost) is counted in its caller's time alone, so
+a caller's time exceeds the sum of its statements'. perf on the backend shows that part
+(standard_ExecutorStart).
+
 With `--explain`, auto_explain logs every nested statement's plan with actual times to the
 cluster's server.log (slow: use it to read plans, not for figures). Tracking itself costs
 server time, so compare figures between runs of this tool, and take throughput from
