@@ -101,7 +101,7 @@ class Batcher(Generic[Item]):
     ) -> Any:
         """The item's reply. `customers`: those its call locks; `again` (writes): how to decide
         it again when its reply says it is stale."""
-        left_s = deadline.left_s()
+        left_s = deadline.remaining_s()
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(item, customers, deadline, reply, again))
         self._start_calls()
@@ -171,7 +171,7 @@ class Batcher(Generic[Item]):
     ) -> list[Any | LedgerError]:
         """Each item's reply; when the batch fails for one item, each item's own outcome."""
         try:
-            replies = await self._call(conn, items, deadline.left_s())
+            replies = await self._call(conn, items, deadline.remaining_s())
         except asyncpg.PostgresError as exc:
             if isinstance(exc, UNAVAILABLE) or len(items) == 1:
                 raise
@@ -182,7 +182,7 @@ class Batcher(Generic[Item]):
 
     async def _alone(self, conn: Connection, item: Any, deadline: Deadline) -> Any | LedgerError:
         try:
-            (reply,) = await self._call(conn, [item], deadline.left_s())
+            (reply,) = await self._call(conn, [item], deadline.remaining_s())
         except asyncpg.PostgresError as exc:
             if isinstance(exc, UNAVAILABLE):
                 raise

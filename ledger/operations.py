@@ -377,7 +377,7 @@ class OperationsStore:
         reached or does not answer in time, LedgerError when it refuses."""
         deadline = Deadline(timeout_ms)
         try:
-            async with self._pool.acquire(timeout=deadline.left_s()) as conn:
+            async with self._pool.acquire(timeout=deadline.remaining_s()) as conn:
                 yield conn
         except UNAVAILABLE as exc:
             raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from exc

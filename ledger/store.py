@@ -162,7 +162,7 @@ class LedgerStore:
     @contextlib.asynccontextmanager
     async def _connection(self, deadline: Deadline) -> AsyncIterator[Connection]:
         try:
-            async with self._pool.acquire(timeout=deadline.left_s()) as conn:
+            async with self._pool.acquire(timeout=deadline.remaining_s()) as conn:
                 yield conn
         except UNAVAILABLE as exc:
             raise LedgerUnavailable(f"ledger unavailable: {type(exc).__name__}") from exc
@@ -263,13 +263,13 @@ class LedgerStore:
         """Lookup then execute, with `authorise` and `authorise_chip` standing for the HSM
         (tools and tests)."""
         deadline = Deadline(timeout_ms)
-        lookup = await self.lookup(request, timeout_ms=deadline.left_ms())
+        lookup = await self.lookup(request, timeout_ms=deadline.remaining_ms())
         return await self.execute(
             lookup,
             authorisation=authorise(lookup),
             chip_authorisation=authorise_chip(lookup),
             now=now,
-            timeout_ms=deadline.left_ms(),
+            timeout_ms=deadline.remaining_ms(),
         )
 
     async def _decide_and_apply(
@@ -354,14 +354,16 @@ class LedgerStore:
         raises BalancingRefused, having written nothing, when the ledger refuses it."""
         deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
-            return await balancing.record(conn, report, at=now, timeout_s=deadline.left_s())
+            return await balancing.record(conn, report, at=now, timeout_s=deadline.remaining_s())
 
     async def terminal_keys(self, terminal_id: str, *, timeout_ms: int) -> TerminalKeys | None:
         """The terminal's status and key cryptograms (read at sign-on)."""
         deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
             row = await conn.fetchrow(
-                "SELECT * FROM ledger.terminal_keys($1)", terminal_id, timeout=deadline.left_s()
+                "SELECT * FROM ledger.terminal_keys($1)",
+                terminal_id,
+                timeout=deadline.remaining_s(),
             )
         return None if row is None else TerminalKeys(**dict(row))
 
@@ -375,7 +377,7 @@ class LedgerStore:
         async with self._connection(deadline) as conn:
             found = await conn.fetchval(
                 "SELECT ledger.set_session_keys($1, $2, $3, $4)", terminal_id, tpk, tak,
-                authorisation, timeout=deadline.left_s(),
+                authorisation, timeout=deadline.remaining_s(),
             )  # fmt: skip
         if not found:
             raise LedgerError(f"unknown terminal {terminal_id!r}")
@@ -385,7 +387,7 @@ class LedgerStore:
         deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
             value = await conn.fetchval(
-                "SELECT ledger.authorisation_check_value()", timeout=deadline.left_s()
+                "SELECT ledger.authorisation_check_value()", timeout=deadline.remaining_s()
             )
         assert value is None or isinstance(value, str)
         return value
@@ -468,7 +470,7 @@ async def open_store(
     dsn = settings.dsn
     if dsn is None:
         cluster = LocalCluster(settings.data_dir)
-        info = await asyncio.to_thread(cluster.start, timeout_ms=deadline.left_ms())
+        info = await asyncio.to_thread(cluster.start, timeout_ms=deadline.remaining_ms())
         dsn = info.switch_dsn
     pool: asyncpg.Pool | None = None
     try:
@@ -478,7 +480,7 @@ async def open_store(
             max_size=settings.pool_size_max,
             init=_init_connection,
             reset=_keep_session,
-            timeout=min(deadline.left_s(), settings.connect_timeout_ms / 1000),
+            timeout=min(deadline.remaining_s(), settings.connect_timeout_ms / 1000),
             server_settings={
                 "statement_timeout": str(settings.statement_timeout_ms),
                 # The ledger's statements are primary-key lookups: a generic plan is always
@@ -486,9 +488,9 @@ async def open_store(
                 "plan_cache_mode": "force_generic_plan",
             },
         )
-        async with pool.acquire(timeout=deadline.left_s()) as conn:
-            await require_current(conn, timeout_ms=deadline.left_ms())
-            await _require_same_policy(conn, settings, timeout_ms=deadline.left_ms())
+        async with pool.acquire(timeout=deadline.remaining_s()) as conn:
+            await require_current(conn, timeout_ms=deadline.remaining_ms())
+            await _require_same_policy(conn, settings, timeout_ms=deadline.remaining_ms())
     except BaseException:
         # Closed before the cluster stops: an open pool would try to restore its minimum of
         # connections to a server shutting down, and log each failure with a traceback.

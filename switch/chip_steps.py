@@ -22,6 +22,7 @@ from hsm.authorisation import Authorisation
 from hsm.emv import ArqcResult, CryptogramVersion
 from hsm.errors import EmvError, HsmError, KeyMaterialError
 from hsm.keys import StoredKey
+from ledger.deadline import Deadline
 from ledger.model import EmvProfile
 from ledger.model import Outcome as LedgerOutcome
 from ledger.pan import mask_pan
@@ -30,7 +31,7 @@ from switch import chip
 from switch.chip import AtcCheck, CardRead, IccData
 from switch.iso8583.response_codes import ResponseCode
 from switch.iso8583.spec import ICC_DATA_FIELD
-from switch.pipeline import Deadline, Outcome, answer
+from switch.pipeline import Outcome, answer
 from switch.transaction import Transaction
 
 log = structlog.get_logger("switch.chip")

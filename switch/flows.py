@@ -19,7 +19,6 @@ business day it was booked under (F15).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -36,6 +35,7 @@ from hsm.keys import StoredKey
 from hsm.pinblock import PinBlockFormat
 from ledger.cash import cash_out
 from ledger.codec import requested
+from ledger.deadline import Deadline, DeadlinePassed
 from ledger.errors import BalancingRefused, LedgerUnavailable
 from ledger.model import Outcome as LedgerOutcome
 from ledger.model import Result, Withdrawal
@@ -57,8 +57,6 @@ from switch.iso8583.response_codes import ResponseCode
 from switch.iso8583.spec import Dialect
 from switch.pipeline import (
     SETTLEMENT_DATE_FIELD,
-    Deadline,
-    DeadlinePassed,
     Outcome,
     PinDataError,
     answer,
@@ -165,11 +163,13 @@ class Flows:
         except HsmUnavailable as exc:
             self._count_error("hsm")
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason=f"HSM: {exc}")
+        except DeadlinePassed:
+            # The request's budget (a LedgerUnavailable to the ledger's callers): no dependency
+            # failed, so none is counted.
+            outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason="deadline passed")
         except LedgerUnavailable as exc:
             self._count_error("database")
             outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason=f"ledger: {exc}")
-        except DeadlinePassed:
-            outcome = Outcome(ResponseCode.ISSUER_UNAVAILABLE, reason="deadline passed")
         if request.message_class == BALANCING_CLASS:
             echoed = {n: request.fields[n] for n in balancing.ECHOED if n in request}
             outcome = replace(outcome, fields={**echoed, **outcome.fields})
@@ -211,7 +211,7 @@ class Flows:
                     parsed,
                     decided_on.arqc,
                     outcome,
-                    timeout_ms=max(deadline_left(deadline), MIN_RESPONSE_HSM_MS),
+                    timeout_ms=max(deadline.remaining_ms_or_zero(), MIN_RESPONSE_HSM_MS),
                 )
         finally:
             # Also when a step raised (a dependency down, the deadline): those are the slow ones.
@@ -317,7 +317,7 @@ class Flows:
                 context.transaction,
                 verified,
                 stored,
-                timeout_ms=max(deadline_left(context.deadline), MIN_RESPONSE_HSM_MS),
+                timeout_ms=max(context.deadline.remaining_ms_or_zero(), MIN_RESPONSE_HSM_MS),
             )
         except HsmUnavailable as exc:
             self._count_error("hsm")
@@ -552,7 +552,7 @@ class Flows:
             mac = await self._hsm.generate_mac(
                 tak,
                 mac_input(prepared, self._dialect),
-                timeout_ms=max(deadline_left(deadline), MIN_RESPONSE_HSM_MS),
+                timeout_ms=max(deadline.remaining_ms_or_zero(), MIN_RESPONSE_HSM_MS),
             )
         except HsmUnavailable as exc:
             self._count_error("hsm")
@@ -562,12 +562,6 @@ class Flows:
             )
             return response
         return with_mac(prepared, mac, self._dialect)
-
-
-def deadline_left(deadline: Deadline) -> int:
-    with contextlib.suppress(DeadlinePassed):
-        return deadline.remaining_ms()
-    return 0
 
 
 def _authorisation(lookup: Lookup) -> Authorisation:

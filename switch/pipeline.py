@@ -52,24 +52,6 @@ DEFAULT_ACCOUNT_TYPE = "20"
 SETTLEMENT_DATE_FIELD = 15
 
 
-class DeadlinePassed(Exception):
-    """The request's time budget ran out before an HSM or ledger call could start."""
-
-
-class Deadline:
-    """One time budget for a request, spanning every HSM and ledger call it makes."""
-
-    def __init__(self, budget_ms: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._end = clock() + budget_ms / 1000
-
-    def remaining_ms(self) -> int:
-        left_ms = int((self._end - self._clock()) * 1000)
-        if left_ms <= 0:
-            raise DeadlinePassed("request deadline passed")
-        return left_ms
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a request ends: its response code, fields to add, and why (for the log)."""

@@ -10,6 +10,8 @@ import pytest
 from hsm.api import Ibm3624Offset, VisaPvv
 from hsm.devkeys import make_dev_keys
 from hsm.keys import DEVELOPMENT_LMK, Lmk
+from ledger.deadline import Deadline, DeadlinePassed
+from ledger.errors import LedgerUnavailable
 from ledger.model import (
     BalanceInquiry,
     RequestKey,
@@ -25,8 +27,6 @@ from switch.iso8583 import Message
 from switch.iso8583.elements import OriginalData, ReplacementAmounts
 from switch.iso8583.response_codes import ResponseCode
 from switch.pipeline import (
-    Deadline,
-    DeadlinePassed,
     Outcome,
     PinDataError,
     ledger_request,
@@ -59,9 +59,14 @@ def test_deadline_counts_down_and_then_refuses() -> None:
     assert deadline.remaining_ms() == 500
     now[0] += 0.4
     assert deadline.remaining_ms() == 99
+    assert deadline.remaining_ms_or_zero() == 99
     now[0] += 0.2
     with pytest.raises(DeadlinePassed):
         deadline.remaining_ms()
+    # To the ledger's callers a spent budget is the ledger not answering in time.
+    with pytest.raises(LedgerUnavailable):
+        deadline.remaining_s()
+    assert deadline.remaining_ms_or_zero() == 0
 
 
 async def test_the_first_outcome_ends_the_steps() -> None:
