@@ -37,7 +37,6 @@ from tests.switch.scraped import by_label, value
 
 NOW = dt.datetime(2026, 11, 23, 10, 15, tzinfo=dt.UTC)
 TOKEN = DEVELOPMENT_TOKENS[Role.VIEWER]
-DAY = dt.timedelta(days=1)
 
 
 async def approve(request: Message, _link: Link) -> Message:
