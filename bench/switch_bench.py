@@ -14,7 +14,8 @@
 3. Open loop at 80% of the best closed-loop rate: p99 at a fixed load, and where the time goes
    (the mean per pipeline step, and per ledger read and write the mean wait for a call, the
    mean call and the mean batch, from the switch's own metrics).
-4. 10,000 idle terminal connections, each echoed once: the switch's memory per connection.
+4. 10,000 idle terminal connections, each echoed once: the switch's memory per connection;
+   then the same over mutual TLS (`tls_*` figures) against a switch with its TLS listener.
 5. `python -m switch serve --workers 2` (`w2_*` figures): (2)'s magstripe closed loops again,
    the switch's CPU being its parent's and both workers', and the ratio of its best rate to one
    process's (`w2_to_w1_best`). The figures without a prefix are one process's.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import shutil
+import ssl
 import sys
 import tempfile
 import time
@@ -50,6 +52,7 @@ from bench.ledger_bench import pgbench_run, wal_position_bytes
 from kiosk_sim import load, scrape
 from kiosk_sim.client import TerminalClient, network_request
 from kiosk_sim.demo import free_port
+from kiosk_sim.pki import Authority, client_context
 from kiosk_sim.population import Population, build, provision
 from kiosk_sim.soak import LedgerDsns, SwitchProcess, rss_bytes
 from ledger.migrations import migrate
@@ -59,6 +62,8 @@ from ledger.postgres import ClusterInfo, LocalCluster
 # four runs here (-3 % to +72 %), at a p50 of a quarter to a third of a second.
 TERMINAL_COUNTS = (4, 16, 48, 256)
 IDLE_CONNECTIONS = 10_000
+# The CN of every idle mutual-TLS kiosk's certificate (the connections never sign on).
+IDLE_TERMINAL_ID = "IDLE0001"
 WITHDRAWALS_ONLY = {"withdrawal": 1}
 CHIP_WITHDRAWALS_ONLY = {"chip_withdrawal": 1}
 
@@ -201,7 +206,11 @@ async def open_loop(
     }
 
 
-async def idle_connections(port: int, pid: int) -> dict[str, float]:
+async def idle_connections(
+    port: int, pid: int, *, tls: ssl.SSLContext | None = None, prefix: str = ""
+) -> dict[str, float]:
+    """The switch's memory per connection: IDLE_CONNECTIONS opened in batches, each echoed
+    once, then left idle (over `tls` when given)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     before = rss_bytes(pid)
@@ -210,7 +219,10 @@ async def idle_connections(port: int, pid: int) -> dict[str, float]:
     try:
         for start in range(0, IDLE_CONNECTIONS, 500):
             batch = await asyncio.gather(
-                *(TerminalClient.connect("127.0.0.1", port) for _ in range(500))
+                *(
+                    TerminalClient.connect("127.0.0.1", port, tls=tls, timeout_ms=30_000)
+                    for _ in range(500)
+                )
             )
             clients += batch
             await asyncio.gather(
@@ -225,11 +237,43 @@ async def idle_connections(port: int, pid: int) -> dict[str, float]:
         await asyncio.gather(*(c.close() for c in clients))
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return {
-        "idle_connections": float(len(clients)),
-        "switch_rss_mb_before": round(before / 2**20, 1),
-        "switch_rss_mb_with_idle": round(after / 2**20, 1),
-        "bytes_per_idle_connection": round((after - before) / len(clients)),
+        f"{prefix}idle_connections": float(len(clients)),
+        f"{prefix}switch_rss_mb_before": round(before / 2**20, 1),
+        f"{prefix}switch_rss_mb_with_idle": round(after / 2**20, 1),
+        f"{prefix}bytes_per_idle_connection": round((after - before) / len(clients)),
     }
+
+
+async def idle_tls_connections(info: ClusterInfo, log_path: Path) -> dict[str, float]:
+    """Step 4 over mutual TLS (`tls_*` figures): a switch whose listener requires a client
+    certificate from the terminal CA naming the terminal, as in production; every kiosk
+    presents one (P-256)."""
+    with tempfile.TemporaryDirectory(prefix="switch-bench-pki-") as directory:
+        authority = Authority(Path(directory), "terminal-ca")
+        server = authority.issue("switch", "switch", server=True)
+        kiosk = authority.issue("kiosk", IDLE_TERMINAL_ID)
+        switch = SwitchProcess(
+            LedgerDsns(owner=info.owner_dsn, switch=info.switch_dsn),
+            free_port(),
+            log_path,
+            {
+                **SWITCH_SETTINGS,
+                "SWITCH__LISTENER__TLS__CERT_FILE": f'"{server.cert}"',
+                "SWITCH__LISTENER__TLS__KEY_FILE": f'"{server.key}"',
+                "SWITCH__LISTENER__TLS__CLIENT_CA_FILE": f'"{authority.issued.cert}"',
+                "SWITCH__LISTENER__TLS__REQUIRE_SUBJECT_MATCH": "true",
+            },
+        )
+        await switch.start()
+        try:
+            return await idle_connections(
+                switch.port,
+                switch.pid,
+                tls=client_context(authority.issued, kiosk),
+                prefix="tls_",
+            )
+        finally:
+            await switch.stop()
 
 
 async def _prepare(info: ClusterInfo, population: Population) -> None:
@@ -344,6 +388,7 @@ def run(duration_s: float = 8.0) -> dict[str, float]:
         figures |= uvloop.run(
             end_to_end(info, cluster, population, duration_s, work / "switch.log")
         )
+        figures |= uvloop.run(idle_tls_connections(info, work / "switch-tls.log"))
         best = figures["approved_withdrawals_per_s_best"]
         figures |= uvloop.run(
             two_workers(info, cluster, population, duration_s, work / "switch-w2.log")

@@ -5,11 +5,13 @@ immediate reply or an async handler task. Responses go out as they complete, so 
 connection may see them out of order (terminals match them by STAN). Every limit is enforced
 here: connections, in-flight requests per connection, frame size, idle time, write backlog.
 
-The server accepts sockets itself and opens each with `loop.connect_accepted_socket`, which
-raises when the TLS handshake fails. With `loop.create_server(ssl=...)` a refused handshake
+The server accepts sockets itself and opens each with `loop.connect_accepted_socket`; on a TLS
+listener, under `switch.tls_stream.accept_tls`, which runs the handshake over the plain
+transport and raises when it fails. With `loop.create_server(ssl=...)` a refused handshake
 reaches neither the protocol nor the loop's exception handler (asyncio and uvloop both log it
 at debug level only), and `start_tls` after a plain accept loses the first bytes under uvloop,
-which starts reading after `connection_made` whatever the protocol asked.
+which starts reading after `connection_made` whatever the protocol asked. The loops' own TLS
+also keeps a 256 KiB read buffer per connection, which `tls_stream` does without.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from switch.tls import (
     peer_certificate,
     server_ssl_context,
 )
+from switch.tls_stream import accept_tls
 
 log = structlog.get_logger("switch.server")
 
@@ -468,12 +471,17 @@ class SwitchServer:
     async def _connect(self, sock: socket.socket, peer: str) -> None:
         tls = self.settings.tls
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: TerminalConnection(self),
-                sock,
-                ssl=self._ssl_context,
-                ssl_handshake_timeout=tls.handshake_timeout_ms / 1000 if tls else None,
-            )
+            if tls is None or self._ssl_context is None:
+                await asyncio.get_running_loop().connect_accepted_socket(
+                    lambda: TerminalConnection(self), sock
+                )
+            else:
+                await accept_tls(
+                    sock,
+                    self._ssl_context,
+                    lambda: TerminalConnection(self),
+                    handshake_timeout_s=tls.handshake_timeout_ms / 1000,
+                )
         except OSError as exc:  # ssl.SSLError, a reset, the handshake timeout: the socket is closed
             if tls is None:
                 log.debug("connection_failed", peer=peer, error=str(exc))

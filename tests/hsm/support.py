@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from hsm.crypto import Algorithm
 from hsm.keys import DEVELOPMENT_LMK, DEVELOPMENT_PAN_HASH_KEY, KeyRole, Lmk
 from hsm.tls import ServerTls
-from tests.switch.test_tls import Authority, Issued
+from kiosk_sim.pki import Authority, Issued
 
 LMK = Lmk(DEVELOPMENT_LMK)
 # A switch's HSM holds one: PAN hashes and the ledger's words (session keys' too) come from it.

@@ -28,11 +28,11 @@ from hsm.keys import KeyRole
 from hsm.pinblock import PinBlockFormat as F
 from hsm.server import HsmServer, ServerConfig
 from hsm.tls import client_context
+from kiosk_sim.pki import Issued
+from kiosk_sim.pki import client_context as raw_context
 from switch.app import open_hsm
 from switch.iso8583.spec import Dialect
 from switch.settings import SettingsError, load_settings
-from tests.switch.test_tls import Issued
-from tests.switch.test_tls import client_context as raw_context
 
 from . import test_reversal_word
 from .support import LMK, Pki, der

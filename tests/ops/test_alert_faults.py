@@ -15,6 +15,7 @@ import asyncpg
 
 from hsm.devkeys import DevKeys
 from kiosk_sim.chip import ChipCard, ChipProfile
+from kiosk_sim.pki import Authority, client_context
 from kiosk_sim.terminal import Terminal
 from ledger.balancing import CassetteCounter, DayFigures
 from switch.iso8583 import Message
@@ -25,7 +26,6 @@ from tests.e2e.test_chip import PSN, emv_profile
 from tests.ops.conftest import OpsDatabase
 from tests.ops.stack import AUTH, OpsStack, eventually, ops_stack, webhook_receiver
 from tests.ops.test_api import call
-from tests.switch.test_tls import Authority, client_context
 
 CVN = 10
 

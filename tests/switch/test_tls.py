@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,9 @@ import pytest
 import structlog
 import uvloop
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from kiosk_sim.client import SwitchConnectionClosed, TerminalClient, network_request
+from kiosk_sim.pki import Authority, Issued, client_context
 from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, Role
 from switch.admin import create_admin_app
 from switch.iso8583 import Dialect, LengthHeader, Message, frame, wire_of
@@ -41,92 +37,6 @@ from tests.switch.scraped import by_label, value
 
 NOW = dt.datetime(2026, 11, 23, 10, 15, tzinfo=dt.UTC)
 TOKEN = DEVELOPMENT_TOKENS[Role.VIEWER]
-DAY = dt.timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class Issued:
-    cert: Path
-    key: Path
-
-
-def _name(*common_names: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name) for name in common_names])
-
-
-def _write(
-    directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> Issued:
-    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Issued(cert_path, key_path)
-
-
-class Authority:
-    def __init__(self, directory: Path, name: str) -> None:
-        self.directory = directory
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.name = _name(name)
-        start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-        self.cert = (
-            self._builder(self.name, self.key.public_key(), start, start + DAY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.issued = _write(directory, name, self.cert, self.key)
-
-    def _builder(
-        self,
-        subject: x509.Name,
-        public_key: ec.EllipticCurvePublicKey,
-        start: dt.datetime,
-        end: dt.datetime,
-    ) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-        )
-
-    def issue(
-        self,
-        stem: str,
-        *common_names: str,
-        server: bool = False,
-        ended_ago: dt.timedelta | None = None,
-        lifetime: dt.timedelta = DAY,
-    ) -> Issued:
-        """Valid for `lifetime` (a day) from five minutes ago, or ended `ended_ago`."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-        if ended_ago is not None:
-            start -= ended_ago + lifetime
-        builder = self._builder(_name(*common_names), key.public_key(), start, start + lifetime)
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        cert = builder.sign(self.key, hashes.SHA256())
-        return _write(self.directory, stem, cert, key)
-
-
-def client_context(ca: Issued, own: Issued | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(ca.cert))
-    if own is not None:
-        context.load_cert_chain(own.cert, own.key)
-    return context
 
 
 async def approve(request: Message, _link: Link) -> Message:
