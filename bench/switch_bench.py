@@ -33,6 +33,7 @@ a quick figure for work on either's CPU.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import resource
 import shutil
@@ -464,14 +465,30 @@ def cpu_only(count: int, runs: int, duration_s: float) -> None:
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.switch_bench",
+        description="The switch end to end next to pgbench in one run (what `make bench` runs"
+        " of it), or with --cpu-only a quick figure of the switch's and the simulator's CPU per"
+        " approved withdrawal. Figures are measured, never asserted.",
+    )
+    parser.add_argument(
+        "seconds", type=float, nargs="?", default=8.0, help="per step or run (default 8)"
+    )
+    parser.add_argument(
+        "--cpu-only", nargs=2, type=int, metavar=("TERMINALS", "RUNS"),
+        help="only the magstripe closed loop at TERMINALS kiosks, RUNS times against one switch",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
     started = time.monotonic()
-    if sys.argv[1:2] == ["--cpu-only"]:
-        count, runs = int(sys.argv[2]), int(sys.argv[3])
-        cpu_only(count, runs, float(sys.argv[4]) if len(sys.argv) > 4 else 8.0)
-        print(f"({time.monotonic() - started:.0f} s)")
-        sys.exit(0)
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
-    for name, value in run(seconds).items():
-        print(f"{name}: {value:,}")
+    args = parse_args(sys.argv[1:])
+    if args.cpu_only is not None:
+        terminals, runs = args.cpu_only
+        cpu_only(terminals, runs, args.seconds)
+    else:
+        for name, value in run(args.seconds).items():
+            print(f"{name}: {value:,}")
     print(f"({time.monotonic() - started:.0f} s)")
