@@ -239,3 +239,35 @@ async def test_restore_to_a_time_keeps_what_was_acknowledged_before_it(
         assert await _present(restored_cluster.info.owner_dsn, before + after) == before
     finally:
         restored_cluster.stop(timeout_ms=60_000)
+
+
+def test_one_config_names_every_node_of_a_formation() -> None:
+    repo = Path("/srv/ha/pgbackrest")
+    nodes = [
+        backup.Server(Path("/srv/ha/node1"), Path("/run/postgresql"), 5433),
+        backup.Server(Path("/srv/ha/node2"), Path("/run/postgresql"), 5434),
+    ]
+    stanza = backup.config_text(repo, nodes).split("[ledger]\n", 1)[1]
+    assert stanza.splitlines() == [
+        "pg1-path=/srv/ha/node1",
+        "pg1-socket-path=/run/postgresql",
+        "pg1-user=postgres",
+        "pg1-port=5433",
+        "pg2-path=/srv/ha/node2",
+        "pg2-socket-path=/run/postgresql",
+        "pg2-user=postgres",
+        "pg2-port=5434",
+    ]
+    # The private cluster's port changes at each start: given on each command line instead.
+    single = backup.config_text(repo, [backup.Server(Path("/srv/pg"), Path("/srv/pg"))])
+    assert "pg1-port" not in single
+
+
+def test_the_archive_command_is_the_same_on_every_node() -> None:
+    # pg_rewind and pg_basebackup copy postgresql.auto.conf between nodes: the command finds
+    # its node's directory from its working directory, never names one.
+    command = backup.archive_command(Path("/usr/bin/pgbackrest"), Path("/srv/ha/pgbackrest.conf"))
+    assert command == (
+        '/usr/bin/pgbackrest --config=/srv/ha/pgbackrest.conf --pg1-path="$(pwd -P)"'
+        " --stanza=ledger archive-push %p"
+    )
