@@ -392,7 +392,7 @@ async def test_the_parent_stops_the_private_cluster_it_started_when_nobody_else_
 async def test_ha_true_starts_the_formation_serves_through_it_and_leaves_it_running(
     ha_root: Path, tmp_path: Path
 ) -> None:
-    ha_dir = ha_root / "ha"
+    ha_dir = ha_root  # the fixture stops what runs there
     env = {
         "SWITCH__LEDGER__HA": "true",
         "SWITCH__LEDGER__HA_DIR": f'"{ha_dir}"',
