@@ -299,7 +299,7 @@ async def failovers(
     without_primary_s: list[float] = []
 
     async def fail_over(_switch: SwitchProcess) -> None:
-        await asyncio.to_thread(_until_settled, cluster)
+        await asyncio.to_thread(cluster.wait_settled, timeout_ms=HA_SETTLE_MS_MAX)
         without_primary_s.append(await asyncio.to_thread(_kill_primary, cluster))
 
     def describe(report: Report) -> str:
@@ -329,14 +329,6 @@ def missing_ha_tools() -> str | None:
     )
 
 
-def _until_settled(cluster: HaCluster) -> None:
-    deadline = time.monotonic() + HA_SETTLE_S_MAX
-    while not cluster.settled():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the formation did not settle (logs in {cluster.root})")
-        time.sleep(0.2)
-
-
 def _kill_primary(cluster: HaCluster) -> float:
     """SIGKILL the primary's node, its pg_autoctl and its postmaster, as when its host is lost;
     the seconds until the monitor names another node primary (taking writes, alone at first).
@@ -347,7 +339,7 @@ def _kill_primary(cluster: HaCluster) -> float:
     os.killpg(cluster.supervisor_pid(old), signal.SIGKILL)
     os.kill(postmaster_pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    deadline = killed_at + HA_SETTLE_S_MAX
+    deadline = killed_at + HA_SETTLE_MS_MAX / 1000
     while not any(node.name != old and node.reported_state in WRITABLE for node in cluster.nodes()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"no node was promoted (logs in {cluster.root})")
@@ -441,7 +433,7 @@ WORKER_RESTART_S = 5.0
 # A failover (3-12 s here) and the old primary's rejoining (pg_rewind, catching up) before the
 # next kill: a formation that has not settled promotes nothing.
 HA_RECOVERY_S = 25.0
-HA_SETTLE_S_MAX = 90.0
+HA_SETTLE_MS_MAX = 90_000
 WRITABLE = ("primary", "wait_primary")  # wait_primary: taking writes without a standby yet
 BACKUP_TERMINALS = 4
 BACKUP_BURST_S = 3.0

@@ -210,9 +210,8 @@ def _archive_to(repo: Repository, cluster: LocalCluster, *, timeout_ms: int) -> 
         .strip()
         .split("|", 1)
     )
-    wanted = repo.archive_command
-    if command != wanted:
-        quoted = wanted.replace("'", "''")
+    if command != repo.archive_command:
+        quoted = repo.archive_command.replace("'", "''")
         cluster.psql(
             f"ALTER SYSTEM SET archive_command = '{quoted}'", database="postgres",
             timeout_ms=timeout_ms,

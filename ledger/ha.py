@@ -263,14 +263,22 @@ class HaCluster:
 
     def settled(self) -> bool:
         """The monitor says primary and secondary (what it says may be from before a restart),
-        and the primary itself confirms: writable, with a synchronous standby streaming."""
-        nodes = [n for n in self.nodes() if n.reported_state == n.assigned_state]
+        and the primary itself confirms: writable, with a synchronous standby streaming. Not
+        while the monitor does not answer."""
+        try:
+            nodes = [n for n in self.nodes() if n.reported_state == n.assigned_state]
+        except ProvisioningError:
+            return False
         if sorted(n.reported_state for n in nodes) != ["primary", "secondary"]:
             return False
         try:
             return self.sql(self.primary().port, _SYNCHRONOUS_PRIMARY).strip() == "t"
         except ProvisioningError:
             return False
+
+    def wait_settled(self, *, timeout_ms: int) -> None:
+        """Until the formation can take its next loss (`settled`), or ProvisioningError."""
+        self._wait(self.settled, "a primary and a synchronous secondary", _deadline(timeout_ms))
 
     def sql(self, port: int, statement: str, *, database: str = "postgres") -> str:
         """One statement as the superuser on the node at `port`."""
@@ -291,3 +299,7 @@ def _left_ms(deadline: float) -> int:
     if left_ms <= 0:
         raise ProvisioningError("starting the HA cluster took too long")
     return left_ms
+
+
+def _deadline(timeout_ms: int) -> float:
+    return time.monotonic() + timeout_ms / 1000

@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 
 from ledger.__main__ import main
-from ledger.errors import ProvisioningError
 from ledger.ha import MONITOR, NODES, HaCluster
 from tests.conftest import needs_pg_auto_failover
 from tests.ledger.test_ha import (
@@ -39,21 +38,6 @@ async def _stop(cluster: HaCluster, *names: str) -> None:
         while (cluster.data_dir(name) / "postmaster.pid").exists():
             assert time.monotonic() < deadline, f"{name} did not stop"
             await asyncio.sleep(0.1)
-
-
-def _settled(cluster: HaCluster) -> bool:
-    """The monitor answers, and says what the primary confirms (as `HaCluster.settled`)."""
-    try:
-        return cluster.settled()
-    except ProvisioningError:
-        return False
-
-
-async def _until_settled(cluster: HaCluster) -> None:
-    deadline = time.monotonic() + RECOVERY_S_MAX
-    while not await asyncio.to_thread(_settled, cluster):
-        assert time.monotonic() < deadline, "the formation did not settle"
-        await asyncio.sleep(0.2)
 
 
 async def _ready(admin_port: int) -> tuple[int, object]:
@@ -96,7 +80,7 @@ async def test_monitor_down_serves_and_both_nodes_down_answer_91_then_recover(
             assert (monitor_down.unavailable, monitor_down.other_errors) == ([], [])
             assert await _ready(admin_port) == (200, {"database": True, "hsm": True})
             cluster.run_node(MONITOR)
-            await _until_settled(cluster)
+            await asyncio.to_thread(cluster.wait_settled, timeout_ms=int(RECOVERY_S_MAX * 1000))
 
             # Both nodes down (the secondary first, so nothing is promoted): every request
             # is answered unavailable (91) within the deadline, and /ready names the database.
