@@ -267,13 +267,19 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(wire: bytes, dialect: Dial
         decode(wire, dialect)
 
 
+def frame_edits(*, max_size: int) -> st.SearchStrategy[list[tuple[int, int, str]]]:
+    """Edits `_mutated` applies: (position, byte, s[et] | i[nsert] | d[elete])."""
+    return st.lists(
+        st.tuples(st.integers(0, 400), st.integers(0, 255), st.sampled_from("sid")),
+        max_size=max_size,
+    )
+
+
 @settings(max_examples=1000)
 @given(
     message=messages(),
     dialect=DIALECTS,
-    edits=st.lists(
-        st.tuples(st.integers(0, 400), st.integers(0, 255), st.sampled_from("sid")), max_size=4
-    ),
+    edits=frame_edits(max_size=4),
 )
 def test_mutated_frames_decode_or_raise_decode_error(
     message: Message, dialect: Dialect, edits: list[tuple[int, int, str]]
@@ -323,9 +329,7 @@ def _reference_decode(wire: bytes, dialect: Dialect) -> Message | DecodeError:
 @given(
     message=messages(),
     dialect=DIALECTS,
-    edits=st.lists(
-        st.tuples(st.integers(0, 400), st.integers(0, 255), st.sampled_from("sid")), max_size=3
-    ),
+    edits=frame_edits(max_size=3),
 )
 def test_the_direct_decode_agrees_with_pyiso8583_or_leaves_it_to_it(
     message: Message, dialect: Dialect, edits: list[tuple[int, int, str]]
