@@ -30,7 +30,15 @@ class LedgerSettings:
 
     dsn: str | None = None
     owner_dsn: str | None = None
+    # The role the journal is read as, by the auditor API and the alerts' `audit verify` (an
+    # auditor role, or the owner: the switch's role reads no table). Unset: the private
+    # cluster's owner when dsn is unset too, else neither (the auditor API answers 503).
+    audit_dsn: str | None = field(default=None, repr=False)
     data_dir: Path = Path(".var/pg")
+    # With no dsn: the local pg_auto_failover formation under ha_dir (`python -m ledger
+    # cluster --ha`), started unless running, instead of the private cluster under data_dir.
+    ha: bool = False
+    ha_dir: Path = Path(".var/ha")
     pool_size_min: int = 2
     pool_size_max: int = 16
     # The key the ledger's own tools hash PANs with; None for the switch, whose HSM hashes them.

@@ -38,7 +38,6 @@ from ledger.errors import LedgerError, LedgerUnavailable, ProvisioningError, Sch
 from ledger.ha import HaCluster
 from ledger.operations import OperationsStore, open_operations
 from ledger.postgres import LocalCluster
-from ledger.settings import LedgerSettings
 from ledger.store import LedgerStore, open_store
 from switch.admin import create_admin_app
 from switch.auditor_api import JournalSettings
@@ -91,24 +90,6 @@ def cannot_listen(table: str, host: str, port: int, error: OSError) -> StartupEr
     code = error.errno or 0
     reason = os.strerror(code).lower() if code > 0 else error.strerror or str(error)
     return StartupError(f"{key}: cannot listen on {host}:{port} ({reason}); {change}")
-
-
-def ledger_settings(settings: Settings) -> LedgerSettings:
-    section = settings.ledger
-    return LedgerSettings(
-        dsn=section.dsn,
-        data_dir=section.data_dir,
-        pool_size_min=section.pool_size_min,
-        pool_size_max=section.pool_size_max,
-        pan_hash_key=None,  # the HSM hashes card numbers (Flows._lookup)
-        pin_tries_max=section.pin_tries_max,
-        business_day_cutover=section.business_day_cutover,
-        cross_customer_transfers=section.cross_customer_transfers,
-        statement_timeout_ms=section.statement_timeout_ms,
-        calls_in_flight_max=section.calls_in_flight_max,
-        batch_size_max=section.batch_size_max,
-        stale_retries_max=section.stale_retries_max,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -206,7 +187,7 @@ def migrate_command(settings: Settings) -> str:
 @contextlib.asynccontextmanager
 async def open_ledger(settings: Settings) -> AsyncIterator[LedgerStore]:
     try:
-        store = await open_store(ledger_settings(settings))
+        store = await open_store(settings.ledger)
     except SchemaTooOld as exc:
         raise StartupError(f"ledger: {exc.problem}: run `{migrate_command(settings)}`") from None
     except LedgerUnavailable as exc:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
+from ledger.settings import LedgerSettings
 from switch.access import DEVELOPMENT_KEYS, HASH_FORMAT, KEY_ID, ApiKey, Role, development_key_in
 from switch.iso8583.spec import (
     BINARY_FIELD_ENCODINGS,
@@ -133,32 +133,6 @@ class HsmSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerSection:
-    """The `[ledger]` table. A DSN with a password belongs in the environment
-    (SWITCH__LEDGER__DSN). Card numbers are hashed by the HSM (`hsm.pan_hash_key`)."""
-
-    dsn: str | None
-    # The role the journal is read as, by the auditor API and the alerts' `audit verify` (an
-    # auditor role, or the owner: the switch's role reads no table). Unset: the private
-    # cluster's owner when dsn is unset too, else neither (the auditor API answers 503).
-    audit_dsn: str | None = field(repr=False)
-    data_dir: Path
-    # With no dsn: the local pg_auto_failover formation under ha_dir (`python -m ledger
-    # cluster --ha`), started unless running, instead of the private cluster under data_dir.
-    ha: bool
-    ha_dir: Path
-    pool_size_min: int
-    pool_size_max: int
-    pin_tries_max: int
-    business_day_cutover: time
-    cross_customer_transfers: bool
-    statement_timeout_ms: int
-    calls_in_flight_max: int
-    batch_size_max: int
-    stale_retries_max: int
-
-
-@dataclass(frozen=True, slots=True)
 class PipelineSettings:
     # One budget per request across HSM and ledger; well under a terminal's own timeout.
     request_deadline_ms: int
@@ -227,7 +201,8 @@ class Settings:
     listener: ListenerSettings
     admin: AdminSettings
     hsm: HsmSettings
-    ledger: LedgerSection
+    # The HSM hashes card numbers (pan_hash_key None): see hsm.pan_hash_key.
+    ledger: LedgerSettings
     pipeline: PipelineSettings
     logging: LoggingSettings
     shutdown_grace_ms: int
@@ -439,18 +414,21 @@ def _parse_hsm_tls(table: TomlTable) -> HsmTlsSettings:
     return settings
 
 
+_LEDGER_DEFAULTS = LedgerSettings()
+
+
 def _parse_ledger(
     table: TomlTable, environment: Environment, env: Mapping[str, str]
-) -> LedgerSection:
-    # Relative to the working directory, as for `python -m ledger --data-dir`.
-    data_dir = Path(table.optional_text("data_dir") or ".var/pg")
+) -> LedgerSettings:
+    """The `[ledger]` table. A DSN with a password belongs in the environment
+    (SWITCH__LEDGER__DSN)."""
     dsn = table.optional_text("dsn")
     if dsn is not None:
         _check_dsn(table, dsn, environment, env)
     audit_dsn = table.optional_text("audit_dsn")
     if audit_dsn is not None:
         _check_dsn(table, audit_dsn, environment, env, key="audit_dsn")
-    ha = table.flag("ha", False)
+    ha = table.flag("ha", _LEDGER_DEFAULTS.ha)
     if ha and dsn is not None:
         raise SettingsError(
             table.source,
@@ -458,31 +436,55 @@ def _parse_ledger(
             "false with a dsn: ha = true runs a local formation and uses its DSN (for a"
             " formation of your own, set dsn to its multi-host DSN and leave ha unset)",
         )
-    settings = LedgerSection(
-        dsn=dsn,
-        audit_dsn=audit_dsn,
-        data_dir=data_dir,
-        ha=ha,
-        ha_dir=Path(table.optional_text("ha_dir") or ".var/ha"),
-        pool_size_min=table.integer("pool_size_min", 2, minimum=1, maximum=1_000),
-        pool_size_max=table.integer("pool_size_max", 16, minimum=1, maximum=1_000),
-        pin_tries_max=table.integer("pin_tries_max", 3, minimum=1, maximum=99),
-        business_day_cutover=table.time_of_day("business_day_cutover", time(0, 0)),
-        cross_customer_transfers=table.flag("cross_customer_transfers", False),
-        statement_timeout_ms=table.integer(
-            "statement_timeout_ms", 5_000, minimum=100, maximum=600_000
-        ),
-        calls_in_flight_max=table.integer("calls_in_flight_max", 2, minimum=1, maximum=1_000),
-        batch_size_max=table.integer("batch_size_max", 32, minimum=1, maximum=1_000),
-        stale_retries_max=table.integer("stale_retries_max", 64, minimum=1, maximum=10_000),
+    pool_size_min = table.integer(
+        "pool_size_min", _LEDGER_DEFAULTS.pool_size_min, minimum=1, maximum=1_000
     )
-    if settings.pool_size_min > settings.pool_size_max:
+    pool_size_max = table.integer(
+        "pool_size_max", _LEDGER_DEFAULTS.pool_size_max, minimum=1, maximum=1_000
+    )
+    if pool_size_min > pool_size_max:
         raise SettingsError(table.source, table.key_name("pool_size_min"), "at most pool_size_max")
-    if 2 * settings.calls_in_flight_max > settings.pool_size_max:
+    calls_in_flight_max = table.integer(
+        "calls_in_flight_max", _LEDGER_DEFAULTS.calls_in_flight_max, minimum=1, maximum=1_000
+    )
+    if 2 * calls_in_flight_max > pool_size_max:
         # Reads and writes each have calls_in_flight_max calls; sign-ons need a connection too.
         raise SettingsError(
             table.source, table.key_name("calls_in_flight_max"), "at most pool_size_max / 2"
         )
+    settings = LedgerSettings(
+        dsn=dsn,
+        audit_dsn=audit_dsn,
+        # Relative to the working directory, as for `python -m ledger --data-dir`.
+        data_dir=Path(table.optional_text("data_dir") or _LEDGER_DEFAULTS.data_dir),
+        ha=ha,
+        ha_dir=Path(table.optional_text("ha_dir") or _LEDGER_DEFAULTS.ha_dir),
+        pool_size_min=pool_size_min,
+        pool_size_max=pool_size_max,
+        pan_hash_key=None,  # the HSM hashes card numbers (RequestProcessor's lookup)
+        pin_tries_max=table.integer(
+            "pin_tries_max", _LEDGER_DEFAULTS.pin_tries_max, minimum=1, maximum=99
+        ),
+        business_day_cutover=table.time_of_day(
+            "business_day_cutover", _LEDGER_DEFAULTS.business_day_cutover
+        ),
+        cross_customer_transfers=table.flag(
+            "cross_customer_transfers", _LEDGER_DEFAULTS.cross_customer_transfers
+        ),
+        statement_timeout_ms=table.integer(
+            "statement_timeout_ms",
+            _LEDGER_DEFAULTS.statement_timeout_ms,
+            minimum=100,
+            maximum=600_000,
+        ),
+        calls_in_flight_max=calls_in_flight_max,
+        batch_size_max=table.integer(
+            "batch_size_max", _LEDGER_DEFAULTS.batch_size_max, minimum=1, maximum=1_000
+        ),
+        stale_retries_max=table.integer(
+            "stale_retries_max", _LEDGER_DEFAULTS.stale_retries_max, minimum=1, maximum=10_000
+        ),
+    )
     table.finish()
     return settings
 
