@@ -41,7 +41,7 @@ from ledger.postgres import LocalCluster
 from ledger.store import LedgerStore, open_store
 from switch.admin import create_admin_app
 from switch.auditor_api import JournalSettings
-from switch.flows import Flows
+from switch.flows import RequestProcessor
 from switch.metrics import multiprocess
 from switch.monitor import Monitor
 from switch.operations import (
@@ -358,7 +358,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] = lambda: None)
         open_operations_store(settings) as operations_store,
     ):
         await require_same_authorisation_key(hsm, ledger)
-        flows = Flows(
+        processor = RequestProcessor(
             hsm=hsm,
             ledger=ledger,
             settings=settings.pipeline,
@@ -368,7 +368,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] = lambda: None)
             time_step=monitor.metrics.observe_step,
             write_timeout_ms=settings.ledger.statement_timeout_ms + 1_000,
         )
-        server = SwitchServer(settings.listener, flows, observer=monitor)
+        server = SwitchServer(settings.listener, processor, observer=monitor)
         async with (
             running_operations(
                 settings.operations,

@@ -67,7 +67,7 @@ from switch.pipeline import (
     verification_from_pin_data,
 )
 from switch.responses import respond
-from switch.server import Link
+from switch.server import ConnectionView
 from switch.session import TerminalKeys, with_session_keys
 from switch.settings import PipelineSettings
 from switch.signon import complete_sign_on
@@ -84,7 +84,7 @@ BALANCING_CLASS = "050"
 @dataclass(frozen=True, slots=True)
 class Context:
     request: Message
-    link: Link
+    connection: ConnectionView
     deadline: Deadline
     transaction: Transaction
     rrn: str
@@ -96,7 +96,7 @@ class Context:
     authorisation: bytes | None = None
 
 
-StepMethod = Callable[["Flows", Context], Awaitable[Context | Outcome]]
+StepMethod = Callable[["RequestProcessor", Context], Awaitable[Context | Outcome]]
 # A step bound to its handler, with its name for the step timings.
 NamedStep = tuple[str, Callable[[Context], Awaitable[Context | Outcome]]]
 
@@ -105,7 +105,7 @@ class PostingInDoubt(Exception):
     """The ledger went away during a posting: whether it committed is unknown."""
 
 
-class Flows:
+class RequestProcessor:
     """Everything between a decoded request and its response; called by the server."""
 
     def __init__(
@@ -141,15 +141,15 @@ class Flows:
             for kind, steps in STEPS.items()
         }
 
-    async def __call__(self, request: Message, link: Link) -> Message | None:
+    async def __call__(self, request: Message, connection: ConnectionView) -> Message | None:
         deadline = Deadline(self._settings.request_deadline_ms)
         try:
             if request.message_class == "080":
-                return await self._network(request, link, deadline)
+                return await self._network(request, connection, deadline)
             if request.message_class == BALANCING_CLASS:
-                outcome = await self._balancing(request, link, deadline)
+                outcome = await self._balancing(request, connection, deadline)
             else:
-                outcome = await self._financial(request, link, deadline)
+                outcome = await self._financial(request, connection, deadline)
         except PostingInDoubt as exc:
             # The posting may have committed: a decline now could leave a customer debited
             # with no cash. No answer instead: the terminal times out and sends its reversal,
@@ -186,16 +186,20 @@ class Flows:
                 reason=outcome.reason,
             )
         return await self._mac_response(
-            respond(request, outcome.code, outcome.fields), link, deadline
+            respond(request, outcome.code, outcome.fields), connection, deadline
         )
 
     # financial messages
 
-    async def _financial(self, request: Message, link: Link, deadline: Deadline) -> Outcome:
+    async def _financial(
+        self, request: Message, connection: ConnectionView, deadline: Deadline
+    ) -> Outcome:
         parsed = parse_transaction(request)
         if isinstance(parsed, Refusal):
             return Outcome(parsed.code, reason=parsed.reason)
-        context = Context(request, link, deadline, parsed, retrieval_reference(parsed, self._now()))
+        context = Context(
+            request, connection, deadline, parsed, retrieval_reference(parsed, self._now())
+        )
         structlog.contextvars.bind_contextvars(rrn=context.rrn)
         steps = self._steps[parsed.kind]
         steps_ms: dict[str, float] = {}
@@ -229,13 +233,13 @@ class Flows:
         return replace(context, card_read=read)
 
     async def _mac_verified(
-        self, request: Message, link: Link, deadline: Deadline
+        self, request: Message, connection: ConnectionView, deadline: Deadline
     ) -> bool | Outcome:
         """Whether the request's MAC verified under the session TAK (logged when not); the
         refusal when it cannot be checked. True when MACs are not required."""
         if not self._settings.require_mac:
             return True
-        maced = _maced(request, link)
+        maced = _maced(request, connection)
         if isinstance(maced, Outcome):
             return maced
         tak, mac = maced
@@ -246,7 +250,7 @@ class Flows:
         return False
 
     async def check_mac(self, context: Context) -> Context | Outcome:
-        verified = await self._mac_verified(context.request, context.link, context.deadline)
+        verified = await self._mac_verified(context.request, context.connection, context.deadline)
         if isinstance(verified, Outcome):
             return verified
         if verified:
@@ -265,7 +269,7 @@ class Flows:
                 timeout_ms=self._write_timeout_ms,
             )  # fmt: skip
             return self._answer(context, result, reason="reversal without a MAC")
-        maced = _maced(context.request, context.link)
+        maced = _maced(context.request, context.connection)
         if isinstance(maced, Outcome):
             return maced
         tak, mac = maced
@@ -459,7 +463,9 @@ class Flows:
 
     # terminal balancing
 
-    async def _balancing(self, request: Message, link: Link, deadline: Deadline) -> Outcome:
+    async def _balancing(
+        self, request: Message, connection: ConnectionView, deadline: Deadline
+    ) -> Outcome:
         """0500: the terminal's totals for a business day, compared with the host's by the
         ledger in one call that also records them. Nothing is written unless the MAC verified
         and every field is consistent; a refused 0500 changes nothing."""
@@ -469,7 +475,7 @@ class Flows:
         )
         if isinstance(parsed, Refusal):
             return Outcome(parsed.code, reason=parsed.reason)
-        verified = await self._mac_verified(request, link, deadline)
+        verified = await self._mac_verified(request, connection, deadline)
         if isinstance(verified, Outcome):
             return verified
         if not verified:
@@ -496,12 +502,16 @@ class Flows:
 
     # network management
 
-    async def _network(self, request: Message, link: Link, deadline: Deadline) -> Message:
+    async def _network(
+        self, request: Message, connection: ConnectionView, deadline: Deadline
+    ) -> Message:
         if request.network_code == "001":
-            return await self._sign_on(request, link, deadline)
-        return await self._key_change(request, link, deadline)
+            return await self._sign_on(request, connection, deadline)
+        return await self._key_change(request, connection, deadline)
 
-    async def _sign_on(self, request: Message, link: Link, deadline: Deadline) -> Message:
+    async def _sign_on(
+        self, request: Message, connection: ConnectionView, deadline: Deadline
+    ) -> Message:
         terminal_id = request.terminal_id or ""
         record = await self._ledger.terminal_keys(terminal_id, timeout_ms=deadline.remaining_ms())
         if record is None or record.status != "active":
@@ -518,11 +528,13 @@ class Flows:
             tak=_stored(record.tak),
             bdk=_stored(record.bdk),
         )
-        return complete_sign_on(request, link, keys)
+        return complete_sign_on(request, connection, keys)
 
-    async def _key_change(self, request: Message, link: Link, deadline: Deadline) -> Message:
-        session = link.session
-        tmk = _session_key(link, "tmk")
+    async def _key_change(
+        self, request: Message, connection: ConnectionView, deadline: Deadline
+    ) -> Message:
+        session = connection.session
+        tmk = _session_key(connection, "tmk")
         if tmk is None or session.terminal_id is None:
             return respond(request, ResponseCode.NOT_PERMITTED_TO_TERMINAL)
         keys = await self._hsm.generate_session_keys(
@@ -537,14 +549,16 @@ class Flows:
         )
         # Into the session as it is now, not as read before the awaits: a sign-off pipelined
         # behind this key change may have been answered meanwhile, and must stay.
-        link.session = with_session_keys(link.session, keys.tpk.stored, keys.tak.stored)
+        connection.session = with_session_keys(connection.session, keys.tpk.stored, keys.tak.stored)
         delivered = KeyChangeData(
             keys.tpk.under_tmk, keys.tpk.kcv, keys.tak.under_tmk, keys.tak.kcv
         )
         return respond(request, ResponseCode.APPROVED, {48: delivered.encode()})
 
-    async def _mac_response(self, response: Message, link: Link, deadline: Deadline) -> Message:
-        tak = _session_key(link, "tak")
+    async def _mac_response(
+        self, response: Message, connection: ConnectionView, deadline: Deadline
+    ) -> Message:
+        tak = _session_key(connection, "tak")
         if not self._settings.require_mac or tak is None or response.message_class == "081":
             return response
         prepared = prepared_for_mac(response, self._dialect)
@@ -573,9 +587,9 @@ def _authorisation(lookup: Lookup) -> Authorisation:
     )
 
 
-def _maced(request: Message, link: Link) -> tuple[StoredKey, bytes] | Outcome:
+def _maced(request: Message, connection: ConnectionView) -> tuple[StoredKey, bytes] | Outcome:
     """The terminal's TAK and the request's MAC, or why the request cannot be checked."""
-    tak = _session_key(link, "tak")
+    tak = _session_key(connection, "tak")
     if tak is None:
         return Outcome(ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TAK: key change first")
     mac = request.mac
@@ -594,21 +608,21 @@ def _pin_key(context: Context) -> tuple[PinKey, PinBlockFormat] | Outcome:
     AES keys (and AES DUKPT's 12-byte KSNs) mean ISO format 4, TDES ones format 0."""
     ksn = context.transaction.ksn
     if ksn is not None:
-        bdk = _session_key(context.link, "bdk")
+        bdk = _session_key(context.connection, "bdk")
         if bdk is None:
             return Outcome(
                 ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="F53 from a non-DUKPT terminal"
             )
         aes = len(ksn) == AES_KSN_BYTES
         return Dukpt(bdk, ksn), PinBlockFormat.ISO4 if aes else PinBlockFormat.ISO0
-    tpk = _session_key(context.link, "tpk")
+    tpk = _session_key(context.connection, "tpk")
     if tpk is None:
         return Outcome(ResponseCode.NOT_PERMITTED_TO_TERMINAL, reason="no TPK: key change first")
     return tpk, PinBlockFormat.ISO4 if tpk.algorithm is Algorithm.AES else PinBlockFormat.ISO0
 
 
-def _session_key(link: Link, name: str) -> StoredKey | None:
-    keys = link.session.keys
+def _session_key(connection: ConnectionView, name: str) -> StoredKey | None:
+    keys = connection.session.keys
     return None if keys is None else getattr(keys, name)
 
 
@@ -617,14 +631,14 @@ def _stored(text: str | None) -> StoredKey | None:
 
 
 _FINANCIAL: Sequence[StepMethod] = (
-    Flows.read_chip,
-    Flows.check_mac,
-    Flows.look_up,
-    Flows.check_card_read,
-    Flows.check_chip_data,
-    Flows.verify_arqc,
-    Flows.verify_pin,
-    Flows.post,
+    RequestProcessor.read_chip,
+    RequestProcessor.check_mac,
+    RequestProcessor.look_up,
+    RequestProcessor.check_card_read,
+    RequestProcessor.check_chip_data,
+    RequestProcessor.verify_arqc,
+    RequestProcessor.verify_pin,
+    RequestProcessor.post,
 )
 # The ledger's refusals of an 0500 (ledger.balancing.REFUSALS), as the 0510 answers them.
 BALANCING_REFUSALS: Mapping[str, ResponseCode] = MappingProxyType(
@@ -637,11 +651,16 @@ BALANCING_REFUSALS: Mapping[str, ResponseCode] = MappingProxyType(
 )
 STEPS: Mapping[Kind, Sequence[StepMethod]] = MappingProxyType(
     {
-        Kind.WITHDRAWAL: (*_FINANCIAL[:3], Flows.check_cash, *_FINANCIAL[3:]),
+        Kind.WITHDRAWAL: (*_FINANCIAL[:3], RequestProcessor.check_cash, *_FINANCIAL[3:]),
         Kind.BALANCE_INQUIRY: _FINANCIAL,
         Kind.TRANSFER: _FINANCIAL,
         # A reversal's F55 (the card's second cryptogram) is read for form only: the reversal
         # is applied whatever the card said, as any other.
-        Kind.REVERSAL: (Flows.read_chip, Flows.check_reversal_mac, Flows.look_up, Flows.post),
+        Kind.REVERSAL: (
+            RequestProcessor.read_chip,
+            RequestProcessor.check_reversal_mac,
+            RequestProcessor.look_up,
+            RequestProcessor.post,
+        ),
     }
 )

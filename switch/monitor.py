@@ -10,7 +10,7 @@ from switch.activity import ActivityRecorder
 from switch.fleet import Fleet
 from switch.iso8583.message import Message
 from switch.metrics import Metrics
-from switch.server import Link
+from switch.server import ConnectionView
 from switch.tls import HandshakeFailure
 
 
@@ -22,9 +22,9 @@ class Monitor:
         self.fleet = Fleet(wall_clock)
         self.activity = activity
 
-    def connected(self, link: Link) -> None:
+    def connected(self, connection: ConnectionView) -> None:
         if self.activity is not None:
-            self.activity.connected(link.seq, link.peer)
+            self.activity.connected(connection.seq, connection.peer)
 
     def message(
         self,
@@ -32,17 +32,19 @@ class Monitor:
         request_mti: str,
         response: Message,
         latency_ms: float,
-        link: Link,
+        connection: ConnectionView,
         *,
         chip: bool,
     ) -> None:
         code = response.response_code or ""
         self.metrics.observe(request_mti, code, latency_ms, chip=chip)
-        self.fleet.observe(terminal_id, request_mti, response.network_code, code, link.certificate)
+        self.fleet.observe(
+            terminal_id, request_mti, response.network_code, code, connection.certificate
+        )
         if self.activity is not None:
             self.activity.message(
-                link.session.terminal_id,
-                link.seq,
+                connection.session.terminal_id,
+                connection.seq,
                 request_mti=request_mti,
                 network_code=response.network_code,
                 response_code=code,
@@ -50,10 +52,10 @@ class Monitor:
                 chip=chip,
             )
 
-    def disconnected(self, link: Link, reason: str) -> None:
-        self.fleet.disconnected(link.session.terminal_id)
+    def disconnected(self, connection: ConnectionView, reason: str) -> None:
+        self.fleet.disconnected(connection.session.terminal_id)
         if self.activity is not None:
-            self.activity.disconnected(link.session.terminal_id, link.seq, reason)
+            self.activity.disconnected(connection.session.terminal_id, connection.seq, reason)
 
     def tls_refused(self, reason: HandshakeFailure) -> None:
         self.metrics.count_tls_refusal(reason)

@@ -58,7 +58,7 @@ WRITE_BUFFER_HIGH_BYTES = 64 * 1024
 ACCEPT_RETRY_DELAY_S = 1.0
 
 
-class Link:
+class ConnectionView:
     """What a handler (and the observer) may see of the connection a request came in on."""
 
     session: Session
@@ -69,7 +69,7 @@ class Link:
     certificate: PeerCertificate | None
 
 
-Handler = Callable[[Message, Link], Awaitable[Message | None]]
+Handler = Callable[[Message, ConnectionView], Awaitable[Message | None]]
 
 
 class Observer(Protocol):
@@ -77,7 +77,7 @@ class Observer(Protocol):
     on), every closed connection (with why), every refused TLS handshake and every certificate
     naming another terminal (metrics, fleet status, terminal events)."""
 
-    def connected(self, link: Link) -> None: ...
+    def connected(self, connection: ConnectionView) -> None: ...
 
     def message(
         self,
@@ -85,12 +85,12 @@ class Observer(Protocol):
         request_mti: str,
         response: Message,
         latency_ms: float,
-        link: Link,
+        connection: ConnectionView,
         *,
         chip: bool,
     ) -> None: ...
 
-    def disconnected(self, link: Link, reason: str) -> None: ...
+    def disconnected(self, connection: ConnectionView, reason: str) -> None: ...
 
     def tls_refused(self, reason: HandshakeFailure) -> None: ...
 
@@ -114,7 +114,7 @@ class Stats:
     refused_connections: int
 
 
-class TerminalConnection(asyncio.Protocol, Link):
+class TerminalConnection(asyncio.Protocol, ConnectionView):
     def __init__(self, server: SwitchServer) -> None:
         self._server = server
         listener = server.settings

@@ -7,14 +7,16 @@ from dataclasses import replace
 from switch.iso8583.message import Message
 from switch.iso8583.response_codes import ResponseCode
 from switch.responses import respond
-from switch.server import Link
+from switch.server import ConnectionView
 from switch.session import SessionEvent, TerminalKeys, advance
 
 
-def complete_sign_on(request: Message, link: Link, keys: TerminalKeys | None) -> Message:
+def complete_sign_on(
+    request: Message, connection: ConnectionView, keys: TerminalKeys | None
+) -> Message:
     """Bind the connection to the terminal in F41 and hold its keys for the session."""
-    admission = advance(link.session, SessionEvent.SIGN_ON, request.terminal_id)
+    admission = advance(connection.session, SessionEvent.SIGN_ON, request.terminal_id)
     if admission.refusal is not None:
         return respond(request, admission.refusal)
-    link.session = replace(admission.session, keys=keys)
+    connection.session = replace(admission.session, keys=keys)
     return respond(request, ResponseCode.APPROVED)

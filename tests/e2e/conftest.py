@@ -31,7 +31,7 @@ from ledger.fixtures import load_fixtures
 from ledger.postgres import DATABASE, SWITCH_ROLE
 from ledger.settings import DEVELOPMENT_PAN_HASH_KEY, LedgerSettings
 from ledger.store import LedgerStore, open_store
-from switch.flows import Flows
+from switch.flows import RequestProcessor
 from switch.iso8583 import Dialect, Message
 from switch.monitor import Monitor
 from switch.server import SwitchServer
@@ -51,17 +51,17 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def switch_flows(
+def switch_processor(
     hsm: HSM,
     store: LedgerStore,
     monitor: Monitor,
     wall_clock: Callable[[], datetime],
     *,
     require_mac: bool = True,
-) -> Flows:
+) -> RequestProcessor:
     """The switch's request flows as every end-to-end stack runs them: MACs required, unless a
     test says otherwise."""
-    return Flows(
+    return RequestProcessor(
         hsm=hsm,
         ledger=store,
         settings=PipelineSettings(
@@ -226,8 +226,8 @@ async def make_stack(pg_cluster: PgCluster, dev_keys: DevKeys) -> AsyncIterator[
             timeout_ms=30_000,
         )
         monitor = Monitor(now)
-        flows = switch_flows(hsm, store, monitor, wall_clock, require_mac=require_mac)
-        server = SwitchServer(LISTENER, flows, observer=monitor)
+        processor = switch_processor(hsm, store, monitor, wall_clock, require_mac=require_mac)
+        server = SwitchServer(LISTENER, processor, observer=monitor)
         await server.start()
         stack = Stack(
             server, monitor, store, owner, world, dev_keys, hsm_servers, proxy, pg_cluster.owner_dsn

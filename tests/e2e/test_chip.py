@@ -19,7 +19,7 @@ from kiosk_sim.chip import ChipCard, ChipProfile, Cryptogram, IssuerAuthenticati
 from kiosk_sim.population import LedgerView, build, provision
 from kiosk_sim.terminal import Exchange, Terminal
 from ledger.pan import mask_pan
-from switch.flows import Flows
+from switch.flows import RequestProcessor
 from switch.iso8583 import tlv
 from tests.conftest import PgCluster
 from tests.e2e.conftest import PIN, Stack, StackFactory
@@ -243,7 +243,7 @@ async def test_a_repeat_the_hsm_cannot_answer_gets_its_stored_answer_without_tag
     async def unavailable(*_args: object, **_kwargs: object) -> None:
         raise HsmUnavailable("no HSM answered")
 
-    assert isinstance(stack.server.handler, Flows)
+    assert isinstance(stack.server.handler, RequestProcessor)
     for name in ("verify_arqc", "verify_arqc_for"):
         monkeypatch.setattr(stack.server.handler._hsm, name, unavailable)
     with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:

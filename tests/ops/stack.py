@@ -51,7 +51,7 @@ from switch.settings import (
     TlsSettings,
     WebhookSection,
 )
-from tests.e2e.conftest import LMK, load_world, switch_flows
+from tests.e2e.conftest import LMK, load_world, switch_processor
 from tests.e2e.proxy import CuttableProxy
 from tests.ledger.factory import World
 from tests.ops.conftest import OpsDatabase
@@ -353,8 +353,8 @@ async def _switch(
     hsm, store = edges.hsm, edges.store
     recorder = activity_recorder(settings, time.time)
     monitor = Monitor(now, recorder)
-    flows = switch_flows(hsm, store, monitor, now)
-    server = SwitchServer(replace(LISTENER, tls=tls), flows, observer=monitor)
+    processor = switch_processor(hsm, store, monitor, now)
+    server = SwitchServer(replace(LISTENER, tls=tls), processor, observer=monitor)
     operations = await stack.enter_async_context(
         running_operations(
             settings,

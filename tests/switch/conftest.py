@@ -9,7 +9,7 @@ from typing import Any
 
 from switch.iso8583 import Dialect
 from switch.iso8583.message import Message
-from switch.server import Handler, Link, SwitchServer
+from switch.server import ConnectionView, Handler, SwitchServer
 from switch.settings import ListenerSettings
 from switch.signon import complete_sign_on
 
@@ -29,10 +29,10 @@ LISTENER = ListenerSettings(
 def signing_on(handler: Handler) -> Handler:
     """`handler` behind a sign-on that admits any terminal (the real one reads the ledger)."""
 
-    async def handle(request: Message, link: Link) -> Message | None:
+    async def handle(request: Message, connection: ConnectionView) -> Message | None:
         if request.mti == "0800" and request.network_code == "001":
-            return complete_sign_on(request, link, keys=None)
-        return await handler(request, link)
+            return complete_sign_on(request, connection, keys=None)
+        return await handler(request, connection)
 
     return handle
 

@@ -20,7 +20,7 @@ from switch.iso8583 import Message
 from switch.iso8583.response_codes import ResponseCode
 from switch.monitor import Monitor
 from switch.responses import respond
-from switch.server import Link, Stats, SwitchServer
+from switch.server import ConnectionView, Stats, SwitchServer
 from tests.conftest import PgCluster
 from tests.ops.test_api import EVENT_MATRIX
 from tests.switch.conftest import LISTENER, signing_on
@@ -30,7 +30,7 @@ VIEWER = {"Authorization": f"Bearer {DEVELOPMENT_TOKENS[Role.VIEWER]}"}
 SEEN_AT = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
 
 
-async def approve_small(request: Message, _link: Link) -> Message:
+async def approve_small(request: Message, _connection: ConnectionView) -> Message:
     code = (
         ResponseCode.APPROVED
         if (request.amount_minor or 0) < 5000

@@ -12,13 +12,13 @@ from kiosk_sim.soak import fuzz_connection
 from switch.iso8583 import Message
 from switch.iso8583.response_codes import ResponseCode
 from switch.responses import respond
-from switch.server import Link
+from switch.server import ConnectionView
 from tests.switch.conftest import running_switch
 
 NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
 
 
-async def approve(request: Message, _link: Link) -> Message:
+async def approve(request: Message, _connection: ConnectionView) -> Message:
     return respond(request, ResponseCode.APPROVED)
 
 

@@ -17,18 +17,18 @@ from kiosk_sim.client import SwitchConnectionClosed, TerminalClient, network_req
 from switch.iso8583 import Message
 from switch.iso8583.response_codes import ResponseCode
 from switch.responses import respond
-from switch.server import Link
+from switch.server import ConnectionView
 from tests.switch.conftest import running_switch
 
 NOW = datetime(2026, 11, 23, 10, 15, 0, tzinfo=UTC)
 TERMINAL = "KIOSK001"
 
 
-async def approve(request: Message, _link: Link) -> Message:
+async def approve(request: Message, _connection: ConnectionView) -> Message:
     return respond(request, ResponseCode.APPROVED)
 
 
-async def sleep_by_amount(request: Message, _link: Link) -> Message:
+async def sleep_by_amount(request: Message, _connection: ConnectionView) -> Message:
     """Takes F4 milliseconds, so responses come back in a different order from requests."""
     await asyncio.sleep((request.amount_minor or 0) / 1000)
     return respond(request, ResponseCode.APPROVED)
@@ -98,7 +98,7 @@ async def test_in_flight_requests_per_connection_are_bounded() -> None:
     release = asyncio.Event()
     peak = 0
 
-    async def held(request: Message, link: Link) -> Message:
+    async def held(request: Message, connection: ConnectionView) -> Message:
         nonlocal peak
         peak = max(peak, server.stats().in_flight)
         await release.wait()
@@ -248,7 +248,7 @@ async def test_shutdown_finishes_in_flight_requests_then_closes() -> None:
 async def test_shutdown_is_bounded_when_work_does_not_finish() -> None:
     cancelled = asyncio.Event()
 
-    async def stuck(request: Message, _link: Link) -> Message:
+    async def stuck(request: Message, _connection: ConnectionView) -> Message:
         try:
             await asyncio.Event().wait()
         finally:
@@ -291,7 +291,7 @@ async def test_an_independent_pyiso8583_client_gets_a_correct_0810() -> None:
 
 
 async def test_a_handler_failure_answers_96_and_the_switch_keeps_serving() -> None:
-    async def broken(request: Message, _link: Link) -> Message:
+    async def broken(request: Message, _connection: ConnectionView) -> Message:
         raise RuntimeError("boom")
 
     async with running_switch(broken) as server:

@@ -29,7 +29,7 @@ from switch.iso8583 import Dialect, LengthHeader, Message, frame, wire_of
 from switch.iso8583.response_codes import ResponseCode
 from switch.monitor import Monitor
 from switch.responses import respond
-from switch.server import Link, SwitchServer
+from switch.server import ConnectionView, SwitchServer
 from switch.settings import TlsSettings
 from switch.tls import HandshakeFailure, HandshakeRefusal, handshake_refusal
 from tests.switch.conftest import LISTENER, signing_on
@@ -39,7 +39,7 @@ NOW = dt.datetime(2026, 11, 23, 10, 15, tzinfo=dt.UTC)
 TOKEN = DEVELOPMENT_TOKENS[Role.VIEWER]
 
 
-async def approve(request: Message, _link: Link) -> Message:
+async def approve(request: Message, _connection: ConnectionView) -> Message:
     return respond(request, ResponseCode.APPROVED)
 
 
