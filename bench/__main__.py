@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import targets
+
 SUITES = ("bench.codec_bench", "bench.hsm_bench", "bench.ledger_bench", "bench.switch_bench")
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"timestamp": stamp, "machine": machine, "results": results}, indent=2)
     )
     print(markdown(results))
+    print("\nThe performance issue's targets (docs/load-testing.md):\n")
+    print(targets.markdown(results))
     print(f"\nresults written to {path}")
     return 0 if all(r["status"] in ("ok", "not present") for r in results.values()) else 1
 

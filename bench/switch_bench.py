@@ -11,9 +11,11 @@
    same again with chip cards (`chip_*` figures): each withdrawal's ARQC verified by the HSM,
    its ATC checked and moved in the posting, tag 91 answered and checked by the card, every
    cryptogram version in turn; `chip_to_magstripe_t*` is the ratio of the two rates.
-3. Open loop at 80% of the best closed-loop rate: p99 at a fixed load, and where the time goes
-   (the mean per pipeline step, and per ledger read and write the mean wait for a call, the
-   mean call and the mean batch, from the switch's own metrics).
+3. Open loop at 80% of the best closed-loop rate, three times, interleaved with closed loops
+   at the best terminal count (`open_loop_r{1,2,3}_*`: rate, p99, steal): p99 at a fixed load,
+   and for the worst of the three where the time goes (the mean per pipeline step, and per
+   ledger read and write the mean wait for a call, the mean call and the mean batch, from the
+   switch's own metrics).
 4. 10,000 idle terminal connections, each echoed once: the switch's memory per connection;
    then the same over mutual TLS (`tls_*` figures) against a switch with its TLS listener.
 5. `python -m switch serve --workers 2` (`w2_*` figures): (2)'s magstripe closed loops again,
@@ -65,6 +67,8 @@ TERMINAL_COUNTS = (4, 16, 48, 256)
 IDLE_CONNECTIONS = 10_000
 # The CN of every idle mutual-TLS kiosk's certificate (the connections never sign on).
 IDLE_TERMINAL_ID = "IDLE0001"
+# The issue's p99 target holds "in each of 3 interleaved runs".
+OPEN_LOOP_RUNS = 3
 WITHDRAWALS_ONLY = {"withdrawal": 1}
 CHIP_WITHDRAWALS_ONLY = {"chip_withdrawal": 1}
 
@@ -179,8 +183,8 @@ async def closed_loops(
 async def open_loop(
     population: Population, port: int, admin_port: int, rate_per_s: float, duration_s: float
 ) -> dict[str, float]:
-    """The rate held and its latency; and from the switch's own metrics, the mean time of a
-    request in each pipeline step, and in the switch outside them."""
+    """The rate held, its latency and the CPU steal meanwhile; and from the switch's own
+    metrics, the mean time of a request in each pipeline step, and in the switch outside them."""
     terminals = max(TERMINAL_COUNTS)
     plan = load.Plan(
         terminals=terminals,
@@ -189,9 +193,9 @@ async def open_loop(
         duration_s=duration_s,
         rate_per_s=rate_per_s,
     )
-    before = await scrape.fetch_metrics(admin_port)
+    before, ticks_before = await scrape.fetch_metrics(admin_port), cpu.MachineTicks.read()
     report = await load.run(plan, population, "127.0.0.1", port)
-    after = await scrape.fetch_metrics(admin_port)
+    after, ticks_after = await scrape.fetch_metrics(admin_port), cpu.MachineTicks.read()
     means = scrape.mean_ms_between(before, after)
     ledger = scrape.ledger_means_between(before, after)
     latency = report.latency_ms()
@@ -201,10 +205,41 @@ async def open_loop(
         "open_loop_achieved_per_s": round(report.rate_per_s(report.answered), 1),
         "open_loop_p50_ms": latency["p50"],
         "open_loop_p99_ms": latency["p99"],
+        "open_loop_steal_percent": round(cpu.steal_percent(ticks_before, ticks_after), 1),
         **{f"open_loop_mean_ms_{step}": round(ms, 2) for step, ms in means.items()},
         "open_loop_mean_ms_outside_steps": round(request_ms - sum(means.values()), 2),
         **{f"open_loop_ledger_{name}": round(value, 2) for name, value in ledger.items()},
     }
+
+
+async def open_loops(
+    population: Population,
+    port: int,
+    admin_port: int,
+    duration_s: float,
+    processes: _Processes,
+    *,
+    best_count: int,
+    best_per_s: float,
+) -> dict[str, float]:
+    """Step 3, OPEN_LOOP_RUNS times, interleaved with closed loops at the best terminal count:
+    each run's rate is 80 % of the closed-loop rate measured just before it (the first: the
+    closed loops' best), so a machine that slows down meanwhile is not loaded past its maximum.
+    Each run's rate, p99 and steal are `open_loop_r{n}_*`; the unprefixed `open_loop_*` figures
+    are the run with the worst p99 (its step means show where that time went)."""
+    runs: list[dict[str, float]] = []
+    for index in range(OPEN_LOOP_RUNS):
+        if index > 0:
+            closed = await _closed_loop(
+                population, port, duration_s, processes, count=best_count, mix=WITHDRAWALS_ONLY
+            )
+            best_per_s = closed.approved_per_s
+        runs.append(await open_loop(population, port, admin_port, 0.8 * best_per_s, duration_s))
+    figures = max(runs, key=lambda run: run["open_loop_p99_ms"])
+    for number, run in enumerate(runs, start=1):
+        for name in ("target_per_s", "achieved_per_s", "p99_ms", "steal_percent"):
+            figures[f"open_loop_r{number}_{name}"] = run[f"open_loop_{name}"]
+    return figures
 
 
 async def idle_connections(
@@ -317,12 +352,14 @@ async def end_to_end(
         figures["chip_approved_withdrawals_per_s_best"] = max(
             figures[f"chip_approved_withdrawals_per_s_t{n}"] for n in TERMINAL_COUNTS
         )
-        figures |= await open_loop(
+        figures |= await open_loops(
             population,
             switch.port,
             admin_port,
-            0.8 * figures["approved_withdrawals_per_s_best"],
             duration_s,
+            processes,
+            best_count=best_count,
+            best_per_s=figures["approved_withdrawals_per_s_best"],
         )
         figures |= await idle_connections(switch.port, switch.pid)
     finally:

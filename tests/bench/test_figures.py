@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bench import cpu
+from bench import cpu, targets
 from bench.__main__ import parse_args
 from bench.ledger_bench import pgbench_latencies
 
@@ -76,3 +76,23 @@ def test_the_bench_answers_help_and_bad_arguments_without_running(argv: list[str
     with pytest.raises(SystemExit) as exited:
         parse_args(argv)
     assert exited.value.code == (0 if argv == ["--help"] else 2)
+
+
+def test_targets_table_says_met_not_met_and_not_measured() -> None:
+    results = {
+        "ledger_bench": {"status": "ok", "figures": {"ratio_best": 3.5}},
+        "switch_bench": {
+            "status": "ok",
+            "figures": {"switch_cpu_us_per_approved_t256": 301, "open_loop_p99_ms": 50.0},
+        },
+    }
+    rows = {
+        row.split(" | ")[0].removeprefix("| "): row
+        for row in targets.markdown(results).splitlines()
+    }
+    assert rows["ledger API alone, withdrawals/s ÷ pgbench tps"].endswith("| ≥ 3 | 3.50 | yes |")
+    assert rows["switch CPU per approved withdrawal, µs"].endswith("| ≤ 300 | 301.00 | no |")
+    open_loop = "open loop at 80 % of the closed-loop maximum, worst p99 of 3 runs, ms"
+    assert rows[open_loop].endswith("| ≤ 50 | 50.00 | yes |")
+    assert rows["end to end, approved withdrawals/s ÷ pgbench tps"].endswith("| not measured |  |")
+    assert len(rows) == 2 + len(targets.TARGETS)
