@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 
 from ledger import balancing, codec, rules
-from ledger.batches import UNAVAILABLE, Batcher
+from ledger.authorisation import installed_check_value
+from ledger.batches import UNAVAILABLE, Batcher, BatchFigures, read_batch, write_batch
 from ledger.codec import ReadItem, WriteItem
 from ledger.deadline import Deadline
 from ledger.errors import DayClosed, LedgerError, LedgerUnavailable
@@ -60,33 +61,6 @@ class Lookup:
         return None if stored is None else codec.parse_result(stored, repeated=True)
 
 
-async def _read(conn: Connection, items: Sequence[ReadItem], timeout_s: float) -> list[Any]:
-    rows = await conn.fetch(codec.READ_SQL, *codec.columns(items), timeout=timeout_s)
-    return [row[0] for row in rows]
-
-
-async def _write(conn: Connection, items: Sequence[WriteItem], timeout_s: float) -> list[Any]:
-    rows: list[Any] = await conn.fetch(codec.WRITE_SQL, *codec.columns(items), timeout=timeout_s)
-    return rows
-
-
-@dataclass(frozen=True, slots=True)
-class BatchFigures:
-    """Database calls made and requests they carried, since the store opened; how many writes
-    found their customer changed since their read and were decided again; and the seconds
-    requests waited in the queue (summed over requests) and calls took (summed over calls)."""
-
-    read_calls: int
-    reads: int
-    write_calls: int
-    writes: int
-    decided_again: int
-    read_wait_s: float
-    read_call_s: float
-    write_wait_s: float
-    write_call_s: float
-
-
 class LedgerStore:
     """The async API the switch calls. Build it with `open_store`."""
 
@@ -107,8 +81,8 @@ class LedgerStore:
         )
         self._response_codes = response_codes
         self._cluster = cluster
-        self._reads: Batcher[ReadItem] = Batcher(self._connection, _read, settings)
-        self._writes: Batcher[WriteItem] = Batcher(self._connection, _write, settings)
+        self._reads: Batcher[ReadItem] = Batcher(self._connection, read_batch, settings)
+        self._writes: Batcher[WriteItem] = Batcher(self._connection, write_batch, settings)
         # The connections the reads' and the writes' calls use at once, warmed while the switch
         # starts serving (sign-ons need neither function): not awaited, so a start is not slower.
         self._warming = asyncio.create_task(
@@ -132,17 +106,7 @@ class LedgerStore:
             raise LedgerError(f"ledger error: {exc.sqlstate} {exc}") from exc
 
     def batch_figures(self) -> BatchFigures:
-        return BatchFigures(
-            self._reads.calls_sent,
-            self._reads.requests_sent,
-            self._writes.calls_sent,
-            self._writes.requests_sent,
-            self._writes.decided_again,
-            read_wait_s=self._reads.wait_s,
-            read_call_s=self._reads.call_s,
-            write_wait_s=self._writes.wait_s,
-            write_call_s=self._writes.call_s,
-        )
+        return BatchFigures.of(self._reads, self._writes)
 
     async def lookup(
         self, request: Request, *, pan_hash: bytes | None = None, timeout_ms: int
@@ -338,11 +302,7 @@ class LedgerStore:
         """The check value of the key the ledger verifies the HSM's word with."""
         deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
-            value = await conn.fetchval(
-                "SELECT ledger.authorisation_check_value()", timeout=deadline.remaining_s()
-            )
-        assert value is None or isinstance(value, str)
-        return value
+            return await installed_check_value(conn, timeout_s=deadline.remaining_s())
 
     async def close(self, *, timeout_ms: int = 10_000) -> int:
         """Drain the pool (terminate what is left at the deadline); stop a cluster we started,
