@@ -19,7 +19,8 @@ from ledger.model import (
 )
 from ledger.rules import check_card
 from ledger.settings import LedgerSettings
-from ledger.store import LedgerStore, Lookup, TerminalKeys, open_store
+from ledger.store import LedgerStore, Lookup, open_store
+from ledger.terminal_keys import TerminalKeys
 
 __all__ = [
     "RESPONSE_CODES",

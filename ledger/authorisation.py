@@ -66,6 +66,14 @@ async def install(conn: Connection, key: bytes, *, replace: bool, timeout_ms: in
     return installed
 
 
+async def installed_check_value(conn: Connection, *, timeout_s: float) -> str | None:
+    """The installed key's check value, as the switch role reads it (the key's table is the
+    owner's alone)."""
+    value = await conn.fetchval("SELECT ledger.authorisation_check_value()", timeout=timeout_s)
+    assert value is None or isinstance(value, str)
+    return value
+
+
 def development_token(request: Request, pan_hash: bytes) -> bytes:
     """The word a development HSM gives for `request` when its PIN is right: for the ledger's
     own tools, tests and benchmarks, which stand for the HSM (the same bytes as

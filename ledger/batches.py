@@ -17,6 +17,9 @@ A genuine error in one request aborts its whole call (no subtransaction per requ
 requests are then sent again one per call, so the one that fails fails alone. The queue is
 bounded by the switch's in-flight request limit, not here. A request that gave up while queued
 is not sent.
+
+The two batch functions' calls (read_batch, write_batch) and the figures of the store's two
+batchers (BatchFigures) are here too.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
+from ledger import codec
+from ledger.codec import ReadItem, WriteItem
 from ledger.deadline import Deadline
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.migrations import Connection
@@ -231,3 +236,46 @@ class Batcher(Generic[Item]):
         self.decided_again += 1
         item, customers = redo
         return _Queued(item, customers, queued.deadline, queued.reply, queued.again)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFigures:
+    """Database calls made and requests they carried, since the store opened; how many writes
+    found their customer changed since their read and were decided again; and the seconds
+    requests waited in the queue (summed over requests) and calls took (summed over calls)."""
+
+    read_calls: int
+    reads: int
+    write_calls: int
+    writes: int
+    decided_again: int
+    read_wait_s: float
+    read_call_s: float
+    write_wait_s: float
+    write_call_s: float
+
+    @classmethod
+    def of(cls, reads: Batcher[ReadItem], writes: Batcher[WriteItem]) -> BatchFigures:
+        return cls(
+            reads.calls_sent,
+            reads.requests_sent,
+            writes.calls_sent,
+            writes.requests_sent,
+            writes.decided_again,
+            read_wait_s=reads.wait_s,
+            read_call_s=reads.call_s,
+            write_wait_s=writes.wait_s,
+            write_call_s=writes.call_s,
+        )
+
+
+async def read_batch(conn: Connection, items: Sequence[ReadItem], timeout_s: float) -> list[Any]:
+    """One call of ledger.read_batch: each request's state."""
+    rows = await conn.fetch(codec.READ_SQL, *codec.columns(items), timeout=timeout_s)
+    return [row[0] for row in rows]
+
+
+async def write_batch(conn: Connection, items: Sequence[WriteItem], timeout_s: float) -> list[Any]:
+    """One call of ledger.post_batch: each request's reply."""
+    rows: list[Any] = await conn.fetch(codec.WRITE_SQL, *codec.columns(items), timeout=timeout_s)
+    return rows

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from ledger import balancing, codec, rules
-from ledger.batches import UNAVAILABLE, Batcher
+from ledger.authorisation import installed_check_value
+from ledger.batches import UNAVAILABLE, Batcher, BatchFigures, read_batch, write_batch
 from ledger.codec import ReadItem, WriteItem
 from ledger.deadline import Deadline
 from ledger.errors import DayClosed, LedgerError, LedgerUnavailable
-from ledger.migrations import Connection, require_current
+from ledger.migrations import Connection
 from ledger.model import (
     RESPONSE_CODES,
     Card,
@@ -37,8 +37,10 @@ from ledger.model import (
 )
 from ledger.pan import pan_hash as keyed_pan_hash
 from ledger.pan import stored_mask
+from ledger.pool import open_pool, warm_up
 from ledger.postgres import LocalCluster
 from ledger.settings import LedgerSettings
+from ledger.terminal_keys import TerminalKeys, read_keys, set_session_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,74 +59,6 @@ class Lookup:
     def answered(self) -> Result | None:
         stored = self.snapshot.answered
         return None if stored is None else codec.parse_result(stored, repeated=True)
-
-
-@dataclass(frozen=True, slots=True)
-class TerminalKeys:
-    terminal_id: str
-    status: str
-    tmk: str | None
-    bdk: str | None
-    tpk: str | None
-    tak: str | None
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def _warm_up(pool: asyncpg.Pool, connections: int, timeout_s: float) -> None:
-    """Run both batch functions on an empty batch on `connections` connections at once: a
-    connection's first call of each compiles it and plans its statements (20-80 ms measured),
-    which would otherwise fall on the first requests after a start. Best effort: a failure here
-    shows again, and is reported, in the call that meets it."""
-
-    async def warm(conn: Connection) -> None:
-        await conn.fetch(codec.READ_SQL, *codec.empty_columns(ReadItem), timeout=timeout_s)
-        await conn.fetch(codec.WRITE_SQL, *codec.empty_columns(WriteItem), timeout=timeout_s)
-
-    with contextlib.suppress(Exception):
-        async with contextlib.AsyncExitStack() as held:
-            opened = [
-                await held.enter_async_context(pool.acquire(timeout=timeout_s))
-                for _ in range(connections)
-            ]
-            await asyncio.gather(*(warm(conn) for conn in opened))
-
-
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """Pool release hook: nothing to reset, so no extra round trip per call.
-
-    The store sets no session state, and an open transaction is rolled back by the pool before
-    this hook runs.
-    """
-
-
-async def _read(conn: Connection, items: Sequence[ReadItem], timeout_s: float) -> list[Any]:
-    rows = await conn.fetch(codec.READ_SQL, *codec.columns(items), timeout=timeout_s)
-    return [row[0] for row in rows]
-
-
-async def _write(conn: Connection, items: Sequence[WriteItem], timeout_s: float) -> list[Any]:
-    rows: list[Any] = await conn.fetch(codec.WRITE_SQL, *codec.columns(items), timeout=timeout_s)
-    return rows
-
-
-@dataclass(frozen=True, slots=True)
-class BatchFigures:
-    """Database calls made and requests they carried, since the store opened; how many writes
-    found their customer changed since their read and were decided again; and the seconds
-    requests waited in the queue (summed over requests) and calls took (summed over calls)."""
-
-    read_calls: int
-    reads: int
-    write_calls: int
-    writes: int
-    decided_again: int
-    read_wait_s: float
-    read_call_s: float
-    write_wait_s: float
-    write_call_s: float
 
 
 class LedgerStore:
@@ -147,12 +81,12 @@ class LedgerStore:
         )
         self._response_codes = response_codes
         self._cluster = cluster
-        self._reads: Batcher[ReadItem] = Batcher(self._connection, _read, settings)
-        self._writes: Batcher[WriteItem] = Batcher(self._connection, _write, settings)
+        self._reads: Batcher[ReadItem] = Batcher(self._connection, read_batch, settings)
+        self._writes: Batcher[WriteItem] = Batcher(self._connection, write_batch, settings)
         # The connections the reads' and the writes' calls use at once, warmed while the switch
         # starts serving (sign-ons need neither function): not awaited, so a start is not slower.
         self._warming = asyncio.create_task(
-            _warm_up(
+            warm_up(
                 pool,
                 min(2 * settings.calls_in_flight_max, settings.pool_size_max),
                 settings.statement_timeout_ms / 1000,
@@ -172,17 +106,7 @@ class LedgerStore:
             raise LedgerError(f"ledger error: {exc.sqlstate} {exc}") from exc
 
     def batch_figures(self) -> BatchFigures:
-        return BatchFigures(
-            self._reads.calls_sent,
-            self._reads.requests_sent,
-            self._writes.calls_sent,
-            self._writes.requests_sent,
-            self._writes.decided_again,
-            read_wait_s=self._reads.wait_s,
-            read_call_s=self._reads.call_s,
-            write_wait_s=self._writes.wait_s,
-            write_call_s=self._writes.call_s,
-        )
+        return BatchFigures.of(self._reads, self._writes)
 
     async def lookup(
         self, request: Request, *, pan_hash: bytes | None = None, timeout_ms: int
@@ -360,37 +284,25 @@ class LedgerStore:
         """The terminal's status and key cryptograms (read at sign-on)."""
         deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM ledger.terminal_keys($1)",
-                terminal_id,
-                timeout=deadline.remaining_s(),
-            )
-        return None if row is None else TerminalKeys(**dict(row))
+            return await read_keys(conn, terminal_id, timeout_s=deadline.remaining_s())
 
     async def set_terminal_keys(
         self, terminal_id: str, *, tpk: str, tak: str, authorisation: bytes, timeout_ms: int
     ) -> None:
         """Store new session key cryptograms after a key change, with the HSM's word that they
-        were generated under this terminal's TMK. A terminal's master key is set by provisioning
-        only: the switch's role cannot change it."""
+        were generated under this terminal's TMK (raises LedgerError for an unknown terminal)."""
         deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
-            found = await conn.fetchval(
-                "SELECT ledger.set_session_keys($1, $2, $3, $4)", terminal_id, tpk, tak,
-                authorisation, timeout=deadline.remaining_s(),
+            await set_session_keys(
+                conn, terminal_id, tpk=tpk, tak=tak, authorisation=authorisation,
+                timeout_s=deadline.remaining_s(),
             )  # fmt: skip
-        if not found:
-            raise LedgerError(f"unknown terminal {terminal_id!r}")
 
     async def authorisation_check_value(self, *, timeout_ms: int) -> str | None:
         """The check value of the key the ledger verifies the HSM's word with."""
         deadline = Deadline(timeout_ms)
         async with self._connection(deadline) as conn:
-            value = await conn.fetchval(
-                "SELECT ledger.authorisation_check_value()", timeout=deadline.remaining_s()
-            )
-        assert value is None or isinstance(value, str)
-        return value
+            return await installed_check_value(conn, timeout_s=deadline.remaining_s())
 
     async def close(self, *, timeout_ms: int = 10_000) -> int:
         """Drain the pool (terminate what is left at the deadline); stop a cluster we started,
@@ -410,51 +322,6 @@ class LedgerStore:
         return others
 
 
-# What connecting can fail with before any request: a server that is not there or refuses us.
-_CONNECT_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.InvalidCatalogNameError,
-)
-
-
-async def _create_pool(dsn: str, **options: Any) -> asyncpg.Pool:
-    """The pool, or LedgerUnavailable saying why the database cannot be reached (the DSN is
-    not repeated: it may hold a password)."""
-    try:
-        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, **options)
-    except _CONNECT_ERRORS as exc:
-        reason = str(exc) or type(exc).__name__
-        raise LedgerUnavailable(f"cannot connect to the database: {reason}") from None
-    return pool
-
-
-async def _require_same_policy(
-    conn: Connection, settings: LedgerSettings, *, timeout_ms: int
-) -> None:
-    """The database enforces its own policy: a switch deciding by another would see its
-    decisions refused, so it does not start."""
-    row = await conn.fetchrow("SELECT * FROM ledger.current_policy()", timeout=timeout_ms / 1000)
-    assert row is not None
-    names = ("pin_tries_max", "cross_customer_transfers", "business_day_cutover")
-    ours = [getattr(settings, name) for name in names]
-    theirs = [row[name] for name in names]
-    if ours != theirs:
-        raise LedgerError(
-            f"the ledger's policy ({_policy_text(names, theirs)}) differs from the switch's"
-            f" settings ({_policy_text(names, ours)}): set them alike (`python -m ledger policy`)"
-        )
-
-
-def _policy_text(names: Sequence[str], values: Sequence[object]) -> str:
-    shown = (
-        f"{value:%H:%M}" if isinstance(value, time) else str(value).lower() for value in values
-    )
-    return ", ".join(f"{name} = {text}" for name, text in zip(names, shown, strict=True))
-
-
 async def open_store(
     settings: LedgerSettings,
     *,
@@ -472,30 +339,9 @@ async def open_store(
         cluster = LocalCluster(settings.data_dir)
         info = await asyncio.to_thread(cluster.start, timeout_ms=deadline.remaining_ms())
         dsn = info.switch_dsn
-    pool: asyncpg.Pool | None = None
     try:
-        pool = await _create_pool(
-            dsn,
-            min_size=settings.pool_size_min,
-            max_size=settings.pool_size_max,
-            init=_init_connection,
-            reset=_keep_session,
-            timeout=min(deadline.remaining_s(), settings.connect_timeout_ms / 1000),
-            server_settings={
-                "statement_timeout": str(settings.statement_timeout_ms),
-                # The ledger's statements are primary-key lookups: a generic plan is always
-                # right, and re-planning each call was a large share of the server's CPU.
-                "plan_cache_mode": "force_generic_plan",
-            },
-        )
-        async with pool.acquire(timeout=deadline.remaining_s()) as conn:
-            await require_current(conn, timeout_ms=deadline.remaining_ms())
-            await _require_same_policy(conn, settings, timeout_ms=deadline.remaining_ms())
+        pool = await open_pool(dsn, settings, deadline)
     except BaseException:
-        # Closed before the cluster stops: an open pool would try to restore its minimum of
-        # connections to a server shutting down, and log each failure with a traceback.
-        if pool is not None:
-            pool.terminate()
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
         raise

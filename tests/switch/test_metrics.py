@@ -13,7 +13,8 @@ from typing import cast
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledger.store import BatchFigures, LedgerStore
+from ledger.batches import BatchFigures
+from ledger.store import LedgerStore
 from switch.access import Refusal
 from switch.app import ledger_figures
 from switch.metrics import FIGURES, LATENCY_BUCKETS_MS, Metrics
