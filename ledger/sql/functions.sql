@@ -28,10 +28,11 @@ CREATE OR REPLACE FUNCTION ledger.notes_of(p_transaction_id bigint) RETURNS json
   LANGUAGE plpgsql STABLE AS $$
 BEGIN
   RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'cassette_no', m.cassette_no, 'load_seq', m.load_seq,
-                   'denomination_minor', m.denomination_minor, 'notes', m.notes)
-                 ORDER BY m.cassette_no), '[]')
-            FROM ledger.note_movements m WHERE m.transaction_id = p_transaction_id);
+                   'cassette_no', movement.cassette_no, 'load_seq', movement.load_seq,
+                   'denomination_minor', movement.denomination_minor, 'notes', movement.notes)
+                 ORDER BY movement.cassette_no), '[]')
+            FROM ledger.note_movements movement
+           WHERE movement.transaction_id = p_transaction_id);
 END $$;
 
 -- One field of the canonical text a leaf hashes: "name=value", or "name" alone for NULL.
@@ -86,15 +87,18 @@ CREATE OR REPLACE FUNCTION ledger.leaf(
     legs), 'UTF8'))
 $$;
 
--- The leaf of a transaction row (post_opening builds one; so does an auditor's rehash).
-CREATE OR REPLACE FUNCTION ledger.leaf(t ledger.transactions, legs text) RETURNS bytea
+-- The leaf of a transaction row (post_opening builds one; so does an auditor's rehash). Its
+-- argument was once named otherwise, and CREATE OR REPLACE cannot rename one.
+DROP FUNCTION IF EXISTS ledger.leaf(ledger.transactions, text);
+CREATE OR REPLACE FUNCTION ledger.leaf(txn ledger.transactions, legs text) RETURNS bytea
   LANGUAGE sql STABLE PARALLEL SAFE AS $$
-  SELECT ledger.leaf(t.transaction_id, t.customer_id, t.terminal_id, t.transmission_time, t.stan,
-    t.message_class, t.kind, t.outcome, t.response_code, t.amount_minor, t.currency,
-    t.requested_minor, t.requested_currency, t.ledger_balance_minor, t.available_balance_minor,
-    t.business_date, t.recorded_at, t.pan_masked, t.mti, t.processing_code, t.rrn,
-    t.original_transmission_time, t.original_stan, t.original_message_class, t.reversal_state,
-    t.lane, t.block_seq, legs)
+  SELECT ledger.leaf(txn.transaction_id, txn.customer_id, txn.terminal_id,
+    txn.transmission_time, txn.stan, txn.message_class, txn.kind, txn.outcome,
+    txn.response_code, txn.amount_minor, txn.currency, txn.requested_minor,
+    txn.requested_currency, txn.ledger_balance_minor, txn.available_balance_minor,
+    txn.business_date, txn.recorded_at, txn.pan_masked, txn.mti, txn.processing_code, txn.rrn,
+    txn.original_transmission_time, txn.original_stan, txn.original_message_class,
+    txn.reversal_state, txn.lane, txn.block_seq, legs)
 $$;
 
 -- One leg of a leaf: "leg=account:customer:amount:currency". (format() would make it stable,
@@ -127,11 +131,13 @@ DECLARE
   v_lanes integer := (SELECT count(*) FROM ledger.audit_heads);
   v_own integer := pg_backend_pid() % v_lanes;
 BEGIN
-  SELECT h.lane, h.seq + 1, h.hash INTO lane, seq, prev_hash FROM ledger.audit_heads h
-   ORDER BY (h.lane + v_lanes - v_own) % v_lanes LIMIT 1 FOR UPDATE SKIP LOCKED;
+  SELECT head.lane, head.seq + 1, head.hash INTO lane, seq, prev_hash
+    FROM ledger.audit_heads head
+   ORDER BY (head.lane + v_lanes - v_own) % v_lanes LIMIT 1 FOR UPDATE SKIP LOCKED;
   IF NOT FOUND THEN
-    SELECT h.lane, h.seq + 1, h.hash INTO lane, seq, prev_hash FROM ledger.audit_heads h
-     WHERE h.lane = v_own FOR UPDATE;
+    SELECT head.lane, head.seq + 1, head.hash INTO lane, seq, prev_hash
+      FROM ledger.audit_heads head
+     WHERE head.lane = v_own FOR UPDATE;
   END IF;
 END $$;
 
@@ -153,15 +159,17 @@ END $$;
 
 -- What a repeat gets back, and what the store answers from: the stored outcome of one row, with
 -- the notes it moved (0004_cash), so a repeated approval names the mix that was dispensed. SQL,
--- inlined where it is called with a row variable.
-CREATE OR REPLACE FUNCTION ledger.result_of(t ledger.transactions) RETURNS jsonb
+-- inlined where it is called with a row variable. (Dropped first: its argument was once named
+-- otherwise.)
+DROP FUNCTION IF EXISTS ledger.result_of(ledger.transactions);
+CREATE OR REPLACE FUNCTION ledger.result_of(txn ledger.transactions) RETURNS jsonb
   LANGUAGE sql STABLE AS $$
   SELECT jsonb_build_object(
-    'transaction_id', t.transaction_id, 'outcome', t.outcome, 'kind', t.kind,
-    'amount_minor', t.amount_minor, 'currency', t.currency,
-    'ledger_balance_minor', t.ledger_balance_minor,
-    'available_balance_minor', t.available_balance_minor,
-    'business_date', t.business_date, 'notes', ledger.notes_of(t.transaction_id))
+    'transaction_id', txn.transaction_id, 'outcome', txn.outcome, 'kind', txn.kind,
+    'amount_minor', txn.amount_minor, 'currency', txn.currency,
+    'ledger_balance_minor', txn.ledger_balance_minor,
+    'available_balance_minor', txn.available_balance_minor,
+    'business_date', txn.business_date, 'notes', ledger.notes_of(txn.transaction_id))
 $$;
 
 -- The reads of a batch of requests, in their order: one round trip, one statement and no locks.
@@ -186,12 +194,15 @@ BEGIN
       'customer_id', owner.customer_id,
       'admitted', to_jsonb(admitted.customer_ids),
       'card', card.fields,
-      'links', (SELECT coalesce(jsonb_object_agg(ca.type_code, ca.account_id), '{}')
-                  FROM ledger.card_accounts ca WHERE ca.card_id = card.card_id),
-      'accounts', (SELECT coalesce(jsonb_agg(to_jsonb(a) || jsonb_build_object(
-                            'xmin', a.xmin::text::bigint) ORDER BY a.account_id), '[]')
-                     FROM ledger.accounts a
-                    WHERE a.account_id = ANY (ARRAY(
+      'links', (SELECT coalesce(jsonb_object_agg(card_account.type_code,
+                                                 card_account.account_id), '{}')
+                  FROM ledger.card_accounts card_account
+                 WHERE card_account.card_id = card.card_id),
+      'accounts', (SELECT coalesce(jsonb_agg(to_jsonb(account) || jsonb_build_object(
+                            'xmin', account.xmin::text::bigint) ORDER BY account.account_id),
+                            '[]')
+                     FROM ledger.accounts account
+                    WHERE account.account_id = ANY (ARRAY(
                             SELECT own.account_id FROM ledger.accounts own
                              WHERE own.customer_id = owner.customer_id AND owner.customer_id <> 0
                             UNION ALL SELECT term.cash_account_id
@@ -203,75 +214,87 @@ BEGIN
                     'terminal_id', term.terminal_id, 'status', term.status,
                     'cash_account_id', term.cash_account_id,
                     'cassettes', term.cassettes) END,
-      'answered', (SELECT ledger.result_of(t) FROM ledger.transactions t
-                    WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan,
-                           t.message_class)
-                        = (owner.customer_id, i.terminal_id, i.transmission_time, i.stan,
-                           i.message_class)),
+      'answered', (SELECT ledger.result_of(txn) FROM ledger.transactions txn
+                    WHERE (txn.customer_id, txn.terminal_id, txn.transmission_time, txn.stan,
+                           txn.message_class)
+                        = (owner.customer_id, request.terminal_id, request.transmission_time,
+                           request.stan, request.message_class)),
       'original', CASE WHEN original.transaction_id IS NOT NULL THEN jsonb_build_object(
                     'outcome', original.outcome,
                     'result', original.result || jsonb_build_object('postings', original.legs))
                   END,
-      'self_reversal', (SELECT t.reversal_state FROM ledger.transactions t
-                         WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
-                                t.original_stan, t.original_message_class)
-                             = (owner.customer_id, i.terminal_id, i.transmission_time, i.stan,
-                                i.message_class)
-                           AND t.reversal_state IS NOT NULL),
-      'original_reversal', (SELECT t.reversal_state FROM ledger.transactions t
-                             WHERE i.original_stan IS NOT NULL
-                               AND (t.customer_id, t.terminal_id, t.original_transmission_time,
-                                    t.original_stan, t.original_message_class)
-                                 = (owner.customer_id, i.terminal_id,
-                                    i.original_transmission_time, i.original_stan,
-                                    i.original_message_class)
-                               AND t.reversal_state IS NOT NULL))
+      'self_reversal', (SELECT reversal.reversal_state FROM ledger.transactions reversal
+                         WHERE (reversal.customer_id, reversal.terminal_id,
+                                reversal.original_transmission_time, reversal.original_stan,
+                                reversal.original_message_class)
+                             = (owner.customer_id, request.terminal_id,
+                                request.transmission_time, request.stan, request.message_class)
+                           AND reversal.reversal_state IS NOT NULL),
+      'original_reversal', (SELECT reversal.reversal_state FROM ledger.transactions reversal
+                             WHERE request.original_stan IS NOT NULL
+                               AND (reversal.customer_id, reversal.terminal_id,
+                                    reversal.original_transmission_time, reversal.original_stan,
+                                    reversal.original_message_class)
+                                 = (owner.customer_id, request.terminal_id,
+                                    request.original_transmission_time, request.original_stan,
+                                    request.original_message_class)
+                               AND reversal.reversal_state IS NOT NULL))
       FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes,
                   original_transmission_times, original_stans, original_message_classes,
                   to_accounts) WITH ORDINALITY
-           AS i(pan_hash, terminal_id, transmission_time, stan, message_class,
-                original_transmission_time, original_stan, original_message_class, to_account,
-                position)
-      LEFT JOIN LATERAL (SELECT c.customer_id, c.card_id,
-                                to_jsonb(c) - 'pan_hash' || jsonb_build_object(
-                                  'xmin', c.xmin::text::bigint) AS fields
-                           FROM ledger.cards c WHERE c.pan_hash = i.pan_hash LIMIT 1) card
+           AS request(pan_hash, terminal_id, transmission_time, stan, message_class,
+                      original_transmission_time, original_stan, original_message_class,
+                      to_account, position)
+      LEFT JOIN LATERAL (SELECT card.customer_id, card.card_id,
+                                to_jsonb(card) - 'pan_hash' || jsonb_build_object(
+                                  'xmin', card.xmin::text::bigint) AS fields
+                           FROM ledger.cards card WHERE card.pan_hash = request.pan_hash
+                          LIMIT 1) card
         ON true
       -- The house (0) when the card is unknown.
       CROSS JOIN LATERAL (SELECT coalesce(card.customer_id, 0) AS customer_id) owner
       -- The terminal's cassettes in slot order, as a subquery of this statement (a function
       -- per request would start a plan of its own per request).
-      LEFT JOIN LATERAL (SELECT t.terminal_id, t.status, t.cash_account_id,
+      LEFT JOIN LATERAL (SELECT terminal.terminal_id, terminal.status, terminal.cash_account_id,
                                 (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                                          'cassette_no', c.cassette_no, 'currency', c.currency,
-                                          'denomination_minor', c.denomination_minor,
-                                          'remaining_notes', c.remaining_notes,
-                                          'load_seq', c.load_seq) ORDER BY c.cassette_no), '[]')
-                                   FROM ledger.cassettes c
-                                  WHERE c.terminal_id = t.terminal_id) AS cassettes
-                           FROM ledger.terminals t WHERE t.terminal_id = i.terminal_id
+                                          'cassette_no', cassette.cassette_no,
+                                          'currency', cassette.currency,
+                                          'denomination_minor', cassette.denomination_minor,
+                                          'remaining_notes', cassette.remaining_notes,
+                                          'load_seq', cassette.load_seq)
+                                          ORDER BY cassette.cassette_no), '[]')
+                                   FROM ledger.cassettes cassette
+                                  WHERE cassette.terminal_id = terminal.terminal_id) AS cassettes
+                           FROM ledger.terminals terminal
+                          WHERE terminal.terminal_id = request.terminal_id
                           LIMIT 1) term ON true
-      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id FROM ledger.accounts a
-                          WHERE a.account_number = i.to_account LIMIT 1) destination ON true
+      LEFT JOIN LATERAL (SELECT account.account_id, account.customer_id
+                           FROM ledger.accounts account
+                          WHERE account.account_number = request.to_account
+                          LIMIT 1) destination ON true
       -- A reversal's original, its postings and the other customers they touch.
-      LEFT JOIN LATERAL (SELECT o.transaction_id, o.outcome, ledger.result_of(o) AS result,
+      LEFT JOIN LATERAL (SELECT original.transaction_id, original.outcome,
+                                ledger.result_of(original) AS result,
                                 legs.legs, legs.account_ids, legs.customer_ids
-                           FROM ledger.transactions o
+                           FROM ledger.transactions original
                           CROSS JOIN LATERAL (
                             SELECT coalesce(jsonb_agg(jsonb_build_object(
-                                     'account_id', p.account_id, 'customer_id', p.customer_id,
-                                     'amount_minor', p.amount_minor, 'currency', p.currency)
-                                     ORDER BY p.amount_minor), '[]') AS legs,
-                                   array_agg(p.account_id) AS account_ids,
-                                   array_agg(p.customer_id) AS customer_ids
-                              FROM ledger.postings p
-                             WHERE p.transaction_id = o.transaction_id) legs
-                          WHERE i.original_stan IS NOT NULL AND owner.customer_id <> 0
-                            AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan,
-                                 o.message_class)
-                              = (owner.customer_id, i.terminal_id,
-                                 i.original_transmission_time, i.original_stan,
-                                 i.original_message_class)
+                                     'account_id', posting.account_id,
+                                     'customer_id', posting.customer_id,
+                                     'amount_minor', posting.amount_minor,
+                                     'currency', posting.currency)
+                                     ORDER BY posting.amount_minor), '[]') AS legs,
+                                   array_agg(posting.account_id) AS account_ids,
+                                   array_agg(posting.customer_id) AS customer_ids
+                              FROM ledger.postings posting
+                             WHERE posting.transaction_id = original.transaction_id) legs
+                          WHERE request.original_stan IS NOT NULL AND owner.customer_id <> 0
+                            AND (original.customer_id, original.terminal_id,
+                                 original.transmission_time, original.stan,
+                                 original.message_class)
+                              = (owner.customer_id, request.terminal_id,
+                                 request.original_transmission_time, request.original_stan,
+                                 request.original_message_class)
                           LIMIT 1) original ON true
       -- Most requests have neither an original nor a destination: their card's customer alone,
       -- without the sort and set operations the general case takes.
@@ -280,15 +303,15 @@ BEGIN
         THEN CASE WHEN card.card_id IS NOT NULL THEN ARRAY[card.customer_id]
                   ELSE '{}'::bigint[] END
         ELSE ARRAY(
-          SELECT DISTINCT x.customer_id FROM unnest(
+          SELECT DISTINCT customer.customer_id FROM unnest(
                    CASE WHEN card.card_id IS NOT NULL THEN ARRAY[card.customer_id] END
                    || ARRAY(SELECT unnest(original.customer_ids) EXCEPT SELECT 0)
                    || CASE WHEN (SELECT cross_customer_transfers FROM ledger.policy)
                             AND owner.customer_id <> 0
                             AND destination.customer_id NOT IN (0, owner.customer_id)
-                           THEN ARRAY[destination.customer_id] END) AS x(customer_id)
-           WHERE x.customer_id IS NOT NULL ORDER BY 1) END AS customer_ids) admitted
-     ORDER BY i.position;
+                           THEN ARRAY[destination.customer_id] END) AS customer(customer_id)
+           WHERE customer.customer_id IS NOT NULL ORDER BY 1) END AS customer_ids) admitted
+     ORDER BY request.position;
 END $$;
 
 -- One request's state (see read_batch), for post_batch's answer to a stale decision.
@@ -298,10 +321,10 @@ CREATE OR REPLACE FUNCTION ledger.state_of(
   p_original_message_class text, p_to_account text
 ) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 BEGIN
-  RETURN (SELECT s FROM ledger.read_batch(
+  RETURN (SELECT request_state FROM ledger.read_batch(
     ARRAY[p_pan_hash], ARRAY[p_terminal_id], ARRAY[p_transmission_time], ARRAY[p_stan],
     ARRAY[p_message_class], ARRAY[p_original_transmission_time], ARRAY[p_original_stan],
-    ARRAY[p_original_message_class], ARRAY[p_to_account]) s);
+    ARRAY[p_original_message_class], ARRAY[p_to_account]) request_state);
 END $$;
 
 -- Whether `token` is the HSM's word for `lines` (hsm/authorisation.py): HMAC-SHA256, from the
