@@ -417,68 +417,78 @@ DECLARE
   v_states jsonb[];
   v_written ledger.written_request[];
 BEGIN
-  SELECT p.pin_tries_max, p.cross_customer_transfers, k.inner_pad, k.outer_pad
+  SELECT policy.pin_tries_max, policy.cross_customer_transfers, authorisation_key.inner_pad,
+         authorisation_key.outer_pad
     INTO v_pin_tries_max, v_cross_customer_transfers, v_inner_pad, v_outer_pad
-    FROM ledger.policy p LEFT JOIN ledger.authorisation_key k ON true;
+    FROM ledger.policy LEFT JOIN ledger.authorisation_key ON true;
   -- Locks in one global order, so concurrent batches never deadlock: customers by id (the
   -- cards', a cross-customer transfer's destination's, a reversal's original's), then the house
   -- accounts that move (terminal cash) by id, then the lane's head.
   PERFORM 1 FROM ledger.customers
    WHERE customer_id = ANY (ARRAY(
-           SELECT card.customer_id FROM unnest(pan_hashes) AS h(pan_hash)
-             CROSS JOIN LATERAL (SELECT c.customer_id FROM ledger.cards c
-                                  WHERE c.pan_hash = h.pan_hash LIMIT 1) card
+           SELECT card.customer_id FROM unnest(pan_hashes) AS request(pan_hash)
+             CROSS JOIN LATERAL (SELECT card.customer_id FROM ledger.cards card
+                                  WHERE card.pan_hash = request.pan_hash LIMIT 1) card
            UNION ALL
-           SELECT account.customer_id FROM unnest(to_accounts) AS n(account_number)
-             CROSS JOIN LATERAL (SELECT a.customer_id FROM ledger.accounts a
-                                  WHERE a.account_number = n.account_number LIMIT 1) account
-            WHERE n.account_number IS NOT NULL AND v_cross_customer_transfers
+           SELECT account.customer_id FROM unnest(to_accounts) AS destination(account_number)
+             CROSS JOIN LATERAL (SELECT account.customer_id FROM ledger.accounts account
+                                  WHERE account.account_number = destination.account_number
+                                  LIMIT 1) account
+            WHERE destination.account_number IS NOT NULL AND v_cross_customer_transfers
            UNION ALL
-           SELECT p.customer_id
+           SELECT posting.customer_id
              FROM unnest(pan_hashes, terminal_ids, original_transmission_times, original_stans,
-                         original_message_classes) AS i(pan_hash, terminal_id, tt, stan, mc)
-             CROSS JOIN LATERAL (SELECT o.transaction_id FROM ledger.cards c
-                                   JOIN ledger.transactions o
-                                     ON (o.customer_id, o.terminal_id, o.transmission_time,
-                                         o.stan, o.message_class)
-                                      = (c.customer_id, i.terminal_id, i.tt, i.stan, i.mc)
-                                  WHERE c.pan_hash = i.pan_hash AND i.stan IS NOT NULL
+                         original_message_classes)
+                  AS request(pan_hash, terminal_id, original_transmission_time, original_stan,
+                             original_message_class)
+             CROSS JOIN LATERAL (SELECT original.transaction_id FROM ledger.cards card
+                                   JOIN ledger.transactions original
+                                     ON (original.customer_id, original.terminal_id,
+                                         original.transmission_time, original.stan,
+                                         original.message_class)
+                                      = (card.customer_id, request.terminal_id,
+                                         request.original_transmission_time,
+                                         request.original_stan, request.original_message_class)
+                                  WHERE card.pan_hash = request.pan_hash
+                                    AND request.original_stan IS NOT NULL
                                   LIMIT 1) original
-             JOIN ledger.postings p ON p.transaction_id = original.transaction_id))
+             JOIN ledger.postings posting ON posting.transaction_id = original.transaction_id))
      AND customer_id <> 0
    ORDER BY customer_id FOR UPDATE;
   PERFORM 1 FROM ledger.accounts
    WHERE account_id = ANY (ARRAY(
            SELECT term.cash_account_id
-             FROM unnest(terminal_ids, kinds, outcomes) AS i(terminal_id, kind, outcome)
-             CROSS JOIN LATERAL (SELECT t.cash_account_id FROM ledger.terminals t
-                                  WHERE t.terminal_id = i.terminal_id LIMIT 1) term
-            WHERE i.outcome = 'approved' AND i.kind IN ('withdrawal', 'reversal')))
+             FROM unnest(terminal_ids, kinds, outcomes) AS request(terminal_id, kind, outcome)
+             CROSS JOIN LATERAL (SELECT terminal.cash_account_id FROM ledger.terminals terminal
+                                  WHERE terminal.terminal_id = request.terminal_id LIMIT 1) term
+            WHERE request.outcome = 'approved' AND request.kind IN ('withdrawal', 'reversal')))
    ORDER BY account_id FOR UPDATE;
   -- The backend's own lane when it is free (one probe; 16: the lanes the baseline makes), else
   -- ledger.open_block's search. An empty batch (the store's warm-up of a new connection) takes
   -- none.
   IF cardinality(pan_hashes) > 0 THEN
-    SELECT h.lane, h.seq + 1, h.hash INTO v_lane, v_seq, v_prev_hash FROM ledger.audit_heads h
-     WHERE h.lane = pg_backend_pid() % 16 FOR UPDATE SKIP LOCKED;
+    SELECT head.lane, head.seq + 1, head.hash INTO v_lane, v_seq, v_prev_hash
+      FROM ledger.audit_heads head
+     WHERE head.lane = pg_backend_pid() % 16 FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
-      SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash
-        FROM ledger.open_block() b;
+      SELECT block.lane, block.seq, block.prev_hash INTO v_lane, v_seq, v_prev_hash
+        FROM ledger.open_block() block;
     END IF;
   END IF;
 
   WITH judged AS (
     -- Each request judged on the rows as they are now, under the locks.
-    SELECT i.*, coalesce(card.customer_id, 0) AS customer_id, card.card_id,
-           coalesce(card.pan_masked, i.pan_masked) AS written_pan_masked,
+    SELECT request.*, coalesce(card.customer_id, 0) AS customer_id, card.card_id,
+           coalesce(card.pan_masked, request.pan_masked) AS written_pan_masked,
            answered.transaction_id AS answered_id, answered.found AS answered_row,
            judgement.status AS judged_status,
            CASE WHEN judgement.status = 'write' THEN nextval('ledger.transaction_ids') END
              AS transaction_id,
-           route.move_minor, src.account_id AS source_account_id,
-           src.customer_id AS source_customer_id, src.currency AS source_currency,
-           dst.account_id AS destination_account_id, dst.customer_id AS destination_customer_id,
-           dst.currency AS destination_currency, counters.*,
+           route.move_minor, source.account_id AS source_account_id,
+           source.customer_id AS source_customer_id, source.currency AS source_currency,
+           destination.account_id AS destination_account_id,
+           destination.customer_id AS destination_customer_id,
+           destination.currency AS destination_currency, counters.*,
            CASE WHEN judgement.status = 'write' THEN coalesce(verdict.refusal, chip.refusal) END
              AS refusal
       FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes, kinds,
@@ -490,105 +500,129 @@ BEGIN
                   card_xmins, checked_account_ids, checked_account_xmins, card_updates,
                   card_statuses, card_pin_tries, card_usage_days, card_usage_amounts_minor,
                   card_usage_counts, atcs, authorisations, chip_authorisations) WITH ORDINALITY
-           AS i(pan_hash, terminal_id, transmission_time, stan, message_class, kind, outcome,
-                response_code, amount_minor, currency, requested_minor, requested_currency,
-                from_type, to_type, to_account, original_transmission_time, original_stan,
-                original_message_class, reversal_state, ledger_balance_minor,
-                available_balance_minor, business_date, recorded_at, pan_masked, mti,
-                processing_code, rrn, card_xmin, checked_account_id, checked_account_xmin,
-                sent_card_update, sent_card_status, sent_pin_tries, sent_usage_day,
-                sent_usage_amount_minor, sent_usage_count, atc, authorisation,
-                chip_authorisation, position)
-      LEFT JOIN LATERAL (SELECT c.customer_id, c.card_id, c.pan_masked, c.status, c.pin_tries,
-                                c.currency, c.max_per_txn_minor, c.daily_amount_minor,
-                                c.daily_count, c.usage_day, c.usage_amount_minor, c.usage_count,
-                                c.emv_imk_ac IS NOT NULL AS chip_card, c.emv_fallback_allowed,
-                                c.emv_last_atc, c.xmin::text::bigint AS row_version
-                           FROM ledger.cards c WHERE c.pan_hash = i.pan_hash LIMIT 1) card
+           AS request(pan_hash, terminal_id, transmission_time, stan, message_class, kind,
+                      outcome, response_code, amount_minor, currency, requested_minor,
+                      requested_currency, from_type, to_type, to_account,
+                      original_transmission_time, original_stan, original_message_class,
+                      reversal_state, ledger_balance_minor, available_balance_minor,
+                      business_date, recorded_at, pan_masked, mti, processing_code, rrn,
+                      card_xmin, checked_account_id, checked_account_xmin, sent_card_update,
+                      sent_card_status, sent_pin_tries, sent_usage_day, sent_usage_amount_minor,
+                      sent_usage_count, atc, authorisation, chip_authorisation, position)
+      LEFT JOIN LATERAL (SELECT card.customer_id, card.card_id, card.pan_masked, card.status,
+                                card.pin_tries, card.currency, card.max_per_txn_minor,
+                                card.daily_amount_minor, card.daily_count, card.usage_day,
+                                card.usage_amount_minor, card.usage_count,
+                                card.emv_imk_ac IS NOT NULL AS chip_card,
+                                card.emv_fallback_allowed, card.emv_last_atc,
+                                card.xmin::text::bigint AS row_version
+                           FROM ledger.cards card WHERE card.pan_hash = request.pan_hash
+                          LIMIT 1) card
         ON true
-      LEFT JOIN LATERAL (SELECT t.status, t.cash_account_id FROM ledger.terminals t
-                          WHERE t.terminal_id = i.terminal_id LIMIT 1) term ON true
-      LEFT JOIN LATERAL (SELECT a.xmin::text::bigint AS row_version FROM ledger.accounts a
-                          WHERE a.account_id = i.checked_account_id LIMIT 1) checked ON true
-      LEFT JOIN LATERAL (SELECT t.transaction_id, t AS found FROM ledger.transactions t
-                          WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan,
-                                 t.message_class)
-                              = (coalesce(card.customer_id, 0), i.terminal_id,
-                                 i.transmission_time, i.stan, i.message_class) LIMIT 1) answered
+      LEFT JOIN LATERAL (SELECT terminal.status, terminal.cash_account_id
+                           FROM ledger.terminals terminal
+                          WHERE terminal.terminal_id = request.terminal_id LIMIT 1) term ON true
+      LEFT JOIN LATERAL (SELECT account.xmin::text::bigint AS row_version
+                           FROM ledger.accounts account
+                          WHERE account.account_id = request.checked_account_id
+                          LIMIT 1) checked ON true
+      LEFT JOIN LATERAL (SELECT txn.transaction_id, txn AS found FROM ledger.transactions txn
+                          WHERE (txn.customer_id, txn.terminal_id, txn.transmission_time,
+                                 txn.stan, txn.message_class)
+                              = (coalesce(card.customer_id, 0), request.terminal_id,
+                                 request.transmission_time, request.stan,
+                                 request.message_class) LIMIT 1) answered
         ON true
-      LEFT JOIN LATERAL (SELECT o.transaction_id, o.kind, o.outcome, o.amount_minor,
-                                o.business_date FROM ledger.transactions o
-                          WHERE i.original_stan IS NOT NULL
-                            AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan,
-                                 o.message_class)
-                              = (card.customer_id, i.terminal_id, i.original_transmission_time,
-                                 i.original_stan, i.original_message_class) LIMIT 1) o ON true
+      LEFT JOIN LATERAL (SELECT original.transaction_id, original.kind, original.outcome,
+                                original.amount_minor, original.business_date
+                           FROM ledger.transactions original
+                          WHERE request.original_stan IS NOT NULL
+                            AND (original.customer_id, original.terminal_id,
+                                 original.transmission_time, original.stan,
+                                 original.message_class)
+                              = (card.customer_id, request.terminal_id,
+                                 request.original_transmission_time, request.original_stan,
+                                 request.original_message_class) LIMIT 1) original ON true
       CROSS JOIN LATERAL (SELECT CASE
         WHEN answered.transaction_id IS NOT NULL THEN 'answered'
-        WHEN card.row_version IS DISTINCT FROM i.card_xmin
-          OR checked.row_version IS DISTINCT FROM i.checked_account_xmin
-          OR (i.reversal_state = 'applied' AND o.transaction_id IS NULL)
-          OR (i.reversal_state = 'pending' AND o.transaction_id IS NOT NULL)
+        WHEN card.row_version IS DISTINCT FROM request.card_xmin
+          OR checked.row_version IS DISTINCT FROM request.checked_account_xmin
+          OR (request.reversal_state = 'applied' AND original.transaction_id IS NULL)
+          OR (request.reversal_state = 'pending' AND original.transaction_id IS NOT NULL)
           -- The reversal marks: the original's, and this request's own (a reversal came first).
-          OR (i.reversal_state IS NOT NULL AND EXISTS (
-                SELECT FROM ledger.transactions t
-                 WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
-                        t.original_stan, t.original_message_class)
-                     = (card.customer_id, i.terminal_id, i.original_transmission_time,
-                        i.original_stan, i.original_message_class)
-                   AND t.reversal_state IS NOT NULL))
-          OR (i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer') AND EXISTS (
-                SELECT FROM ledger.transactions t
-                 WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
-                        t.original_stan, t.original_message_class)
-                     = (card.customer_id, i.terminal_id, i.transmission_time, i.stan,
-                        i.message_class)
-                   AND t.reversal_state IS NOT NULL))
+          OR (request.reversal_state IS NOT NULL AND EXISTS (
+                SELECT FROM ledger.transactions reversal
+                 WHERE (reversal.customer_id, reversal.terminal_id,
+                        reversal.original_transmission_time, reversal.original_stan,
+                        reversal.original_message_class)
+                     = (card.customer_id, request.terminal_id,
+                        request.original_transmission_time, request.original_stan,
+                        request.original_message_class)
+                   AND reversal.reversal_state IS NOT NULL))
+          OR (request.outcome = 'approved' AND request.kind IN ('withdrawal', 'transfer')
+              AND EXISTS (
+                SELECT FROM ledger.transactions reversal
+                 WHERE (reversal.customer_id, reversal.terminal_id,
+                        reversal.original_transmission_time, reversal.original_stan,
+                        reversal.original_message_class)
+                     = (card.customer_id, request.terminal_id, request.transmission_time,
+                        request.stan, request.message_class)
+                   AND reversal.reversal_state IS NOT NULL))
           THEN 'stale'
         ELSE 'write' END AS status OFFSET 0) judgement
       -- The accounts money moves between, from the operation: never from the caller.
       CROSS JOIN LATERAL (SELECT
-        CASE WHEN i.kind IN ('withdrawal', 'transfer')
-             THEN (SELECT ca.account_id FROM ledger.card_accounts ca
-                    WHERE ca.card_id = card.card_id AND ca.type_code = i.from_type)
-             WHEN i.kind = 'reversal'
-             THEN (SELECT p.account_id FROM ledger.postings p
-                    WHERE p.transaction_id = o.transaction_id AND p.amount_minor > 0) END
+        CASE WHEN request.kind IN ('withdrawal', 'transfer')
+             THEN (SELECT card_account.account_id FROM ledger.card_accounts card_account
+                    WHERE card_account.card_id = card.card_id
+                      AND card_account.type_code = request.from_type)
+             WHEN request.kind = 'reversal'
+             THEN (SELECT posting.account_id FROM ledger.postings posting
+                    WHERE posting.transaction_id = original.transaction_id
+                      AND posting.amount_minor > 0) END
           AS source_account_id,
-        CASE WHEN i.kind = 'withdrawal' THEN term.cash_account_id
-             WHEN i.kind = 'transfer' AND i.to_type IS NOT NULL
-             THEN (SELECT ca.account_id FROM ledger.card_accounts ca
-                    WHERE ca.card_id = card.card_id AND ca.type_code = i.to_type)
-             WHEN i.kind = 'transfer'
-             THEN (SELECT a.account_id FROM ledger.accounts a
-                    WHERE a.account_number = i.to_account)
-             WHEN i.kind = 'reversal'
-             THEN (SELECT p.account_id FROM ledger.postings p
-                    WHERE p.transaction_id = o.transaction_id AND p.amount_minor < 0) END
+        CASE WHEN request.kind = 'withdrawal' THEN term.cash_account_id
+             WHEN request.kind = 'transfer' AND request.to_type IS NOT NULL
+             THEN (SELECT card_account.account_id FROM ledger.card_accounts card_account
+                    WHERE card_account.card_id = card.card_id
+                      AND card_account.type_code = request.to_type)
+             WHEN request.kind = 'transfer'
+             THEN (SELECT account.account_id FROM ledger.accounts account
+                    WHERE account.account_number = request.to_account)
+             WHEN request.kind = 'reversal'
+             THEN (SELECT posting.account_id FROM ledger.postings posting
+                    WHERE posting.transaction_id = original.transaction_id
+                      AND posting.amount_minor < 0) END
           AS destination_account_id,
-        CASE WHEN i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer', 'reversal')
-             THEN i.amount_minor ELSE 0 END AS move_minor) route
-      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id, a.currency::text AS currency
-                           FROM ledger.accounts a
-                          WHERE a.account_id = route.source_account_id AND route.move_minor > 0
-                          LIMIT 1) src ON true
-      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id, a.currency::text AS currency
-                           FROM ledger.accounts a
-                          WHERE a.account_id = route.destination_account_id
-                            AND route.move_minor > 0 LIMIT 1) dst ON true
+        CASE WHEN request.outcome = 'approved'
+              AND request.kind IN ('withdrawal', 'transfer', 'reversal')
+             THEN request.amount_minor ELSE 0 END AS move_minor) route
+      LEFT JOIN LATERAL (SELECT account.account_id, account.customer_id,
+                                account.currency::text AS currency
+                           FROM ledger.accounts account
+                          WHERE account.account_id = route.source_account_id
+                            AND route.move_minor > 0 LIMIT 1) source ON true
+      LEFT JOIN LATERAL (SELECT account.account_id, account.customer_id,
+                                account.currency::text AS currency
+                           FROM ledger.accounts account
+                          WHERE account.account_id = route.destination_account_id
+                            AND route.move_minor > 0 LIMIT 1) destination ON true
       -- The card's counters after this request, derived from its row as it is now: a wrong PIN
       -- counts (blocking the card at the limit), an approval resets the count, a withdrawal
       -- adds to the day's usage and the reversal of one gives its amount back.
       CROSS JOIN LATERAL (SELECT CASE
         WHEN card.card_id IS NULL THEN NULL
-        WHEN i.kind = 'pin' AND i.outcome IN ('incorrect_pin', 'pin_tries_exceeded') THEN 'pin'
-        WHEN i.outcome = 'approved' AND i.kind = 'withdrawal' THEN 'withdrawal'
-        WHEN i.outcome = 'approved' AND i.kind IN ('inquiry', 'transfer') AND card.pin_tries > 0
+        WHEN request.kind = 'pin' AND request.outcome IN ('incorrect_pin', 'pin_tries_exceeded')
+        THEN 'pin'
+        WHEN request.outcome = 'approved' AND request.kind = 'withdrawal' THEN 'withdrawal'
+        WHEN request.outcome = 'approved' AND request.kind IN ('inquiry', 'transfer')
+         AND card.pin_tries > 0
         THEN 'approval'
-        WHEN i.outcome = 'approved' AND i.kind = 'reversal' AND route.move_minor > 0
-         AND o.kind = 'withdrawal' AND card.usage_day = o.business_date THEN 'give_back'
+        WHEN request.outcome = 'approved' AND request.kind = 'reversal' AND route.move_minor > 0
+         AND original.kind = 'withdrawal' AND card.usage_day = original.business_date
+        THEN 'give_back'
         END AS change, least(card.pin_tries + 1, v_pin_tries_max) AS tries_after_wrong,
-        card.usage_day IS DISTINCT FROM i.business_date AS new_day) why
+        card.usage_day IS DISTINCT FROM request.business_date AS new_day) why
       CROSS JOIN LATERAL (SELECT
         why.change IS NOT NULL AS card_update,
         CASE why.change WHEN 'pin' THEN why.tries_after_wrong
@@ -596,7 +630,7 @@ BEGIN
                         ELSE card.pin_tries END AS card_pin_tries,
         CASE WHEN why.change = 'pin' AND why.tries_after_wrong >= v_pin_tries_max
              THEN 'blocked' ELSE card.status END AS card_status,
-        CASE why.change WHEN 'withdrawal' THEN i.business_date
+        CASE why.change WHEN 'withdrawal' THEN request.business_date
                         ELSE card.usage_day END AS card_usage_day,
         CASE why.change
           WHEN 'withdrawal' THEN CASE WHEN why.new_day THEN 0 ELSE card.usage_amount_minor END
@@ -609,58 +643,64 @@ BEGIN
       -- Why the ledger refuses the decision, or NULL: the rules do not allow it. The switch
       -- never sends such a request; a caller that does is not the switch.
       CROSS JOIN LATERAL (SELECT CASE
-        WHEN i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer', 'inquiry')
-         AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad, i.authorisation,
-               i.terminal_id, i.transmission_time, i.stan, i.message_class, i.pan_hash,
-               i.requested_minor, i.requested_currency, NULL)
+        WHEN request.outcome = 'approved'
+         AND request.kind IN ('withdrawal', 'transfer', 'inquiry')
+         AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad, request.authorisation,
+               request.terminal_id, request.transmission_time, request.stan,
+               request.message_class, request.pan_hash, request.requested_minor,
+               request.requested_currency, NULL)
         THEN 'no valid word from the HSM (a PIN it verified) for this request'
         -- A reversal gives money back only with the HSM's word for it, which the HSM gives
         -- only for the terminal's MAC it verified, over what it read from the MACed bytes: the
         -- reversal's key, the card, the original's key, the original's amount (F4) and what
         -- was dispensed (F95); what moves back is exactly the one less the other (below).
-        WHEN i.outcome = 'approved' AND i.kind = 'reversal' AND route.move_minor > 0
-         AND NOT ledger.word_valid(v_inner_pad, v_outer_pad, i.authorisation, ARRAY[
-               'kiosk-switch reversal v1', i.terminal_id, i.transmission_time, i.stan,
-               i.message_class, encode(i.pan_hash, 'hex'), i.original_transmission_time,
-               i.original_stan, i.original_message_class, o.amount_minor::text,
-               i.requested_minor::text])
+        WHEN request.outcome = 'approved' AND request.kind = 'reversal' AND route.move_minor > 0
+         AND NOT ledger.word_valid(v_inner_pad, v_outer_pad, request.authorisation, ARRAY[
+               'kiosk-switch reversal v1', request.terminal_id, request.transmission_time,
+               request.stan, request.message_class, encode(request.pan_hash, 'hex'),
+               request.original_transmission_time, request.original_stan,
+               request.original_message_class, original.amount_minor::text,
+               request.requested_minor::text])
         THEN 'no valid word from the HSM (a MAC it verified) for this reversal'
-        WHEN i.sent_card_update IS DISTINCT FROM counters.card_update
+        WHEN request.sent_card_update IS DISTINCT FROM counters.card_update
           OR (counters.card_update AND
-              (i.sent_pin_tries, i.sent_card_status, i.sent_usage_day,
-               i.sent_usage_amount_minor, i.sent_usage_count) IS DISTINCT FROM
+              (request.sent_pin_tries, request.sent_card_status, request.sent_usage_day,
+               request.sent_usage_amount_minor, request.sent_usage_count) IS DISTINCT FROM
               (counters.card_pin_tries, counters.card_status, counters.card_usage_day,
                counters.card_usage_amount_minor, counters.card_usage_count))
         THEN 'card counters differ from what the request allows'
-        WHEN i.outcome = 'approved' AND i.kind IN ('pin', 'decline')
-        THEN format('a %s record cannot be an approval', i.kind)
-        WHEN i.reversal_state IS NOT NULL AND i.kind <> 'reversal'
+        WHEN request.outcome = 'approved' AND request.kind IN ('pin', 'decline')
+        THEN format('a %s record cannot be an approval', request.kind)
+        WHEN request.reversal_state IS NOT NULL AND request.kind <> 'reversal'
         THEN 'only a reversal marks an original'
-        WHEN i.amount_minor IS DISTINCT FROM route.move_minor
+        WHEN request.amount_minor IS DISTINCT FROM route.move_minor
         THEN 'the amount differs from the money the operation moves'
         WHEN route.move_minor = 0 THEN NULL
-        WHEN src.account_id IS NULL OR dst.account_id IS NULL
-        THEN format('no accounts for this %s', i.kind)
-        WHEN src.currency <> i.currency OR dst.currency <> i.currency
+        WHEN source.account_id IS NULL OR destination.account_id IS NULL
+        THEN format('no accounts for this %s', request.kind)
+        WHEN source.currency <> request.currency OR destination.currency <> request.currency
         THEN 'currency differs from the accounts'''
-        WHEN src.account_id = dst.account_id THEN 'source and destination are one account'
-        WHEN i.kind IN ('withdrawal', 'transfer') AND (card.status <> 'active'
-          OR card.pin_tries >= v_pin_tries_max OR card.currency <> i.currency)
+        WHEN source.account_id = destination.account_id
+        THEN 'source and destination are one account'
+        WHEN request.kind IN ('withdrawal', 'transfer') AND (card.status <> 'active'
+          OR card.pin_tries >= v_pin_tries_max OR card.currency <> request.currency)
         THEN 'this card may not move money'
-        WHEN i.kind = 'withdrawal' AND (term.cash_account_id IS NULL OR term.status <> 'active')
+        WHEN request.kind = 'withdrawal'
+         AND (term.cash_account_id IS NULL OR term.status <> 'active')
         THEN 'this terminal may not dispense'
-        WHEN i.kind = 'withdrawal' AND (route.move_minor > card.max_per_txn_minor
+        WHEN request.kind = 'withdrawal' AND (route.move_minor > card.max_per_txn_minor
           OR counters.card_usage_amount_minor > card.daily_amount_minor
           OR counters.card_usage_count > card.daily_count)
         THEN 'over the card''s limits'
-        WHEN i.kind = 'transfer' AND (dst.customer_id = 0 OR (dst.customer_id <> card.customer_id
-          AND NOT v_cross_customer_transfers))
+        WHEN request.kind = 'transfer' AND (destination.customer_id = 0
+          OR (destination.customer_id <> card.customer_id AND NOT v_cross_customer_transfers))
         THEN 'the destination is not one this card may pay into'
-        WHEN i.kind = 'reversal' AND (o.transaction_id IS NULL OR o.outcome <> 'approved'
-          OR o.kind NOT IN ('withdrawal', 'transfer') OR route.move_minor > o.amount_minor
-          OR route.move_minor <> o.amount_minor - i.requested_minor
-          OR (route.move_minor < o.amount_minor AND o.kind <> 'withdrawal')
-          OR i.reversal_state IS DISTINCT FROM 'applied')
+        WHEN request.kind = 'reversal' AND (original.transaction_id IS NULL
+          OR original.outcome <> 'approved' OR original.kind NOT IN ('withdrawal', 'transfer')
+          OR route.move_minor > original.amount_minor
+          OR route.move_minor <> original.amount_minor - request.requested_minor
+          OR (route.move_minor < original.amount_minor AND original.kind <> 'withdrawal')
+          OR request.reversal_state IS DISTINCT FROM 'applied')
         THEN 'not a reversal of this card''s original'
         END AS refusal) verdict
       -- EMV (0003_emv): a chip request's ATC must come with the HSM's word for it (a cryptogram
@@ -673,71 +713,81 @@ BEGIN
       -- whatever the amount (an inquiry moves none).
       CROSS JOIN LATERAL (SELECT CASE
         WHEN card.card_id IS NULL THEN NULL
-        WHEN i.atc IS NOT NULL AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad,
-               i.chip_authorisation, i.terminal_id, i.transmission_time, i.stan,
-               i.message_class, i.pan_hash, i.requested_minor, i.requested_currency, i.atc)
+        WHEN request.atc IS NOT NULL AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad,
+               request.chip_authorisation, request.terminal_id, request.transmission_time,
+               request.stan, request.message_class, request.pan_hash, request.requested_minor,
+               request.requested_currency, request.atc)
         THEN 'no valid word from the HSM (a cryptogram it verified) for this ATC'
-        WHEN i.atc IS NOT NULL AND (NOT card.chip_card OR card.emv_last_atc >= i.atc)
+        WHEN request.atc IS NOT NULL AND (NOT card.chip_card OR card.emv_last_atc >= request.atc)
         THEN 'an ATC not above the card''s last, or for a card with no EMV profile'
-        WHEN i.atc IS NULL AND i.outcome = 'approved'
-         AND i.kind IN ('withdrawal', 'transfer', 'inquiry') AND card.chip_card
+        WHEN request.atc IS NULL AND request.outcome = 'approved'
+         AND request.kind IN ('withdrawal', 'transfer', 'inquiry') AND card.chip_card
          AND NOT card.emv_fallback_allowed
         THEN 'this chip card is approved only by its chip'
         END AS refusal) chip),
   legs AS (
-    SELECT w.transaction_id, x.account_id, x.customer_id, x.amount_minor, w.currency
-      FROM judged w
+    SELECT judged.transaction_id, leg.account_id, leg.customer_id, leg.amount_minor,
+           judged.currency
+      FROM judged
      CROSS JOIN LATERAL (VALUES
-             (w.source_account_id, w.source_customer_id, -w.move_minor),
-             (w.destination_account_id, w.destination_customer_id, w.move_minor))
-           AS x(account_id, customer_id, amount_minor)
-     WHERE w.judged_status = 'write' AND w.move_minor > 0),
+             (judged.source_account_id, judged.source_customer_id, -judged.move_minor),
+             (judged.destination_account_id, judged.destination_customer_id, judged.move_minor))
+           AS leg(account_id, customer_id, amount_minor)
+     WHERE judged.judged_status = 'write' AND judged.move_minor > 0),
   inserted AS (
     INSERT INTO ledger.transactions
-      SELECT w.transaction_id, w.customer_id, w.terminal_id, w.transmission_time, w.stan,
-             w.message_class, w.kind, w.outcome, w.response_code, w.move_minor, w.currency,
-             w.requested_minor, w.requested_currency, w.ledger_balance_minor,
-             w.available_balance_minor, w.business_date, w.recorded_at, w.written_pan_masked,
-             w.mti, w.processing_code, w.rrn, w.original_transmission_time, w.original_stan,
-             w.original_message_class, w.reversal_state, v_lane, v_seq,
-             ledger.leaf(w.transaction_id, w.customer_id, w.terminal_id, w.transmission_time,
-               w.stan, w.message_class, w.kind, w.outcome, w.response_code, w.move_minor,
-               w.currency, w.requested_minor, w.requested_currency, w.ledger_balance_minor,
-               w.available_balance_minor, w.business_date, w.recorded_at, w.written_pan_masked,
-               w.mti, w.processing_code, w.rrn, w.original_transmission_time, w.original_stan,
-               w.original_message_class, w.reversal_state, v_lane, v_seq,
-               CASE WHEN w.move_minor > 0 THEN concat_ws(E'\n',
-                 ledger.leg_line(least(w.source_account_id, w.destination_account_id),
-                   CASE WHEN w.source_account_id < w.destination_account_id
-                        THEN w.source_customer_id ELSE w.destination_customer_id END,
-                   CASE WHEN w.source_account_id < w.destination_account_id
-                        THEN -w.move_minor ELSE w.move_minor END, w.currency),
-                 ledger.leg_line(greatest(w.source_account_id, w.destination_account_id),
-                   CASE WHEN w.source_account_id < w.destination_account_id
-                        THEN w.destination_customer_id ELSE w.source_customer_id END,
-                   CASE WHEN w.source_account_id < w.destination_account_id
-                        THEN w.move_minor ELSE -w.move_minor END, w.currency)) END)
-        FROM judged w
+      SELECT judged.transaction_id, judged.customer_id, judged.terminal_id,
+             judged.transmission_time, judged.stan, judged.message_class, judged.kind,
+             judged.outcome, judged.response_code, judged.move_minor, judged.currency,
+             judged.requested_minor, judged.requested_currency, judged.ledger_balance_minor,
+             judged.available_balance_minor, judged.business_date, judged.recorded_at,
+             judged.written_pan_masked, judged.mti, judged.processing_code, judged.rrn,
+             judged.original_transmission_time, judged.original_stan,
+             judged.original_message_class, judged.reversal_state, v_lane, v_seq,
+             ledger.leaf(judged.transaction_id, judged.customer_id, judged.terminal_id,
+               judged.transmission_time, judged.stan, judged.message_class, judged.kind,
+               judged.outcome, judged.response_code, judged.move_minor, judged.currency,
+               judged.requested_minor, judged.requested_currency, judged.ledger_balance_minor,
+               judged.available_balance_minor, judged.business_date, judged.recorded_at,
+               judged.written_pan_masked, judged.mti, judged.processing_code, judged.rrn,
+               judged.original_transmission_time, judged.original_stan,
+               judged.original_message_class, judged.reversal_state, v_lane, v_seq,
+               CASE WHEN judged.move_minor > 0 THEN concat_ws(E'\n',
+                 ledger.leg_line(least(judged.source_account_id, judged.destination_account_id),
+                   CASE WHEN judged.source_account_id < judged.destination_account_id
+                        THEN judged.source_customer_id ELSE judged.destination_customer_id END,
+                   CASE WHEN judged.source_account_id < judged.destination_account_id
+                        THEN -judged.move_minor ELSE judged.move_minor END, judged.currency),
+                 ledger.leg_line(greatest(judged.source_account_id,
+                                          judged.destination_account_id),
+                   CASE WHEN judged.source_account_id < judged.destination_account_id
+                        THEN judged.destination_customer_id ELSE judged.source_customer_id END,
+                   CASE WHEN judged.source_account_id < judged.destination_account_id
+                        THEN judged.move_minor ELSE -judged.move_minor END, judged.currency))
+               END)
+        FROM judged
        -- A refused decision aborts the batch before anything is written.
-       WHERE w.judged_status = 'write'
-         AND CASE WHEN w.refusal IS NULL THEN true ELSE ledger.refuse(w.refusal) END
+       WHERE judged.judged_status = 'write'
+         AND CASE WHEN judged.refusal IS NULL THEN true ELSE ledger.refuse(judged.refusal) END
     RETURNING transaction_id, leaf),
   posted AS (
     INSERT INTO ledger.postings SELECT * FROM legs),
   balances AS (
-    UPDATE ledger.accounts a SET balance_minor = a.balance_minor + moved.delta_minor
+    UPDATE ledger.accounts account
+       SET balance_minor = account.balance_minor + moved.delta_minor
       FROM (SELECT account_id, sum(amount_minor) AS delta_minor FROM legs GROUP BY account_id)
            AS moved
-     WHERE a.account_id = moved.account_id),
+     WHERE account.account_id = moved.account_id),
   -- The counters derived above (the card's own when card_update is false), and a chip
   -- request's ATC as the card's last.
   cards_after AS (
-    UPDATE ledger.cards c SET status = w.card_status, pin_tries = w.card_pin_tries,
-        usage_day = w.card_usage_day, usage_amount_minor = w.card_usage_amount_minor,
-        usage_count = w.card_usage_count, emv_last_atc = coalesce(w.atc, c.emv_last_atc)
-      FROM judged w
-     WHERE c.card_id = w.card_id AND w.judged_status = 'write'
-       AND (w.card_update OR w.atc IS NOT NULL)),
+    UPDATE ledger.cards card SET status = judged.card_status, pin_tries = judged.card_pin_tries,
+        usage_day = judged.card_usage_day, usage_amount_minor = judged.card_usage_amount_minor,
+        usage_count = judged.card_usage_count,
+        emv_last_atc = coalesce(judged.atc, card.emv_last_atc)
+      FROM judged
+     WHERE card.card_id = judged.card_id AND judged.judged_status = 'write'
+       AND (judged.card_update OR judged.atc IS NOT NULL)),
   block AS (
     INSERT INTO ledger.audit_blocks
       SELECT v_lane, v_seq, now(), count(*), v_prev_hash,
@@ -746,24 +796,27 @@ BEGIN
         FROM inserted HAVING count(*) > 0
     RETURNING hash),
   head AS (
-    UPDATE ledger.audit_heads h SET seq = v_seq, hash = block.hash FROM block
-     WHERE h.lane = v_lane)
+    UPDATE ledger.audit_heads head SET seq = v_seq, hash = block.hash FROM block
+     WHERE head.lane = v_lane)
   -- The answers, kept for after the notes below.
-  SELECT array_agg(j.position::integer ORDER BY j.position),
-         array_agg(j.judged_status ORDER BY j.position),
-         array_agg(CASE j.judged_status
-                     WHEN 'write' THEN jsonb_build_object('transaction_id', j.transaction_id)
-                     WHEN 'answered' THEN ledger.result_of(j.answered_row) END
-                   ORDER BY j.position),
-         array_agg(CASE WHEN j.judged_status = 'stale' THEN ledger.state_of(
-                     j.pan_hash, j.terminal_id, j.transmission_time, j.stan, j.message_class,
-                     j.original_transmission_time, j.original_stan, j.original_message_class,
-                     j.to_account) END
-                   ORDER BY j.position),
-         array_agg(ROW(j.position, j.judged_status, j.transaction_id, j.customer_id,
-                       j.move_minor)::ledger.written_request ORDER BY j.position)
+  SELECT array_agg(judged.position::integer ORDER BY judged.position),
+         array_agg(judged.judged_status ORDER BY judged.position),
+         array_agg(CASE judged.judged_status
+                     WHEN 'write'
+                     THEN jsonb_build_object('transaction_id', judged.transaction_id)
+                     WHEN 'answered' THEN ledger.result_of(judged.answered_row) END
+                   ORDER BY judged.position),
+         array_agg(CASE WHEN judged.judged_status = 'stale' THEN ledger.state_of(
+                     judged.pan_hash, judged.terminal_id, judged.transmission_time,
+                     judged.stan, judged.message_class, judged.original_transmission_time,
+                     judged.original_stan, judged.original_message_class,
+                     judged.to_account) END
+                   ORDER BY judged.position),
+         array_agg(ROW(judged.position, judged.judged_status, judged.transaction_id,
+                       judged.customer_id, judged.move_minor)::ledger.written_request
+                   ORDER BY judged.position)
     INTO v_positions, v_statuses, v_results, v_states, v_written
-    FROM judged j;
+    FROM judged;
   -- ATM cash (0004_cash): the notes each written request moves, checked against the cassettes
   -- (a refusal aborts the batch, as the others do).
   PERFORM ledger.dispense_notes(v_written, terminal_ids, kinds, outcomes, currencies,
@@ -779,7 +832,6 @@ BEGIN
   RAISE EXCEPTION 'refused: %', reason USING ERRCODE = 'insufficient_privilege';
 END $$;
 
--- An account's opening balance, posted against the house funding account of its currency and
 -- An account's opening balance, posted against the house funding account of its currency and
 -- journalled like any transaction (provisioning, as the owner).
 CREATE OR REPLACE FUNCTION ledger.post_opening(p_account_id bigint, p_amount_minor bigint,
@@ -802,24 +854,26 @@ BEGIN
     RETURNING account_id INTO v_funding_id;
   PERFORM 1 FROM ledger.accounts WHERE account_id IN (p_account_id, v_funding_id)
     ORDER BY account_id FOR UPDATE;
-  SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash FROM ledger.open_block() b;
+  SELECT block.lane, block.seq, block.prev_hash INTO v_lane, v_seq, v_prev_hash
+    FROM ledger.open_block() block;
   v_row := ROW(v_id, v_account.customer_id, '', to_char(p_at AT TIME ZONE 'UTC', 'MMDDHH24MISS'),
                v_id::text, 'opening', 'opening', 'approved', '00', abs(p_amount_minor),
                v_account.currency, abs(p_amount_minor), v_account.currency, NULL, NULL,
                (p_at AT TIME ZONE 'UTC')::date, p_at, '', '', '', '', NULL, NULL, NULL, NULL,
                v_lane, v_seq, '\x'::bytea)::ledger.transactions;
   v_row.leaf := ledger.leaf(v_row, (
-    SELECT string_agg(ledger.leg_line(a.account_id, a.customer_id, x.amount_minor, a.currency),
-                      E'\n' ORDER BY a.account_id)
+    SELECT string_agg(ledger.leg_line(account.account_id, account.customer_id, leg.amount_minor,
+                                      account.currency),
+                      E'\n' ORDER BY account.account_id)
       FROM (VALUES (p_account_id, p_amount_minor), (v_funding_id, -p_amount_minor))
-           AS x(account_id, amount_minor)
-      JOIN ledger.accounts a USING (account_id)));
+           AS leg(account_id, amount_minor)
+      JOIN ledger.accounts account USING (account_id)));
   INSERT INTO ledger.transactions SELECT (v_row).*;
   INSERT INTO ledger.postings
-    SELECT v_id, a.account_id, a.customer_id, x.amount_minor, a.currency
+    SELECT v_id, account.account_id, account.customer_id, leg.amount_minor, account.currency
       FROM (VALUES (p_account_id, p_amount_minor), (v_funding_id, -p_amount_minor))
-           AS x(account_id, amount_minor)
-      JOIN ledger.accounts a USING (account_id);
+           AS leg(account_id, amount_minor)
+      JOIN ledger.accounts account USING (account_id);
   UPDATE ledger.accounts SET balance_minor = balance_minor + CASE account_id
       WHEN p_account_id THEN p_amount_minor ELSE -p_amount_minor END
    WHERE account_id IN (p_account_id, v_funding_id);
@@ -832,8 +886,9 @@ CREATE OR REPLACE FUNCTION ledger.terminal_keys(p_terminal_id text)
   RETURNS TABLE (terminal_id text, status text, tmk text, bdk text, tpk text, tak text)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  RETURN QUERY SELECT t.terminal_id, t.status, t.tmk, t.bdk, t.tpk, t.tak
-                 FROM ledger.terminals t WHERE t.terminal_id = p_terminal_id;
+  RETURN QUERY SELECT terminal.terminal_id, terminal.status, terminal.tmk, terminal.bdk,
+                      terminal.tpk, terminal.tak
+                 FROM ledger.terminals terminal WHERE terminal.terminal_id = p_terminal_id;
 END $$;
 
 -- New session keys after a key change. Only the session keys: a terminal's master key and base
@@ -866,8 +921,8 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger.schema_state(OUT version integer, OUT functions_sha256 text)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  SELECT coalesce(max(m.version), 0) INTO version FROM ledger.schema_migrations m;
-  SELECT f.sha256 INTO functions_sha256 FROM ledger.schema_functions f;
+  SELECT coalesce(max(migration.version), 0) INTO version FROM ledger.schema_migrations migration;
+  SELECT schema_functions.sha256 INTO functions_sha256 FROM ledger.schema_functions;
 END $$;
 
 -- Every chain's head, for the anchor publisher (which signs them with a key the database never
@@ -876,7 +931,8 @@ CREATE OR REPLACE FUNCTION ledger.audit_heads_now()
   RETURNS TABLE (lane integer, seq bigint, hash bytea)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  RETURN QUERY SELECT h.lane, h.seq, h.hash FROM ledger.audit_heads h ORDER BY h.lane;
+  RETURN QUERY SELECT head.lane, head.seq, head.hash FROM ledger.audit_heads head
+                ORDER BY head.lane;
 END $$;
 
 -- The check value of the authorisation key: the switch compares it with its HSM's at start.
@@ -894,9 +950,9 @@ CREATE OR REPLACE FUNCTION ledger.current_policy(OUT pin_tries_max integer,
                                                  OUT business_day_cutover time)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  SELECT p.pin_tries_max, p.cross_customer_transfers, p.business_day_cutover
+  SELECT policy.pin_tries_max, policy.cross_customer_transfers, policy.business_day_cutover
     INTO pin_tries_max, cross_customer_transfers, business_day_cutover
-    FROM ledger.policy p;
+    FROM ledger.policy;
 END $$;
 
 -- The switch executes these eight and nothing else. Functions are executable by PUBLIC unless
