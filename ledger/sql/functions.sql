@@ -985,13 +985,13 @@ CREATE OR REPLACE FUNCTION ledger.process_beat(
 ) RETURNS void
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  INSERT INTO ledger.switch_processes AS s (process_id, host, pid, started_at, beat_at,
+  INSERT INTO ledger.switch_processes AS process (process_id, host, pid, started_at, beat_at,
                                             stopped_at)
     VALUES (p_process_id, p_host, p_pid, p_started_at, p_at,
             CASE WHEN p_stopped THEN p_at END)
     ON CONFLICT (process_id) DO UPDATE
-      SET beat_at = greatest(s.beat_at, EXCLUDED.beat_at),
-          stopped_at = coalesce(s.stopped_at, EXCLUDED.stopped_at);
+      SET beat_at = greatest(process.beat_at, EXCLUDED.beat_at),
+          stopped_at = coalesce(process.stopped_at, EXCLUDED.stopped_at);
 END $$;
 
 -- A batch of session events from one process, in its order.
@@ -1010,10 +1010,11 @@ BEGIN
   END IF;
   INSERT INTO ledger.terminal_events (terminal_id, kind, occurred_at, process_id,
                                       connection_seq, detail)
-    SELECT i.terminal_id, i.kind, i.occurred_at, p_process_id, i.connection_seq, i.detail
+    SELECT event.terminal_id, event.kind, event.occurred_at, p_process_id, event.connection_seq,
+           event.detail
       FROM unnest(terminal_ids, kinds, occurred_ats, connection_seqs, details) WITH ORDINALITY
-           AS i(terminal_id, kind, occurred_at, connection_seq, detail, position)
-     ORDER BY i.position;
+           AS event(terminal_id, kind, occurred_at, connection_seq, detail, position)
+     ORDER BY event.position;
   GET DIAGNOSTICS v_count = ROW_COUNT;
   RETURN v_count;
 END $$;
@@ -1050,24 +1051,24 @@ DECLARE
 BEGIN
   ASSERT v_size * cardinality(terminal_ids) = cardinality(latency_counts),
     'one histogram of the same size per item';
-  INSERT INTO ledger.terminal_traffic AS t
-    SELECT i.terminal_id, i.bucket_start, p_process_id, i.requests, i.financial, i.approved,
-           i.response_codes,
-           latency_counts[(i.position - 1) * v_size + 1 : i.position * v_size], i.last_seen_at,
-           i.chip
+  INSERT INTO ledger.terminal_traffic AS traffic
+    SELECT item.terminal_id, item.bucket_start, p_process_id, item.requests, item.financial,
+           item.approved, item.response_codes,
+           latency_counts[(item.position - 1) * v_size + 1 : item.position * v_size],
+           item.last_seen_at, item.chip
       FROM unnest(terminal_ids, bucket_starts, request_counts, financial_counts,
                   approved_counts, response_code_counts, last_seen_ats, chip_counts)
            WITH ORDINALITY
-           AS i(terminal_id, bucket_start, requests, financial, approved, response_codes,
+           AS item(terminal_id, bucket_start, requests, financial, approved, response_codes,
                 last_seen_at, chip, position)
     ON CONFLICT (terminal_id, bucket_start, process_id) DO UPDATE
-      SET requests = t.requests + EXCLUDED.requests,
-          financial = t.financial + EXCLUDED.financial,
-          approved = t.approved + EXCLUDED.approved,
-          chip = t.chip + EXCLUDED.chip,
-          response_codes = ledger.add_counts(t.response_codes, EXCLUDED.response_codes),
-          latency_counts = ledger.add_histograms(t.latency_counts, EXCLUDED.latency_counts),
-          last_seen_at = greatest(t.last_seen_at, EXCLUDED.last_seen_at);
+      SET requests = traffic.requests + EXCLUDED.requests,
+          financial = traffic.financial + EXCLUDED.financial,
+          approved = traffic.approved + EXCLUDED.approved,
+          chip = traffic.chip + EXCLUDED.chip,
+          response_codes = ledger.add_counts(traffic.response_codes, EXCLUDED.response_codes),
+          latency_counts = ledger.add_histograms(traffic.latency_counts, EXCLUDED.latency_counts),
+          last_seen_at = greatest(traffic.last_seen_at, EXCLUDED.last_seen_at);
   GET DIAGNOSTICS v_count = ROW_COUNT;
   RETURN v_count;
 END $$;
@@ -1084,33 +1085,41 @@ CREATE OR REPLACE FUNCTION ledger.traffic_totals(p_from timestamptz, p_to timest
                  last_seen_at timestamptz, chip bigint)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
   WITH buckets AS (
-    SELECT t.*, ((t.bucket_start AT TIME ZONE 'UTC') - p_cutover)::date AS day
-      FROM ledger.terminal_traffic t
-     WHERE t.bucket_start >= p_from AND t.bucket_start < p_to),
+    SELECT traffic.*, ((traffic.bucket_start AT TIME ZONE 'UTC') - p_cutover)::date AS day
+      FROM ledger.terminal_traffic traffic
+     WHERE traffic.bucket_start >= p_from AND traffic.bucket_start < p_to),
   totals AS (
-    SELECT r.terminal_id, r.day, sum(r.requests) AS requests, sum(r.financial) AS financial,
-           sum(r.approved) AS approved, max(r.last_seen_at) AS last_seen_at,
-           sum(r.chip) AS chip
-      FROM buckets r GROUP BY r.terminal_id, r.day),
+    SELECT bucket.terminal_id, bucket.day, sum(bucket.requests) AS requests,
+           sum(bucket.financial) AS financial, sum(bucket.approved) AS approved,
+           max(bucket.last_seen_at) AS last_seen_at, sum(bucket.chip) AS chip
+      FROM buckets bucket GROUP BY bucket.terminal_id, bucket.day),
   codes AS (
-    SELECT c.terminal_id, c.day, jsonb_object_agg(c.code, c.total) AS response_codes
-      FROM (SELECT r.terminal_id, r.day, e.key AS code, sum(e.value::bigint) AS total
-              FROM buckets r CROSS JOIN LATERAL jsonb_each_text(r.response_codes) e
-             GROUP BY 1, 2, 3) c
-     GROUP BY c.terminal_id, c.day),
+    SELECT code_total.terminal_id, code_total.day,
+           jsonb_object_agg(code_total.code, code_total.total) AS response_codes
+      FROM (SELECT bucket.terminal_id, bucket.day, code_count.key AS code,
+                   sum(code_count.value::bigint) AS total
+              FROM buckets bucket
+              CROSS JOIN LATERAL jsonb_each_text(bucket.response_codes) code_count
+             GROUP BY 1, 2, 3) code_total
+     GROUP BY code_total.terminal_id, code_total.day),
   latency AS (
-    SELECT h.terminal_id, h.day, array_agg(h.total ORDER BY h.position) AS latency_counts
-      FROM (SELECT r.terminal_id, r.day, u.position, sum(u.count)::bigint AS total
-              FROM buckets r CROSS JOIN LATERAL unnest(r.latency_counts) WITH ORDINALITY
-                   AS u(count, position)
-             GROUP BY 1, 2, 3) h
-     GROUP BY h.terminal_id, h.day)
-  SELECT t.terminal_id, t.day, t.requests, t.financial, t.approved,
-         coalesce(c.response_codes, '{}'), l.latency_counts, t.last_seen_at, t.chip
-    FROM totals t
-    LEFT JOIN codes c ON c.terminal_id = t.terminal_id AND c.day IS NOT DISTINCT FROM t.day
-    LEFT JOIN latency l ON l.terminal_id = t.terminal_id AND l.day IS NOT DISTINCT FROM t.day
-   ORDER BY t.terminal_id, t.day
+    SELECT bin_total.terminal_id, bin_total.day,
+           array_agg(bin_total.total ORDER BY bin_total.position) AS latency_counts
+      FROM (SELECT bucket.terminal_id, bucket.day, latency_bin.position,
+                   sum(latency_bin.count)::bigint AS total
+              FROM buckets bucket CROSS JOIN LATERAL unnest(bucket.latency_counts) WITH ORDINALITY
+                   AS latency_bin(count, position)
+             GROUP BY 1, 2, 3) bin_total
+     GROUP BY bin_total.terminal_id, bin_total.day)
+  SELECT totals.terminal_id, totals.day, totals.requests, totals.financial, totals.approved,
+         coalesce(codes.response_codes, '{}'), latency.latency_counts, totals.last_seen_at,
+         totals.chip
+    FROM totals
+    LEFT JOIN codes
+      ON codes.terminal_id = totals.terminal_id AND codes.day IS NOT DISTINCT FROM totals.day
+    LEFT JOIN latency
+      ON latency.terminal_id = totals.terminal_id AND latency.day IS NOT DISTINCT FROM totals.day
+   ORDER BY totals.terminal_id, totals.day
 $$;
 
 -- Every provisioned terminal with what the fleet view decides its state from: its latest
@@ -1122,28 +1131,31 @@ CREATE OR REPLACE FUNCTION ledger.fleet_state(p_since timestamptz)
                  process_stopped_at timestamptz, last_event_at timestamptz,
                  last_traffic_at timestamptz)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT t.terminal_id, t.location, t.status, opened.occurred_at, closed.occurred_at,
-         opened.process_id, p.beat_at, p.stopped_at, latest.occurred_at, traffic.last_seen_at
-    FROM ledger.terminals t
+  SELECT terminal.terminal_id, terminal.location, terminal.status, opened.occurred_at,
+         closed.occurred_at, opened.process_id, process.beat_at, process.stopped_at,
+         latest.occurred_at, traffic.last_seen_at
+    FROM ledger.terminals terminal
     LEFT JOIN LATERAL (
-      SELECT e.occurred_at, e.process_id, e.connection_seq FROM ledger.terminal_events e
-       WHERE e.terminal_id = t.terminal_id AND e.kind = 'sign_on'
-       ORDER BY e.occurred_at DESC LIMIT 1) opened ON true
+      SELECT event.occurred_at, event.process_id, event.connection_seq
+        FROM ledger.terminal_events event
+       WHERE event.terminal_id = terminal.terminal_id AND event.kind = 'sign_on'
+       ORDER BY event.occurred_at DESC LIMIT 1) opened ON true
     LEFT JOIN LATERAL (
-      SELECT e.occurred_at FROM ledger.terminal_events e
-       WHERE e.terminal_id = t.terminal_id AND e.occurred_at >= opened.occurred_at
-         AND e.kind IN ('sign_off', 'disconnect')
-         AND (e.process_id, e.connection_seq) = (opened.process_id, opened.connection_seq)
-       ORDER BY e.occurred_at DESC LIMIT 1) closed ON true
-    LEFT JOIN ledger.switch_processes p ON p.process_id = opened.process_id
+      SELECT event.occurred_at FROM ledger.terminal_events event
+       WHERE event.terminal_id = terminal.terminal_id AND event.occurred_at >= opened.occurred_at
+         AND event.kind IN ('sign_off', 'disconnect')
+         AND (event.process_id, event.connection_seq) = (opened.process_id, opened.connection_seq)
+       ORDER BY event.occurred_at DESC LIMIT 1) closed ON true
+    LEFT JOIN ledger.switch_processes process ON process.process_id = opened.process_id
     LEFT JOIN LATERAL (
-      SELECT e.occurred_at FROM ledger.terminal_events e
-       WHERE e.terminal_id = t.terminal_id AND e.kind <> 'alert'
-       ORDER BY e.occurred_at DESC LIMIT 1) latest ON true
+      SELECT event.occurred_at FROM ledger.terminal_events event
+       WHERE event.terminal_id = terminal.terminal_id AND event.kind <> 'alert'
+       ORDER BY event.occurred_at DESC LIMIT 1) latest ON true
     LEFT JOIN LATERAL (
-      SELECT max(r.last_seen_at) AS last_seen_at FROM ledger.terminal_traffic r
-       WHERE r.terminal_id = t.terminal_id AND r.bucket_start >= p_since) traffic ON true
-   ORDER BY t.terminal_id
+      SELECT max(bucket.last_seen_at) AS last_seen_at FROM ledger.terminal_traffic bucket
+       WHERE bucket.terminal_id = terminal.terminal_id AND bucket.bucket_start >= p_since) traffic
+      ON true
+   ORDER BY terminal.terminal_id
 $$;
 
 -- The session events the SLA report replays for [p_from, p_to): each terminal's last one
@@ -1155,35 +1167,39 @@ CREATE OR REPLACE FUNCTION ledger.session_events(p_from timestamptz, p_to timest
                  process_stopped_at timestamptz)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
   WITH events AS (
-    SELECT before.* FROM ledger.terminals t CROSS JOIN LATERAL (
-      SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq
-        FROM ledger.terminal_events e
-       WHERE e.terminal_id = t.terminal_id AND e.occurred_at < p_from
-         AND e.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect')
-       ORDER BY e.occurred_at DESC LIMIT 1) before
+    SELECT before.* FROM ledger.terminals terminal CROSS JOIN LATERAL (
+      SELECT event.terminal_id, event.kind, event.occurred_at, event.process_id,
+             event.connection_seq
+        FROM ledger.terminal_events event
+       WHERE event.terminal_id = terminal.terminal_id AND event.occurred_at < p_from
+         AND event.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect')
+       ORDER BY event.occurred_at DESC LIMIT 1) before
     UNION ALL
-    SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq
-      FROM ledger.terminal_events e
-     WHERE e.occurred_at >= p_from AND e.occurred_at < p_to AND e.terminal_id IS NOT NULL
-       AND e.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect'))
-  SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq, p.beat_at,
-         p.stopped_at
-    FROM events e LEFT JOIN ledger.switch_processes p USING (process_id)
-   ORDER BY e.occurred_at, e.terminal_id
+    SELECT event.terminal_id, event.kind, event.occurred_at, event.process_id,
+           event.connection_seq
+      FROM ledger.terminal_events event
+     WHERE event.occurred_at >= p_from AND event.occurred_at < p_to
+       AND event.terminal_id IS NOT NULL
+       AND event.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect'))
+  SELECT event.terminal_id, event.kind, event.occurred_at, event.process_id, event.connection_seq,
+         process.beat_at, process.stopped_at
+    FROM events event LEFT JOIN ledger.switch_processes process USING (process_id)
+   ORDER BY event.occurred_at, event.terminal_id
 $$;
 
 -- The switch processes that beat from p_since on and have not stopped.
 CREATE OR REPLACE FUNCTION ledger.live_processes(p_since timestamptz) RETURNS SETOF text
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT p.process_id FROM ledger.switch_processes p
-   WHERE p.beat_at >= p_since AND p.stopped_at IS NULL ORDER BY p.process_id
+  SELECT process.process_id FROM ledger.switch_processes process
+   WHERE process.beat_at >= p_since AND process.stopped_at IS NULL ORDER BY process.process_id
 $$;
 
 -- The terminals, for reports that list every one.
 CREATE OR REPLACE FUNCTION ledger.terminal_list()
   RETURNS TABLE (terminal_id text, location text, status text)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT t.terminal_id, t.location, t.status FROM ledger.terminals t ORDER BY t.terminal_id
+  SELECT terminal.terminal_id, terminal.location, terminal.status
+    FROM ledger.terminals terminal ORDER BY terminal.terminal_id
 $$;
 
 -- Appends an alert's transition to the terminal events, in the transaction that made it.
@@ -1206,15 +1222,16 @@ CREATE OR REPLACE FUNCTION ledger.fire_alert(
 DECLARE
   v_alert ledger.alerts;
 BEGIN
-  INSERT INTO ledger.alerts AS a (rule, subject, terminal_id, severity, summary, state,
-                                  raised_at, raised_by)
+  INSERT INTO ledger.alerts AS raised (rule, subject, terminal_id, severity, summary, state,
+                                       raised_at, raised_by)
     VALUES (p_rule, p_subject, p_terminal_id, p_severity, p_summary, 'firing', p_at,
             p_process_id)
     ON CONFLICT (rule, subject) WHERE state <> 'resolved' DO NOTHING
-    RETURNING a.* INTO v_alert;
+    RETURNING raised.* INTO v_alert;
   IF v_alert.alert_id IS NULL THEN
-    SELECT a.* INTO v_alert FROM ledger.alerts a
-     WHERE (a.rule, a.subject) = (p_rule, p_subject) AND a.state <> 'resolved';
+    SELECT open_alert.* INTO v_alert FROM ledger.alerts open_alert
+     WHERE (open_alert.rule, open_alert.subject) = (p_rule, p_subject)
+       AND open_alert.state <> 'resolved';
     RETURN QUERY SELECT to_jsonb(v_alert), false;
     RETURN;
   END IF;
@@ -1229,9 +1246,10 @@ CREATE OR REPLACE FUNCTION ledger.resolve_alert(p_alert_id bigint, p_at timestam
 DECLARE
   v_alert ledger.alerts;
 BEGIN
-  UPDATE ledger.alerts a SET state = 'resolved', resolved_at = greatest(p_at, a.raised_at)
-   WHERE a.alert_id = p_alert_id AND a.state <> 'resolved'
-  RETURNING a.* INTO v_alert;
+  UPDATE ledger.alerts alert
+     SET state = 'resolved', resolved_at = greatest(p_at, alert.raised_at)
+   WHERE alert.alert_id = p_alert_id AND alert.state <> 'resolved'
+  RETURNING alert.* INTO v_alert;
   IF NOT FOUND THEN
     RETURN NULL;
   END IF;
@@ -1248,16 +1266,16 @@ CREATE OR REPLACE FUNCTION ledger.acknowledge_alert(p_alert_id bigint, p_by text
 DECLARE
   v_alert ledger.alerts;
 BEGIN
-  UPDATE ledger.alerts a SET state = 'acknowledged', acknowledged_by = p_by,
-         acknowledged_at = greatest(p_at, a.raised_at)
-   WHERE a.alert_id = p_alert_id AND a.state = 'firing'
-  RETURNING a.* INTO v_alert;
+  UPDATE ledger.alerts firing SET state = 'acknowledged', acknowledged_by = p_by,
+         acknowledged_at = greatest(p_at, firing.raised_at)
+   WHERE firing.alert_id = p_alert_id AND firing.state = 'firing'
+  RETURNING firing.* INTO v_alert;
   IF FOUND THEN
     PERFORM ledger.append_alert_event(v_alert, p_at, p_process_id);
     RETURN QUERY SELECT 'acknowledged', to_jsonb(v_alert);
     RETURN;
   END IF;
-  SELECT a.* INTO v_alert FROM ledger.alerts a WHERE a.alert_id = p_alert_id;
+  SELECT existing.* INTO v_alert FROM ledger.alerts existing WHERE existing.alert_id = p_alert_id;
   RETURN QUERY SELECT CASE WHEN FOUND THEN 'not_firing' ELSE 'unknown' END,
                       CASE WHEN FOUND THEN to_jsonb(v_alert) END;
 END $$;
@@ -1267,9 +1285,9 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger.alert_list(p_since timestamptz, p_limit integer)
   RETURNS SETOF jsonb
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT to_jsonb(a) FROM ledger.alerts a
-   WHERE a.state <> 'resolved' OR a.raised_at >= p_since OR a.resolved_at >= p_since
-   ORDER BY a.state = 'resolved', a.raised_at DESC, a.alert_id DESC
+  SELECT to_jsonb(alert) FROM ledger.alerts alert
+   WHERE alert.state <> 'resolved' OR alert.raised_at >= p_since OR alert.resolved_at >= p_since
+   ORDER BY alert.state = 'resolved', alert.raised_at DESC, alert.alert_id DESC
    LIMIT p_limit
 $$;
 
@@ -1277,9 +1295,9 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.alerts_raised(p_from timestamptz, p_to timestamptz)
   RETURNS SETOF jsonb
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT to_jsonb(a) FROM ledger.alerts a
-   WHERE a.raised_at >= p_from AND a.raised_at < p_to
-   ORDER BY a.raised_at, a.alert_id
+  SELECT to_jsonb(alert) FROM ledger.alerts alert
+   WHERE alert.raised_at >= p_from AND alert.raised_at < p_to
+   ORDER BY alert.raised_at, alert.alert_id
 $$;
 
 -- A run of `audit verify` by a switch process, and the latest one.
@@ -1296,8 +1314,10 @@ CREATE OR REPLACE FUNCTION ledger.latest_audit_check()
   RETURNS TABLE (checked_at timestamptz, process_id text, outcome text, records bigint,
                  problem text)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT c.checked_at, c.process_id, c.outcome, c.records, c.problem FROM ledger.audit_checks c
-   ORDER BY c.checked_at DESC, c.check_id DESC LIMIT 1
+  SELECT audit_check.checked_at, audit_check.process_id, audit_check.outcome,
+         audit_check.records, audit_check.problem
+    FROM ledger.audit_checks audit_check
+   ORDER BY audit_check.checked_at DESC, audit_check.check_id DESC LIMIT 1
 $$;
 
 -- The switch executes the operations functions too; the helpers stay the owner's.
