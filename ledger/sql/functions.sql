@@ -1357,10 +1357,12 @@ CREATE OR REPLACE FUNCTION ledger.notes_sent(
                  cassette_no integer, notes integer)
   LANGUAGE sql STABLE AS $$
   -- SQL, so the planner inlines it into the statements that read it (no call of its own).
-  SELECT v.position, v.transaction_id, terminal_ids[v.position], kinds[v.position], slot.n,
-         note_counts[v.position][slot.n]
-    FROM unnest(items) v CROSS JOIN generate_subscripts(note_counts, 2) AS slot(n)
-   WHERE v.status = 'write' AND note_counts[v.position][slot.n] <> 0
+  SELECT written.position, written.transaction_id, terminal_ids[written.position],
+         kinds[written.position], slot.cassette_no,
+         note_counts[written.position][slot.cassette_no]
+    FROM unnest(items) written
+   CROSS JOIN generate_subscripts(note_counts, 2) AS slot(cassette_no)
+   WHERE written.status = 'write' AND note_counts[written.position][slot.cassette_no] <> 0
 $$;
 
 -- Called by post_batch under its locks (the cash account of every terminal an approved
@@ -1383,71 +1385,85 @@ CREATE OR REPLACE FUNCTION ledger.dispense_notes(
 DECLARE
   v_refusal text;
 BEGIN
-  SELECT r.refusal INTO v_refusal FROM (
+  SELECT verdict.refusal INTO v_refusal FROM (
     SELECT CASE
       WHEN sent.negative THEN 'a negative count of notes'
       WHEN sent.notes > 0 AND NOT (request.moves AND request.kind IN ('withdrawal', 'reversal'))
       THEN format('notes on a request (%s) that moves no cash', request.kind)
       WHEN sent.unknown THEN 'notes from a cassette this terminal does not have'
       WHEN sent.other_currency THEN 'notes of another currency than the amount''s'
-      WHEN request.kind = 'withdrawal' AND request.moves AND sent.value_minor <> v.move_minor
-       AND EXISTS (SELECT FROM ledger.cassettes c WHERE c.terminal_id = request.terminal_id)
+      WHEN request.kind = 'withdrawal' AND request.moves
+       AND sent.value_minor <> written.move_minor
+       AND EXISTS (SELECT FROM ledger.cassettes cassette
+                    WHERE cassette.terminal_id = request.terminal_id)
       THEN 'the note mix does not make the amount'
       WHEN request.kind = 'reversal' AND request.moves
        AND NOT coalesce(original.dispensed AND original.same_load, false) AND sent.notes > 0
       THEN 'notes put back into a cassette its original did not dispense from, or since replenished'
       WHEN request.kind = 'reversal' AND request.moves AND original.dispensed
-       AND original.same_load AND (sent.value_minor <> v.move_minor OR original.over_original
-         OR EXISTS (SELECT FROM generate_subscripts(note_counts, 2) AS slot(n)
-                     WHERE note_counts[v.position][slot.n] <> 0
-                       AND NOT EXISTS (SELECT FROM ledger.note_movements m
-                                        WHERE m.transaction_id = original.transaction_id
-                                          AND m.cassette_no = slot.n AND m.notes > 0)))
+       AND original.same_load AND (sent.value_minor <> written.move_minor
+         OR original.over_original
+         OR EXISTS (SELECT FROM generate_subscripts(note_counts, 2) AS slot(cassette_no)
+                     WHERE note_counts[written.position][slot.cassette_no] <> 0
+                       AND NOT EXISTS (SELECT FROM ledger.note_movements movement
+                                        WHERE movement.transaction_id = original.transaction_id
+                                          AND movement.cassette_no = slot.cassette_no
+                                          AND movement.notes > 0)))
       THEN 'the notes put back are not the undispensed part of the original''s mix'
       END AS refusal
-      FROM unnest(items) v
-      CROSS JOIN LATERAL (SELECT kinds[v.position] AS kind,
-                                 terminal_ids[v.position] AS terminal_id,
-                                 outcomes[v.position] = 'approved' AND v.move_minor > 0 AS moves)
+      FROM unnest(items) written
+      CROSS JOIN LATERAL (SELECT kinds[written.position] AS kind,
+                                 terminal_ids[written.position] AS terminal_id,
+                                 outcomes[written.position] = 'approved'
+                                   AND written.move_minor > 0 AS moves)
                          request
       -- The notes sent, from the cassettes the terminal has (unknown ones count no value).
       CROSS JOIN LATERAL (
         SELECT coalesce(sum(slot.notes), 0) AS notes,
                coalesce(bool_or(slot.notes < 0), false) AS negative,
-               coalesce(sum(slot.notes::bigint * c.denomination_minor), 0) AS value_minor,
-               coalesce(bool_or(c.cassette_no IS NULL), false) AS unknown,
-               coalesce(bool_or(c.currency <> currencies[v.position]), false) AS other_currency
-          FROM generate_subscripts(note_counts, 2) AS slot_no(n)
-          CROSS JOIN LATERAL (SELECT slot_no.n, note_counts[v.position][slot_no.n] AS notes) slot
-          LEFT JOIN LATERAL (SELECT c.cassette_no, c.denomination_minor, c.currency
-                               FROM ledger.cassettes c
-                              WHERE (c.terminal_id, c.cassette_no)
-                                  = (request.terminal_id, slot.n::smallint) LIMIT 1) c ON true
+               coalesce(sum(slot.notes::bigint * cassette.denomination_minor), 0) AS value_minor,
+               coalesce(bool_or(cassette.cassette_no IS NULL), false) AS unknown,
+               coalesce(bool_or(cassette.currency <> currencies[written.position]), false)
+                 AS other_currency
+          FROM generate_subscripts(note_counts, 2) AS subscript(cassette_no)
+          CROSS JOIN LATERAL (SELECT subscript.cassette_no,
+                                     note_counts[written.position][subscript.cassette_no]
+                                       AS notes) slot
+          LEFT JOIN LATERAL (SELECT cassette.cassette_no, cassette.denomination_minor,
+                                    cassette.currency
+                               FROM ledger.cassettes cassette
+                              WHERE (cassette.terminal_id, cassette.cassette_no)
+                                  = (request.terminal_id, slot.cassette_no::smallint)
+                              LIMIT 1) cassette ON true
          WHERE slot.notes <> 0) sent
       -- A reversal's original: the notes it dispensed, from loads still in their cassettes.
       LEFT JOIN LATERAL (
-        SELECT o.transaction_id, count(m.transaction_id) > 0 AS dispensed,
-               coalesce(bool_and(m.load_seq = c.load_seq), false) AS same_load,
-               coalesce(bool_or(coalesce(note_counts[v.position][m.cassette_no], 0) > m.notes),
-                        false) AS over_original
-          FROM ledger.transactions o
-          LEFT JOIN (ledger.note_movements m
-                     JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no)
-                                              = (m.terminal_id, m.cassette_no))
-            ON m.transaction_id = o.transaction_id AND m.notes > 0
-         WHERE (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
-             = (v.customer_id, request.terminal_id, original_transmission_times[v.position],
-                original_stans[v.position], original_message_classes[v.position])
-         GROUP BY o.transaction_id) original ON request.kind = 'reversal'
-     WHERE v.status = 'write' AND (sent.notes <> 0 OR sent.negative OR (request.moves
-            AND request.kind IN ('withdrawal', 'reversal')))) r
-   WHERE r.refusal IS NOT NULL LIMIT 1;
+        SELECT original.transaction_id, count(movement.transaction_id) > 0 AS dispensed,
+               coalesce(bool_and(movement.load_seq = cassette.load_seq), false) AS same_load,
+               coalesce(bool_or(coalesce(note_counts[written.position][movement.cassette_no], 0)
+                                > movement.notes), false) AS over_original
+          FROM ledger.transactions original
+          LEFT JOIN (ledger.note_movements movement
+                     JOIN ledger.cassettes cassette
+                       ON (cassette.terminal_id, cassette.cassette_no)
+                        = (movement.terminal_id, movement.cassette_no))
+            ON movement.transaction_id = original.transaction_id AND movement.notes > 0
+         WHERE (original.customer_id, original.terminal_id, original.transmission_time,
+                original.stan, original.message_class)
+             = (written.customer_id, request.terminal_id,
+                original_transmission_times[written.position], original_stans[written.position],
+                original_message_classes[written.position])
+         GROUP BY original.transaction_id) original ON request.kind = 'reversal'
+     WHERE written.status = 'write' AND (sent.notes <> 0 OR sent.negative OR (request.moves
+            AND request.kind IN ('withdrawal', 'reversal')))) verdict
+   WHERE verdict.refusal IS NOT NULL LIMIT 1;
   IF v_refusal IS NULL AND EXISTS (
-       SELECT 1 FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
-         JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no) = (s.terminal_id, s.cassette_no)
-        WHERE s.kind = 'withdrawal'
-        GROUP BY c.terminal_id, c.cassette_no, c.remaining_notes
-       HAVING sum(s.notes) > c.remaining_notes) THEN
+       SELECT 1 FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) sent
+         JOIN ledger.cassettes cassette
+           ON (cassette.terminal_id, cassette.cassette_no) = (sent.terminal_id, sent.cassette_no)
+        WHERE sent.kind = 'withdrawal'
+        GROUP BY cassette.terminal_id, cassette.cassette_no, cassette.remaining_notes
+       HAVING sum(sent.notes) > cassette.remaining_notes) THEN
     v_refusal := 'more notes than the cassette holds';
   END IF;
   IF v_refusal IS NOT NULL THEN
@@ -1455,14 +1471,19 @@ BEGIN
   END IF;
   WITH moved AS (
     INSERT INTO ledger.note_movements
-      SELECT s.transaction_id, s.terminal_id, s.cassette_no, c.load_seq, c.denomination_minor,
-             CASE WHEN s.kind = 'withdrawal' THEN s.notes ELSE -s.notes END
-        FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
-        JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no) = (s.terminal_id, s.cassette_no)
+      SELECT sent.transaction_id, sent.terminal_id, sent.cassette_no, cassette.load_seq,
+             cassette.denomination_minor,
+             CASE WHEN sent.kind = 'withdrawal' THEN sent.notes ELSE -sent.notes END
+        FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) sent
+        JOIN ledger.cassettes cassette
+          ON (cassette.terminal_id, cassette.cassette_no) = (sent.terminal_id, sent.cassette_no)
     RETURNING terminal_id, cassette_no, notes)
-  UPDATE ledger.cassettes c SET dispensed_notes = c.dispensed_notes + m.notes
-    FROM (SELECT terminal_id, cassette_no, sum(notes) AS notes FROM moved GROUP BY 1, 2) m
-   WHERE (c.terminal_id, c.cassette_no) = (m.terminal_id, m.cassette_no);
+  UPDATE ledger.cassettes cassette
+     SET dispensed_notes = cassette.dispensed_notes + per_cassette.notes
+    FROM (SELECT terminal_id, cassette_no, sum(notes) AS notes FROM moved GROUP BY 1, 2)
+         AS per_cassette
+   WHERE (cassette.terminal_id, cassette.cassette_no)
+       = (per_cassette.terminal_id, per_cassette.cassette_no);
 END $$;
 
 -- An operator's replenishment (the owner's tool, or an operator through the operations app):
@@ -1520,7 +1541,8 @@ BEGIN
                   * v_cassette.denomination_minor;
   IF v_move_minor <> 0 THEN
     v_id := nextval('ledger.transaction_ids');
-    SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash FROM ledger.open_block() b;
+    SELECT block.lane, block.seq, block.prev_hash INTO v_lane, v_seq, v_prev_hash
+      FROM ledger.open_block() block;
     v_row := ROW(v_id, 0, p_terminal_id, to_char(p_at AT TIME ZONE 'UTC', 'MMDDHH24MISS'),
                  v_id::text, 'replenishment', 'replenishment', 'approved', '00', abs(v_move_minor),
                  v_currency, abs(v_move_minor), v_currency, NULL, NULL,
@@ -1529,17 +1551,18 @@ BEGIN
     -- Cash into the ATM is a debit of its cash account (withdrawals credit it), so the cash
     -- account's balance is minus the notes the host counts in the ATM.
     v_row.leaf := ledger.leaf(v_row, (
-      SELECT string_agg(ledger.leg_line(a.account_id, a.customer_id, x.amount_minor, a.currency),
-                        E'\n' ORDER BY a.account_id)
+      SELECT string_agg(ledger.leg_line(account.account_id, account.customer_id,
+                                        leg.amount_minor, account.currency),
+                        E'\n' ORDER BY account.account_id)
         FROM (VALUES (v_terminal.cash_account_id, -v_move_minor), (v_vault_id, v_move_minor))
-             AS x(account_id, amount_minor)
-        JOIN ledger.accounts a USING (account_id)));
+             AS leg(account_id, amount_minor)
+        JOIN ledger.accounts account USING (account_id)));
     INSERT INTO ledger.transactions SELECT (v_row).*;
     INSERT INTO ledger.postings
-      SELECT v_id, a.account_id, a.customer_id, x.amount_minor, a.currency
+      SELECT v_id, account.account_id, account.customer_id, leg.amount_minor, account.currency
         FROM (VALUES (v_terminal.cash_account_id, -v_move_minor), (v_vault_id, v_move_minor))
-             AS x(account_id, amount_minor)
-        JOIN ledger.accounts a USING (account_id);
+             AS leg(account_id, amount_minor)
+        JOIN ledger.accounts account USING (account_id);
     UPDATE ledger.accounts SET balance_minor = balance_minor + CASE account_id
         WHEN v_vault_id THEN v_move_minor ELSE -v_move_minor END
      WHERE account_id IN (v_terminal.cash_account_id, v_vault_id);
@@ -1567,9 +1590,10 @@ CREATE OR REPLACE FUNCTION ledger.cash_state()
                  denomination_minor bigint, loaded_notes integer, dispensed_notes integer,
                  rejected_notes integer, remaining_notes integer, low_notes integer)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT c.terminal_id, c.cassette_no, c.currency, c.denomination_minor, c.loaded_notes,
-         c.dispensed_notes, c.rejected_notes, c.remaining_notes, c.low_notes
-    FROM ledger.cassettes c ORDER BY c.terminal_id, c.cassette_no
+  SELECT cassette.terminal_id, cassette.cassette_no, cassette.currency,
+         cassette.denomination_minor, cassette.loaded_notes, cassette.dispensed_notes,
+         cassette.rejected_notes, cassette.remaining_notes, cassette.low_notes
+    FROM ledger.cassettes cassette ORDER BY cassette.terminal_id, cassette.cassette_no
 $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
@@ -1582,7 +1606,7 @@ GRANT EXECUTE ON FUNCTION ledger.cash_state(),
 -- The business day `p_at` falls in, by the policy's cutover (as ledger.rules.business_day).
 CREATE OR REPLACE FUNCTION ledger.business_day_of(p_at timestamptz) RETURNS date
   LANGUAGE sql STABLE AS $$
-  SELECT ((p_at AT TIME ZONE 'UTC') - p.business_day_cutover)::date FROM ledger.policy p
+  SELECT ((p_at AT TIME ZONE 'UTC') - policy.business_day_cutover)::date FROM ledger.policy
 $$;
 
 -- Refuses (SQLSTATE KB001) a write dated on a closed business day. post_batch calls it after
@@ -1591,8 +1615,8 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.refuse_closed_days(p_business_dates date[]) RETURNS void
   LANGUAGE plpgsql STABLE AS $$
 DECLARE
-  v_closed date := (SELECT min(d.business_date) FROM ledger.closed_days d
-                     WHERE d.business_date = ANY (p_business_dates));
+  v_closed date := (SELECT min(closed_day.business_date) FROM ledger.closed_days closed_day
+                     WHERE closed_day.business_date = ANY (p_business_dates));
 BEGIN
   IF v_closed IS NOT NULL THEN
     RAISE EXCEPTION 'refused: business day % is closed', v_closed USING ERRCODE = 'KB001';
@@ -1608,19 +1632,21 @@ CREATE OR REPLACE FUNCTION ledger.host_figures(p_terminal_id text, p_business_da
                                                p_currency text) RETURNS ledger.day_figures
   LANGUAGE sql STABLE AS $$
   WITH day AS (
-    SELECT t.kind, o.kind AS original_kind, t.currency = p_currency AS ours, t.amount_minor,
-           cash.amount_minor AS cash_minor
-      FROM ledger.transactions t
-      JOIN ledger.terminals term ON term.terminal_id = t.terminal_id
+    SELECT txn.kind, original.kind AS original_kind, txn.currency = p_currency AS ours,
+           txn.amount_minor, cash.amount_minor AS cash_minor
+      FROM ledger.transactions txn
+      JOIN ledger.terminals term ON term.terminal_id = txn.terminal_id
       LEFT JOIN ledger.postings cash
-        ON cash.transaction_id = t.transaction_id AND cash.account_id = term.cash_account_id
-      LEFT JOIN ledger.transactions o
-        ON t.kind = 'reversal'
-       AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
-         = (t.customer_id, t.terminal_id, t.original_transmission_time, t.original_stan,
-            t.original_message_class)
-     WHERE t.terminal_id = p_terminal_id AND t.business_date = p_business_date
-       AND t.outcome = 'approved' AND t.kind IN ('withdrawal', 'transfer', 'inquiry', 'reversal')),
+        ON cash.transaction_id = txn.transaction_id AND cash.account_id = term.cash_account_id
+      LEFT JOIN ledger.transactions original
+        ON txn.kind = 'reversal'
+       AND (original.customer_id, original.terminal_id, original.transmission_time,
+            original.stan, original.message_class)
+         = (txn.customer_id, txn.terminal_id, txn.original_transmission_time, txn.original_stan,
+            txn.original_message_class)
+     WHERE txn.terminal_id = p_terminal_id AND txn.business_date = p_business_date
+       AND txn.outcome = 'approved'
+       AND txn.kind IN ('withdrawal', 'transfer', 'inquiry', 'reversal')),
   counted AS (
     SELECT
       count(*) FILTER (WHERE kind = 'withdrawal' AND ours AND cash_minor IS NOT NULL) AS debits,
@@ -1635,27 +1661,29 @@ CREATE OR REPLACE FUNCTION ledger.host_figures(p_terminal_id text, p_business_da
       coalesce(-sum(cash_minor) FILTER (WHERE kind = 'reversal' AND original_kind = 'withdrawal'
                                           AND ours), 0)::bigint AS debit_reversals_minor
       FROM day)
-  SELECT ROW(0, 0, c.debits, c.debit_reversals, c.transfers, c.transfer_reversals, c.inquiries,
-             0, 0, c.debits_minor, c.debit_reversals_minor,
-             c.debits_minor - c.debit_reversals_minor)::ledger.day_figures
-    FROM counted c
+  SELECT ROW(0, 0, counted.debits, counted.debit_reversals, counted.transfers,
+             counted.transfer_reversals, counted.inquiries, 0, 0, counted.debits_minor,
+             counted.debit_reversals_minor,
+             counted.debits_minor - counted.debit_reversals_minor)::ledger.day_figures
+    FROM counted
 $$;
 
 -- The host's cassette counters since each cassette's last load, as F124 carries them.
 CREATE OR REPLACE FUNCTION ledger.host_cassettes(p_terminal_id text, p_currency text)
   RETURNS jsonb LANGUAGE sql STABLE AS $$
   SELECT coalesce(jsonb_agg(jsonb_build_object(
-           'cassette_no', c.cassette_no, 'denomination_minor', c.denomination_minor,
-           'dispensed', c.dispensed_notes, 'rejected', c.rejected_notes,
-           'remaining', c.remaining_notes) ORDER BY c.cassette_no), '[]')
-    FROM ledger.cassettes c WHERE c.terminal_id = p_terminal_id AND c.currency = p_currency
+           'cassette_no', cassette.cassette_no, 'denomination_minor', cassette.denomination_minor,
+           'dispensed', cassette.dispensed_notes, 'rejected', cassette.rejected_notes,
+           'remaining', cassette.remaining_notes) ORDER BY cassette.cassette_no), '[]')
+    FROM ledger.cassettes cassette
+   WHERE cassette.terminal_id = p_terminal_id AND cassette.currency = p_currency
 $$;
 
 -- The wire fields in which two sets of figures differ, in field order.
 CREATE OR REPLACE FUNCTION ledger.figures_differences(
   terminal ledger.day_figures, host ledger.day_figures
 ) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-  SELECT coalesce(array_agg(f.name ORDER BY f.n), '{}') FROM (VALUES
+  SELECT coalesce(array_agg(field.name ORDER BY field.ordinal), '{}') FROM (VALUES
     (1, 'F74', terminal.credits, host.credits),
     (2, 'F75', terminal.credit_reversals, host.credit_reversals),
     (3, 'F76', terminal.debits, host.debits),
@@ -1667,8 +1695,8 @@ CREATE OR REPLACE FUNCTION ledger.figures_differences(
     (9, 'F87', terminal.credit_reversals_minor, host.credit_reversals_minor),
     (10, 'F88', terminal.debits_minor, host.debits_minor),
     (11, 'F89', terminal.debit_reversals_minor, host.debit_reversals_minor),
-    (12, 'F97', terminal.net_minor, host.net_minor)) AS f(n, name, theirs, ours)
-   WHERE f.theirs IS DISTINCT FROM f.ours
+    (12, 'F97', terminal.net_minor, host.net_minor)) AS field(ordinal, name, theirs, ours)
+   WHERE field.theirs IS DISTINCT FROM field.ours
 $$;
 
 -- One 0500: the terminal's figures (p_figures: F74-F80, F86-F89, then F97 signed, 12 values)
@@ -1693,7 +1721,8 @@ DECLARE
   v_differences text[];
   v_id bigint;
 BEGIN
-  IF cardinality(p_figures) <> 12 OR EXISTS (SELECT FROM unnest(p_figures) v WHERE v IS NULL)
+  IF cardinality(p_figures) <> 12
+     OR EXISTS (SELECT FROM unnest(p_figures) figure WHERE figure IS NULL)
      OR (cardinality(p_cassettes) > 0 AND array_length(p_cassettes, 2) <> 5) THEN
     RAISE EXCEPTION 'twelve figures and five counters per cassette'
       USING ERRCODE = 'invalid_parameter_value';
@@ -1702,16 +1731,18 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'unknown terminal %', p_terminal_id USING ERRCODE = 'no_data_found';
   END IF;
-  IF EXISTS (SELECT FROM ledger.closed_days d WHERE d.business_date = p_business_date) THEN
+  IF EXISTS (SELECT FROM ledger.closed_days closed_day
+              WHERE closed_day.business_date = p_business_date) THEN
     RAISE EXCEPTION 'business day % is closed', p_business_date USING ERRCODE = 'KB001';
   END IF;
   IF p_business_date > ledger.business_day_of(now()) THEN
     RAISE EXCEPTION 'business day % has not begun', p_business_date USING ERRCODE = 'KB002';
   END IF;
-  IF (SELECT a.currency FROM ledger.accounts a WHERE a.account_id = v_terminal.cash_account_id)
-       <> p_currency
-     OR EXISTS (SELECT FROM ledger.cassettes c
-                 WHERE c.terminal_id = p_terminal_id AND c.currency <> p_currency) THEN
+  IF (SELECT account.currency FROM ledger.accounts account
+       WHERE account.account_id = v_terminal.cash_account_id) <> p_currency
+     OR EXISTS (SELECT FROM ledger.cassettes cassette
+                 WHERE cassette.terminal_id = p_terminal_id
+                   AND cassette.currency <> p_currency) THEN
     RAISE EXCEPTION 'terminal % holds no cash in %', p_terminal_id, p_currency
       USING ERRCODE = 'KB004';
   END IF;
@@ -1719,26 +1750,26 @@ BEGIN
   -- below are those of the last committed withdrawal.
   PERFORM 1 FROM ledger.accounts WHERE account_id = v_terminal.cash_account_id FOR UPDATE;
   v_sent := coalesce((SELECT jsonb_agg(jsonb_build_object(
-              'cassette_no', p_cassettes[n][1], 'denomination_minor', p_cassettes[n][2],
-              'dispensed', p_cassettes[n][3], 'rejected', p_cassettes[n][4],
-              'remaining', p_cassettes[n][5]) ORDER BY n)
-              FROM generate_subscripts(p_cassettes, 1) AS n), '[]');
+              'cassette_no', p_cassettes[entry][1], 'denomination_minor', p_cassettes[entry][2],
+              'dispensed', p_cassettes[entry][3], 'rejected', p_cassettes[entry][4],
+              'remaining', p_cassettes[entry][5]) ORDER BY entry)
+              FROM generate_subscripts(p_cassettes, 1) AS entry), '[]');
   IF EXISTS (SELECT FROM jsonb_to_recordset(v_sent)
-                           AS s(cassette_no integer, denomination_minor bigint, rejected bigint)
-               JOIN ledger.cassettes c
-                 ON (c.terminal_id, c.cassette_no, c.denomination_minor)
-                  = (p_terminal_id, s.cassette_no, s.denomination_minor)
-              WHERE s.rejected < c.rejected_notes
-                 OR s.rejected > c.loaded_notes - c.dispensed_notes) THEN
+                           AS sent(cassette_no integer, denomination_minor bigint, rejected bigint)
+               JOIN ledger.cassettes cassette
+                 ON (cassette.terminal_id, cassette.cassette_no, cassette.denomination_minor)
+                  = (p_terminal_id, sent.cassette_no, sent.denomination_minor)
+              WHERE sent.rejected < cassette.rejected_notes
+                 OR sent.rejected > cassette.loaded_notes - cassette.dispensed_notes) THEN
     RAISE EXCEPTION 'rejected notes fewer than recorded, or more than the cassette holds'
       USING ERRCODE = 'KB003';
   END IF;
-  UPDATE ledger.cassettes c SET rejected_notes = s.rejected
-    FROM jsonb_to_recordset(v_sent) AS s(cassette_no integer, denomination_minor bigint,
-                                         rejected integer)
-   WHERE (c.terminal_id, c.cassette_no, c.denomination_minor)
-       = (p_terminal_id, s.cassette_no, s.denomination_minor)
-     AND c.rejected_notes <> s.rejected;
+  UPDATE ledger.cassettes cassette SET rejected_notes = sent.rejected
+    FROM jsonb_to_recordset(v_sent) AS sent(cassette_no integer, denomination_minor bigint,
+                                            rejected integer)
+   WHERE (cassette.terminal_id, cassette.cassette_no, cassette.denomination_minor)
+       = (p_terminal_id, sent.cassette_no, sent.denomination_minor)
+     AND cassette.rejected_notes <> sent.rejected;
   v_theirs := ROW(p_figures[1], p_figures[2], p_figures[3], p_figures[4], p_figures[5],
                   p_figures[6], p_figures[7], p_figures[8], p_figures[9], p_figures[10],
                   p_figures[11], p_figures[12])::ledger.day_figures;
@@ -1747,15 +1778,17 @@ BEGIN
   v_differences := ledger.figures_differences(v_theirs, v_ours);
   -- The dispensed counters balance when the same cassettes hold the same denominations and
   -- have dispensed the same notes.
-  IF (SELECT coalesce(array_agg(ARRAY[s.cassette_no, s.denomination_minor, s.dispensed]
-                                ORDER BY s.cassette_no), '{}')
+  IF (SELECT coalesce(array_agg(ARRAY[sent.cassette_no, sent.denomination_minor, sent.dispensed]
+                                ORDER BY sent.cassette_no), '{}')
         FROM jsonb_to_recordset(v_sent)
-             AS s(cassette_no bigint, denomination_minor bigint, dispensed bigint))
+             AS sent(cassette_no bigint, denomination_minor bigint, dispensed bigint))
      IS DISTINCT FROM
-     (SELECT coalesce(array_agg(ARRAY[h.cassette_no, h.denomination_minor, h.dispensed]
-                                ORDER BY h.cassette_no), '{}')
+     (SELECT coalesce(array_agg(ARRAY[host_cassette.cassette_no,
+                                      host_cassette.denomination_minor, host_cassette.dispensed]
+                                ORDER BY host_cassette.cassette_no), '{}')
         FROM jsonb_to_recordset(v_host)
-             AS h(cassette_no bigint, denomination_minor bigint, dispensed bigint)) THEN
+             AS host_cassette(cassette_no bigint, denomination_minor bigint,
+                              dispensed bigint)) THEN
     v_differences := v_differences || 'F124'::text;
   END IF;
   INSERT INTO ledger.balancings (terminal_id, business_date, currency, transmission_time, stan,
@@ -1777,11 +1810,11 @@ CREATE OR REPLACE FUNCTION ledger.latest_imbalances(p_since timestamptz)
   RETURNS TABLE (terminal_id text, business_date date, currency text, differences text[],
                  received_at timestamptz, balancing_id bigint)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT b.terminal_id, b.business_date, b.currency::text, b.differences, b.received_at,
-         b.balancing_id
+  SELECT latest.terminal_id, latest.business_date, latest.currency::text, latest.differences,
+         latest.received_at, latest.balancing_id
     FROM (SELECT DISTINCT ON (terminal_id) * FROM ledger.balancings
-           WHERE received_at >= p_since ORDER BY terminal_id, balancing_id DESC) b
-   WHERE b.result = 'imbalance' ORDER BY b.terminal_id
+           WHERE received_at >= p_since ORDER BY terminal_id, balancing_id DESC) latest
+   WHERE latest.result = 'imbalance' ORDER BY latest.terminal_id
 $$;
 
 -- Each cassette of a terminal as it stood at `p_at`: its load then (the last replenishment at
@@ -1790,16 +1823,19 @@ CREATE OR REPLACE FUNCTION ledger.cassettes_at(p_terminal_id text, p_at timestam
   RETURNS TABLE (cassette_no smallint, currency text, denomination_minor bigint,
                  load_seq integer, loaded_notes integer, dispensed_notes integer)
   LANGUAGE sql STABLE AS $$
-  SELECT r.cassette_no, r.currency::text, r.denomination_minor, r.load_seq, r.loaded_notes,
-         coalesce((SELECT sum(m.notes) FROM ledger.note_movements m
-                     JOIN ledger.transactions t ON t.transaction_id = m.transaction_id
-                    WHERE (m.terminal_id, m.cassette_no, m.load_seq)
-                        = (r.terminal_id, r.cassette_no, r.load_seq)
-                      AND t.recorded_at < p_at), 0)::integer
-    FROM (SELECT DISTINCT ON (x.cassette_no) x.* FROM ledger.replenishments x
-           WHERE x.terminal_id = p_terminal_id AND x.replenished_at <= p_at
-           ORDER BY x.cassette_no, x.load_seq DESC) r
-   ORDER BY r.cassette_no
+  SELECT latest_load.cassette_no, latest_load.currency::text, latest_load.denomination_minor,
+         latest_load.load_seq, latest_load.loaded_notes,
+         coalesce((SELECT sum(movement.notes) FROM ledger.note_movements movement
+                     JOIN ledger.transactions txn ON txn.transaction_id = movement.transaction_id
+                    WHERE (movement.terminal_id, movement.cassette_no, movement.load_seq)
+                        = (latest_load.terminal_id, latest_load.cassette_no, latest_load.load_seq)
+                      AND txn.recorded_at < p_at), 0)::integer
+    FROM (SELECT DISTINCT ON (replenishment.cassette_no) replenishment.*
+            FROM ledger.replenishments replenishment
+           WHERE replenishment.terminal_id = p_terminal_id
+             AND replenishment.replenished_at <= p_at
+           ORDER BY replenishment.cassette_no, replenishment.load_seq DESC) latest_load
+   ORDER BY latest_load.cassette_no
 $$;
 
 -- Closes a business day that is over by the database's clock (now at or after the next day's
@@ -1826,24 +1862,29 @@ BEGIN
     RETURN false;
   END IF;
   INSERT INTO ledger.day_totals
-    SELECT p_business_date, term.terminal_id, f.currency, k.kind, k.approved, k.approved_minor,
-           k.reversals, k.reversed_minor, k.approved_minor - k.reversed_minor
+    SELECT p_business_date, term.terminal_id, cash.currency, per_kind.kind, per_kind.approved,
+           per_kind.approved_minor, per_kind.reversals, per_kind.reversed_minor,
+           per_kind.approved_minor - per_kind.reversed_minor
       FROM ledger.terminals term
-      JOIN ledger.accounts a ON a.account_id = term.cash_account_id
-      CROSS JOIN LATERAL (SELECT a.currency::text AS currency) f
-      CROSS JOIN LATERAL ledger.host_figures(term.terminal_id, p_business_date, f.currency) h
+      JOIN ledger.accounts account ON account.account_id = term.cash_account_id
+      CROSS JOIN LATERAL (SELECT account.currency::text AS currency) cash
+      CROSS JOIN LATERAL ledger.host_figures(term.terminal_id, p_business_date, cash.currency)
+                         AS figures
       CROSS JOIN LATERAL (VALUES
-        ('withdrawal', h.debits, h.debits_minor, h.debit_reversals, h.debit_reversals_minor),
-        ('transfer', h.transfers, 0::bigint, h.transfer_reversals, 0::bigint),
-        ('inquiry', h.inquiries, 0::bigint, 0::bigint, 0::bigint))
-        AS k(kind, approved, approved_minor, reversals, reversed_minor)
-     WHERE h.debits + h.debit_reversals + h.transfers + h.transfer_reversals + h.inquiries > 0;
+        ('withdrawal', figures.debits, figures.debits_minor, figures.debit_reversals,
+         figures.debit_reversals_minor),
+        ('transfer', figures.transfers, 0::bigint, figures.transfer_reversals, 0::bigint),
+        ('inquiry', figures.inquiries, 0::bigint, 0::bigint, 0::bigint))
+        AS per_kind(kind, approved, approved_minor, reversals, reversed_minor)
+     WHERE figures.debits + figures.debit_reversals + figures.transfers
+           + figures.transfer_reversals + figures.inquiries > 0;
   INSERT INTO ledger.day_cassettes
-    SELECT p_business_date, term.terminal_id, c.cassette_no, edge.at_open, c.currency,
-           c.denomination_minor, c.load_seq, c.loaded_notes, c.dispensed_notes
+    SELECT p_business_date, term.terminal_id, cassette.cassette_no, edge.at_open,
+           cassette.currency, cassette.denomination_minor, cassette.load_seq,
+           cassette.loaded_notes, cassette.dispensed_notes
       FROM ledger.terminals term
       CROSS JOIN (VALUES (true, v_start), (false, v_end)) AS edge(at_open, at)
-      CROSS JOIN LATERAL ledger.cassettes_at(term.terminal_id, edge.at) c;
+      CROSS JOIN LATERAL ledger.cassettes_at(term.terminal_id, edge.at) cassette;
   RETURN true;
 END $$;
 
@@ -1854,11 +1895,12 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger.settlement_report(p_business_date date) RETURNS jsonb
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
   SELECT jsonb_build_object(
-    'business_date', d.business_date, 'closed_at', d.closed_at, 'closed_by', d.closed_by,
-    'cutover', to_char(d.cutover, 'HH24:MI'),
-    'terminals', coalesce((SELECT jsonb_agg(t.entry ORDER BY t.terminal_id) FROM (
+    'business_date', closed_day.business_date, 'closed_at', closed_day.closed_at,
+    'closed_by', closed_day.closed_by, 'cutover', to_char(closed_day.cutover, 'HH24:MI'),
+    'terminals', coalesce((
+      SELECT jsonb_agg(per_terminal.entry ORDER BY per_terminal.terminal_id) FROM (
       SELECT term.terminal_id, jsonb_build_object(
-        'terminal_id', term.terminal_id, 'currency', a.currency,
+        'terminal_id', term.terminal_id, 'currency', account.currency,
         'host', to_jsonb(host.figures), 'terminal', to_jsonb(last.terminal_figures),
         'difference', CASE WHEN last.balancing_id IS NOT NULL THEN (
           SELECT jsonb_object_agg(theirs.key, theirs.value::bigint - ours.value::bigint)
@@ -1866,35 +1908,44 @@ CREATE OR REPLACE FUNCTION ledger.settlement_report(p_business_date date) RETURN
             JOIN jsonb_each_text(to_jsonb(host.figures)) ours USING (key)) END,
         'result', coalesce(last.result, 'none'), 'differences', to_jsonb(last.differences),
         'terminal_cassettes', last.terminal_cassettes,
-        'cassettes_open', (SELECT coalesce(jsonb_agg(to_jsonb(c) - 'business_date' - 'terminal_id'
-                                                     - 'at_open' ORDER BY c.cassette_no), '[]')
-                             FROM ledger.day_cassettes c
-                            WHERE (c.business_date, c.terminal_id, c.at_open)
-                                = (d.business_date, term.terminal_id, true)),
-        'cassettes_close', (SELECT coalesce(jsonb_agg(to_jsonb(c) - 'business_date' - 'terminal_id'
-                                                      - 'at_open' ORDER BY c.cassette_no), '[]')
-                              FROM ledger.day_cassettes c
-                             WHERE (c.business_date, c.terminal_id, c.at_open)
-                                 = (d.business_date, term.terminal_id, false))) AS entry
+        'cassettes_open', (SELECT coalesce(jsonb_agg(to_jsonb(cassette) - 'business_date'
+                                                     - 'terminal_id' - 'at_open'
+                                                     ORDER BY cassette.cassette_no), '[]')
+                             FROM ledger.day_cassettes cassette
+                            WHERE (cassette.business_date, cassette.terminal_id, cassette.at_open)
+                                = (closed_day.business_date, term.terminal_id, true)),
+        'cassettes_close', (SELECT coalesce(jsonb_agg(to_jsonb(cassette) - 'business_date'
+                                                      - 'terminal_id' - 'at_open'
+                                                      ORDER BY cassette.cassette_no), '[]')
+                              FROM ledger.day_cassettes cassette
+                             WHERE (cassette.business_date, cassette.terminal_id, cassette.at_open)
+                                 = (closed_day.business_date, term.terminal_id, false))) AS entry
         FROM ledger.terminals term
-        JOIN ledger.accounts a ON a.account_id = term.cash_account_id
+        JOIN ledger.accounts account ON account.account_id = term.cash_account_id
         CROSS JOIN LATERAL (SELECT ROW(0, 0,
-            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'withdrawal'), 0),
-            coalesce(sum(x.reversal_count) FILTER (WHERE x.kind = 'withdrawal'), 0),
-            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'transfer'), 0),
-            coalesce(sum(x.reversal_count) FILTER (WHERE x.kind = 'transfer'), 0),
-            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'inquiry'), 0), 0, 0,
-            coalesce(sum(x.approved_minor) FILTER (WHERE x.kind = 'withdrawal'), 0),
-            coalesce(sum(x.reversed_minor) FILTER (WHERE x.kind = 'withdrawal'), 0),
-            coalesce(sum(x.net_minor) FILTER (WHERE x.kind = 'withdrawal'), 0)
+            coalesce(sum(day_total.approved_count) FILTER (WHERE day_total.kind = 'withdrawal'),
+                     0),
+            coalesce(sum(day_total.reversal_count) FILTER (WHERE day_total.kind = 'withdrawal'),
+                     0),
+            coalesce(sum(day_total.approved_count) FILTER (WHERE day_total.kind = 'transfer'), 0),
+            coalesce(sum(day_total.reversal_count) FILTER (WHERE day_total.kind = 'transfer'), 0),
+            coalesce(sum(day_total.approved_count) FILTER (WHERE day_total.kind = 'inquiry'), 0),
+            0, 0,
+            coalesce(sum(day_total.approved_minor) FILTER (WHERE day_total.kind = 'withdrawal'),
+                     0),
+            coalesce(sum(day_total.reversed_minor) FILTER (WHERE day_total.kind = 'withdrawal'),
+                     0),
+            coalesce(sum(day_total.net_minor) FILTER (WHERE day_total.kind = 'withdrawal'), 0)
           )::ledger.day_figures AS figures
-            FROM ledger.day_totals x
-           WHERE (x.business_date, x.terminal_id) = (d.business_date, term.terminal_id)) host
-        LEFT JOIN LATERAL (SELECT b.* FROM ledger.balancings b
-                            WHERE (b.terminal_id, b.business_date)
-                                = (term.terminal_id, d.business_date)
-                            ORDER BY b.balancing_id DESC LIMIT 1) last ON true) t), '[]'))
-    FROM ledger.closed_days d WHERE d.business_date = p_business_date
+            FROM ledger.day_totals day_total
+           WHERE (day_total.business_date, day_total.terminal_id)
+               = (closed_day.business_date, term.terminal_id)) host
+        LEFT JOIN LATERAL (SELECT balancing.* FROM ledger.balancings balancing
+                            WHERE (balancing.terminal_id, balancing.business_date)
+                                = (term.terminal_id, closed_day.business_date)
+                            ORDER BY balancing.balancing_id DESC LIMIT 1) last ON true
+      ) per_terminal), '[]'))
+    FROM ledger.closed_days closed_day WHERE closed_day.business_date = p_business_date
 $$;
 
 GRANT EXECUTE ON FUNCTION ledger.settlement_report(date) TO ledger_switch;
