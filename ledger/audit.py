@@ -33,26 +33,28 @@ class VerifyReport:
 
 
 # A transaction's postings as parallel arrays in account order (see legs_of), for queries over
-# ledger.transactions t.
+# ledger.transactions txn.
 LEGS_JOIN = """
   LEFT JOIN LATERAL (
-    SELECT array_agg(p.account_id ORDER BY p.account_id) AS account_ids,
-           array_agg(p.customer_id ORDER BY p.account_id) AS customer_ids,
-           array_agg(p.amount_minor ORDER BY p.account_id) AS amounts_minor,
-           array_agg(p.currency::text ORDER BY p.account_id) AS currencies
-      FROM ledger.postings p WHERE p.transaction_id = t.transaction_id) legs ON true
+    SELECT array_agg(posting.account_id ORDER BY posting.account_id) AS account_ids,
+           array_agg(posting.customer_id ORDER BY posting.account_id) AS customer_ids,
+           array_agg(posting.amount_minor ORDER BY posting.account_id) AS amounts_minor,
+           array_agg(posting.currency::text ORDER BY posting.account_id) AS currencies
+      FROM ledger.postings posting
+     WHERE posting.transaction_id = txn.transaction_id) legs ON true
 """
 # Every block with its transactions (a block without any, or transactions without their block,
 # come out too), in chain order.
 _JOURNAL_ROWS = f"""
-SELECT coalesce(b.lane, t.lane) AS chain, coalesce(b.seq, t.block_seq) AS position,
-       b.transactions AS block_transactions, b.prev_hash AS block_prev_hash,
-       b.hash AS block_hash,
-       (extract(epoch FROM b.recorded_at) * 1000000)::bigint AS block_recorded_at_us, t.*,
-       (extract(epoch FROM t.recorded_at) * 1000000)::bigint AS recorded_at_us, legs.*
-  FROM ledger.audit_blocks b
-  FULL JOIN ledger.transactions t ON (t.lane, t.block_seq) = (b.lane, b.seq) {LEGS_JOIN}
- ORDER BY 1, 2, t.transaction_id
+SELECT coalesce(block.lane, txn.lane) AS chain, coalesce(block.seq, txn.block_seq) AS position,
+       block.transactions AS block_transactions, block.prev_hash AS block_prev_hash,
+       block.hash AS block_hash,
+       (extract(epoch FROM block.recorded_at) * 1000000)::bigint AS block_recorded_at_us,
+       txn.*, (extract(epoch FROM txn.recorded_at) * 1000000)::bigint AS recorded_at_us, legs.*
+  FROM ledger.audit_blocks block
+  FULL JOIN ledger.transactions txn
+    ON (txn.lane, txn.block_seq) = (block.lane, block.seq) {LEGS_JOIN}
+ ORDER BY 1, 2, txn.transaction_id
 """  # noqa: S608 (no value is formatted in: LEGS_JOIN is a constant)
 
 
@@ -113,10 +115,12 @@ async def _verify_chains(
 async def _verify_books(conn: Connection, report: VerifyReport, *, timeout_ms: int) -> None:
     timeout_s = timeout_ms / 1000
     for row in await conn.fetch(
-        "SELECT a.account_number, a.balance_minor, coalesce(p.posted, 0) AS posted"
-        " FROM ledger.accounts a LEFT JOIN (SELECT account_id, sum(amount_minor) AS posted"
-        "  FROM ledger.postings GROUP BY account_id) p USING (account_id)"
-        " WHERE a.balance_minor <> coalesce(p.posted, 0) ORDER BY a.account_number",
+        "SELECT account.account_number, account.balance_minor,"
+        " coalesce(per_account.posted, 0) AS posted"
+        " FROM ledger.accounts account LEFT JOIN (SELECT account_id, sum(amount_minor) AS posted"
+        "  FROM ledger.postings GROUP BY account_id) per_account USING (account_id)"
+        " WHERE account.balance_minor <> coalesce(per_account.posted, 0)"
+        " ORDER BY account.account_number",
         timeout=timeout_s,
     ):
         report.books.append(
@@ -137,19 +141,23 @@ async def _verify_books(conn: Connection, report: VerifyReport, *, timeout_ms: i
 
 
 _STRAY_ROWS = """
-SELECT format('posting %s/%s: no such transaction', p.transaction_id, p.account_id) AS stray
-  FROM ledger.postings p
- WHERE NOT EXISTS (SELECT FROM ledger.transactions t WHERE t.transaction_id = p.transaction_id)
+SELECT format('posting %s/%s: no such transaction', posting.transaction_id,
+              posting.account_id) AS stray
+  FROM ledger.postings posting
+ WHERE NOT EXISTS (SELECT FROM ledger.transactions txn
+                    WHERE txn.transaction_id = posting.transaction_id)
 UNION ALL
-SELECT format('posting %s/%s: not an account of customer %s', p.transaction_id, p.account_id,
-              p.customer_id)
-  FROM ledger.postings p
- WHERE NOT EXISTS (SELECT FROM ledger.accounts a
-                    WHERE (a.account_id, a.customer_id) = (p.account_id, p.customer_id))
+SELECT format('posting %s/%s: not an account of customer %s', posting.transaction_id,
+              posting.account_id, posting.customer_id)
+  FROM ledger.postings posting
+ WHERE NOT EXISTS (SELECT FROM ledger.accounts account
+                    WHERE (account.account_id, account.customer_id)
+                        = (posting.account_id, posting.customer_id))
 UNION ALL
-SELECT format('transaction %s: no such customer %s', t.transaction_id, t.customer_id)
-  FROM ledger.transactions t
- WHERE NOT EXISTS (SELECT FROM ledger.customers c WHERE c.customer_id = t.customer_id)
+SELECT format('transaction %s: no such customer %s', txn.transaction_id, txn.customer_id)
+  FROM ledger.transactions txn
+ WHERE NOT EXISTS (SELECT FROM ledger.customers customer
+                    WHERE customer.customer_id = txn.customer_id)
 """
 
 
@@ -189,28 +197,28 @@ async def terminal_report(
     rows = await conn.fetch(
         """
         WITH day AS (
-          SELECT t.terminal_id, t.kind, t.amount_minor, p.amount_minor AS cash_minor
-            FROM ledger.transactions t
-            JOIN ledger.terminals term ON term.terminal_id = t.terminal_id
-            LEFT JOIN ledger.postings p ON p.transaction_id = t.transaction_id
-                                       AND p.account_id = term.cash_account_id
+          SELECT txn.terminal_id, txn.kind, txn.amount_minor, cash.amount_minor AS cash_minor
+            FROM ledger.transactions txn
+            JOIN ledger.terminals term ON term.terminal_id = txn.terminal_id
+            LEFT JOIN ledger.postings cash ON cash.transaction_id = txn.transaction_id
+                                          AND cash.account_id = term.cash_account_id
            -- Replenishments move cash into the ATM, not out to cardholders: not the day's.
-           WHERE t.business_date = $1 AND t.outcome = 'approved'
-             AND t.kind IN ('withdrawal', 'reversal'))
-        SELECT term.terminal_id, a.currency,
-               count(*) FILTER (WHERE d.kind = 'withdrawal' AND d.cash_minor IS NOT NULL)
-                 AS withdrawals,
-               coalesce(sum(d.amount_minor) FILTER (WHERE d.kind = 'withdrawal'
-                 AND d.cash_minor IS NOT NULL), 0)::bigint AS withdrawn,
-               count(*) FILTER (WHERE d.kind = 'reversal' AND d.cash_minor IS NOT NULL)
-                 AS reversals,
-               coalesce(sum(d.amount_minor) FILTER (WHERE d.kind = 'reversal'
-                 AND d.cash_minor IS NOT NULL), 0)::bigint AS reversed,
-               coalesce(sum(d.cash_minor), 0)::bigint AS posted
+           WHERE txn.business_date = $1 AND txn.outcome = 'approved'
+             AND txn.kind IN ('withdrawal', 'reversal'))
+        SELECT term.terminal_id, account.currency,
+               count(*) FILTER (WHERE day_txn.kind = 'withdrawal'
+                                  AND day_txn.cash_minor IS NOT NULL) AS withdrawals,
+               coalesce(sum(day_txn.amount_minor) FILTER (WHERE day_txn.kind = 'withdrawal'
+                 AND day_txn.cash_minor IS NOT NULL), 0)::bigint AS withdrawn,
+               count(*) FILTER (WHERE day_txn.kind = 'reversal'
+                                  AND day_txn.cash_minor IS NOT NULL) AS reversals,
+               coalesce(sum(day_txn.amount_minor) FILTER (WHERE day_txn.kind = 'reversal'
+                 AND day_txn.cash_minor IS NOT NULL), 0)::bigint AS reversed,
+               coalesce(sum(day_txn.cash_minor), 0)::bigint AS posted
           FROM ledger.terminals term
-          JOIN ledger.accounts a ON a.account_id = term.cash_account_id
-          LEFT JOIN day d ON d.terminal_id = term.terminal_id
-         GROUP BY term.terminal_id, a.currency ORDER BY term.terminal_id
+          JOIN ledger.accounts account ON account.account_id = term.cash_account_id
+          LEFT JOIN day day_txn ON day_txn.terminal_id = term.terminal_id
+         GROUP BY term.terminal_id, account.currency ORDER BY term.terminal_id
         """,
         business_date,
         timeout=timeout_ms / 1000,

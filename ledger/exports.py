@@ -37,9 +37,10 @@ CSV_FIELDS = (
     "leaf",
 )  # fmt: skip
 _CSV_ROWS = f"""
-SELECT t.*, legs.* FROM ledger.transactions t {LEGS_JOIN}
- WHERE t.recorded_at >= $1 AND t.recorded_at < $2 AND ($3::text IS NULL OR t.terminal_id = $3)
- ORDER BY t.transaction_id
+SELECT txn.*, legs.* FROM ledger.transactions txn {LEGS_JOIN}
+ WHERE txn.recorded_at >= $1 AND txn.recorded_at < $2
+   AND ($3::text IS NULL OR txn.terminal_id = $3)
+ ORDER BY txn.transaction_id
 """  # noqa: S608 (no value is formatted in: LEGS_JOIN is a constant)
 # Whole blocks, and on each chain every block from the first to the last that holds a
 # transaction of the range (and of the terminal, if named): the export's chains have no holes,
@@ -50,15 +51,15 @@ WITH touched AS (
   SELECT lane, min(block_seq) AS first_seq, max(block_seq) AS last_seq FROM ledger.transactions
    WHERE recorded_at >= $1 AND recorded_at < $2 AND ($3::text IS NULL OR terminal_id = $3)
    GROUP BY lane)
-SELECT b.lane AS block_lane, b.seq AS block_position, b.transactions AS block_transactions,
-       b.prev_hash AS block_prev_hash, b.hash AS block_hash, b.recorded_at AS block_recorded_at,
-       t.*, legs.*
+SELECT block.lane AS block_lane, block.seq AS block_position,
+       block.transactions AS block_transactions, block.prev_hash AS block_prev_hash,
+       block.hash AS block_hash, block.recorded_at AS block_recorded_at, txn.*, legs.*
   FROM touched
-  JOIN ledger.audit_blocks b
-    ON b.lane = touched.lane AND b.seq BETWEEN touched.first_seq AND touched.last_seq
-  JOIN ledger.transactions t ON (t.lane, t.block_seq) = (b.lane, b.seq)
+  JOIN ledger.audit_blocks block
+    ON block.lane = touched.lane AND block.seq BETWEEN touched.first_seq AND touched.last_seq
+  JOIN ledger.transactions txn ON (txn.lane, txn.block_seq) = (block.lane, block.seq)
   {LEGS_JOIN}
- ORDER BY b.lane, b.seq, t.transaction_id
+ ORDER BY block.lane, block.seq, txn.transaction_id
 """  # noqa: S608 (no value is formatted in: LEGS_JOIN is a constant)
 
 

@@ -40,20 +40,20 @@ class JournalFilter:
 # are set, never on their values, and a filter left free adds no condition the planner must
 # see through (the recorded_at BRIN index is used when a time bound is set).
 _CONDITIONS = (
-    ("terminal_id", "t.terminal_id = ${}"),
-    ("start", "t.recorded_at >= ${}"),
-    ("end", "t.recorded_at < ${}"),
-    ("response_code", "t.response_code = ${}"),
-    ("rrn", "t.rrn = ${}"),
-    ("pan_last4", "right(t.pan_masked, 4) = ${}"),
+    ("terminal_id", "txn.terminal_id = ${}"),
+    ("start", "txn.recorded_at >= ${}"),
+    ("end", "txn.recorded_at < ${}"),
+    ("response_code", "txn.response_code = ${}"),
+    ("rrn", "txn.rrn = ${}"),
+    ("pan_last4", "right(txn.pan_masked, 4) = ${}"),
 )
 
 _PAGE = (
-    "SELECT t.*, legs.* FROM ledger.transactions t"  # noqa: S608 (constant fragments only)
+    "SELECT txn.*, legs.* FROM ledger.transactions txn"  # noqa: S608 (constant fragments only)
     + LEGS_JOIN
     + """
  WHERE {where}
- ORDER BY t.transaction_id
+ ORDER BY txn.transaction_id
  LIMIT {limit}
 """
 )
@@ -77,7 +77,7 @@ async def page(
     """The first `limit` transactions with an id above `after_id` that pass the filter, in id
     order (ids grow with time)."""
     assert 0 < limit <= PAGE_ROWS_MAX, limit
-    conditions = ["t.transaction_id > $1"]
+    conditions = ["txn.transaction_id > $1"]
     args: list[object] = [after_id]
     for name, condition in _CONDITIONS:
         value = getattr(journal_filter, name)

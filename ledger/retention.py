@@ -25,41 +25,45 @@ BATCH_MAX = 10_000
 
 _EVENTS = """
 WITH doomed AS (
-  SELECT e.event_id FROM ledger.terminal_events e
-   WHERE e.occurred_at < $1
+  SELECT event.event_id FROM ledger.terminal_events event
+   WHERE event.occurred_at < $1
      AND CASE
-           WHEN e.kind = 'alert' THEN NOT EXISTS (
-             SELECT FROM ledger.alerts a
-              WHERE a.alert_id = (e.detail->>'alert_id')::bigint AND a.state <> 'resolved')
-           WHEN e.terminal_id IS NULL THEN true
-           ELSE e.occurred_at < coalesce(
-             (SELECT max(s.occurred_at) FROM ledger.terminal_events s
-               WHERE s.terminal_id = e.terminal_id AND s.kind = 'sign_on'
-                 AND s.occurred_at < $1), $1)
+           WHEN event.kind = 'alert' THEN NOT EXISTS (
+             SELECT FROM ledger.alerts alert
+              WHERE alert.alert_id = (event.detail->>'alert_id')::bigint
+                AND alert.state <> 'resolved')
+           WHEN event.terminal_id IS NULL THEN true
+           ELSE event.occurred_at < coalesce(
+             (SELECT max(sign_on.occurred_at) FROM ledger.terminal_events sign_on
+               WHERE sign_on.terminal_id = event.terminal_id AND sign_on.kind = 'sign_on'
+                 AND sign_on.occurred_at < $1), $1)
          END
    LIMIT $2)
-DELETE FROM ledger.terminal_events e USING doomed WHERE e.event_id = doomed.event_id
+DELETE FROM ledger.terminal_events event USING doomed WHERE event.event_id = doomed.event_id
 """
 _TRAFFIC = """
 DELETE FROM ledger.terminal_traffic
  WHERE (terminal_id, bucket_start, process_id) IN (
-   SELECT t.terminal_id, t.bucket_start, t.process_id FROM ledger.terminal_traffic t
-    WHERE t.bucket_start < $1 LIMIT $2)
+   SELECT traffic.terminal_id, traffic.bucket_start, traffic.process_id
+     FROM ledger.terminal_traffic traffic
+    WHERE traffic.bucket_start < $1 LIMIT $2)
 """
 _ALERTS = """
 DELETE FROM ledger.alerts
  WHERE alert_id IN (
-   SELECT a.alert_id FROM ledger.alerts a
-    WHERE a.state = 'resolved' AND a.resolved_at < $1 LIMIT $2)
+   SELECT alert.alert_id FROM ledger.alerts alert
+    WHERE alert.state = 'resolved' AND alert.resolved_at < $1 LIMIT $2)
 """
 # A process no kept row names: its sessions and traffic are gone, its alerts resolved.
 _PROCESSES = """
-DELETE FROM ledger.switch_processes p
- WHERE p.beat_at < $1
-   AND NOT EXISTS (SELECT FROM ledger.terminal_events e WHERE e.process_id = p.process_id)
-   AND NOT EXISTS (SELECT FROM ledger.terminal_traffic t WHERE t.process_id = p.process_id)
-   AND NOT EXISTS (SELECT FROM ledger.alerts a
-                    WHERE a.raised_by = p.process_id AND a.state <> 'resolved')
+DELETE FROM ledger.switch_processes process
+ WHERE process.beat_at < $1
+   AND NOT EXISTS (SELECT FROM ledger.terminal_events event
+                    WHERE event.process_id = process.process_id)
+   AND NOT EXISTS (SELECT FROM ledger.terminal_traffic traffic
+                    WHERE traffic.process_id = process.process_id)
+   AND NOT EXISTS (SELECT FROM ledger.alerts alert
+                    WHERE alert.raised_by = process.process_id AND alert.state <> 'resolved')
 """
 
 

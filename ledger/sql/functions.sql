@@ -28,10 +28,11 @@ CREATE OR REPLACE FUNCTION ledger.notes_of(p_transaction_id bigint) RETURNS json
   LANGUAGE plpgsql STABLE AS $$
 BEGIN
   RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'cassette_no', m.cassette_no, 'load_seq', m.load_seq,
-                   'denomination_minor', m.denomination_minor, 'notes', m.notes)
-                 ORDER BY m.cassette_no), '[]')
-            FROM ledger.note_movements m WHERE m.transaction_id = p_transaction_id);
+                   'cassette_no', movement.cassette_no, 'load_seq', movement.load_seq,
+                   'denomination_minor', movement.denomination_minor, 'notes', movement.notes)
+                 ORDER BY movement.cassette_no), '[]')
+            FROM ledger.note_movements movement
+           WHERE movement.transaction_id = p_transaction_id);
 END $$;
 
 -- One field of the canonical text a leaf hashes: "name=value", or "name" alone for NULL.
@@ -86,15 +87,18 @@ CREATE OR REPLACE FUNCTION ledger.leaf(
     legs), 'UTF8'))
 $$;
 
--- The leaf of a transaction row (post_opening builds one; so does an auditor's rehash).
-CREATE OR REPLACE FUNCTION ledger.leaf(t ledger.transactions, legs text) RETURNS bytea
+-- The leaf of a transaction row (post_opening builds one; so does an auditor's rehash). Its
+-- argument was once named otherwise, and CREATE OR REPLACE cannot rename one.
+DROP FUNCTION IF EXISTS ledger.leaf(ledger.transactions, text);
+CREATE OR REPLACE FUNCTION ledger.leaf(txn ledger.transactions, legs text) RETURNS bytea
   LANGUAGE sql STABLE PARALLEL SAFE AS $$
-  SELECT ledger.leaf(t.transaction_id, t.customer_id, t.terminal_id, t.transmission_time, t.stan,
-    t.message_class, t.kind, t.outcome, t.response_code, t.amount_minor, t.currency,
-    t.requested_minor, t.requested_currency, t.ledger_balance_minor, t.available_balance_minor,
-    t.business_date, t.recorded_at, t.pan_masked, t.mti, t.processing_code, t.rrn,
-    t.original_transmission_time, t.original_stan, t.original_message_class, t.reversal_state,
-    t.lane, t.block_seq, legs)
+  SELECT ledger.leaf(txn.transaction_id, txn.customer_id, txn.terminal_id,
+    txn.transmission_time, txn.stan, txn.message_class, txn.kind, txn.outcome,
+    txn.response_code, txn.amount_minor, txn.currency, txn.requested_minor,
+    txn.requested_currency, txn.ledger_balance_minor, txn.available_balance_minor,
+    txn.business_date, txn.recorded_at, txn.pan_masked, txn.mti, txn.processing_code, txn.rrn,
+    txn.original_transmission_time, txn.original_stan, txn.original_message_class,
+    txn.reversal_state, txn.lane, txn.block_seq, legs)
 $$;
 
 -- One leg of a leaf: "leg=account:customer:amount:currency". (format() would make it stable,
@@ -127,11 +131,13 @@ DECLARE
   v_lanes integer := (SELECT count(*) FROM ledger.audit_heads);
   v_own integer := pg_backend_pid() % v_lanes;
 BEGIN
-  SELECT h.lane, h.seq + 1, h.hash INTO lane, seq, prev_hash FROM ledger.audit_heads h
-   ORDER BY (h.lane + v_lanes - v_own) % v_lanes LIMIT 1 FOR UPDATE SKIP LOCKED;
+  SELECT head.lane, head.seq + 1, head.hash INTO lane, seq, prev_hash
+    FROM ledger.audit_heads head
+   ORDER BY (head.lane + v_lanes - v_own) % v_lanes LIMIT 1 FOR UPDATE SKIP LOCKED;
   IF NOT FOUND THEN
-    SELECT h.lane, h.seq + 1, h.hash INTO lane, seq, prev_hash FROM ledger.audit_heads h
-     WHERE h.lane = v_own FOR UPDATE;
+    SELECT head.lane, head.seq + 1, head.hash INTO lane, seq, prev_hash
+      FROM ledger.audit_heads head
+     WHERE head.lane = v_own FOR UPDATE;
   END IF;
 END $$;
 
@@ -153,15 +159,17 @@ END $$;
 
 -- What a repeat gets back, and what the store answers from: the stored outcome of one row, with
 -- the notes it moved (0004_cash), so a repeated approval names the mix that was dispensed. SQL,
--- inlined where it is called with a row variable.
-CREATE OR REPLACE FUNCTION ledger.result_of(t ledger.transactions) RETURNS jsonb
+-- inlined where it is called with a row variable. (Dropped first: its argument was once named
+-- otherwise.)
+DROP FUNCTION IF EXISTS ledger.result_of(ledger.transactions);
+CREATE OR REPLACE FUNCTION ledger.result_of(txn ledger.transactions) RETURNS jsonb
   LANGUAGE sql STABLE AS $$
   SELECT jsonb_build_object(
-    'transaction_id', t.transaction_id, 'outcome', t.outcome, 'kind', t.kind,
-    'amount_minor', t.amount_minor, 'currency', t.currency,
-    'ledger_balance_minor', t.ledger_balance_minor,
-    'available_balance_minor', t.available_balance_minor,
-    'business_date', t.business_date, 'notes', ledger.notes_of(t.transaction_id))
+    'transaction_id', txn.transaction_id, 'outcome', txn.outcome, 'kind', txn.kind,
+    'amount_minor', txn.amount_minor, 'currency', txn.currency,
+    'ledger_balance_minor', txn.ledger_balance_minor,
+    'available_balance_minor', txn.available_balance_minor,
+    'business_date', txn.business_date, 'notes', ledger.notes_of(txn.transaction_id))
 $$;
 
 -- The reads of a batch of requests, in their order: one round trip, one statement and no locks.
@@ -186,12 +194,15 @@ BEGIN
       'customer_id', owner.customer_id,
       'admitted', to_jsonb(admitted.customer_ids),
       'card', card.fields,
-      'links', (SELECT coalesce(jsonb_object_agg(ca.type_code, ca.account_id), '{}')
-                  FROM ledger.card_accounts ca WHERE ca.card_id = card.card_id),
-      'accounts', (SELECT coalesce(jsonb_agg(to_jsonb(a) || jsonb_build_object(
-                            'xmin', a.xmin::text::bigint) ORDER BY a.account_id), '[]')
-                     FROM ledger.accounts a
-                    WHERE a.account_id = ANY (ARRAY(
+      'links', (SELECT coalesce(jsonb_object_agg(card_account.type_code,
+                                                 card_account.account_id), '{}')
+                  FROM ledger.card_accounts card_account
+                 WHERE card_account.card_id = card.card_id),
+      'accounts', (SELECT coalesce(jsonb_agg(to_jsonb(account) || jsonb_build_object(
+                            'xmin', account.xmin::text::bigint) ORDER BY account.account_id),
+                            '[]')
+                     FROM ledger.accounts account
+                    WHERE account.account_id = ANY (ARRAY(
                             SELECT own.account_id FROM ledger.accounts own
                              WHERE own.customer_id = owner.customer_id AND owner.customer_id <> 0
                             UNION ALL SELECT term.cash_account_id
@@ -203,75 +214,87 @@ BEGIN
                     'terminal_id', term.terminal_id, 'status', term.status,
                     'cash_account_id', term.cash_account_id,
                     'cassettes', term.cassettes) END,
-      'answered', (SELECT ledger.result_of(t) FROM ledger.transactions t
-                    WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan,
-                           t.message_class)
-                        = (owner.customer_id, i.terminal_id, i.transmission_time, i.stan,
-                           i.message_class)),
+      'answered', (SELECT ledger.result_of(txn) FROM ledger.transactions txn
+                    WHERE (txn.customer_id, txn.terminal_id, txn.transmission_time, txn.stan,
+                           txn.message_class)
+                        = (owner.customer_id, request.terminal_id, request.transmission_time,
+                           request.stan, request.message_class)),
       'original', CASE WHEN original.transaction_id IS NOT NULL THEN jsonb_build_object(
                     'outcome', original.outcome,
                     'result', original.result || jsonb_build_object('postings', original.legs))
                   END,
-      'self_reversal', (SELECT t.reversal_state FROM ledger.transactions t
-                         WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
-                                t.original_stan, t.original_message_class)
-                             = (owner.customer_id, i.terminal_id, i.transmission_time, i.stan,
-                                i.message_class)
-                           AND t.reversal_state IS NOT NULL),
-      'original_reversal', (SELECT t.reversal_state FROM ledger.transactions t
-                             WHERE i.original_stan IS NOT NULL
-                               AND (t.customer_id, t.terminal_id, t.original_transmission_time,
-                                    t.original_stan, t.original_message_class)
-                                 = (owner.customer_id, i.terminal_id,
-                                    i.original_transmission_time, i.original_stan,
-                                    i.original_message_class)
-                               AND t.reversal_state IS NOT NULL))
+      'self_reversal', (SELECT reversal.reversal_state FROM ledger.transactions reversal
+                         WHERE (reversal.customer_id, reversal.terminal_id,
+                                reversal.original_transmission_time, reversal.original_stan,
+                                reversal.original_message_class)
+                             = (owner.customer_id, request.terminal_id,
+                                request.transmission_time, request.stan, request.message_class)
+                           AND reversal.reversal_state IS NOT NULL),
+      'original_reversal', (SELECT reversal.reversal_state FROM ledger.transactions reversal
+                             WHERE request.original_stan IS NOT NULL
+                               AND (reversal.customer_id, reversal.terminal_id,
+                                    reversal.original_transmission_time, reversal.original_stan,
+                                    reversal.original_message_class)
+                                 = (owner.customer_id, request.terminal_id,
+                                    request.original_transmission_time, request.original_stan,
+                                    request.original_message_class)
+                               AND reversal.reversal_state IS NOT NULL))
       FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes,
                   original_transmission_times, original_stans, original_message_classes,
                   to_accounts) WITH ORDINALITY
-           AS i(pan_hash, terminal_id, transmission_time, stan, message_class,
-                original_transmission_time, original_stan, original_message_class, to_account,
-                position)
-      LEFT JOIN LATERAL (SELECT c.customer_id, c.card_id,
-                                to_jsonb(c) - 'pan_hash' || jsonb_build_object(
-                                  'xmin', c.xmin::text::bigint) AS fields
-                           FROM ledger.cards c WHERE c.pan_hash = i.pan_hash LIMIT 1) card
+           AS request(pan_hash, terminal_id, transmission_time, stan, message_class,
+                      original_transmission_time, original_stan, original_message_class,
+                      to_account, position)
+      LEFT JOIN LATERAL (SELECT card.customer_id, card.card_id,
+                                to_jsonb(card) - 'pan_hash' || jsonb_build_object(
+                                  'xmin', card.xmin::text::bigint) AS fields
+                           FROM ledger.cards card WHERE card.pan_hash = request.pan_hash
+                          LIMIT 1) card
         ON true
       -- The house (0) when the card is unknown.
       CROSS JOIN LATERAL (SELECT coalesce(card.customer_id, 0) AS customer_id) owner
       -- The terminal's cassettes in slot order, as a subquery of this statement (a function
       -- per request would start a plan of its own per request).
-      LEFT JOIN LATERAL (SELECT t.terminal_id, t.status, t.cash_account_id,
+      LEFT JOIN LATERAL (SELECT terminal.terminal_id, terminal.status, terminal.cash_account_id,
                                 (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                                          'cassette_no', c.cassette_no, 'currency', c.currency,
-                                          'denomination_minor', c.denomination_minor,
-                                          'remaining_notes', c.remaining_notes,
-                                          'load_seq', c.load_seq) ORDER BY c.cassette_no), '[]')
-                                   FROM ledger.cassettes c
-                                  WHERE c.terminal_id = t.terminal_id) AS cassettes
-                           FROM ledger.terminals t WHERE t.terminal_id = i.terminal_id
+                                          'cassette_no', cassette.cassette_no,
+                                          'currency', cassette.currency,
+                                          'denomination_minor', cassette.denomination_minor,
+                                          'remaining_notes', cassette.remaining_notes,
+                                          'load_seq', cassette.load_seq)
+                                          ORDER BY cassette.cassette_no), '[]')
+                                   FROM ledger.cassettes cassette
+                                  WHERE cassette.terminal_id = terminal.terminal_id) AS cassettes
+                           FROM ledger.terminals terminal
+                          WHERE terminal.terminal_id = request.terminal_id
                           LIMIT 1) term ON true
-      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id FROM ledger.accounts a
-                          WHERE a.account_number = i.to_account LIMIT 1) destination ON true
+      LEFT JOIN LATERAL (SELECT account.account_id, account.customer_id
+                           FROM ledger.accounts account
+                          WHERE account.account_number = request.to_account
+                          LIMIT 1) destination ON true
       -- A reversal's original, its postings and the other customers they touch.
-      LEFT JOIN LATERAL (SELECT o.transaction_id, o.outcome, ledger.result_of(o) AS result,
+      LEFT JOIN LATERAL (SELECT original.transaction_id, original.outcome,
+                                ledger.result_of(original) AS result,
                                 legs.legs, legs.account_ids, legs.customer_ids
-                           FROM ledger.transactions o
+                           FROM ledger.transactions original
                           CROSS JOIN LATERAL (
                             SELECT coalesce(jsonb_agg(jsonb_build_object(
-                                     'account_id', p.account_id, 'customer_id', p.customer_id,
-                                     'amount_minor', p.amount_minor, 'currency', p.currency)
-                                     ORDER BY p.amount_minor), '[]') AS legs,
-                                   array_agg(p.account_id) AS account_ids,
-                                   array_agg(p.customer_id) AS customer_ids
-                              FROM ledger.postings p
-                             WHERE p.transaction_id = o.transaction_id) legs
-                          WHERE i.original_stan IS NOT NULL AND owner.customer_id <> 0
-                            AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan,
-                                 o.message_class)
-                              = (owner.customer_id, i.terminal_id,
-                                 i.original_transmission_time, i.original_stan,
-                                 i.original_message_class)
+                                     'account_id', posting.account_id,
+                                     'customer_id', posting.customer_id,
+                                     'amount_minor', posting.amount_minor,
+                                     'currency', posting.currency)
+                                     ORDER BY posting.amount_minor), '[]') AS legs,
+                                   array_agg(posting.account_id) AS account_ids,
+                                   array_agg(posting.customer_id) AS customer_ids
+                              FROM ledger.postings posting
+                             WHERE posting.transaction_id = original.transaction_id) legs
+                          WHERE request.original_stan IS NOT NULL AND owner.customer_id <> 0
+                            AND (original.customer_id, original.terminal_id,
+                                 original.transmission_time, original.stan,
+                                 original.message_class)
+                              = (owner.customer_id, request.terminal_id,
+                                 request.original_transmission_time, request.original_stan,
+                                 request.original_message_class)
                           LIMIT 1) original ON true
       -- Most requests have neither an original nor a destination: their card's customer alone,
       -- without the sort and set operations the general case takes.
@@ -280,15 +303,15 @@ BEGIN
         THEN CASE WHEN card.card_id IS NOT NULL THEN ARRAY[card.customer_id]
                   ELSE '{}'::bigint[] END
         ELSE ARRAY(
-          SELECT DISTINCT x.customer_id FROM unnest(
+          SELECT DISTINCT customer.customer_id FROM unnest(
                    CASE WHEN card.card_id IS NOT NULL THEN ARRAY[card.customer_id] END
                    || ARRAY(SELECT unnest(original.customer_ids) EXCEPT SELECT 0)
                    || CASE WHEN (SELECT cross_customer_transfers FROM ledger.policy)
                             AND owner.customer_id <> 0
                             AND destination.customer_id NOT IN (0, owner.customer_id)
-                           THEN ARRAY[destination.customer_id] END) AS x(customer_id)
-           WHERE x.customer_id IS NOT NULL ORDER BY 1) END AS customer_ids) admitted
-     ORDER BY i.position;
+                           THEN ARRAY[destination.customer_id] END) AS customer(customer_id)
+           WHERE customer.customer_id IS NOT NULL ORDER BY 1) END AS customer_ids) admitted
+     ORDER BY request.position;
 END $$;
 
 -- One request's state (see read_batch), for post_batch's answer to a stale decision.
@@ -298,10 +321,10 @@ CREATE OR REPLACE FUNCTION ledger.state_of(
   p_original_message_class text, p_to_account text
 ) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 BEGIN
-  RETURN (SELECT s FROM ledger.read_batch(
+  RETURN (SELECT request_state FROM ledger.read_batch(
     ARRAY[p_pan_hash], ARRAY[p_terminal_id], ARRAY[p_transmission_time], ARRAY[p_stan],
     ARRAY[p_message_class], ARRAY[p_original_transmission_time], ARRAY[p_original_stan],
-    ARRAY[p_original_message_class], ARRAY[p_to_account]) s);
+    ARRAY[p_original_message_class], ARRAY[p_to_account]) request_state);
 END $$;
 
 -- Whether `token` is the HSM's word for `lines` (hsm/authorisation.py): HMAC-SHA256, from the
@@ -394,68 +417,78 @@ DECLARE
   v_states jsonb[];
   v_written ledger.written_request[];
 BEGIN
-  SELECT p.pin_tries_max, p.cross_customer_transfers, k.inner_pad, k.outer_pad
+  SELECT policy.pin_tries_max, policy.cross_customer_transfers, authorisation_key.inner_pad,
+         authorisation_key.outer_pad
     INTO v_pin_tries_max, v_cross_customer_transfers, v_inner_pad, v_outer_pad
-    FROM ledger.policy p LEFT JOIN ledger.authorisation_key k ON true;
+    FROM ledger.policy LEFT JOIN ledger.authorisation_key ON true;
   -- Locks in one global order, so concurrent batches never deadlock: customers by id (the
   -- cards', a cross-customer transfer's destination's, a reversal's original's), then the house
   -- accounts that move (terminal cash) by id, then the lane's head.
   PERFORM 1 FROM ledger.customers
    WHERE customer_id = ANY (ARRAY(
-           SELECT card.customer_id FROM unnest(pan_hashes) AS h(pan_hash)
-             CROSS JOIN LATERAL (SELECT c.customer_id FROM ledger.cards c
-                                  WHERE c.pan_hash = h.pan_hash LIMIT 1) card
+           SELECT card.customer_id FROM unnest(pan_hashes) AS request(pan_hash)
+             CROSS JOIN LATERAL (SELECT card.customer_id FROM ledger.cards card
+                                  WHERE card.pan_hash = request.pan_hash LIMIT 1) card
            UNION ALL
-           SELECT account.customer_id FROM unnest(to_accounts) AS n(account_number)
-             CROSS JOIN LATERAL (SELECT a.customer_id FROM ledger.accounts a
-                                  WHERE a.account_number = n.account_number LIMIT 1) account
-            WHERE n.account_number IS NOT NULL AND v_cross_customer_transfers
+           SELECT account.customer_id FROM unnest(to_accounts) AS destination(account_number)
+             CROSS JOIN LATERAL (SELECT account.customer_id FROM ledger.accounts account
+                                  WHERE account.account_number = destination.account_number
+                                  LIMIT 1) account
+            WHERE destination.account_number IS NOT NULL AND v_cross_customer_transfers
            UNION ALL
-           SELECT p.customer_id
+           SELECT posting.customer_id
              FROM unnest(pan_hashes, terminal_ids, original_transmission_times, original_stans,
-                         original_message_classes) AS i(pan_hash, terminal_id, tt, stan, mc)
-             CROSS JOIN LATERAL (SELECT o.transaction_id FROM ledger.cards c
-                                   JOIN ledger.transactions o
-                                     ON (o.customer_id, o.terminal_id, o.transmission_time,
-                                         o.stan, o.message_class)
-                                      = (c.customer_id, i.terminal_id, i.tt, i.stan, i.mc)
-                                  WHERE c.pan_hash = i.pan_hash AND i.stan IS NOT NULL
+                         original_message_classes)
+                  AS request(pan_hash, terminal_id, original_transmission_time, original_stan,
+                             original_message_class)
+             CROSS JOIN LATERAL (SELECT original.transaction_id FROM ledger.cards card
+                                   JOIN ledger.transactions original
+                                     ON (original.customer_id, original.terminal_id,
+                                         original.transmission_time, original.stan,
+                                         original.message_class)
+                                      = (card.customer_id, request.terminal_id,
+                                         request.original_transmission_time,
+                                         request.original_stan, request.original_message_class)
+                                  WHERE card.pan_hash = request.pan_hash
+                                    AND request.original_stan IS NOT NULL
                                   LIMIT 1) original
-             JOIN ledger.postings p ON p.transaction_id = original.transaction_id))
+             JOIN ledger.postings posting ON posting.transaction_id = original.transaction_id))
      AND customer_id <> 0
    ORDER BY customer_id FOR UPDATE;
   PERFORM 1 FROM ledger.accounts
    WHERE account_id = ANY (ARRAY(
            SELECT term.cash_account_id
-             FROM unnest(terminal_ids, kinds, outcomes) AS i(terminal_id, kind, outcome)
-             CROSS JOIN LATERAL (SELECT t.cash_account_id FROM ledger.terminals t
-                                  WHERE t.terminal_id = i.terminal_id LIMIT 1) term
-            WHERE i.outcome = 'approved' AND i.kind IN ('withdrawal', 'reversal')))
+             FROM unnest(terminal_ids, kinds, outcomes) AS request(terminal_id, kind, outcome)
+             CROSS JOIN LATERAL (SELECT terminal.cash_account_id FROM ledger.terminals terminal
+                                  WHERE terminal.terminal_id = request.terminal_id LIMIT 1) term
+            WHERE request.outcome = 'approved' AND request.kind IN ('withdrawal', 'reversal')))
    ORDER BY account_id FOR UPDATE;
   -- The backend's own lane when it is free (one probe; 16: the lanes the baseline makes), else
   -- ledger.open_block's search. An empty batch (the store's warm-up of a new connection) takes
   -- none.
   IF cardinality(pan_hashes) > 0 THEN
-    SELECT h.lane, h.seq + 1, h.hash INTO v_lane, v_seq, v_prev_hash FROM ledger.audit_heads h
-     WHERE h.lane = pg_backend_pid() % 16 FOR UPDATE SKIP LOCKED;
+    SELECT head.lane, head.seq + 1, head.hash INTO v_lane, v_seq, v_prev_hash
+      FROM ledger.audit_heads head
+     WHERE head.lane = pg_backend_pid() % 16 FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
-      SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash
-        FROM ledger.open_block() b;
+      SELECT block.lane, block.seq, block.prev_hash INTO v_lane, v_seq, v_prev_hash
+        FROM ledger.open_block() block;
     END IF;
   END IF;
 
   WITH judged AS (
     -- Each request judged on the rows as they are now, under the locks.
-    SELECT i.*, coalesce(card.customer_id, 0) AS customer_id, card.card_id,
-           coalesce(card.pan_masked, i.pan_masked) AS written_pan_masked,
+    SELECT request.*, coalesce(card.customer_id, 0) AS customer_id, card.card_id,
+           coalesce(card.pan_masked, request.pan_masked) AS written_pan_masked,
            answered.transaction_id AS answered_id, answered.found AS answered_row,
            judgement.status AS judged_status,
            CASE WHEN judgement.status = 'write' THEN nextval('ledger.transaction_ids') END
              AS transaction_id,
-           route.move_minor, src.account_id AS source_account_id,
-           src.customer_id AS source_customer_id, src.currency AS source_currency,
-           dst.account_id AS destination_account_id, dst.customer_id AS destination_customer_id,
-           dst.currency AS destination_currency, counters.*,
+           route.move_minor, source.account_id AS source_account_id,
+           source.customer_id AS source_customer_id, source.currency AS source_currency,
+           destination.account_id AS destination_account_id,
+           destination.customer_id AS destination_customer_id,
+           destination.currency AS destination_currency, counters.*,
            CASE WHEN judgement.status = 'write' THEN coalesce(verdict.refusal, chip.refusal) END
              AS refusal
       FROM unnest(pan_hashes, terminal_ids, transmission_times, stans, message_classes, kinds,
@@ -467,105 +500,129 @@ BEGIN
                   card_xmins, checked_account_ids, checked_account_xmins, card_updates,
                   card_statuses, card_pin_tries, card_usage_days, card_usage_amounts_minor,
                   card_usage_counts, atcs, authorisations, chip_authorisations) WITH ORDINALITY
-           AS i(pan_hash, terminal_id, transmission_time, stan, message_class, kind, outcome,
-                response_code, amount_minor, currency, requested_minor, requested_currency,
-                from_type, to_type, to_account, original_transmission_time, original_stan,
-                original_message_class, reversal_state, ledger_balance_minor,
-                available_balance_minor, business_date, recorded_at, pan_masked, mti,
-                processing_code, rrn, card_xmin, checked_account_id, checked_account_xmin,
-                sent_card_update, sent_card_status, sent_pin_tries, sent_usage_day,
-                sent_usage_amount_minor, sent_usage_count, atc, authorisation,
-                chip_authorisation, position)
-      LEFT JOIN LATERAL (SELECT c.customer_id, c.card_id, c.pan_masked, c.status, c.pin_tries,
-                                c.currency, c.max_per_txn_minor, c.daily_amount_minor,
-                                c.daily_count, c.usage_day, c.usage_amount_minor, c.usage_count,
-                                c.emv_imk_ac IS NOT NULL AS chip_card, c.emv_fallback_allowed,
-                                c.emv_last_atc, c.xmin::text::bigint AS row_version
-                           FROM ledger.cards c WHERE c.pan_hash = i.pan_hash LIMIT 1) card
+           AS request(pan_hash, terminal_id, transmission_time, stan, message_class, kind,
+                      outcome, response_code, amount_minor, currency, requested_minor,
+                      requested_currency, from_type, to_type, to_account,
+                      original_transmission_time, original_stan, original_message_class,
+                      reversal_state, ledger_balance_minor, available_balance_minor,
+                      business_date, recorded_at, pan_masked, mti, processing_code, rrn,
+                      card_xmin, checked_account_id, checked_account_xmin, sent_card_update,
+                      sent_card_status, sent_pin_tries, sent_usage_day, sent_usage_amount_minor,
+                      sent_usage_count, atc, authorisation, chip_authorisation, position)
+      LEFT JOIN LATERAL (SELECT card.customer_id, card.card_id, card.pan_masked, card.status,
+                                card.pin_tries, card.currency, card.max_per_txn_minor,
+                                card.daily_amount_minor, card.daily_count, card.usage_day,
+                                card.usage_amount_minor, card.usage_count,
+                                card.emv_imk_ac IS NOT NULL AS chip_card,
+                                card.emv_fallback_allowed, card.emv_last_atc,
+                                card.xmin::text::bigint AS row_version
+                           FROM ledger.cards card WHERE card.pan_hash = request.pan_hash
+                          LIMIT 1) card
         ON true
-      LEFT JOIN LATERAL (SELECT t.status, t.cash_account_id FROM ledger.terminals t
-                          WHERE t.terminal_id = i.terminal_id LIMIT 1) term ON true
-      LEFT JOIN LATERAL (SELECT a.xmin::text::bigint AS row_version FROM ledger.accounts a
-                          WHERE a.account_id = i.checked_account_id LIMIT 1) checked ON true
-      LEFT JOIN LATERAL (SELECT t.transaction_id, t AS found FROM ledger.transactions t
-                          WHERE (t.customer_id, t.terminal_id, t.transmission_time, t.stan,
-                                 t.message_class)
-                              = (coalesce(card.customer_id, 0), i.terminal_id,
-                                 i.transmission_time, i.stan, i.message_class) LIMIT 1) answered
+      LEFT JOIN LATERAL (SELECT terminal.status, terminal.cash_account_id
+                           FROM ledger.terminals terminal
+                          WHERE terminal.terminal_id = request.terminal_id LIMIT 1) term ON true
+      LEFT JOIN LATERAL (SELECT account.xmin::text::bigint AS row_version
+                           FROM ledger.accounts account
+                          WHERE account.account_id = request.checked_account_id
+                          LIMIT 1) checked ON true
+      LEFT JOIN LATERAL (SELECT txn.transaction_id, txn AS found FROM ledger.transactions txn
+                          WHERE (txn.customer_id, txn.terminal_id, txn.transmission_time,
+                                 txn.stan, txn.message_class)
+                              = (coalesce(card.customer_id, 0), request.terminal_id,
+                                 request.transmission_time, request.stan,
+                                 request.message_class) LIMIT 1) answered
         ON true
-      LEFT JOIN LATERAL (SELECT o.transaction_id, o.kind, o.outcome, o.amount_minor,
-                                o.business_date FROM ledger.transactions o
-                          WHERE i.original_stan IS NOT NULL
-                            AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan,
-                                 o.message_class)
-                              = (card.customer_id, i.terminal_id, i.original_transmission_time,
-                                 i.original_stan, i.original_message_class) LIMIT 1) o ON true
+      LEFT JOIN LATERAL (SELECT original.transaction_id, original.kind, original.outcome,
+                                original.amount_minor, original.business_date
+                           FROM ledger.transactions original
+                          WHERE request.original_stan IS NOT NULL
+                            AND (original.customer_id, original.terminal_id,
+                                 original.transmission_time, original.stan,
+                                 original.message_class)
+                              = (card.customer_id, request.terminal_id,
+                                 request.original_transmission_time, request.original_stan,
+                                 request.original_message_class) LIMIT 1) original ON true
       CROSS JOIN LATERAL (SELECT CASE
         WHEN answered.transaction_id IS NOT NULL THEN 'answered'
-        WHEN card.row_version IS DISTINCT FROM i.card_xmin
-          OR checked.row_version IS DISTINCT FROM i.checked_account_xmin
-          OR (i.reversal_state = 'applied' AND o.transaction_id IS NULL)
-          OR (i.reversal_state = 'pending' AND o.transaction_id IS NOT NULL)
+        WHEN card.row_version IS DISTINCT FROM request.card_xmin
+          OR checked.row_version IS DISTINCT FROM request.checked_account_xmin
+          OR (request.reversal_state = 'applied' AND original.transaction_id IS NULL)
+          OR (request.reversal_state = 'pending' AND original.transaction_id IS NOT NULL)
           -- The reversal marks: the original's, and this request's own (a reversal came first).
-          OR (i.reversal_state IS NOT NULL AND EXISTS (
-                SELECT FROM ledger.transactions t
-                 WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
-                        t.original_stan, t.original_message_class)
-                     = (card.customer_id, i.terminal_id, i.original_transmission_time,
-                        i.original_stan, i.original_message_class)
-                   AND t.reversal_state IS NOT NULL))
-          OR (i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer') AND EXISTS (
-                SELECT FROM ledger.transactions t
-                 WHERE (t.customer_id, t.terminal_id, t.original_transmission_time,
-                        t.original_stan, t.original_message_class)
-                     = (card.customer_id, i.terminal_id, i.transmission_time, i.stan,
-                        i.message_class)
-                   AND t.reversal_state IS NOT NULL))
+          OR (request.reversal_state IS NOT NULL AND EXISTS (
+                SELECT FROM ledger.transactions reversal
+                 WHERE (reversal.customer_id, reversal.terminal_id,
+                        reversal.original_transmission_time, reversal.original_stan,
+                        reversal.original_message_class)
+                     = (card.customer_id, request.terminal_id,
+                        request.original_transmission_time, request.original_stan,
+                        request.original_message_class)
+                   AND reversal.reversal_state IS NOT NULL))
+          OR (request.outcome = 'approved' AND request.kind IN ('withdrawal', 'transfer')
+              AND EXISTS (
+                SELECT FROM ledger.transactions reversal
+                 WHERE (reversal.customer_id, reversal.terminal_id,
+                        reversal.original_transmission_time, reversal.original_stan,
+                        reversal.original_message_class)
+                     = (card.customer_id, request.terminal_id, request.transmission_time,
+                        request.stan, request.message_class)
+                   AND reversal.reversal_state IS NOT NULL))
           THEN 'stale'
         ELSE 'write' END AS status OFFSET 0) judgement
       -- The accounts money moves between, from the operation: never from the caller.
       CROSS JOIN LATERAL (SELECT
-        CASE WHEN i.kind IN ('withdrawal', 'transfer')
-             THEN (SELECT ca.account_id FROM ledger.card_accounts ca
-                    WHERE ca.card_id = card.card_id AND ca.type_code = i.from_type)
-             WHEN i.kind = 'reversal'
-             THEN (SELECT p.account_id FROM ledger.postings p
-                    WHERE p.transaction_id = o.transaction_id AND p.amount_minor > 0) END
+        CASE WHEN request.kind IN ('withdrawal', 'transfer')
+             THEN (SELECT card_account.account_id FROM ledger.card_accounts card_account
+                    WHERE card_account.card_id = card.card_id
+                      AND card_account.type_code = request.from_type)
+             WHEN request.kind = 'reversal'
+             THEN (SELECT posting.account_id FROM ledger.postings posting
+                    WHERE posting.transaction_id = original.transaction_id
+                      AND posting.amount_minor > 0) END
           AS source_account_id,
-        CASE WHEN i.kind = 'withdrawal' THEN term.cash_account_id
-             WHEN i.kind = 'transfer' AND i.to_type IS NOT NULL
-             THEN (SELECT ca.account_id FROM ledger.card_accounts ca
-                    WHERE ca.card_id = card.card_id AND ca.type_code = i.to_type)
-             WHEN i.kind = 'transfer'
-             THEN (SELECT a.account_id FROM ledger.accounts a
-                    WHERE a.account_number = i.to_account)
-             WHEN i.kind = 'reversal'
-             THEN (SELECT p.account_id FROM ledger.postings p
-                    WHERE p.transaction_id = o.transaction_id AND p.amount_minor < 0) END
+        CASE WHEN request.kind = 'withdrawal' THEN term.cash_account_id
+             WHEN request.kind = 'transfer' AND request.to_type IS NOT NULL
+             THEN (SELECT card_account.account_id FROM ledger.card_accounts card_account
+                    WHERE card_account.card_id = card.card_id
+                      AND card_account.type_code = request.to_type)
+             WHEN request.kind = 'transfer'
+             THEN (SELECT account.account_id FROM ledger.accounts account
+                    WHERE account.account_number = request.to_account)
+             WHEN request.kind = 'reversal'
+             THEN (SELECT posting.account_id FROM ledger.postings posting
+                    WHERE posting.transaction_id = original.transaction_id
+                      AND posting.amount_minor < 0) END
           AS destination_account_id,
-        CASE WHEN i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer', 'reversal')
-             THEN i.amount_minor ELSE 0 END AS move_minor) route
-      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id, a.currency::text AS currency
-                           FROM ledger.accounts a
-                          WHERE a.account_id = route.source_account_id AND route.move_minor > 0
-                          LIMIT 1) src ON true
-      LEFT JOIN LATERAL (SELECT a.account_id, a.customer_id, a.currency::text AS currency
-                           FROM ledger.accounts a
-                          WHERE a.account_id = route.destination_account_id
-                            AND route.move_minor > 0 LIMIT 1) dst ON true
+        CASE WHEN request.outcome = 'approved'
+              AND request.kind IN ('withdrawal', 'transfer', 'reversal')
+             THEN request.amount_minor ELSE 0 END AS move_minor) route
+      LEFT JOIN LATERAL (SELECT account.account_id, account.customer_id,
+                                account.currency::text AS currency
+                           FROM ledger.accounts account
+                          WHERE account.account_id = route.source_account_id
+                            AND route.move_minor > 0 LIMIT 1) source ON true
+      LEFT JOIN LATERAL (SELECT account.account_id, account.customer_id,
+                                account.currency::text AS currency
+                           FROM ledger.accounts account
+                          WHERE account.account_id = route.destination_account_id
+                            AND route.move_minor > 0 LIMIT 1) destination ON true
       -- The card's counters after this request, derived from its row as it is now: a wrong PIN
       -- counts (blocking the card at the limit), an approval resets the count, a withdrawal
       -- adds to the day's usage and the reversal of one gives its amount back.
       CROSS JOIN LATERAL (SELECT CASE
         WHEN card.card_id IS NULL THEN NULL
-        WHEN i.kind = 'pin' AND i.outcome IN ('incorrect_pin', 'pin_tries_exceeded') THEN 'pin'
-        WHEN i.outcome = 'approved' AND i.kind = 'withdrawal' THEN 'withdrawal'
-        WHEN i.outcome = 'approved' AND i.kind IN ('inquiry', 'transfer') AND card.pin_tries > 0
+        WHEN request.kind = 'pin' AND request.outcome IN ('incorrect_pin', 'pin_tries_exceeded')
+        THEN 'pin'
+        WHEN request.outcome = 'approved' AND request.kind = 'withdrawal' THEN 'withdrawal'
+        WHEN request.outcome = 'approved' AND request.kind IN ('inquiry', 'transfer')
+         AND card.pin_tries > 0
         THEN 'approval'
-        WHEN i.outcome = 'approved' AND i.kind = 'reversal' AND route.move_minor > 0
-         AND o.kind = 'withdrawal' AND card.usage_day = o.business_date THEN 'give_back'
+        WHEN request.outcome = 'approved' AND request.kind = 'reversal' AND route.move_minor > 0
+         AND original.kind = 'withdrawal' AND card.usage_day = original.business_date
+        THEN 'give_back'
         END AS change, least(card.pin_tries + 1, v_pin_tries_max) AS tries_after_wrong,
-        card.usage_day IS DISTINCT FROM i.business_date AS new_day) why
+        card.usage_day IS DISTINCT FROM request.business_date AS new_day) why
       CROSS JOIN LATERAL (SELECT
         why.change IS NOT NULL AS card_update,
         CASE why.change WHEN 'pin' THEN why.tries_after_wrong
@@ -573,7 +630,7 @@ BEGIN
                         ELSE card.pin_tries END AS card_pin_tries,
         CASE WHEN why.change = 'pin' AND why.tries_after_wrong >= v_pin_tries_max
              THEN 'blocked' ELSE card.status END AS card_status,
-        CASE why.change WHEN 'withdrawal' THEN i.business_date
+        CASE why.change WHEN 'withdrawal' THEN request.business_date
                         ELSE card.usage_day END AS card_usage_day,
         CASE why.change
           WHEN 'withdrawal' THEN CASE WHEN why.new_day THEN 0 ELSE card.usage_amount_minor END
@@ -586,58 +643,64 @@ BEGIN
       -- Why the ledger refuses the decision, or NULL: the rules do not allow it. The switch
       -- never sends such a request; a caller that does is not the switch.
       CROSS JOIN LATERAL (SELECT CASE
-        WHEN i.outcome = 'approved' AND i.kind IN ('withdrawal', 'transfer', 'inquiry')
-         AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad, i.authorisation,
-               i.terminal_id, i.transmission_time, i.stan, i.message_class, i.pan_hash,
-               i.requested_minor, i.requested_currency, NULL)
+        WHEN request.outcome = 'approved'
+         AND request.kind IN ('withdrawal', 'transfer', 'inquiry')
+         AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad, request.authorisation,
+               request.terminal_id, request.transmission_time, request.stan,
+               request.message_class, request.pan_hash, request.requested_minor,
+               request.requested_currency, NULL)
         THEN 'no valid word from the HSM (a PIN it verified) for this request'
         -- A reversal gives money back only with the HSM's word for it, which the HSM gives
         -- only for the terminal's MAC it verified, over what it read from the MACed bytes: the
         -- reversal's key, the card, the original's key, the original's amount (F4) and what
         -- was dispensed (F95); what moves back is exactly the one less the other (below).
-        WHEN i.outcome = 'approved' AND i.kind = 'reversal' AND route.move_minor > 0
-         AND NOT ledger.word_valid(v_inner_pad, v_outer_pad, i.authorisation, ARRAY[
-               'kiosk-switch reversal v1', i.terminal_id, i.transmission_time, i.stan,
-               i.message_class, encode(i.pan_hash, 'hex'), i.original_transmission_time,
-               i.original_stan, i.original_message_class, o.amount_minor::text,
-               i.requested_minor::text])
+        WHEN request.outcome = 'approved' AND request.kind = 'reversal' AND route.move_minor > 0
+         AND NOT ledger.word_valid(v_inner_pad, v_outer_pad, request.authorisation, ARRAY[
+               'kiosk-switch reversal v1', request.terminal_id, request.transmission_time,
+               request.stan, request.message_class, encode(request.pan_hash, 'hex'),
+               request.original_transmission_time, request.original_stan,
+               request.original_message_class, original.amount_minor::text,
+               request.requested_minor::text])
         THEN 'no valid word from the HSM (a MAC it verified) for this reversal'
-        WHEN i.sent_card_update IS DISTINCT FROM counters.card_update
+        WHEN request.sent_card_update IS DISTINCT FROM counters.card_update
           OR (counters.card_update AND
-              (i.sent_pin_tries, i.sent_card_status, i.sent_usage_day,
-               i.sent_usage_amount_minor, i.sent_usage_count) IS DISTINCT FROM
+              (request.sent_pin_tries, request.sent_card_status, request.sent_usage_day,
+               request.sent_usage_amount_minor, request.sent_usage_count) IS DISTINCT FROM
               (counters.card_pin_tries, counters.card_status, counters.card_usage_day,
                counters.card_usage_amount_minor, counters.card_usage_count))
         THEN 'card counters differ from what the request allows'
-        WHEN i.outcome = 'approved' AND i.kind IN ('pin', 'decline')
-        THEN format('a %s record cannot be an approval', i.kind)
-        WHEN i.reversal_state IS NOT NULL AND i.kind <> 'reversal'
+        WHEN request.outcome = 'approved' AND request.kind IN ('pin', 'decline')
+        THEN format('a %s record cannot be an approval', request.kind)
+        WHEN request.reversal_state IS NOT NULL AND request.kind <> 'reversal'
         THEN 'only a reversal marks an original'
-        WHEN i.amount_minor IS DISTINCT FROM route.move_minor
+        WHEN request.amount_minor IS DISTINCT FROM route.move_minor
         THEN 'the amount differs from the money the operation moves'
         WHEN route.move_minor = 0 THEN NULL
-        WHEN src.account_id IS NULL OR dst.account_id IS NULL
-        THEN format('no accounts for this %s', i.kind)
-        WHEN src.currency <> i.currency OR dst.currency <> i.currency
+        WHEN source.account_id IS NULL OR destination.account_id IS NULL
+        THEN format('no accounts for this %s', request.kind)
+        WHEN source.currency <> request.currency OR destination.currency <> request.currency
         THEN 'currency differs from the accounts'''
-        WHEN src.account_id = dst.account_id THEN 'source and destination are one account'
-        WHEN i.kind IN ('withdrawal', 'transfer') AND (card.status <> 'active'
-          OR card.pin_tries >= v_pin_tries_max OR card.currency <> i.currency)
+        WHEN source.account_id = destination.account_id
+        THEN 'source and destination are one account'
+        WHEN request.kind IN ('withdrawal', 'transfer') AND (card.status <> 'active'
+          OR card.pin_tries >= v_pin_tries_max OR card.currency <> request.currency)
         THEN 'this card may not move money'
-        WHEN i.kind = 'withdrawal' AND (term.cash_account_id IS NULL OR term.status <> 'active')
+        WHEN request.kind = 'withdrawal'
+         AND (term.cash_account_id IS NULL OR term.status <> 'active')
         THEN 'this terminal may not dispense'
-        WHEN i.kind = 'withdrawal' AND (route.move_minor > card.max_per_txn_minor
+        WHEN request.kind = 'withdrawal' AND (route.move_minor > card.max_per_txn_minor
           OR counters.card_usage_amount_minor > card.daily_amount_minor
           OR counters.card_usage_count > card.daily_count)
         THEN 'over the card''s limits'
-        WHEN i.kind = 'transfer' AND (dst.customer_id = 0 OR (dst.customer_id <> card.customer_id
-          AND NOT v_cross_customer_transfers))
+        WHEN request.kind = 'transfer' AND (destination.customer_id = 0
+          OR (destination.customer_id <> card.customer_id AND NOT v_cross_customer_transfers))
         THEN 'the destination is not one this card may pay into'
-        WHEN i.kind = 'reversal' AND (o.transaction_id IS NULL OR o.outcome <> 'approved'
-          OR o.kind NOT IN ('withdrawal', 'transfer') OR route.move_minor > o.amount_minor
-          OR route.move_minor <> o.amount_minor - i.requested_minor
-          OR (route.move_minor < o.amount_minor AND o.kind <> 'withdrawal')
-          OR i.reversal_state IS DISTINCT FROM 'applied')
+        WHEN request.kind = 'reversal' AND (original.transaction_id IS NULL
+          OR original.outcome <> 'approved' OR original.kind NOT IN ('withdrawal', 'transfer')
+          OR route.move_minor > original.amount_minor
+          OR route.move_minor <> original.amount_minor - request.requested_minor
+          OR (route.move_minor < original.amount_minor AND original.kind <> 'withdrawal')
+          OR request.reversal_state IS DISTINCT FROM 'applied')
         THEN 'not a reversal of this card''s original'
         END AS refusal) verdict
       -- EMV (0003_emv): a chip request's ATC must come with the HSM's word for it (a cryptogram
@@ -650,71 +713,81 @@ BEGIN
       -- whatever the amount (an inquiry moves none).
       CROSS JOIN LATERAL (SELECT CASE
         WHEN card.card_id IS NULL THEN NULL
-        WHEN i.atc IS NOT NULL AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad,
-               i.chip_authorisation, i.terminal_id, i.transmission_time, i.stan,
-               i.message_class, i.pan_hash, i.requested_minor, i.requested_currency, i.atc)
+        WHEN request.atc IS NOT NULL AND NOT ledger.authorisation_valid(v_inner_pad, v_outer_pad,
+               request.chip_authorisation, request.terminal_id, request.transmission_time,
+               request.stan, request.message_class, request.pan_hash, request.requested_minor,
+               request.requested_currency, request.atc)
         THEN 'no valid word from the HSM (a cryptogram it verified) for this ATC'
-        WHEN i.atc IS NOT NULL AND (NOT card.chip_card OR card.emv_last_atc >= i.atc)
+        WHEN request.atc IS NOT NULL AND (NOT card.chip_card OR card.emv_last_atc >= request.atc)
         THEN 'an ATC not above the card''s last, or for a card with no EMV profile'
-        WHEN i.atc IS NULL AND i.outcome = 'approved'
-         AND i.kind IN ('withdrawal', 'transfer', 'inquiry') AND card.chip_card
+        WHEN request.atc IS NULL AND request.outcome = 'approved'
+         AND request.kind IN ('withdrawal', 'transfer', 'inquiry') AND card.chip_card
          AND NOT card.emv_fallback_allowed
         THEN 'this chip card is approved only by its chip'
         END AS refusal) chip),
   legs AS (
-    SELECT w.transaction_id, x.account_id, x.customer_id, x.amount_minor, w.currency
-      FROM judged w
+    SELECT judged.transaction_id, leg.account_id, leg.customer_id, leg.amount_minor,
+           judged.currency
+      FROM judged
      CROSS JOIN LATERAL (VALUES
-             (w.source_account_id, w.source_customer_id, -w.move_minor),
-             (w.destination_account_id, w.destination_customer_id, w.move_minor))
-           AS x(account_id, customer_id, amount_minor)
-     WHERE w.judged_status = 'write' AND w.move_minor > 0),
+             (judged.source_account_id, judged.source_customer_id, -judged.move_minor),
+             (judged.destination_account_id, judged.destination_customer_id, judged.move_minor))
+           AS leg(account_id, customer_id, amount_minor)
+     WHERE judged.judged_status = 'write' AND judged.move_minor > 0),
   inserted AS (
     INSERT INTO ledger.transactions
-      SELECT w.transaction_id, w.customer_id, w.terminal_id, w.transmission_time, w.stan,
-             w.message_class, w.kind, w.outcome, w.response_code, w.move_minor, w.currency,
-             w.requested_minor, w.requested_currency, w.ledger_balance_minor,
-             w.available_balance_minor, w.business_date, w.recorded_at, w.written_pan_masked,
-             w.mti, w.processing_code, w.rrn, w.original_transmission_time, w.original_stan,
-             w.original_message_class, w.reversal_state, v_lane, v_seq,
-             ledger.leaf(w.transaction_id, w.customer_id, w.terminal_id, w.transmission_time,
-               w.stan, w.message_class, w.kind, w.outcome, w.response_code, w.move_minor,
-               w.currency, w.requested_minor, w.requested_currency, w.ledger_balance_minor,
-               w.available_balance_minor, w.business_date, w.recorded_at, w.written_pan_masked,
-               w.mti, w.processing_code, w.rrn, w.original_transmission_time, w.original_stan,
-               w.original_message_class, w.reversal_state, v_lane, v_seq,
-               CASE WHEN w.move_minor > 0 THEN concat_ws(E'\n',
-                 ledger.leg_line(least(w.source_account_id, w.destination_account_id),
-                   CASE WHEN w.source_account_id < w.destination_account_id
-                        THEN w.source_customer_id ELSE w.destination_customer_id END,
-                   CASE WHEN w.source_account_id < w.destination_account_id
-                        THEN -w.move_minor ELSE w.move_minor END, w.currency),
-                 ledger.leg_line(greatest(w.source_account_id, w.destination_account_id),
-                   CASE WHEN w.source_account_id < w.destination_account_id
-                        THEN w.destination_customer_id ELSE w.source_customer_id END,
-                   CASE WHEN w.source_account_id < w.destination_account_id
-                        THEN w.move_minor ELSE -w.move_minor END, w.currency)) END)
-        FROM judged w
+      SELECT judged.transaction_id, judged.customer_id, judged.terminal_id,
+             judged.transmission_time, judged.stan, judged.message_class, judged.kind,
+             judged.outcome, judged.response_code, judged.move_minor, judged.currency,
+             judged.requested_minor, judged.requested_currency, judged.ledger_balance_minor,
+             judged.available_balance_minor, judged.business_date, judged.recorded_at,
+             judged.written_pan_masked, judged.mti, judged.processing_code, judged.rrn,
+             judged.original_transmission_time, judged.original_stan,
+             judged.original_message_class, judged.reversal_state, v_lane, v_seq,
+             ledger.leaf(judged.transaction_id, judged.customer_id, judged.terminal_id,
+               judged.transmission_time, judged.stan, judged.message_class, judged.kind,
+               judged.outcome, judged.response_code, judged.move_minor, judged.currency,
+               judged.requested_minor, judged.requested_currency, judged.ledger_balance_minor,
+               judged.available_balance_minor, judged.business_date, judged.recorded_at,
+               judged.written_pan_masked, judged.mti, judged.processing_code, judged.rrn,
+               judged.original_transmission_time, judged.original_stan,
+               judged.original_message_class, judged.reversal_state, v_lane, v_seq,
+               CASE WHEN judged.move_minor > 0 THEN concat_ws(E'\n',
+                 ledger.leg_line(least(judged.source_account_id, judged.destination_account_id),
+                   CASE WHEN judged.source_account_id < judged.destination_account_id
+                        THEN judged.source_customer_id ELSE judged.destination_customer_id END,
+                   CASE WHEN judged.source_account_id < judged.destination_account_id
+                        THEN -judged.move_minor ELSE judged.move_minor END, judged.currency),
+                 ledger.leg_line(greatest(judged.source_account_id,
+                                          judged.destination_account_id),
+                   CASE WHEN judged.source_account_id < judged.destination_account_id
+                        THEN judged.destination_customer_id ELSE judged.source_customer_id END,
+                   CASE WHEN judged.source_account_id < judged.destination_account_id
+                        THEN judged.move_minor ELSE -judged.move_minor END, judged.currency))
+               END)
+        FROM judged
        -- A refused decision aborts the batch before anything is written.
-       WHERE w.judged_status = 'write'
-         AND CASE WHEN w.refusal IS NULL THEN true ELSE ledger.refuse(w.refusal) END
+       WHERE judged.judged_status = 'write'
+         AND CASE WHEN judged.refusal IS NULL THEN true ELSE ledger.refuse(judged.refusal) END
     RETURNING transaction_id, leaf),
   posted AS (
     INSERT INTO ledger.postings SELECT * FROM legs),
   balances AS (
-    UPDATE ledger.accounts a SET balance_minor = a.balance_minor + moved.delta_minor
+    UPDATE ledger.accounts account
+       SET balance_minor = account.balance_minor + moved.delta_minor
       FROM (SELECT account_id, sum(amount_minor) AS delta_minor FROM legs GROUP BY account_id)
            AS moved
-     WHERE a.account_id = moved.account_id),
+     WHERE account.account_id = moved.account_id),
   -- The counters derived above (the card's own when card_update is false), and a chip
   -- request's ATC as the card's last.
   cards_after AS (
-    UPDATE ledger.cards c SET status = w.card_status, pin_tries = w.card_pin_tries,
-        usage_day = w.card_usage_day, usage_amount_minor = w.card_usage_amount_minor,
-        usage_count = w.card_usage_count, emv_last_atc = coalesce(w.atc, c.emv_last_atc)
-      FROM judged w
-     WHERE c.card_id = w.card_id AND w.judged_status = 'write'
-       AND (w.card_update OR w.atc IS NOT NULL)),
+    UPDATE ledger.cards card SET status = judged.card_status, pin_tries = judged.card_pin_tries,
+        usage_day = judged.card_usage_day, usage_amount_minor = judged.card_usage_amount_minor,
+        usage_count = judged.card_usage_count,
+        emv_last_atc = coalesce(judged.atc, card.emv_last_atc)
+      FROM judged
+     WHERE card.card_id = judged.card_id AND judged.judged_status = 'write'
+       AND (judged.card_update OR judged.atc IS NOT NULL)),
   block AS (
     INSERT INTO ledger.audit_blocks
       SELECT v_lane, v_seq, now(), count(*), v_prev_hash,
@@ -723,24 +796,27 @@ BEGIN
         FROM inserted HAVING count(*) > 0
     RETURNING hash),
   head AS (
-    UPDATE ledger.audit_heads h SET seq = v_seq, hash = block.hash FROM block
-     WHERE h.lane = v_lane)
+    UPDATE ledger.audit_heads head SET seq = v_seq, hash = block.hash FROM block
+     WHERE head.lane = v_lane)
   -- The answers, kept for after the notes below.
-  SELECT array_agg(j.position::integer ORDER BY j.position),
-         array_agg(j.judged_status ORDER BY j.position),
-         array_agg(CASE j.judged_status
-                     WHEN 'write' THEN jsonb_build_object('transaction_id', j.transaction_id)
-                     WHEN 'answered' THEN ledger.result_of(j.answered_row) END
-                   ORDER BY j.position),
-         array_agg(CASE WHEN j.judged_status = 'stale' THEN ledger.state_of(
-                     j.pan_hash, j.terminal_id, j.transmission_time, j.stan, j.message_class,
-                     j.original_transmission_time, j.original_stan, j.original_message_class,
-                     j.to_account) END
-                   ORDER BY j.position),
-         array_agg(ROW(j.position, j.judged_status, j.transaction_id, j.customer_id,
-                       j.move_minor)::ledger.written_request ORDER BY j.position)
+  SELECT array_agg(judged.position::integer ORDER BY judged.position),
+         array_agg(judged.judged_status ORDER BY judged.position),
+         array_agg(CASE judged.judged_status
+                     WHEN 'write'
+                     THEN jsonb_build_object('transaction_id', judged.transaction_id)
+                     WHEN 'answered' THEN ledger.result_of(judged.answered_row) END
+                   ORDER BY judged.position),
+         array_agg(CASE WHEN judged.judged_status = 'stale' THEN ledger.state_of(
+                     judged.pan_hash, judged.terminal_id, judged.transmission_time,
+                     judged.stan, judged.message_class, judged.original_transmission_time,
+                     judged.original_stan, judged.original_message_class,
+                     judged.to_account) END
+                   ORDER BY judged.position),
+         array_agg(ROW(judged.position, judged.judged_status, judged.transaction_id,
+                       judged.customer_id, judged.move_minor)::ledger.written_request
+                   ORDER BY judged.position)
     INTO v_positions, v_statuses, v_results, v_states, v_written
-    FROM judged j;
+    FROM judged;
   -- ATM cash (0004_cash): the notes each written request moves, checked against the cassettes
   -- (a refusal aborts the batch, as the others do).
   PERFORM ledger.dispense_notes(v_written, terminal_ids, kinds, outcomes, currencies,
@@ -756,7 +832,6 @@ BEGIN
   RAISE EXCEPTION 'refused: %', reason USING ERRCODE = 'insufficient_privilege';
 END $$;
 
--- An account's opening balance, posted against the house funding account of its currency and
 -- An account's opening balance, posted against the house funding account of its currency and
 -- journalled like any transaction (provisioning, as the owner).
 CREATE OR REPLACE FUNCTION ledger.post_opening(p_account_id bigint, p_amount_minor bigint,
@@ -779,24 +854,26 @@ BEGIN
     RETURNING account_id INTO v_funding_id;
   PERFORM 1 FROM ledger.accounts WHERE account_id IN (p_account_id, v_funding_id)
     ORDER BY account_id FOR UPDATE;
-  SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash FROM ledger.open_block() b;
+  SELECT block.lane, block.seq, block.prev_hash INTO v_lane, v_seq, v_prev_hash
+    FROM ledger.open_block() block;
   v_row := ROW(v_id, v_account.customer_id, '', to_char(p_at AT TIME ZONE 'UTC', 'MMDDHH24MISS'),
                v_id::text, 'opening', 'opening', 'approved', '00', abs(p_amount_minor),
                v_account.currency, abs(p_amount_minor), v_account.currency, NULL, NULL,
                (p_at AT TIME ZONE 'UTC')::date, p_at, '', '', '', '', NULL, NULL, NULL, NULL,
                v_lane, v_seq, '\x'::bytea)::ledger.transactions;
   v_row.leaf := ledger.leaf(v_row, (
-    SELECT string_agg(ledger.leg_line(a.account_id, a.customer_id, x.amount_minor, a.currency),
-                      E'\n' ORDER BY a.account_id)
+    SELECT string_agg(ledger.leg_line(account.account_id, account.customer_id, leg.amount_minor,
+                                      account.currency),
+                      E'\n' ORDER BY account.account_id)
       FROM (VALUES (p_account_id, p_amount_minor), (v_funding_id, -p_amount_minor))
-           AS x(account_id, amount_minor)
-      JOIN ledger.accounts a USING (account_id)));
+           AS leg(account_id, amount_minor)
+      JOIN ledger.accounts account USING (account_id)));
   INSERT INTO ledger.transactions SELECT (v_row).*;
   INSERT INTO ledger.postings
-    SELECT v_id, a.account_id, a.customer_id, x.amount_minor, a.currency
+    SELECT v_id, account.account_id, account.customer_id, leg.amount_minor, account.currency
       FROM (VALUES (p_account_id, p_amount_minor), (v_funding_id, -p_amount_minor))
-           AS x(account_id, amount_minor)
-      JOIN ledger.accounts a USING (account_id);
+           AS leg(account_id, amount_minor)
+      JOIN ledger.accounts account USING (account_id);
   UPDATE ledger.accounts SET balance_minor = balance_minor + CASE account_id
       WHEN p_account_id THEN p_amount_minor ELSE -p_amount_minor END
    WHERE account_id IN (p_account_id, v_funding_id);
@@ -809,8 +886,9 @@ CREATE OR REPLACE FUNCTION ledger.terminal_keys(p_terminal_id text)
   RETURNS TABLE (terminal_id text, status text, tmk text, bdk text, tpk text, tak text)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  RETURN QUERY SELECT t.terminal_id, t.status, t.tmk, t.bdk, t.tpk, t.tak
-                 FROM ledger.terminals t WHERE t.terminal_id = p_terminal_id;
+  RETURN QUERY SELECT terminal.terminal_id, terminal.status, terminal.tmk, terminal.bdk,
+                      terminal.tpk, terminal.tak
+                 FROM ledger.terminals terminal WHERE terminal.terminal_id = p_terminal_id;
 END $$;
 
 -- New session keys after a key change. Only the session keys: a terminal's master key and base
@@ -843,8 +921,8 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger.schema_state(OUT version integer, OUT functions_sha256 text)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  SELECT coalesce(max(m.version), 0) INTO version FROM ledger.schema_migrations m;
-  SELECT f.sha256 INTO functions_sha256 FROM ledger.schema_functions f;
+  SELECT coalesce(max(migration.version), 0) INTO version FROM ledger.schema_migrations migration;
+  SELECT schema_functions.sha256 INTO functions_sha256 FROM ledger.schema_functions;
 END $$;
 
 -- Every chain's head, for the anchor publisher (which signs them with a key the database never
@@ -853,7 +931,8 @@ CREATE OR REPLACE FUNCTION ledger.audit_heads_now()
   RETURNS TABLE (lane integer, seq bigint, hash bytea)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  RETURN QUERY SELECT h.lane, h.seq, h.hash FROM ledger.audit_heads h ORDER BY h.lane;
+  RETURN QUERY SELECT head.lane, head.seq, head.hash FROM ledger.audit_heads head
+                ORDER BY head.lane;
 END $$;
 
 -- The check value of the authorisation key: the switch compares it with its HSM's at start.
@@ -871,9 +950,9 @@ CREATE OR REPLACE FUNCTION ledger.current_policy(OUT pin_tries_max integer,
                                                  OUT business_day_cutover time)
   LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  SELECT p.pin_tries_max, p.cross_customer_transfers, p.business_day_cutover
+  SELECT policy.pin_tries_max, policy.cross_customer_transfers, policy.business_day_cutover
     INTO pin_tries_max, cross_customer_transfers, business_day_cutover
-    FROM ledger.policy p;
+    FROM ledger.policy;
 END $$;
 
 -- The switch executes these eight and nothing else. Functions are executable by PUBLIC unless
@@ -906,13 +985,13 @@ CREATE OR REPLACE FUNCTION ledger.process_beat(
 ) RETURNS void
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
 BEGIN
-  INSERT INTO ledger.switch_processes AS s (process_id, host, pid, started_at, beat_at,
+  INSERT INTO ledger.switch_processes AS process (process_id, host, pid, started_at, beat_at,
                                             stopped_at)
     VALUES (p_process_id, p_host, p_pid, p_started_at, p_at,
             CASE WHEN p_stopped THEN p_at END)
     ON CONFLICT (process_id) DO UPDATE
-      SET beat_at = greatest(s.beat_at, EXCLUDED.beat_at),
-          stopped_at = coalesce(s.stopped_at, EXCLUDED.stopped_at);
+      SET beat_at = greatest(process.beat_at, EXCLUDED.beat_at),
+          stopped_at = coalesce(process.stopped_at, EXCLUDED.stopped_at);
 END $$;
 
 -- A batch of session events from one process, in its order.
@@ -931,10 +1010,11 @@ BEGIN
   END IF;
   INSERT INTO ledger.terminal_events (terminal_id, kind, occurred_at, process_id,
                                       connection_seq, detail)
-    SELECT i.terminal_id, i.kind, i.occurred_at, p_process_id, i.connection_seq, i.detail
+    SELECT event.terminal_id, event.kind, event.occurred_at, p_process_id, event.connection_seq,
+           event.detail
       FROM unnest(terminal_ids, kinds, occurred_ats, connection_seqs, details) WITH ORDINALITY
-           AS i(terminal_id, kind, occurred_at, connection_seq, detail, position)
-     ORDER BY i.position;
+           AS event(terminal_id, kind, occurred_at, connection_seq, detail, position)
+     ORDER BY event.position;
   GET DIAGNOSTICS v_count = ROW_COUNT;
   RETURN v_count;
 END $$;
@@ -971,24 +1051,24 @@ DECLARE
 BEGIN
   ASSERT v_size * cardinality(terminal_ids) = cardinality(latency_counts),
     'one histogram of the same size per item';
-  INSERT INTO ledger.terminal_traffic AS t
-    SELECT i.terminal_id, i.bucket_start, p_process_id, i.requests, i.financial, i.approved,
-           i.response_codes,
-           latency_counts[(i.position - 1) * v_size + 1 : i.position * v_size], i.last_seen_at,
-           i.chip
+  INSERT INTO ledger.terminal_traffic AS traffic
+    SELECT item.terminal_id, item.bucket_start, p_process_id, item.requests, item.financial,
+           item.approved, item.response_codes,
+           latency_counts[(item.position - 1) * v_size + 1 : item.position * v_size],
+           item.last_seen_at, item.chip
       FROM unnest(terminal_ids, bucket_starts, request_counts, financial_counts,
                   approved_counts, response_code_counts, last_seen_ats, chip_counts)
            WITH ORDINALITY
-           AS i(terminal_id, bucket_start, requests, financial, approved, response_codes,
+           AS item(terminal_id, bucket_start, requests, financial, approved, response_codes,
                 last_seen_at, chip, position)
     ON CONFLICT (terminal_id, bucket_start, process_id) DO UPDATE
-      SET requests = t.requests + EXCLUDED.requests,
-          financial = t.financial + EXCLUDED.financial,
-          approved = t.approved + EXCLUDED.approved,
-          chip = t.chip + EXCLUDED.chip,
-          response_codes = ledger.add_counts(t.response_codes, EXCLUDED.response_codes),
-          latency_counts = ledger.add_histograms(t.latency_counts, EXCLUDED.latency_counts),
-          last_seen_at = greatest(t.last_seen_at, EXCLUDED.last_seen_at);
+      SET requests = traffic.requests + EXCLUDED.requests,
+          financial = traffic.financial + EXCLUDED.financial,
+          approved = traffic.approved + EXCLUDED.approved,
+          chip = traffic.chip + EXCLUDED.chip,
+          response_codes = ledger.add_counts(traffic.response_codes, EXCLUDED.response_codes),
+          latency_counts = ledger.add_histograms(traffic.latency_counts, EXCLUDED.latency_counts),
+          last_seen_at = greatest(traffic.last_seen_at, EXCLUDED.last_seen_at);
   GET DIAGNOSTICS v_count = ROW_COUNT;
   RETURN v_count;
 END $$;
@@ -1005,33 +1085,41 @@ CREATE OR REPLACE FUNCTION ledger.traffic_totals(p_from timestamptz, p_to timest
                  last_seen_at timestamptz, chip bigint)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
   WITH buckets AS (
-    SELECT t.*, ((t.bucket_start AT TIME ZONE 'UTC') - p_cutover)::date AS day
-      FROM ledger.terminal_traffic t
-     WHERE t.bucket_start >= p_from AND t.bucket_start < p_to),
+    SELECT traffic.*, ((traffic.bucket_start AT TIME ZONE 'UTC') - p_cutover)::date AS day
+      FROM ledger.terminal_traffic traffic
+     WHERE traffic.bucket_start >= p_from AND traffic.bucket_start < p_to),
   totals AS (
-    SELECT r.terminal_id, r.day, sum(r.requests) AS requests, sum(r.financial) AS financial,
-           sum(r.approved) AS approved, max(r.last_seen_at) AS last_seen_at,
-           sum(r.chip) AS chip
-      FROM buckets r GROUP BY r.terminal_id, r.day),
+    SELECT bucket.terminal_id, bucket.day, sum(bucket.requests) AS requests,
+           sum(bucket.financial) AS financial, sum(bucket.approved) AS approved,
+           max(bucket.last_seen_at) AS last_seen_at, sum(bucket.chip) AS chip
+      FROM buckets bucket GROUP BY bucket.terminal_id, bucket.day),
   codes AS (
-    SELECT c.terminal_id, c.day, jsonb_object_agg(c.code, c.total) AS response_codes
-      FROM (SELECT r.terminal_id, r.day, e.key AS code, sum(e.value::bigint) AS total
-              FROM buckets r CROSS JOIN LATERAL jsonb_each_text(r.response_codes) e
-             GROUP BY 1, 2, 3) c
-     GROUP BY c.terminal_id, c.day),
+    SELECT code_total.terminal_id, code_total.day,
+           jsonb_object_agg(code_total.code, code_total.total) AS response_codes
+      FROM (SELECT bucket.terminal_id, bucket.day, code_count.key AS code,
+                   sum(code_count.value::bigint) AS total
+              FROM buckets bucket
+              CROSS JOIN LATERAL jsonb_each_text(bucket.response_codes) code_count
+             GROUP BY 1, 2, 3) code_total
+     GROUP BY code_total.terminal_id, code_total.day),
   latency AS (
-    SELECT h.terminal_id, h.day, array_agg(h.total ORDER BY h.position) AS latency_counts
-      FROM (SELECT r.terminal_id, r.day, u.position, sum(u.count)::bigint AS total
-              FROM buckets r CROSS JOIN LATERAL unnest(r.latency_counts) WITH ORDINALITY
-                   AS u(count, position)
-             GROUP BY 1, 2, 3) h
-     GROUP BY h.terminal_id, h.day)
-  SELECT t.terminal_id, t.day, t.requests, t.financial, t.approved,
-         coalesce(c.response_codes, '{}'), l.latency_counts, t.last_seen_at, t.chip
-    FROM totals t
-    LEFT JOIN codes c ON c.terminal_id = t.terminal_id AND c.day IS NOT DISTINCT FROM t.day
-    LEFT JOIN latency l ON l.terminal_id = t.terminal_id AND l.day IS NOT DISTINCT FROM t.day
-   ORDER BY t.terminal_id, t.day
+    SELECT bin_total.terminal_id, bin_total.day,
+           array_agg(bin_total.total ORDER BY bin_total.position) AS latency_counts
+      FROM (SELECT bucket.terminal_id, bucket.day, latency_bin.position,
+                   sum(latency_bin.count)::bigint AS total
+              FROM buckets bucket CROSS JOIN LATERAL unnest(bucket.latency_counts) WITH ORDINALITY
+                   AS latency_bin(count, position)
+             GROUP BY 1, 2, 3) bin_total
+     GROUP BY bin_total.terminal_id, bin_total.day)
+  SELECT totals.terminal_id, totals.day, totals.requests, totals.financial, totals.approved,
+         coalesce(codes.response_codes, '{}'), latency.latency_counts, totals.last_seen_at,
+         totals.chip
+    FROM totals
+    LEFT JOIN codes
+      ON codes.terminal_id = totals.terminal_id AND codes.day IS NOT DISTINCT FROM totals.day
+    LEFT JOIN latency
+      ON latency.terminal_id = totals.terminal_id AND latency.day IS NOT DISTINCT FROM totals.day
+   ORDER BY totals.terminal_id, totals.day
 $$;
 
 -- Every provisioned terminal with what the fleet view decides its state from: its latest
@@ -1043,28 +1131,31 @@ CREATE OR REPLACE FUNCTION ledger.fleet_state(p_since timestamptz)
                  process_stopped_at timestamptz, last_event_at timestamptz,
                  last_traffic_at timestamptz)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT t.terminal_id, t.location, t.status, opened.occurred_at, closed.occurred_at,
-         opened.process_id, p.beat_at, p.stopped_at, latest.occurred_at, traffic.last_seen_at
-    FROM ledger.terminals t
+  SELECT terminal.terminal_id, terminal.location, terminal.status, opened.occurred_at,
+         closed.occurred_at, opened.process_id, process.beat_at, process.stopped_at,
+         latest.occurred_at, traffic.last_seen_at
+    FROM ledger.terminals terminal
     LEFT JOIN LATERAL (
-      SELECT e.occurred_at, e.process_id, e.connection_seq FROM ledger.terminal_events e
-       WHERE e.terminal_id = t.terminal_id AND e.kind = 'sign_on'
-       ORDER BY e.occurred_at DESC LIMIT 1) opened ON true
+      SELECT event.occurred_at, event.process_id, event.connection_seq
+        FROM ledger.terminal_events event
+       WHERE event.terminal_id = terminal.terminal_id AND event.kind = 'sign_on'
+       ORDER BY event.occurred_at DESC LIMIT 1) opened ON true
     LEFT JOIN LATERAL (
-      SELECT e.occurred_at FROM ledger.terminal_events e
-       WHERE e.terminal_id = t.terminal_id AND e.occurred_at >= opened.occurred_at
-         AND e.kind IN ('sign_off', 'disconnect')
-         AND (e.process_id, e.connection_seq) = (opened.process_id, opened.connection_seq)
-       ORDER BY e.occurred_at DESC LIMIT 1) closed ON true
-    LEFT JOIN ledger.switch_processes p ON p.process_id = opened.process_id
+      SELECT event.occurred_at FROM ledger.terminal_events event
+       WHERE event.terminal_id = terminal.terminal_id AND event.occurred_at >= opened.occurred_at
+         AND event.kind IN ('sign_off', 'disconnect')
+         AND (event.process_id, event.connection_seq) = (opened.process_id, opened.connection_seq)
+       ORDER BY event.occurred_at DESC LIMIT 1) closed ON true
+    LEFT JOIN ledger.switch_processes process ON process.process_id = opened.process_id
     LEFT JOIN LATERAL (
-      SELECT e.occurred_at FROM ledger.terminal_events e
-       WHERE e.terminal_id = t.terminal_id AND e.kind <> 'alert'
-       ORDER BY e.occurred_at DESC LIMIT 1) latest ON true
+      SELECT event.occurred_at FROM ledger.terminal_events event
+       WHERE event.terminal_id = terminal.terminal_id AND event.kind <> 'alert'
+       ORDER BY event.occurred_at DESC LIMIT 1) latest ON true
     LEFT JOIN LATERAL (
-      SELECT max(r.last_seen_at) AS last_seen_at FROM ledger.terminal_traffic r
-       WHERE r.terminal_id = t.terminal_id AND r.bucket_start >= p_since) traffic ON true
-   ORDER BY t.terminal_id
+      SELECT max(bucket.last_seen_at) AS last_seen_at FROM ledger.terminal_traffic bucket
+       WHERE bucket.terminal_id = terminal.terminal_id AND bucket.bucket_start >= p_since) traffic
+      ON true
+   ORDER BY terminal.terminal_id
 $$;
 
 -- The session events the SLA report replays for [p_from, p_to): each terminal's last one
@@ -1076,35 +1167,39 @@ CREATE OR REPLACE FUNCTION ledger.session_events(p_from timestamptz, p_to timest
                  process_stopped_at timestamptz)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
   WITH events AS (
-    SELECT before.* FROM ledger.terminals t CROSS JOIN LATERAL (
-      SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq
-        FROM ledger.terminal_events e
-       WHERE e.terminal_id = t.terminal_id AND e.occurred_at < p_from
-         AND e.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect')
-       ORDER BY e.occurred_at DESC LIMIT 1) before
+    SELECT before.* FROM ledger.terminals terminal CROSS JOIN LATERAL (
+      SELECT event.terminal_id, event.kind, event.occurred_at, event.process_id,
+             event.connection_seq
+        FROM ledger.terminal_events event
+       WHERE event.terminal_id = terminal.terminal_id AND event.occurred_at < p_from
+         AND event.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect')
+       ORDER BY event.occurred_at DESC LIMIT 1) before
     UNION ALL
-    SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq
-      FROM ledger.terminal_events e
-     WHERE e.occurred_at >= p_from AND e.occurred_at < p_to AND e.terminal_id IS NOT NULL
-       AND e.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect'))
-  SELECT e.terminal_id, e.kind, e.occurred_at, e.process_id, e.connection_seq, p.beat_at,
-         p.stopped_at
-    FROM events e LEFT JOIN ledger.switch_processes p USING (process_id)
-   ORDER BY e.occurred_at, e.terminal_id
+    SELECT event.terminal_id, event.kind, event.occurred_at, event.process_id,
+           event.connection_seq
+      FROM ledger.terminal_events event
+     WHERE event.occurred_at >= p_from AND event.occurred_at < p_to
+       AND event.terminal_id IS NOT NULL
+       AND event.kind IN ('sign_on', 'key_change', 'sign_off', 'disconnect'))
+  SELECT event.terminal_id, event.kind, event.occurred_at, event.process_id, event.connection_seq,
+         process.beat_at, process.stopped_at
+    FROM events event LEFT JOIN ledger.switch_processes process USING (process_id)
+   ORDER BY event.occurred_at, event.terminal_id
 $$;
 
 -- The switch processes that beat from p_since on and have not stopped.
 CREATE OR REPLACE FUNCTION ledger.live_processes(p_since timestamptz) RETURNS SETOF text
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT p.process_id FROM ledger.switch_processes p
-   WHERE p.beat_at >= p_since AND p.stopped_at IS NULL ORDER BY p.process_id
+  SELECT process.process_id FROM ledger.switch_processes process
+   WHERE process.beat_at >= p_since AND process.stopped_at IS NULL ORDER BY process.process_id
 $$;
 
 -- The terminals, for reports that list every one.
 CREATE OR REPLACE FUNCTION ledger.terminal_list()
   RETURNS TABLE (terminal_id text, location text, status text)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT t.terminal_id, t.location, t.status FROM ledger.terminals t ORDER BY t.terminal_id
+  SELECT terminal.terminal_id, terminal.location, terminal.status
+    FROM ledger.terminals terminal ORDER BY terminal.terminal_id
 $$;
 
 -- Appends an alert's transition to the terminal events, in the transaction that made it.
@@ -1127,15 +1222,16 @@ CREATE OR REPLACE FUNCTION ledger.fire_alert(
 DECLARE
   v_alert ledger.alerts;
 BEGIN
-  INSERT INTO ledger.alerts AS a (rule, subject, terminal_id, severity, summary, state,
-                                  raised_at, raised_by)
+  INSERT INTO ledger.alerts AS raised (rule, subject, terminal_id, severity, summary, state,
+                                       raised_at, raised_by)
     VALUES (p_rule, p_subject, p_terminal_id, p_severity, p_summary, 'firing', p_at,
             p_process_id)
     ON CONFLICT (rule, subject) WHERE state <> 'resolved' DO NOTHING
-    RETURNING a.* INTO v_alert;
+    RETURNING raised.* INTO v_alert;
   IF v_alert.alert_id IS NULL THEN
-    SELECT a.* INTO v_alert FROM ledger.alerts a
-     WHERE (a.rule, a.subject) = (p_rule, p_subject) AND a.state <> 'resolved';
+    SELECT open_alert.* INTO v_alert FROM ledger.alerts open_alert
+     WHERE (open_alert.rule, open_alert.subject) = (p_rule, p_subject)
+       AND open_alert.state <> 'resolved';
     RETURN QUERY SELECT to_jsonb(v_alert), false;
     RETURN;
   END IF;
@@ -1150,9 +1246,10 @@ CREATE OR REPLACE FUNCTION ledger.resolve_alert(p_alert_id bigint, p_at timestam
 DECLARE
   v_alert ledger.alerts;
 BEGIN
-  UPDATE ledger.alerts a SET state = 'resolved', resolved_at = greatest(p_at, a.raised_at)
-   WHERE a.alert_id = p_alert_id AND a.state <> 'resolved'
-  RETURNING a.* INTO v_alert;
+  UPDATE ledger.alerts alert
+     SET state = 'resolved', resolved_at = greatest(p_at, alert.raised_at)
+   WHERE alert.alert_id = p_alert_id AND alert.state <> 'resolved'
+  RETURNING alert.* INTO v_alert;
   IF NOT FOUND THEN
     RETURN NULL;
   END IF;
@@ -1169,16 +1266,16 @@ CREATE OR REPLACE FUNCTION ledger.acknowledge_alert(p_alert_id bigint, p_by text
 DECLARE
   v_alert ledger.alerts;
 BEGIN
-  UPDATE ledger.alerts a SET state = 'acknowledged', acknowledged_by = p_by,
-         acknowledged_at = greatest(p_at, a.raised_at)
-   WHERE a.alert_id = p_alert_id AND a.state = 'firing'
-  RETURNING a.* INTO v_alert;
+  UPDATE ledger.alerts firing SET state = 'acknowledged', acknowledged_by = p_by,
+         acknowledged_at = greatest(p_at, firing.raised_at)
+   WHERE firing.alert_id = p_alert_id AND firing.state = 'firing'
+  RETURNING firing.* INTO v_alert;
   IF FOUND THEN
     PERFORM ledger.append_alert_event(v_alert, p_at, p_process_id);
     RETURN QUERY SELECT 'acknowledged', to_jsonb(v_alert);
     RETURN;
   END IF;
-  SELECT a.* INTO v_alert FROM ledger.alerts a WHERE a.alert_id = p_alert_id;
+  SELECT existing.* INTO v_alert FROM ledger.alerts existing WHERE existing.alert_id = p_alert_id;
   RETURN QUERY SELECT CASE WHEN FOUND THEN 'not_firing' ELSE 'unknown' END,
                       CASE WHEN FOUND THEN to_jsonb(v_alert) END;
 END $$;
@@ -1188,9 +1285,9 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger.alert_list(p_since timestamptz, p_limit integer)
   RETURNS SETOF jsonb
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT to_jsonb(a) FROM ledger.alerts a
-   WHERE a.state <> 'resolved' OR a.raised_at >= p_since OR a.resolved_at >= p_since
-   ORDER BY a.state = 'resolved', a.raised_at DESC, a.alert_id DESC
+  SELECT to_jsonb(alert) FROM ledger.alerts alert
+   WHERE alert.state <> 'resolved' OR alert.raised_at >= p_since OR alert.resolved_at >= p_since
+   ORDER BY alert.state = 'resolved', alert.raised_at DESC, alert.alert_id DESC
    LIMIT p_limit
 $$;
 
@@ -1198,9 +1295,9 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.alerts_raised(p_from timestamptz, p_to timestamptz)
   RETURNS SETOF jsonb
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT to_jsonb(a) FROM ledger.alerts a
-   WHERE a.raised_at >= p_from AND a.raised_at < p_to
-   ORDER BY a.raised_at, a.alert_id
+  SELECT to_jsonb(alert) FROM ledger.alerts alert
+   WHERE alert.raised_at >= p_from AND alert.raised_at < p_to
+   ORDER BY alert.raised_at, alert.alert_id
 $$;
 
 -- A run of `audit verify` by a switch process, and the latest one.
@@ -1217,8 +1314,10 @@ CREATE OR REPLACE FUNCTION ledger.latest_audit_check()
   RETURNS TABLE (checked_at timestamptz, process_id text, outcome text, records bigint,
                  problem text)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT c.checked_at, c.process_id, c.outcome, c.records, c.problem FROM ledger.audit_checks c
-   ORDER BY c.checked_at DESC, c.check_id DESC LIMIT 1
+  SELECT audit_check.checked_at, audit_check.process_id, audit_check.outcome,
+         audit_check.records, audit_check.problem
+    FROM ledger.audit_checks audit_check
+   ORDER BY audit_check.checked_at DESC, audit_check.check_id DESC LIMIT 1
 $$;
 
 -- The switch executes the operations functions too; the helpers stay the owner's.
@@ -1258,10 +1357,12 @@ CREATE OR REPLACE FUNCTION ledger.notes_sent(
                  cassette_no integer, notes integer)
   LANGUAGE sql STABLE AS $$
   -- SQL, so the planner inlines it into the statements that read it (no call of its own).
-  SELECT v.position, v.transaction_id, terminal_ids[v.position], kinds[v.position], slot.n,
-         note_counts[v.position][slot.n]
-    FROM unnest(items) v CROSS JOIN generate_subscripts(note_counts, 2) AS slot(n)
-   WHERE v.status = 'write' AND note_counts[v.position][slot.n] <> 0
+  SELECT written.position, written.transaction_id, terminal_ids[written.position],
+         kinds[written.position], slot.cassette_no,
+         note_counts[written.position][slot.cassette_no]
+    FROM unnest(items) written
+   CROSS JOIN generate_subscripts(note_counts, 2) AS slot(cassette_no)
+   WHERE written.status = 'write' AND note_counts[written.position][slot.cassette_no] <> 0
 $$;
 
 -- Called by post_batch under its locks (the cash account of every terminal an approved
@@ -1284,71 +1385,85 @@ CREATE OR REPLACE FUNCTION ledger.dispense_notes(
 DECLARE
   v_refusal text;
 BEGIN
-  SELECT r.refusal INTO v_refusal FROM (
+  SELECT verdict.refusal INTO v_refusal FROM (
     SELECT CASE
       WHEN sent.negative THEN 'a negative count of notes'
       WHEN sent.notes > 0 AND NOT (request.moves AND request.kind IN ('withdrawal', 'reversal'))
       THEN format('notes on a request (%s) that moves no cash', request.kind)
       WHEN sent.unknown THEN 'notes from a cassette this terminal does not have'
       WHEN sent.other_currency THEN 'notes of another currency than the amount''s'
-      WHEN request.kind = 'withdrawal' AND request.moves AND sent.value_minor <> v.move_minor
-       AND EXISTS (SELECT FROM ledger.cassettes c WHERE c.terminal_id = request.terminal_id)
+      WHEN request.kind = 'withdrawal' AND request.moves
+       AND sent.value_minor <> written.move_minor
+       AND EXISTS (SELECT FROM ledger.cassettes cassette
+                    WHERE cassette.terminal_id = request.terminal_id)
       THEN 'the note mix does not make the amount'
       WHEN request.kind = 'reversal' AND request.moves
        AND NOT coalesce(original.dispensed AND original.same_load, false) AND sent.notes > 0
       THEN 'notes put back into a cassette its original did not dispense from, or since replenished'
       WHEN request.kind = 'reversal' AND request.moves AND original.dispensed
-       AND original.same_load AND (sent.value_minor <> v.move_minor OR original.over_original
-         OR EXISTS (SELECT FROM generate_subscripts(note_counts, 2) AS slot(n)
-                     WHERE note_counts[v.position][slot.n] <> 0
-                       AND NOT EXISTS (SELECT FROM ledger.note_movements m
-                                        WHERE m.transaction_id = original.transaction_id
-                                          AND m.cassette_no = slot.n AND m.notes > 0)))
+       AND original.same_load AND (sent.value_minor <> written.move_minor
+         OR original.over_original
+         OR EXISTS (SELECT FROM generate_subscripts(note_counts, 2) AS slot(cassette_no)
+                     WHERE note_counts[written.position][slot.cassette_no] <> 0
+                       AND NOT EXISTS (SELECT FROM ledger.note_movements movement
+                                        WHERE movement.transaction_id = original.transaction_id
+                                          AND movement.cassette_no = slot.cassette_no
+                                          AND movement.notes > 0)))
       THEN 'the notes put back are not the undispensed part of the original''s mix'
       END AS refusal
-      FROM unnest(items) v
-      CROSS JOIN LATERAL (SELECT kinds[v.position] AS kind,
-                                 terminal_ids[v.position] AS terminal_id,
-                                 outcomes[v.position] = 'approved' AND v.move_minor > 0 AS moves)
+      FROM unnest(items) written
+      CROSS JOIN LATERAL (SELECT kinds[written.position] AS kind,
+                                 terminal_ids[written.position] AS terminal_id,
+                                 outcomes[written.position] = 'approved'
+                                   AND written.move_minor > 0 AS moves)
                          request
       -- The notes sent, from the cassettes the terminal has (unknown ones count no value).
       CROSS JOIN LATERAL (
         SELECT coalesce(sum(slot.notes), 0) AS notes,
                coalesce(bool_or(slot.notes < 0), false) AS negative,
-               coalesce(sum(slot.notes::bigint * c.denomination_minor), 0) AS value_minor,
-               coalesce(bool_or(c.cassette_no IS NULL), false) AS unknown,
-               coalesce(bool_or(c.currency <> currencies[v.position]), false) AS other_currency
-          FROM generate_subscripts(note_counts, 2) AS slot_no(n)
-          CROSS JOIN LATERAL (SELECT slot_no.n, note_counts[v.position][slot_no.n] AS notes) slot
-          LEFT JOIN LATERAL (SELECT c.cassette_no, c.denomination_minor, c.currency
-                               FROM ledger.cassettes c
-                              WHERE (c.terminal_id, c.cassette_no)
-                                  = (request.terminal_id, slot.n::smallint) LIMIT 1) c ON true
+               coalesce(sum(slot.notes::bigint * cassette.denomination_minor), 0) AS value_minor,
+               coalesce(bool_or(cassette.cassette_no IS NULL), false) AS unknown,
+               coalesce(bool_or(cassette.currency <> currencies[written.position]), false)
+                 AS other_currency
+          FROM generate_subscripts(note_counts, 2) AS subscript(cassette_no)
+          CROSS JOIN LATERAL (SELECT subscript.cassette_no,
+                                     note_counts[written.position][subscript.cassette_no]
+                                       AS notes) slot
+          LEFT JOIN LATERAL (SELECT cassette.cassette_no, cassette.denomination_minor,
+                                    cassette.currency
+                               FROM ledger.cassettes cassette
+                              WHERE (cassette.terminal_id, cassette.cassette_no)
+                                  = (request.terminal_id, slot.cassette_no::smallint)
+                              LIMIT 1) cassette ON true
          WHERE slot.notes <> 0) sent
       -- A reversal's original: the notes it dispensed, from loads still in their cassettes.
       LEFT JOIN LATERAL (
-        SELECT o.transaction_id, count(m.transaction_id) > 0 AS dispensed,
-               coalesce(bool_and(m.load_seq = c.load_seq), false) AS same_load,
-               coalesce(bool_or(coalesce(note_counts[v.position][m.cassette_no], 0) > m.notes),
-                        false) AS over_original
-          FROM ledger.transactions o
-          LEFT JOIN (ledger.note_movements m
-                     JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no)
-                                              = (m.terminal_id, m.cassette_no))
-            ON m.transaction_id = o.transaction_id AND m.notes > 0
-         WHERE (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
-             = (v.customer_id, request.terminal_id, original_transmission_times[v.position],
-                original_stans[v.position], original_message_classes[v.position])
-         GROUP BY o.transaction_id) original ON request.kind = 'reversal'
-     WHERE v.status = 'write' AND (sent.notes <> 0 OR sent.negative OR (request.moves
-            AND request.kind IN ('withdrawal', 'reversal')))) r
-   WHERE r.refusal IS NOT NULL LIMIT 1;
+        SELECT original.transaction_id, count(movement.transaction_id) > 0 AS dispensed,
+               coalesce(bool_and(movement.load_seq = cassette.load_seq), false) AS same_load,
+               coalesce(bool_or(coalesce(note_counts[written.position][movement.cassette_no], 0)
+                                > movement.notes), false) AS over_original
+          FROM ledger.transactions original
+          LEFT JOIN (ledger.note_movements movement
+                     JOIN ledger.cassettes cassette
+                       ON (cassette.terminal_id, cassette.cassette_no)
+                        = (movement.terminal_id, movement.cassette_no))
+            ON movement.transaction_id = original.transaction_id AND movement.notes > 0
+         WHERE (original.customer_id, original.terminal_id, original.transmission_time,
+                original.stan, original.message_class)
+             = (written.customer_id, request.terminal_id,
+                original_transmission_times[written.position], original_stans[written.position],
+                original_message_classes[written.position])
+         GROUP BY original.transaction_id) original ON request.kind = 'reversal'
+     WHERE written.status = 'write' AND (sent.notes <> 0 OR sent.negative OR (request.moves
+            AND request.kind IN ('withdrawal', 'reversal')))) verdict
+   WHERE verdict.refusal IS NOT NULL LIMIT 1;
   IF v_refusal IS NULL AND EXISTS (
-       SELECT 1 FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
-         JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no) = (s.terminal_id, s.cassette_no)
-        WHERE s.kind = 'withdrawal'
-        GROUP BY c.terminal_id, c.cassette_no, c.remaining_notes
-       HAVING sum(s.notes) > c.remaining_notes) THEN
+       SELECT 1 FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) sent
+         JOIN ledger.cassettes cassette
+           ON (cassette.terminal_id, cassette.cassette_no) = (sent.terminal_id, sent.cassette_no)
+        WHERE sent.kind = 'withdrawal'
+        GROUP BY cassette.terminal_id, cassette.cassette_no, cassette.remaining_notes
+       HAVING sum(sent.notes) > cassette.remaining_notes) THEN
     v_refusal := 'more notes than the cassette holds';
   END IF;
   IF v_refusal IS NOT NULL THEN
@@ -1356,14 +1471,19 @@ BEGIN
   END IF;
   WITH moved AS (
     INSERT INTO ledger.note_movements
-      SELECT s.transaction_id, s.terminal_id, s.cassette_no, c.load_seq, c.denomination_minor,
-             CASE WHEN s.kind = 'withdrawal' THEN s.notes ELSE -s.notes END
-        FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) s
-        JOIN ledger.cassettes c ON (c.terminal_id, c.cassette_no) = (s.terminal_id, s.cassette_no)
+      SELECT sent.transaction_id, sent.terminal_id, sent.cassette_no, cassette.load_seq,
+             cassette.denomination_minor,
+             CASE WHEN sent.kind = 'withdrawal' THEN sent.notes ELSE -sent.notes END
+        FROM ledger.notes_sent(items, terminal_ids, kinds, note_counts) sent
+        JOIN ledger.cassettes cassette
+          ON (cassette.terminal_id, cassette.cassette_no) = (sent.terminal_id, sent.cassette_no)
     RETURNING terminal_id, cassette_no, notes)
-  UPDATE ledger.cassettes c SET dispensed_notes = c.dispensed_notes + m.notes
-    FROM (SELECT terminal_id, cassette_no, sum(notes) AS notes FROM moved GROUP BY 1, 2) m
-   WHERE (c.terminal_id, c.cassette_no) = (m.terminal_id, m.cassette_no);
+  UPDATE ledger.cassettes cassette
+     SET dispensed_notes = cassette.dispensed_notes + per_cassette.notes
+    FROM (SELECT terminal_id, cassette_no, sum(notes) AS notes FROM moved GROUP BY 1, 2)
+         AS per_cassette
+   WHERE (cassette.terminal_id, cassette.cassette_no)
+       = (per_cassette.terminal_id, per_cassette.cassette_no);
 END $$;
 
 -- An operator's replenishment (the owner's tool, or an operator through the operations app):
@@ -1421,7 +1541,8 @@ BEGIN
                   * v_cassette.denomination_minor;
   IF v_move_minor <> 0 THEN
     v_id := nextval('ledger.transaction_ids');
-    SELECT b.lane, b.seq, b.prev_hash INTO v_lane, v_seq, v_prev_hash FROM ledger.open_block() b;
+    SELECT block.lane, block.seq, block.prev_hash INTO v_lane, v_seq, v_prev_hash
+      FROM ledger.open_block() block;
     v_row := ROW(v_id, 0, p_terminal_id, to_char(p_at AT TIME ZONE 'UTC', 'MMDDHH24MISS'),
                  v_id::text, 'replenishment', 'replenishment', 'approved', '00', abs(v_move_minor),
                  v_currency, abs(v_move_minor), v_currency, NULL, NULL,
@@ -1430,17 +1551,18 @@ BEGIN
     -- Cash into the ATM is a debit of its cash account (withdrawals credit it), so the cash
     -- account's balance is minus the notes the host counts in the ATM.
     v_row.leaf := ledger.leaf(v_row, (
-      SELECT string_agg(ledger.leg_line(a.account_id, a.customer_id, x.amount_minor, a.currency),
-                        E'\n' ORDER BY a.account_id)
+      SELECT string_agg(ledger.leg_line(account.account_id, account.customer_id,
+                                        leg.amount_minor, account.currency),
+                        E'\n' ORDER BY account.account_id)
         FROM (VALUES (v_terminal.cash_account_id, -v_move_minor), (v_vault_id, v_move_minor))
-             AS x(account_id, amount_minor)
-        JOIN ledger.accounts a USING (account_id)));
+             AS leg(account_id, amount_minor)
+        JOIN ledger.accounts account USING (account_id)));
     INSERT INTO ledger.transactions SELECT (v_row).*;
     INSERT INTO ledger.postings
-      SELECT v_id, a.account_id, a.customer_id, x.amount_minor, a.currency
+      SELECT v_id, account.account_id, account.customer_id, leg.amount_minor, account.currency
         FROM (VALUES (v_terminal.cash_account_id, -v_move_minor), (v_vault_id, v_move_minor))
-             AS x(account_id, amount_minor)
-        JOIN ledger.accounts a USING (account_id);
+             AS leg(account_id, amount_minor)
+        JOIN ledger.accounts account USING (account_id);
     UPDATE ledger.accounts SET balance_minor = balance_minor + CASE account_id
         WHEN v_vault_id THEN v_move_minor ELSE -v_move_minor END
      WHERE account_id IN (v_terminal.cash_account_id, v_vault_id);
@@ -1468,9 +1590,10 @@ CREATE OR REPLACE FUNCTION ledger.cash_state()
                  denomination_minor bigint, loaded_notes integer, dispensed_notes integer,
                  rejected_notes integer, remaining_notes integer, low_notes integer)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT c.terminal_id, c.cassette_no, c.currency, c.denomination_minor, c.loaded_notes,
-         c.dispensed_notes, c.rejected_notes, c.remaining_notes, c.low_notes
-    FROM ledger.cassettes c ORDER BY c.terminal_id, c.cassette_no
+  SELECT cassette.terminal_id, cassette.cassette_no, cassette.currency,
+         cassette.denomination_minor, cassette.loaded_notes, cassette.dispensed_notes,
+         cassette.rejected_notes, cassette.remaining_notes, cassette.low_notes
+    FROM ledger.cassettes cassette ORDER BY cassette.terminal_id, cassette.cassette_no
 $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
@@ -1483,7 +1606,7 @@ GRANT EXECUTE ON FUNCTION ledger.cash_state(),
 -- The business day `p_at` falls in, by the policy's cutover (as ledger.rules.business_day).
 CREATE OR REPLACE FUNCTION ledger.business_day_of(p_at timestamptz) RETURNS date
   LANGUAGE sql STABLE AS $$
-  SELECT ((p_at AT TIME ZONE 'UTC') - p.business_day_cutover)::date FROM ledger.policy p
+  SELECT ((p_at AT TIME ZONE 'UTC') - policy.business_day_cutover)::date FROM ledger.policy
 $$;
 
 -- Refuses (SQLSTATE KB001) a write dated on a closed business day. post_batch calls it after
@@ -1492,8 +1615,8 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.refuse_closed_days(p_business_dates date[]) RETURNS void
   LANGUAGE plpgsql STABLE AS $$
 DECLARE
-  v_closed date := (SELECT min(d.business_date) FROM ledger.closed_days d
-                     WHERE d.business_date = ANY (p_business_dates));
+  v_closed date := (SELECT min(closed_day.business_date) FROM ledger.closed_days closed_day
+                     WHERE closed_day.business_date = ANY (p_business_dates));
 BEGIN
   IF v_closed IS NOT NULL THEN
     RAISE EXCEPTION 'refused: business day % is closed', v_closed USING ERRCODE = 'KB001';
@@ -1509,19 +1632,21 @@ CREATE OR REPLACE FUNCTION ledger.host_figures(p_terminal_id text, p_business_da
                                                p_currency text) RETURNS ledger.day_figures
   LANGUAGE sql STABLE AS $$
   WITH day AS (
-    SELECT t.kind, o.kind AS original_kind, t.currency = p_currency AS ours, t.amount_minor,
-           cash.amount_minor AS cash_minor
-      FROM ledger.transactions t
-      JOIN ledger.terminals term ON term.terminal_id = t.terminal_id
+    SELECT txn.kind, original.kind AS original_kind, txn.currency = p_currency AS ours,
+           txn.amount_minor, cash.amount_minor AS cash_minor
+      FROM ledger.transactions txn
+      JOIN ledger.terminals term ON term.terminal_id = txn.terminal_id
       LEFT JOIN ledger.postings cash
-        ON cash.transaction_id = t.transaction_id AND cash.account_id = term.cash_account_id
-      LEFT JOIN ledger.transactions o
-        ON t.kind = 'reversal'
-       AND (o.customer_id, o.terminal_id, o.transmission_time, o.stan, o.message_class)
-         = (t.customer_id, t.terminal_id, t.original_transmission_time, t.original_stan,
-            t.original_message_class)
-     WHERE t.terminal_id = p_terminal_id AND t.business_date = p_business_date
-       AND t.outcome = 'approved' AND t.kind IN ('withdrawal', 'transfer', 'inquiry', 'reversal')),
+        ON cash.transaction_id = txn.transaction_id AND cash.account_id = term.cash_account_id
+      LEFT JOIN ledger.transactions original
+        ON txn.kind = 'reversal'
+       AND (original.customer_id, original.terminal_id, original.transmission_time,
+            original.stan, original.message_class)
+         = (txn.customer_id, txn.terminal_id, txn.original_transmission_time, txn.original_stan,
+            txn.original_message_class)
+     WHERE txn.terminal_id = p_terminal_id AND txn.business_date = p_business_date
+       AND txn.outcome = 'approved'
+       AND txn.kind IN ('withdrawal', 'transfer', 'inquiry', 'reversal')),
   counted AS (
     SELECT
       count(*) FILTER (WHERE kind = 'withdrawal' AND ours AND cash_minor IS NOT NULL) AS debits,
@@ -1536,27 +1661,29 @@ CREATE OR REPLACE FUNCTION ledger.host_figures(p_terminal_id text, p_business_da
       coalesce(-sum(cash_minor) FILTER (WHERE kind = 'reversal' AND original_kind = 'withdrawal'
                                           AND ours), 0)::bigint AS debit_reversals_minor
       FROM day)
-  SELECT ROW(0, 0, c.debits, c.debit_reversals, c.transfers, c.transfer_reversals, c.inquiries,
-             0, 0, c.debits_minor, c.debit_reversals_minor,
-             c.debits_minor - c.debit_reversals_minor)::ledger.day_figures
-    FROM counted c
+  SELECT ROW(0, 0, counted.debits, counted.debit_reversals, counted.transfers,
+             counted.transfer_reversals, counted.inquiries, 0, 0, counted.debits_minor,
+             counted.debit_reversals_minor,
+             counted.debits_minor - counted.debit_reversals_minor)::ledger.day_figures
+    FROM counted
 $$;
 
 -- The host's cassette counters since each cassette's last load, as F124 carries them.
 CREATE OR REPLACE FUNCTION ledger.host_cassettes(p_terminal_id text, p_currency text)
   RETURNS jsonb LANGUAGE sql STABLE AS $$
   SELECT coalesce(jsonb_agg(jsonb_build_object(
-           'cassette_no', c.cassette_no, 'denomination_minor', c.denomination_minor,
-           'dispensed', c.dispensed_notes, 'rejected', c.rejected_notes,
-           'remaining', c.remaining_notes) ORDER BY c.cassette_no), '[]')
-    FROM ledger.cassettes c WHERE c.terminal_id = p_terminal_id AND c.currency = p_currency
+           'cassette_no', cassette.cassette_no, 'denomination_minor', cassette.denomination_minor,
+           'dispensed', cassette.dispensed_notes, 'rejected', cassette.rejected_notes,
+           'remaining', cassette.remaining_notes) ORDER BY cassette.cassette_no), '[]')
+    FROM ledger.cassettes cassette
+   WHERE cassette.terminal_id = p_terminal_id AND cassette.currency = p_currency
 $$;
 
 -- The wire fields in which two sets of figures differ, in field order.
 CREATE OR REPLACE FUNCTION ledger.figures_differences(
   terminal ledger.day_figures, host ledger.day_figures
 ) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-  SELECT coalesce(array_agg(f.name ORDER BY f.n), '{}') FROM (VALUES
+  SELECT coalesce(array_agg(field.name ORDER BY field.ordinal), '{}') FROM (VALUES
     (1, 'F74', terminal.credits, host.credits),
     (2, 'F75', terminal.credit_reversals, host.credit_reversals),
     (3, 'F76', terminal.debits, host.debits),
@@ -1568,8 +1695,8 @@ CREATE OR REPLACE FUNCTION ledger.figures_differences(
     (9, 'F87', terminal.credit_reversals_minor, host.credit_reversals_minor),
     (10, 'F88', terminal.debits_minor, host.debits_minor),
     (11, 'F89', terminal.debit_reversals_minor, host.debit_reversals_minor),
-    (12, 'F97', terminal.net_minor, host.net_minor)) AS f(n, name, theirs, ours)
-   WHERE f.theirs IS DISTINCT FROM f.ours
+    (12, 'F97', terminal.net_minor, host.net_minor)) AS field(ordinal, name, theirs, ours)
+   WHERE field.theirs IS DISTINCT FROM field.ours
 $$;
 
 -- One 0500: the terminal's figures (p_figures: F74-F80, F86-F89, then F97 signed, 12 values)
@@ -1594,7 +1721,8 @@ DECLARE
   v_differences text[];
   v_id bigint;
 BEGIN
-  IF cardinality(p_figures) <> 12 OR EXISTS (SELECT FROM unnest(p_figures) v WHERE v IS NULL)
+  IF cardinality(p_figures) <> 12
+     OR EXISTS (SELECT FROM unnest(p_figures) figure WHERE figure IS NULL)
      OR (cardinality(p_cassettes) > 0 AND array_length(p_cassettes, 2) <> 5) THEN
     RAISE EXCEPTION 'twelve figures and five counters per cassette'
       USING ERRCODE = 'invalid_parameter_value';
@@ -1603,16 +1731,18 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'unknown terminal %', p_terminal_id USING ERRCODE = 'no_data_found';
   END IF;
-  IF EXISTS (SELECT FROM ledger.closed_days d WHERE d.business_date = p_business_date) THEN
+  IF EXISTS (SELECT FROM ledger.closed_days closed_day
+              WHERE closed_day.business_date = p_business_date) THEN
     RAISE EXCEPTION 'business day % is closed', p_business_date USING ERRCODE = 'KB001';
   END IF;
   IF p_business_date > ledger.business_day_of(now()) THEN
     RAISE EXCEPTION 'business day % has not begun', p_business_date USING ERRCODE = 'KB002';
   END IF;
-  IF (SELECT a.currency FROM ledger.accounts a WHERE a.account_id = v_terminal.cash_account_id)
-       <> p_currency
-     OR EXISTS (SELECT FROM ledger.cassettes c
-                 WHERE c.terminal_id = p_terminal_id AND c.currency <> p_currency) THEN
+  IF (SELECT account.currency FROM ledger.accounts account
+       WHERE account.account_id = v_terminal.cash_account_id) <> p_currency
+     OR EXISTS (SELECT FROM ledger.cassettes cassette
+                 WHERE cassette.terminal_id = p_terminal_id
+                   AND cassette.currency <> p_currency) THEN
     RAISE EXCEPTION 'terminal % holds no cash in %', p_terminal_id, p_currency
       USING ERRCODE = 'KB004';
   END IF;
@@ -1620,26 +1750,26 @@ BEGIN
   -- below are those of the last committed withdrawal.
   PERFORM 1 FROM ledger.accounts WHERE account_id = v_terminal.cash_account_id FOR UPDATE;
   v_sent := coalesce((SELECT jsonb_agg(jsonb_build_object(
-              'cassette_no', p_cassettes[n][1], 'denomination_minor', p_cassettes[n][2],
-              'dispensed', p_cassettes[n][3], 'rejected', p_cassettes[n][4],
-              'remaining', p_cassettes[n][5]) ORDER BY n)
-              FROM generate_subscripts(p_cassettes, 1) AS n), '[]');
+              'cassette_no', p_cassettes[entry][1], 'denomination_minor', p_cassettes[entry][2],
+              'dispensed', p_cassettes[entry][3], 'rejected', p_cassettes[entry][4],
+              'remaining', p_cassettes[entry][5]) ORDER BY entry)
+              FROM generate_subscripts(p_cassettes, 1) AS entry), '[]');
   IF EXISTS (SELECT FROM jsonb_to_recordset(v_sent)
-                           AS s(cassette_no integer, denomination_minor bigint, rejected bigint)
-               JOIN ledger.cassettes c
-                 ON (c.terminal_id, c.cassette_no, c.denomination_minor)
-                  = (p_terminal_id, s.cassette_no, s.denomination_minor)
-              WHERE s.rejected < c.rejected_notes
-                 OR s.rejected > c.loaded_notes - c.dispensed_notes) THEN
+                           AS sent(cassette_no integer, denomination_minor bigint, rejected bigint)
+               JOIN ledger.cassettes cassette
+                 ON (cassette.terminal_id, cassette.cassette_no, cassette.denomination_minor)
+                  = (p_terminal_id, sent.cassette_no, sent.denomination_minor)
+              WHERE sent.rejected < cassette.rejected_notes
+                 OR sent.rejected > cassette.loaded_notes - cassette.dispensed_notes) THEN
     RAISE EXCEPTION 'rejected notes fewer than recorded, or more than the cassette holds'
       USING ERRCODE = 'KB003';
   END IF;
-  UPDATE ledger.cassettes c SET rejected_notes = s.rejected
-    FROM jsonb_to_recordset(v_sent) AS s(cassette_no integer, denomination_minor bigint,
-                                         rejected integer)
-   WHERE (c.terminal_id, c.cassette_no, c.denomination_minor)
-       = (p_terminal_id, s.cassette_no, s.denomination_minor)
-     AND c.rejected_notes <> s.rejected;
+  UPDATE ledger.cassettes cassette SET rejected_notes = sent.rejected
+    FROM jsonb_to_recordset(v_sent) AS sent(cassette_no integer, denomination_minor bigint,
+                                            rejected integer)
+   WHERE (cassette.terminal_id, cassette.cassette_no, cassette.denomination_minor)
+       = (p_terminal_id, sent.cassette_no, sent.denomination_minor)
+     AND cassette.rejected_notes <> sent.rejected;
   v_theirs := ROW(p_figures[1], p_figures[2], p_figures[3], p_figures[4], p_figures[5],
                   p_figures[6], p_figures[7], p_figures[8], p_figures[9], p_figures[10],
                   p_figures[11], p_figures[12])::ledger.day_figures;
@@ -1648,15 +1778,17 @@ BEGIN
   v_differences := ledger.figures_differences(v_theirs, v_ours);
   -- The dispensed counters balance when the same cassettes hold the same denominations and
   -- have dispensed the same notes.
-  IF (SELECT coalesce(array_agg(ARRAY[s.cassette_no, s.denomination_minor, s.dispensed]
-                                ORDER BY s.cassette_no), '{}')
+  IF (SELECT coalesce(array_agg(ARRAY[sent.cassette_no, sent.denomination_minor, sent.dispensed]
+                                ORDER BY sent.cassette_no), '{}')
         FROM jsonb_to_recordset(v_sent)
-             AS s(cassette_no bigint, denomination_minor bigint, dispensed bigint))
+             AS sent(cassette_no bigint, denomination_minor bigint, dispensed bigint))
      IS DISTINCT FROM
-     (SELECT coalesce(array_agg(ARRAY[h.cassette_no, h.denomination_minor, h.dispensed]
-                                ORDER BY h.cassette_no), '{}')
+     (SELECT coalesce(array_agg(ARRAY[host_cassette.cassette_no,
+                                      host_cassette.denomination_minor, host_cassette.dispensed]
+                                ORDER BY host_cassette.cassette_no), '{}')
         FROM jsonb_to_recordset(v_host)
-             AS h(cassette_no bigint, denomination_minor bigint, dispensed bigint)) THEN
+             AS host_cassette(cassette_no bigint, denomination_minor bigint,
+                              dispensed bigint)) THEN
     v_differences := v_differences || 'F124'::text;
   END IF;
   INSERT INTO ledger.balancings (terminal_id, business_date, currency, transmission_time, stan,
@@ -1678,11 +1810,11 @@ CREATE OR REPLACE FUNCTION ledger.latest_imbalances(p_since timestamptz)
   RETURNS TABLE (terminal_id text, business_date date, currency text, differences text[],
                  received_at timestamptz, balancing_id bigint)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
-  SELECT b.terminal_id, b.business_date, b.currency::text, b.differences, b.received_at,
-         b.balancing_id
+  SELECT latest.terminal_id, latest.business_date, latest.currency::text, latest.differences,
+         latest.received_at, latest.balancing_id
     FROM (SELECT DISTINCT ON (terminal_id) * FROM ledger.balancings
-           WHERE received_at >= p_since ORDER BY terminal_id, balancing_id DESC) b
-   WHERE b.result = 'imbalance' ORDER BY b.terminal_id
+           WHERE received_at >= p_since ORDER BY terminal_id, balancing_id DESC) latest
+   WHERE latest.result = 'imbalance' ORDER BY latest.terminal_id
 $$;
 
 -- Each cassette of a terminal as it stood at `p_at`: its load then (the last replenishment at
@@ -1691,16 +1823,19 @@ CREATE OR REPLACE FUNCTION ledger.cassettes_at(p_terminal_id text, p_at timestam
   RETURNS TABLE (cassette_no smallint, currency text, denomination_minor bigint,
                  load_seq integer, loaded_notes integer, dispensed_notes integer)
   LANGUAGE sql STABLE AS $$
-  SELECT r.cassette_no, r.currency::text, r.denomination_minor, r.load_seq, r.loaded_notes,
-         coalesce((SELECT sum(m.notes) FROM ledger.note_movements m
-                     JOIN ledger.transactions t ON t.transaction_id = m.transaction_id
-                    WHERE (m.terminal_id, m.cassette_no, m.load_seq)
-                        = (r.terminal_id, r.cassette_no, r.load_seq)
-                      AND t.recorded_at < p_at), 0)::integer
-    FROM (SELECT DISTINCT ON (x.cassette_no) x.* FROM ledger.replenishments x
-           WHERE x.terminal_id = p_terminal_id AND x.replenished_at <= p_at
-           ORDER BY x.cassette_no, x.load_seq DESC) r
-   ORDER BY r.cassette_no
+  SELECT latest_load.cassette_no, latest_load.currency::text, latest_load.denomination_minor,
+         latest_load.load_seq, latest_load.loaded_notes,
+         coalesce((SELECT sum(movement.notes) FROM ledger.note_movements movement
+                     JOIN ledger.transactions txn ON txn.transaction_id = movement.transaction_id
+                    WHERE (movement.terminal_id, movement.cassette_no, movement.load_seq)
+                        = (latest_load.terminal_id, latest_load.cassette_no, latest_load.load_seq)
+                      AND txn.recorded_at < p_at), 0)::integer
+    FROM (SELECT DISTINCT ON (replenishment.cassette_no) replenishment.*
+            FROM ledger.replenishments replenishment
+           WHERE replenishment.terminal_id = p_terminal_id
+             AND replenishment.replenished_at <= p_at
+           ORDER BY replenishment.cassette_no, replenishment.load_seq DESC) latest_load
+   ORDER BY latest_load.cassette_no
 $$;
 
 -- Closes a business day that is over by the database's clock (now at or after the next day's
@@ -1727,24 +1862,29 @@ BEGIN
     RETURN false;
   END IF;
   INSERT INTO ledger.day_totals
-    SELECT p_business_date, term.terminal_id, f.currency, k.kind, k.approved, k.approved_minor,
-           k.reversals, k.reversed_minor, k.approved_minor - k.reversed_minor
+    SELECT p_business_date, term.terminal_id, cash.currency, per_kind.kind, per_kind.approved,
+           per_kind.approved_minor, per_kind.reversals, per_kind.reversed_minor,
+           per_kind.approved_minor - per_kind.reversed_minor
       FROM ledger.terminals term
-      JOIN ledger.accounts a ON a.account_id = term.cash_account_id
-      CROSS JOIN LATERAL (SELECT a.currency::text AS currency) f
-      CROSS JOIN LATERAL ledger.host_figures(term.terminal_id, p_business_date, f.currency) h
+      JOIN ledger.accounts account ON account.account_id = term.cash_account_id
+      CROSS JOIN LATERAL (SELECT account.currency::text AS currency) cash
+      CROSS JOIN LATERAL ledger.host_figures(term.terminal_id, p_business_date, cash.currency)
+                         AS figures
       CROSS JOIN LATERAL (VALUES
-        ('withdrawal', h.debits, h.debits_minor, h.debit_reversals, h.debit_reversals_minor),
-        ('transfer', h.transfers, 0::bigint, h.transfer_reversals, 0::bigint),
-        ('inquiry', h.inquiries, 0::bigint, 0::bigint, 0::bigint))
-        AS k(kind, approved, approved_minor, reversals, reversed_minor)
-     WHERE h.debits + h.debit_reversals + h.transfers + h.transfer_reversals + h.inquiries > 0;
+        ('withdrawal', figures.debits, figures.debits_minor, figures.debit_reversals,
+         figures.debit_reversals_minor),
+        ('transfer', figures.transfers, 0::bigint, figures.transfer_reversals, 0::bigint),
+        ('inquiry', figures.inquiries, 0::bigint, 0::bigint, 0::bigint))
+        AS per_kind(kind, approved, approved_minor, reversals, reversed_minor)
+     WHERE figures.debits + figures.debit_reversals + figures.transfers
+           + figures.transfer_reversals + figures.inquiries > 0;
   INSERT INTO ledger.day_cassettes
-    SELECT p_business_date, term.terminal_id, c.cassette_no, edge.at_open, c.currency,
-           c.denomination_minor, c.load_seq, c.loaded_notes, c.dispensed_notes
+    SELECT p_business_date, term.terminal_id, cassette.cassette_no, edge.at_open,
+           cassette.currency, cassette.denomination_minor, cassette.load_seq,
+           cassette.loaded_notes, cassette.dispensed_notes
       FROM ledger.terminals term
       CROSS JOIN (VALUES (true, v_start), (false, v_end)) AS edge(at_open, at)
-      CROSS JOIN LATERAL ledger.cassettes_at(term.terminal_id, edge.at) c;
+      CROSS JOIN LATERAL ledger.cassettes_at(term.terminal_id, edge.at) cassette;
   RETURN true;
 END $$;
 
@@ -1755,11 +1895,12 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger.settlement_report(p_business_date date) RETURNS jsonb
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ledger, pg_temp AS $$
   SELECT jsonb_build_object(
-    'business_date', d.business_date, 'closed_at', d.closed_at, 'closed_by', d.closed_by,
-    'cutover', to_char(d.cutover, 'HH24:MI'),
-    'terminals', coalesce((SELECT jsonb_agg(t.entry ORDER BY t.terminal_id) FROM (
+    'business_date', closed_day.business_date, 'closed_at', closed_day.closed_at,
+    'closed_by', closed_day.closed_by, 'cutover', to_char(closed_day.cutover, 'HH24:MI'),
+    'terminals', coalesce((
+      SELECT jsonb_agg(per_terminal.entry ORDER BY per_terminal.terminal_id) FROM (
       SELECT term.terminal_id, jsonb_build_object(
-        'terminal_id', term.terminal_id, 'currency', a.currency,
+        'terminal_id', term.terminal_id, 'currency', account.currency,
         'host', to_jsonb(host.figures), 'terminal', to_jsonb(last.terminal_figures),
         'difference', CASE WHEN last.balancing_id IS NOT NULL THEN (
           SELECT jsonb_object_agg(theirs.key, theirs.value::bigint - ours.value::bigint)
@@ -1767,35 +1908,44 @@ CREATE OR REPLACE FUNCTION ledger.settlement_report(p_business_date date) RETURN
             JOIN jsonb_each_text(to_jsonb(host.figures)) ours USING (key)) END,
         'result', coalesce(last.result, 'none'), 'differences', to_jsonb(last.differences),
         'terminal_cassettes', last.terminal_cassettes,
-        'cassettes_open', (SELECT coalesce(jsonb_agg(to_jsonb(c) - 'business_date' - 'terminal_id'
-                                                     - 'at_open' ORDER BY c.cassette_no), '[]')
-                             FROM ledger.day_cassettes c
-                            WHERE (c.business_date, c.terminal_id, c.at_open)
-                                = (d.business_date, term.terminal_id, true)),
-        'cassettes_close', (SELECT coalesce(jsonb_agg(to_jsonb(c) - 'business_date' - 'terminal_id'
-                                                      - 'at_open' ORDER BY c.cassette_no), '[]')
-                              FROM ledger.day_cassettes c
-                             WHERE (c.business_date, c.terminal_id, c.at_open)
-                                 = (d.business_date, term.terminal_id, false))) AS entry
+        'cassettes_open', (SELECT coalesce(jsonb_agg(to_jsonb(cassette) - 'business_date'
+                                                     - 'terminal_id' - 'at_open'
+                                                     ORDER BY cassette.cassette_no), '[]')
+                             FROM ledger.day_cassettes cassette
+                            WHERE (cassette.business_date, cassette.terminal_id, cassette.at_open)
+                                = (closed_day.business_date, term.terminal_id, true)),
+        'cassettes_close', (SELECT coalesce(jsonb_agg(to_jsonb(cassette) - 'business_date'
+                                                      - 'terminal_id' - 'at_open'
+                                                      ORDER BY cassette.cassette_no), '[]')
+                              FROM ledger.day_cassettes cassette
+                             WHERE (cassette.business_date, cassette.terminal_id, cassette.at_open)
+                                 = (closed_day.business_date, term.terminal_id, false))) AS entry
         FROM ledger.terminals term
-        JOIN ledger.accounts a ON a.account_id = term.cash_account_id
+        JOIN ledger.accounts account ON account.account_id = term.cash_account_id
         CROSS JOIN LATERAL (SELECT ROW(0, 0,
-            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'withdrawal'), 0),
-            coalesce(sum(x.reversal_count) FILTER (WHERE x.kind = 'withdrawal'), 0),
-            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'transfer'), 0),
-            coalesce(sum(x.reversal_count) FILTER (WHERE x.kind = 'transfer'), 0),
-            coalesce(sum(x.approved_count) FILTER (WHERE x.kind = 'inquiry'), 0), 0, 0,
-            coalesce(sum(x.approved_minor) FILTER (WHERE x.kind = 'withdrawal'), 0),
-            coalesce(sum(x.reversed_minor) FILTER (WHERE x.kind = 'withdrawal'), 0),
-            coalesce(sum(x.net_minor) FILTER (WHERE x.kind = 'withdrawal'), 0)
+            coalesce(sum(day_total.approved_count) FILTER (WHERE day_total.kind = 'withdrawal'),
+                     0),
+            coalesce(sum(day_total.reversal_count) FILTER (WHERE day_total.kind = 'withdrawal'),
+                     0),
+            coalesce(sum(day_total.approved_count) FILTER (WHERE day_total.kind = 'transfer'), 0),
+            coalesce(sum(day_total.reversal_count) FILTER (WHERE day_total.kind = 'transfer'), 0),
+            coalesce(sum(day_total.approved_count) FILTER (WHERE day_total.kind = 'inquiry'), 0),
+            0, 0,
+            coalesce(sum(day_total.approved_minor) FILTER (WHERE day_total.kind = 'withdrawal'),
+                     0),
+            coalesce(sum(day_total.reversed_minor) FILTER (WHERE day_total.kind = 'withdrawal'),
+                     0),
+            coalesce(sum(day_total.net_minor) FILTER (WHERE day_total.kind = 'withdrawal'), 0)
           )::ledger.day_figures AS figures
-            FROM ledger.day_totals x
-           WHERE (x.business_date, x.terminal_id) = (d.business_date, term.terminal_id)) host
-        LEFT JOIN LATERAL (SELECT b.* FROM ledger.balancings b
-                            WHERE (b.terminal_id, b.business_date)
-                                = (term.terminal_id, d.business_date)
-                            ORDER BY b.balancing_id DESC LIMIT 1) last ON true) t), '[]'))
-    FROM ledger.closed_days d WHERE d.business_date = p_business_date
+            FROM ledger.day_totals day_total
+           WHERE (day_total.business_date, day_total.terminal_id)
+               = (closed_day.business_date, term.terminal_id)) host
+        LEFT JOIN LATERAL (SELECT balancing.* FROM ledger.balancings balancing
+                            WHERE (balancing.terminal_id, balancing.business_date)
+                                = (term.terminal_id, closed_day.business_date)
+                            ORDER BY balancing.balancing_id DESC LIMIT 1) last ON true
+      ) per_terminal), '[]'))
+    FROM ledger.closed_days closed_day WHERE closed_day.business_date = p_business_date
 $$;
 
 GRANT EXECUTE ON FUNCTION ledger.settlement_report(date) TO ledger_switch;
