@@ -77,14 +77,14 @@ class SoftHsm:
         self._rng = rng
         # Unwrapped (and the authorisation key derived) once, here, not per request: both are
         # used by every financial request, and a wrong key stops start-up.
-        self._pan_hash_key: bytes | None = None
-        self._authorisation_key: bytes | None = None
+        self._pan_hash_key_clear: bytes | None = None
+        self._authorisation_key_clear: bytes | None = None
         if pan_hash_key is not None:
             clear = self._pan_hash_clear(pan_hash_key)
             if production and hmac.compare_digest(clear, DEVELOPMENT_PAN_HASH_KEY):
                 raise DevelopmentKeyError("the development PAN-hash key is refused in production")
-            self._pan_hash_key = clear
-            self._authorisation_key = authorisation.authorisation_key(clear)
+            self._pan_hash_key_clear = clear
+            self._authorisation_key_clear = authorisation.authorisation_key(clear)
         if production and pin_rate_limit is None:
             pin_rate_limit = PinRateLimit()
         self._pin_limiter: PinRateLimiter | None = None
@@ -153,16 +153,16 @@ class SoftHsm:
         if not self.verify_pin(pin_block, pan, key, pin_block_format, verification):
             return None
         return authorisation.token(
-            self._authorisation_key_clear(), request.message(self.pan_hash(pan))
+            self._held_authorisation_key(), request.message(self.pan_hash(pan))
         )
 
     def authorisation_check_value(self) -> str:
-        return authorisation.check_value(self._authorisation_key_clear())
+        return authorisation.check_value(self._held_authorisation_key())
 
-    def _authorisation_key_clear(self) -> bytes:
-        if self._authorisation_key is None:
+    def _held_authorisation_key(self) -> bytes:
+        if self._authorisation_key_clear is None:
             raise KeyMaterialError("this HSM holds no PAN-hash key (configure pan_hash_key)")
-        return self._authorisation_key
+        return self._authorisation_key_clear
 
     def _verify_ibm(self, verification: Ibm3624Offset, pan: str, pin: str) -> bool:
         pvk = self._pvk(verification.pvk, _PVK_USAGES_IBM)
@@ -229,7 +229,7 @@ class SoftHsm:
         if not self.verify_mac(tak, data, mac_value):
             return None
         message = reversed_.message(self.pan_hash(pan))
-        return authorisation.token(self._authorisation_key_clear(), message)
+        return authorisation.token(self._held_authorisation_key(), message)
 
     # --- PAN hash --------------------------------------------------------------------------
 
@@ -241,11 +241,11 @@ class SoftHsm:
 
     def pan_hash(self, pan: str) -> bytes:
         """HMAC-SHA256 of the PAN under the configured PAN-hash key."""
-        if self._pan_hash_key is None:
+        if self._pan_hash_key_clear is None:
             raise KeyMaterialError("this HSM holds no PAN-hash key (configure pan_hash_key)")
         if not (pan.isascii() and pan.isdigit() and _PAN_LENGTH_MIN <= len(pan) <= PAN_LENGTH_MAX):
             raise PanError(f"a PAN is {_PAN_LENGTH_MIN}..{PAN_LENGTH_MAX} decimal digits")
-        return hmac.digest(self._pan_hash_key, pan.encode("ascii"), "sha256")
+        return hmac.digest(self._pan_hash_key_clear, pan.encode("ascii"), "sha256")
 
     # --- EMV -------------------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ class SoftHsm:
         if not result.verified or amount is None or amount.hex() != f"{request.amount_minor:012d}":
             return AuthorisedArqc(result, None)
         message = request.chip_message(self.pan_hash(pan), int.from_bytes(atc, "big"))
-        return AuthorisedArqc(result, authorisation.token(self._authorisation_key_clear(), message))
+        return AuthorisedArqc(result, authorisation.token(self._held_authorisation_key(), message))
 
     # --- keys ------------------------------------------------------------------------------
 
@@ -323,7 +323,7 @@ class SoftHsm:
         message = authorisation.session_keys_message(
             terminal_id, tmk.to_text(), tpk.stored.to_text(), tak.stored.to_text()
         )
-        return SessionKeys(tpk, tak, authorisation.token(self._authorisation_key_clear(), message))
+        return SessionKeys(tpk, tak, authorisation.token(self._held_authorisation_key(), message))
 
     def key_check_value(self, key: StoredKey) -> str:
         return kcv_hex(key.algorithm, self._lmk.unwrap(key, tuple(KeyRole)))
