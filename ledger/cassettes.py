@@ -9,6 +9,7 @@ from datetime import datetime
 
 import asyncpg
 
+from ledger.balancing import DAY_CLOSED_SQLSTATE
 from ledger.errors import LedgerError
 from ledger.migrations import Connection
 
@@ -18,7 +19,8 @@ class NoSuchCassette(LedgerError):
 
 
 class ReplenishmentRefused(LedgerError):
-    """A replenishment the cassette does not allow: another denomination, negative notes."""
+    """A replenishment the cassette does not allow: another denomination, negative notes, or a
+    time on a closed business day."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +71,8 @@ async def replenish(
 ) -> Replenishment:
     """Replace the cassette with one of `notes` notes: posted against the vault, journalled,
     recorded, all in one transaction. A cassette that does not exist (NoSuchCassette), a
-    denomination that is not the cassette's or a negative count (ReplenishmentRefused) is
-    refused, and nothing is written."""
+    denomination that is not the cassette's, a negative count or a time on a closed business day
+    (ReplenishmentRefused) is refused, and nothing is written."""
     try:
         row = await conn.fetchrow(
             "SELECT * FROM ledger.replenish_cassette($1, $2, $3, $4, $5, $6)",
@@ -81,6 +83,10 @@ async def replenish(
         raise NoSuchCassette(str(exc)) from None
     except asyncpg.InvalidParameterValueError as exc:
         raise ReplenishmentRefused(str(exc)) from None
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == DAY_CLOSED_SQLSTATE:
+            raise ReplenishmentRefused(str(exc)) from None
+        raise
     assert row is not None
     return Replenishment(
         row["terminal_id"], row["cassette_no"], row["load_seq"], row["currency"].strip(),

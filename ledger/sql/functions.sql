@@ -1510,6 +1510,8 @@ DECLARE
   v_prev_hash bytea;
   v_row ledger.transactions;
   v_record ledger.replenishments;
+  -- Dated by the policy's cutover, like every posting (not by the UTC calendar day).
+  v_business_date date := ledger.business_day_of(p_at);
 BEGIN
   IF p_notes < 0 THEN
     RAISE EXCEPTION 'a cassette cannot hold % notes', p_notes
@@ -1546,7 +1548,7 @@ BEGIN
     v_row := ROW(v_id, 0, p_terminal_id, to_char(p_at AT TIME ZONE 'UTC', 'MMDDHH24MISS'),
                  v_id::text, 'replenishment', 'replenishment', 'approved', '00', abs(v_move_minor),
                  v_currency, abs(v_move_minor), v_currency, NULL, NULL,
-                 (p_at AT TIME ZONE 'UTC')::date, p_at, '', '', '', '', NULL, NULL, NULL, NULL,
+                 v_business_date, p_at, '', '', '', '', NULL, NULL, NULL, NULL,
                  v_lane, v_seq, '\x'::bytea)::ledger.transactions;
     -- Cash into the ATM is a debit of its cash account (withdrawals credit it), so the cash
     -- account's balance is minus the notes the host counts in the ATM.
@@ -1581,6 +1583,9 @@ BEGIN
             v_cassette.dispensed_notes, v_cassette.rejected_notes, v_cassette.remaining_notes,
             v_id)
   RETURNING * INTO v_record;
+  -- After the writes, as post_batch checks: a closed day's totals and cassette positions are
+  -- frozen, so nothing, not even a count that moves no money, is dated into one.
+  PERFORM ledger.refuse_closed_days(ARRAY[v_business_date]);
   RETURN v_record;
 END $$;
 

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import balancing
+from ledger import balancing, cassettes
 from ledger.__main__ import main
 from ledger.balancing import CassetteCounter, DayFigures, TerminalReport
+from ledger.cassettes import ReplenishmentRefused
 from ledger.errors import BalancingRefused, DayNotOver
 from ledger.model import BalanceInquiry, Outcome, Result, Reversal, Withdrawal
 from ledger.rules import business_day
@@ -253,6 +254,56 @@ async def test_a_closed_day_is_closed_once_then_refuses_balancings_and_postings(
         day.terminal_id, day.date,
     )  # fmt: skip
     assert booked == 5  # the day's traffic only
+
+
+@pytest.mark.parametrize(
+    ("cutover", "at", "dated"),
+    [
+        (time(0, 0), time(3, 0), 0),
+        (time(6, 0), time(3, 0), -1),  # before the cutover: the business day before
+        (time(6, 0), time(6, 0), 0),
+        (time(6, 0), time(23, 59), 0),
+    ],
+)
+async def test_a_replenishment_is_dated_by_the_cutover(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection, cutover: time, at: time, dated: int
+) -> None:
+    day = await a_day(ledger_store, owner_conn)
+    # The policy is the whole cluster's: changed in a transaction that is rolled back.
+    changed = owner_conn.transaction()
+    await changed.start()
+    try:
+        await owner_conn.execute("UPDATE ledger.policy SET business_day_cutover = $1", cutover)
+        done = await cassettes.replenish(
+            owner_conn, day.terminal_id, 1, 30, denomination_minor=None, by="test",
+            at=datetime.combine(day.date, at, UTC), timeout_ms=TIMEOUT_MS,
+        )  # fmt: skip
+        booked = await owner_conn.fetchval(
+            "SELECT business_date FROM ledger.transactions WHERE transaction_id = $1",
+            done.transaction_id,
+        )
+    finally:
+        await changed.rollback()
+    assert booked == day.date + timedelta(days=dated)
+
+
+async def test_a_replenishment_on_a_closed_day_is_refused_and_writes_nothing(
+    ledger_store: LedgerStore, owner_conn: asyncpg.Connection
+) -> None:
+    day = await a_day(ledger_store, owner_conn)
+    assert await close(owner_conn, day.date) is True
+    count = "SELECT count(*) FROM ledger.replenishments WHERE terminal_id = $1"
+    before = await owner_conn.fetchval(count, day.terminal_id)
+    with pytest.raises(ReplenishmentRefused, match=f"business day {day.date} is closed"):
+        await cassettes.replenish(
+            owner_conn, day.terminal_id, 1, 30, denomination_minor=None, by="test",
+            at=day_at(day.date), timeout_ms=TIMEOUT_MS,
+        )  # fmt: skip
+    assert await owner_conn.fetchval(count, day.terminal_id) == before
+    assert await owner_conn.fetchval(
+        "SELECT count(*) FROM ledger.transactions WHERE terminal_id = $1 AND business_date = $2",
+        day.terminal_id, day.date,
+    ) == 0  # fmt: skip
 
 
 async def test_a_day_not_over_cannot_be_closed(owner_conn: asyncpg.Connection) -> None:
