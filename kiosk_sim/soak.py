@@ -304,7 +304,11 @@ async def failovers(
 
     def describe(report: Report) -> str:
         gaps = ", ".join(f"{gap_s:.1f}" for gap_s in without_primary_s)
-        return f"no primary for {gaps} s; {report.response_codes['91']} answered 91"
+        unavailable = report.response_codes["91"]
+        # Kiosks in closed loop start their next session at once after a 91, so the count
+        # grows with the load, not with the customers turned away: per second says more.
+        per_s = unavailable / max(sum(without_primary_s), 0.1)
+        return f"no primary for {gaps} s; {unavailable} answered 91 ({per_s:,.0f}/s without one)"
 
     return await _under_faults(
         "the primary killed under load (pg_autoctl and postmaster), automatic failover",
