@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.settings import LedgerSettings
 from switch.access import DEVELOPMENT_KEYS, DEVELOPMENT_TOKENS, ApiKey, Role, config_lines, mint
 from switch.iso8583 import Dialect
 from switch.production import dsn_password
@@ -26,6 +27,19 @@ def test_defaults() -> None:
     assert settings.listener.dialect == Dialect()
     assert settings.listener.port == 8583
     assert settings.listener.tls is None
+
+
+def test_the_ledger_table_is_the_ledgers_own_settings(tmp_path: Path) -> None:
+    """[ledger] parses into ledger.settings.LedgerSettings: its defaults where a key is unset,
+    every key settable (stale_retries_max was not), and no PAN-hash key (the HSM hashes)."""
+    assert load_settings().ledger == replace(LedgerSettings(), pan_hash_key=None)
+    path = tmp_path / "switch.toml"
+    path.write_text('[ledger]\nstale_retries_max = 7\nbatch_size_max = 8\nha_dir = "ha"\n')
+    settings = load_settings(path, {"SWITCH__LEDGER__PIN_TRIES_MAX": "5"})
+    assert settings.ledger == replace(
+        LedgerSettings(), pan_hash_key=None, stale_retries_max=7, batch_size_max=8,
+        ha_dir=Path("ha"), pin_tries_max=5,
+    )  # fmt: skip
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
